@@ -1,0 +1,109 @@
+// The only caller of nixos-rebuild, switch-to-configuration and nix-env, through the Runner. Each
+// step runs in its own process group with a timeout, its output streamed to the log line by line;
+// a failure becomes an ApplyFailedError carrying the step, exit status and the last lines.
+import path from 'node:path';
+import { ApplyFailedError, type ApplyStage } from '../errors.js';
+import type { RootFs } from '../fs.js';
+import type { Logger } from '../log.js';
+import type { RunResult, Runner } from '../ports.js';
+import { CHANNELS_FILE, CONFIGURATION_NIX } from '../render/render.js';
+
+export const SYSTEM_PROFILE = '/nix/var/nix/profiles/system';
+export const BUILD_DIR = '/var/lib/nixos-ec2-agent/build';
+
+export type Activation = 'test' | 'switch' | 'boot';
+
+export interface RebuildOptions {
+  readonly nixosRebuild: string;
+  readonly nixEnv: string;
+  readonly nixChannel: string;
+  readonly extraArgs: readonly string[];
+  readonly buildTimeoutMs: number;
+  readonly activateTimeoutMs: number;
+  /** Children's environment: the agent's own, less what systemd gave only to the agent. */
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+export class Rebuilder {
+  constructor(
+    private readonly runner: Runner,
+    private readonly fs: RootFs,
+    private readonly options: RebuildOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** `nixos-rebuild build`: the new system's store path. Nothing is switched. */
+  async build(signal?: AbortSignal): Promise<string> {
+    await this.fs.mkdirp(BUILD_DIR);
+    const cwd = this.fs.resolve(BUILD_DIR);
+    await this.step('build', this.options.nixosRebuild, ['build', ...this.configArgs()], this.options.buildTimeoutMs, { cwd, signal });
+    const storePath = await this.fs.readlink(`${BUILD_DIR}/result`);
+    if (!storePath) throw new ApplyFailedError('nixos-rebuild build left no result link', 'build');
+    return storePath;
+  }
+
+  /** `nixos-rebuild switch`, the legacy one-step order (configured `rebuild.mode = switch`). */
+  async switchLegacy(signal?: AbortSignal): Promise<void> {
+    await this.step('activate', this.options.nixosRebuild, ['switch', ...this.configArgs()], this.options.buildTimeoutMs, { signal });
+  }
+
+  /** Runs the system's own switch-to-configuration. */
+  async activate(storePath: string, action: Activation): Promise<void> {
+    // Activation is never interrupted by a newer desired state: no signal, only the timeout.
+    await this.step(action === 'boot' ? 'commit' : 'activate', path.join(storePath, 'bin', 'switch-to-configuration'), [action], this.options.activateTimeoutMs, {});
+  }
+
+  /** Makes `storePath` the system profile's current generation (a new one, or the newest reused). */
+  async setProfile(storePath: string, stage: ApplyStage = 'commit'): Promise<void> {
+    await this.step(stage, this.options.nixEnv, ['-p', this.fs.resolve(SYSTEM_PROFILE), '--set', storePath], this.options.activateTimeoutMs, {});
+  }
+
+  async switchGeneration(generation: number): Promise<void> {
+    await this.step('rollback', this.options.nixEnv, ['-p', this.fs.resolve(SYSTEM_PROFILE), '--switch-generation', String(generation)], this.options.activateTimeoutMs, {});
+  }
+
+  /** amazon-init's `###` channel lines: the channels file, then `nix-channel --update`. */
+  async updateChannels(text: string, signal?: AbortSignal): Promise<void> {
+    await this.fs.writeAtomic(CHANNELS_FILE, text);
+    await this.step('channels', this.options.nixChannel, ['--update'], this.options.buildTimeoutMs, { signal });
+  }
+
+  private configArgs(): string[] {
+    return ['-I', `nixos-config=${this.fs.resolve(CONFIGURATION_NIX)}`, ...this.options.extraArgs];
+  }
+
+  private async step(
+    stage: ApplyStage,
+    command: string,
+    args: readonly string[],
+    timeoutMs: number,
+    extra: { cwd?: string; signal?: AbortSignal | undefined },
+  ): Promise<RunResult> {
+    const log = this.log.child({ stage, command: path.basename(command) });
+    log.info({ event: 'step.start', args }, `${path.basename(command)} ${args.join(' ')}`);
+    const result = await this.runner.run({
+      command,
+      args,
+      timeoutMs,
+      ...(extra.cwd ? { cwd: extra.cwd } : {}),
+      ...(extra.signal ? { signal: extra.signal } : {}),
+      ...(this.options.env ? { env: this.options.env } : {}),
+      onLine: (stream, line) => log.info({ event: 'step.output', stream }, line),
+    });
+    log.info({ event: 'step.end', exitCode: result.code, signal: result.signal, timedOut: result.timedOut, durationMs: result.durationMs }, 'step ended');
+    if (result.code === 0) return result;
+    const why = result.timedOut
+      ? `timed out after ${Math.round(timeoutMs / 1000)} s (process group killed)`
+      : result.aborted
+        ? 'cancelled by a newer desired state'
+        : result.code === null
+          ? `killed by ${result.signal}`
+          : `exited with ${result.code}`;
+    throw new ApplyFailedError(`${path.basename(command)} ${args[0] ?? ''} ${why}`.replace(/\s+/g, ' '), stage, {
+      exitCode: result.code,
+      timedOut: result.timedOut,
+      tail: result.tail.slice(-20),
+      ...(result.aborted ? { reasons: ['cancelled'] } : {}),
+    });
+  }
+}

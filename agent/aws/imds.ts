@@ -1,0 +1,265 @@
+// IMDSv2, and nothing else: no silent fall back to IMDSv1.
+//
+// `@aws-sdk/ec2-metadata-service`'s MetadataService is used for text reads, but it falls short in
+// three ways that matter on every instance of a fleet, so this client builds on the same SDK stack
+// (NodeHttpHandler + HttpRequest) around it:
+// - it PUTs a new token before every GET; here one token is cached until shortly before its TTL
+//   ends and dropped on a 401 (as cloud-init's `_refresh_stale_aws_token_cb`);
+// - it decodes every body as UTF-8, corrupting gzip'd user data; user data is read as bytes here;
+// - its token errors lose the status code, and a 403 switches it to IMDSv1 for good; here the PUT
+//   is ours, a 403 (IMDS disabled) fails at once with that reason, and it always runs with a
+//   timeout (it has none by default).
+import { MetadataService } from '@aws-sdk/ec2-metadata-service';
+import { HttpRequest } from '@smithy/core/protocols';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { Readable } from 'node:stream';
+import { ImdsDisabledError, InvalidInputError, TransientError } from '../errors.js';
+import type { Clock } from '../ports.js';
+
+const DEFAULT_ENDPOINT = 'http://169.254.169.254';
+const TOKEN_TTL_SECONDS = 21_600;
+/** Refresh this long before the TTL ends, so a token never expires between check and use. */
+const TOKEN_REFRESH_MARGIN_MS = 60_000;
+
+export interface ImdsOptions {
+  readonly clock: Clock;
+  /** Defaults to AWS_EC2_METADATA_SERVICE_ENDPOINT, then the link-local address. */
+  readonly endpoint?: string;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly timeoutMs?: number;
+  /** Retries after the first attempt, for connection errors, timeouts, 5xx and 429. */
+  readonly retries?: number;
+  /** Base of the exponential backoff; each wait is full-jittered in [0, base × 2^n]. */
+  readonly backoffBaseMs?: number;
+  readonly random?: () => number;
+  readonly tokenTtlSeconds?: number;
+}
+
+/** What the agent reads of an instance's identity. */
+export interface InstanceIdentity {
+  readonly instanceId: string;
+  readonly region: string;
+  readonly availabilityZone: string;
+  readonly instanceType: string;
+  readonly amiId: string;
+  readonly accountId: string;
+}
+
+/** The operations the rest of the agent uses; a fleet simulation can hand in its own. */
+export interface Imds {
+  get(path: string): Promise<string | undefined>;
+  getBytes(path: string): Promise<Buffer | undefined>;
+  identity(): Promise<InstanceIdentity>;
+}
+
+interface Response {
+  readonly status: number;
+  readonly body: Buffer;
+}
+
+class HttpStatusError extends Error {
+  constructor(readonly status: number) {
+    super(`HTTP ${status}`);
+  }
+}
+
+export class ImdsClient implements Imds {
+  readonly endpoint: string;
+  private readonly handler: NodeHttpHandler;
+  private readonly metadata: MetadataService;
+  private readonly retries: number;
+  private readonly backoffBaseMs: number;
+  private readonly random: () => number;
+  private readonly ttlSeconds: number;
+  private token: { value: string; expiresAt: number } | undefined;
+  private tokenInFlight: Promise<string> | undefined;
+  private identityCache: Promise<InstanceIdentity> | undefined;
+
+  constructor(private readonly options: ImdsOptions) {
+    const env = options.env ?? process.env;
+    this.endpoint = (options.endpoint ?? env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, '');
+    const timeout = options.timeoutMs ?? 1_000;
+    this.handler = new NodeHttpHandler({ requestTimeout: timeout, connectionTimeout: timeout, throwOnRequestTimeout: true });
+    // Token fetching is ours (see above), so the SDK's is off; v1 stays "allowed" only in the
+    // sense that the SDK then sends our token header instead of its own PUT. Every request
+    // carries a token: there is no path to an IMDSv1 call.
+    this.metadata = new MetadataService({
+      endpoint: this.endpoint,
+      httpOptions: { timeout },
+      disableFetchToken: true,
+      ec2MetadataV1Disabled: false,
+      retries: 0,
+    });
+    this.retries = options.retries ?? 5;
+    this.backoffBaseMs = options.backoffBaseMs ?? 200;
+    this.random = options.random ?? Math.random;
+    this.ttlSeconds = options.tokenTtlSeconds ?? TOKEN_TTL_SECONDS;
+  }
+
+  /** A text item, or undefined when IMDS answers 404 (not set for this instance). */
+  async get(path: string): Promise<string | undefined> {
+    return this.withRetries(path, async (token) => {
+      try {
+        // No leading slash: the SDK joins the endpoint's path and ours, and would send `//latest`.
+        return await this.metadata.request(path.replace(/^\/+/, ''), {
+          method: 'GET',
+          headers: { 'x-aws-ec2-metadata-token': token },
+        });
+      } catch (err) {
+        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+        if (status === undefined) throw err;
+        throw new HttpStatusError(status);
+      }
+    });
+  }
+
+  /** A binary item (user data), byte for byte. */
+  async getBytes(path: string): Promise<Buffer | undefined> {
+    return this.withRetries(path, async (token) => {
+      const response = await this.send('GET', path, { 'x-aws-ec2-metadata-token': token });
+      if (response.status !== 200) throw new HttpStatusError(response.status);
+      return response.body;
+    });
+  }
+
+  identity(): Promise<InstanceIdentity> {
+    this.identityCache ??= this.readIdentity().catch((err: unknown) => {
+      this.identityCache = undefined;
+      throw err;
+    });
+    return this.identityCache;
+  }
+
+  private async readIdentity(): Promise<InstanceIdentity> {
+    const text = await this.get('latest/dynamic/instance-identity/document');
+    if (text === undefined) throw new TransientError('instance identity document is missing', 'imds');
+    let doc: Record<string, unknown>;
+    try {
+      doc = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      throw new TransientError('instance identity document is not JSON', 'imds');
+    }
+    const field = (name: string): string => {
+      const value = doc[name];
+      if (typeof value !== 'string' || value === '') {
+        throw new TransientError(`instance identity document has no ${name}`, 'imds');
+      }
+      return value;
+    };
+    return {
+      instanceId: field('instanceId'),
+      region: field('region'),
+      availabilityZone: field('availabilityZone'),
+      instanceType: field('instanceType'),
+      amiId: field('imageId'),
+      accountId: field('accountId'),
+    };
+  }
+
+  /**
+   * One read, with the retry policy of cloud-init's Ec2 datasource: 401 drops the token and
+   * tries again; 403 is IMDS turned off (fail now); 404 is "not set"; other 4xx are final;
+   * connection errors, timeouts, 429 and 5xx back off and retry until the budget is spent.
+   */
+  private async withRetries<T>(path: string, read: (token: string) => Promise<T>): Promise<T | undefined> {
+    let lastProblem = '';
+    for (let attempt = 0; attempt <= this.retries; attempt++) {
+      if (attempt > 0) await this.backoff(attempt);
+      let token: string;
+      try {
+        token = await this.currentToken();
+      } catch (err) {
+        if (err instanceof ImdsDisabledError || err instanceof InvalidInputError) throw err;
+        lastProblem = `token: ${describe(err)}`;
+        continue;
+      }
+      try {
+        return await read(token);
+      } catch (err) {
+        if (err instanceof HttpStatusError) {
+          if (err.status === 404) return undefined;
+          if (err.status === 401) {
+            this.token = undefined;
+            lastProblem = `${path}: 401 (token refused)`;
+            continue;
+          }
+          if (err.status === 403) throw disabled(path);
+          if (err.status === 429 || err.status >= 500) {
+            lastProblem = `${path}: HTTP ${err.status}`;
+            continue;
+          }
+          throw new TransientError(`IMDS answered ${err.status} for ${path}`, 'imds', { path, status: err.status });
+        }
+        lastProblem = `${path}: ${describe(err)}`;
+      }
+    }
+    throw new TransientError(`IMDS unreachable after ${this.retries + 1} attempts (${lastProblem})`, 'imds', {
+      path,
+      endpoint: this.endpoint,
+    });
+  }
+
+  private async currentToken(): Promise<string> {
+    const now = this.options.clock.now();
+    if (this.token && now < this.token.expiresAt) return this.token.value;
+    this.tokenInFlight ??= this.fetchToken().finally(() => {
+      this.tokenInFlight = undefined;
+    });
+    return this.tokenInFlight;
+  }
+
+  private async fetchToken(): Promise<string> {
+    const requestedAt = this.options.clock.now();
+    const response = await this.send('PUT', 'latest/api/token', {
+      'x-aws-ec2-metadata-token-ttl-seconds': String(this.ttlSeconds),
+    });
+    if (response.status === 403) throw disabled('latest/api/token');
+    if (response.status === 400) {
+      throw new InvalidInputError(`token TTL ${this.ttlSeconds} refused (400)`, 'imds token request');
+    }
+    if (response.status !== 200) throw new HttpStatusError(response.status);
+    const value = response.body.toString('utf8').trim();
+    if (!value) throw new Error('empty token');
+    const ttlMs = this.ttlSeconds * 1_000;
+    this.token = { value, expiresAt: requestedAt + Math.max(ttlMs / 2, ttlMs - TOKEN_REFRESH_MARGIN_MS) };
+    return value;
+  }
+
+  private async send(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): Promise<Response> {
+    const url = new URL(this.endpoint);
+    const request = new HttpRequest({
+      method,
+      protocol: url.protocol,
+      hostname: url.hostname.replace(/^\[|\]$/g, ''),
+      port: url.port ? Number(url.port) : undefined,
+      path: `${url.pathname.replace(/\/+$/, '')}/${path.replace(/^\/+/, '')}`,
+      headers,
+    });
+    const { response } = await this.handler.handle(request);
+    const body = await collect(response.body as Readable | undefined);
+    return { status: response.statusCode, body };
+  }
+
+  private async backoff(attempt: number): Promise<void> {
+    const ceiling = Math.min(10_000, this.backoffBaseMs * 2 ** (attempt - 1));
+    await this.options.clock.sleep(this.random() * ceiling);
+  }
+}
+
+function disabled(path: string): ImdsDisabledError {
+  return new ImdsDisabledError(
+    'IMDS answered 403 Forbidden: the instance metadata endpoint is disabled (HttpEndpoint=disabled); enable it with aws ec2 modify-instance-metadata-options',
+    { path },
+  );
+}
+
+async function collect(body: Readable | undefined): Promise<Buffer> {
+  if (!body) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array));
+  return Buffer.concat(chunks);
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? ((err as NodeJS.ErrnoException).code ?? err.message) : String(err);
+}

@@ -1,0 +1,188 @@
+#!/usr/bin/env node
+// The composition root: parse the command line, build the real edges, run, and map the outcome to
+// an exit code (0 success, 1 the work failed and the instance is on a good generation, 2 bad usage
+// or invalid input, nothing switched). Imports are lazy per command so the daemon's start stays
+// fast; `emulate` and `sandbox` are the only commands that reach test/.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+const common: Options = {
+  config: { type: 'string' },
+  root: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+};
+
+const emulateFlags: Options = {
+  'user-data': { type: 'string' },
+  parameters: { type: 'string' },
+  instance: { type: 'string' },
+  host: { type: 'string' },
+  'imds-port': { type: 'string' },
+  'ssm-port': { type: 'string' },
+  'autoscaling-port': { type: 'string' },
+};
+
+interface Command {
+  readonly summary: string;
+  readonly usage: string;
+  readonly options: Options;
+  run(values: Record<string, string | boolean | undefined>, positionals: string[]): Promise<number>;
+}
+
+export class UsageError extends Error {}
+
+const commands: Record<string, Command> = {
+  run: {
+    summary: 'the daemon: converge at start, keep converging while sources change',
+    usage: 'run [--config FILE] [--root DIR]',
+    options: common,
+    run: async (v) => (await import('./daemon.js')).runDaemon(await config(v)),
+  },
+  converge: {
+    summary: 'one pass of the loop (--once), or ask the running daemon to converge now (--now)',
+    usage: 'converge --once|--now [--config FILE] [--root DIR] [--json]',
+    options: { ...common, once: { type: 'boolean' }, now: { type: 'boolean' } },
+    run: async (v) => {
+      if (v.now) return (await import('./commands.js')).control(await config(v), 'converge', Boolean(v.json));
+      if (!v.once) throw new UsageError('converge needs --once (one pass here) or --now (ask the running daemon)');
+      return (await import('./commands.js')).convergeOnce(await config(v), Boolean(v.json));
+    },
+  },
+  render: {
+    summary: 'fetch the sources and show (or write to DIR) what would be rendered; switches nothing',
+    usage: 'render [--config FILE] [--root DIR] [--out DIR] [--json]',
+    options: { ...common, out: { type: 'string' } },
+    run: async (v) => (await import('./commands.js')).render(await config(v), v.out as string | undefined, Boolean(v.json)),
+  },
+  status: {
+    summary: "the agent's state; --wait blocks until the first convergence has ended (exit 0 converged, 1 failed, 2 degraded)",
+    usage: 'status [--json] [--wait] [--config FILE] [--root DIR]',
+    options: { ...common, wait: { type: 'boolean' } },
+    run: async (v) => (await import('./commands.js')).status(await config(v), Boolean(v.json), Boolean(v.wait)),
+  },
+  generations: {
+    summary: "the system's generations, each with what built it",
+    usage: 'generations [--json] [--config FILE] [--root DIR]',
+    options: common,
+    run: async (v) => (await import('./commands.js')).generations(await config(v), Boolean(v.json)),
+  },
+  rollback: {
+    summary: 'switch to the previous good generation and hold there until the sources change',
+    usage: 'rollback [--config FILE] [--root DIR] [--json]',
+    options: common,
+    run: async (v) => (await import('./commands.js')).control(await config(v), 'rollback', Boolean(v.json)),
+  },
+  suspend: {
+    summary: 'pause convergence on this instance (shown in status)',
+    usage: 'suspend [--config FILE] [--root DIR] [--json]',
+    options: common,
+    run: async (v) => (await import('./commands.js')).control(await config(v), 'suspend', Boolean(v.json)),
+  },
+  resume: {
+    summary: 'resume convergence on this instance',
+    usage: 'resume [--config FILE] [--root DIR] [--json]',
+    options: common,
+    run: async (v) => (await import('./commands.js')).control(await config(v), 'resume', Boolean(v.json)),
+  },
+  'check-config': {
+    summary: 'validate a configuration file; exit 2 naming each bad field',
+    usage: 'check-config FILE',
+    options: { help: common.help as Options[string] },
+    run: async (_v, positionals) => {
+      const file = positionals[0];
+      if (!file) throw new UsageError('check-config needs a FILE');
+      const { loadConfig } = await import('./config.js');
+      await loadConfig(file);
+      process.stdout.write(`${file}: valid\n`);
+      return 0;
+    },
+  },
+  emulate: {
+    summary: 'start the IMDS, SSM and Auto Scaling emulators on 127.0.0.1 and print their endpoints',
+    usage: 'emulate [--user-data FILE] [--parameters FILE] [--instance FILE] [--host ADDR] [--imds-port N] [--ssm-port N] [--autoscaling-port N]',
+    options: { ...emulateFlags, help: common.help as Options[string] },
+    run: async (v) => (await import('../test/sandbox/emulate.js')).emulateCommand(v),
+  },
+  sandbox: {
+    summary: 'emulators + agent over a sandboxed root with the stand-in nixos-rebuild',
+    usage: 'sandbox [--dir DIR] [--once] [--json] [emulate flags]',
+    options: { ...emulateFlags, dir: { type: 'string' }, once: { type: 'boolean' }, json: { type: 'boolean' }, help: common.help as Options[string] },
+    run: async (v) => (await import('../test/sandbox/sandbox.js')).sandboxCommand(v),
+  },
+};
+
+async function config(values: Record<string, string | boolean | undefined>) {
+  const { loadConfig } = await import('./config.js');
+  const overrides: Record<string, unknown> = {};
+  if (typeof values.root === 'string') overrides.root = values.root;
+  return loadConfig(typeof values.config === 'string' ? values.config : undefined, overrides);
+}
+
+function help(): string {
+  const width = Math.max(...Object.keys(commands).map((c) => c.length));
+  return [
+    'nixos-ec2-agent: converge a NixOS EC2 instance to its user data and SSM parameters',
+    '',
+    'usage: nixos-ec2-agent COMMAND [flags]   (COMMAND --help for its flags)',
+    '',
+    ...Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    '',
+    'exit codes: 0 success; 1 the work failed (the instance is left on, or rolled back to, a good generation); 2 bad usage or invalid input (nothing was switched)',
+    '',
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(help());
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`nixos-ec2-agent: unknown command "${name}"\n\n${help()}`);
+    return 2;
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config', strict: true });
+  } catch (err) {
+    process.stderr.write(`nixos-ec2-agent ${name}: ${(err as Error).message}\nusage: nixos-ec2-agent ${command.usage}\n`);
+    return 2;
+  }
+  if (parsed.values.help) {
+    process.stdout.write(`usage: nixos-ec2-agent ${command.usage}\n\n${command.summary}\n`);
+    return 0;
+  }
+  try {
+    return await command.run(parsed.values as Record<string, string | boolean | undefined>, parsed.positionals);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`nixos-ec2-agent ${name}: ${err.message}\nusage: nixos-ec2-agent ${command.usage}\n`);
+      return 2;
+    }
+    const kind = (err as { kind?: string }).kind;
+    if (kind === 'invalid-input') {
+      process.stderr.write(`nixos-ec2-agent ${name}: ${(err as Error).message}\n`);
+      return 2;
+    }
+    if (kind !== undefined) {
+      process.stderr.write(`nixos-ec2-agent ${name}: ${(err as Error).message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    // Not one of the expected failures: a bug. Loud, and systemd restarts the daemon.
+    process.stderr.write(`nixos-ec2-agent: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exitCode = 70;
+  },
+);

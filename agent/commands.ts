@@ -1,0 +1,169 @@
+// The one-shot commands: each builds what it needs from the Config, does one thing, prints for a
+// person (or JSON with --json), and returns its exit code.
+import { createAgent } from './agent.js';
+import { listGenerations } from './apply/generations.js';
+import type { Config } from './config.js';
+import { buildDesired, shortHash } from './desired/desired.js';
+import { RootFs } from './fs.js';
+import { createLogger, type Logger } from './log.js';
+import { renderPlan } from './render/render.js';
+import { readStatusFile, StatusFile } from './report/status-file.js';
+import { ControlClient, type ControlOp } from './report/control.js';
+import { StateStore } from './state.js';
+import { statusExitCode, type Status } from './status.js';
+import { writeFileAtomic } from './fs.js';
+import path from 'node:path';
+
+function stderrLogger(config: Config): Logger {
+  // One-shot commands keep stdout for their result; the structured log goes to stderr.
+  return createLogger({ level: config.logLevel, destination: process.stderr });
+}
+
+export async function convergeOnce(config: Config, json: boolean): Promise<number> {
+  const log = stderrLogger(config);
+  const statusFile = new StatusFile(new RootFs(config.root), (err) => log.warn({ event: 'status.write-failed', err: err.message }, 'cannot write status.json'));
+  const agent = await createAgent(config, log, { onStatus: (s) => statusFile.update(s) });
+  const reconciler = agent.reconciler;
+  await reconciler.start();
+  const result = await reconciler.converge('converge --once');
+  statusFile.update(reconciler.status);
+  await statusFile.flush();
+  const status = reconciler.status;
+  if (json) process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+  else process.stdout.write(`${describeStatus(status, config)}\n`);
+  switch (result.outcome) {
+    case 'converged':
+    case 'unchanged':
+    case 'suspended':
+      return 0;
+    case 'invalid-input':
+      return 2;
+    default:
+      return 1;
+  }
+}
+
+export async function render(config: Config, out: string | undefined, json: boolean): Promise<number> {
+  const log = stderrLogger(config);
+  const agent = await createAgent(config, log);
+  const snapshots = await agent.sources.read();
+  const desired = buildDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local });
+  const plan = renderPlan(desired);
+  const files = [...plan.parts, plan.configuration];
+  if (out) {
+    for (const f of files) await writeFileAtomic(path.join(out, f.path), f.text);
+  }
+  // The parser gate, exactly as a converge would run it, but on a scratch root.
+  if (json) {
+    process.stdout.write(
+      `${JSON.stringify({ desiredHash: desired.hash, notes: desired.notes, files: files.map((f) => ({ path: f.path, source: f.source, text: f.text })), secrets: desired.secrets.map((s) => ({ name: s.name, path: `/run/nixos-ec2-agent/secrets/${s.name}`, from: s.from })) }, null, 2)}\n`,
+    );
+  } else {
+    process.stdout.write(`# desired state ${desired.hash}\n`);
+    for (const note of desired.notes) process.stdout.write(`# note: ${note}\n`);
+    for (const f of files) process.stdout.write(`\n### ${f.path}  (${f.source})\n${f.text}`);
+    for (const s of desired.secrets) process.stdout.write(`\n### /run/nixos-ec2-agent/secrets/${s.name}  (SecureString ${s.from.name}, value not shown)\n`);
+    if (out) process.stdout.write(`\nwritten under ${out}\n`);
+  }
+  return 0;
+}
+
+export async function status(config: Config, json: boolean, wait: boolean): Promise<number> {
+  const fs = new RootFs(config.root);
+  let current = await fetchStatus(config, fs);
+  // As cloud-init's `status --wait`: poll until the first convergence has ended.
+  while (wait && !current?.firstConvergenceDone) {
+    await new Promise((r) => setTimeout(r, 250));
+    current = await fetchStatus(config, fs);
+  }
+  if (!current) {
+    if (json) process.stdout.write(`${JSON.stringify({ condition: 'unknown', message: 'the agent has not run yet' })}\n`);
+    else process.stdout.write('the agent has not run yet (no status.json)\n');
+    return 1;
+  }
+  if (json) process.stdout.write(`${JSON.stringify(current, null, 2)}\n`);
+  else process.stdout.write(`${describeStatus(current, config)}\n`);
+  return statusExitCode(current);
+}
+
+async function fetchStatus(config: Config, fs: RootFs): Promise<Status | undefined> {
+  const client = new ControlClient(fs.resolve(config.controlSocket));
+  const live = await client.request('status').catch(() => undefined);
+  if (live && typeof live === 'object' && 'status' in live) return (live as { status: Status }).status;
+  return readStatusFile(fs);
+}
+
+export async function generations(config: Config, json: boolean): Promise<number> {
+  const fs = new RootFs(config.root);
+  const { state } = await new StateStore(fs, Date.now).load();
+  const list = (await listGenerations(fs)).map((g) => {
+    const built = state.builds[g.storePath];
+    return {
+      ...g,
+      lastGood: state.lastGood?.storePath === g.storePath,
+      ...(built ? { desiredHash: built.desiredHash, sources: built.sources, builtAt: new Date(built.at).toISOString() } : {}),
+    };
+  });
+  if (json) {
+    process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+    return 0;
+  }
+  if (list.length === 0) process.stdout.write('no generations under nix/var/nix/profiles\n');
+  for (const g of list) {
+    const flags = [g.current && 'current', g.booted && 'booted', g.running && 'running', g.lastGood && 'last good'].filter(Boolean).join(', ');
+    const what = 'desiredHash' in g && g.desiredHash ? `desired ${shortHash(g.desiredHash)} (${g.sources?.parameters.map((p) => `${p.name}@${p.version}`).join(', ') || 'user data only'})` : 'not built by the agent';
+    process.stdout.write(`${String(g.number).padStart(4)}  ${g.date}  ${g.storePath}${flags ? `  [${flags}]` : ''}\n      ${what}\n`);
+  }
+  return 0;
+}
+
+/** rollback, suspend, resume, converge --now: through the running daemon, else on the state. */
+export async function control(config: Config, op: ControlOp, json: boolean): Promise<number> {
+  const fs = new RootFs(config.root);
+  const client = new ControlClient(fs.resolve(config.controlSocket));
+  let answer: unknown;
+  try {
+    answer = await client.request(op);
+  } catch (err) {
+    if (op === 'converge') {
+      process.stderr.write(`the daemon is not running (${(err as Error).message}); use converge --once\n`);
+      return 1;
+    }
+    // The daemon is down: act on the durable state directly.
+    const log = stderrLogger(config);
+    const agent = await createAgent(config, log);
+    await agent.reconciler.start();
+    if (op === 'rollback') {
+      const result = await agent.reconciler.rollback();
+      answer = { ok: result.outcome === 'rolled-back', outcome: result.outcome, status: agent.reconciler.status };
+    } else if (op === 'suspend') {
+      await agent.reconciler.suspend('cli');
+      answer = { ok: true, status: agent.reconciler.status };
+    } else if (op === 'resume') {
+      await agent.reconciler.resume();
+      answer = { ok: true, status: agent.reconciler.status };
+    }
+    const file = new StatusFile(fs);
+    file.update(agent.reconciler.status);
+    await file.flush();
+  }
+  const a = answer as { ok?: boolean; status?: Status; outcome?: string; error?: string };
+  if (json) process.stdout.write(`${JSON.stringify(a, null, 2)}\n`);
+  else process.stdout.write(`${a.error ?? (a.status ? describeStatus(a.status, config) : a.outcome ?? 'ok')}\n`);
+  return a.ok === false ? 1 : 0;
+}
+
+export function describeStatus(s: Status, config: Config): string {
+  const lines = [
+    `${s.condition}: ${s.message}`,
+    `  phase:      ${s.phase}${s.suspended ? ` (suspended since ${s.suspended.since})` : ''}${s.held ? ` (held since ${s.held.since})` : ''}`,
+  ];
+  if (s.desired) lines.push(`  desired:    ${s.desired.hash}`);
+  if (s.running) lines.push(`  running:    ${s.running.storePath}${s.running.generation !== undefined ? ` (generation ${s.running.generation})` : ''}`);
+  if (s.lastGood) lines.push(`  last good:  ${s.lastGood.storePath}`);
+  if (s.lastResult) lines.push(`  last pass:  ${s.lastResult.outcome} at ${s.lastResult.at} in ${s.lastResult.durationMs} ms`);
+  for (const r of s.reasons) lines.push(`  reason:     ${r}`);
+  if (s.rebootRequired) lines.push('  reboot required: the running generation changed the kernel, initrd or modules');
+  lines.push(`  root:       ${config.root}`);
+  return lines.join('\n');
+}

@@ -1,0 +1,199 @@
+// The agent's configuration: one JSON file (the NixOS module writes it), every field optional with
+// a documented default. Parsed once at the edge; nothing past here sees raw JSON.
+import { readFile } from 'node:fs/promises';
+import { z } from 'zod';
+import { InvalidInputError } from './errors.js';
+
+const seconds = (def: number) => z.number().positive().default(def);
+const argv = z.array(z.string().min(1)).min(1);
+
+const HttpProbe = z.strictObject({
+  name: z.string().min(1),
+  http: z.strictObject({
+    url: z.url(),
+    expectStatus: z.number().int().min(100).max(599).default(200),
+    timeoutMs: z.number().int().positive().default(2_000),
+  }),
+});
+const CommandProbe = z.strictObject({
+  name: z.string().min(1),
+  command: z.strictObject({
+    argv,
+    timeoutMs: z.number().int().positive().default(10_000),
+  }),
+});
+
+export const ConfigSchema = z.strictObject({
+  /** Prefixes every absolute path the agent touches, so a sandbox or a test is a directory. */
+  root: z.string().min(1).default('/'),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  imds: z
+    .strictObject({
+      /** Per HTTP attempt; the SDK's own client has none. */
+      timeoutMs: z.number().int().positive().default(1_000),
+      retries: z.number().int().min(0).default(5),
+      /** Endpoint override; otherwise AWS_EC2_METADATA_SERVICE_ENDPOINT, then 169.254.169.254. */
+      endpoint: z.url().optional(),
+    })
+    .prefault({}),
+
+  userData: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /** A `#!` user-data script's own time limit. */
+      scriptTimeoutSeconds: seconds(600),
+    })
+    .prefault({}),
+
+  ssm: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /** Ordered; later prefixes win per option. `{instance-id}`, `{asg}`, `{region}` come from IMDS. */
+      prefixes: z
+        .array(z.string().regex(/^\//, 'an SSM path starts with /'))
+        .default(['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}']),
+      pollIntervalSeconds: seconds(60),
+      /** Each wait is uniform in interval × [1 − jitter/2, 1 + jitter/2]; the first poll in [0, interval]. */
+      pollJitter: z.number().min(0).max(1).default(1),
+      /** An instance tag, read from IMDS, whose change means "fetch the parameters again". */
+      revisionTag: z.string().min(1).default('nixos-ec2-agent-revision'),
+      /** The SDK's attempts per call (throttling and 5xx are retried with its backoff). */
+      maxAttempts: z.number().int().min(1).default(5),
+    })
+    .prefault({}),
+
+  local: z
+    .strictObject({
+      /** The image's own configuration, imported by configuration.nix when it exists. */
+      baseConfiguration: z.string().default('/etc/nixos/base.nix'),
+      /** Drop-in modules from other tools or people; every *.nix here is imported. */
+      modulesDir: z.string().default('/etc/nixos-ec2-agent/local.d'),
+      watch: z.boolean().default(true),
+    })
+    .prefault({}),
+
+  rebuild: z
+    .strictObject({
+      /**
+       * `safe`: build, `switch-to-configuration test`, verify, then make it the boot default.
+       * `switch`: `nixos-rebuild switch` then verify (amazon-init's order; a crash before the
+       * verdict leaves an unverified generation as the boot default).
+       */
+      mode: z.enum(['safe', 'switch']).default('safe'),
+      nixosRebuild: z.string().default('nixos-rebuild'),
+      nixEnv: z.string().default('nix-env'),
+      nixChannel: z.string().default('nix-channel'),
+      nixInstantiate: z.string().default('nix-instantiate'),
+      extraArgs: z.array(z.string()).default([]),
+      buildTimeoutSeconds: seconds(3_600),
+      activateTimeoutSeconds: seconds(600),
+      /** `require`: no Nix parser, no switch. `if-available`: skip the parse where Nix is absent. */
+      validate: z.enum(['require', 'if-available']).default('require'),
+    })
+    .prefault({}),
+
+  health: z
+    .strictObject({
+      systemctl: z.string().default('systemctl'),
+      checkFailedUnits: z.boolean().default(true),
+      /** Failed checks are retried until this long after activation, then the verdict is unhealthy. */
+      graceSeconds: z.number().min(0).default(60),
+      intervalSeconds: seconds(5),
+      probes: z.array(z.union([HttpProbe, CommandProbe])).default([]),
+    })
+    .prefault({}),
+
+  retry: z
+    .strictObject({
+      /** A failed desired state is retried after this, doubling each time, unless a source changes. */
+      failedBackoffSeconds: seconds(600),
+      maxBackoffSeconds: seconds(6 * 3_600),
+    })
+    .prefault({}),
+
+  watch: z
+    .strictObject({
+      /** Changes are gathered until this long passes with none, then converged once. */
+      quietPeriodMs: z.number().int().min(0).default(2_000),
+    })
+    .prefault({}),
+
+  http: z
+    .strictObject({
+      /** host:port for /healthz, /readyz, /status, /metrics; null turns it off. */
+      listen: z.string().nullable().default('0.0.0.0:9731'),
+    })
+    .prefault({}),
+
+  /** Root-only unix socket for `status`, `converge --now`, `rollback`, `suspend`, `resume`. */
+  controlSocket: z.string().default('/run/nixos-ec2-agent/control.sock'),
+
+  lifecycle: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /** Launch hook to complete; null discovers it with DescribeLifecycleHooks. */
+      hookName: z.string().nullable().default(null),
+      /** Heartbeat every this often while converging; null = a third of the hook's timeout. */
+      heartbeatSeconds: z.number().positive().nullable().default(null),
+      /** ABANDON when no good convergence is reached within this. */
+      budgetSeconds: seconds(3_600),
+      /** SetInstanceHealth Unhealthy when no good generation can run. */
+      reportUnhealthy: z.boolean().default(true),
+    })
+    .prefault({}),
+
+  /** Run after each convergence with NIXOS_EC2_AGENT_* in its environment; failure is reported, not fatal. */
+  postConvergeCommand: z
+    .strictObject({ argv, timeoutSeconds: seconds(60) })
+    .nullable()
+    .default(null),
+
+  kernel: z
+    .strictObject({
+      /** What to do when a new generation changes kernel, initrd or modules. */
+      policy: z.enum(['report', 'reboot', 'replace']).default('report'),
+      /** Local time window HH:MM for `reboot`, as system.autoUpgrade's rebootWindow. */
+      rebootWindow: z
+        .strictObject({ lower: z.string().regex(/^\d\d:\d\d$/), upper: z.string().regex(/^\d\d:\d\d$/) })
+        .nullable()
+        .default(null),
+      rebootCommand: argv.default(['systemctl', 'reboot']),
+    })
+    .prefault({}),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+/** Validates a configuration value; the error names every bad field by its path. */
+export function parseConfig(value: unknown, where = 'configuration'): Config {
+  const result = ConfigSchema.safeParse(value);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const path = issue.path.length ? issue.path.join('.') : '(top level)';
+    return `${path}: ${issue.message}`;
+  });
+  throw new InvalidInputError(problems.join('; '), where, { problems });
+}
+
+export async function loadConfig(file: string | undefined, overrides: Record<string, unknown> = {}): Promise<Config> {
+  let value: Record<string, unknown> = {};
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      throw new InvalidInputError(`cannot read: ${(err as Error).message}`, file);
+    }
+    try {
+      value = JSON.parse(text) as Record<string, unknown>;
+    } catch (err) {
+      throw new InvalidInputError(`not JSON: ${(err as Error).message}`, file);
+    }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      throw new InvalidInputError('must be a JSON object', file);
+    }
+  }
+  return parseConfig({ ...value, ...overrides }, file ?? 'configuration');
+}

@@ -1,0 +1,183 @@
+// Pure: snapshots of the sources → one DesiredState, or an error naming the first bad input.
+// All-or-nothing: any invalid part rejects the whole desired state, and the running
+// configuration stays.
+import { createHash } from 'node:crypto';
+import { InvalidInputError } from '../errors.js';
+import type { Json } from '../render/nix.js';
+import { isOptionPath } from '../render/nix.js';
+import type { Secret } from '../secret.js';
+import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
+import type { Channel, UserData } from '../sources/userdata.js';
+
+/** Bumped when the rendering changes, so every instance renders again after an upgrade. */
+export const RENDER_VERSION = 1;
+
+export interface ParameterRef {
+  readonly name: string;
+  readonly version: number;
+}
+
+export interface DesiredOption {
+  readonly path: readonly string[];
+  readonly value: Json;
+  readonly from: ParameterRef;
+}
+
+export interface DesiredModule {
+  readonly name: string;
+  readonly text: string;
+  readonly from: ParameterRef;
+}
+
+export interface DesiredSecret {
+  readonly name: string;
+  readonly value: Secret;
+  readonly from: ParameterRef;
+}
+
+export interface LocalFile {
+  /** Absolute path on the target system. */
+  readonly path: string;
+  readonly digest: string;
+}
+
+export interface LocalSnapshot {
+  readonly baseConfiguration: LocalFile | undefined;
+  readonly modules: readonly LocalFile[];
+}
+
+export interface DesiredState {
+  /** Stable over every input: user data digest, each parameter's name, version and date, local files. */
+  readonly hash: string;
+  readonly userData: { readonly kind: UserData['kind']; readonly digest: string; readonly text?: string; readonly channels: readonly Channel[] };
+  readonly options: readonly DesiredOption[];
+  readonly modules: readonly DesiredModule[];
+  readonly secrets: readonly DesiredSecret[];
+  readonly local: LocalSnapshot;
+  /** What built it: recorded with each generation. */
+  readonly sources: { readonly userData: string; readonly parameters: readonly ParameterRef[] };
+  /** Inputs that were noted and left alone (unknown parameter kinds, ignored user data). */
+  readonly notes: readonly string[];
+}
+
+const NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
+
+export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | undefined; local: LocalSnapshot }): DesiredState {
+  const notes: string[] = [];
+  const options = new Map<string, DesiredOption>();
+  const modules = new Map<string, DesiredModule>();
+  const secrets = new Map<string, DesiredSecret>();
+  const refs: (ParameterRef & { lastModified?: number; type: string })[] = [];
+
+  if (input.userData.kind === 'ignored') notes.push(input.userData.reason);
+  for (const skipped of input.ssm?.skipped ?? []) notes.push(`SSM prefix ${skipped.prefix} skipped: ${skipped.reason}`);
+
+  for (const { prefix, parameters } of input.ssm?.prefixes ?? []) {
+    for (const p of parameters) {
+      const from: ParameterRef = { name: p.name, version: p.version };
+      const where = `SSM parameter ${p.name} (version ${p.version})`;
+      refs.push({ ...from, type: p.type, ...(p.lastModified !== undefined ? { lastModified: p.lastModified } : {}) });
+      const rel = p.name.startsWith(`${prefix}/`) ? p.name.slice(prefix.length + 1) : p.name;
+      const slash = rel.indexOf('/');
+      const kind = slash < 0 ? rel : rel.slice(0, slash);
+      const rest = slash < 0 ? '' : rel.slice(slash + 1);
+      switch (kind) {
+        case 'options': {
+          if (!isOptionPath(rest)) {
+            throw new InvalidInputError(
+              `"${rest}" is not a dotted NixOS option path (segments are Nix identifiers, e.g. services.nginx.enable)`,
+              where,
+            );
+          }
+          const path = rest.split('.');
+          const value = optionValue(p, where);
+          // Later prefixes win per option path; a later value for a longer or shorter path is
+          // merged by the module system, as two modules setting them would be.
+          options.set(rest, { path, value, from });
+          break;
+        }
+        case 'modules': {
+          checkName(rest, where, 'module');
+          const text = plain(p, where);
+          if (text.includes('\0')) throw new InvalidInputError('module text contains a NUL byte', where);
+          modules.set(rest, { name: rest, text, from });
+          break;
+        }
+        case 'secrets': {
+          checkName(rest, where, 'secret');
+          if (p.type !== 'SecureString') {
+            throw new InvalidInputError(`a secret must be a SecureString, not ${p.type} (its value would be readable in SSM and logs)`, where);
+          }
+          secrets.set(rest, { name: rest, value: p.value as Secret, from });
+          break;
+        }
+        case 'system':
+          notes.push(`${where}: prebuilt system closures are not supported by this version; ignored`);
+          break;
+        default:
+          notes.push(`${where}: not under options/, modules/ or secrets/; ignored`);
+      }
+    }
+  }
+
+  const sortedRefs = refs.map(({ name, version }) => ({ name, version }));
+  const hash = createHash('sha256')
+    .update(
+      JSON.stringify({
+        v: RENDER_VERSION,
+        userData: input.userData.digest,
+        parameters: refs.map((r) => [r.name, r.version, r.type, r.lastModified ?? null]),
+        base: input.local.baseConfiguration ?? null,
+        local: input.local.modules,
+      }),
+    )
+    .digest('hex');
+
+  const ud = input.userData;
+  return {
+    hash,
+    userData: {
+      kind: ud.kind,
+      digest: ud.digest,
+      ...(ud.kind === 'nix' ? { text: ud.text } : {}),
+      channels: ud.kind === 'nix' ? ud.channels : [],
+    },
+    options: [...options.values()],
+    modules: [...modules.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
+    secrets: [...secrets.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
+    local: input.local,
+    sources: { userData: ud.digest, parameters: sortedRefs },
+    notes,
+  };
+}
+
+function plain(p: SsmParameter, where: string): string {
+  if (typeof p.value !== 'string') {
+    throw new InvalidInputError('a SecureString here would put its value into the Nix store; use secrets/<name>', where);
+  }
+  return p.value;
+}
+
+function optionValue(p: SsmParameter, where: string): Json {
+  const text = plain(p, where);
+  if (p.type === 'StringList') return text.split(',');
+  try {
+    return JSON.parse(text) as Json;
+  } catch (err) {
+    throw new InvalidInputError(`value is not JSON (${(err as Error).message}); a string option is written with quotes, e.g. "\\"web-1\\""`, where);
+  }
+}
+
+function checkName(name: string, where: string, what: string): void {
+  if (!NAME.test(name) || name === '.' || name === '..' || name.includes('/')) {
+    throw new InvalidInputError(
+      `${what} name "${name}" must be one path segment of letters, digits, _ . - (it names a file and must not leave its directory)`,
+      where,
+    );
+  }
+}
+
+/** A short, readable form of a desired-state hash. */
+export function shortHash(hash: string): string {
+  return hash.slice(0, 12);
+}

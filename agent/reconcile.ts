@@ -1,0 +1,514 @@
+// The only module that knows the others. One pass: sources → desired state → render → apply →
+// verify → report. It alone decides (switch, roll back, hold), writes the durable state, and holds
+// the Status every report sink reads.
+import { bootEssentials, listGenerations, runningSystem, bootedSystem } from './apply/generations.js';
+import type { Rebuilder } from './apply/rebuild.js';
+import type { Config } from './config.js';
+import { buildDesired, shortHash, type DesiredState } from './desired/desired.js';
+import { AgentError, ApplyFailedError, InvalidInputError, isAgentError } from './errors.js';
+import type { RootFs } from './fs.js';
+import type { Logger } from './log.js';
+import type { Clock, Runner } from './ports.js';
+import { renderChannels, renderPlan, type RenderPlan } from './render/render.js';
+import type { RenderWriter } from './render/write.js';
+import type { Snapshots, SourceReader } from './sources/index.js';
+import { digestOf } from './sources/userdata.js';
+import { LAST_GOOD_CONFIGURATION, STATE_DIR, type DurableState, type StateStore } from './state.js';
+import type { Condition, ErrorSummary, Outcome, Status, StatusPhase } from './status.js';
+import type { HealthChecker, Verdict } from './verify/health.js';
+
+export interface ReconcilerDeps {
+  readonly config: Config;
+  readonly clock: Clock;
+  readonly fs: RootFs;
+  readonly log: Logger;
+  readonly runner: Runner;
+  readonly sources: SourceReader;
+  readonly writer: RenderWriter;
+  readonly rebuilder: Rebuilder;
+  readonly health: HealthChecker;
+  readonly store: StateStore;
+  /** Called with every new Status; report sinks hang here. */
+  readonly onStatus?: (status: Status) => void;
+  /** Called at each phase change, so a watchdog knows the loop is alive. */
+  readonly onProgress?: () => void;
+}
+
+export interface PassResult {
+  readonly outcome: Outcome;
+  readonly desiredHash?: string;
+  readonly error?: AgentError;
+}
+
+const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
+
+export class Reconciler {
+  private state!: DurableState;
+  private current: Status;
+  private desired: DesiredState | undefined;
+  private startProblem: string | undefined;
+
+  constructor(private readonly deps: ReconcilerDeps) {
+    this.current = {
+      version: 1,
+      pid: process.pid,
+      updatedAt: new Date(deps.clock.now()).toISOString(),
+      phase: 'starting',
+      condition: 'converging',
+      firstConvergenceDone: false,
+      message: 'starting',
+      noGoodGeneration: false,
+      reasons: [],
+      rebootRequired: false,
+    };
+  }
+
+  get status(): Status {
+    return this.current;
+  }
+
+  get durable(): DurableState {
+    return this.state;
+  }
+
+  /** Loads the durable state and finishes whatever a killed agent left half done. */
+  async start(): Promise<void> {
+    const loaded = await this.deps.store.load();
+    this.state = loaded.state;
+    if (loaded.problem) {
+      this.startProblem = loaded.problem;
+      this.deps.log.error({ event: 'state.corrupt', problem: loaded.problem }, loaded.problem);
+    }
+    if (!this.state.lastGood) {
+      // The image booted this system: it is the first good generation by definition.
+      const good = (await runningSystem(this.deps.fs)) ?? (await bootedSystem(this.deps.fs));
+      if (good) this.state.lastGood = { storePath: good, at: this.deps.clock.now() };
+      await this.save();
+    }
+    await this.recover();
+    this.update({
+      ...(this.state.suspended ? { suspended: { since: iso(this.state.suspended.since) } } : {}),
+      ...(this.state.held ? { held: { since: iso(this.state.held.since), desiredHash: this.state.held.desiredHash } } : {}),
+      rebootRequired: this.state.rebootRequired !== undefined,
+    });
+  }
+
+  /** One pass of the loop. Never throws an AgentError: it becomes the outcome. */
+  async converge(trigger: string, signal?: AbortSignal): Promise<PassResult> {
+    const started = this.deps.clock.now();
+    const log = this.deps.log.child({ trigger });
+    log.info({ event: 'pass.start' }, `converging (${trigger})`);
+    let result: PassResult;
+    try {
+      result = await this.pass(log, signal);
+    } catch (err) {
+      if (!isAgentError(err)) throw err;
+      result = { outcome: err.kind === 'invalid-input' ? 'invalid-input' : 'failed', error: err, ...(this.desired ? { desiredHash: this.desired.hash } : {}) };
+      log.error({ event: 'pass.error', err: err.toJSON() }, err.message);
+    }
+    const durationMs = this.deps.clock.now() - started;
+    await this.finish(result, durationMs);
+    log.info({ event: 'pass.end', outcome: result.outcome, durationMs, desiredHash: result.desiredHash }, `pass ended: ${result.outcome}`);
+    return result;
+  }
+
+  private async pass(log: Logger, signal?: AbortSignal): Promise<PassResult> {
+    if (this.state.suspended) return { outcome: 'suspended' };
+    this.phase('fetching', 'reading user data and SSM parameters');
+    await this.deps.writer.adoptImageConfiguration(this.deps.config.local.baseConfiguration);
+    const snapshots = await this.deps.sources.read(signal);
+    this.update({ instanceId: snapshots.identity.instanceId });
+    await this.runUserDataScript(snapshots, log);
+
+    const desired = buildDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local });
+    this.desired = desired;
+    const notes = [...snapshots.notes, ...desired.notes];
+    for (const note of notes) log.warn({ event: 'source.note' }, note);
+    this.update({ desired: { hash: desired.hash, sources: desired.sources, notes } });
+    const short = shortHash(desired.hash);
+
+    if (this.state.held) {
+      if (this.state.held.desiredHash === desired.hash) {
+        return { outcome: 'held', desiredHash: desired.hash };
+      }
+      // The sources changed since the operator's rollback: converge again.
+      delete this.state.held;
+      this.update({ held: undefined });
+    }
+
+    const running = await runningSystem(this.deps.fs);
+    if (this.state.running?.desiredHash === desired.hash && running === this.state.running.storePath) {
+      return { outcome: 'unchanged', desiredHash: desired.hash };
+    }
+    const failed = this.state.failed[desired.hash];
+    if (failed && this.deps.clock.now() < failed.retryAt) {
+      log.info({ event: 'pass.held', desiredHash: desired.hash, retryAt: iso(failed.retryAt) }, `desired ${short} failed before (${failed.reason}); not retried before ${iso(failed.retryAt)}`);
+      return { outcome: 'held', desiredHash: desired.hash, error: new ApplyFailedError(failed.reason, failed.stage as ApplyFailedError['stage']) };
+    }
+
+    this.phase('rendering', `rendering desired ${short}`);
+    const plan = renderPlan(desired);
+    try {
+      await this.deps.writer.prepare(plan);
+    } catch (err) {
+      if (err instanceof InvalidInputError) await this.recordFailure(desired.hash, 'validate', err.message);
+      throw err;
+    }
+    await this.journal('rendered', desired.hash);
+    await this.deps.writer.commit(plan);
+    await this.deps.writer.writeSecrets(desired.secrets);
+
+    try {
+      return await this.apply(desired, plan, log, signal);
+    } catch (err) {
+      if (!(err instanceof ApplyFailedError)) throw err;
+      return this.failApply(desired, err, log);
+    }
+  }
+
+  private async apply(desired: DesiredState, plan: RenderPlan, log: Logger, signal?: AbortSignal): Promise<PassResult> {
+    const short = shortHash(desired.hash);
+    const channels = renderChannels(desired);
+    if (channels !== undefined && digestOf(Buffer.from(channels)) !== this.state.channelsDigest) {
+      this.phase('building', `updating channels for desired ${short}`);
+      await this.deps.rebuilder.updateChannels(channels, signal);
+      this.state.channelsDigest = digestOf(Buffer.from(channels));
+    }
+    let storePath: string;
+    if (this.deps.config.rebuild.mode === 'switch') {
+      await this.journal('activating', desired.hash);
+      this.phase('activating', `nixos-rebuild switch for desired ${short}`);
+      await this.deps.rebuilder.switchLegacy(signal);
+      storePath = (await runningSystem(this.deps.fs)) ?? '';
+      await this.journal('verifying', desired.hash, storePath);
+    } else {
+      await this.journal('building', desired.hash);
+      const generations = await listGenerations(this.deps.fs);
+      const next = Math.max(0, ...generations.map((g) => g.number)) + 1;
+      this.phase('building', `building generation ${next} (desired ${short})`);
+      storePath = await this.deps.rebuilder.build(signal);
+      this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+      await this.journal('activating', desired.hash, storePath);
+      this.phase('activating', `activating ${storePath} (test, desired ${short})`);
+      await this.deps.rebuilder.activate(storePath, 'test');
+      await this.journal('verifying', desired.hash, storePath);
+    }
+    this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+    await this.verifyAndCommit(desired.hash, storePath, plan.dir, log);
+    const removed = await this.deps.writer.pruneSecrets(desired.secrets.map((s) => s.name));
+    if (removed.length) log.info({ event: 'secrets.pruned', names: removed }, `removed secrets no longer set: ${removed.join(', ')}`);
+    return { outcome: 'converged', desiredHash: desired.hash };
+  }
+
+  /** Verify the activated system; only a healthy one becomes the boot default and the last good. */
+  private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger): Promise<void> {
+    this.phase('verifying', `verifying ${storePath}`);
+    const verdict = await this.verify();
+    if (!verdict.healthy) {
+      throw new ApplyFailedError(`health verification failed: ${verdict.reasons.join('; ')}`, 'verify', { reasons: verdict.reasons });
+    }
+    await this.journal('committing', desiredHash, storePath);
+    this.phase('committing', `making ${storePath} the boot default`);
+    if (this.deps.config.rebuild.mode === 'safe') {
+      await this.deps.rebuilder.setProfile(storePath);
+      await this.deps.rebuilder.activate(storePath, 'boot');
+    }
+    const previousGood = this.state.lastGood;
+    const now = this.deps.clock.now();
+    if (previousGood && previousGood.storePath !== storePath) {
+      await this.noteKernelChange(previousGood.storePath, storePath, log);
+    }
+    this.state.lastGood = { storePath, desiredHash, ...(renderDir ? { renderDir } : {}), at: now };
+    if (previousGood && previousGood.storePath !== storePath) this.state.previousGood = previousGood;
+    this.state.running = { desiredHash, storePath, at: now };
+    delete this.state.failed[desiredHash];
+    const config = await this.deps.writer.currentConfiguration();
+    if (config !== undefined) await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, config, { mode: 0o600 });
+    await this.journal('idle');
+    await this.deps.writer.gc([renderDir, this.state.previousGood?.renderDir].filter((d): d is string => d !== undefined));
+  }
+
+  private async noteKernelChange(from: string, to: string, log: Logger): Promise<void> {
+    const booted = (await bootedSystem(this.deps.fs)) ?? from;
+    if ((await bootEssentials(booted)) === (await bootEssentials(to))) {
+      if (this.state.rebootRequired) {
+        delete this.state.rebootRequired;
+        this.update({ rebootRequired: false });
+      }
+      return;
+    }
+    this.state.rebootRequired = { since: this.deps.clock.now(), storePath: to };
+    this.update({ rebootRequired: true });
+    log.warn({ event: 'reboot.required', storePath: to, policy: this.deps.config.kernel.policy }, 'the new generation changes the kernel, initrd or kernel modules; they apply at the next boot');
+  }
+
+  private async verify(): Promise<Verdict> {
+    const verdict = await this.deps.health.verify(() => this.deps.onProgress?.());
+    this.deps.log.info({ event: 'verify.end', healthy: verdict.healthy, reasons: verdict.reasons, attempts: verdict.attempts }, verdict.healthy ? 'healthy' : `unhealthy: ${verdict.reasons.join('; ')}`);
+    return verdict;
+  }
+
+  /** A step failed: nothing was switched (build), or the last good generation is activated again. */
+  private async failApply(desired: DesiredState, err: ApplyFailedError, log: Logger): Promise<PassResult> {
+    const cancelled = err.context.reasons !== undefined && (err.context.reasons as string[]).includes('cancelled');
+    const switched = this.state.journal.phase !== 'building' && this.state.journal.phase !== 'rendered' && err.stage !== 'build' && err.stage !== 'channels';
+    if (switched) {
+      await this.rollbackTo(err.message, log);
+    } else {
+      await this.restoreConfiguration();
+      await this.journal('idle');
+    }
+    if (cancelled) return { outcome: 'cancelled', desiredHash: desired.hash };
+    await this.recordFailure(desired.hash, err.stage, err.message);
+    return { outcome: switched ? 'rolled-back' : 'failed', desiredHash: desired.hash, error: err };
+  }
+
+  /** Activates the recorded last good generation again, never merely "the previous number". */
+  private async rollbackTo(reason: string, log: Logger): Promise<void> {
+    const target = this.state.lastGood;
+    await this.journal('rolling-back', undefined, target?.storePath, reason);
+    if (!target) {
+      this.update({ noGoodGeneration: true });
+      throw new ApplyFailedError(`${reason}; and there is no recorded good generation to roll back to`, 'rollback');
+    }
+    this.phase('rolling-back', `rolling back to ${target.storePath}: ${reason}`);
+    log.warn({ event: 'rollback.start', to: target.storePath, reason }, `rolling back to ${target.storePath}`);
+    await this.pointProfileAt(target.storePath);
+    await this.deps.rebuilder.activate(target.storePath, 'switch').catch((e: unknown) => {
+      // An activation warning on the way back is reported; the verdict below decides health.
+      log.error({ event: 'rollback.activate-failed', err: isAgentError(e) ? e.toJSON() : String(e) }, 'activating the last good generation reported a failure');
+    });
+    await this.restoreConfiguration();
+    this.phase('verifying', `verifying rolled-back ${target.storePath}`);
+    const verdict = await this.verify();
+    this.update({ noGoodGeneration: !verdict.healthy });
+    if (verdict.healthy) {
+      this.state.running = this.state.running?.storePath === target.storePath ? this.state.running : undefined;
+    }
+    await this.journal('idle');
+    log.warn({ event: 'rollback.end', to: target.storePath, healthy: verdict.healthy }, `rolled back to ${target.storePath} (${verdict.healthy ? 'healthy' : 'still unhealthy'})`);
+  }
+
+  private async pointProfileAt(storePath: string): Promise<void> {
+    const generations = await listGenerations(this.deps.fs);
+    const current = generations.find((g) => g.current);
+    if (current?.storePath === storePath) return;
+    const existing = [...generations].reverse().find((g) => g.storePath === storePath);
+    if (existing) await this.deps.rebuilder.switchGeneration(existing.number);
+    else await this.deps.rebuilder.setProfile(storePath, 'rollback');
+  }
+
+  private async restoreConfiguration(): Promise<void> {
+    const good = await this.deps.fs.readText(LAST_GOOD_CONFIGURATION);
+    if (good !== undefined) await this.deps.writer.restore(good);
+    else {
+      const previous = await this.deps.fs.readText('/etc/nixos/ec2-agent/previous-configuration.nix');
+      if (previous !== undefined) await this.deps.writer.restore(previous);
+    }
+  }
+
+  private async recordFailure(desiredHash: string, stage: string, reason: string): Promise<void> {
+    const now = this.deps.clock.now();
+    const attempts = (this.state.failed[desiredHash]?.attempts ?? 0) + 1;
+    const { failedBackoffSeconds, maxBackoffSeconds } = this.deps.config.retry;
+    const backoffMs = Math.min(maxBackoffSeconds, failedBackoffSeconds * 2 ** (attempts - 1)) * 1000;
+    this.state.failed[desiredHash] = { at: now, stage, reason, attempts, retryAt: now + backoffMs };
+    // Keep the record small: only the most recent failures matter.
+    const entries = Object.entries(this.state.failed).sort((a, b) => b[1].at - a[1].at);
+    this.state.failed = Object.fromEntries(entries.slice(0, 20));
+    await this.save();
+  }
+
+  /** A killed agent finds out where it was and finishes the job. */
+  private async recover(): Promise<void> {
+    const { phase, desiredHash, storePath, reason } = this.state.journal;
+    const log = this.deps.log.child({ event: 'recover', phase });
+    switch (phase) {
+      case 'idle':
+        return;
+      case 'rendered':
+      case 'building':
+        // Nothing was switched; the next pass renders and builds again.
+        log.warn(`a pass was interrupted while ${phase}; nothing was switched`);
+        await this.restoreConfiguration();
+        await this.journal('idle');
+        return;
+      case 'activating':
+      case 'verifying': {
+        if (!storePath || !desiredHash) break;
+        const running = await runningSystem(this.deps.fs);
+        log.warn(`a pass was interrupted while ${phase} ${storePath}; verifying now`);
+        if (running !== storePath) {
+          await this.rollbackTo(`interrupted while ${phase}; the system did not finish activating`, log);
+          await this.recordFailure(desiredHash, 'activate', 'interrupted during activation');
+          return;
+        }
+        try {
+          await this.verifyAndCommit(desiredHash, storePath, undefined, log);
+        } catch (err) {
+          if (!(err instanceof ApplyFailedError)) throw err;
+          await this.rollbackTo(err.message, log);
+          await this.recordFailure(desiredHash, err.stage, err.message);
+        }
+        return;
+      }
+      case 'committing':
+        if (!storePath || !desiredHash) break;
+        log.warn(`a pass was interrupted while making ${storePath} the boot default; finishing`);
+        try {
+          await this.verifyAndCommit(desiredHash, storePath, undefined, log);
+        } catch (err) {
+          if (!(err instanceof ApplyFailedError)) throw err;
+          await this.rollbackTo(err.message, log);
+          await this.recordFailure(desiredHash, err.stage, err.message);
+        }
+        return;
+      case 'rolling-back':
+        log.warn('a rollback was interrupted; finishing it');
+        await this.rollbackTo(reason ?? 'interrupted rollback', log);
+        return;
+    }
+    await this.journal('idle');
+  }
+
+  /** `rollback`: back to the previous good generation, held there until the sources change. */
+  async rollback(): Promise<PassResult> {
+    const log = this.deps.log.child({ trigger: 'rollback' });
+    const target = this.state.previousGood ?? this.state.lastGood;
+    const runningNow = await runningSystem(this.deps.fs);
+    if (!target || target.storePath === runningNow) {
+      const err = new ApplyFailedError('there is no previous good generation to roll back to', 'rollback');
+      await this.finish({ outcome: 'failed', error: err }, 0);
+      return { outcome: 'failed', error: err };
+    }
+    const current = this.state.lastGood;
+    this.state.lastGood = target;
+    this.state.previousGood = current;
+    try {
+      await this.rollbackTo('operator rollback', log);
+    } catch (err) {
+      if (!isAgentError(err)) throw err;
+      await this.finish({ outcome: 'failed', error: err }, 0);
+      return { outcome: 'failed', error: err };
+    }
+    this.state.running = target.desiredHash ? { desiredHash: target.desiredHash, storePath: target.storePath, at: this.deps.clock.now() } : undefined;
+    const heldHash = this.desired?.hash ?? this.state.running?.desiredHash ?? '';
+    this.state.held = { desiredHash: heldHash, since: this.deps.clock.now() };
+    this.update({ held: { since: iso(this.state.held.since), desiredHash: heldHash } });
+    await this.finish({ outcome: 'rolled-back' }, 0);
+    return { outcome: 'rolled-back' };
+  }
+
+  async suspend(by?: string): Promise<void> {
+    this.state.suspended = { since: this.deps.clock.now(), ...(by ? { by } : {}) };
+    await this.save();
+    this.update({ suspended: { since: iso(this.state.suspended.since) }, phase: 'suspended', message: 'suspended: convergence paused' });
+  }
+
+  async resume(): Promise<void> {
+    delete this.state.suspended;
+    await this.save();
+    this.update({ suspended: undefined, phase: 'idle', message: 'resumed' });
+  }
+
+  private async runUserDataScript(snapshots: Snapshots, log: Logger): Promise<void> {
+    const ud = snapshots.userData;
+    if (ud.kind !== 'script') return;
+    const done = this.state.userDataScript;
+    if (done && done.instanceId === snapshots.identity.instanceId) return;
+    // Once per instance id, as cloud-init does; amazon-init reruns it at every boot (nixpkgs#41826).
+    this.phase('fetching', 'running the user-data script');
+    await this.deps.fs.writeAtomic(USER_DATA_SCRIPT, ud.script, { mode: 0o700, dirMode: 0o700 });
+    const result = await this.deps.runner.run({
+      command: this.deps.fs.resolve(USER_DATA_SCRIPT),
+      args: [],
+      timeoutMs: this.deps.config.userData.scriptTimeoutSeconds * 1000,
+      onLine: (stream, line) => log.info({ event: 'userdata.script.output', stream }, line),
+    });
+    this.state.userDataScript = { instanceId: snapshots.identity.instanceId, digest: ud.digest, exitCode: result.code, at: this.deps.clock.now() };
+    await this.save();
+    const level = result.code === 0 ? 'info' : 'error';
+    log[level]({ event: 'userdata.script.end', exitCode: result.code, timedOut: result.timedOut }, `user-data script exited with ${result.code}`);
+  }
+
+  private async journal(phase: DurableState['journal']['phase'], desiredHash?: string, storePath?: string, reason?: string): Promise<void> {
+    this.state.journal = {
+      phase,
+      since: this.deps.clock.now(),
+      ...(desiredHash ? { desiredHash } : {}),
+      ...(storePath ? { storePath } : {}),
+      ...(reason ? { reason } : {}),
+    };
+    await this.save();
+  }
+
+  private async save(): Promise<void> {
+    await this.deps.store.save(this.state);
+  }
+
+  private phase(phase: StatusPhase, message: string): void {
+    this.deps.onProgress?.();
+    this.update({ phase, message, condition: 'converging' });
+  }
+
+  private async finish(result: PassResult, durationMs: number): Promise<void> {
+    const now = this.deps.clock.now();
+    const running = await runningSystem(this.deps.fs);
+    const generations = await listGenerations(this.deps.fs).catch(() => []);
+    const generation = generations.find((g) => g.current)?.number;
+    const error = result.error ? summarise(result.error) : undefined;
+    const converged = result.outcome === 'converged' || result.outcome === 'unchanged';
+    const onGood = running !== undefined && running === this.state.lastGood?.storePath;
+    const noGood = this.current.noGoodGeneration || (!onGood && !converged);
+    const condition: Condition = converged ? 'converged' : noGood ? 'failed' : result.outcome === 'suspended' ? 'degraded' : 'degraded';
+    const short = result.desiredHash ? shortHash(result.desiredHash) : '';
+    const message = {
+      converged: `converged to desired ${short}${generation ? ` (generation ${generation})` : ''}`,
+      unchanged: `converged to desired ${short}; nothing changed`,
+      'rolled-back': `rolled back to the last good generation${error ? `: ${error.message}` : ''}`,
+      failed: `failed${error ? `: ${error.message}` : ''}`,
+      'invalid-input': `desired state rejected, nothing switched${error ? `: ${error.message}` : ''}`,
+      held: this.state.held ? 'held on the operator\'s rollback until the sources change' : `desired ${short} failed before; waiting for a change or the retry time`,
+      suspended: 'suspended: convergence paused',
+      cancelled: 'cancelled by a newer desired state',
+    }[result.outcome];
+    this.update({
+      phase: this.state.suspended ? 'suspended' : result.outcome === 'held' ? 'held' : 'idle',
+      condition,
+      firstConvergenceDone: true,
+      message,
+      noGoodGeneration: noGood,
+      ...(running ? { running: { storePath: running, ...(this.state.builds[running] ? { desiredHash: this.state.builds[running].desiredHash } : {}), ...(generation !== undefined ? { generation } : {}) } } : {}),
+      ...(this.state.lastGood ? { lastGood: { storePath: this.state.lastGood.storePath, ...(this.state.lastGood.desiredHash ? { desiredHash: this.state.lastGood.desiredHash } : {}) } } : {}),
+      lastResult: { outcome: result.outcome, at: iso(now), durationMs, ...(result.desiredHash ? { desiredHash: result.desiredHash } : {}), ...(error ? { error } : {}) },
+      reasons: error ? [error.message, ...((result.error?.context.reasons as string[] | undefined) ?? [])] : this.startProblem ? [this.startProblem] : [],
+      ...(converged ? { lastSuccessAt: iso(now) } : {}),
+    });
+    this.startProblem = undefined;
+    await this.save();
+  }
+
+  private update(patch: Partial<{ -readonly [K in keyof Status]: Status[K] | undefined }>): void {
+    const next = { ...this.current, ...patch, updatedAt: new Date(this.deps.clock.now()).toISOString() } as Record<string, unknown>;
+    for (const key of Object.keys(next)) if (next[key] === undefined) delete next[key];
+    this.current = next as unknown as Status;
+    this.deps.onStatus?.(this.current);
+  }
+}
+
+function summarise(err: AgentError): ErrorSummary {
+  const c = err.context;
+  return {
+    kind: err.kind,
+    message: err.message,
+    ...(typeof c.stage === 'string' ? { stage: c.stage } : {}),
+    ...(typeof c.where === 'string' ? { where: c.where } : {}),
+    ...(c.exitCode !== undefined ? { exitCode: c.exitCode as number | null } : {}),
+    ...(Array.isArray(c.tail) ? { tail: c.tail as string[] } : {}),
+  };
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+

@@ -1,0 +1,251 @@
+// Every piece of Nix text the agent writes is built here, from values that may be hostile (SSM
+// parameters, user data): each value is rendered as a closed Nix expression, so nothing it holds can
+// change the structure of the file around it.
+import { InvalidInputError } from '../errors.js';
+
+export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+/** Option path segments as the NixOS module system names options (and SSM names allow). */
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_'-]*$/;
+
+/**
+ * Words the Nix 2.8 lexer takes as keywords, so they cannot be bare attribute names. `__curPos` is
+ * lexed as a token of its own; `or` is accepted bare by some versions, but quoting it never hurts.
+ */
+const KEYWORDS: ReadonlySet<string> = new Set([
+  'if',
+  'then',
+  'else',
+  'assert',
+  'with',
+  'let',
+  'in',
+  'rec',
+  'inherit',
+  'or',
+  '__curPos',
+]);
+
+/** Smallest positive normal double: below it Nix's float lexer rejects the literal (see nixFloat). */
+const MIN_NORMAL = 2.2250738585072014e-308;
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/**
+ * A double-quoted Nix string literal that evaluates to exactly `s`.
+ *
+ * Inside "…" the Nix lexer treats `\`, `"` and `${` specially; `\n`, `\r`, `\t` have escapes and
+ * every other character (other control characters included) stands for itself, so it is written raw.
+ * A `$` is escaped only before `{`: a lone `$`, a trailing `$` and `$$` are literal already, and
+ * `$\${` keeps `$${` from hitting the lexer's `$$` rule.
+ *
+ * Throws InvalidInputError (where = `where`) for what a Nix string cannot hold: NUL (Nix strings are
+ * C strings, so the rest would be cut off silently) and lone UTF-16 surrogates (no UTF-8 encoding).
+ */
+export function nixString(s: string, where = 'value'): string {
+  if (s.includes('\0')) {
+    throw new InvalidInputError('a string contains a NUL character, which a Nix string cannot hold', where);
+  }
+  if (LONE_SURROGATE.test(s)) {
+    throw new InvalidInputError('a string contains a lone UTF-16 surrogate, which is not valid Unicode', where);
+  }
+  let out = '"';
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i] as string;
+    switch (c) {
+      case '\\':
+        out += '\\\\';
+        break;
+      case '"':
+        out += '\\"';
+        break;
+      case '\n':
+        out += '\\n';
+        break;
+      case '\r':
+        out += '\\r';
+        break;
+      case '\t':
+        out += '\\t';
+        break;
+      case '$':
+        out += s[i + 1] === '{' ? '\\$' : '$';
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out + '"';
+}
+
+/** An attribute name: bare when Nix allows it, else a quoted string (which evaluates to `name`). */
+export function nixAttrName(name: string, where = 'attribute name'): string {
+  return IDENTIFIER.test(name) && !KEYWORDS.has(name) ? name : nixString(name, where);
+}
+
+/** `a.b."c d"`: an attribute path, each segment through nixAttrName. */
+export function nixAttrPath(path: readonly string[], where = 'attribute path'): string {
+  if (path.length === 0) throw new InvalidInputError('an attribute path needs at least one segment', where);
+  return path.map((segment) => nixAttrName(segment, where)).join('.');
+}
+
+export type OptionPathResult =
+  | { readonly ok: true; readonly path: string[] }
+  | { readonly ok: false; readonly reason: string };
+
+/** Splits `services.nginx.enable` into segments; every segment must be a Nix identifier. */
+export function parseOptionPath(dotted: string): OptionPathResult {
+  if (dotted === '') return { ok: false, reason: 'the option path is empty' };
+  const path = dotted.split('.');
+  for (const [i, segment] of path.entries()) {
+    if (segment === '') {
+      return { ok: false, reason: `segment ${i + 1} of option path ${JSON.stringify(dotted)} is empty` };
+    }
+    if (!IDENTIFIER.test(segment)) {
+      return {
+        ok: false,
+        reason: `segment ${JSON.stringify(segment)} of option path ${JSON.stringify(dotted)} is not a Nix identifier ([A-Za-z_][A-Za-z0-9_'-]*)`,
+      };
+    }
+  }
+  return { ok: true, path };
+}
+
+export function isOptionPath(dotted: string): boolean {
+  return parseOptionPath(dotted).ok;
+}
+
+/**
+ * A float as a Nix expression that evaluates to exactly the same double.
+ *
+ * Nix 2.8 lexes float literals with strtod, which rounds correctly, so JavaScript's shortest
+ * round-trip digits give back the same double once reshaped to Nix's grammar: a `.` is required
+ * (`1e300` lexes as `1` applied to `e300`), hence `1.0e+300`. But the lexer rejects any literal
+ * for which strtod sets ERANGE, which glibc does for every subnormal result ("invalid float
+ * '5.0e-324'"); those go through `builtins.fromJSON`, whose parser keeps them exact.
+ * A negative value is a parenthesised negation (`0 - x` is exact), valid in list position.
+ *
+ * Nix 2.8's `--json` output (and builtins.toJSON) prints floats with only 6 significant digits
+ * (`4.94066e-324`), so what the evaluator prints is not a test of exactness; the tests compare
+ * mantissa and exponent inside the evaluator instead.
+ */
+function nixFloat(v: number): string {
+  const abs = Math.abs(v);
+  if (abs < MIN_NORMAL) return `(builtins.fromJSON ${nixString(String(v))})`;
+  const [mantissa = '', exponent] = String(abs).split('e');
+  const literal = (mantissa.includes('.') ? mantissa : `${mantissa}.0`) + (exponent === undefined ? '' : `e${exponent}`);
+  return v < 0 ? `(-${literal})` : literal;
+}
+
+function nixNumber(v: number, where: string, at: string): string {
+  if (!Number.isFinite(v)) {
+    throw new InvalidInputError(`the number at ${at} is not finite (${v}); JSON has no such value`, where, { at });
+  }
+  // Only safe integers are certainly the integer the JSON held; anything else is a float, as
+  // Number.isInteger cannot tell 1e300 from an integer. -0 becomes 0: Nix integers have no sign
+  // for zero, and JSON.stringify(-0) is "0" too.
+  if (Number.isSafeInteger(v)) return v < 0 ? `(${v})` : String(v === 0 ? 0 : v);
+  return nixFloat(v);
+}
+
+function pad(n: number): string {
+  return ' '.repeat(n);
+}
+
+function render(v: Json, indent: number, where: string, at: string): string {
+  if (v === null) return 'null';
+  switch (typeof v) {
+    case 'boolean':
+      return v ? 'true' : 'false';
+    case 'number':
+      return nixNumber(v, where, at);
+    case 'string':
+      return nixString(v, at === '' ? where : `${where} at ${at}`);
+  }
+  if (Array.isArray(v)) {
+    if (v.length === 0) return '[ ]';
+    const inner = pad(indent + 2);
+    const items = v.map((item, i) => `${inner}${render(item, indent + 2, where, `${at}[${i}]`)}\n`);
+    return `[\n${items.join('')}${pad(indent)}]`;
+  }
+  const keys = Object.keys(v);
+  if (keys.length === 0) return '{ }';
+  const inner = pad(indent + 2);
+  const lines = keys.map((key) => {
+    const child = `${at}${IDENTIFIER.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`}`;
+    const name = nixAttrName(key, `${where} at ${child} (its name)`);
+    return `${inner}${name} = ${render(v[key] as Json, indent + 2, where, child)};\n`;
+  });
+  return `{\n${lines.join('')}${pad(indent)}}`;
+}
+
+/**
+ * A JSON value as a Nix expression that evaluates to the same value, multi-line for nested values.
+ * `indent` is the indentation of the line the value starts on; `where` names the value's source in
+ * errors (a value that no Nix expression can hold throws InvalidInputError).
+ */
+export function nixValue(v: Json, indent = 0, where = 'value'): string {
+  return render(v, indent, where, '');
+}
+
+/** A `# …` comment that always ends at its own line: no newline or control character survives. */
+export function nixComment(text: string, indent = 0): string {
+  // Nix ends a `#` comment at \r or \n; the rest of the replaced set is for editors and terminals.
+  const safe = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, ' ');
+  return `${pad(indent)}# ${safe}`.trimEnd();
+}
+
+export interface RenderedOption {
+  readonly path: readonly string[];
+  readonly value: Json;
+  /** Where the value came from (an SSM parameter name and version); written as a `#` comment. */
+  readonly comment?: string;
+  /** Names the source in errors; defaults to the comment, then the dotted path. */
+  readonly where?: string;
+  /** A NixOS priority (lib.mkOverride); without it the definition has the normal priority (100). */
+  readonly priority?: number;
+}
+
+const HEADER = '# Generated by nixos-ec2-agent; changes here are overwritten at the next convergence.';
+
+/**
+ * A NixOS module setting each option. Each option is its own anonymous module in `imports`, so
+ * paths that are prefixes of each other (`services.nginx = { … }` and `services.nginx.enable`) are
+ * separate definitions the module system merges, never duplicate attributes in one set.
+ */
+export function renderOptionsModule(options: readonly RenderedOption[]): string {
+  const usesLib = options.some((o) => o.priority !== undefined);
+  const modules = options.map((option) => {
+    const where = option.where ?? option.comment ?? option.path.join('.');
+    const comment = option.comment === undefined ? '' : `${nixComment(option.comment, 4)}\n`;
+    let value = nixValue(option.value, 6, where);
+    if (option.priority !== undefined) {
+      if (!Number.isSafeInteger(option.priority) || option.priority < 0) {
+        throw new InvalidInputError(`priority ${option.priority} is not a non-negative integer`, where);
+      }
+      value = `lib.mkOverride ${option.priority} (${value})`;
+    }
+    const definition = `config.${nixAttrPath(option.path, where)} = ${value};`;
+    return value.includes('\n')
+      ? `${comment}    {\n      ${definition}\n    }\n`
+      : `${comment}    { ${definition} }\n`;
+  });
+  const args = usesLib ? '{ lib, ... }:' : '{ ... }:';
+  return `${HEADER}\n${args}\n{\n  imports = [\n${modules.join('')}  ];\n}\n`;
+}
+
+/**
+ * A module giving other modules the paths of the secrets as the module argument `ec2Secrets`
+ * (`{ ec2Secrets, ... }: … ec2Secrets."db-password" …`). Only paths: values never enter Nix, and the
+ * paths are strings, not path literals, so nothing is copied into the store.
+ */
+export function renderSecretsArgsModule(secrets: readonly { name: string; path: string }[]): string {
+  const seen = new Set<string>();
+  for (const { name } of secrets) {
+    if (seen.has(name)) throw new InvalidInputError(`secret ${JSON.stringify(name)} is named twice`, 'secrets');
+    seen.add(name);
+  }
+  // fromEntries defines own properties, so a secret named `__proto__` is a name like any other.
+  const byName: { [k: string]: Json } = Object.fromEntries(secrets.map(({ name, path }) => [name, path]));
+  return `${HEADER}\n{ ... }:\n{\n  config._module.args.ec2Secrets = ${nixValue(byName, 2, 'secrets')};\n}\n`;
+}

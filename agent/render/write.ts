@@ -1,0 +1,107 @@
+// Writes a RenderPlan under root: parts first, each atomically, then the parser gate, then
+// configuration.nix as the single commit point. Secrets go to a root-only tmpfs directory and
+// never into a rendered file.
+import { InvalidInputError } from '../errors.js';
+import type { RootFs } from '../fs.js';
+import type { Logger } from '../log.js';
+import type { DesiredSecret } from '../desired/desired.js';
+import type { NixParser, NixSyntaxError } from './validate.js';
+import { CONFIGURATION_NIX, HEADER, PREVIOUS_CONFIGURATION, RENDER_ROOT, SECRETS_DIR, type RenderPlan } from './render.js';
+
+export class RenderWriter {
+  constructor(
+    private readonly fs: RootFs,
+    /** Undefined only when validation is configured `if-available` and Nix is absent. */
+    private readonly parser: NixParser | undefined,
+    private readonly log: Logger,
+  ) {}
+
+  /** Writes the parts and checks every file with the Nix parser. Switches nothing. */
+  async prepare(plan: RenderPlan): Promise<void> {
+    await this.fs.mkdirp(plan.dir);
+    for (const part of plan.parts) await this.fs.writeAtomic(part.path, part.text);
+    if (!this.parser) {
+      this.log.warn({ event: 'validate.skipped' }, 'nix-instantiate is not available; rendered files were not parsed');
+      return;
+    }
+    const sources = new Map<string, string>();
+    const files: string[] = [];
+    for (const f of [...plan.parts, ...plan.imported]) {
+      const real = this.fs.resolve(f.path);
+      sources.set(real, f.source);
+      files.push(real);
+    }
+    const errors = await this.parser.check(files);
+    const configError = await this.parser.checkText(plan.configuration.text, 'configuration.nix');
+    if (configError) errors.push(configError);
+    if (errors.length > 0) {
+      const first = errors[0] as NixSyntaxError;
+      const source = sources.get(first.file) ?? first.file;
+      throw new InvalidInputError(
+        `does not parse as Nix: line ${first.line}, column ${first.column}: ${first.message}`,
+        source,
+        { errors: errors.map((e) => ({ source: sources.get(e.file) ?? e.file, line: e.line, column: e.column, message: e.message })) },
+      );
+    }
+  }
+
+  /**
+   * The image's own configuration.nix becomes its base configuration, imported from then on,
+   * instead of being overwritten as amazon-init does. Runs before the sources are read, so the
+   * first render already imports it.
+   */
+  async adoptImageConfiguration(basePath: string): Promise<boolean> {
+    const current = await this.fs.readText(CONFIGURATION_NIX);
+    if (current === undefined || current.startsWith(HEADER) || (await this.fs.exists(basePath))) return false;
+    await this.fs.writeAtomic(basePath, current);
+    this.log.info({ event: 'render.adopted', path: basePath }, `kept the image's configuration.nix as ${basePath}`);
+    return true;
+  }
+
+  /** The commit point: the old configuration.nix is kept beside the parts, the new one replaces it. */
+  async commit(plan: RenderPlan): Promise<void> {
+    const current = await this.fs.readText(CONFIGURATION_NIX);
+    if (current !== undefined && current !== plan.configuration.text) {
+      await this.fs.writeAtomic(PREVIOUS_CONFIGURATION, current);
+    }
+    await this.fs.writeAtomic(CONFIGURATION_NIX, plan.configuration.text);
+  }
+
+  async currentConfiguration(): Promise<string | undefined> {
+    return this.fs.readText(CONFIGURATION_NIX);
+  }
+
+  /** Puts a known-good configuration.nix back, so a reboot or a manual rebuild cannot bring a bad one. */
+  async restore(text: string): Promise<void> {
+    await this.fs.writeAtomic(CONFIGURATION_NIX, text);
+  }
+
+  async writeSecrets(secrets: readonly DesiredSecret[]): Promise<void> {
+    await this.fs.mkdirp(SECRETS_DIR, 0o700);
+    await this.fs.mkdirp('/run/nixos-ec2-agent', 0o755);
+    for (const s of secrets) {
+      await this.fs.writeAtomic(`${SECRETS_DIR}/${s.name}`, s.value.reveal(), { mode: 0o400, dirMode: 0o700 });
+    }
+  }
+
+  /** Removes the secret files of parameters that disappeared. */
+  async pruneSecrets(keep: readonly string[]): Promise<string[]> {
+    const wanted = new Set(keep);
+    const removed: string[] = [];
+    for (const name of await this.fs.list(SECRETS_DIR)) {
+      if (!wanted.has(name)) {
+        await this.fs.remove(`${SECRETS_DIR}/${name}`);
+        removed.push(name);
+      }
+    }
+    return removed;
+  }
+
+  /** Drops render directories nothing refers to any more. */
+  async gc(keepDirs: readonly string[]): Promise<void> {
+    const keep = new Set(keepDirs.map((d) => d.split('/').at(-1)));
+    for (const name of await this.fs.list(RENDER_ROOT)) {
+      if (/^[0-9a-f]{12}$/.test(name) && !keep.has(name)) await this.fs.remove(`${RENDER_ROOT}/${name}`);
+    }
+  }
+}

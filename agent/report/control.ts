@@ -1,0 +1,103 @@
+// The local control socket: `status`, `converge --now`, `rollback`, `suspend`, `resume` reach the
+// running daemon here. A unix stream socket, mode 0600 in a root-only directory: only root can
+// change what the instance runs. One JSON line in, one JSON line out.
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+
+export type ControlOp = 'status' | 'converge' | 'rollback' | 'suspend' | 'resume';
+const OPS = new Set<string>(['status', 'converge', 'rollback', 'suspend', 'resume']);
+const MAX_REQUEST = 4096;
+
+export type ControlHandler = (op: ControlOp) => Promise<unknown>;
+
+export class ControlServer {
+  private server: net.Server | undefined;
+
+  constructor(
+    private readonly socketPath: string,
+    private readonly handler: ControlHandler,
+  ) {}
+
+  async start(): Promise<void> {
+    await mkdir(path.dirname(this.socketPath), { recursive: true, mode: 0o755 });
+    // A socket left by a killed agent would make listen fail with EADDRINUSE.
+    await rm(this.socketPath, { force: true });
+    const server = net.createServer((socket) => this.serve(socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    await chmod(this.socketPath, 0o600);
+    this.server = server;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    await rm(this.socketPath, { force: true });
+  }
+
+  private serve(socket: net.Socket): void {
+    let buffer = '';
+    socket.setTimeout(10_000, () => socket.destroy());
+    socket.on('error', () => socket.destroy());
+    socket.on('data', (chunk) => {
+      buffer += chunk.toString('utf8');
+      if (buffer.length > MAX_REQUEST) {
+        socket.end(`${JSON.stringify({ ok: false, error: 'request too large' })}\n`);
+        return;
+      }
+      const newline = buffer.indexOf('\n');
+      if (newline < 0) return;
+      const line = buffer.slice(0, newline);
+      socket.removeAllListeners('data');
+      let op: unknown;
+      try {
+        op = (JSON.parse(line) as { op?: unknown }).op;
+      } catch {
+        op = undefined;
+      }
+      if (typeof op !== 'string' || !OPS.has(op)) {
+        socket.end(`${JSON.stringify({ ok: false, error: `unknown request; ops are ${[...OPS].join(', ')}` })}\n`);
+        return;
+      }
+      this.handler(op as ControlOp).then(
+        (answer) => socket.end(`${JSON.stringify(answer)}\n`),
+        (err: unknown) => socket.end(`${JSON.stringify({ ok: false, error: (err as Error).message })}\n`),
+      );
+    });
+  }
+}
+
+export class ControlClient {
+  constructor(
+    private readonly socketPath: string,
+    private readonly timeoutMs = 600_000,
+  ) {}
+
+  request(op: ControlOp): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const socket = net.createConnection(this.socketPath);
+      let data = '';
+      socket.setTimeout(this.timeoutMs, () => {
+        socket.destroy();
+        reject(new Error(`no answer from ${this.socketPath}`));
+      });
+      socket.on('connect', () => socket.write(`${JSON.stringify({ op })}\n`));
+      socket.on('data', (chunk) => (data += chunk.toString('utf8')));
+      socket.on('error', reject);
+      socket.on('end', () => {
+        try {
+          resolve(JSON.parse(data));
+        } catch {
+          reject(new Error(`bad answer from ${this.socketPath}`));
+        }
+      });
+    });
+  }
+}

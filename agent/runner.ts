@@ -1,0 +1,121 @@
+// The real Runner: each command in its own process group, so a timeout or an abort kills the
+// command and everything it started (nix-build forks builders; a hung build must not linger).
+import { spawn } from 'node:child_process';
+import type { OutputStream, RunRequest, RunResult, Runner } from './ports.js';
+
+const TAIL_LINES = 40;
+/** After SIGTERM, how long a process group gets before SIGKILL. */
+const KILL_GRACE_MS = 5_000;
+/** Keep at most this much of each stream in memory; the rest is streamed to onLine only. */
+const MAX_CAPTURE = 4 * 1024 * 1024;
+
+export class ProcessRunner implements Runner {
+  constructor(private readonly killGraceMs = KILL_GRACE_MS) {}
+
+  run(request: RunRequest): Promise<RunResult> {
+    const started = Date.now();
+    return new Promise<RunResult>((resolve) => {
+      const tail: string[] = [];
+      const captured: Record<OutputStream, string[]> = { stdout: [], stderr: [] };
+      const capturedSize: Record<OutputStream, number> = { stdout: 0, stderr: 0 };
+      const partial: Record<OutputStream, string> = { stdout: '', stderr: '' };
+      let timedOut = false;
+      let aborted = false;
+      let settled = false;
+      let killTimer: NodeJS.Timeout | undefined;
+
+      const child = spawn(request.command, [...request.args], {
+        cwd: request.cwd,
+        env: { ...inheritedEnv(process.env), ...request.env },
+        detached: true,
+        stdio: [request.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      });
+
+      const killGroup = (sig: NodeJS.Signals) => {
+        if (child.pid === undefined) return;
+        try {
+          process.kill(-child.pid, sig);
+        } catch {
+          // The group is already gone.
+        }
+      };
+      const terminate = () => {
+        killGroup('SIGTERM');
+        killTimer ??= setTimeout(() => killGroup('SIGKILL'), this.killGraceMs);
+      };
+
+      const line = (stream: OutputStream, text: string) => {
+        tail.push(text);
+        if (tail.length > TAIL_LINES) tail.shift();
+        request.onLine?.(stream, text);
+      };
+      const onData = (stream: OutputStream) => (chunk: Buffer) => {
+        const text = chunk.toString('utf8');
+        if (capturedSize[stream] < MAX_CAPTURE) {
+          captured[stream].push(text);
+          capturedSize[stream] += text.length;
+        }
+        const lines = (partial[stream] + text).split('\n');
+        partial[stream] = lines.pop() ?? '';
+        for (const l of lines) line(stream, l);
+      };
+      child.stdout?.on('data', onData('stdout'));
+      child.stderr?.on('data', onData('stderr'));
+
+      const timer =
+        request.timeoutMs !== undefined
+          ? setTimeout(() => {
+              timedOut = true;
+              terminate();
+            }, request.timeoutMs)
+          : undefined;
+      const onAbort = () => {
+        aborted = true;
+        terminate();
+      };
+      if (request.signal?.aborted) onAbort();
+      else request.signal?.addEventListener('abort', onAbort, { once: true });
+
+      const finish = (code: number | null, signal: string | null, spawnError?: Error) => {
+        if (settled) return;
+        settled = true;
+        if (timer) clearTimeout(timer);
+        request.signal?.removeEventListener('abort', onAbort);
+        // Children of the command may still hold the group; they go with it.
+        if (timedOut || aborted) killGroup('SIGKILL');
+        if (killTimer) clearTimeout(killTimer);
+        for (const stream of ['stdout', 'stderr'] as const) {
+          if (partial[stream]) line(stream, partial[stream]);
+          partial[stream] = '';
+        }
+        if (spawnError) line('stderr', `${request.command}: ${spawnError.message}`);
+        resolve({
+          code: spawnError ? 127 : code,
+          signal,
+          timedOut,
+          aborted,
+          stdout: captured.stdout.join(''),
+          stderr: captured.stderr.join('') + (spawnError ? `${request.command}: ${spawnError.message}\n` : ''),
+          tail: [...tail],
+          durationMs: Date.now() - started,
+        });
+      };
+      child.once('error', (err) => finish(null, null, err));
+      child.once('close', (code, signal) => finish(code, signal));
+      if (request.stdin !== undefined) child.stdin?.end(request.stdin);
+    });
+  }
+}
+
+/**
+ * The agent's environment less what systemd gave the agent alone: a child holding NOTIFY_SOCKET
+ * could report readiness or feed the watchdog in the agent's name.
+ */
+export function inheritedEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(env)) {
+    if (key === 'NOTIFY_SOCKET' || key.startsWith('WATCHDOG_') || key.startsWith('LISTEN_')) continue;
+    out[key] = value;
+  }
+  return out;
+}

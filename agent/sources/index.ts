@@ -1,0 +1,55 @@
+// Reads every source once: IMDS (identity, user data, tags), SSM, local files. Each source is its
+// own module; this only gathers their snapshots for one pass.
+import type { Imds, InstanceIdentity } from '../aws/imds.js';
+import type { RootFs } from '../fs.js';
+import type { LocalSnapshot } from '../desired/desired.js';
+import { readLocal } from './local.js';
+import type { SsmSnapshot, SsmSource } from './ssm.js';
+import { interpretUserData, type UserData } from './userdata.js';
+
+export interface Snapshots {
+  readonly identity: InstanceIdentity;
+  readonly asg: string | undefined;
+  readonly userData: UserData;
+  readonly ssm: SsmSnapshot | undefined;
+  readonly local: LocalSnapshot;
+  readonly notes: readonly string[];
+}
+
+export interface SourceOptions {
+  readonly userData: boolean;
+  /** Undefined: SSM is off. */
+  readonly ssmPrefixes: readonly string[] | undefined;
+  readonly baseConfiguration: string;
+  readonly modulesDir: string;
+}
+
+export const ASG_TAG = 'aws:autoscaling:groupName';
+
+export class SourceReader {
+  constructor(
+    private readonly imds: Imds,
+    /** Created on first use: the SSM client is the heaviest import on the boot path. */
+    private readonly ssm: () => Promise<SsmSource>,
+    private readonly fs: RootFs,
+    private readonly options: SourceOptions,
+  ) {}
+
+  async read(signal?: AbortSignal): Promise<Snapshots> {
+    const ssmReady = this.options.ssmPrefixes ? this.ssm() : undefined;
+    // Read alongside: each waits on the network, none depends on another but SSM on identity.
+    const [identity, asg, userDataRaw, local] = await Promise.all([
+      this.imds.identity(),
+      this.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`),
+      this.options.userData ? this.imds.getBytes('latest/user-data') : Promise.resolve(undefined),
+      readLocal(this.fs, this.options.baseConfiguration, this.options.modulesDir),
+    ]);
+    const userData = interpretUserData(userDataRaw);
+    let ssm: SsmSnapshot | undefined;
+    if (ssmReady && this.options.ssmPrefixes) {
+      const source = await ssmReady;
+      ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
+    }
+    return { identity, asg, userData, ssm, local: local.snapshot, notes: local.notes };
+  }
+}

@@ -1,0 +1,119 @@
+// The agent's durable state, in var/lib/nixos-ec2-agent/state.json: written atomically and
+// journaled through each phase, so an agent killed at any point finds out where it was. A corrupt
+// file is set aside with a clear error, never trusted and never fatal.
+import { z } from 'zod';
+import type { RootFs } from './fs.js';
+
+export const STATE_DIR = '/var/lib/nixos-ec2-agent';
+export const STATE_FILE = `${STATE_DIR}/state.json`;
+export const LAST_GOOD_CONFIGURATION = `${STATE_DIR}/last-good-configuration.nix`;
+
+const ParameterRef = z.object({ name: z.string(), version: z.number() });
+const Sources = z.object({ userData: z.string(), parameters: z.array(ParameterRef) });
+
+const GoodGeneration = z.object({
+  storePath: z.string(),
+  desiredHash: z.string().optional(),
+  renderDir: z.string().optional(),
+  at: z.number(),
+});
+
+export const Phase = z.enum(['idle', 'rendered', 'building', 'activating', 'verifying', 'committing', 'rolling-back']);
+export type Phase = z.infer<typeof Phase>;
+
+const StateSchema = z.object({
+  version: z.literal(1),
+  journal: z.object({
+    phase: Phase,
+    desiredHash: z.string().optional(),
+    storePath: z.string().optional(),
+    since: z.number(),
+    /** Why a rollback is under way, so a restarted agent finishes it with the same reason. */
+    reason: z.string().optional(),
+  }),
+  /** The generation known to run well: where every rollback goes. */
+  lastGood: GoodGeneration.optional(),
+  /** The good generation before the last one: where an operator's `rollback` goes. */
+  previousGood: GoodGeneration.optional(),
+  /** What this agent switched to and verified last (absent: the image's own system). */
+  running: z.object({ desiredHash: z.string(), storePath: z.string(), at: z.number() }).optional(),
+  /** Desired states that failed, with when they may be tried again. */
+  failed: z.record(
+    z.string(),
+    z.object({
+      at: z.number(),
+      stage: z.string(),
+      reason: z.string(),
+      attempts: z.number(),
+      retryAt: z.number(),
+    }),
+  ),
+  /** What built each system: desired-state hash and source versions, by store path. */
+  builds: z.record(z.string(), z.object({ desiredHash: z.string(), sources: Sources, at: z.number() })),
+  /** The `#!` user-data script, run once per instance id. */
+  userDataScript: z.object({ instanceId: z.string(), digest: z.string(), exitCode: z.number().nullable(), at: z.number() }).optional(),
+  channelsDigest: z.string().optional(),
+  suspended: z.object({ since: z.number(), by: z.string().optional() }).optional(),
+  /** Set by `rollback`: hold on the last good generation until the sources change. */
+  held: z.object({ desiredHash: z.string(), since: z.number() }).optional(),
+  rebootRequired: z.object({ since: z.number(), storePath: z.string() }).optional(),
+});
+
+export type DurableState = z.infer<typeof StateSchema>;
+
+export function emptyState(now: number): DurableState {
+  return { version: 1, journal: { phase: 'idle', since: now }, failed: {}, builds: {} };
+}
+
+export interface LoadedState {
+  readonly state: DurableState;
+  /** Set when the file was unreadable and was set aside. */
+  readonly problem?: string;
+}
+
+export class StateStore {
+  constructor(
+    private readonly fs: RootFs,
+    private readonly now: () => number,
+  ) {}
+
+  async load(): Promise<LoadedState> {
+    let text: string | undefined;
+    try {
+      text = await this.fs.readText(STATE_FILE);
+    } catch (err) {
+      return this.setAside(`cannot read ${STATE_FILE}: ${(err as Error).message}`);
+    }
+    if (text === undefined) return { state: emptyState(this.now()) };
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      return this.setAside(`${STATE_FILE} is not JSON (${(err as Error).message})`);
+    }
+    const parsed = StateSchema.safeParse(json);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      return this.setAside(`${STATE_FILE} is not a state file: ${issue?.path.join('.') || '(top level)'}: ${issue?.message}`);
+    }
+    return { state: parsed.data };
+  }
+
+  async save(state: DurableState): Promise<void> {
+    await this.fs.writeAtomic(STATE_FILE, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+  }
+
+  private async setAside(problem: string): Promise<LoadedState> {
+    const aside = `${STATE_FILE}.corrupt-${this.now()}`;
+    try {
+      const bytes = await this.fs.read(STATE_FILE);
+      if (bytes) {
+        await this.fs.writeAtomic(aside, bytes, { mode: 0o600 });
+        await this.fs.remove(STATE_FILE);
+      }
+    } catch {
+      // Setting it aside is a courtesy; starting clean is what matters.
+    }
+    return { state: emptyState(this.now()), problem: `${problem}; set aside as ${aside}, starting with empty state` };
+  }
+}

@@ -1,0 +1,61 @@
+// The agent's status: one plain value, rebuilt at each step, that every report sink reads
+// (status.json, systemd STATUS=, HTTP, metrics, the ASG). Nothing in it is a secret.
+import type { Phase } from './state.js';
+
+export type StatusPhase = Phase | 'starting' | 'fetching' | 'rendering' | 'held' | 'suspended' | 'stopping';
+
+/** cloud-init's lesson: these exit codes are an API. */
+export type Condition = 'converging' | 'converged' | 'degraded' | 'failed';
+
+export type Outcome = 'converged' | 'unchanged' | 'rolled-back' | 'failed' | 'invalid-input' | 'held' | 'suspended' | 'cancelled';
+
+export interface ErrorSummary {
+  readonly kind: string;
+  readonly message: string;
+  readonly stage?: string;
+  readonly where?: string;
+  readonly exitCode?: number | null;
+  readonly tail?: readonly string[];
+}
+
+export interface Status {
+  readonly version: 1;
+  readonly pid: number;
+  readonly updatedAt: string;
+  readonly phase: StatusPhase;
+  readonly condition: Condition;
+  /** Ends when the first pass ends (converged, held or left on a good generation). */
+  readonly firstConvergenceDone: boolean;
+  /** One line for people: systemd's STATUS=. */
+  readonly message: string;
+  readonly instanceId?: string;
+  readonly desired?: { readonly hash: string; readonly sources: { readonly userData: string; readonly parameters: readonly { name: string; version: number }[] }; readonly notes: readonly string[] };
+  readonly running?: { readonly storePath: string; readonly desiredHash?: string; readonly generation?: number };
+  readonly lastGood?: { readonly storePath: string; readonly desiredHash?: string };
+  /** True when no good generation runs: the only state in which the ASG is told Unhealthy. */
+  readonly noGoodGeneration: boolean;
+  readonly lastResult?: {
+    readonly outcome: Outcome;
+    readonly at: string;
+    readonly durationMs: number;
+    readonly desiredHash?: string;
+    readonly error?: ErrorSummary;
+  };
+  readonly reasons: readonly string[];
+  readonly suspended?: { readonly since: string };
+  readonly held?: { readonly since: string; readonly desiredHash: string };
+  readonly rebootRequired: boolean;
+  readonly lastSuccessAt?: string;
+}
+
+/** `status` exit codes: 0 converged, 1 failed with no good generation, 2 degraded. */
+export function statusExitCode(status: Pick<Status, 'condition'>): 0 | 1 | 2 {
+  switch (status.condition) {
+    case 'converged':
+      return 0;
+    case 'failed':
+      return 1;
+    default:
+      return 2;
+  }
+}

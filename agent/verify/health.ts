@@ -1,0 +1,114 @@
+// After activation: is the new system healthy? Failed systemd units, HTTP probes and command
+// probes, retried within a grace window (services take a moment to start), ending in a Verdict.
+import type { Clock, Runner } from '../ports.js';
+
+export type Probe =
+  | { readonly name: string; readonly http: { readonly url: string; readonly expectStatus: number; readonly timeoutMs: number } }
+  | { readonly name: string; readonly command: { readonly argv: readonly string[]; readonly timeoutMs: number } };
+
+export interface HealthOptions {
+  readonly systemctl: string;
+  readonly checkFailedUnits: boolean;
+  readonly graceMs: number;
+  readonly intervalMs: number;
+  readonly probes: readonly Probe[];
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+export interface CheckResult {
+  readonly name: string;
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+export interface Verdict {
+  readonly healthy: boolean;
+  readonly reasons: readonly string[];
+  readonly checks: readonly CheckResult[];
+  readonly attempts: number;
+}
+
+/** The HTTP capability a probe needs; `fetch` by default. */
+export type HttpGet = (url: string, timeoutMs: number) => Promise<number>;
+
+const defaultHttpGet: HttpGet = async (url, timeoutMs) => {
+  const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'manual' });
+  await response.body?.cancel();
+  return response.status;
+};
+
+export class HealthChecker {
+  constructor(
+    private readonly runner: Runner,
+    private readonly clock: Clock,
+    private readonly options: HealthOptions,
+    private readonly httpGet: HttpGet = defaultHttpGet,
+  ) {}
+
+  /** Checks until all pass or the grace window ends; the last round's failures are the reasons. */
+  async verify(onAttempt?: (checks: readonly CheckResult[]) => void): Promise<Verdict> {
+    const deadline = this.clock.now() + this.options.graceMs;
+    let attempts = 0;
+    for (;;) {
+      attempts++;
+      const checks = await this.checkOnce();
+      onAttempt?.(checks);
+      const failed = checks.filter((c) => !c.ok);
+      if (failed.length === 0) return { healthy: true, reasons: [], checks, attempts };
+      if (this.clock.now() + this.options.intervalMs > deadline) {
+        return { healthy: false, reasons: failed.map((c) => `${c.name}: ${c.detail}`), checks, attempts };
+      }
+      await this.clock.sleep(this.options.intervalMs);
+    }
+  }
+
+  async checkOnce(): Promise<CheckResult[]> {
+    const checks: Promise<CheckResult>[] = [];
+    if (this.options.checkFailedUnits) checks.push(this.failedUnits());
+    for (const probe of this.options.probes) checks.push('http' in probe ? this.http(probe.name, probe.http) : this.command(probe.name, probe.command));
+    return Promise.all(checks);
+  }
+
+  private async failedUnits(): Promise<CheckResult> {
+    const result = await this.runner.run({
+      command: this.options.systemctl,
+      args: ['list-units', '--state=failed', '--no-legend', '--plain', '--no-pager'],
+      timeoutMs: 30_000,
+      ...(this.options.env ? { env: this.options.env } : {}),
+    });
+    if (result.code !== 0) {
+      return { name: 'systemd', ok: false, detail: `systemctl exited with ${result.code}: ${result.tail.slice(-1)[0] ?? ''}` };
+    }
+    const units = result.stdout
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/)[0] ?? '')
+      .filter((u) => u !== '');
+    return units.length === 0
+      ? { name: 'systemd', ok: true, detail: 'no failed units' }
+      : { name: 'systemd', ok: false, detail: `failed units: ${units.join(', ')}` };
+  }
+
+  private async http(name: string, probe: { url: string; expectStatus: number; timeoutMs: number }): Promise<CheckResult> {
+    try {
+      const status = await this.httpGet(probe.url, probe.timeoutMs);
+      return status === probe.expectStatus
+        ? { name, ok: true, detail: `HTTP ${status}` }
+        : { name, ok: false, detail: `HTTP ${status} from ${probe.url}, expected ${probe.expectStatus}` };
+    } catch (err) {
+      return { name, ok: false, detail: `${probe.url}: ${(err as Error).name === 'TimeoutError' ? `no answer within ${probe.timeoutMs} ms` : (err as Error).message}` };
+    }
+  }
+
+  private async command(name: string, probe: { argv: readonly string[]; timeoutMs: number }): Promise<CheckResult> {
+    const [command, ...args] = probe.argv;
+    const result = await this.runner.run({
+      command: command as string,
+      args,
+      timeoutMs: probe.timeoutMs,
+      ...(this.options.env ? { env: this.options.env } : {}),
+    });
+    if (result.code === 0) return { name, ok: true, detail: 'exit 0' };
+    const why = result.timedOut ? `timed out after ${probe.timeoutMs} ms` : `exited with ${result.code}`;
+    return { name, ok: false, detail: `${probe.argv.join(' ')} ${why}${result.tail.length ? `: ${result.tail.at(-1)}` : ''}` };
+  }
+}

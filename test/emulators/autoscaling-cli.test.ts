@@ -1,0 +1,154 @@
+// The Auto Scaling emulator through the real AWS CLI (botocore's awsQuery client): what an operator
+// or a lifecycle script on the instance would run against it.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AutoScalingEmulator, LAUNCHING } from './autoscaling.js';
+import { ManualClock } from './clock.js';
+
+// The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
+const AWS = '/usr/bin/aws';
+const skip = existsSync(AWS) ? false : `${AWS} (AWS CLI v2) is not installed`;
+
+const GROUP = 'web-asg';
+const HOOK = 'launch-hook';
+
+interface CliResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
+  let emulator: AutoScalingEmulator;
+  let clock: ManualClock;
+  let home: string;
+
+  before(async () => {
+    clock = new ManualClock(Date.UTC(2025, 0, 1));
+    emulator = await AutoScalingEmulator.start({ clock, tickIntervalMs: 0 });
+    emulator.createGroup({ name: GROUP, healthCheckGracePeriod: 300 });
+    emulator.putLifecycleHook({ groupName: GROUP, hookName: HOOK, transition: LAUNCHING });
+    home = await mkdtemp(join(tmpdir(), 'asg-cli-'));
+  });
+  after(async () => {
+    await emulator?.close();
+    if (home) await rm(home, { recursive: true, force: true });
+  });
+
+  const aws = (...args: string[]): Promise<CliResult> =>
+    new Promise((resolve) => {
+      execFile(
+        AWS,
+        ['--endpoint-url', emulator.url, '--output', 'json', 'autoscaling', ...args],
+        {
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            HOME: home,
+            AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
+            AWS_SECRET_ACCESS_KEY: 'secret',
+            AWS_DEFAULT_REGION: 'eu-west-1',
+            AWS_EC2_METADATA_DISABLED: 'true',
+            AWS_PAGER: '',
+            AWS_CONFIG_FILE: join(home, 'config'),
+            AWS_SHARED_CREDENTIALS_FILE: join(home, 'credentials'),
+          },
+          timeout: 20_000,
+        },
+        (error, stdout, stderr) => {
+          const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0;
+          resolve({ code, stdout, stderr });
+        },
+      );
+    });
+
+  it('describe-auto-scaling-instances shows an instance held by the launch hook', async () => {
+    emulator.launchInstance({ instanceId: 'i-0aaaaaaaaaaaaaaa1', groupName: GROUP, availabilityZone: 'eu-west-1a', instanceType: 't3.small' });
+    emulator.launchInstance({ instanceId: 'i-0aaaaaaaaaaaaaaa2', groupName: GROUP });
+    // --page-size keeps the CLI's auto-paging, so both pages must be followed through NextToken.
+    const r = await aws('describe-auto-scaling-instances', '--page-size', '1');
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { AutoScalingInstances: Array<Record<string, unknown>> };
+    assert.deepEqual(
+      out.AutoScalingInstances.map((i) => i.InstanceId),
+      ['i-0aaaaaaaaaaaaaaa1', 'i-0aaaaaaaaaaaaaaa2'],
+    );
+    assert.deepEqual(
+      { ...out.AutoScalingInstances[0], LaunchTemplate: undefined },
+      {
+        InstanceId: 'i-0aaaaaaaaaaaaaaa1',
+        InstanceType: 't3.small',
+        AutoScalingGroupName: GROUP,
+        AvailabilityZone: 'eu-west-1a',
+        LifecycleState: 'Pending:Wait',
+        HealthStatus: 'HEALTHY',
+        ProtectedFromScaleIn: false,
+        LaunchTemplate: undefined,
+      },
+    );
+    assert.ok(emulator.requests.filter((q) => q.operation === 'DescribeAutoScalingInstances').length >= 2);
+  });
+
+  it('record-lifecycle-action-heartbeat, then complete-lifecycle-action CONTINUE, puts the instance in service', async () => {
+    const hb = await aws('record-lifecycle-action-heartbeat', '--lifecycle-hook-name', HOOK, '--auto-scaling-group-name', GROUP, '--instance-id', 'i-0aaaaaaaaaaaaaaa1');
+    assert.equal(hb.code, 0, hb.stderr);
+    assert.equal(emulator.instance('i-0aaaaaaaaaaaaaaa1')?.heartbeats, 1);
+
+    const token = emulator.instance('i-0aaaaaaaaaaaaaaa1')?.activeActions[0]?.token ?? '';
+    const done = await aws(
+      'complete-lifecycle-action',
+      '--lifecycle-hook-name', HOOK,
+      '--auto-scaling-group-name', GROUP,
+      '--lifecycle-action-result', 'CONTINUE',
+      '--lifecycle-action-token', token,
+    );
+    assert.equal(done.code, 0, done.stderr);
+    assert.equal(done.stdout.trim(), '', 'complete-lifecycle-action prints nothing');
+    assert.equal(emulator.instance('i-0aaaaaaaaaaaaaaa1')?.lifecycleState, 'InService');
+  });
+
+  it('set-instance-health --no-should-respect-grace-period marks the instance UNHEALTHY', async () => {
+    const r = await aws('set-instance-health', '--instance-id', 'i-0aaaaaaaaaaaaaaa1', '--health-status', 'Unhealthy', '--no-should-respect-grace-period');
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(emulator.requests.at(-1)?.params.ShouldRespectGracePeriod, 'false');
+    const d = await aws('describe-auto-scaling-instances', '--instance-ids', 'i-0aaaaaaaaaaaaaaa1');
+    const out = JSON.parse(d.stdout) as { AutoScalingInstances: Array<Record<string, unknown>> };
+    assert.equal(out.AutoScalingInstances[0]?.HealthStatus, 'UNHEALTHY');
+    assert.equal(out.AutoScalingInstances[0]?.LifecycleState, 'Terminating');
+  });
+
+  it('a completion with no active action exits 254 with the service message', async () => {
+    const r = await aws(
+      'complete-lifecycle-action',
+      '--lifecycle-hook-name', HOOK,
+      '--auto-scaling-group-name', GROUP,
+      '--lifecycle-action-result', 'CONTINUE',
+      '--instance-id', 'i-0aaaaaaaaaaaaaaa1',
+    );
+    assert.equal(r.code, 254);
+    assert.match(
+      r.stderr,
+      /An error occurred \(ValidationError\) when calling the CompleteLifecycleAction operation: No active Lifecycle Action found with instance ID i-0aaaaaaaaaaaaaaa1/,
+    );
+  });
+
+  it('describe-lifecycle-hooks shows the hook with its timeouts', async () => {
+    const r = await aws('describe-lifecycle-hooks', '--auto-scaling-group-name', GROUP);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { LifecycleHooks: Array<Record<string, unknown>> };
+    assert.deepEqual(out.LifecycleHooks, [
+      {
+        LifecycleHookName: HOOK,
+        AutoScalingGroupName: GROUP,
+        LifecycleTransition: LAUNCHING,
+        HeartbeatTimeout: 3600,
+        GlobalTimeout: 172800,
+        DefaultResult: 'ABANDON',
+      },
+    ]);
+  });
+});

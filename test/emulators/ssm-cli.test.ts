@@ -1,0 +1,136 @@
+// The SSM emulator through the real AWS CLI (botocore's awsJson1_1 client): how an operator pushes
+// configuration to a fleet, and reads it back.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { SsmEmulator } from './ssm.js';
+
+// The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
+const AWS = '/usr/bin/aws';
+const skip = existsSync(AWS) ? false : `${AWS} (AWS CLI v2) is not installed`;
+
+interface CliResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+describe('SSM emulator through the AWS CLI', { skip }, () => {
+  let emulator: SsmEmulator;
+  let home: string;
+
+  before(async () => {
+    emulator = await SsmEmulator.start({ region: 'eu-west-1', throughput: null });
+    home = await mkdtemp(join(tmpdir(), 'ssm-cli-'));
+  });
+  after(async () => {
+    await emulator?.close();
+    if (home) await rm(home, { recursive: true, force: true });
+  });
+
+  const aws = (...args: string[]): Promise<CliResult> =>
+    new Promise((resolve) => {
+      execFile(
+        AWS,
+        ['--endpoint-url', emulator.url, '--output', 'json', 'ssm', ...args],
+        {
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            HOME: home,
+            AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
+            AWS_SECRET_ACCESS_KEY: 'secret',
+            AWS_DEFAULT_REGION: 'eu-west-1',
+            AWS_EC2_METADATA_DISABLED: 'true',
+            AWS_PAGER: '',
+            AWS_CONFIG_FILE: join(home, 'config'),
+            AWS_SHARED_CREDENTIALS_FILE: join(home, 'credentials'),
+          },
+          timeout: 20_000,
+        },
+        (error, stdout, stderr) => {
+          const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0;
+          resolve({ code, stdout, stderr });
+        },
+      );
+    });
+
+  it('put-parameter creates, refuses to replace without --overwrite, then versions', async () => {
+    const created = await aws('put-parameter', '--name', '/nixos/fleet/options/time.timeZone', '--value', '"UTC"', '--type', 'String');
+    assert.equal(created.code, 0, created.stderr);
+    assert.deepEqual(JSON.parse(created.stdout), { Version: 1, Tier: 'Standard' });
+
+    // A service error: the CLI exits 254 and prints botocore's ClientError line.
+    const again = await aws('put-parameter', '--name', '/nixos/fleet/options/time.timeZone', '--value', '"CET"', '--type', 'String');
+    assert.equal(again.code, 254);
+    assert.match(again.stderr, /An error occurred \(ParameterAlreadyExists\) when calling the PutParameter operation: The parameter already exists/);
+
+    const replaced = await aws('put-parameter', '--name', '/nixos/fleet/options/time.timeZone', '--value', '"CET"', '--overwrite');
+    assert.equal(replaced.code, 0, replaced.stderr);
+    assert.equal((JSON.parse(replaced.stdout) as { Version: number }).Version, 2);
+    assert.equal(emulator.get('/nixos/fleet/options/time.timeZone')?.Value, '"CET"');
+    assert.equal(emulator.requests.at(-1)?.accessKeyId, 'AKIDEXAMPLE');
+  });
+
+  it('get-parameters-by-path --recursive follows NextToken across pages', async () => {
+    const names = Array.from({ length: 23 }, (_, i) => `/nixos/asg/web/modules/m${String(i).padStart(2, '0')}`);
+    for (const name of names) emulator.put({ Name: name, Value: `{ }: { }`, Type: 'String' });
+    emulator.put({ Name: '/nixos/asg/web/options/deep/x', Value: '1', Type: 'String' });
+    const before = emulator.callCounts()['GetParametersByPath'] ?? 0;
+
+    // --page-size keeps the CLI's auto-paging (--max-results would turn it off).
+    const r = await aws('get-parameters-by-path', '--path', '/nixos/asg/web', '--recursive', '--page-size', '5');
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { Parameters: { Name: string; Version: number; ARN: string; LastModifiedDate: string }[] };
+    const seen = out.Parameters.map((p) => p.Name);
+    assert.equal(seen.length, 24);
+    assert.equal(new Set(seen).size, 24);
+    assert.ok(seen.includes('/nixos/asg/web/options/deep/x'));
+    assert.equal(out.Parameters[0]?.ARN, `arn:aws:ssm:eu-west-1:123456789012:parameter${out.Parameters[0]?.Name}`);
+    // botocore turned the epoch-seconds number into a timestamp.
+    assert.ok(!Number.isNaN(Date.parse(out.Parameters[0]?.LastModifiedDate ?? '')));
+
+    const calls = (emulator.callCounts()['GetParametersByPath'] ?? 0) - before;
+    assert.equal(calls, 5, 'ceil(24 / 5) pages');
+    const inputs = emulator.requests.filter((r) => r.operation === 'GetParametersByPath').slice(-calls);
+    assert.ok(inputs.every((r) => (r.input as { MaxResults?: number }).MaxResults === 5));
+    assert.ok(inputs.slice(1).every((r) => typeof (r.input as { NextToken?: string }).NextToken === 'string'));
+
+    const oneLevel = await aws('get-parameters-by-path', '--path', '/nixos/asg/web/options');
+    assert.equal(oneLevel.code, 0, oneLevel.stderr);
+    assert.deepEqual((JSON.parse(oneLevel.stdout) as { Parameters: unknown[] }).Parameters, []);
+  });
+
+  it('get-parameter shows a SecureString only --with-decryption', async () => {
+    const put = await aws('put-parameter', '--name', '/nixos/fleet/secrets/token', '--value', 's3cr3t-value', '--type', 'SecureString');
+    assert.equal(put.code, 0, put.stderr);
+
+    const hidden = await aws('get-parameter', '--name', '/nixos/fleet/secrets/token');
+    assert.equal(hidden.code, 0, hidden.stderr);
+    const hiddenValue = (JSON.parse(hidden.stdout) as { Parameter: { Value: string } }).Parameter.Value;
+    assert.notEqual(hiddenValue, 's3cr3t-value');
+    assert.ok(!hiddenValue.includes('s3cr3t'));
+
+    const shown = await aws('get-parameter', '--name', '/nixos/fleet/secrets/token', '--with-decryption', '--query', 'Parameter.Value', '--output', 'text');
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.equal(shown.stdout.trim(), 's3cr3t-value');
+  });
+
+  it('reports service errors the way the CLI prints them, with exit code 254', async () => {
+    const [missing, tooMany, reserved] = await Promise.all([
+      aws('get-parameter', '--name', '/nixos/none'),
+      // botocore checks only the lower bound of MaxResults; the service refuses 11.
+      aws('get-parameters-by-path', '--path', '/nixos', '--max-results', '11'),
+      aws('put-parameter', '--name', '/aws/reserved/x', '--value', 'v', '--type', 'String'),
+    ]);
+    assert.equal(missing.code, 254);
+    assert.match(missing.stderr, /An error occurred \(ParameterNotFound\) when calling the GetParameter operation: Parameter \/nixos\/none not found\./);
+    assert.equal(tooMany.code, 254);
+    assert.match(tooMany.stderr, /\(ValidationException\) when calling the GetParametersByPath operation: 1 validation error detected: Value '11' at 'maxResults'/);
+    assert.equal(reserved.code, 254);
+    assert.match(reserved.stderr, /\(AccessDeniedException\) when calling the PutParameter operation/);
+  });
+});

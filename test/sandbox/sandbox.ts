@@ -1,0 +1,209 @@
+// `sandbox`: the emulated AWS, the stand-in nixos-rebuild and the real agent (its own process, its
+// own sd_notify and control socket) over a sandboxed root. The same DIR again is the same
+// instance: its id, its parameters, its generations and the agent's state survive, like a reboot.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeFileAtomic } from '../../agent/fs.js';
+import type { AutoScalingSnapshot } from '../emulators/autoscaling.js';
+import type { SsmSnapshot } from '../emulators/ssm.js';
+import { bootMachine, installStandins } from '../standin/install.js';
+import { DEMO_USER_DATA, demoParameters } from './demo.js';
+import { readWorldFiles, World, type InstanceSpec } from './world.js';
+
+const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+
+export interface SandboxLayout {
+  readonly dir: string;
+  readonly root: string;
+  readonly bin: string;
+  readonly config: string;
+  readonly log: string;
+  readonly saved: string;
+}
+
+export function sandboxLayout(dir: string): SandboxLayout {
+  const abs = path.resolve(dir);
+  return {
+    dir: abs,
+    root: path.join(abs, 'root'),
+    bin: path.join(abs, 'bin'),
+    config: path.join(abs, 'agent.json'),
+    log: path.join(abs, 'agent.log'),
+    saved: path.join(abs, 'world.json'),
+  };
+}
+
+interface Saved {
+  readonly instance: InstanceSpec;
+  readonly userData?: string;
+  readonly ssm?: SsmSnapshot;
+  readonly autoscaling?: AutoScalingSnapshot;
+}
+
+export interface Sandbox {
+  readonly layout: SandboxLayout;
+  readonly world: World;
+  /** The environment the agent runs with. */
+  readonly env: Record<string, string>;
+  save(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Starts the world for DIR (creating or rebooting the instance) and writes the agent's config. */
+export async function openSandbox(
+  dir: string,
+  flags: { 'user-data'?: string; parameters?: string; instance?: string },
+  agentConfig: Record<string, unknown> = {},
+): Promise<Sandbox> {
+  const layout = sandboxLayout(dir);
+  await mkdir(layout.dir, { recursive: true });
+  const files = await readWorldFiles(flags);
+  const saved: Saved | undefined = existsSync(layout.saved) ? (JSON.parse(await readFile(layout.saved, 'utf8')) as Saved) : undefined;
+  const fresh = saved === undefined;
+  const instance: InstanceSpec = files.instance ?? saved?.instance ?? { instanceId: `i-${randomBytes(9).toString('hex').slice(0, 17)}` };
+  const userData = files.userData ?? (saved ? (saved.userData !== undefined ? Buffer.from(saved.userData, 'base64') : undefined) : Buffer.from(DEMO_USER_DATA));
+
+  const world = await World.start({ instance, ...(userData ? { userData } : {}), ssmThroughput: null });
+  if (saved?.ssm) world.ssm.restore(saved.ssm);
+  if (saved?.autoscaling) world.autoscaling.restore(saved.autoscaling);
+  if (files.parameters) world.ssm.load(files.parameters);
+  else if (fresh) world.ssm.load(demoParameters(world.instance.instanceId, world.group));
+
+  // A reboot: /run starts empty, the profile's system is booted.
+  const standins = await installStandins({ binDir: layout.bin, root: layout.root });
+  await bootMachine(layout.root);
+
+  const config = {
+    root: layout.root,
+    logLevel: 'info',
+    rebuild: {
+      nixosRebuild: standins.nixosRebuild,
+      nixEnv: standins.nixEnv,
+      nixChannel: standins.nixChannel,
+      validate: 'if-available',
+      buildTimeoutSeconds: 60,
+      activateTimeoutSeconds: 60,
+    },
+    health: { systemctl: standins.systemctl, graceSeconds: 2, intervalSeconds: 0.5 },
+    ssm: { pollIntervalSeconds: 2, pollJitter: 0.2 },
+    watch: { quietPeriodMs: 500 },
+    retry: { failedBackoffSeconds: 30 },
+    http: { listen: '127.0.0.1:0' },
+    // Short enough for a unix socket path wherever the sandbox lives.
+    controlSocket: '/run/ctl.sock',
+    lifecycle: { heartbeatSeconds: 10, budgetSeconds: 300 },
+    ...agentConfig,
+  };
+  await writeFileAtomic(layout.config, `${JSON.stringify(config, null, 2)}\n`);
+
+  const env = {
+    ...world.env(),
+    // The agent's SDK clients take role credentials from the emulated IMDS, as on EC2: no
+    // credentials of this machine's user may leak in.
+    AWS_SHARED_CREDENTIALS_FILE: path.join(layout.dir, 'no-aws-credentials'),
+    AWS_CONFIG_FILE: path.join(layout.dir, 'no-aws-config'),
+  };
+  const sandbox: Sandbox = {
+    layout,
+    world,
+    env,
+    save: async () => {
+      const next: Saved = {
+        instance,
+        ...(userData ? { userData: userData.toString('base64') } : {}),
+        ssm: world.ssm.snapshot(),
+        autoscaling: world.autoscaling.snapshot(),
+      };
+      await writeFileAtomic(layout.saved, `${JSON.stringify(next, null, 2)}\n`);
+    },
+    close: async () => {
+      await sandbox.save();
+      await world.close();
+    },
+  };
+  await sandbox.save();
+  return sandbox;
+}
+
+/** Runs the agent CLI in its own process against the sandbox, its log appended to agent.log. */
+export async function runAgent(sandbox: Sandbox, args: readonly string[], extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string }> {
+  const log = await open(sandbox.layout.log, 'a');
+  try {
+    return await new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [CLI, ...args, '--config', sandbox.layout.config], {
+        env: { ...cleanEnv(process.env), ...sandbox.env, ...extraEnv },
+        stdio: ['ignore', 'pipe', log.fd],
+      });
+      let stdout = '';
+      child.stdout?.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code: code ?? 1, stdout }));
+    });
+  } finally {
+    await log.close();
+  }
+}
+
+/** The agent must see the sandbox's AWS, not the caller's. */
+export function cleanEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (v === undefined || k.startsWith('AWS_') || k === 'NOTIFY_SOCKET' || k.startsWith('WATCHDOG_')) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+export async function sandboxCommand(flags: Record<string, string | boolean | undefined>): Promise<number> {
+  const dir = typeof flags.dir === 'string' ? flags.dir : '.sandbox';
+  const sandbox = await openSandbox(dir, flags as { 'user-data'?: string; parameters?: string; instance?: string });
+  if (flags.once) {
+    try {
+      const { code, stdout } = await runAgent(sandbox, ['converge', '--once', '--json']);
+      let status: Record<string, unknown> | undefined;
+      try {
+        status = JSON.parse(stdout) as Record<string, unknown>;
+      } catch {
+        status = undefined;
+      }
+      if (flags.json) process.stdout.write(stdout.endsWith('\n') ? stdout : `${stdout}\n`);
+      else process.stdout.write(summary(sandbox, code, status));
+      return code;
+    } finally {
+      await sandbox.close();
+    }
+  }
+  return (await import('./live.js')).runLive(sandbox);
+}
+
+function summary(sandbox: Sandbox, code: number, status: Record<string, unknown> | undefined): string {
+  const { layout, world } = sandbox;
+  const s = status as
+    | { condition?: string; message?: string; desired?: { hash: string; notes: string[] }; running?: { storePath: string; generation?: number }; reasons?: string[] }
+    | undefined;
+  const rel = (p: string) => path.relative(process.cwd(), p) || '.';
+  const lines = [
+    `nixos-ec2-agent sandbox: ${s?.condition ?? 'no status'}: ${s?.message ?? '(the agent printed no status; see the log)'}`,
+    `  instance        ${world.instance.instanceId}${world.group ? ` in Auto Scaling group ${world.group}` : ''} (${world.instance.region})`,
+  ];
+  if (s?.desired) lines.push(`  desired state   ${s.desired.hash}`);
+  if (s?.running) lines.push(`  running         generation ${s.running.generation ?? '?'}: ${rel(s.running.storePath)}`);
+  lines.push(`  configuration   ${rel(path.join(layout.root, 'etc/nixos/configuration.nix'))}`);
+  lines.push(`  rendered parts  ${rel(path.join(layout.root, 'etc/nixos/ec2-agent'))}/`);
+  lines.push(`  secrets         ${rel(path.join(layout.root, 'run/nixos-ec2-agent/secrets'))}/ (mode 0400, never in a .nix file)`);
+  if (world.group) {
+    const inst = world.autoscaling.instance(world.instance.instanceId);
+    if (inst) lines.push(`  auto scaling    ${inst.lifecycleState}, ${inst.healthStatus}${inst.lastResult ? ` (launch hook completed ${inst.lastResult})` : ''}`);
+  }
+  for (const r of s?.reasons ?? []) lines.push(`  reason          ${r}`);
+  for (const n of s?.desired?.notes ?? []) lines.push(`  note            ${n}`);
+  lines.push(`  agent log       ${rel(layout.log)}`);
+  lines.push(`  status          npx nixos-ec2-agent status --config ${rel(layout.config)}`);
+  lines.push(`  generations     npx nixos-ec2-agent generations --config ${rel(layout.config)}`);
+  lines.push(`  exit code       ${code}  (running it again with the same --dir is a reboot of the same instance)`);
+  return `${lines.join('\n')}\n`;
+}
