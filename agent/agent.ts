@@ -1,6 +1,7 @@
 // Builds the real edges from a Config: the one place (with cli.ts) that wires. Everything here is
 // per call, nothing global, so several agents can live in one process.
 import { Rebuilder } from './apply/rebuild.js';
+import { SdkAutoScaling, type AutoScaling } from './aws/autoscaling.js';
 import { ImdsClient, type Imds } from './aws/imds.js';
 import type { Config } from './config.js';
 import { RootFs } from './fs.js';
@@ -10,7 +11,9 @@ import { Reconciler } from './reconcile.js';
 import { NixParser } from './render/validate.js';
 import { RenderWriter } from './render/write.js';
 import { ProcessRunner } from './runner.js';
-import { SourceReader } from './sources/index.js';
+import { LifecycleReporter, unrefRealClock } from './report/lifecycle.js';
+import { ASG_TAG, SourceReader } from './sources/index.js';
+import { WatchedSsm, type SsmParts } from './sources/revision.js';
 import { SsmSource } from './sources/ssm.js';
 import { StateStore } from './state.js';
 import type { Status } from './status.js';
@@ -20,7 +23,9 @@ export interface AgentEdges {
   readonly clock?: Clock;
   readonly runner?: Runner;
   readonly imds?: Imds;
-  readonly ssm?: () => Promise<SsmSource>;
+  /** The whole-tree fetch and the cheap revision read; the SDK client's when absent. */
+  readonly ssm?: () => Promise<SsmParts>;
+  readonly autoscaling?: AutoScaling;
   readonly env?: NodeJS.ProcessEnv;
   readonly onStatus?: (status: Status) => void;
   readonly onProgress?: () => void;
@@ -34,6 +39,10 @@ export interface Agent {
   readonly sources: SourceReader;
   readonly runner: Runner;
   readonly clock: Clock;
+  /** SSM behind its change detection: a poll fetches the whole tree only when a revision moved. */
+  readonly ssm: WatchedSsm;
+  /** Created on first call: the SDK client is imported only when a call is made. */
+  readonly autoscaling: AutoScaling;
 }
 
 export async function createAgent(config: Config, log: Logger, edges: AgentEdges = {}): Promise<Agent> {
@@ -50,12 +59,18 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
       retries: config.imds.retries,
       ...(config.imds.endpoint ? { endpoint: config.imds.endpoint } : {}),
     });
-  const ssm = edges.ssm ?? memo(() => createSsmSource(config, imds, env));
+  const ssm = new WatchedSsm(edges.ssm ?? (() => createSsmSource(config, imds, env)), {
+    clock,
+    imds,
+    tag: config.ssm.revisionTag,
+    parameter: config.ssm.revisionParameter,
+    fullRefreshMs: config.ssm.fullRefreshSeconds * 1000,
+  });
 
   let parser: NixParser | undefined = new NixParser(runner, { command: config.rebuild.nixInstantiate });
   if (config.rebuild.validate === 'if-available' && !(await parser.available())) parser = undefined;
 
-  const sources = new SourceReader(imds, ssm, fs, {
+  const sources = new SourceReader(imds, async () => ssm, fs, {
     userData: config.userData.enabled,
     ssmPrefixes: config.ssm.enabled ? config.ssm.prefixes : undefined,
     baseConfiguration: config.local.baseConfiguration,
@@ -93,7 +108,8 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     ...(edges.onStatus ? { onStatus: edges.onStatus } : {}),
     ...(edges.onProgress ? { onProgress: edges.onProgress } : {}),
   });
-  return { config, fs, imds, reconciler, sources, runner, clock };
+  const autoscaling = edges.autoscaling ?? new SdkAutoScaling({ env, imds });
+  return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling };
 }
 
 /**
@@ -102,8 +118,8 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
  * chain (IMDS role credentials on EC2). Throttling backs off with the SDK's adaptive retry, whose
  * client-side rate limiter keeps a fleet polling one account from stampeding.
  */
-async function createSsmSource(config: Config, imds: Imds, env: NodeJS.ProcessEnv): Promise<SsmSource> {
-  const [{ SSMClient, GetParametersByPathCommand }, identity] = await Promise.all([
+async function createSsmSource(config: Config, imds: Imds, env: NodeJS.ProcessEnv): Promise<SsmParts> {
+  const [{ SSMClient, GetParametersByPathCommand, GetParametersCommand }, identity] = await Promise.all([
     import('@aws-sdk/client-ssm'),
     env.AWS_REGION || env.AWS_DEFAULT_REGION ? Promise.resolve(undefined) : imds.identity(),
   ]);
@@ -112,16 +128,33 @@ async function createSsmSource(config: Config, imds: Imds, env: NodeJS.ProcessEn
     maxAttempts: config.ssm.maxAttempts,
     retryMode: 'adaptive',
   });
-  return SsmSource.fromClient(client, GetParametersByPathCommand);
+  return {
+    source: SsmSource.fromClient(client, GetParametersByPathCommand),
+    getParameters: (input) => client.send(new GetParametersCommand(input)),
+  };
 }
 
-function memo<T>(make: () => Promise<T>): () => Promise<T> {
-  let value: Promise<T> | undefined;
-  return () => {
-    value ??= make().catch((err: unknown) => {
-      value = undefined;
-      throw err;
-    });
-    return value;
-  };
+/**
+ * The Auto Scaling lifecycle reporter for this agent, or undefined when `lifecycle.enabled` is off.
+ * The group comes from the instance's `aws:autoscaling:groupName` tag in IMDS when tags are exposed
+ * there, else the reporter asks DescribeAutoScalingInstances.
+ */
+export function createLifecycleReporter(
+  agent: Agent,
+  log: Logger,
+  callbacks: { onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void } = {},
+): LifecycleReporter | undefined {
+  if (!agent.config.lifecycle.enabled) return undefined;
+  return new LifecycleReporter({
+    autoscaling: agent.autoscaling,
+    clock: agent.clock === systemClock ? unrefRealClock : agent.clock,
+    fs: agent.fs,
+    log: log.child({ component: 'lifecycle' }),
+    config: agent.config.lifecycle,
+    locate: async () => {
+      const [identity, group] = await Promise.all([agent.imds.identity(), agent.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`)]);
+      return { instanceId: identity.instanceId, ...(group ? { group } : {}) };
+    },
+    ...callbacks,
+  });
 }

@@ -1,18 +1,24 @@
 // The one-shot commands: each builds what it needs from the Config, does one thing, prints for a
 // person (or JSON with --json), and returns its exit code.
-import { createAgent } from './agent.js';
+import { createAgent, createLifecycleReporter } from './agent.js';
 import { listGenerations } from './apply/generations.js';
 import type { Config } from './config.js';
 import { buildDesired, shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
 import { renderPlan } from './render/render.js';
+import { PostConvergeHook } from './report/hook.js';
+import type { LifecycleReporter } from './report/lifecycle.js';
 import { readStatusFile, StatusFile } from './report/status-file.js';
 import { ControlClient, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
-import { statusExitCode, type Status } from './status.js';
+import { statusExitCode, type Status, type StatusPhase } from './status.js';
 import { writeFileAtomic } from './fs.js';
 import path from 'node:path';
+
+/** Phases of a pass before it launches nixos-rebuild. */
+const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
+const LIFECYCLE_START_DELAY_MS = 5_000;
 
 function stderrLogger(config: Config): Logger {
   // One-shot commands keep stdout for their result; the structured log goes to stderr.
@@ -22,10 +28,39 @@ function stderrLogger(config: Config): Logger {
 export async function convergeOnce(config: Config, json: boolean): Promise<number> {
   const log = stderrLogger(config);
   const statusFile = new StatusFile(new RootFs(config.root), (err) => log.warn({ event: 'status.write-failed', err: err.message }, 'cannot write status.json'));
-  const agent = await createAgent(config, log, { onStatus: (s) => statusFile.update(s) });
+  let lifecycle: LifecycleReporter | undefined;
+  // Heartbeats and the launch budget run during the pass, as under the daemon. But the reporter's
+  // first look (locate the group, DescribeLifecycleHooks) loads the Auto Scaling SDK, the heaviest
+  // import there is, so it waits until the rebuild is under way: it is never on the path from boot
+  // to nixos-rebuild. A pass that stalls before then still gets it after LIFECYCLE_START_DELAY_MS.
+  let lifecycleStarted = false;
+  const startLifecycle = () => {
+    if (lifecycleStarted || !lifecycle) return;
+    lifecycleStarted = true;
+    lifecycle.start();
+  };
+  const agent = await createAgent(config, log, {
+    onStatus: (s) => {
+      statusFile.update(s);
+      lifecycle?.update(s);
+      if (!BEFORE_REBUILD.has(s.phase)) startLifecycle();
+    },
+  });
   const reconciler = agent.reconciler;
   await reconciler.start();
-  const result = await reconciler.converge('converge --once');
+  lifecycle = createLifecycleReporter(agent, log);
+  lifecycle?.update(reconciler.status);
+  const stalled = new AbortController();
+  if (lifecycle) agent.clock.sleep(LIFECYCLE_START_DELAY_MS, stalled.signal).then(startLifecycle, () => undefined);
+  const result = await reconciler.converge('converge --once').finally(() => stalled.abort());
+  // The command's result is reported, never changes the exit code.
+  await new PostConvergeHook(agent.runner, config.postConvergeCommand, log).run(result, reconciler.status);
+  if (lifecycle) {
+    // The launch hook is completed before the command exits, so its caller sees the result.
+    await lifecycle.stop();
+    lifecycle.update(reconciler.status);
+    await lifecycle.flush();
+  }
   statusFile.update(reconciler.status);
   await statusFile.flush();
   const status = reconciler.status;

@@ -56,8 +56,22 @@ export const ConfigSchema = z.strictObject({
       pollIntervalSeconds: seconds(60),
       /** Each wait is uniform in interval × [1 − jitter/2, 1 + jitter/2]; the first poll in [0, interval]. */
       pollJitter: z.number().min(0).max(1).default(1),
-      /** An instance tag, read from IMDS, whose change means "fetch the parameters again". */
-      revisionTag: z.string().min(1).default('nixos-ec2-agent-revision'),
+      /**
+       * An instance tag, read from IMDS (no SSM call), whose change means "fetch the parameters
+       * again". Needs "Allow tags in instance metadata"; without it the revision parameter is used.
+       * null: not read.
+       */
+      revisionTag: z.string().min(1).nullable().default('nixos-ec2-agent-revision'),
+      /**
+       * A parameter under each prefix (`<prefix>/revision`) that operators bump after a change:
+       * one GetParameters call per poll reads all of them, and the whole tree is fetched only when
+       * one moved. With neither tag nor parameter, every poll fetches the whole tree. null: not read.
+       */
+      revisionParameter: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'one name segment').nullable().default('revision'),
+      /** The whole tree is fetched at least this often, so a change whose bump was missed still converges. */
+      fullRefreshSeconds: seconds(3_600),
+      /** Throttled polls back off exponentially (full jitter) up to this wait. */
+      maxBackoffSeconds: seconds(900),
       /** The SDK's attempts per call (throttling and 5xx are retried with its backoff). */
       maxAttempts: z.number().int().min(1).default(5),
     })
@@ -116,6 +130,11 @@ export const ConfigSchema = z.strictObject({
     .strictObject({
       /** Changes are gathered until this long passes with none, then converged once. */
       quietPeriodMs: z.number().int().min(0).default(2_000),
+      /**
+       * While a build runs, the sources are checked this often (revision tag or parameter, local
+       * files): a newer desired state cancels a build that has not activated yet.
+       */
+      cancelCheckSeconds: seconds(10),
     })
     .prefault({}),
 
@@ -140,6 +159,17 @@ export const ConfigSchema = z.strictObject({
       budgetSeconds: seconds(3_600),
       /** SetInstanceHealth Unhealthy when no good generation can run. */
       reportUnhealthy: z.boolean().default(true),
+    })
+    .prefault({}),
+
+  termination: z
+    .strictObject({
+      /**
+       * Watch IMDS for `autoscaling/target-lifecycle-state` and `spot/instance-action`: while the
+       * instance is leaving, no new rebuild starts and a build that has not activated is cancelled.
+       */
+      enabled: z.boolean().default(true),
+      checkSeconds: seconds(5),
     })
     .prefault({}),
 

@@ -41,12 +41,14 @@ export interface PassResult {
 }
 
 const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
+const PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configuration.nix`;
 
 export class Reconciler {
   private state!: DurableState;
   private current: Status;
   private desired: DesiredState | undefined;
   private startProblem: string | undefined;
+  private leaving: string | undefined;
 
   constructor(private readonly deps: ReconcilerDeps) {
     this.current = {
@@ -86,6 +88,12 @@ export class Reconciler {
       await this.save();
     }
     await this.recover();
+    const required = this.state.rebootRequired;
+    if (required && (await bootedSystem(this.deps.fs)) === required.storePath) {
+      // Booted into the generation that needed it: the reboot happened.
+      delete this.state.rebootRequired;
+      await this.save();
+    }
     this.update({
       ...(this.state.suspended ? { suspended: { since: iso(this.state.suspended.since) } } : {}),
       ...(this.state.held ? { held: { since: iso(this.state.held.since), desiredHash: this.state.held.desiredHash } } : {}),
@@ -138,6 +146,8 @@ export class Reconciler {
 
     const running = await runningSystem(this.deps.fs);
     if (this.state.running?.desiredHash === desired.hash && running === this.state.running.storePath) {
+      // /run is a tmpfs: after a reboot the running system's secrets are gone until written again.
+      await this.deps.writer.writeSecrets(desired.secrets);
       return { outcome: 'unchanged', desiredHash: desired.hash };
     }
     const failed = this.state.failed[desired.hash];
@@ -178,7 +188,8 @@ export class Reconciler {
     if (this.deps.config.rebuild.mode === 'switch') {
       await this.journal('activating', desired.hash);
       this.phase('activating', `nixos-rebuild switch for desired ${short}`);
-      await this.deps.rebuilder.switchLegacy(signal);
+      // `nixos-rebuild switch` activates: like every activation, it is never cancelled midway.
+      await this.deps.rebuilder.switchLegacy();
       storePath = (await runningSystem(this.deps.fs)) ?? '';
       await this.journal('verifying', desired.hash, storePath);
     } else {
@@ -223,6 +234,11 @@ export class Reconciler {
     this.state.running = { desiredHash, storePath, at: now };
     delete this.state.failed[desiredHash];
     const config = await this.deps.writer.currentConfiguration();
+    if (previousGood && previousGood.storePath !== storePath) {
+      // Kept beside the last good one, so an operator's rollback puts the matching configuration.nix back.
+      const previousConfig = await this.deps.fs.read(LAST_GOOD_CONFIGURATION);
+      if (previousConfig !== undefined) await this.deps.fs.writeAtomic(PREVIOUS_GOOD_CONFIGURATION, previousConfig, { mode: 0o600 });
+    }
     if (config !== undefined) await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, config, { mode: 0o600 });
     await this.journal('idle');
     await this.deps.writer.gc([renderDir, this.state.previousGood?.renderDir].filter((d): d is string => d !== undefined));
@@ -384,6 +400,12 @@ export class Reconciler {
     const current = this.state.lastGood;
     this.state.lastGood = target;
     this.state.previousGood = current;
+    // The configuration.nix of each swaps with them, so the one restored matches the system that runs.
+    const [lastConfig, previousConfig] = await Promise.all([this.deps.fs.read(LAST_GOOD_CONFIGURATION), this.deps.fs.read(PREVIOUS_GOOD_CONFIGURATION)]);
+    if (previousConfig !== undefined && lastConfig !== undefined) {
+      await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, previousConfig, { mode: 0o600 });
+      await this.deps.fs.writeAtomic(PREVIOUS_GOOD_CONFIGURATION, lastConfig, { mode: 0o600 });
+    }
     try {
       await this.rollbackTo('operator rollback', log);
     } catch (err) {
@@ -392,11 +414,28 @@ export class Reconciler {
       return { outcome: 'failed', error: err };
     }
     this.state.running = target.desiredHash ? { desiredHash: target.desiredHash, storePath: target.storePath, at: this.deps.clock.now() } : undefined;
-    const heldHash = this.desired?.hash ?? this.state.running?.desiredHash ?? '';
+    // Held on what the sources said when the operator rolled back: without a pass in this process,
+    // that is the desired state of the generation rolled back from, not the one rolled back to.
+    const heldHash = this.desired?.hash ?? current?.desiredHash ?? this.state.running?.desiredHash ?? '';
     this.state.held = { desiredHash: heldHash, since: this.deps.clock.now() };
     this.update({ held: { since: iso(this.state.held.since), desiredHash: heldHash } });
     await this.finish({ outcome: 'rolled-back' }, 0);
     return { outcome: 'rolled-back' };
+  }
+
+  /** The generation whose kernel, initrd or modules wait for a reboot, if any. */
+  get rebootRequired(): { readonly storePath: string; readonly since: number } | undefined {
+    return this.state.rebootRequired;
+  }
+
+  /**
+   * The instance is leaving (Auto Scaling termination, spot interruption), or no longer: status says
+   * so, and no pass starts meanwhile (the scheduler's gate).
+   */
+  setLeaving(reason: string | undefined): void {
+    this.leaving = reason;
+    if (reason) this.update({ phase: 'stopping', message: `the instance is leaving (${reason}); no new rebuild starts` });
+    else if (this.current.phase === 'stopping') this.update({ phase: this.state.suspended ? 'suspended' : 'idle', message: 'the instance is staying; convergence resumes' });
   }
 
   async suspend(by?: string): Promise<void> {
@@ -459,7 +498,8 @@ export class Reconciler {
     const error = result.error ? summarise(result.error) : undefined;
     const converged = result.outcome === 'converged' || result.outcome === 'unchanged';
     const onGood = running !== undefined && running === this.state.lastGood?.storePath;
-    const noGood = this.current.noGoodGeneration || (!onGood && !converged);
+    // A good convergence clears it; otherwise it holds until a healthy generation runs again.
+    const noGood = converged ? false : this.current.noGoodGeneration || !onGood;
     const condition: Condition = converged ? 'converged' : noGood ? 'failed' : result.outcome === 'suspended' ? 'degraded' : 'degraded';
     const short = result.desiredHash ? shortHash(result.desiredHash) : '';
     const message = {
@@ -470,10 +510,10 @@ export class Reconciler {
       'invalid-input': `desired state rejected, nothing switched${error ? `: ${error.message}` : ''}`,
       held: this.state.held ? 'held on the operator\'s rollback until the sources change' : `desired ${short} failed before; waiting for a change or the retry time`,
       suspended: 'suspended: convergence paused',
-      cancelled: 'cancelled by a newer desired state',
+      cancelled: this.leaving ? `build cancelled: the instance is leaving (${this.leaving})` : 'build cancelled by a newer desired state',
     }[result.outcome];
     this.update({
-      phase: this.state.suspended ? 'suspended' : result.outcome === 'held' ? 'held' : 'idle',
+      phase: this.leaving ? 'stopping' : this.state.suspended ? 'suspended' : result.outcome === 'held' ? 'held' : 'idle',
       condition,
       firstConvergenceDone: true,
       message,

@@ -1,6 +1,7 @@
 // The real Runner: each command in its own process group, so a timeout or an abort kills the
 // command and everything it started (nix-build forks builders; a hung build must not linger).
 import { spawn } from 'node:child_process';
+import { StringDecoder } from 'node:string_decoder';
 import type { OutputStream, RunRequest, RunResult, Runner } from './ports.js';
 
 const TAIL_LINES = 40;
@@ -49,8 +50,10 @@ export class ProcessRunner implements Runner {
         if (tail.length > TAIL_LINES) tail.shift();
         request.onLine?.(stream, text);
       };
+      // One decoder per stream: a multi-byte character split across two chunks stays whole.
+      const decoders: Record<OutputStream, StringDecoder> = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
       const onData = (stream: OutputStream) => (chunk: Buffer) => {
-        const text = chunk.toString('utf8');
+        const text = decoders[stream].write(chunk);
         if (capturedSize[stream] < MAX_CAPTURE) {
           captured[stream].push(text);
           capturedSize[stream] += text.length;
@@ -85,6 +88,11 @@ export class ProcessRunner implements Runner {
         if (timedOut || aborted) killGroup('SIGKILL');
         if (killTimer) clearTimeout(killTimer);
         for (const stream of ['stdout', 'stderr'] as const) {
+          const rest = decoders[stream].end();
+          if (rest) {
+            captured[stream].push(rest);
+            partial[stream] += rest;
+          }
           if (partial[stream]) line(stream, partial[stream]);
           partial[stream] = '';
         }

@@ -73,7 +73,10 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
   for (const skipped of input.ssm?.skipped ?? []) notes.push(`SSM prefix ${skipped.prefix} skipped: ${skipped.reason}`);
 
   for (const { prefix, parameters } of input.ssm?.prefixes ?? []) {
-    for (const p of parameters) {
+    // Prefix order is precedence; within a prefix, arrival order means nothing, so it must not
+    // reach the hash or the render.
+    const byName = [...parameters].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const p of byName) {
       const from: ParameterRef = { name: p.name, version: p.version };
       const where = `SSM parameter ${p.name} (version ${p.version})`;
       refs.push({ ...from, type: p.type, ...(p.lastModified !== undefined ? { lastModified: p.lastModified } : {}) });

@@ -1,6 +1,7 @@
 // Writes a RenderPlan under root: parts first, each atomically, then the parser gate, then
 // configuration.nix as the single commit point. Secrets go to a root-only tmpfs directory and
 // never into a rendered file.
+import { chmod } from 'node:fs/promises';
 import { InvalidInputError } from '../errors.js';
 import type { RootFs } from '../fs.js';
 import type { Logger } from '../log.js';
@@ -77,8 +78,12 @@ export class RenderWriter {
   }
 
   async writeSecrets(secrets: readonly DesiredSecret[]): Promise<void> {
-    await this.fs.mkdirp(SECRETS_DIR, 0o700);
+    // The parent first: a recursive mkdir gives every directory it creates the same mode, and the
+    // agent's run directory (status.json) must stay readable. An existing secrets directory with a
+    // wider mode is tightened, as mkdir leaves it as it was.
     await this.fs.mkdirp('/run/nixos-ec2-agent', 0o755);
+    await this.fs.mkdirp(SECRETS_DIR, 0o700);
+    await chmod(this.fs.resolve(SECRETS_DIR), 0o700);
     for (const s of secrets) {
       await this.fs.writeAtomic(`${SECRETS_DIR}/${s.name}`, s.value.reveal(), { mode: 0o400, dirMode: 0o700 });
     }

@@ -4,7 +4,8 @@ import type { Imds, InstanceIdentity } from '../aws/imds.js';
 import type { RootFs } from '../fs.js';
 import type { LocalSnapshot } from '../desired/desired.js';
 import { readLocal } from './local.js';
-import type { SsmSnapshot, SsmSource } from './ssm.js';
+import type { SsmFetcher } from './revision.js';
+import type { SsmSnapshot } from './ssm.js';
 import { interpretUserData, type UserData } from './userdata.js';
 
 export interface Snapshots {
@@ -30,7 +31,7 @@ export class SourceReader {
   constructor(
     private readonly imds: Imds,
     /** Created on first use: the SSM client is the heaviest import on the boot path. */
-    private readonly ssm: () => Promise<SsmSource>,
+    private readonly ssm: () => Promise<SsmFetcher>,
     private readonly fs: RootFs,
     private readonly options: SourceOptions,
   ) {}

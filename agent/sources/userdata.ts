@@ -40,7 +40,7 @@ export function interpretUserData(raw: Buffer | undefined): UserData {
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
-    throw new InvalidInputError(`not valid UTF-8 (at or after byte ${firstInvalidUtf8(bytes)})`, WHERE);
+    throw new InvalidInputError(`not valid UTF-8 (the sequence at byte ${firstInvalidUtf8(bytes)}, counting from 0)`, WHERE);
   }
   if (text.includes('\0')) throw new InvalidInputError('contains a NUL byte', WHERE);
 
@@ -109,5 +109,15 @@ function firstInvalidUtf8(bytes: Uint8Array): number {
       hi = mid - 1;
     }
   }
-  return lo;
+  // That prefix may end in the first bytes of the bad sequence (a lead byte whose continuation is
+  // missing or wrong); the sequence starts at the last whole-character boundary, at most 3 back.
+  for (let end = lo; end > Math.max(0, lo - 4); end--) {
+    try {
+      new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, end));
+      return end;
+    } catch {
+      // Still inside the cut character.
+    }
+  }
+  return Math.max(0, lo - 4);
 }

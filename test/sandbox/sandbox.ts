@@ -118,7 +118,8 @@ export async function openSandbox(
         ssm: world.ssm.snapshot(),
         autoscaling: world.autoscaling.snapshot(),
       };
-      await writeFileAtomic(layout.saved, `${JSON.stringify(next, null, 2)}\n`);
+      // The emulated SSM keeps SecureString values in plain text: the file is the owner's alone.
+      await writeFileAtomic(layout.saved, `${JSON.stringify(next, null, 2)}\n`, { mode: 0o600 });
     },
     close: async () => {
       await sandbox.save();

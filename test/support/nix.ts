@@ -1,10 +1,9 @@
 // Evaluating Nix from tests with the real evaluator and no nixpkgs: plain expressions, and module
 // files applied to a stub `lib` that keeps mkDefault/mkForce/mkOverride/mkIf/mkMerge as plain data.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ProcessRunner } from '../../agent/runner.js';
 import { nixString, nixValue, type Json } from '../../agent/render/nix.js';
 
 export const NIX_INSTANTIATE = 'nix-instantiate';
@@ -29,18 +28,30 @@ export class NixEvalError extends Error {
   }
 }
 
-/** Evaluates a file with `--eval --strict --json` and parses its output. */
+/**
+ * Evaluates a file with `--eval --strict --json` and parses its output. The output is decoded once,
+ * whole: decoding chunk by chunk would break a UTF-8 sequence split between two reads.
+ */
 export async function evalNixFileJson(file: string): Promise<unknown> {
-  const result = await new ProcessRunner().run({
-    command: NIX_INSTANTIATE,
-    args: ['--eval', '--strict', '--json', ...STORE_ARGS, file],
-    timeoutMs: 60_000,
-  });
+  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>(
+    (resolve, reject) => {
+      const child = spawn(NIX_INSTANTIATE, ['--eval', '--strict', '--json', ...STORE_ARGS, file], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        timeout: 60_000,
+      });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
+      child.stderr.on('data', (chunk: Buffer) => err.push(chunk));
+      child.once('error', reject);
+      child.once('close', (exitCode) =>
+        resolve({ code: exitCode, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }),
+      );
+    },
+  );
   // A failing evaluation may already have printed part of the JSON.
-  if (result.code !== 0) {
-    throw new NixEvalError(`nix-instantiate --eval exited ${result.code}: ${result.stderr.trim()}`, result.stderr);
-  }
-  return JSON.parse(result.stdout);
+  if (code !== 0) throw new NixEvalError(`nix-instantiate --eval exited ${code}: ${stderr.trim()}`, stderr);
+  return JSON.parse(stdout);
 }
 
 /** Evaluates a Nix expression (written to a temporary file) and returns its value as JSON. */

@@ -137,7 +137,7 @@ describe('nixAttrName and nixAttrPath', () => {
   });
 
   it('gives back every name as an attribute of the evaluated set', nix, async () => {
-    const names = ['enable', 'if', 'or', '__curPos', '', ' ', '__proto__', 'a.b', "x'", '1', '${x}', '"', '\\', "''", 'é', 'a\nb'];
+    const names = ['enable', 'if', 'or', '__curPos', '', ' ', '__proto__', 'a.b', "x'", "a''b", 'a-', '1', '${x}', '"', '\\', "''", 'é', 'a\nb'];
     const set = `{\n${names.map((n, i) => `  ${nixAttrName(n)} = ${i};\n`).join('')}}\n`;
     const evaluated = (await evalNixJson(set)) as Record<string, number>;
     assert.deepEqual(Object.keys(evaluated).sort(), [...names].sort());

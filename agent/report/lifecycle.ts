@@ -1,0 +1,500 @@
+// The launch lifecycle hook and the instance's health, told to its Auto Scaling group from the
+// Status stream. While the first convergence runs, the hook is heartbeated so the group keeps
+// waiting; once it ends on a good generation the hook is completed with CONTINUE, and with ABANDON
+// when no good generation runs or the launch budget passes first. The decision and each
+// completion are kept in the state directory, so a restarted agent neither completes twice nor
+// heartbeats a hook that is done. Every call is best effort: a failure is logged, counted and
+// tried again at the next status change or tick; it never stops the agent.
+import { z } from 'zod';
+import type { ActionOutcome, AutoScaling, LifecycleResult } from '../aws/autoscaling.js';
+import { LAUNCHING } from '../aws/autoscaling.js';
+import type { Config } from '../config.js';
+import type { RootFs } from '../fs.js';
+import type { Logger } from '../log.js';
+import type { Clock } from '../ports.js';
+import { STATE_DIR } from '../state.js';
+import type { Status } from '../status.js';
+
+export const LIFECYCLE_FILE = `${STATE_DIR}/lifecycle.json`;
+
+/** PutLifecycleHook's documented default, for a hook whose timeout the service did not give. */
+const DEFAULT_HEARTBEAT_TIMEOUT_S = 3_600;
+const DEFAULT_RETRY_MS = 30_000;
+const MIN_WAIT_MS = 100;
+/**
+ * The first Auto Scaling call waits this long after boot (or less, for a shorter heartbeat), so the
+ * SDK's import does not compete with the first fetch and render: a third of the shortest hook
+ * timeout AWS allows (30 s), which still heartbeats such a hook in time.
+ */
+const FIRST_CALL_DELAY_MS = 10_000;
+
+export interface Location {
+  readonly instanceId: string;
+  /** From the `aws:autoscaling:groupName` tag in IMDS; absent when tags are not exposed there. */
+  readonly group?: string;
+}
+
+export interface LifecycleReporterOptions {
+  readonly autoscaling: AutoScaling;
+  readonly clock: Clock;
+  readonly fs: RootFs;
+  readonly log: Logger;
+  readonly config: Config['lifecycle'];
+  /** Where this instance is; asked until it answers. */
+  readonly locate: () => Promise<Location>;
+  /** How soon a failed call is tried again when no status change comes first; capped by the heartbeat interval. */
+  readonly retryMs?: number;
+  readonly onCompleted?: (result: LifecycleResult) => void;
+  readonly onHeartbeat?: () => void;
+  readonly onError?: (op: string, err: Error) => void;
+}
+
+const Persisted = z.object({
+  version: z.literal(1),
+  instanceId: z.string(),
+  /** When this instance's launch budget started: the first time an agent saw it. */
+  since: z.number(),
+  group: z.string().nullable().optional(),
+  decision: z.object({ result: z.enum(['CONTINUE', 'ABANDON']), reason: z.string(), at: z.number() }).optional(),
+  /** Hooks whose action is over, by name: completed here, or found already gone. */
+  hooks: z.record(z.string(), z.object({ outcome: z.enum(['done', 'no-active-action']), at: z.number() })),
+  /** Nothing more to do for the launch: every hook is over, or there was none to complete. */
+  settled: z.object({ at: z.number(), reason: z.string() }).optional(),
+});
+type Persisted = z.infer<typeof Persisted>;
+
+/** A plain view of where the launch hook stands, for status and tests. */
+export interface LifecycleView {
+  readonly instanceId?: string;
+  readonly group?: string | null;
+  readonly hooks: readonly string[];
+  readonly decision?: { readonly result: LifecycleResult; readonly reason: string };
+  readonly settled?: string;
+  readonly heartbeats: number;
+  readonly errors: number;
+  readonly lastError?: string;
+  readonly unhealthyReported: boolean;
+}
+
+export class LifecycleReporter {
+  private status: Status | undefined;
+  private record: Persisted | undefined;
+  private recordDirty = false;
+  /** True when the record was read from a previous run: its hook may have waited a long time. */
+  private resumed = false;
+  private hookNames: string[] | undefined;
+  /** Set once the first Auto Scaling call may be made. */
+  private engaged = false;
+  private heartbeatTimeoutS: number | undefined;
+  private nextBeatAt: number | undefined;
+  /** When a failed step should be tried again; undefined when nothing failed. */
+  private retryAt: number | undefined;
+  private unhealthyReported = false;
+  private heartbeats = 0;
+  private errors = 0;
+  private lastError: string | undefined;
+
+  private chain: Promise<void> = Promise.resolve();
+  private loopDone: Promise<void> | undefined;
+  private stopped = false;
+  private kicked = false;
+  private wake: AbortController | undefined;
+
+  constructor(private readonly options: LifecycleReporterOptions) {}
+
+  /** Feeds the latest Status; the reporter acts on it at once. */
+  update(status: Status): void {
+    this.status = status;
+    this.kick();
+  }
+
+  /** Starts acting on its own: heartbeats, the budget and retries come from the Clock. */
+  start(): void {
+    if (this.loopDone || this.stopped) return;
+    this.loopDone = this.loop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wake?.abort();
+    await this.loopDone;
+    await this.chain;
+  }
+
+  /**
+   * Acts now, and again after a short wait while something is still due and failing, up to
+   * `attempts` times: for a one-shot run that must report before it exits.
+   */
+  async flush(attempts = 3, waitMs = 1_000): Promise<LifecycleView> {
+    for (let i = 0; i < attempts; i++) {
+      await this.step();
+      if (this.retryAt === undefined) break;
+      if (i < attempts - 1) await holdingProcessOpen(() => this.options.clock.sleep(waitMs));
+    }
+    return this.view();
+  }
+
+  view(): LifecycleView {
+    const r = this.record;
+    return {
+      ...(r ? { instanceId: r.instanceId } : {}),
+      ...(r && r.group !== undefined ? { group: r.group } : {}),
+      hooks: this.hookNames ?? Object.keys(r?.hooks ?? {}),
+      ...(r?.decision ? { decision: { result: r.decision.result, reason: r.decision.reason } } : {}),
+      ...(r?.settled ? { settled: r.settled.reason } : {}),
+      heartbeats: this.heartbeats,
+      errors: this.errors,
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+      unhealthyReported: this.unhealthyReported,
+    };
+  }
+
+  // ---- the loop ------------------------------------------------------------------------------
+
+  private kick(): void {
+    this.kicked = true;
+    this.wake?.abort();
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.stopped) {
+      this.kicked = false;
+      await this.step().catch((err: unknown) => this.fail('step', err));
+      if (this.stopped) break;
+      if (this.kicked) continue;
+      // Never wake again at once on a deadline that has already passed: that would spin.
+      await this.waitUntil(Math.max(this.nextWakeAt(), this.options.clock.now() + MIN_WAIT_MS));
+    }
+  }
+
+  private async waitUntil(at: number): Promise<void> {
+    const wake = new AbortController();
+    this.wake = wake;
+    if (this.stopped || this.kicked) return;
+    if (Number.isFinite(at)) {
+      await this.options.clock.sleep(Math.max(0, at - this.options.clock.now()), wake.signal).catch(() => undefined);
+    } else {
+      await new Promise<void>((resolve) => wake.signal.addEventListener('abort', () => resolve(), { once: true }));
+    }
+  }
+
+  private nextWakeAt(): number {
+    const times: number[] = [];
+    if (this.retryAt !== undefined) times.push(this.retryAt);
+    const r = this.record;
+    if (r && !r.settled && !r.decision && !this.status?.firstConvergenceDone) {
+      times.push(r.since + this.options.config.budgetSeconds * 1000);
+      if (!this.engaged) times.push(this.firstCallAt(r));
+      if (this.nextBeatAt !== undefined) times.push(this.nextBeatAt);
+    }
+    return times.length ? Math.min(...times) : Infinity;
+  }
+
+  /** One look at everything that is due; steps never overlap. */
+  private step(): Promise<void> {
+    const run = this.chain.then(() => this.act());
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  private async act(): Promise<void> {
+    const failures: string[] = [];
+    const attempt = async (op: string, fn: () => Promise<void>): Promise<boolean> => {
+      try {
+        await fn();
+        return true;
+      } catch (err) {
+        failures.push(op);
+        this.fail(op, err);
+        return false;
+      }
+    };
+    if (!this.record && !(await attempt('locate', () => this.load()))) return this.afterStep(failures);
+    const record = this.record!;
+    if (!record.settled) await this.launch(record, attempt);
+    await this.health(record, attempt);
+    if (this.recordDirty) await attempt('save', () => this.save());
+    this.afterStep(failures);
+  }
+
+  private afterStep(failures: readonly string[]): void {
+    this.retryAt = failures.length ? this.options.clock.now() + this.retryDelayMs() : undefined;
+  }
+
+  private retryDelayMs(): number {
+    const interval = this.heartbeatIntervalMs();
+    const retry = this.options.retryMs ?? DEFAULT_RETRY_MS;
+    return interval !== undefined ? Math.min(retry, interval) : retry;
+  }
+
+  // ---- the launch hook -----------------------------------------------------------------------
+
+  private async launch(record: Persisted, attempt: (op: string, fn: () => Promise<void>) => Promise<boolean>): Promise<void> {
+    const now = () => this.options.clock.now();
+    if (!this.engaged) {
+      // A restarted agent's hook may have waited long already: no delay for it.
+      if (!this.resumed && !record.decision && !this.decide(record) && now() < this.firstCallAt(record)) return;
+      this.engaged = true;
+    }
+    if (record.group === undefined) {
+      const ok = await attempt('describe-instance', async () => {
+        const membership = await this.options.autoscaling.describeInstance(record.instanceId);
+        record.group = membership?.group ?? null;
+        this.recordDirty = true;
+        if (!membership) this.settle(record, 'not in an Auto Scaling group');
+        // Only a waiting instance has a lifecycle action to complete.
+        else if (!/^(Warmed:)?Pending(:Wait)?$/.test(membership.lifecycleState)) this.settle(record, `already ${membership.lifecycleState}`);
+      });
+      if (!ok || record.settled) return;
+    }
+    const group = record.group;
+    if (group === null || group === undefined) {
+      this.settle(record, 'not in an Auto Scaling group');
+      return;
+    }
+    if (!(await this.resolveHooks(group, attempt))) return;
+    const hooks = this.hookNames ?? [];
+    if (hooks.length === 0) {
+      this.settle(record, 'the group has no launch lifecycle hook');
+      return;
+    }
+    const pending = hooks.filter((h) => !record.hooks[h]);
+    if (pending.length === 0) {
+      this.settle(record, 'every launch hook is over');
+      return;
+    }
+
+    if (!record.decision) {
+      const decision = this.decide(record);
+      if (decision) {
+        record.decision = { ...decision, at: now() };
+        this.recordDirty = true;
+        // Kept before the call: a restarted agent completes with the same result.
+        await attempt('save', () => this.save());
+        this.options.log.info({ event: 'lifecycle.decided', group, hooks: pending, result: decision.result, reason: decision.reason }, `launch hook: ${decision.result} (${decision.reason})`);
+      }
+    }
+
+    if (record.decision) {
+      const result = record.decision.result;
+      for (const hook of pending) {
+        await attempt('complete', async () => {
+          const outcome = await this.options.autoscaling.completeLifecycleAction({ group, hook, instanceId: record.instanceId, result });
+          this.hookOver(record, hook, outcome);
+          if (outcome === 'done') {
+            this.options.log.info({ event: 'lifecycle.completed', group, hook, result }, `completed launch hook ${hook} with ${result}`);
+            this.options.onCompleted?.(result);
+          } else {
+            this.options.log.warn({ event: 'lifecycle.no-active-action', group, hook, result }, `launch hook ${hook} had no active action to complete (already completed or timed out)`);
+          }
+        });
+      }
+      if (hooks.every((h) => record.hooks[h])) this.settle(record, `completed with ${result}`);
+      return;
+    }
+
+    const interval = this.heartbeatIntervalMs();
+    if (interval === undefined) return;
+    // A hook found by a restarted agent may have waited long already: heartbeat it at once.
+    this.nextBeatAt ??= this.resumed ? now() : record.since + interval;
+    if (now() < this.nextBeatAt) return;
+    let beaten = true;
+    for (const hook of pending) {
+      const ok = await attempt('heartbeat', async () => {
+        const outcome = await this.options.autoscaling.recordHeartbeat({ group, hook, instanceId: record.instanceId });
+        if (outcome === 'no-active-action') {
+          // Gone: timed out or completed elsewhere. Completing it now could only fail the same way.
+          this.hookOver(record, hook, outcome);
+          this.options.log.warn({ event: 'lifecycle.no-active-action', group, hook }, `launch hook ${hook} has no active action; no more heartbeats for it`);
+          return;
+        }
+        this.heartbeats++;
+        this.options.onHeartbeat?.();
+        this.options.log.debug({ event: 'lifecycle.heartbeat', group, hook }, `heartbeat for launch hook ${hook}`);
+      });
+      beaten &&= ok;
+    }
+    this.nextBeatAt = now() + (beaten ? interval : this.retryDelayMs());
+    if (hooks.every((h) => record.hooks[h])) this.settle(record, 'every launch hook is over');
+  }
+
+  /** CONTINUE once the first pass has ended on a good generation; ABANDON when none runs or time is up. */
+  private decide(record: Persisted): { result: LifecycleResult; reason: string } | undefined {
+    const s = this.status;
+    if (s?.firstConvergenceDone) {
+      if (s.noGoodGeneration) return { result: 'ABANDON', reason: 'the first convergence ended with no good generation running' };
+      return {
+        result: 'CONTINUE',
+        reason: s.condition === 'converged' ? 'the first convergence converged' : 'the first convergence ended on a good generation',
+      };
+    }
+    const budgetMs = this.options.config.budgetSeconds * 1000;
+    if (this.options.clock.now() >= record.since + budgetMs) {
+      return { result: 'ABANDON', reason: `no good convergence within the ${this.options.config.budgetSeconds} s launch budget` };
+    }
+    return undefined;
+  }
+
+  private async resolveHooks(group: string, attempt: (op: string, fn: () => Promise<void>) => Promise<boolean>): Promise<boolean> {
+    const { hookName, heartbeatSeconds } = this.options.config;
+    if (hookName !== null) {
+      this.hookNames = [hookName];
+      // The timeout only matters for the heartbeat interval; completing needs the name alone.
+      if (heartbeatSeconds === null && this.heartbeatTimeoutS === undefined) {
+        await attempt('describe-hooks', async () => {
+          const found = (await this.options.autoscaling.describeLifecycleHooks(group)).find((h) => h.name === hookName);
+          this.heartbeatTimeoutS = found?.heartbeatTimeout ?? DEFAULT_HEARTBEAT_TIMEOUT_S;
+        });
+      }
+      return true;
+    }
+    if (this.hookNames !== undefined) return true;
+    return attempt('describe-hooks', async () => {
+      const launching = (await this.options.autoscaling.describeLifecycleHooks(group)).filter((h) => h.transition === LAUNCHING);
+      this.hookNames = launching.map((h) => h.name);
+      const timeouts = launching.map((h) => h.heartbeatTimeout ?? DEFAULT_HEARTBEAT_TIMEOUT_S);
+      this.heartbeatTimeoutS = timeouts.length ? Math.min(...timeouts) : undefined;
+    });
+  }
+
+  private firstCallAt(record: Persisted): number {
+    const { heartbeatSeconds } = this.options.config;
+    return record.since + Math.min(FIRST_CALL_DELAY_MS, heartbeatSeconds !== null ? heartbeatSeconds * 1000 : Infinity);
+  }
+
+  private heartbeatIntervalMs(): number | undefined {
+    const { heartbeatSeconds } = this.options.config;
+    if (heartbeatSeconds !== null) return heartbeatSeconds * 1000;
+    // A third of the timeout: two heartbeats may be lost before the hook times out.
+    return this.heartbeatTimeoutS !== undefined ? (this.heartbeatTimeoutS * 1000) / 3 : undefined;
+  }
+
+  private hookOver(record: Persisted, hook: string, outcome: ActionOutcome): void {
+    record.hooks[hook] = { outcome, at: this.options.clock.now() };
+    this.recordDirty = true;
+  }
+
+  private settle(record: Persisted, reason: string): void {
+    if (record.settled) return;
+    record.settled = { at: this.options.clock.now(), reason };
+    this.recordDirty = true;
+    this.options.log.info({ event: 'lifecycle.settled', group: record.group, reason }, `launch lifecycle: ${reason}`);
+  }
+
+  // ---- health --------------------------------------------------------------------------------
+
+  /**
+   * Unhealthy only when a pass has ended with no good generation running: a bad push that rolled
+   * back leaves a good instance, and telling the group otherwise would have it replaced. An
+   * abandoned launch is already on its way out, and before the hook is settled ABANDON says it.
+   */
+  private async health(record: Persisted, attempt: (op: string, fn: () => Promise<void>) => Promise<boolean>): Promise<void> {
+    const s = this.status;
+    if (!s?.firstConvergenceDone) return;
+    const bad = s.noGoodGeneration && s.condition === 'failed';
+    if (!bad) {
+      this.unhealthyReported = false;
+      return;
+    }
+    if (this.unhealthyReported || !this.options.config.reportUnhealthy) return;
+    if (!record.settled || !record.group || record.decision?.result === 'ABANDON') return;
+    await attempt('set-instance-health', async () => {
+      await this.options.autoscaling.setInstanceHealth(record.instanceId, 'Unhealthy', true);
+      this.unhealthyReported = true;
+      this.options.log.warn({ event: 'lifecycle.unhealthy', group: record.group }, 'reported Unhealthy to the Auto Scaling group: no good generation runs');
+    });
+  }
+
+  // ---- persistence ---------------------------------------------------------------------------
+
+  private async load(): Promise<void> {
+    const here = await this.options.locate();
+    let previous: Persisted | undefined;
+    try {
+      const text = await this.options.fs.readText(LIFECYCLE_FILE);
+      if (text !== undefined) {
+        const parsed = Persisted.safeParse(JSON.parse(text));
+        if (parsed.success) previous = parsed.data;
+        else this.options.log.warn({ event: 'lifecycle.state-ignored' }, `${LIFECYCLE_FILE} is not a lifecycle record; starting afresh`);
+      }
+    } catch (err) {
+      this.options.log.warn({ event: 'lifecycle.state-ignored', err: (err as Error).message }, `cannot read ${LIFECYCLE_FILE}; starting afresh`);
+    }
+    // A record from another instance id came with the image: this launch is a new one.
+    if (previous && previous.instanceId === here.instanceId) {
+      this.record = previous;
+      this.resumed = true;
+      if (previous.group === undefined && here.group) {
+        previous.group = here.group;
+        this.recordDirty = true;
+      }
+      return;
+    }
+    this.record = {
+      version: 1,
+      instanceId: here.instanceId,
+      since: this.options.clock.now(),
+      ...(here.group ? { group: here.group } : {}),
+      hooks: {},
+    };
+    this.recordDirty = true;
+  }
+
+  private async save(): Promise<void> {
+    if (!this.record) return;
+    this.recordDirty = false;
+    try {
+      await this.options.fs.writeAtomic(LIFECYCLE_FILE, `${JSON.stringify(this.record, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+    } catch (err) {
+      this.recordDirty = true;
+      throw err;
+    }
+  }
+
+  private fail(op: string, err: unknown): void {
+    const error = err instanceof Error ? err : new Error(String(err));
+    this.errors++;
+    this.lastError = `${op}: ${error.message}`;
+    this.options.onError?.(op, error);
+    const context = typeof (error as { toJSON?: unknown }).toJSON === 'function' ? (error as unknown as { toJSON(): unknown }).toJSON() : error.message;
+    this.options.log.warn({ event: 'lifecycle.error', op, err: context }, `Auto Scaling ${op} failed (tried again later): ${error.message}`);
+  }
+}
+
+/**
+ * The caller awaits this wait, so it must keep the process alive; the clock's own timers may not
+ * (see `unrefRealClock`).
+ */
+async function holdingProcessOpen<T>(fn: () => Promise<T>): Promise<T> {
+  const hold = setInterval(() => undefined, 2 ** 30);
+  try {
+    return await fn();
+  } finally {
+    clearInterval(hold);
+  }
+}
+
+/**
+ * Real time whose sleeps never hold the process open by themselves: the reporter's waits must not
+ * keep a one-shot command or a stopping daemon alive.
+ */
+export const unrefRealClock: Clock = {
+  now: () => Date.now(),
+  sleep: (ms, signal) =>
+    new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(signal?.reason);
+      };
+      const timer = setTimeout(() => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      }, Math.max(0, ms));
+      timer.unref();
+      signal?.addEventListener('abort', onAbort, { once: true });
+    }),
+};

@@ -1,0 +1,132 @@
+// Is the instance leaving? One monitor per IMDS source, as aws-node-termination-handler has:
+// `autoscaling/target-lifecycle-state` (where Auto Scaling is taking the instance) and
+// `spot/instance-action` (the two-minute spot interruption notice). IMDS is on the instance, so
+// these are polled often without touching the account's API budget.
+//
+// Leaving means a rebuild started now would be cut off: `Terminated` and `Warmed:Terminated`, or
+// any spot action (terminate, stop, hibernate). Not leaving: `InService`; `Standby` (taken out of
+// service to be worked on and put back: converging is the point); `Detached` (the instance leaves
+// the group but keeps running on its own); `Warmed:Stopped`/`Warmed:Hibernated`/`Warmed:Running`
+// (a warm pool's launch is exactly when the configuration should be built, before the stop).
+import type { Imds } from '../aws/imds.js';
+import type { Clock } from '../ports.js';
+
+export interface LeavingNotice {
+  readonly kind: 'autoscaling' | 'spot';
+  /** For people: what IMDS said. */
+  readonly detail: string;
+}
+
+export interface Monitor {
+  readonly kind: LeavingNotice['kind'];
+  /** A notice while the instance is leaving; undefined otherwise. Throws on IMDS failure. */
+  check(): Promise<LeavingNotice | undefined>;
+}
+
+export const LEAVING_TARGET_STATES: ReadonlySet<string> = new Set(['Terminated', 'Warmed:Terminated']);
+
+export class TargetLifecycleMonitor implements Monitor {
+  readonly kind = 'autoscaling' as const;
+  constructor(private readonly imds: Imds) {}
+
+  async check(): Promise<LeavingNotice | undefined> {
+    // 404 until the first transition, and always outside an Auto Scaling group.
+    const state = (await this.imds.get('latest/meta-data/autoscaling/target-lifecycle-state'))?.trim();
+    if (state === undefined || !LEAVING_TARGET_STATES.has(state)) return undefined;
+    return { kind: this.kind, detail: `Auto Scaling target lifecycle state ${state}` };
+  }
+}
+
+export class SpotInterruptionMonitor implements Monitor {
+  readonly kind = 'spot' as const;
+  constructor(private readonly imds: Imds) {}
+
+  async check(): Promise<LeavingNotice | undefined> {
+    // 404 while nothing is scheduled; on-demand instances never have it.
+    const text = await this.imds.get('latest/meta-data/spot/instance-action');
+    if (text === undefined) return undefined;
+    let action = 'an action';
+    let time = '';
+    try {
+      const parsed = JSON.parse(text) as { action?: unknown; time?: unknown };
+      if (typeof parsed.action === 'string') action = parsed.action;
+      if (typeof parsed.time === 'string') time = ` at ${parsed.time}`;
+    } catch {
+      // Present but unreadable is still a notice.
+    }
+    return { kind: this.kind, detail: `spot interruption notice: ${action}${time}` };
+  }
+}
+
+export interface LifecycleWatchOptions {
+  readonly clock: Clock;
+  readonly intervalMs: number;
+  /** Called when the instance starts leaving (a notice), or stops (undefined: e.g. the hook was abandoned). */
+  readonly onChange: (notice: LeavingNotice | undefined) => void;
+  readonly onError?: (kind: string, err: Error, inARow: number) => void;
+}
+
+/** Polls every monitor on its own loop; an error is reported and the loop goes on. */
+export class LifecycleWatch {
+  private readonly notices = new Map<string, LeavingNotice>();
+  private stopper: AbortController | undefined;
+  private loops: Promise<void>[] = [];
+  private current: LeavingNotice | undefined;
+
+  constructor(
+    private readonly monitors: readonly Monitor[],
+    private readonly options: LifecycleWatchOptions,
+  ) {}
+
+  get leaving(): LeavingNotice | undefined {
+    return this.current;
+  }
+
+  /** Checks every monitor once (so the first pass already knows), then keeps polling. */
+  async start(): Promise<void> {
+    if (this.stopper) return;
+    this.stopper = new AbortController();
+    await Promise.all(this.monitors.map((m) => this.checkOne(m, 0)));
+    this.loops = this.monitors.map((m) => this.loop(m, this.stopper!.signal));
+  }
+
+  async stop(): Promise<void> {
+    this.stopper?.abort();
+    this.stopper = undefined;
+    await Promise.all(this.loops);
+    this.loops = [];
+  }
+
+  private async loop(monitor: Monitor, signal: AbortSignal): Promise<void> {
+    let errors = 0;
+    for (;;) {
+      try {
+        await this.options.clock.sleep(this.options.intervalMs, signal);
+      } catch {
+        return;
+      }
+      errors = await this.checkOne(monitor, errors);
+    }
+  }
+
+  private async checkOne(monitor: Monitor, errors: number): Promise<number> {
+    try {
+      const notice = await monitor.check();
+      if (notice) this.notices.set(monitor.kind, notice);
+      else this.notices.delete(monitor.kind);
+      this.publish();
+      return 0;
+    } catch (err) {
+      // A failed look keeps the last answer: a flaky IMDS neither starts nor ends a termination.
+      this.options.onError?.(monitor.kind, err as Error, errors + 1);
+      return errors + 1;
+    }
+  }
+
+  private publish(): void {
+    const next = this.notices.get('spot') ?? this.notices.get('autoscaling');
+    if (next?.detail === this.current?.detail) return;
+    this.current = next;
+    this.options.onChange(next);
+  }
+}

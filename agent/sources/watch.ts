@@ -1,0 +1,106 @@
+// Local inputs, watched: the image's base configuration and the drop-in directory of modules.
+// A change calls `onChange` (the scheduler's trigger, whose quiet period collapses a burst into one
+// pass). Only those inputs are watched, never what the agent writes itself (configuration.nix, the
+// rendered parts, state): their directories are watched with everything else in them ignored, so a
+// file that does not exist yet is seen when it appears. A change is reported only when a file's
+// content differs from what was last seen, so an editor's save-by-rename or a touch is not a pass.
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { FSWatcher } from 'chokidar';
+
+export interface LocalWatchOptions {
+  /** Absolute real paths (already under the agent's root). */
+  readonly baseConfiguration: string;
+  readonly modulesDir: string;
+  readonly onChange: (reason: string) => void;
+  readonly onError?: (err: Error) => void;
+  /** Polling instead of inotify (network filesystems; tests on odd filesystems). */
+  readonly usePolling?: boolean;
+}
+
+/** The files whose content is an input: the base file, and `*.nix` directly in the drop-in directory. */
+export function isWatchedInput(file: string, baseConfiguration: string, modulesDir: string): boolean {
+  const f = path.resolve(file);
+  if (f === path.resolve(baseConfiguration)) return true;
+  return path.dirname(f) === path.resolve(modulesDir) && f.endsWith('.nix') && !path.basename(f).startsWith('.');
+}
+
+export class LocalWatcher {
+  private watcher: FSWatcher | undefined;
+  private readonly digests = new Map<string, string | undefined>();
+  private events = 0;
+  private changes = 0;
+
+  constructor(private readonly options: LocalWatchOptions) {}
+
+  get stats(): { readonly events: number; readonly changes: number; readonly watching: boolean } {
+    return { events: this.events, changes: this.changes, watching: this.watcher !== undefined };
+  }
+
+  /** Resolves once the initial scan is done: later changes are reported. */
+  async start(): Promise<void> {
+    if (this.watcher) return;
+    const { watch } = await import('chokidar');
+    const { baseConfiguration, modulesDir } = this.options;
+    // A directory that does not exist yet could not be watched; the drop-in directory is ours to make.
+    await mkdir(path.resolve(modulesDir), { recursive: true, mode: 0o755 });
+    const baseDir = path.dirname(path.resolve(baseConfiguration));
+    const dirs = [...new Set([baseDir, path.resolve(modulesDir)])];
+    const watcher = watch(dirs, {
+      ignoreInitial: true,
+      depth: 0,
+      persistent: true,
+      ...(this.options.usePolling ? { usePolling: true, interval: 100 } : {}),
+      // Directories themselves pass (so they are entered); files only when they are inputs.
+      ignored: (file, stats) => {
+        const f = path.resolve(file);
+        if (dirs.includes(f)) return false;
+        if (stats?.isDirectory()) return true;
+        return !isWatchedInput(f, baseConfiguration, modulesDir);
+      },
+    });
+    this.watcher = watcher;
+    for (const event of ['add', 'change', 'unlink'] as const) {
+      watcher.on(event, (file: string) => void this.seen(event, file));
+    }
+    watcher.on('error', (err: unknown) => this.options.onError?.(err as Error));
+    await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
+    // What is there now is the baseline: the pass that follows reads it.
+    for (const file of [path.resolve(baseConfiguration), ...(await this.listInputs())]) {
+      this.digests.set(file, await digestOf(file));
+    }
+  }
+
+  async stop(): Promise<void> {
+    const watcher = this.watcher;
+    this.watcher = undefined;
+    await watcher?.close();
+  }
+
+  private async listInputs(): Promise<string[]> {
+    const dir = path.resolve(this.options.modulesDir);
+    const names = await readdir(dir).catch(() => [] as string[]);
+    return names.map((n) => path.join(dir, n)).filter((f) => isWatchedInput(f, this.options.baseConfiguration, this.options.modulesDir));
+  }
+
+  private async seen(event: string, file: string): Promise<void> {
+    const f = path.resolve(file);
+    if (!isWatchedInput(f, this.options.baseConfiguration, this.options.modulesDir)) return;
+    this.events++;
+    const digest = await digestOf(f);
+    if (this.digests.has(f) && this.digests.get(f) === digest) return;
+    this.digests.set(f, digest);
+    if (!this.watcher) return;
+    this.changes++;
+    this.options.onChange(`${event === 'unlink' ? 'removed' : event === 'add' ? 'added' : 'changed'} ${f}`);
+  }
+}
+
+async function digestOf(file: string): Promise<string | undefined> {
+  try {
+    return createHash('sha256').update(await readFile(file)).digest('hex');
+  } catch {
+    return undefined;
+  }
+}

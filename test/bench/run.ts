@@ -1,0 +1,108 @@
+// `npm run bench`: every benchmark, each in its own process (so one's heap and loaded modules do
+// not colour the next), then one table of all their figures. `npm run bench -- NAME [flags]` runs
+// one here. A new benchmark is one line in BENCHMARKS and a module exporting `run` (common.ts).
+import { spawn } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { BenchUsageError, parseResultLine, resultLine, table, type BenchModule, type BenchResult } from './common.js';
+
+export interface BenchEntry {
+  /** Relative to this file, as compiled. */
+  readonly module: string;
+  readonly summary: string;
+}
+
+export const BENCHMARKS: Readonly<Record<string, BenchEntry>> = {
+  boot: { module: './boot.js', summary: 'agent start → rebuild launched, beside `node -e 0` and an amazon-init equivalent' },
+  render: { module: './render.js', summary: 'desired state + render of 10,000 parameters; SSM calls per fetch' },
+};
+
+const SELF = fileURLToPath(import.meta.url);
+
+function usage(): string {
+  const width = Math.max(...Object.keys(BENCHMARKS).map((n) => n.length));
+  return [
+    'usage: npm run bench [-- [NAME] [--quick] [--runs N] [flags]]',
+    '',
+    ...Object.entries(BENCHMARKS).map(([name, b]) => `  ${name.padEnd(width)}  ${b.summary}`),
+    '',
+    'Each benchmark ends with one line `RESULT name=NAME key=value …`.',
+    '',
+  ].join('\n');
+}
+
+export async function runOne(name: string, args: readonly string[], print: (line: string) => void): Promise<BenchResult> {
+  const entry = BENCHMARKS[name];
+  if (!entry) throw new BenchUsageError(`unknown benchmark "${name}"`);
+  const mod = (await import(new URL(entry.module, import.meta.url).href)) as BenchModule;
+  const result = await mod.run(args, print);
+  print(resultLine(result));
+  return result;
+}
+
+/** Runs NAME as `node run.js NAME ARGS`, its output passed through; its RESULT line, parsed. */
+function runChild(name: string, args: readonly string[]): Promise<{ code: number; result: BenchResult | undefined }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [SELF, name, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let last: BenchResult | undefined;
+    let partial = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      process.stdout.write(chunk);
+      const lines = (partial + chunk.toString('utf8')).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) last = parseResultLine(line) ?? last;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (partial) last = parseResultLine(partial) ?? last;
+      resolve({ code: code ?? 1, result: last });
+    });
+  });
+}
+
+async function runAll(args: readonly string[]): Promise<number> {
+  const rows: [string, string, number | string][] = [];
+  let failed = 0;
+  for (const name of Object.keys(BENCHMARKS)) {
+    process.stdout.write(`\n== ${name} ==\n`);
+    const { code, result } = await runChild(name, args);
+    if (code !== 0 || !result) {
+      failed++;
+      rows.push([name, 'error', `exit ${code}`]);
+      continue;
+    }
+    for (const [key, value] of Object.entries(result.figures)) rows.push([name, key, value]);
+  }
+  process.stdout.write(`\n${table(['benchmark', 'figure', 'value'], rows)}\n`);
+  return failed === 0 ? 0 : 1;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [first, ...rest] = argv;
+  if (first === '--help' || first === '-h' || first === 'help') {
+    process.stdout.write(usage());
+    return 0;
+  }
+  try {
+    if (first === undefined || first.startsWith('-')) return await runAll(argv);
+    await runOne(first, rest, (line) => process.stdout.write(`${line}\n`));
+    return 0;
+  } catch (err) {
+    if (err instanceof BenchUsageError) {
+      process.stderr.write(`bench: ${err.message}\n\n${usage()}`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`bench: ${(err as Error)?.stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,222 @@
+// The command line as operators and scripts use it: help and usage errors, `render` (switches
+// nothing), `status` exit codes (an API, as cloud-init's), `status --wait` against the daemon,
+// `emulate` with the AWS CLI, and `sandbox --once` run twice on one directory.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { cleanEnv } from '../sandbox/sandbox.js';
+import { AWS_CLI, CLI, hasAwsCli, Instance, markerModule, parseJson, terminate, type CliResult, type StatusJson } from '../support/e2e.js';
+
+const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
+const COMMANDS = ['run', 'converge', 'render', 'status', 'generations', 'rollback', 'suspend', 'resume', 'emulate', 'sandbox'];
+
+function cli(args: readonly string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...cleanEnv(process.env), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+function run(command: string, args: readonly string[], env: Record<string, string>): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, [...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+async function withInstance(options: Parameters<typeof Instance.launch>[0], body: (i: Instance) => Promise<void>): Promise<void> {
+  const instance = await Instance.launch(options);
+  try {
+    await body(instance);
+  } finally {
+    await instance.close();
+  }
+}
+
+describe('the command line', { concurrency: true }, () => {
+  test('--help of every command exits 0; usage errors exit 2', async () => {
+    const top = await cli(['--help']);
+    assert.equal(top.code, 0);
+    for (const c of COMMANDS) assert.match(top.stdout, new RegExp(`^\\s+${c}\\s`, 'm'), `top-level help lists ${c}`);
+    const helps = await Promise.all(COMMANDS.map((c) => cli([c, '--help'])));
+    helps.forEach((h, k) => {
+      assert.equal(h.code, 0, `${COMMANDS[k]} --help: ${h.stderr}`);
+      assert.match(h.stdout, new RegExp(`usage: nixos-ec2-agent ${COMMANDS[k]}\\b`));
+    });
+    const bad = await Promise.all([cli(['frobnicate']), cli(['status', '--no-such-flag']), cli(['converge']), cli(['render', '--out'])]);
+    for (const b of bad) {
+      assert.equal(b.code, 2, `${b.stdout}${b.stderr}`);
+      assert.ok(b.stderr.length > 0, 'a usage error says what is wrong');
+    }
+    assert.match(bad[0]!.stderr, /unknown command "frobnicate"/);
+    assert.match(bad[1]!.stderr, /no-such-flag/);
+  });
+
+  test('render prints and writes what would be rendered, and switches nothing', async () => {
+    await withInstance({ userData: '{ ... }:\n{\n  services.nginx.enable = true;\n}\n', parameters: [FLEET_TZ] }, async (i) => {
+      const before = await i.configuration();
+      const running = await i.running();
+      const out = path.join(i.dir, 'rendered');
+      const printed = await i.run(['render', '--out', out]);
+      assert.equal(printed.code, 0, printed.stderr);
+      assert.match(printed.stdout, /services\.nginx\.enable = true/);
+      assert.match(printed.stdout, /time\.timeZone/);
+      const written = (await readdir(out, { recursive: true })).map(String);
+      assert.ok(written.some((f) => f.endsWith('configuration.nix')), written.join(', '));
+      assert.ok(written.some((f) => f.endsWith('user-data.nix')), written.join(', '));
+      const json = await i.run(['render', '--json']);
+      assert.equal(json.code, 0, json.stderr);
+      const rendered = parseJson(json.stdout, 'render --json', json) as { desiredHash: string; files: { path: string; text: string }[] };
+      assert.match(rendered.desiredHash, /^[0-9a-f]{64}$/);
+      assert.ok(rendered.files.some((f) => f.path.endsWith('configuration.nix')));
+      assert.equal(await i.configuration(), before, 'configuration.nix is unchanged');
+      assert.equal(await i.running(), running);
+      assert.deepEqual(await i.generationLinks(), ['system-1-link']);
+      assert.equal(await i.steps(), 0, 'no rebuild step');
+    });
+  });
+
+  test('status exit codes: 0 converged, 2 degraded, 1 failed with no good generation', async () => {
+    await withInstance({ parameters: [FLEET_TZ] }, async (i) => {
+      const none = await i.run(['status']);
+      assert.equal(none.code, 1, 'before the agent ever ran');
+
+      assert.equal((await i.converge()).code, 0);
+      const converged = await i.status();
+      assert.equal(converged.code, 0);
+      assert.equal(converged.status.condition, 'converged');
+      assert.equal((await i.run(['status'])).code, 0, 'the same without --json');
+
+      i.put('/nixos/fleet/modules/bad', markerModule('sandbox-fail-switch'));
+      assert.equal((await i.converge()).code, 1);
+      const degraded = await i.status();
+      assert.equal(degraded.code, 2, JSON.stringify(degraded.status));
+      assert.equal(degraded.status.condition, 'degraded');
+      assert.equal(degraded.status.noGoodGeneration, false);
+
+      // The last good generation turns unhealthy too (a probe that always fails): a bad push is
+      // rolled back to a generation that fails verification as well.
+      await i.setConfig(['health', 'probes'], [{ name: 'always-fails', command: { argv: ['false'], timeoutMs: 5_000 } }]);
+      i.put('/nixos/fleet/modules/bad', markerModule('sandbox-fail-unit'));
+      assert.equal((await i.converge()).code, 1);
+      const failed = await i.status();
+      assert.equal(failed.code, 1, JSON.stringify(failed.status));
+      assert.equal(failed.status.condition, 'failed');
+      assert.equal(failed.status.noGoodGeneration, true);
+    });
+  });
+
+  test('status --wait returns once the daemon has ended its first convergence', async () => {
+    await withInstance({ parameters: [FLEET_TZ], config: { ssm: { pollIntervalSeconds: 300 } } }, async (i) => {
+      const daemon = i.start(['run']);
+      try {
+        const waiting = i.start(['status', '--wait', '--json']);
+        const bound = setTimeout(() => waiting.child.kill('SIGKILL'), 40_000);
+        const waited = await waiting.done.finally(() => clearTimeout(bound));
+        assert.equal(waited.signal, null, 'status --wait returned by itself');
+        assert.equal(waited.code, 0, `${waited.stdout}\n${waited.stderr}`);
+        const status = parseJson(waited.stdout, 'status --wait --json', waited) as StatusJson;
+        assert.equal(status.firstConvergenceDone, true);
+        assert.equal(status.condition, 'converged');
+        const onDisk = JSON.parse(await i.read('run/nixos-ec2-agent/status.json')) as StatusJson;
+        assert.equal(onDisk.firstConvergenceDone, true);
+      } finally {
+        const ended = await terminate(daemon);
+        assert.equal(ended.forced, false, 'the daemon stops on SIGTERM');
+        assert.equal(ended.code, 0, `the daemon stops cleanly on SIGTERM: ${ended.stderr.slice(-2000)}`);
+      }
+    });
+  });
+
+  test('emulate prints NAME=VALUE lines and serves the AWS CLI until SIGTERM', { skip: hasAwsCli ? false : `${AWS_CLI} is not installed` }, async () => {
+    const child = spawn(process.execPath, [CLI, 'emulate'], { env: cleanEnv(process.env), stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let stdout = '';
+      const vars = await new Promise<Record<string, string>>((resolve, reject) => {
+        child.on('error', reject);
+        child.on('close', (code) => reject(new Error(`emulate ended early (${code})`)));
+        child.stdout.on('data', (c: Buffer) => {
+          stdout += c.toString('utf8');
+          const parsed = Object.fromEntries(stdout.split('\n').filter((l) => /^[A-Z0-9_]+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+          if (parsed.AWS_ENDPOINT_URL_AUTO_SCALING && parsed.AWS_ENDPOINT_URL_SSM && parsed.AWS_EC2_METADATA_SERVICE_ENDPOINT) resolve(parsed);
+        });
+      });
+      for (const line of stdout.split('\n').filter(Boolean)) assert.match(line, /^[A-Z][A-Z0-9_]*=\S+$/, 'every line is NAME=VALUE');
+      for (const url of [vars.AWS_ENDPOINT_URL_SSM, vars.AWS_ENDPOINT_URL_AUTO_SCALING, vars.AWS_EC2_METADATA_SERVICE_ENDPOINT]) {
+        assert.match(url ?? '', /^http:\/\/127\.0\.0\.1:\d+$/);
+      }
+      const scratch = await mkdtemp(path.join(tmpdir(), 'nea-e2e-aws-'));
+      try {
+        const env = {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
+          HOME: scratch,
+          ...vars,
+          AWS_CONFIG_FILE: path.join(scratch, 'config'),
+          AWS_SHARED_CREDENTIALS_FILE: path.join(scratch, 'credentials'),
+          AWS_EC2_METADATA_DISABLED: 'true',
+          AWS_PAGER: '',
+        };
+        const endpoint = ['--endpoint-url', vars.AWS_ENDPOINT_URL_SSM as string];
+        const put = await run(AWS_CLI, ['ssm', 'put-parameter', ...endpoint, '--name', '/nixos/fleet/options/time.timeZone', '--type', 'String', '--value', '"UTC"', '--output', 'json'], env);
+        assert.equal(put.code, 0, put.stderr);
+        assert.equal((JSON.parse(put.stdout) as { Version: number }).Version, 1);
+        const get = await run(AWS_CLI, ['ssm', 'get-parameter', ...endpoint, '--name', '/nixos/fleet/options/time.timeZone', '--output', 'json'], env);
+        assert.equal(get.code, 0, get.stderr);
+        const got = JSON.parse(get.stdout) as { Parameter: { Name: string; Value: string; Version: number; Type: string } };
+        assert.equal(got.Parameter.Value, '"UTC"');
+        assert.equal(got.Parameter.Type, 'String');
+        assert.equal(got.Parameter.Version, 1);
+      } finally {
+        await rm(scratch, { recursive: true, force: true });
+      }
+    } finally {
+      const ended = new Promise<number | null>((resolve) => {
+        if (child.exitCode !== null) resolve(child.exitCode);
+        else child.once('exit', (code) => resolve(code));
+      });
+      child.kill('SIGTERM');
+      const bound = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const code = await ended;
+      clearTimeout(bound);
+      assert.equal(code, 0, 'emulate ends cleanly on SIGTERM');
+    }
+  });
+
+  test('sandbox --once twice on one directory: the same instance, unchanged the second time', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-e2e-sandbox-'));
+    try {
+      const first = await cli(['sandbox', '--dir', dir, '--once', '--json']);
+      assert.equal(first.code, 0, first.stderr.slice(-3000));
+      const a = parseJson(first.stdout, 'sandbox --once --json', first) as StatusJson & { instanceId: string };
+      assert.equal(a.lastResult?.outcome, 'converged');
+      const second = await cli(['sandbox', '--dir', dir, '--once', '--json']);
+      assert.equal(second.code, 0, second.stderr.slice(-3000));
+      const b = parseJson(second.stdout, 'sandbox --once --json', second) as StatusJson & { instanceId: string };
+      assert.equal(b.instanceId, a.instanceId, 'the same instance id');
+      assert.equal(b.lastResult?.outcome, 'unchanged');
+      assert.equal(b.desired?.hash, a.desired?.hash);
+      assert.equal(b.running?.storePath, a.running?.storePath);
+      const summary = await cli(['sandbox', '--dir', dir, '--once']);
+      assert.equal(summary.code, 0);
+      assert.match(summary.stdout, new RegExp(a.instanceId));
+      const links = (await readdir(path.join(dir, 'root/nix/var/nix/profiles'))).filter((n) => /^system-\d+-link$/.test(n));
+      assert.deepEqual(links.sort(), ['system-1-link', 'system-2-link']);
+      assert.ok((await readFile(path.join(dir, 'agent.log'), 'utf8')).length > 0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,203 @@
+// The agent CLI, as its own process, converging a sandboxed instance: first convergence, nothing
+// changed, an SSM push, gzip'd user data, the once-per-instance user-data script, invalid user
+// data (rejected before anything is written over the last good configuration) and IMDS failures.
+import assert from 'node:assert/strict';
+import { readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { Instance, hasNix } from '../support/e2e.js';
+
+const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
+const FLEET_MODULE = { Name: '/nixos/fleet/modules/motd', Value: '{ ... }:\n{\n  users.motd = "hello";\n}\n', Type: 'String' as const };
+const NIX_USER_DATA = '# a NixOS module, as amazon-init reads it\n{ config, pkgs, ... }:\n{\n  services.nginx.enable = true;\n}\n';
+
+async function withInstance(options: Parameters<typeof Instance.launch>[0], body: (i: Instance) => Promise<void>): Promise<void> {
+  const instance = await Instance.launch(options);
+  try {
+    await body(instance);
+  } finally {
+    await instance.close();
+  }
+}
+
+describe('converge --once end to end', { concurrency: true }, () => {
+  test('first convergence, nothing changed, an SSM push, and a reboot', async () => {
+    await withInstance({ userData: NIX_USER_DATA, parameters: [FLEET_TZ, FLEET_MODULE] }, async (i) => {
+      const first = await i.converge();
+      assert.equal(first.code, 0, first.stderr);
+      assert.equal(first.status.condition, 'converged');
+      assert.equal(first.status.lastResult?.outcome, 'converged');
+
+      // configuration.nix imports the image's base configuration and every rendered part.
+      const configuration = await i.configuration();
+      const imports = [...configuration.matchAll(/^\s*(\.\/[^\s#]+)/gm)].map((m) => m[1] as string);
+      assert.ok(imports.includes('./base.nix'), configuration);
+      assert.ok(imports.some((p) => /user-data\.nix$/.test(p)), configuration);
+      assert.ok(imports.some((p) => /options\.nix$/.test(p)), configuration);
+      assert.ok(imports.some((p) => /modules\/motd\.nix$/.test(p)), configuration);
+      for (const p of imports) {
+        const text = await readFile(path.join(i.root, 'etc/nixos', p), 'utf8');
+        assert.ok(text.length > 0, `${p} is empty`);
+      }
+      assert.match(await i.read(`etc/nixos/${imports.find((p) => p.endsWith('user-data.nix'))}`), /services\.nginx\.enable = true/);
+
+      const gens = await i.generations();
+      assert.deepEqual(gens.map((g) => g.number), [1, 2]);
+      const g2 = gens[1]!;
+      assert.ok(g2.current && g2.running, JSON.stringify(g2));
+      assert.equal(g2.booted, false, 'generation 1 stays the booted one until a reboot');
+      assert.equal(g2.lastGood, true);
+      assert.equal(g2.desiredHash, first.status.desired?.hash);
+      assert.deepEqual(
+        g2.sources?.parameters.map((p) => `${p.name}@${p.version}`).sort(),
+        ['/nixos/fleet/modules/motd@1', '/nixos/fleet/options/time.timeZone@1'],
+      );
+      assert.equal(await i.running(), g2.storePath);
+
+      // Nothing changed: no new generation, no rebuild at all.
+      const stepsBefore = await i.steps();
+      const configBefore = await i.configuration();
+      const second = await i.converge();
+      assert.equal(second.code, 0, second.stderr);
+      assert.equal(second.status.lastResult?.outcome, 'unchanged');
+      assert.equal(await i.steps(), stepsBefore, 'an unchanged pass starts no nixos-rebuild or switch-to-configuration');
+      assert.deepEqual(await i.generationLinks(), ['system-1-link', 'system-2-link']);
+      assert.equal(await i.configuration(), configBefore);
+
+      // An operator's push: a new generation, built from the new parameter version.
+      i.put('/nixos/fleet/options/time.timeZone', '"Europe/Paris"');
+      const third = await i.converge();
+      assert.equal(third.code, 0, third.stderr);
+      assert.equal(third.status.lastResult?.outcome, 'converged');
+      assert.notEqual(third.status.desired?.hash, first.status.desired?.hash);
+      const after = await i.generations();
+      assert.deepEqual(after.map((g) => g.number), [1, 2, 3]);
+      assert.ok(after[2]!.current && after[2]!.running);
+      assert.ok(after[2]!.sources?.parameters.some((p) => p.name === '/nixos/fleet/options/time.timeZone' && p.version === 2));
+      assert.match(await i.configuration(), new RegExp(third.status.desired!.hash.slice(0, 12)));
+
+      // A reboot: generation 3 is now the booted one, and nothing needs doing.
+      await i.reboot();
+      const rebooted = await i.generations();
+      assert.ok(rebooted[2]!.booted && rebooted[2]!.running && rebooted[2]!.current, JSON.stringify(rebooted[2]));
+      const steps = await i.steps();
+      const fourth = await i.converge();
+      assert.equal(fourth.code, 0, fourth.stderr);
+      assert.equal(fourth.status.lastResult?.outcome, 'unchanged');
+      assert.equal(await i.steps(), steps);
+    });
+  });
+
+  test("gzip'd user data is unpacked before it is read", async () => {
+    await withInstance({ userData: gzipSync(Buffer.from(NIX_USER_DATA)) }, async (i) => {
+      const result = await i.converge();
+      assert.equal(result.code, 0, result.stderr);
+      const configuration = await i.configuration();
+      const part = /(\.\/ec2-agent\/\S+\/user-data\.nix)/.exec(configuration)?.[1];
+      assert.ok(part, configuration);
+      assert.match(await i.read(`etc/nixos/${part}`), /services\.nginx\.enable = true/);
+    });
+  });
+
+  test('a #! user-data script runs once per instance id, its output logged', async () => {
+    const runs = `${process.pid}-${Date.now()}`;
+    // Outside the sandbox's root, so the count survives every reboot and instance id.
+    const marker = path.join(tmpdir(), `nea-e2e-script-runs-${runs}`);
+    const script = `#!/bin/sh\necho "user-data-script-output-${runs}"\necho ran >> '${marker}'\n`;
+    await withInstance({ userData: script, parameters: [FLEET_TZ] }, async (i) => {
+      const first = await i.converge();
+      assert.equal(first.code, 0, first.stderr);
+      assert.equal((await readFile(marker, 'utf8')).trim().split('\n').length, 1);
+      assert.ok(
+        (await i.logEvents()).some((e) => e.event === 'userdata.script.output' && String(e.msg).includes(`user-data-script-output-${runs}`)),
+        'the script output is in the agent log',
+      );
+
+      // A reboot of the same instance: not run again (amazon-init would, nixpkgs#41826).
+      await i.reboot();
+      const second = await i.converge();
+      assert.equal(second.code, 0, second.stderr);
+      assert.equal((await readFile(marker, 'utf8')).trim().split('\n').length, 1);
+
+      // The same disk under another instance id (an AMI made from it, a new launch): run again.
+      await i.reboot({ instance: { instanceId: 'i-0123456789abcdef0' } });
+      const third = await i.converge();
+      assert.equal(third.code, 0, third.stderr);
+      assert.equal((await readFile(marker, 'utf8')).trim().split('\n').length, 2);
+    }).finally(() => rm(marker, { force: true }));
+  });
+
+  describe('invalid user data: exit 2, nothing written or switched, the error names the source', { concurrency: true }, () => {
+    const cases: { name: string; data: Buffer; expect: RegExp; skip?: string }[] = [
+      { name: 'not UTF-8', data: Buffer.from([0x7b, 0x20, 0xff, 0xfe, 0x7d, 0x0a]), expect: /user data: not valid UTF-8\b.*\bbyte 2\b/ },
+      { name: 'too big once unpacked', data: gzipSync(Buffer.from(`{ ... }: { }\n${'# padding\n'.repeat(3000)}`)), expect: /user data: .*16384-byte limit/ },
+      {
+        name: 'a Nix expression that does not parse',
+        data: Buffer.from('{ config, ... }:\n{\n  services.nginx.enable = true\n  networking.hostName = "x";\n}\n'),
+        // `true networking.hostName` is an application; the `=` after it is the error.
+        expect: /user data: does not parse as Nix: line 4, column 23/,
+        ...(hasNix ? {} : { skip: 'nix-instantiate is not installed: the parser gate is skipped' }),
+      },
+    ];
+    for (const c of cases) {
+      test(c.name, c.skip ? { skip: c.skip } : {}, async () => {
+        await withInstance({ userData: NIX_USER_DATA, parameters: [FLEET_TZ] }, async (i) => {
+          const good = await i.converge();
+          assert.equal(good.code, 0, good.stderr);
+          const configuration = await i.read('etc/nixos/configuration.nix');
+          const running = await i.running();
+          const links = await i.generationLinks();
+          const steps = await i.steps();
+
+          i.world.imds.setUserData(c.data);
+          const bad = await i.converge();
+          assert.equal(bad.code, 2, `${bad.stdout}\n${bad.stderr}`);
+          assert.equal(bad.status.lastResult?.outcome, 'invalid-input');
+          assert.match(bad.status.lastResult?.error?.message ?? '', c.expect);
+          assert.equal(bad.status.lastResult?.error?.where, 'user data');
+          assert.ok(bad.status.reasons.some((r) => c.expect.test(r)), JSON.stringify(bad.status.reasons));
+          assert.equal(await i.read('etc/nixos/configuration.nix'), configuration, 'configuration.nix is byte-identical');
+          assert.equal(await i.running(), running);
+          assert.deepEqual(await i.generationLinks(), links);
+          assert.equal(await i.steps(), steps, 'no rebuild step was started');
+        });
+      });
+    }
+  });
+
+  test('IMDS disabled: exit 1 at once, with the reason', async () => {
+    await withInstance({ parameters: [FLEET_TZ] }, async (i) => {
+      i.world.imds.setHttpEndpoint('disabled');
+      const result = await i.converge();
+      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.status.lastResult?.error?.kind, 'imds-disabled');
+      assert.ok(result.status.reasons.some((r) => /disabled/i.test(r)), JSON.stringify(result.status.reasons));
+      // At once: one token request, no retries.
+      const puts = i.world.imds.requests.filter((r) => r.method === 'PUT');
+      assert.equal(puts.length, 1, `token requests: ${puts.length}`);
+      assert.deepEqual(await i.generationLinks(), ['system-1-link']);
+    });
+  });
+
+  test('IMDS answering 500 past the retry budget: exit 1, nothing changed', async () => {
+    await withInstance({ userData: NIX_USER_DATA, parameters: [FLEET_TZ] }, async (i) => {
+      const good = await i.converge();
+      assert.equal(good.code, 0, good.stderr);
+      const configuration = await i.configuration();
+      const running = await i.running();
+      i.world.ssm.put({ ...FLEET_TZ, Value: '"Asia/Tokyo"', Overwrite: true });
+      i.world.imds.injectFault({ status: 500, times: Infinity });
+      const result = await i.converge();
+      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.status.lastResult?.error?.kind, 'transient');
+      assert.equal(await i.configuration(), configuration);
+      assert.equal(await i.running(), running);
+      assert.deepEqual(await i.generationLinks(), ['system-1-link', 'system-2-link']);
+      // The configured budget: the first attempt and 2 retries of the token request.
+      const failed = i.world.imds.requests.filter((r) => r.status === 500);
+      assert.ok(failed.length >= 3, `500 answers: ${failed.length}`);
+    });
+  });
+});

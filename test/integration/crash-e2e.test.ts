@@ -1,0 +1,166 @@
+// The agent killed (SIGKILL, with everything it started, as systemd ends a crashed unit's control
+// group) at each phase of a pass, then run again: the next `converge --once` finishes the job or
+// rolls back, configuration.nix and the profile agree, and nothing half-written is left. Also a
+// corrupt state file: set aside, reported, and convergence goes on.
+import assert from 'node:assert/strict';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { Instance, killTree, markerModule, unparsableNixFiles, waitFor, type DurableStateJson } from '../support/e2e.js';
+
+const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
+const SLOW_PROBE = [{ name: 'slow', command: { argv: ['sleep', '4'], timeoutMs: 10_000 } }];
+const QUICK_PROBE = [{ name: 'quick', command: { argv: ['true'], timeoutMs: 10_000 } }];
+
+/** Runs `converge --once` and kills the agent once its durable journal reaches `phase`. */
+async function killAt(i: Instance, phase: string): Promise<void> {
+  const run = i.start(['converge', '--once', '--json']);
+  const stateFile = i.file('var/lib/nixos-ec2-agent/state.json');
+  let exited = false;
+  void run.done.then(() => (exited = true));
+  await waitFor(`journal phase ${phase}`, async () => {
+    if (exited) throw new Error(`the agent ended before reaching ${phase}`);
+    const state = JSON.parse(await readFile(stateFile, 'utf8')) as DurableStateJson;
+    return state.journal.phase === phase ? true : undefined;
+  }, 45_000, 2).catch(async (err: unknown) => {
+    const r = await run.done;
+    throw new Error(`${(err as Error).message}; exit ${r.code}\n${r.stderr.slice(-2000)}`);
+  });
+  await killTree(run.child.pid as number);
+  const result = await run.done;
+  assert.equal(result.signal, 'SIGKILL', `the agent was killed at ${phase}, not ended (${result.code})`);
+}
+
+/** What must hold after any recovery: one consistent, parseable, good system. */
+async function assertConsistent(i: Instance): Promise<DurableStateJson> {
+  const state = await i.durableState();
+  assert.equal(state.journal.phase, 'idle', 'the journal is closed');
+  assert.ok(state.lastGood, 'a last good generation is recorded');
+  assert.equal(await i.running(), state.lastGood.storePath, 'the last good system runs');
+  assert.equal(await i.profileSystem(), state.lastGood.storePath, 'the profile (boot default) is the last good system');
+  assert.equal(await i.configuration(), await i.read('var/lib/nixos-ec2-agent/last-good-configuration.nix'), 'configuration.nix is the last good one');
+  assert.deepEqual(await unparsableNixFiles(i.file('etc/nixos')), [], 'every file under etc/nixos parses');
+  const leftovers = (await readdir(i.file('etc/nixos'), { recursive: true })).filter((n) => /\.tmp|~$/.test(String(n)));
+  assert.deepEqual(leftovers, [], 'no temporary file is left');
+  return state;
+}
+
+/** A converged instance; `config` applies from the run after the first convergence on. */
+async function withGoodInstance(config: Record<string, unknown>, body: (i: Instance, goodRunning: string) => Promise<void>): Promise<void> {
+  const i = await Instance.launch({ parameters: [FLEET_TZ] });
+  try {
+    const first = await i.converge();
+    assert.equal(first.code, 0, first.stderr);
+    await i.configure(config);
+    await body(i, await i.running());
+  } finally {
+    await i.close();
+  }
+}
+
+describe('killed and restarted at each phase', { concurrency: true }, () => {
+  test('building: nothing was switched; the next pass builds what the sources say now', async () => {
+    await withGoodInstance({}, async (i, goodRunning) => {
+      i.put('/nixos/fleet/modules/slow', markerModule('sandbox-hang'));
+      await killAt(i, 'building');
+      assert.equal(await i.running(), goodRunning);
+      // The operator fixes the module; the restarted agent starts over from the journal.
+      i.put('/nixos/fleet/modules/slow', '{ ... }:\n{\n  users.motd = "fixed";\n}\n');
+      const again = await i.converge();
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal(again.status.lastResult?.outcome, 'converged');
+      assert.ok((await i.logEvents()).some((e) => e.event === 'recover' && e.phase === 'building'), 'the recovery is logged');
+      const state = await assertConsistent(i);
+      assert.notEqual(state.lastGood?.storePath, goodRunning);
+      assert.match(await i.configuration(), /modules\/slow\.nix/);
+    });
+  });
+
+  test('activating: finished or rolled back, never half done', async () => {
+    await withGoodInstance({}, async (i, goodRunning) => {
+      i.put('/nixos/fleet/options/time.timeZone', '"Europe/Paris"');
+      await killAt(i, 'activating');
+      const again = await i.converge();
+      const state = await assertConsistent(i);
+      const hash = again.status.desired?.hash as string;
+      if (again.code === 0) {
+        // The activation had finished: recovery verified the new system and committed it.
+        assert.equal(state.running?.desiredHash, hash);
+        assert.notEqual(state.lastGood?.storePath, goodRunning);
+        assert.equal(again.status.condition, 'converged');
+      } else {
+        // It had not: recovery rolled back, and the interrupted desired state waits for its retry.
+        assert.equal(again.code, 1, again.stderr.slice(-2000));
+        assert.equal(state.lastGood?.storePath, goodRunning);
+        assert.equal(state.failed[hash]?.stage, 'activate');
+        assert.equal(again.status.condition, 'degraded');
+      }
+    });
+  });
+
+  test('verifying: verified now and committed', async () => {
+    await withGoodInstance({ health: { probes: SLOW_PROBE } }, async (i, goodRunning) => {
+      i.put('/nixos/fleet/options/time.timeZone', '"Europe/Paris"');
+      await killAt(i, 'verifying');
+      const killedAt = await i.durableState();
+      assert.equal(killedAt.journal.phase, 'verifying');
+      const building = killedAt.journal.storePath as string;
+      await i.setConfig(['health', 'probes'], QUICK_PROBE);
+      const steps = await i.steps('build');
+      const again = await i.converge();
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal(again.status.condition, 'converged');
+      assert.equal(await i.steps('build'), steps, 'the system activated before the kill is verified, not rebuilt');
+      const state = await assertConsistent(i);
+      assert.equal(state.lastGood?.storePath, building);
+      assert.notEqual(building, goodRunning);
+      assert.equal(await i.profileGeneration(), 3);
+    });
+  });
+
+  test('verifying an unhealthy system: the restarted agent rolls back', async () => {
+    await withGoodInstance({ health: { probes: SLOW_PROBE } }, async (i, goodRunning) => {
+      i.put('/nixos/fleet/modules/bad', markerModule('sandbox-fail-unit'));
+      await killAt(i, 'verifying');
+      await i.setConfig(['health', 'probes'], QUICK_PROBE);
+      const again = await i.converge();
+      assert.equal(again.code, 1, again.stderr);
+      const state = await assertConsistent(i);
+      assert.equal(state.lastGood?.storePath, goodRunning);
+      assert.ok(Object.keys(state.failed).length > 0, 'the failed desired state is remembered');
+      const { code, status } = await i.status();
+      assert.equal(code, 2, 'degraded');
+      assert.ok(status.reasons.length > 0, 'status says why');
+    });
+  });
+
+  test('rolling back: the rollback is finished', async () => {
+    await withGoodInstance({ health: { probes: SLOW_PROBE } }, async (i, goodRunning) => {
+      i.put('/nixos/fleet/modules/bad', markerModule('sandbox-fail-switch'));
+      await killAt(i, 'rolling-back');
+      await i.setConfig(['health', 'probes'], QUICK_PROBE);
+      const again = await i.converge();
+      assert.notEqual(again.code, 0, 'the bad desired state is not converged');
+      const state = await assertConsistent(i);
+      assert.equal(state.lastGood?.storePath, goodRunning);
+      assert.equal(await i.profileGeneration(), 2);
+      assert.ok((await i.logEvents()).some((e) => e.event === 'recover' && e.phase === 'rolling-back'), 'the recovery is logged');
+    });
+  });
+
+  test('a corrupt state file is set aside, reported, and the agent still converges', async () => {
+    await withGoodInstance({}, async (i) => {
+      const stateFile = i.file('var/lib/nixos-ec2-agent/state.json');
+      await writeFile(stateFile, Buffer.from([0x00, 0xff, 0x7b, 0x22, 0x9c, 0x13, 0x37, 0x0a]));
+      const again = await i.converge();
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal(again.status.condition, 'converged');
+      const aside = (await readdir(path.dirname(stateFile))).filter((n) => n.startsWith('state.json.corrupt-'));
+      assert.equal(aside.length, 1, 'the corrupt file is set aside');
+      assert.ok(again.status.reasons.some((r) => /state\.json/.test(r) && /set aside/.test(r)), JSON.stringify(again.status.reasons));
+      const { status } = await i.status();
+      assert.ok(status.reasons.some((r) => /set aside/.test(r)), 'status --json shows it too');
+      await assertConsistent(i);
+    });
+  });
+});

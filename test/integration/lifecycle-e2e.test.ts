@@ -1,0 +1,192 @@
+// The launch lifecycle hook end to end: the SDK's Auto Scaling client against the emulator, and
+// the real agent CLI over a sandboxed instance that waits in Pending:Wait until the agent
+// completes its launch hook. What counts is what the emulated group saw, by instance id.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { SdkAutoScaling, mapAutoScalingError } from '../../agent/aws/autoscaling.js';
+import { InvalidInputError, TransientError } from '../../agent/errors.js';
+import { AutoScalingEmulator } from '../emulators/autoscaling.js';
+import { deepMerge, Instance, markerModule } from '../support/e2e.js';
+
+const CREDENTIALS = { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'example-secret-access-key' };
+const GROUP = 'web-asg';
+const HOOK = 'launch-hook';
+
+describe('SdkAutoScaling against the Auto Scaling emulator', () => {
+  let emulator: AutoScalingEmulator;
+  let client: SdkAutoScaling;
+
+  before(async () => {
+    emulator = await AutoScalingEmulator.start({ tickIntervalMs: 0 });
+    client = new SdkAutoScaling({ region: 'us-east-1', endpoint: emulator.url, credentials: CREDENTIALS, maxAttempts: 2, env: {} });
+  });
+  after(() => emulator.close());
+
+  function launch(instanceId: string): void {
+    emulator.launchInstance({ instanceId, groupName: GROUP });
+  }
+
+  test('finds the group and the launch hook, heartbeats, and completes by instance id', async () => {
+    emulator.createGroup({ name: GROUP, healthCheckGracePeriod: 300 });
+    emulator.putLifecycleHook({ groupName: GROUP, hookName: HOOK, transition: 'autoscaling:EC2_INSTANCE_LAUNCHING', heartbeatTimeout: 120 });
+    emulator.putLifecycleHook({ groupName: GROUP, hookName: 'drain', transition: 'autoscaling:EC2_INSTANCE_TERMINATING' });
+    launch('i-0000000000000000a');
+
+    assert.deepEqual(await client.describeInstance('i-0000000000000000a'), { group: GROUP, lifecycleState: 'Pending:Wait', healthStatus: 'HEALTHY' });
+    assert.equal(await client.describeInstance('i-0000000000000ffff'), undefined, 'an unknown id is in no group');
+
+    const hooks = await client.describeLifecycleHooks(GROUP);
+    const launching = hooks.find((h) => h.name === HOOK);
+    assert.equal(launching?.transition, 'autoscaling:EC2_INSTANCE_LAUNCHING');
+    assert.equal(launching?.heartbeatTimeout, 120);
+    assert.equal(hooks.find((h) => h.name === 'drain')?.transition, 'autoscaling:EC2_INSTANCE_TERMINATING');
+
+    const ref = { group: GROUP, hook: HOOK, instanceId: 'i-0000000000000000a' };
+    assert.equal(await client.recordHeartbeat(ref), 'done');
+    assert.equal(await client.completeLifecycleAction({ ...ref, result: 'CONTINUE' }), 'done');
+    assert.equal(emulator.instance(ref.instanceId)?.lifecycleState, 'InService');
+    const events = emulator.actions().filter((a) => a.instanceId === ref.instanceId);
+    assert.deepEqual(
+      events.map((e) => [e.kind, e.by, e.result]),
+      [
+        ['heartbeat', 'instance-id', undefined],
+        ['complete', 'instance-id', 'CONTINUE'],
+      ],
+    );
+
+    // The action is over: AWS answers ValidationError "No active Lifecycle Action found…".
+    assert.equal(await client.completeLifecycleAction({ ...ref, result: 'CONTINUE' }), 'no-active-action');
+    assert.equal(await client.recordHeartbeat(ref), 'no-active-action');
+  });
+
+  test('SetInstanceHealth sends Unhealthy respecting the grace period', async () => {
+    launch('i-0000000000000000b');
+    await client.completeLifecycleAction({ group: GROUP, hook: HOOK, instanceId: 'i-0000000000000000b', result: 'CONTINUE' });
+    await client.setInstanceHealth('i-0000000000000000b', 'Unhealthy');
+    const events = emulator.healthEvents().filter((e) => e.instanceId === 'i-0000000000000000b');
+    assert.deepEqual(events.map((e) => [e.healthStatus, e.shouldRespectGracePeriod]), [['UNHEALTHY', true]]);
+    assert.equal(emulator.instance('i-0000000000000000b')?.lifecycleState, 'InService', 'inside the grace period it stays');
+  });
+
+  test('wire errors become the agent error kinds', async () => {
+    launch('i-0000000000000000c');
+    emulator.injectFault({ action: 'RecordLifecycleActionHeartbeat', code: 'Throttling', times: 2 });
+    await assert.rejects(client.recordHeartbeat({ group: GROUP, hook: HOOK, instanceId: 'i-0000000000000000c' }), (err: unknown) => {
+      assert.ok(err instanceof TransientError, String(err));
+      assert.equal(err.context.code, 'Throttling');
+      return true;
+    });
+    emulator.injectFault({ action: 'CompleteLifecycleAction', code: 'ResourceContention', times: 2 });
+    await assert.rejects(client.completeLifecycleAction({ group: GROUP, hook: HOOK, instanceId: 'i-0000000000000000c', result: 'CONTINUE' }), TransientError);
+    // A ValidationError that is not "no active action" is the caller's input, not a pass.
+    await assert.rejects(client.setInstanceHealth('i-00000000000000abc', 'Unhealthy'), InvalidInputError);
+    // A throttle that clears within the SDK's attempts is not seen at all.
+    emulator.injectFault({ action: 'CompleteLifecycleAction', code: 'Throttling', times: 1 });
+    assert.equal(await client.completeLifecycleAction({ group: GROUP, hook: HOOK, instanceId: 'i-0000000000000000c', result: 'CONTINUE' }), 'done');
+    assert.equal(emulator.pendingFaults, 0);
+  });
+
+  test('a connection that fails is transient', async () => {
+    const closed = await AutoScalingEmulator.start({ tickIntervalMs: 0 });
+    const url = closed.url;
+    await closed.close();
+    const dead = new SdkAutoScaling({ region: 'us-east-1', endpoint: url, credentials: CREDENTIALS, maxAttempts: 1, env: {} });
+    await assert.rejects(dead.describeInstance('i-0000000000000000a'), TransientError);
+    assert.ok(mapAutoScalingError(Object.assign(new Error('boom'), { name: 'ValidationError' }), 'X') instanceof InvalidInputError);
+  });
+});
+
+/** The agent with its lifecycle reporting on, over a fresh sandboxed instance in its group. */
+async function withInstance(options: { userData?: string; config?: Record<string, unknown> }, body: (i: Instance) => Promise<void>): Promise<void> {
+  const i = await Instance.launch({
+    ...(options.userData !== undefined ? { userData: options.userData } : {}),
+    config: deepMerge({ lifecycle: { enabled: true, heartbeatSeconds: 10, budgetSeconds: 300 } }, options.config ?? {}),
+  });
+  try {
+    assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'Pending:Wait', 'the instance launches into its hook');
+    await body(i);
+  } finally {
+    await i.close();
+  }
+}
+
+/** The lifecycle actions the agent sent, in order. */
+function lifecycleOps(i: Instance): string[] {
+  return i.world.autoscaling.requests
+    .map((r) => r.operation ?? '')
+    .filter((op) => op === 'CompleteLifecycleAction' || op === 'RecordLifecycleActionHeartbeat');
+}
+
+describe('the agent completes its launch hook', { concurrency: true }, () => {
+  test('converge --once completes with CONTINUE: InService, by instance id, and only once across runs', async () => {
+    await withInstance({ userData: '{ ... }: { environment.etc."greeting".text = "hello"; }\n' }, async (i) => {
+      const first = await i.converge();
+      assert.equal(first.code, 0, first.stderr);
+      assert.equal(first.status.condition, 'converged');
+      const view = i.world.autoscaling.instance(i.instanceId);
+      assert.equal(view?.lifecycleState, 'InService');
+      assert.equal(view?.lastResult, 'CONTINUE');
+      const completions = i.world.autoscaling.actions().filter((a) => a.kind === 'complete');
+      assert.deepEqual(completions.map((c) => [c.instanceId, c.hookName, c.result, c.by]), [[i.instanceId, i.world.hook, 'CONTINUE', 'instance-id']]);
+
+      const again = await i.converge();
+      assert.equal(again.code, 0, again.stderr);
+      assert.deepEqual(lifecycleOps(i), ['CompleteLifecycleAction'], 'a second run neither heartbeats nor completes again');
+    });
+  });
+
+  test('ABANDON when no good generation can run (the rollback target fails its probe too), and no Unhealthy', async () => {
+    await withInstance(
+      {
+        userData: '{ ... }: { environment.etc."greeting".text = "hello"; }\n',
+        config: { health: { probes: [{ name: 'always-fails', command: { argv: ['false'], timeoutMs: 5_000 } }] } },
+      },
+      async (i) => {
+        const run = await i.converge();
+        assert.equal(run.code, 1, run.stderr);
+        assert.equal(run.status.noGoodGeneration, true);
+        const view = i.world.autoscaling.instance(i.instanceId);
+        assert.equal(view?.lastResult, 'ABANDON');
+        assert.equal(view?.lifecycleState, 'Terminated', 'an abandoned launch is terminated');
+        assert.deepEqual(
+          i.world.autoscaling.actions().filter((a) => a.kind === 'complete').map((c) => [c.instanceId, c.result, c.by]),
+          [[i.instanceId, 'ABANDON', 'instance-id']],
+        );
+        assert.deepEqual(i.world.autoscaling.healthEvents(), []);
+      },
+    );
+  });
+
+  test('heartbeats while a build hangs; the build times out on the image generation, which is good: CONTINUE', async () => {
+    await withInstance(
+      { userData: markerModule('sandbox-hang'), config: { rebuild: { buildTimeoutSeconds: 2 }, lifecycle: { heartbeatSeconds: 0.3 } } },
+      async (i) => {
+        const run = await i.converge();
+        assert.equal(run.code, 1, run.stderr);
+        assert.equal(run.status.lastResult?.error?.stage, 'build');
+        assert.equal(run.status.noGoodGeneration, false);
+        const events = i.world.autoscaling.actions().filter((a) => a.instanceId === i.instanceId);
+        const kinds = events.map((e) => e.kind);
+        assert.ok(kinds.filter((k) => k === 'heartbeat').length >= 2, `heartbeats during the build: ${kinds.join(', ')}`);
+        assert.equal(kinds.at(-1), 'complete', 'heartbeats stop once the hook is completed');
+        assert.equal(kinds.filter((k) => k === 'complete').length, 1);
+        assert.ok(events.every((e) => e.by === 'instance-id'));
+        assert.equal(events.at(-1)?.result, 'CONTINUE');
+        assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'InService');
+      },
+    );
+  });
+
+  test('ABANDON when the launch budget passes while the build still hangs', async () => {
+    await withInstance(
+      { userData: markerModule('sandbox-hang'), config: { rebuild: { buildTimeoutSeconds: 3 }, lifecycle: { heartbeatSeconds: 0.3, budgetSeconds: 1 } } },
+      async (i) => {
+        const run = await i.converge();
+        assert.equal(run.status.lastResult?.error?.stage, 'build');
+        const completions = i.world.autoscaling.actions().filter((a) => a.kind === 'complete');
+        assert.deepEqual(completions.map((c) => [c.instanceId, c.result]), [[i.instanceId, 'ABANDON']], 'decided once, at the budget, not again when the pass ended');
+        assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'Terminated');
+      },
+    );
+  });
+});

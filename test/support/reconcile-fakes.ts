@@ -1,0 +1,262 @@
+// Plain-value fakes for the Reconciler's edges: no processes, no real clock. The fake machine keeps
+// NixOS's real layout under a temporary root (system-N-link generations, the system profile,
+// /run/current-system, /run/booted-system), so the reconciler reads it as it would on an instance.
+import { createHash } from 'node:crypto';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { listGenerations } from '../../agent/apply/generations.js';
+import type { Activation, Rebuilder } from '../../agent/apply/rebuild.js';
+import { parseConfig, type ConfigInput } from '../../agent/config.js';
+import { buildDesired } from '../../agent/desired/desired.js';
+import { ApplyFailedError } from '../../agent/errors.js';
+import { RootFs } from '../../agent/fs.js';
+import { silentLogger } from '../../agent/log.js';
+import type { RunRequest, RunResult, Runner } from '../../agent/ports.js';
+import { Reconciler } from '../../agent/reconcile.js';
+import { CONFIGURATION_NIX } from '../../agent/render/render.js';
+import type { NixParser, NixSyntaxError } from '../../agent/render/validate.js';
+import { RenderWriter } from '../../agent/render/write.js';
+import type { Snapshots, SourceReader } from '../../agent/sources/index.js';
+import type { SsmParameter } from '../../agent/sources/ssm.js';
+import { StateStore } from '../../agent/state.js';
+import type { Status } from '../../agent/status.js';
+import type { HealthChecker, Verdict } from '../../agent/verify/health.js';
+import { ManualClock } from '../emulators/clock.js';
+import { NO_LOCAL, userData } from './desired.js';
+
+export const PROFILES = '/nix/var/nix/profiles';
+export const IMAGE_SYSTEM = '/nix/store/00000000000000000000000000000000-nixos-system-image';
+export const IMAGE_CONFIGURATION = '{ ... }: { } # the image\n';
+
+/** What `kill` throws: not an AgentError, so the pass ends as a killed process would. */
+export class Killed extends Error {}
+
+/** The system a configuration.nix builds to: one store path per desired state, as Nix would. */
+export function storePathOf(desiredHash: string): string {
+  return `/nix/store/${desiredHash.slice(0, 32)}-nixos-system`;
+}
+
+export class FakeMachine {
+  readonly calls: string[] = [];
+  readonly failBuild = new Set<string>();
+  readonly failActivate = new Set<string>();
+  readonly unhealthy = new Set<string>();
+  verifyCount = 0;
+  /** The call at which the agent "dies" (e.g. `build`, `activate test:after`, `setProfile`, `verify#2`). */
+  kill: string | undefined;
+
+  constructor(readonly fs: RootFs) {}
+
+  async install(): Promise<void> {
+    await this.fs.symlinkAtomic(IMAGE_SYSTEM, `${PROFILES}/system-1-link`);
+    await this.fs.symlinkAtomic('system-1-link', `${PROFILES}/system`);
+    await this.fs.symlinkAtomic(IMAGE_SYSTEM, '/run/current-system');
+    await this.fs.symlinkAtomic(IMAGE_SYSTEM, '/run/booted-system');
+    await this.fs.writeAtomic(CONFIGURATION_NIX, IMAGE_CONFIGURATION);
+  }
+
+  async running(): Promise<string | undefined> {
+    return this.fs.readlink('/run/current-system');
+  }
+
+  async profile(): Promise<{ generation: number; storePath: string | undefined }> {
+    const link = (await this.fs.readlink(`${PROFILES}/system`)) ?? '';
+    return { generation: Number(/system-(\d+)-link/.exec(link)?.[1]), storePath: await this.fs.readlink(`${PROFILES}/${link}`) };
+  }
+
+  private checkKill(call: string): void {
+    if (this.kill === call) {
+      this.kill = undefined;
+      throw new Killed(`killed at ${call}`);
+    }
+  }
+
+  private async desiredHash(): Promise<string> {
+    const text = (await this.fs.readText(CONFIGURATION_NIX)) ?? '';
+    const hash = /Desired state ([0-9a-f]{64})/.exec(text)?.[1];
+    if (!hash) throw new ApplyFailedError('configuration.nix is not one the agent rendered', 'build');
+    return hash;
+  }
+
+  readonly rebuilder = {
+    build: async (): Promise<string> => {
+      this.calls.push('build');
+      this.checkKill('build');
+      const hash = await this.desiredHash();
+      if (this.failBuild.has(hash)) throw new ApplyFailedError('nixos-rebuild build exited with 1', 'build', { exitCode: 1, tail: ['error: builder failed'] });
+      return storePathOf(hash);
+    },
+    activate: async (storePath: string, action: Activation): Promise<void> => {
+      this.calls.push(`activate ${action} ${storePath}`);
+      this.checkKill(`activate ${action}:before`);
+      if (action === 'boot') return;
+      await this.fs.symlinkAtomic(storePath, '/run/current-system');
+      this.checkKill(`activate ${action}:after`);
+      if (this.failActivate.has(storePath)) {
+        throw new ApplyFailedError(`switch-to-configuration ${action} exited with 2`, action === 'switch' ? 'rollback' : 'activate', { exitCode: 2 });
+      }
+    },
+    setProfile: async (storePath: string): Promise<void> => {
+      this.calls.push(`setProfile ${storePath}`);
+      this.checkKill('setProfile');
+      const generations = await listGenerations(this.fs);
+      const newest = generations.at(-1);
+      // `nix-env --set` with the newest generation's path reuses it.
+      const number = newest?.storePath === storePath ? newest.number : (newest?.number ?? 0) + 1;
+      await this.fs.symlinkAtomic(storePath, `${PROFILES}/system-${number}-link`);
+      await this.fs.symlinkAtomic(`system-${number}-link`, `${PROFILES}/system`);
+    },
+    switchGeneration: async (generation: number): Promise<void> => {
+      this.calls.push(`switchGeneration ${generation}`);
+      this.checkKill('switchGeneration');
+      await this.fs.symlinkAtomic(`system-${generation}-link`, `${PROFILES}/system`);
+    },
+    switchLegacy: async (): Promise<void> => {
+      this.calls.push('switchLegacy');
+      const storePath = storePathOf(await this.desiredHash());
+      await this.rebuilder.setProfile(storePath);
+      await this.rebuilder.activate(storePath, 'switch');
+    },
+    updateChannels: async (text: string): Promise<void> => {
+      this.calls.push(`updateChannels ${text.trim()}`);
+      this.checkKill('updateChannels');
+    },
+  };
+
+  readonly health = {
+    verify: async (): Promise<Verdict> => {
+      this.verifyCount++;
+      const running = await this.running();
+      this.calls.push(`verify ${running}`);
+      this.checkKill(`verify#${this.verifyCount}`);
+      const healthy = running !== undefined && !this.unhealthy.has(running);
+      return { healthy, reasons: healthy ? [] : ['systemd: failed units: app.service'], checks: [], attempts: 1 };
+    },
+  };
+
+  /** Generations as `number:storePath`, current marked with `*`. */
+  async generations(): Promise<string[]> {
+    return (await listGenerations(this.fs)).map((g) => `${g.number}:${g.storePath}${g.current ? '*' : ''}`);
+  }
+}
+
+/** The sources as one mutable snapshot; `options` become SSM parameters under /nixos/fleet. */
+export class FakeSources {
+  reads = 0;
+  userDataText: string | undefined = undefined;
+  parameters: SsmParameter[] = [];
+  private versions = new Map<string, number>();
+
+  set(name: string, value: string, type: SsmParameter['type'] = 'String'): void {
+    const full = `/nixos/fleet/${name}`;
+    const version = (this.versions.get(full) ?? 0) + 1;
+    this.versions.set(full, version);
+    this.parameters = [...this.parameters.filter((p) => p.name !== full), { name: full, type, value, version, lastModified: Date.UTC(2024, 0, 1) }];
+  }
+
+  /** What buildDesired makes of the current snapshot: the hash a pass will see. */
+  desiredHash(): string {
+    return buildDesired({ userData: userData(this.userDataText), ssm: this.ssm(), local: NO_LOCAL }).hash;
+  }
+
+  private ssm() {
+    return { prefixes: [{ prefix: '/nixos/fleet', parameters: this.parameters }], skipped: [], calls: 1 };
+  }
+
+  readonly reader = {
+    read: async (): Promise<Snapshots> => {
+      this.reads++;
+      return {
+        identity: { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', instanceType: 't3.micro', amiId: 'ami-1', accountId: '123456789012' },
+        asg: 'web',
+        userData: userData(this.userDataText),
+        ssm: this.ssm(),
+        local: NO_LOCAL,
+        notes: [],
+      };
+    },
+  };
+}
+
+/** The Nix parser gate, answering from a table: file path suffix → error. */
+export class FakeParser {
+  readonly errors = new Map<string, Omit<NixSyntaxError, 'file'>>();
+
+  async check(files: readonly string[]): Promise<NixSyntaxError[]> {
+    const out: NixSyntaxError[] = [];
+    for (const file of files) {
+      for (const [suffix, e] of this.errors) if (file.endsWith(suffix)) out.push({ file, ...e });
+    }
+    return out;
+  }
+
+  async checkText(): Promise<NixSyntaxError | undefined> {
+    return undefined;
+  }
+}
+
+export class FakeRunner implements Runner {
+  readonly requests: RunRequest[] = [];
+  async run(request: RunRequest): Promise<RunResult> {
+    this.requests.push(request);
+    return { code: 0, signal: null, timedOut: false, aborted: false, stdout: '', stderr: '', tail: [], durationMs: 0 };
+  }
+}
+
+export interface World {
+  readonly dir: string;
+  readonly fs: RootFs;
+  readonly clock: ManualClock;
+  readonly machine: FakeMachine;
+  readonly sources: FakeSources;
+  readonly parser: FakeParser;
+  readonly runner: FakeRunner;
+  readonly statuses: Status[];
+  /** A new Reconciler over the same root, as after a restart; `start()` already called. */
+  agent(config?: ConfigInput): Promise<Reconciler>;
+}
+
+export async function world(): Promise<World> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'reconcile-test-'));
+  const fs = new RootFs(dir);
+  const clock = new ManualClock(Date.UTC(2024, 0, 1, 12));
+  const machine = new FakeMachine(fs);
+  await machine.install();
+  const sources = new FakeSources();
+  const parser = new FakeParser();
+  const runner = new FakeRunner();
+  const statuses: Status[] = [];
+  return {
+    dir,
+    fs,
+    clock,
+    machine,
+    sources,
+    parser,
+    runner,
+    statuses,
+    agent: async (config: ConfigInput = {}) => {
+      const log = silentLogger();
+      const reconciler = new Reconciler({
+        config: parseConfig({ ...config, root: dir }),
+        clock,
+        fs,
+        log,
+        runner,
+        sources: sources.reader as unknown as SourceReader,
+        writer: new RenderWriter(fs, parser as unknown as NixParser, log),
+        rebuilder: machine.rebuilder as unknown as Rebuilder,
+        health: machine.health as unknown as HealthChecker,
+        store: new StateStore(fs, () => clock.now()),
+        onStatus: (s) => statuses.push(s),
+      });
+      await reconciler.start();
+      return reconciler;
+    },
+  };
+}
+
+export function sha(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}

@@ -1,0 +1,88 @@
+// Every registered benchmark runs in its quick mode and ends with one well-formed RESULT line.
+// Times are never asserted: they are the benchmark's output, not a property of the code.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { median, parseResultLine, ratio, resultLine, table } from '../bench/common.js';
+import { BENCHMARKS } from '../bench/run.js';
+
+const RUN = fileURLToPath(new URL('../bench/run.js', import.meta.url));
+const WELL_FORMED = /^RESULT name=([a-z][a-z0-9_-]*)( [a-z][a-z0-9_]*=[^\s=]+)+$/;
+
+function bench(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [RUN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
+  });
+}
+
+describe('benchmarks, quick mode', () => {
+  for (const name of Object.keys(BENCHMARKS)) {
+    it(`${name} ends with exactly one RESULT line naming it`, { timeout: 60_000 }, async () => {
+      const { code, stdout, stderr } = await bench([name, '--quick']);
+      assert.equal(code, 0, `exit ${code}; stderr:\n${stderr}`);
+      const lines = stdout.split('\n').filter((l) => l.trim() !== '');
+      const last = lines.at(-1) ?? '';
+      assert.match(last, WELL_FORMED, `last line: ${last}`);
+      assert.equal(WELL_FORMED.exec(last)?.[1], name);
+      assert.equal(lines.filter((l) => l.startsWith('RESULT')).length, 1);
+      const parsed = parseResultLine(last);
+      assert.ok(parsed && Object.keys(parsed.figures).length > 0);
+    });
+  }
+
+  it('refuses an unknown benchmark with exit 2 and lists the known ones', async () => {
+    const { code, stderr } = await bench(['no-such-benchmark']);
+    assert.equal(code, 2);
+    for (const name of Object.keys(BENCHMARKS)) assert.match(stderr, new RegExp(`\\b${name}\\b`));
+  });
+
+  it('refuses an unknown flag with exit 2', async () => {
+    const { code, stderr } = await bench(['render', '--no-such-flag']);
+    assert.equal(code, 2);
+    assert.match(stderr, /no-such-flag/);
+  });
+});
+
+describe('RESULT line', () => {
+  it('prints numbers and words, and reads back what it printed', () => {
+    const line = resultLine({ name: 'boot', figures: { node_ms: 41.234567, agent_over_node: 2.5, target: 'met' } });
+    assert.equal(line, 'RESULT name=boot node_ms=41.23 agent_over_node=2.5 target=met');
+    assert.deepEqual(parseResultLine(line), { name: 'boot', figures: { node_ms: 41.23, agent_over_node: 2.5, target: 'met' } });
+  });
+
+  it('refuses values a space-separated line cannot carry', () => {
+    assert.throws(() => resultLine({ name: 'x', figures: { note: 'two words' } }), RangeError);
+    assert.throws(() => resultLine({ name: 'x', figures: { 'Bad-Key': 1 } }), RangeError);
+    assert.throws(() => resultLine({ name: 'x', figures: { a: 'k=v' } }), RangeError);
+  });
+
+  it('is not read from other lines', () => {
+    assert.equal(parseResultLine('RESULT name=boot node_ms=1 extra'), undefined);
+    assert.equal(parseResultLine('  RESULT name=boot a=1'), undefined);
+  });
+});
+
+describe('statistics', () => {
+  it('median of odd and even counts, unsorted input', () => {
+    assert.equal(median([5, 1, 3]), 3);
+    assert.equal(median([4, 1, 3, 2]), 2.5);
+    assert.throws(() => median([]), RangeError);
+  });
+
+  it('ratio to a zero baseline is not a number', () => {
+    assert.equal(ratio(3, 2), 1.5);
+    assert.ok(Number.isNaN(ratio(1, 0)));
+  });
+
+  it('table pads columns and right-aligns numbers', () => {
+    const text = table(['what', 'ms'], [['a', 1.5], ['longer', 100]]);
+    assert.deepEqual(text.split('\n'), ['what     ms', '------  ---', 'a       1.5', 'longer  100']);
+  });
+});

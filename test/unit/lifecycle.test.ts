@@ -1,0 +1,508 @@
+// The launch lifecycle reporter against a hand-written Auto Scaling and a hand-driven clock: what
+// it tells the group, and when, for each way a first convergence can end.
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import type { ActionOutcome, AutoScaling, GroupMembership, LifecycleHook, LifecycleResult } from '../../agent/aws/autoscaling.js';
+import { parseConfig, type Config } from '../../agent/config.js';
+import { TransientError } from '../../agent/errors.js';
+import { RootFs } from '../../agent/fs.js';
+import { silentLogger } from '../../agent/log.js';
+import { LIFECYCLE_FILE, LifecycleReporter, type Location } from '../../agent/report/lifecycle.js';
+import type { Status } from '../../agent/status.js';
+import { ManualClock, settle } from '../emulators/clock.js';
+
+const INSTANCE = 'i-0123456789abcdef0';
+const GROUP = 'web-asg';
+const HOOK = 'launch-hook';
+const LAUNCHING = 'autoscaling:EC2_INSTANCE_LAUNCHING';
+
+interface Call {
+  readonly op: string;
+  readonly at: number;
+  readonly hook?: string;
+  readonly result?: LifecycleResult;
+  readonly health?: string;
+  readonly respectGrace?: boolean;
+}
+
+/** Answers as Auto Scaling would for one instance waiting in its launch hooks. */
+class FakeAutoScaling implements AutoScaling {
+  readonly calls: Call[] = [];
+  hooks: LifecycleHook[] = [{ name: HOOK, transition: LAUNCHING, heartbeatTimeout: 90 }];
+  membership: GroupMembership | undefined = { group: GROUP, lifecycleState: 'Pending:Wait' };
+  /** Hooks whose action the service no longer has (completed or timed out). */
+  readonly gone = new Set<string>();
+  /** Per operation, errors to throw on the next calls, in order. */
+  readonly failures = new Map<string, Error[]>();
+
+  constructor(private readonly clock: ManualClock) {}
+
+  failNext(op: string, times = 1): void {
+    const list = this.failures.get(op) ?? [];
+    for (let i = 0; i < times; i++) list.push(new TransientError('Rate exceeded', 'autoscaling', { code: 'Throttling' }));
+    this.failures.set(op, list);
+  }
+
+  private enter(call: Call): void {
+    this.calls.push(call);
+    const err = this.failures.get(call.op)?.shift();
+    if (err) throw err;
+  }
+
+  async describeLifecycleHooks(group: string): Promise<readonly LifecycleHook[]> {
+    this.enter({ op: 'describeLifecycleHooks', at: this.clock.now() });
+    assert.equal(group, GROUP);
+    return this.hooks;
+  }
+
+  async completeLifecycleAction(input: { group: string; hook: string; instanceId: string; result: LifecycleResult }): Promise<ActionOutcome> {
+    this.enter({ op: 'complete', at: this.clock.now(), hook: input.hook, result: input.result });
+    assert.equal(input.instanceId, INSTANCE);
+    assert.equal(input.group, GROUP);
+    if (this.gone.has(input.hook)) return 'no-active-action';
+    this.gone.add(input.hook);
+    return 'done';
+  }
+
+  async recordHeartbeat(input: { group: string; hook: string; instanceId: string }): Promise<ActionOutcome> {
+    this.enter({ op: 'heartbeat', at: this.clock.now(), hook: input.hook });
+    return this.gone.has(input.hook) ? 'no-active-action' : 'done';
+  }
+
+  async setInstanceHealth(instanceId: string, health: 'Healthy' | 'Unhealthy', respectGrace?: boolean): Promise<void> {
+    this.enter({ op: 'health', at: this.clock.now(), health, ...(respectGrace !== undefined ? { respectGrace } : {}) });
+    assert.equal(instanceId, INSTANCE);
+  }
+
+  async describeInstance(instanceId: string): Promise<GroupMembership | undefined> {
+    this.enter({ op: 'describeInstance', at: this.clock.now() });
+    assert.equal(instanceId, INSTANCE);
+    return this.membership;
+  }
+
+  ops(op: string): Call[] {
+    return this.calls.filter((c) => c.op === op);
+  }
+}
+
+function status(patch: Partial<Status> = {}): Status {
+  return {
+    version: 1,
+    pid: 1,
+    updatedAt: new Date(0).toISOString(),
+    phase: 'building',
+    condition: 'converging',
+    firstConvergenceDone: false,
+    message: 'building',
+    instanceId: INSTANCE,
+    noGoodGeneration: false,
+    reasons: [],
+    rebootRequired: false,
+    ...patch,
+  };
+}
+
+const converging = () => status();
+const converged = () => status({ phase: 'idle', condition: 'converged', firstConvergenceDone: true, lastResult: { outcome: 'converged', at: '', durationMs: 1 } });
+/** A bad push that was rolled back: the last good generation runs again. */
+const rolledBack = () => status({ phase: 'idle', condition: 'degraded', firstConvergenceDone: true, lastResult: { outcome: 'rolled-back', at: '', durationMs: 1 } });
+/** The rollback target is unhealthy too: nothing good runs. */
+const noGood = () =>
+  status({ phase: 'idle', condition: 'failed', firstConvergenceDone: true, noGoodGeneration: true, lastResult: { outcome: 'rolled-back', at: '', durationMs: 1 } });
+
+function lifecycleConfig(patch: Record<string, unknown> = {}): Config['lifecycle'] {
+  return parseConfig({ lifecycle: patch }).lifecycle;
+}
+
+/** Polls real time briefly: the reporter's file writes are real I/O. */
+async function until(what: string, check: () => boolean): Promise<void> {
+  const deadline = Date.now() + 3_000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+describe('LifecycleReporter', () => {
+  let dir: string;
+  let fs: RootFs;
+  let clock: ManualClock;
+  let asg: FakeAutoScaling;
+  const reporters: LifecycleReporter[] = [];
+
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'nea-lifecycle-'));
+    fs = new RootFs(dir);
+    clock = new ManualClock(1_700_000_000_000);
+    asg = new FakeAutoScaling(clock);
+  });
+
+  afterEach(async () => {
+    await Promise.all(reporters.splice(0).map((r) => r.stop()));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function reporter(config: Record<string, unknown> = {}, options: { locate?: () => Promise<Location>; retryMs?: number; completed?: LifecycleResult[]; beats?: number[] } = {}): LifecycleReporter {
+    const r = new LifecycleReporter({
+      autoscaling: asg,
+      clock,
+      fs,
+      log: silentLogger(),
+      config: lifecycleConfig(config),
+      locate: options.locate ?? (async () => ({ instanceId: INSTANCE, group: GROUP })),
+      ...(options.retryMs !== undefined ? { retryMs: options.retryMs } : {}),
+      onCompleted: (result) => options.completed?.push(result),
+      onHeartbeat: () => options.beats?.push(clock.now()),
+    });
+    reporters.push(r);
+    return r;
+  }
+
+  async function persisted(): Promise<Record<string, unknown>> {
+    return JSON.parse(await readFile(fs.resolve(LIFECYCLE_FILE), 'utf8')) as Record<string, unknown>;
+  }
+
+  it('completes with CONTINUE once the first convergence converges, and not before', async () => {
+    const completed: LifecycleResult[] = [];
+    const r = reporter({}, { completed });
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    assert.deepEqual(asg.ops('complete'), []);
+
+    r.update(converged());
+    await until('the completion', () => asg.ops('complete').length === 1);
+    assert.deepEqual(asg.ops('complete').map((c) => [c.hook, c.result]), [[HOOK, 'CONTINUE']]);
+    assert.deepEqual(completed, ['CONTINUE']);
+    await until('the record', () => r.view().settled !== undefined);
+    const record = await persisted();
+    assert.equal(record.instanceId, INSTANCE);
+    assert.deepEqual((record.decision as { result: string }).result, 'CONTINUE');
+
+    // Later passes, good or bad, say nothing more about the launch.
+    r.update(converging());
+    r.update(rolledBack());
+    await clock.advanceAsync(3_600_000);
+    await settle();
+    assert.equal(asg.ops('complete').length, 1);
+    assert.deepEqual(asg.ops('health'), []);
+  });
+
+  it('completes with CONTINUE when a bad push was rolled back to a good generation, and never reports Unhealthy', async () => {
+    const r = reporter();
+    r.update(rolledBack());
+    const view = await r.flush(1);
+    assert.deepEqual(view.decision?.result, 'CONTINUE');
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    r.update(rolledBack());
+    await r.flush(1);
+    assert.deepEqual(asg.ops('health'), []);
+  });
+
+  it('completes with ABANDON when the first convergence ends with no good generation, without SetInstanceHealth', async () => {
+    const r = reporter();
+    r.update(noGood());
+    await r.flush(1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['ABANDON']);
+    assert.deepEqual(asg.ops('health'), [], 'an abandoned launch is terminated already');
+  });
+
+  it('heartbeats while a build hangs and ABANDONs when the budget runs out', async () => {
+    const beats: number[] = [];
+    const r = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 }, { beats });
+    const start = clock.now();
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(599_000);
+    await settle();
+    assert.deepEqual(asg.ops('complete'), [], 'nothing is decided before the budget ends');
+    assert.deepEqual(
+      asg.ops('heartbeat').map((c) => (c.at - start) / 1000),
+      [60, 120, 180, 240, 300, 360, 420, 480, 540],
+    );
+    await clock.advanceAsync(1_000);
+    await until('the ABANDON', () => asg.ops('complete').length === 1);
+    assert.equal(asg.ops('complete')[0]?.result, 'ABANDON');
+    assert.equal(asg.ops('complete')[0]?.at, start + 600_000);
+    assert.equal(beats.length, 9);
+
+    // The build ends well after all: too late, the launch was abandoned.
+    r.update(converged());
+    await clock.advanceAsync(600_000);
+    await settle();
+    assert.equal(asg.ops('complete').length, 1);
+    assert.equal(asg.ops('heartbeat').length, 9);
+  });
+
+  it('heartbeats every third of the hook timeout by default, and stops once completed', async () => {
+    asg.hooks = [{ name: HOOK, transition: LAUNCHING, heartbeatTimeout: 90 }];
+    const r = reporter();
+    const start = clock.now();
+    r.update(converging());
+    r.start();
+    for (let i = 0; i < 4; i++) {
+      await clock.whenSleeping(1);
+      await clock.advanceAsync(30_000);
+    }
+    await until('four heartbeats', () => asg.ops('heartbeat').length === 4);
+    assert.deepEqual(asg.ops('heartbeat').map((c) => (c.at - start) / 1000), [30, 60, 90, 120]);
+
+    r.update(converged());
+    await until('the completion', () => asg.ops('complete').length === 1);
+    await clock.advanceAsync(600_000);
+    await settle();
+    assert.equal(asg.ops('heartbeat').length, 4, 'no heartbeat after the hook is completed');
+  });
+
+  it('leaves the first seconds of boot to the first convergence: no Auto Scaling call before 10 s', async () => {
+    const r = reporter({ heartbeatSeconds: null });
+    const start = clock.now();
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(9_000);
+    await settle();
+    assert.equal(asg.calls.length, 0, JSON.stringify(asg.calls));
+    await clock.advanceAsync(1_000);
+    await until('the hooks to be described', () => asg.calls.length === 1);
+    assert.deepEqual(asg.calls.map((c) => [c.op, (c.at - start) / 1000]), [['describeLifecycleHooks', 10]]);
+  });
+
+  it('discovers every launch hook (not terminate hooks) and completes each', async () => {
+    asg.hooks = [
+      { name: 'a', transition: LAUNCHING, heartbeatTimeout: 300 },
+      { name: 'drain', transition: 'autoscaling:EC2_INSTANCE_TERMINATING', heartbeatTimeout: 300 },
+      { name: 'b', transition: LAUNCHING, heartbeatTimeout: 60 },
+    ];
+    const r = reporter();
+    r.update(converged());
+    await r.flush(1);
+    assert.deepEqual(asg.ops('complete').map((c) => `${c.hook}:${c.result}`), ['a:CONTINUE', 'b:CONTINUE']);
+  });
+
+  it('uses the configured hook name and heartbeat interval without describing the hooks', async () => {
+    const r = reporter({ hookName: 'named-hook', heartbeatSeconds: 10 });
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(10_000);
+    await until('a heartbeat', () => asg.ops('heartbeat').length === 1);
+    r.update(converged());
+    await until('the completion', () => asg.ops('complete').length === 1);
+    assert.deepEqual(asg.ops('describeLifecycleHooks'), []);
+    assert.deepEqual(asg.calls.filter((c) => c.hook).map((c) => c.hook), ['named-hook', 'named-hook']);
+  });
+
+  it('completes only once per instance id across a restart, and a restarted agent neither heartbeats nor completes again', async () => {
+    const first = reporter();
+    first.update(converged());
+    await first.flush(1);
+    assert.equal(asg.ops('complete').length, 1);
+    await first.stop();
+    const callsBefore = asg.calls.length;
+
+    const second = reporter({ heartbeatSeconds: 5 });
+    second.update(converging());
+    second.start();
+    await clock.advanceAsync(60_000);
+    second.update(converged());
+    await second.flush(1);
+    assert.equal(asg.calls.length, callsBefore, `no call at all after the restart: ${JSON.stringify(asg.calls.slice(callsBefore))}`);
+  });
+
+  it('a restart after deciding but before completing completes with the decision already made', async () => {
+    asg.failNext('complete');
+    const first = reporter();
+    first.update(noGood());
+    await first.flush(1);
+    assert.equal(first.view().errors, 1);
+    await first.stop();
+
+    const second = reporter();
+    // The instance is better now, but the launch was already judged: the same ABANDON is sent.
+    second.update(converged());
+    await second.flush(1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['ABANDON', 'ABANDON']);
+    assert.equal(second.view().settled, 'completed with ABANDON');
+  });
+
+  it('a record left by another instance id (baked into the image) is not this launch', async () => {
+    await fs.writeAtomic(
+      LIFECYCLE_FILE,
+      JSON.stringify({
+        version: 1,
+        instanceId: 'i-00000000000000001',
+        since: clock.now() - 86_400_000,
+        group: GROUP,
+        decision: { result: 'CONTINUE', reason: 'the first convergence converged', at: clock.now() },
+        hooks: { [HOOK]: { outcome: 'done', at: clock.now() } },
+        settled: { at: clock.now(), reason: 'completed with CONTINUE' },
+      }),
+    );
+    const r = reporter({ budgetSeconds: 60 });
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    // The budget counts from this instance's first sight, not from the old record's.
+    await clock.advanceAsync(59_000);
+    await settle();
+    assert.deepEqual(asg.ops('complete'), []);
+    r.update(converged());
+    await until('the completion', () => asg.ops('complete').length === 1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    await until('the record', () => r.view().settled !== undefined);
+    assert.equal((await persisted()).instanceId, INSTANCE);
+  });
+
+  it('finds the group with DescribeAutoScalingInstances when IMDS has no group tag', async () => {
+    const r = reporter({}, { locate: async () => ({ instanceId: INSTANCE }) });
+    r.update(converged());
+    await r.flush(1);
+    assert.deepEqual(asg.calls.map((c) => c.op), ['describeInstance', 'describeLifecycleHooks', 'complete']);
+  });
+
+  it('does nothing more for an instance in no group', async () => {
+    asg.membership = undefined;
+    const r = reporter({}, { locate: async () => ({ instanceId: INSTANCE }) });
+    r.update(converging());
+    r.start();
+    await clock.advanceAsync(7_200_000);
+    r.update(noGood());
+    await r.flush(1);
+    assert.deepEqual(asg.calls.map((c) => c.op), ['describeInstance']);
+    assert.equal(r.view().settled, 'not in an Auto Scaling group');
+  });
+
+  it('stops heartbeating a hook whose action is gone (timed out elsewhere) and does not try to complete it', async () => {
+    const r = reporter({ heartbeatSeconds: 30 });
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    asg.gone.add(HOOK);
+    await clock.advanceAsync(30_000);
+    await until('the hook to be over', () => r.view().settled !== undefined);
+    r.update(converged());
+    await clock.advanceAsync(300_000);
+    await settle();
+    assert.deepEqual(asg.calls.map((c) => c.op), ['describeLifecycleHooks', 'heartbeat']);
+  });
+
+  it('reports Unhealthy (respecting the grace period) only when a pass ends with no good generation, once while it stays so', async () => {
+    asg.hooks = [];
+    const r = reporter();
+    r.update(converged());
+    await r.flush(1);
+    r.update(rolledBack());
+    await r.flush(1);
+    // Mid-pass, a rollback may say "no good generation" before its verdict: not a reason yet.
+    r.update(status({ phase: 'rolling-back', condition: 'converging', firstConvergenceDone: true, noGoodGeneration: true }));
+    await r.flush(1);
+    assert.deepEqual(asg.ops('health'), []);
+
+    r.update(noGood());
+    await r.flush(1);
+    r.update(noGood());
+    await r.flush(1);
+    assert.deepEqual(asg.ops('health').map((c) => [c.health, c.respectGrace]), [['Unhealthy', true]]);
+
+    // Good again, then bad again: a new report.
+    r.update(converged());
+    await r.flush(1);
+    r.update(noGood());
+    await r.flush(1);
+    assert.equal(asg.ops('health').length, 2);
+  });
+
+  it('reports Unhealthy after a CONTINUE when a later pass leaves no good generation', async () => {
+    const r = reporter();
+    r.update(converged());
+    await r.flush(1);
+    r.update(noGood());
+    await r.flush(1);
+    assert.deepEqual(asg.calls.map((c) => c.op), ['describeLifecycleHooks', 'complete', 'health']);
+  });
+
+  it('does not report Unhealthy when reportUnhealthy is off', async () => {
+    asg.hooks = [];
+    const r = reporter({ reportUnhealthy: false });
+    r.update(noGood());
+    await r.flush(1);
+    assert.deepEqual(asg.ops('health'), []);
+  });
+
+  it('retries a failed completion on the next tick, and a failed heartbeat before the next interval', async () => {
+    const completed: LifecycleResult[] = [];
+    const r = reporter({ heartbeatSeconds: 60 }, { retryMs: 5_000, completed });
+    const start = clock.now();
+    asg.failNext('heartbeat');
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(60_000);
+    await until('the failed heartbeat', () => asg.ops('heartbeat').length === 1);
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(5_000);
+    await until('the retried heartbeat', () => asg.ops('heartbeat').length === 2);
+    assert.deepEqual(asg.ops('heartbeat').map((c) => (c.at - start) / 1000), [60, 65]);
+    assert.equal(r.view().errors, 1);
+
+    asg.failNext('complete', 2);
+    r.update(converged());
+    await until('the first failed completion', () => asg.ops('complete').length === 1);
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(5_000);
+    await until('the second failed completion', () => asg.ops('complete').length === 2);
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(5_000);
+    await until('the completion', () => asg.ops('complete').length === 3 && r.view().settled !== undefined);
+    assert.deepEqual(completed, ['CONTINUE']);
+    assert.equal(r.view().errors, 3);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE', 'CONTINUE']);
+  });
+
+  it('flush() (converge --once) retries a failed completion before it returns', async () => {
+    asg.failNext('complete');
+    const r = reporter();
+    r.update(converged());
+    const flushed = r.flush(3, 1_000);
+    await clock.whenSleeping(1);
+    clock.advance(1_000);
+    const view = await flushed;
+    assert.equal(view.settled, 'completed with CONTINUE');
+    assert.equal(view.errors, 1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+  });
+
+  it('retries when the instance cannot be located yet', async () => {
+    let attempts = 0;
+    const r = reporter({}, {
+      retryMs: 1_000,
+      locate: async () => {
+        attempts++;
+        if (attempts === 1) throw new TransientError('IMDS unavailable', 'imds');
+        return { instanceId: INSTANCE, group: GROUP };
+      },
+    });
+    r.update(converged());
+    r.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(1_000);
+    await until('the completion', () => asg.ops('complete').length === 1);
+    assert.equal(attempts, 2);
+  });
+
+  it('stop() ends the loop: no call after it, whatever the clock does', async () => {
+    const r = reporter({ heartbeatSeconds: 10 });
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    await r.stop();
+    await clock.advanceAsync(600_000);
+    await settle();
+    assert.deepEqual(asg.ops('heartbeat'), []);
+  });
+});

@@ -1,0 +1,245 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ApplyFailedError, ImdsDisabledError, InvalidInputError, TransientError } from '../../agent/errors.js';
+import { mapSsmError } from '../../agent/sources/ssm.js';
+import { AgentMetrics, fetchErrorOf, PhaseTimer } from '../../agent/report/metrics.js';
+import type { Status } from '../../agent/status.js';
+import { ManualClock } from '../emulators/clock.js';
+
+const HASH = 'a'.repeat(64);
+const NEXT = 'b'.repeat(64);
+const STORE = '/nix/store/cccccccccccccccccccccccccccccccc-nixos-system-c';
+
+function status(patch: Partial<Status> = {}): Status {
+  return {
+    version: 1,
+    pid: 1,
+    updatedAt: '2025-01-01T00:00:00.000Z',
+    phase: 'starting',
+    condition: 'converging',
+    firstConvergenceDone: false,
+    message: 'starting',
+    noGoodGeneration: false,
+    reasons: [],
+    rebootRequired: false,
+    ...patch,
+  };
+}
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Parses the Prometheus text format (0.0.4): samples, and the TYPE of each family. */
+function parse(text: string): { samples: Sample[]; types: Map<string, string> } {
+  const samples: Sample[] = [];
+  const types = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    const type = /^# TYPE (\S+) (\S+)$/.exec(line);
+    if (type) {
+      types.set(type[1] as string, type[2] as string);
+      continue;
+    }
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    assert.ok(m, `not a sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1] as string] = (l[2] as string).replace(/\\(.)/g, '$1');
+    samples.push({ name: m[1] as string, labels, value: m[3] === '+Inf' ? Infinity : Number(m[3]) });
+  }
+  return { samples, types };
+}
+
+function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+  const found = samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+  if (found.length === 0) return undefined;
+  assert.equal(found.length, 1, `${name} ${JSON.stringify(labels)} matches one series`);
+  return found[0]?.value;
+}
+
+async function scrape(metrics: AgentMetrics) {
+  const { contentType, body } = await metrics.render();
+  assert.match(contentType, /^text\/plain; version=0\.0\.4/);
+  return parse(body);
+}
+
+describe('PhaseTimer', () => {
+  it('reports each working phase as it ends, with its duration on the clock, and not resting ones', () => {
+    const clock = new ManualClock(1_000);
+    const timer = new PhaseTimer(clock);
+    assert.equal(timer.observe(status({ phase: 'idle' })), undefined);
+    clock.advance(5_000);
+    assert.equal(timer.observe(status({ phase: 'fetching' })), undefined, 'idle is resting: no duration');
+    clock.advance(250);
+    assert.equal(timer.observe(status({ phase: 'fetching', message: 'running the user-data script' })), undefined, 'same phase, new message');
+    clock.advance(250);
+    assert.deepEqual(timer.observe(status({ phase: 'building', desired: { hash: HASH, sources: { userData: '', parameters: [] }, notes: [] } })), {
+      phase: 'fetching',
+      durationMs: 500,
+      next: 'building',
+      desiredHash: HASH,
+    });
+  });
+});
+
+describe('fetchErrorOf', () => {
+  it('names the source and a label-safe code', () => {
+    assert.deepEqual(fetchErrorOf(new ImdsDisabledError('disabled')), { source: 'imds', code: 'imds-disabled' });
+    assert.deepEqual(fetchErrorOf(new TransientError('IMDS answered 500', 'imds', { status: 500 })), { source: 'imds', code: 'http-500' });
+    assert.deepEqual(fetchErrorOf(new TransientError('IMDS unreachable', 'imds', { endpoint: 'http://x' })), { source: 'imds', code: 'unreachable' });
+    const throttled = Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException', $fault: 'client', $metadata: { httpStatusCode: 400 } });
+    assert.deepEqual(fetchErrorOf(mapSsmError(throttled, '/nixos/fleet') as TransientError), { source: 'ssm', code: 'ThrottlingException' });
+    const badPath = Object.assign(new Error('bad'), { name: 'ValidationException', $fault: 'client', $metadata: { httpStatusCode: 400 } });
+    assert.deepEqual(fetchErrorOf(mapSsmError(badPath, '/nixos/fleet') as InvalidInputError), { source: 'ssm', code: 'ValidationException' });
+  });
+  it('is undefined for failures that are not fetches', () => {
+    assert.equal(fetchErrorOf(undefined), undefined);
+    assert.equal(fetchErrorOf(new ApplyFailedError('build failed', 'build', { exitCode: 1 })), undefined);
+    assert.equal(fetchErrorOf(new InvalidInputError('not JSON', '/nixos/fleet/options/x')), undefined);
+    assert.equal(fetchErrorOf(new TransientError('parser timed out', 'nix-parser')), undefined);
+  });
+});
+
+describe('AgentMetrics', () => {
+  it('counts passes by outcome, fetch errors by source and code, and times passes', async () => {
+    const metrics = new AgentMetrics({ clock: new ManualClock(0), version: '1.2.3' });
+    metrics.recordPass({ outcome: 'converged', desiredHash: HASH }, 2_000);
+    metrics.recordPass({ outcome: 'unchanged', desiredHash: HASH }, 40);
+    metrics.recordPass({ outcome: 'unchanged', desiredHash: HASH }, 60);
+    metrics.recordPass({ outcome: 'failed', error: new TransientError('IMDS answered 503', 'imds', { status: 503 }) }, 100);
+    const { samples, types } = await scrape(metrics);
+    assert.equal(types.get('nixos_ec2_agent_converge_passes_total'), 'counter');
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'converged' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'unchanged' }), 2);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'rolled-back' }), 0, 'every outcome is exported from the start');
+    assert.equal(value(samples, 'nixos_ec2_agent_source_fetch_errors_total', { source: 'imds', code: 'http-503' }), 1);
+    assert.equal(types.get('nixos_ec2_agent_converge_pass_duration_seconds'), 'histogram');
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_pass_duration_seconds_count', { outcome: 'unchanged' }), 2);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_pass_duration_seconds_sum', { outcome: 'unchanged' }), 0.1);
+    assert.equal(value(samples, 'nixos_ec2_agent_build_info', { version: '1.2.3', node_version: process.version }), 1);
+    for (const s of samples) assert.ok(s.name.startsWith('nixos_ec2_agent_'), `${s.name} carries the prefix`);
+  });
+
+  it('times phases from the Status stream; build and activate also as rebuild durations, in cumulative buckets', async () => {
+    const clock = new ManualClock(0);
+    const metrics = new AgentMetrics({ clock, version: 'test' });
+    const desired = { hash: HASH, sources: { userData: '', parameters: [] }, notes: [] };
+    const steps: [Status['phase'], number][] = [
+      ['fetching', 300],
+      ['rendering', 50],
+      ['building', 42_000],
+      ['activating', 7_000],
+      ['verifying', 2_000],
+      ['committing', 500],
+      ['idle', 0],
+    ];
+    metrics.observe(status({ phase: 'starting' }));
+    clock.advance(10);
+    for (const [phase, ms] of steps) {
+      metrics.observe(status({ phase, desired }));
+      clock.advance(ms);
+    }
+    const { samples, types } = await scrape(metrics);
+    assert.equal(types.get('nixos_ec2_agent_phase_duration_seconds'), 'histogram');
+    assert.equal(value(samples, 'nixos_ec2_agent_phase_duration_seconds_sum', { phase: 'building' }), 42);
+    assert.equal(value(samples, 'nixos_ec2_agent_phase_duration_seconds_sum', { phase: 'starting' }), 0.01);
+    assert.equal(value(samples, 'nixos_ec2_agent_phase_duration_seconds_count', { phase: 'idle' }), undefined, 'resting is not a phase duration');
+    assert.equal(value(samples, 'nixos_ec2_agent_rebuild_duration_seconds_sum', { step: 'build' }), 42);
+    assert.equal(value(samples, 'nixos_ec2_agent_rebuild_duration_seconds_sum', { step: 'activate' }), 7);
+    // 42 s lands in le=60 and above, not in le=30.
+    assert.equal(value(samples, 'nixos_ec2_agent_rebuild_duration_seconds_bucket', { step: 'build', le: '30' }), 0);
+    assert.equal(value(samples, 'nixos_ec2_agent_rebuild_duration_seconds_bucket', { step: 'build', le: '60' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_rebuild_duration_seconds_bucket', { step: 'build', le: '+Inf' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_rebuild_duration_seconds_bucket', { step: 'activate', le: '5' }), 0);
+    assert.equal(value(samples, 'nixos_ec2_agent_rebuild_duration_seconds_bucket', { step: 'activate', le: '15' }), 1);
+  });
+
+  it('reflects the latest Status in gauges: one-hot condition, generation, info series replaced on change', async () => {
+    const clock = new ManualClock(0);
+    const metrics = new AgentMetrics({ clock, version: 'test' });
+    await metrics.load();
+    const converged = status({
+      phase: 'idle',
+      condition: 'converged',
+      firstConvergenceDone: true,
+      desired: { hash: HASH, sources: { userData: '', parameters: [] }, notes: [] },
+      running: { storePath: STORE, desiredHash: HASH, generation: 7 },
+      lastSuccessAt: '2025-01-01T00:00:10.000Z',
+      rebootRequired: true,
+    });
+    metrics.observe(converged);
+    let { samples } = await scrape(metrics);
+    assert.equal(value(samples, 'nixos_ec2_agent_condition', { condition: 'converged' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_condition', { condition: 'failed' }), 0);
+    assert.equal(value(samples, 'nixos_ec2_agent_condition', { condition: 'converging' }), 0);
+    assert.equal(value(samples, 'nixos_ec2_agent_running_generation'), 7);
+    assert.equal(value(samples, 'nixos_ec2_agent_desired_info', { hash: HASH }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_running_info', { hash: HASH, store_path: STORE }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_last_success_timestamp_seconds'), Date.parse('2025-01-01T00:00:10.000Z') / 1000);
+    assert.equal(value(samples, 'nixos_ec2_agent_reboot_required'), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_suspended'), 0);
+
+    metrics.observe({ ...converged, condition: 'degraded', suspended: { since: '2025-01-01T00:01:00.000Z' }, desired: { hash: NEXT, sources: { userData: '', parameters: [] }, notes: [] } });
+    ({ samples } = await scrape(metrics));
+    assert.equal(value(samples, 'nixos_ec2_agent_condition', { condition: 'converged' }), 0);
+    assert.equal(value(samples, 'nixos_ec2_agent_condition', { condition: 'degraded' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_suspended'), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_desired_info', { hash: HASH }), undefined, 'the old desired hash is gone');
+    assert.equal(value(samples, 'nixos_ec2_agent_desired_info', { hash: NEXT }), 1);
+  });
+
+  it('counts rollbacks, hook runs and lifecycle reports', async () => {
+    const clock = new ManualClock(0);
+    const metrics = new AgentMetrics({ clock, version: 'test' });
+    for (const phase of ['verifying', 'rolling-back', 'rolling-back', 'verifying', 'idle', 'rolling-back', 'idle'] as const) {
+      metrics.observe(status({ phase }));
+      clock.advance(100);
+    }
+    metrics.recordHook('ok', 20);
+    metrics.recordHook('timed-out', 60_000);
+    metrics.lifecycleCompleted('CONTINUE');
+    metrics.heartbeat();
+    metrics.heartbeat();
+    const { samples } = await scrape(metrics);
+    assert.equal(value(samples, 'nixos_ec2_agent_rollbacks_total'), 2, 'each entry into rolling-back counts once');
+    assert.equal(value(samples, 'nixos_ec2_agent_post_converge_command_runs_total', { result: 'ok' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_post_converge_command_runs_total', { result: 'timed-out' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_lifecycle_hook_completions_total', { result: 'CONTINUE' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_lifecycle_hook_heartbeats_total'), 2);
+  });
+
+  it('loads prom-client only when asked, keeping what it was told before', async () => {
+    let imports = 0;
+    const metrics = new AgentMetrics({
+      clock: new ManualClock(0),
+      version: 'test',
+      importPromClient: () => {
+        imports++;
+        return import('prom-client');
+      },
+    });
+    metrics.recordPass({ outcome: 'converged' }, 1);
+    metrics.observe(status({ condition: 'failed', noGoodGeneration: true }));
+    assert.equal(imports, 0);
+    assert.equal(metrics.loaded, false);
+    await Promise.all([metrics.load(), metrics.load()]);
+    assert.equal(imports, 1, 'loaded once');
+    const { samples } = await scrape(metrics);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'converged' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_no_good_generation'), 1);
+  });
+
+  it('keeps each agent in its own registry, never the global one', async () => {
+    const { register } = await import('prom-client');
+    const a = new AgentMetrics({ clock: new ManualClock(0), version: 'a' });
+    const b = new AgentMetrics({ clock: new ManualClock(0), version: 'b' });
+    a.recordPass({ outcome: 'failed' }, 1);
+    const [sa, sb] = [await scrape(a), await scrape(b)];
+    assert.equal(value(sa.samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'failed' }), 1);
+    assert.equal(value(sb.samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'failed' }), 0);
+    assert.equal(register.getMetricsAsArray().filter((m) => String((m as { name?: string }).name).startsWith('nixos_ec2_agent_')).length, 0);
+  });
+});

@@ -1,0 +1,470 @@
+// Every transition of a pass, on plain-value fakes: a fake machine with NixOS's generation layout
+// under a temporary root, fake sources and health, the real RenderWriter and StateStore. "Killed"
+// means the fake threw a non-agent error mid-step, as SIGKILL would leave things; a new Reconciler
+// over the same root then recovers from the journal.
+import assert from 'node:assert/strict';
+import { readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, it } from 'node:test';
+import { CONFIGURATION_NIX, SECRETS_DIR } from '../../agent/render/render.js';
+import { LAST_GOOD_CONFIGURATION, STATE_DIR, STATE_FILE } from '../../agent/state.js';
+import { IMAGE_CONFIGURATION, IMAGE_SYSTEM, Killed, storePathOf, world, type World } from '../support/reconcile-fakes.js';
+
+const DAY = 24 * 3600 * 1000;
+let current: World | undefined;
+
+async function setup(): Promise<World> {
+  current = await world();
+  return current;
+}
+
+afterEach(async () => {
+  if (current) await rm(current.dir, { recursive: true, force: true });
+  current = undefined;
+});
+
+/** Converges to a desired state naming `host`; returns its hash and system. */
+async function convergeTo(w: World, agent: Awaited<ReturnType<World['agent']>>, host: string) {
+  w.sources.set('options/networking.hostName', JSON.stringify(host));
+  const result = await agent.converge('test');
+  assert.equal(result.outcome, 'converged', JSON.stringify(result.error));
+  assert.ok(result.desiredHash);
+  return { hash: result.desiredHash, system: storePathOf(result.desiredHash) };
+}
+
+async function stateOf(w: World) {
+  return JSON.parse((await w.fs.readText(STATE_FILE)) ?? '{}');
+}
+
+describe('Reconciler passes', () => {
+  it('converges: build, test, verify, then profile + boot; the image system is the first good one', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    assert.equal(agent.durable.lastGood?.storePath, IMAGE_SYSTEM);
+    w.sources.set('options/networking.hostName', '"web-1"');
+    const result = await agent.converge('start');
+    assert.equal(result.outcome, 'converged');
+    const system = storePathOf(w.sources.desiredHash());
+    assert.equal(result.desiredHash, w.sources.desiredHash());
+    assert.deepEqual(w.machine.calls, ['build', `activate test ${system}`, `verify ${system}`, `setProfile ${system}`, `activate boot ${system}`]);
+    assert.equal(await w.machine.running(), system);
+    assert.deepEqual(await w.machine.profile(), { generation: 2, storePath: system });
+    assert.equal(agent.durable.lastGood?.storePath, system);
+    assert.equal(agent.durable.previousGood?.storePath, IMAGE_SYSTEM);
+    assert.equal(agent.durable.journal.phase, 'idle');
+    assert.match((await w.fs.readText(CONFIGURATION_NIX)) ?? '', new RegExp(`Desired state ${result.desiredHash}`));
+    assert.equal(await w.fs.readText('/etc/nixos/base.nix'), IMAGE_CONFIGURATION, "the image's configuration.nix was not kept");
+    assert.equal(await w.fs.readText(LAST_GOOD_CONFIGURATION), await w.fs.readText(CONFIGURATION_NIX));
+    assert.equal(agent.status.condition, 'converged');
+    assert.equal(agent.status.firstConvergenceDone, true);
+    assert.equal(agent.status.noGoodGeneration, false);
+    assert.equal(agent.status.running?.storePath, system);
+  });
+
+  it('does nothing when the desired hash equals the running one', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    w.machine.calls.length = 0;
+    const again = await agent.converge('poll');
+    assert.equal(again.outcome, 'unchanged');
+    assert.equal(again.desiredHash, a.hash);
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(agent.status.condition, 'converged');
+  });
+
+  it('builds again when the running system is not the one it switched to (changed by hand)', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    await convergeTo(w, agent, 'a');
+    await w.fs.symlinkAtomic(IMAGE_SYSTEM, '/run/current-system');
+    w.machine.calls.length = 0;
+    assert.equal((await agent.converge('poll')).outcome, 'converged');
+    assert.ok(w.machine.calls.includes('build'));
+  });
+
+  it('on a failed build switches nothing, restores configuration.nix and holds that desired state until retryAt, doubling', async () => {
+    const w = await setup();
+    const agent = await w.agent({ retry: { failedBackoffSeconds: 600, maxBackoffSeconds: 6 * 3600 } });
+    const a = await convergeTo(w, agent, 'a');
+    const goodConfig = await w.fs.readText(CONFIGURATION_NIX);
+    const generations = await w.machine.generations();
+
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = w.sources.desiredHash();
+    w.machine.failBuild.add(b);
+    w.machine.calls.length = 0;
+    const failed = await agent.converge('poll');
+    assert.equal(failed.outcome, 'failed');
+    assert.equal(failed.error?.kind, 'apply-failed');
+    assert.deepEqual(w.machine.calls, ['build'], 'something ran after the build failed');
+    assert.equal(await w.machine.running(), a.system);
+    assert.deepEqual(await w.machine.generations(), generations);
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), goodConfig, 'configuration.nix was left on the failed desired state');
+    const record = (await stateOf(w)).failed[b];
+    assert.equal(record.stage, 'build');
+    assert.equal(record.attempts, 1);
+    assert.equal(record.retryAt - record.at, 600_000);
+    assert.equal(agent.status.condition, 'degraded');
+    assert.equal(agent.status.noGoodGeneration, false);
+    assert.equal(agent.status.lastResult?.error?.stage, 'build');
+
+    // The same desired state again: held, not retried.
+    w.machine.calls.length = 0;
+    w.clock.advance(599_999);
+    const held = await agent.converge('poll');
+    assert.equal(held.outcome, 'held');
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(agent.status.phase, 'held');
+
+    // At retryAt it is tried again, and the next wait doubles.
+    w.clock.advance(1);
+    assert.equal((await agent.converge('poll')).outcome, 'failed');
+    assert.deepEqual(w.machine.calls, ['build']);
+    const second = (await stateOf(w)).failed[b];
+    assert.equal(second.attempts, 2);
+    assert.equal(second.retryAt - second.at, 1_200_000);
+
+    // A change of the sources is tried at once.
+    w.machine.calls.length = 0;
+    const c = await convergeTo(w, agent, 'c');
+    assert.equal(await w.machine.running(), c.system);
+  });
+
+  it('caps the failure backoff at maxBackoffSeconds', async () => {
+    const w = await setup();
+    const agent = await w.agent({ retry: { failedBackoffSeconds: 600, maxBackoffSeconds: 1000 } });
+    w.sources.set('options/x.y', '1');
+    w.machine.failBuild.add(w.sources.desiredHash());
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await agent.converge('poll')).outcome, 'failed');
+      w.clock.advance(DAY);
+    }
+    const record = (await stateOf(w)).failed[w.sources.desiredHash()];
+    assert.equal(record.attempts, 3);
+    assert.equal(record.retryAt - record.at, 1_000_000);
+  });
+
+  it('when activation fails, rolls back to the recorded last good generation, not merely the previous number', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    // Generations made by hand after A (e.g. `nixos-rebuild boot`), the profile left on the newest:
+    // `nix-env --rollback` would go to 3, which was never verified.
+    const x = '/nix/store/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-nixos-system-x';
+    const y = '/nix/store/yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy-nixos-system-y';
+    await w.machine.rebuilder.setProfile(x);
+    await w.machine.rebuilder.setProfile(y);
+    const goodConfig = await w.fs.readText(CONFIGURATION_NIX);
+
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    w.machine.failActivate.add(b);
+    w.machine.calls.length = 0;
+    const result = await agent.converge('poll');
+    assert.equal(result.outcome, 'rolled-back');
+    assert.equal(result.error?.kind, 'apply-failed');
+    assert.deepEqual(w.machine.calls, ['build', `activate test ${b}`, 'switchGeneration 2', `activate switch ${a.system}`, `verify ${a.system}`]);
+    assert.equal(await w.machine.running(), a.system);
+    assert.deepEqual(await w.machine.profile(), { generation: 2, storePath: a.system });
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), goodConfig);
+    assert.equal(agent.durable.lastGood?.storePath, a.system);
+    assert.equal(agent.durable.journal.phase, 'idle');
+    assert.equal((await stateOf(w)).failed[w.sources.desiredHash()].stage, 'activate');
+    assert.equal(agent.status.condition, 'degraded');
+    assert.equal(agent.status.noGoodGeneration, false);
+
+    // Held: the same desired state is not tried again before retryAt.
+    w.machine.calls.length = 0;
+    assert.equal((await agent.converge('poll')).outcome, 'held');
+    assert.deepEqual(w.machine.calls, []);
+  });
+
+  it('when verification fails, rolls back and verifies the last good generation again', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    w.machine.unhealthy.add(b);
+    w.machine.calls.length = 0;
+    const result = await agent.converge('poll');
+    assert.equal(result.outcome, 'rolled-back');
+    assert.equal(result.error?.context.stage, 'verify');
+    assert.deepEqual(w.machine.calls, ['build', `activate test ${b}`, `verify ${b}`, `activate switch ${a.system}`, `verify ${a.system}`]);
+    assert.equal(await w.machine.running(), a.system);
+    assert.deepEqual(await w.machine.profile(), { generation: 2, storePath: a.system }, 'the unverified system became the boot default');
+    assert.equal(agent.durable.lastGood?.storePath, a.system);
+    assert.equal(agent.status.noGoodGeneration, false);
+    assert.ok(agent.status.reasons.some((r) => /app\.service/.test(r)), JSON.stringify(agent.status.reasons));
+  });
+
+  it('reports noGoodGeneration when the rollback target is unhealthy too', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    w.machine.unhealthy.add(b);
+    w.machine.unhealthy.add(a.system);
+    const result = await agent.converge('poll');
+    assert.equal(result.outcome, 'rolled-back');
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal(agent.status.noGoodGeneration, true);
+    assert.equal(agent.status.condition, 'failed');
+  });
+
+  it('rejects invalid input with outcome invalid-input, writing and switching nothing', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    await convergeTo(w, agent, 'a');
+    const config = await w.fs.readText(CONFIGURATION_NIX);
+    const before = await readdir(w.fs.resolve('/etc/nixos/ec2-agent'));
+    w.machine.calls.length = 0;
+    w.sources.set('options/networking.hostName', 'web-1'); // not JSON
+    const result = await agent.converge('poll');
+    assert.equal(result.outcome, 'invalid-input');
+    assert.equal(result.error?.kind, 'invalid-input');
+    assert.match(result.error?.message ?? '', /\/nixos\/fleet\/options\/networking\.hostName \(version 2\)/);
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), config);
+    assert.deepEqual(await readdir(w.fs.resolve('/etc/nixos/ec2-agent')), before);
+    assert.equal(agent.status.lastResult?.outcome, 'invalid-input');
+    assert.equal(agent.status.lastResult?.error?.where, 'SSM parameter /nixos/fleet/options/networking.hostName (version 2)');
+    assert.equal(agent.status.condition, 'degraded');
+  });
+
+  it('rejects a module the parser refuses: configuration.nix, secrets and the system untouched', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    const config = await w.fs.readText(CONFIGURATION_NIX);
+    w.sources.set('modules/web', '{ ... }: {');
+    w.sources.set('secrets/token', 'never-written', 'SecureString');
+    w.parser.errors.set('/modules/web.nix', { line: 1, column: 11, message: 'syntax error, unexpected end of file' });
+    w.machine.calls.length = 0;
+    const result = await agent.converge('poll');
+    assert.equal(result.outcome, 'invalid-input');
+    assert.match(result.error?.message ?? '', /SSM parameter \/nixos\/fleet\/modules\/web \(version 1\).*line 1, column 11/);
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), config);
+    assert.equal(await w.fs.exists(`${SECRETS_DIR}/token`), false);
+    assert.equal(await w.machine.running(), a.system);
+  });
+
+  it('does nothing while suspended, remembers it across a restart, and converges after resume', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    await agent.suspend('operator');
+    assert.equal(agent.status.phase, 'suspended');
+    w.sources.set('options/networking.hostName', '"a"');
+    assert.equal((await agent.converge('poll')).outcome, 'suspended');
+    assert.equal(w.sources.reads, 0);
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(agent.status.phase, 'suspended');
+    assert.ok(agent.status.suspended);
+
+    const restarted = await w.agent();
+    assert.ok(restarted.status.suspended, 'suspension was lost on restart');
+    assert.equal((await restarted.converge('start')).outcome, 'suspended');
+    await restarted.resume();
+    assert.equal(restarted.status.suspended, undefined);
+    assert.equal((await restarted.converge('resume')).outcome, 'converged');
+  });
+
+  it("after an operator's rollback, holds until the desired hash changes", async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    const aConfig = await w.fs.readText(CONFIGURATION_NIX);
+    const b = await convergeTo(w, agent, 'b');
+    assert.deepEqual(await w.machine.profile(), { generation: 3, storePath: b.system });
+
+    const rolled = await agent.rollback();
+    assert.equal(rolled.outcome, 'rolled-back');
+    assert.equal(await w.machine.running(), a.system);
+    assert.deepEqual(await w.machine.profile(), { generation: 2, storePath: a.system });
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), aConfig, "configuration.nix does not match the system rolled back to");
+    assert.equal(agent.status.held?.desiredHash, b.hash);
+
+    w.machine.calls.length = 0;
+    const held = await agent.converge('poll');
+    assert.equal(held.outcome, 'held');
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(await w.machine.running(), a.system);
+    // Still held after a restart.
+    const restarted = await w.agent();
+    assert.equal((await restarted.converge('start')).outcome, 'held');
+
+    const c = await convergeTo(w, restarted, 'c');
+    assert.equal(await w.machine.running(), c.system);
+    assert.equal(restarted.status.held, undefined);
+  });
+});
+
+describe('Reconciler recovery from the journal', () => {
+  it('rendered: puts the last good configuration.nix back; the next pass renders again', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    const goodConfig = await w.fs.readText(CONFIGURATION_NIX);
+    w.sources.userDataText = '### https://nixos.org/channels/nixos-24.05 nixos\n{ ... }: { }\n';
+    w.machine.kill = 'updateChannels';
+    await assert.rejects(agent.converge('poll'), Killed);
+    assert.equal((await stateOf(w)).journal.phase, 'rendered');
+    assert.notEqual(await w.fs.readText(CONFIGURATION_NIX), goodConfig);
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent();
+    assert.deepEqual(w.machine.calls, [], 'recovery from rendered ran a step');
+    assert.equal(restarted.durable.journal.phase, 'idle');
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), goodConfig);
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal((await restarted.converge('start')).outcome, 'converged');
+  });
+
+  it('building: nothing was switched; configuration.nix goes back, the journal to idle', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    const goodConfig = await w.fs.readText(CONFIGURATION_NIX);
+    w.sources.set('options/networking.hostName', '"b"');
+    w.machine.kill = 'build';
+    await assert.rejects(agent.converge('poll'), Killed);
+    assert.equal((await stateOf(w)).journal.phase, 'building');
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent();
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(restarted.durable.journal.phase, 'idle');
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), goodConfig);
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal(restarted.durable.failed[w.sources.desiredHash()], undefined, 'an interrupted build is not a failure');
+  });
+
+  it('activating, the new system running and healthy: verifies and commits it', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    w.machine.kill = 'activate test:after';
+    await assert.rejects(agent.converge('poll'), Killed);
+    const journal = (await stateOf(w)).journal;
+    assert.equal(journal.phase, 'activating');
+    assert.equal(journal.storePath, b);
+    assert.equal(await w.machine.running(), b);
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent();
+    assert.deepEqual(w.machine.calls, [`verify ${b}`, `setProfile ${b}`, `activate boot ${b}`]);
+    assert.equal(restarted.durable.lastGood?.storePath, b);
+    assert.equal(restarted.durable.journal.phase, 'idle');
+    assert.deepEqual(await w.machine.profile(), { generation: 3, storePath: b });
+    // The render it committed is the running one: nothing to do.
+    w.machine.calls.length = 0;
+    assert.equal((await restarted.converge('start')).outcome, 'unchanged');
+    assert.deepEqual(w.machine.calls, []);
+  });
+
+  it('activating, the new system unhealthy: rolls back to the last good generation', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    w.machine.unhealthy.add(b);
+    w.machine.kill = 'activate test:after';
+    await assert.rejects(agent.converge('poll'), Killed);
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent();
+    assert.deepEqual(w.machine.calls, [`verify ${b}`, `activate switch ${a.system}`, `verify ${a.system}`]);
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal(restarted.durable.lastGood?.storePath, a.system);
+    assert.ok(restarted.durable.failed[w.sources.desiredHash()], 'the failure was not recorded');
+  });
+
+  it('activating, the system never switched: rolls back to the last good generation and records the failure', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    const goodConfig = await w.fs.readText(CONFIGURATION_NIX);
+    w.sources.set('options/networking.hostName', '"b"');
+    w.machine.kill = 'activate test:before';
+    await assert.rejects(agent.converge('poll'), Killed);
+    assert.equal((await stateOf(w)).journal.phase, 'activating');
+    assert.equal(await w.machine.running(), a.system);
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent();
+    assert.deepEqual(w.machine.calls, [`activate switch ${a.system}`, `verify ${a.system}`]);
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), goodConfig);
+    assert.equal(restarted.durable.journal.phase, 'idle');
+    assert.ok(restarted.durable.failed[w.sources.desiredHash()]);
+    assert.equal(restarted.status.noGoodGeneration, false);
+  });
+
+  it('committing: finishes making the verified system the boot default', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    w.machine.kill = 'setProfile';
+    await assert.rejects(agent.converge('poll'), Killed);
+    assert.equal((await stateOf(w)).journal.phase, 'committing');
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent();
+    assert.ok(w.machine.calls.includes(`setProfile ${b}`), JSON.stringify(w.machine.calls));
+    assert.ok(w.machine.calls.includes(`activate boot ${b}`));
+    assert.equal(restarted.durable.lastGood?.storePath, b);
+    assert.equal(restarted.durable.journal.phase, 'idle');
+    assert.deepEqual(await w.machine.profile(), { generation: 3, storePath: b });
+  });
+
+  it('rolling-back: finishes the rollback to the last good generation', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    w.machine.unhealthy.add(b);
+    // Dies verifying A after switching back to it (the second verify of this pass).
+    w.machine.verifyCount = 0;
+    w.machine.kill = 'verify#2';
+    await assert.rejects(agent.converge('poll'), Killed);
+    const journal = (await stateOf(w)).journal;
+    assert.equal(journal.phase, 'rolling-back');
+    assert.equal(journal.storePath, a.system);
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent();
+    assert.deepEqual(w.machine.calls, [`activate switch ${a.system}`, `verify ${a.system}`]);
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal(restarted.durable.journal.phase, 'idle');
+    assert.equal(restarted.status.noGoodGeneration, false);
+  });
+
+  it('sets a corrupt state file aside with a clear problem, and carries on', async () => {
+    const w = await setup();
+    await w.fs.writeAtomic(STATE_FILE, '{"version": 1, "journal": {"phase": "activ');
+    const agent = await w.agent();
+    const aside = (await readdir(w.fs.resolve(STATE_DIR))).filter((n) => n.startsWith('state.json.corrupt-'));
+    assert.equal(aside.length, 1);
+    assert.equal(await w.fs.readText(path.posix.join(STATE_DIR, aside[0]!)), '{"version": 1, "journal": {"phase": "activ');
+    assert.equal(agent.durable.journal.phase, 'idle');
+    w.sources.set('options/networking.hostName', '"a"');
+    assert.equal((await agent.converge('start')).outcome, 'converged');
+    assert.ok(agent.status.reasons.some((r) => /state\.json.*not JSON.*set aside/.test(r)), JSON.stringify(agent.status.reasons));
+
+    // A file that is JSON but not a state file is set aside the same way.
+    await w.fs.writeAtomic(STATE_FILE, '{"version": 2}');
+    w.clock.advance(1000);
+    const again = await w.agent();
+    assert.equal(again.durable.journal.phase, 'idle');
+    assert.equal((await readdir(w.fs.resolve(STATE_DIR))).filter((n) => n.startsWith('state.json.corrupt-')).length, 2);
+  });
+});

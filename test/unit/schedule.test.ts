@@ -1,0 +1,247 @@
+// The scheduler on a ManualClock: poll intervals and their jitter bounds, backoff under throttling,
+// coalescing of bursts, single flight, cancellation of a build by a newer state, and the gate that
+// holds passes while the instance is leaving.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { TransientError } from '../../agent/errors.js';
+import type { PassResult } from '../../agent/reconcile.js';
+import { nextPollDelay, Scheduler, type ScheduleOptions } from '../../agent/schedule.js';
+import { ManualClock, settle } from '../emulators/clock.js';
+
+test('an unthrottled poll waits uniformly within interval × [1 − j/2, 1 + j/2]', () => {
+  assert.equal(nextPollDelay(60_000, 1, () => 0), 30_000);
+  assert.equal(nextPollDelay(60_000, 1, () => 0.999999) < 90_000, true);
+  assert.equal(nextPollDelay(60_000, 0, () => 0.7), 60_000);
+  for (let i = 0; i < 1000; i++) {
+    const d = nextPollDelay(60_000, 0.2, Math.random);
+    assert.ok(d >= 54_000 && d < 66_000, `${d}`);
+  }
+});
+
+test('throttled polls back off with full jitter over a window that doubles, capped, never faster than normal', () => {
+  const low = 60_000 * 0.5;
+  for (const level of [1, 2, 3, 10]) {
+    const window = Math.min(900_000, 60_000 * 2 ** level);
+    assert.equal(nextPollDelay(60_000, 1, () => 0, level, 900_000), low);
+    assert.ok(Math.abs(nextPollDelay(60_000, 1, () => 1, level, 900_000) - window) < 1e-6);
+  }
+  // Spread: a thousand throttled instances do not retry in step.
+  const delays = Array.from({ length: 1000 }, () => nextPollDelay(60_000, 1, Math.random, 4, 900_000));
+  const buckets = new Set(delays.map((d) => Math.floor(d / 60_000)));
+  assert.ok(buckets.size >= 12, `delays spread over ${buckets.size} minutes`);
+  assert.ok(Math.max(...delays) <= 960_000);
+});
+
+interface Harness {
+  clock: ManualClock;
+  scheduler: Scheduler;
+  passes: { reason: string; signal: AbortSignal }[];
+  release: (result?: Partial<PassResult>) => void;
+  running: () => number;
+  done: Promise<void>;
+}
+
+function harness(options: Partial<ScheduleOptions> = {}, phase: { building: boolean } = { building: false }): Harness {
+  const clock = new ManualClock(0);
+  const passes: { reason: string; signal: AbortSignal }[] = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const releases: ((r: PassResult) => void)[] = [];
+  const scheduler = new Scheduler(clock, {
+    intervalMs: 60_000,
+    jitter: 0,
+    quietPeriodMs: 2_000,
+    random: () => 0.5,
+    tickMs: 5_000,
+    cancellable: () => phase.building,
+    ...options,
+  });
+  const done = scheduler.run(async (reason, signal) => {
+    passes.push({ reason, signal });
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    try {
+      return await new Promise<PassResult>((resolve) => {
+        releases.push(resolve);
+        signal.addEventListener('abort', () => resolve({ outcome: 'cancelled' }), { once: true });
+      });
+    } finally {
+      inFlight--;
+    }
+  });
+  return {
+    clock,
+    scheduler,
+    passes,
+    release: (result = {}) => releases.shift()?.({ outcome: 'unchanged', ...result }),
+    running: () => maxInFlight,
+    done,
+  };
+}
+
+test('the first pass runs at once, then polls every interval (the first one spread over [0, interval])', async () => {
+  const h = harness({ jitter: 1, random: () => 0.25 });
+  await settle();
+  assert.deepEqual(h.passes.map((p) => p.reason), ['start']);
+  h.release();
+  await h.clock.advanceAsync(44_000);
+  assert.equal(h.passes.length, 1);
+  await h.clock.advanceAsync(2_000);
+  assert.equal(h.passes.length, 2, 'first poll at interval × (1 − 0.25)');
+  assert.equal(h.passes[1]!.reason, 'poll');
+  h.release();
+  await h.clock.advanceAsync(44_000);
+  assert.equal(h.passes.length, 2, 'next waits interval × (0.5 + 0.25)');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 3);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('a burst of 20 triggers within the quiet period gives one pass, after the quiet period', async () => {
+  const h = harness();
+  await settle();
+  h.release();
+  await settle();
+  for (let i = 0; i < 20; i++) {
+    h.scheduler.trigger(`change ${i}`);
+    await h.clock.advanceAsync(100);
+  }
+  assert.equal(h.passes.length, 1);
+  // The last change came at 1.9 s: the pass waits for 3.9 s.
+  await h.clock.advanceAsync(1_800);
+  assert.equal(h.passes.length, 1, 'the quiet period restarts with each change');
+  await h.clock.advanceAsync(100);
+  assert.equal(h.passes.length, 2);
+  assert.match(h.passes[1]!.reason, /change 0, .*change 19/);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('changes during a pass collapse into exactly one next pass; never two at once', async () => {
+  const h = harness();
+  await settle();
+  for (let i = 0; i < 5; i++) h.scheduler.trigger(`during ${i}`);
+  await h.clock.advanceAsync(10_000);
+  assert.equal(h.passes.length, 1, 'no second pass while one runs');
+  h.release();
+  await h.clock.advanceAsync(2_000);
+  assert.equal(h.passes.length, 2);
+  h.release();
+  await h.clock.advanceAsync(10_000);
+  assert.equal(h.passes.length, 2, 'and only one');
+  assert.equal(h.running(), 1);
+  h.scheduler.stop();
+  await h.done;
+});
+
+test('a trigger cancels a pass that is building, and the newer state converges next', async () => {
+  const phase = { building: true };
+  const h = harness({}, phase);
+  await settle();
+  h.scheduler.trigger('newer state');
+  await settle();
+  assert.equal(h.passes[0]!.signal.aborted, true);
+  assert.match(String((h.passes[0]!.signal.reason as Error).message), /newer state/);
+  await h.clock.advanceAsync(2_000);
+  assert.equal(h.passes.length, 2);
+  assert.equal(h.scheduler.state.cancelled, 1);
+  h.scheduler.stop();
+  await h.done;
+});
+
+test('a pass past its build (activating, verifying) is never cancelled', async () => {
+  const phase = { building: false };
+  const h = harness({}, phase);
+  await settle();
+  h.scheduler.trigger('newer state');
+  h.scheduler.block('Terminated');
+  await h.clock.advanceAsync(5_000);
+  assert.equal(h.passes[0]!.signal.aborted, false);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('while building, the cheap check is asked every cancelCheckMs and a change cancels the build', async () => {
+  const phase = { building: true };
+  let asked = 0;
+  let answer: string | undefined;
+  const h = harness({ cancelCheckMs: 10_000, changed: async () => (asked++, answer) }, phase);
+  await settle();
+  await h.clock.advanceAsync(30_000);
+  assert.equal(asked, 3);
+  assert.equal(h.passes[0]!.signal.aborted, false);
+  answer = 'revision parameter changed';
+  await h.clock.advanceAsync(10_000);
+  assert.equal(h.passes[0]!.signal.aborted, true);
+  await settle();
+  assert.equal(h.passes.length, 2, 'the newer state is converged at once');
+  assert.equal(h.passes[1]!.reason, 'revision parameter changed');
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('throttled passes stretch the poll interval; success restores it', async () => {
+  const throttled = new TransientError('Rate exceeded', 'ssm', { code: 'ThrottlingException' });
+  const h = harness({ random: () => 1, maxBackoffMs: 600_000 });
+  await settle();
+  h.release({ outcome: 'failed', error: throttled });
+  await settle();
+  // Level 1 after one throttled pass: a wait of up to 2 × interval (random() = 1 takes the top).
+  await h.clock.advanceAsync(119_000);
+  assert.equal(h.passes.length, 1);
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 2);
+  h.release({ outcome: 'failed', error: throttled });
+  await h.clock.advanceAsync(239_000);
+  assert.equal(h.passes.length, 2, 'level 2: up to 4 × interval');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 3);
+  h.release({ outcome: 'failed', error: throttled });
+  await h.clock.advanceAsync(479_000);
+  assert.equal(h.passes.length, 3, 'level 3: up to 8 × interval');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 4);
+  h.release({ outcome: 'failed', error: throttled });
+  await h.clock.advanceAsync(599_000);
+  assert.equal(h.passes.length, 4, 'level 4: capped at maxBackoffMs');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 5);
+  h.release();
+  await h.clock.advanceAsync(60_000);
+  assert.equal(h.passes.length, 6, 'a success restores the interval: a starved instance still converges');
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('while the instance is leaving no pass starts; converge --now answers at once; unblocking resumes', async () => {
+  const h = harness();
+  await settle();
+  h.release();
+  await settle();
+  h.scheduler.block('Auto Scaling target lifecycle state Terminated');
+  assert.equal(await h.scheduler.runNow('converge --now'), undefined);
+  h.scheduler.trigger('file changed');
+  await h.clock.advanceAsync(600_000);
+  assert.equal(h.passes.length, 1);
+  assert.equal(h.scheduler.state.blocked?.reason, 'Auto Scaling target lifecycle state Terminated');
+  h.scheduler.unblock();
+  await h.clock.advanceAsync(5_000);
+  assert.equal(h.passes.length, 2);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('stop aborts a build in hand and ends the loop', async () => {
+  const h = harness({}, { building: true });
+  await settle();
+  h.scheduler.stop();
+  await h.done;
+  assert.equal(h.passes[0]!.signal.aborted, true);
+});

@@ -1,0 +1,71 @@
+// The local watcher on a real directory: a new, changed or removed drop-in module and a changed base
+// file are reported; what the agent writes beside them, temporary files, and a rewrite with the same
+// content are not.
+import assert from 'node:assert/strict';
+import { mkdtemp, mkdir, rm, writeFile, rename, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { isWatchedInput, LocalWatcher } from '../../agent/sources/watch.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, check: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+test('isWatchedInput takes the base file and *.nix directly in the drop-in directory only', () => {
+  const base = '/r/etc/nixos/base.nix';
+  const dir = '/r/etc/nixos-ec2-agent/local.d';
+  assert.equal(isWatchedInput(base, base, dir), true);
+  assert.equal(isWatchedInput(`${dir}/a.nix`, base, dir), true);
+  assert.equal(isWatchedInput('/r/etc/nixos/configuration.nix', base, dir), false);
+  assert.equal(isWatchedInput('/r/etc/nixos/ec2-agent/ssm-options.nix', base, dir), false);
+  assert.equal(isWatchedInput(`${dir}/notes.txt`, base, dir), false);
+  assert.equal(isWatchedInput(`${dir}/.a.nix.tmp`, base, dir), false);
+  assert.equal(isWatchedInput(`${dir}/sub/a.nix`, base, dir), false);
+});
+
+test('changes to inputs trigger; the agent\'s own files and same-content rewrites do not', async (t) => {
+  const root = await mkdtemp(path.join(tmpdir(), 'nea-watch-'));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const nixos = path.join(root, 'etc/nixos');
+  const dropin = path.join(root, 'etc/nixos-ec2-agent/local.d');
+  await mkdir(nixos, { recursive: true });
+  const base = path.join(nixos, 'base.nix');
+  await writeFile(base, '{ ... }: { }\n');
+  const reasons: string[] = [];
+  const watcher = new LocalWatcher({ baseConfiguration: base, modulesDir: dropin, onChange: (r) => reasons.push(r) });
+  await watcher.start();
+  t.after(() => watcher.stop());
+
+  // The agent's own writes beside the inputs.
+  await writeFile(path.join(nixos, 'configuration.nix'), '# rendered\n');
+  await mkdir(path.join(nixos, 'ec2-agent'), { recursive: true });
+  await writeFile(path.join(nixos, 'ec2-agent', 'ssm-options.nix'), '{ }\n');
+  await writeFile(base, '{ ... }: { }\n'); // same content
+  await sleep(300);
+  assert.deepEqual(reasons, []);
+
+  // A drop-in written atomically (temporary file, then rename), as tools do.
+  await writeFile(path.join(dropin, '.web.nix.tmp'), '{ ... }: { services.nginx.enable = true; }\n');
+  await rename(path.join(dropin, '.web.nix.tmp'), path.join(dropin, 'web.nix'));
+  await until('the new module', () => reasons.length === 1);
+  assert.match(reasons[0]!, /web\.nix$/);
+
+  await writeFile(base, '{ ... }: { networking.hostName = "x"; }\n');
+  await until('the base change', () => reasons.length === 2);
+  assert.match(reasons[1]!, /changed .*base\.nix$/);
+
+  await unlink(path.join(dropin, 'web.nix'));
+  await until('the removal', () => reasons.length === 3);
+  assert.match(reasons[2]!, /removed .*web\.nix$/);
+  await writeFile(path.join(dropin, 'README'), 'not a module');
+  await sleep(200);
+  assert.equal(reasons.length, 3);
+  assert.equal(watcher.stats.changes, 3);
+});
