@@ -25,16 +25,18 @@ export class RenderWriter {
       this.log.warn({ event: 'validate.skipped' }, 'nix-instantiate is not available; rendered files were not parsed');
       return;
     }
-    const sources = new Map<string, string>();
-    const files: string[] = [];
+    // configuration.nix is checked as a copy in the render directory, in the same parser call as
+    // the parts: one process start, not two, on the boot path.
+    const candidate = `${plan.dir}/configuration.nix`;
+    await this.fs.writeAtomic(candidate, plan.configuration.text);
+    const sources = new Map<string, string>([[this.fs.resolve(candidate), 'configuration.nix']]);
+    const files: string[] = [this.fs.resolve(candidate)];
     for (const f of [...plan.parts, ...plan.imported]) {
       const real = this.fs.resolve(f.path);
       sources.set(real, f.source);
       files.push(real);
     }
     const errors = await this.parser.check(files);
-    const configError = await this.parser.checkText(plan.configuration.text, 'configuration.nix');
-    if (configError) errors.push(configError);
     if (errors.length > 0) {
       const first = errors[0] as NixSyntaxError;
       const source = sources.get(first.file) ?? first.file;

@@ -19,7 +19,7 @@ import { bootMachine } from '../standin/install.js';
 import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, table, type BenchResult, type Print } from './common.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
-const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+const CLI = process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 const TARGET_OVER_NODE = 3;
 
 /** What a first boot's user data might hold: a small Nix module, as amazon-init takes it. */

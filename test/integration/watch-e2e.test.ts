@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import { hasNix, Instance, markerModule, waitFor, type Running, type StatusJson } from '../support/e2e.js';
 
 const DAEMON_CONFIG = {
@@ -77,123 +77,126 @@ async function daemon(t: { after: (fn: () => Promise<void>) => void }, options: 
 const opts = { skip: hasNix ? false : 'nix-instantiate is not installed' } as const;
 const option = (name: string) => `/nixos/fleet/options/${name}`;
 
-test('a parameter pushed through SSM converges at the next poll, and an idle poll costs one SSM call', opts, async (t) => {
-  const { inst, log } = await daemon(t, { parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] });
-  const builds = log.builds();
-  inst.world.ssm.resetCounters();
-  await new Promise((r) => setTimeout(r, 1_600));
-  const idle = inst.world.ssm.callCounts();
-  assert.equal(idle.GetParametersByPath ?? 0, 0, `no tree fetch while idle: ${JSON.stringify(idle)}`);
-  assert.ok((idle.GetParameters ?? 0) >= 1, 'the revision parameter is read at each poll');
-  inst.put(option('networking.hostName'), '"web-1"');
-  inst.put('/nixos/fleet/revision', '2');
-  await converged(inst, 'the pushed parameter', hasParam(option('networking.hostName')));
-  assert.equal(log.builds(), builds + 1);
-  const lastPass = log.of('pass.start').at(-1);
-  assert.equal(lastPass?.trigger, 'poll');
-});
-
-test('20 pushes at once give one rebuild; a push without a revision parameter is still seen (full fetch)', opts, async (t) => {
-  const { inst, log } = await daemon(t);
-  const builds = log.builds();
-  for (let i = 0; i < 20; i++) inst.put(option(`environment.variables.V${i}`), `"${i}"`);
-  await converged(inst, 'all 20', (s) => (s.desired?.sources.parameters.length ?? 0) === 20);
-  await new Promise((r) => setTimeout(r, 1_200));
-  assert.equal(log.builds(), builds + 1);
-});
-
-test('a change during a slow pass gives exactly one more rebuild, of the latest state', opts, async (t) => {
-  const { inst, log } = await daemon(t, {
-    parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }],
-    config: { health: { probes: [{ name: 'slow', command: { argv: ['sleep', '1.5'] } }] } },
+// Each test is its own instance (own emulators on port 0, own root): they run side by side.
+describe('the daemon over a sandbox', { concurrency: true }, () => {
+  test('a parameter pushed through SSM converges at the next poll, and an idle poll costs one SSM call', opts, async (t) => {
+    const { inst, log } = await daemon(t, { parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] });
+    const builds = log.builds();
+    inst.world.ssm.resetCounters();
+    await new Promise((r) => setTimeout(r, 1_600));
+    const idle = inst.world.ssm.callCounts();
+    assert.equal(idle.GetParametersByPath ?? 0, 0, `no tree fetch while idle: ${JSON.stringify(idle)}`);
+    assert.ok((idle.GetParameters ?? 0) >= 1, 'the revision parameter is read at each poll');
+    inst.put(option('networking.hostName'), '"web-1"');
+    inst.put('/nixos/fleet/revision', '2');
+    await converged(inst, 'the pushed parameter', hasParam(option('networking.hostName')));
+    assert.equal(log.builds(), builds + 1);
+    const lastPass = log.of('pass.start').at(-1);
+    assert.equal(lastPass?.trigger, 'poll');
   });
-  const builds = log.builds();
-  inst.put(option('networking.hostName'), '"a"');
-  inst.put('/nixos/fleet/revision', '2');
-  await waitFor('verifying', async () => ((await statusFile(inst))?.phase === 'verifying' ? true : undefined));
-  for (let i = 0; i < 5; i++) inst.put(option('networking.hostName'), `"b${i}"`);
-  inst.put('/nixos/fleet/revision', '3');
-  await converged(inst, 'the latest state', (s) => s.desired?.sources.parameters.some((p) => p.name === option('networking.hostName') && p.version === 6) ?? false);
-  await new Promise((r) => setTimeout(r, 1_500));
-  assert.equal(log.builds(), builds + 2);
-});
 
-test('a newer state cancels a hung build and converges to it', opts, async (t) => {
-  const { inst, log } = await daemon(t, { parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] });
-  const builds = log.builds();
-  inst.put('/nixos/fleet/modules/app', markerModule('sandbox-hang'));
-  inst.put('/nixos/fleet/revision', '2');
-  await waitFor('the hung build', async () => ((await statusFile(inst))?.phase === 'building' ? true : undefined));
-  inst.put('/nixos/fleet/modules/app', markerModule('fixed'));
-  inst.put('/nixos/fleet/revision', '3');
-  const s = await converged(inst, 'the fixed module', (x) => x.desired?.sources.parameters.some((p) => p.name === '/nixos/fleet/modules/app' && p.version === 2) ?? false);
-  assert.equal(s.lastResult?.outcome, 'converged');
-  assert.equal(log.builds(), builds + 2);
-  const outcomes = log.of('pass.end').map((e) => e.outcome);
-  assert.ok(outcomes.includes('cancelled'), `a pass was cancelled: ${outcomes.join(', ')}`);
-  assert.doesNotMatch(await inst.configuration(), /sandbox-hang/);
-});
+  test('20 pushes at once give one rebuild; a push without a revision parameter is still seen (full fetch)', opts, async (t) => {
+    const { inst, log } = await daemon(t);
+    const builds = log.builds();
+    for (let i = 0; i < 20; i++) inst.put(option(`environment.variables.V${i}`), `"${i}"`);
+    await converged(inst, 'all 20', (s) => (s.desired?.sources.parameters.length ?? 0) === 20);
+    await new Promise((r) => setTimeout(r, 1_200));
+    assert.equal(log.builds(), builds + 1);
+  });
 
-test('a file dropped into local.d converges', opts, async (t) => {
-  // No poll to race the watcher: only the file event can start the pass.
-  const { inst, log } = await daemon(t, { config: { ssm: { pollIntervalSeconds: 3_600 } } });
-  const builds = log.builds();
-  const dir = inst.file('etc/nixos-ec2-agent/local.d');
-  await mkdir(dir, { recursive: true });
-  await writeFile(path.join(dir, 'extra.nix'), '{ ... }: { environment.etc."extra".text = "x"; }\n');
-  await waitFor('the local module rebuilt', async () => (log.builds() > builds ? true : undefined));
-  await converged(inst, 'after the local change');
-  assert.match(await inst.configuration(), /extra\.nix/);
-  const triggers = log.of('pass.start').map((e) => String(e.trigger));
-  assert.ok(triggers.some((r) => r.includes('extra.nix')), triggers.join(' | '));
-});
+  test('a change during a slow pass gives exactly one more rebuild, of the latest state', opts, async (t) => {
+    const { inst, log } = await daemon(t, {
+      parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }],
+      config: { health: { probes: [{ name: 'slow', command: { argv: ['sleep', '1'] } }] } },
+    });
+    const builds = log.builds();
+    inst.put(option('networking.hostName'), '"a"');
+    inst.put('/nixos/fleet/revision', '2');
+    await waitFor('verifying', async () => ((await statusFile(inst))?.phase === 'verifying' ? true : undefined));
+    for (let i = 0; i < 5; i++) inst.put(option('networking.hostName'), `"b${i}"`);
+    inst.put('/nixos/fleet/revision', '3');
+    await converged(inst, 'the latest state', (s) => s.desired?.sources.parameters.some((p) => p.name === option('networking.hostName') && p.version === 6) ?? false);
+    await new Promise((r) => setTimeout(r, 1_500));
+    assert.equal(log.builds(), builds + 2);
+  });
 
-test('a terminating instance starts no new rebuild and says so', opts, async (t) => {
-  const { inst, log } = await daemon(t);
-  const builds = log.builds();
-  inst.world.imds.setTargetLifecycleState('Terminated');
-  await waitFor('stopping in status', async () => ((await statusFile(inst))?.phase === 'stopping' ? true : undefined));
-  inst.put(option('networking.hostName'), '"late"');
-  const now = await inst.run(['converge', '--now', '--json']);
-  assert.equal(now.code, 1);
-  assert.match(now.stdout, /leaving/);
-  await new Promise((r) => setTimeout(r, 1_500));
-  assert.equal(log.builds(), builds);
-  const s = await statusFile(inst);
-  assert.equal(s?.phase, 'stopping');
-  assert.match(s?.message ?? '', /Terminated/);
-});
+  test('a newer state cancels a hung build and converges to it', opts, async (t) => {
+    const { inst, log } = await daemon(t, { parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] });
+    const builds = log.builds();
+    inst.put('/nixos/fleet/modules/app', markerModule('sandbox-hang'));
+    inst.put('/nixos/fleet/revision', '2');
+    await waitFor('the hung build', async () => ((await statusFile(inst))?.phase === 'building' ? true : undefined));
+    inst.put('/nixos/fleet/modules/app', markerModule('fixed'));
+    inst.put('/nixos/fleet/revision', '3');
+    const s = await converged(inst, 'the fixed module', (x) => x.desired?.sources.parameters.some((p) => p.name === '/nixos/fleet/modules/app' && p.version === 2) ?? false);
+    assert.equal(s.lastResult?.outcome, 'converged');
+    assert.equal(log.builds(), builds + 2);
+    const outcomes = log.of('pass.end').map((e) => e.outcome);
+    assert.ok(outcomes.includes('cancelled'), `a pass was cancelled: ${outcomes.join(', ')}`);
+    assert.doesNotMatch(await inst.configuration(), /sandbox-hang/);
+  });
 
-test('converge --now returns the pass result; suspend and resume pause convergence', opts, async (t) => {
-  const { inst, log } = await daemon(t, { config: { ssm: { pollIntervalSeconds: 3_600 } } });
-  inst.put(option('networking.hostName'), '"now"');
-  const now = await inst.run(['converge', '--now', '--json']);
-  assert.equal(now.code, 0, now.stderr);
-  const answer = JSON.parse(now.stdout) as { outcome: string; status: StatusJson };
-  assert.equal(answer.outcome, 'converged');
-  assert.ok(hasParam(option('networking.hostName'))(answer.status));
-  const suspended = await inst.run(['suspend', '--json']);
-  assert.equal(suspended.code, 0);
-  const s = (JSON.parse(suspended.stdout) as { status: StatusJson }).status;
-  assert.ok(s.suspended?.since, 'status says since when');
-  const builds = log.builds();
-  inst.put(option('networking.hostName'), '"while suspended"');
-  const during = JSON.parse((await inst.run(['converge', '--now', '--json'])).stdout) as { outcome: string };
-  assert.equal(during.outcome, 'suspended');
-  assert.equal(log.builds(), builds);
-  assert.equal((await inst.run(['resume'])).code, 0);
-  await converged(inst, 'after resume', (x) => x.desired?.sources.parameters.some((p) => p.version === 2) ?? false);
-  assert.equal(log.builds(), builds + 1);
-});
+  test('a file dropped into local.d converges', opts, async (t) => {
+    // No poll to race the watcher: only the file event can start the pass.
+    const { inst, log } = await daemon(t, { config: { ssm: { pollIntervalSeconds: 3_600 } } });
+    const builds = log.builds();
+    const dir = inst.file('etc/nixos-ec2-agent/local.d');
+    await mkdir(dir, { recursive: true });
+    await writeFile(path.join(dir, 'extra.nix'), '{ ... }: { environment.etc."extra".text = "x"; }\n');
+    await waitFor('the local module rebuilt', async () => (log.builds() > builds ? true : undefined));
+    await converged(inst, 'after the local change');
+    assert.match(await inst.configuration(), /extra\.nix/);
+    const triggers = log.of('pass.start').map((e) => String(e.trigger));
+    assert.ok(triggers.some((r) => r.includes('extra.nix')), triggers.join(' | '));
+  });
 
-test('SIGHUP rereads the configuration and converges; SIGTERM exits 0', opts, async (t) => {
-  const { inst, run, log } = await daemon(t, { parameters: [{ Name: '/nixos/other/options/networking.hostName', Value: '"other"', Type: 'String' }] });
-  assert.equal(hasParam('/nixos/other/options/networking.hostName')((await statusFile(inst))!), false);
-  await inst.configure({ ssm: { prefixes: ['/nixos/other'] } });
-  run.child.kill('SIGHUP');
-  await converged(inst, 'the new prefix', hasParam('/nixos/other/options/networking.hostName'));
-  run.child.kill('SIGTERM');
-  const result = await run.done;
-  assert.equal(result.code, 0, result.stderr.slice(-2000));
-  assert.equal(existsSync(inst.file('run/ctl.sock')), false, 'the control socket is removed');
+  test('a terminating instance starts no new rebuild and says so', opts, async (t) => {
+    const { inst, log } = await daemon(t);
+    const builds = log.builds();
+    inst.world.imds.setTargetLifecycleState('Terminated');
+    await waitFor('stopping in status', async () => ((await statusFile(inst))?.phase === 'stopping' ? true : undefined));
+    inst.put(option('networking.hostName'), '"late"');
+    const now = await inst.run(['converge', '--now', '--json']);
+    assert.equal(now.code, 1);
+    assert.match(now.stdout, /leaving/);
+    await new Promise((r) => setTimeout(r, 1_500));
+    assert.equal(log.builds(), builds);
+    const s = await statusFile(inst);
+    assert.equal(s?.phase, 'stopping');
+    assert.match(s?.message ?? '', /Terminated/);
+  });
+
+  test('converge --now returns the pass result; suspend and resume pause convergence', opts, async (t) => {
+    const { inst, log } = await daemon(t, { config: { ssm: { pollIntervalSeconds: 3_600 } } });
+    inst.put(option('networking.hostName'), '"now"');
+    const now = await inst.run(['converge', '--now', '--json']);
+    assert.equal(now.code, 0, now.stderr);
+    const answer = JSON.parse(now.stdout) as { outcome: string; status: StatusJson };
+    assert.equal(answer.outcome, 'converged');
+    assert.ok(hasParam(option('networking.hostName'))(answer.status));
+    const suspended = await inst.run(['suspend', '--json']);
+    assert.equal(suspended.code, 0);
+    const s = (JSON.parse(suspended.stdout) as { status: StatusJson }).status;
+    assert.ok(s.suspended?.since, 'status says since when');
+    const builds = log.builds();
+    inst.put(option('networking.hostName'), '"while suspended"');
+    const during = JSON.parse((await inst.run(['converge', '--now', '--json'])).stdout) as { outcome: string };
+    assert.equal(during.outcome, 'suspended');
+    assert.equal(log.builds(), builds);
+    assert.equal((await inst.run(['resume'])).code, 0);
+    await converged(inst, 'after resume', (x) => x.desired?.sources.parameters.some((p) => p.version === 2) ?? false);
+    assert.equal(log.builds(), builds + 1);
+  });
+
+  test('SIGHUP rereads the configuration and converges; SIGTERM exits 0', opts, async (t) => {
+    const { inst, run, log } = await daemon(t, { parameters: [{ Name: '/nixos/other/options/networking.hostName', Value: '"other"', Type: 'String' }] });
+    assert.equal(hasParam('/nixos/other/options/networking.hostName')((await statusFile(inst))!), false);
+    await inst.configure({ ssm: { prefixes: ['/nixos/other'] } });
+    run.child.kill('SIGHUP');
+    await converged(inst, 'the new prefix', hasParam('/nixos/other/options/networking.hostName'));
+    run.child.kill('SIGTERM');
+    const result = await run.done;
+    assert.equal(result.code, 0, result.stderr.slice(-2000));
+    assert.equal(existsSync(inst.file('run/ctl.sock')), false, 'the control socket is removed');
+  });
 });
