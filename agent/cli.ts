@@ -38,7 +38,7 @@ const commands: Record<string, Command> = {
     summary: 'the daemon: converge at start, keep converging while sources change',
     usage: 'run [--config FILE] [--root DIR]',
     options: common,
-    run: async (v) => (await import('./daemon.js')).runDaemon(await config(v)),
+    run: async (v) => (await import('./daemon.js')).runDaemon(await config(v), { reload: () => config(v) }),
   },
   converge: {
     summary: 'one pass of the loop (--once), or ask the running daemon to converge now (--now)',
@@ -113,11 +113,18 @@ const commands: Record<string, Command> = {
   },
 };
 
+/** Where the NixOS module and the unit put the configuration; commands find it without --config. */
+const DEFAULT_CONFIG = '/etc/nixos-ec2-agent/config.json';
+
 async function config(values: Record<string, string | boolean | undefined>) {
-  const { loadConfig } = await import('./config.js');
+  const [{ loadConfig }, { existsSync }] = await Promise.all([import('./config.js'), import('node:fs')]);
   const overrides: Record<string, unknown> = {};
   if (typeof values.root === 'string') overrides.root = values.root;
-  return loadConfig(typeof values.config === 'string' ? values.config : undefined, overrides);
+  const file =
+    typeof values.config === 'string'
+      ? values.config
+      : process.env.NIXOS_EC2_AGENT_CONFIG || (existsSync(DEFAULT_CONFIG) ? DEFAULT_CONFIG : undefined);
+  return loadConfig(file, overrides);
 }
 
 function help(): string {

@@ -1,7 +1,7 @@
 // The agent's configuration: one JSON file (the NixOS module writes it), every field optional with
 // a documented default. Parsed once at the edge; nothing past here sees raw JSON.
 import { readFile } from 'node:fs/promises';
-import { z } from 'zod';
+import { z } from 'zod/v3';
 import { InvalidInputError } from './errors.js';
 
 const seconds = (def: number) => z.number().positive().default(def);
@@ -10,7 +10,7 @@ const argv = z.array(z.string().min(1)).min(1);
 const HttpProbe = z.strictObject({
   name: z.string().min(1),
   http: z.strictObject({
-    url: z.url(),
+    url: z.string().url(),
     expectStatus: z.number().int().min(100).max(599).default(200),
     timeoutMs: z.number().int().positive().default(2_000),
   }),
@@ -34,9 +34,9 @@ export const ConfigSchema = z.strictObject({
       timeoutMs: z.number().int().positive().default(1_000),
       retries: z.number().int().min(0).default(5),
       /** Endpoint override; otherwise AWS_EC2_METADATA_SERVICE_ENDPOINT, then 169.254.169.254. */
-      endpoint: z.url().optional(),
+      endpoint: z.string().url().optional(),
     })
-    .prefault({}),
+    .default({}),
 
   userData: z
     .strictObject({
@@ -44,7 +44,7 @@ export const ConfigSchema = z.strictObject({
       /** A `#!` user-data script's own time limit. */
       scriptTimeoutSeconds: seconds(600),
     })
-    .prefault({}),
+    .default({}),
 
   ssm: z
     .strictObject({
@@ -75,7 +75,7 @@ export const ConfigSchema = z.strictObject({
       /** The SDK's attempts per call (throttling and 5xx are retried with its backoff). */
       maxAttempts: z.number().int().min(1).default(5),
     })
-    .prefault({}),
+    .default({}),
 
   local: z
     .strictObject({
@@ -85,7 +85,7 @@ export const ConfigSchema = z.strictObject({
       modulesDir: z.string().default('/etc/nixos-ec2-agent/local.d'),
       watch: z.boolean().default(true),
     })
-    .prefault({}),
+    .default({}),
 
   rebuild: z
     .strictObject({
@@ -105,7 +105,7 @@ export const ConfigSchema = z.strictObject({
       /** `require`: no Nix parser, no switch. `if-available`: skip the parse where Nix is absent. */
       validate: z.enum(['require', 'if-available']).default('require'),
     })
-    .prefault({}),
+    .default({}),
 
   health: z
     .strictObject({
@@ -116,7 +116,7 @@ export const ConfigSchema = z.strictObject({
       intervalSeconds: seconds(5),
       probes: z.array(z.union([HttpProbe, CommandProbe])).default([]),
     })
-    .prefault({}),
+    .default({}),
 
   retry: z
     .strictObject({
@@ -124,7 +124,7 @@ export const ConfigSchema = z.strictObject({
       failedBackoffSeconds: seconds(600),
       maxBackoffSeconds: seconds(6 * 3_600),
     })
-    .prefault({}),
+    .default({}),
 
   watch: z
     .strictObject({
@@ -136,14 +136,14 @@ export const ConfigSchema = z.strictObject({
        */
       cancelCheckSeconds: seconds(10),
     })
-    .prefault({}),
+    .default({}),
 
   http: z
     .strictObject({
       /** host:port for /healthz, /readyz, /status, /metrics; null turns it off. */
       listen: z.string().nullable().default('0.0.0.0:9731'),
     })
-    .prefault({}),
+    .default({}),
 
   /** Root-only unix socket for `status`, `converge --now`, `rollback`, `suspend`, `resume`. */
   controlSocket: z.string().default('/run/nixos-ec2-agent/control.sock'),
@@ -160,7 +160,7 @@ export const ConfigSchema = z.strictObject({
       /** SetInstanceHealth Unhealthy when no good generation can run. */
       reportUnhealthy: z.boolean().default(true),
     })
-    .prefault({}),
+    .default({}),
 
   termination: z
     .strictObject({
@@ -171,7 +171,7 @@ export const ConfigSchema = z.strictObject({
       enabled: z.boolean().default(true),
       checkSeconds: seconds(5),
     })
-    .prefault({}),
+    .default({}),
 
   /** Run after each convergence with NIXOS_EC2_AGENT_* in its environment; failure is reported, not fatal. */
   postConvergeCommand: z
@@ -190,7 +190,7 @@ export const ConfigSchema = z.strictObject({
         .default(null),
       rebootCommand: argv.default(['systemctl', 'reboot']),
     })
-    .prefault({}),
+    .default({}),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -200,9 +200,11 @@ export type ConfigInput = z.input<typeof ConfigSchema>;
 export function parseConfig(value: unknown, where = 'configuration'): Config {
   const result = ConfigSchema.safeParse(value);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((issue) => {
-    const path = issue.path.length ? issue.path.join('.') : '(top level)';
-    return `${path}: ${issue.message}`;
+  const problems = result.error.issues.flatMap((issue) => {
+    const at = (path: readonly (string | number)[]) => (path.length ? path.join('.') : '(top level)');
+    // Each unknown field by its own path: `ssm.prefix: unknown field "prefix"`.
+    if (issue.code === 'unrecognized_keys') return issue.keys.map((key) => `${at([...issue.path, key])}: unknown field "${key}"`);
+    return [`${at(issue.path)}: ${issue.message}`];
   });
   throw new InvalidInputError(problems.join('; '), where, { problems });
 }

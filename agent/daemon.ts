@@ -235,7 +235,8 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  const reloadConfig = options.reload ?? (() => configFromArgv(process.argv.slice(2)));
+  // Without a file to read again (an embedding caller), SIGHUP keeps the configuration and converges.
+  const reloadConfig = options.reload ?? (async () => agent.config);
   let reloading: Promise<void> | undefined;
   process.on('SIGHUP', () => {
     if (stopping || reloading) return;
@@ -299,11 +300,4 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
   await statusFile.flush();
   log.info({ event: 'stopped' }, 'stopped');
   return 0;
-}
-
-/** The `--config`/`--root` this process was started with, read again. */
-async function configFromArgv(argv: readonly string[]): Promise<Config> {
-  const { parseArgs } = await import('node:util');
-  const { values } = parseArgs({ args: [...argv], options: { config: { type: 'string' }, root: { type: 'string' } }, strict: false, allowPositionals: true });
-  return loadConfig(typeof values.config === 'string' ? values.config : undefined, typeof values.root === 'string' ? { root: values.root } : {});
 }

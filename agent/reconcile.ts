@@ -75,6 +75,9 @@ export class Reconciler {
 
   /** Loads the durable state and finishes whatever a killed agent left half done. */
   async start(): Promise<void> {
+    // Before anything watches the local files: the agent's own copy of the image's configuration
+    // to base.nix is not a change to converge on.
+    await this.deps.writer.adoptImageConfiguration(this.deps.config.local.baseConfiguration);
     const loaded = await this.deps.store.load();
     this.state = loaded.state;
     if (loaded.problem) {

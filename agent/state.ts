@@ -1,7 +1,7 @@
 // The agent's durable state, in var/lib/nixos-ec2-agent/state.json: written atomically and
 // journaled through each phase, so an agent killed at any point finds out where it was. A corrupt
 // file is set aside with a clear error, never trusted and never fatal.
-import { z } from 'zod';
+import { z } from 'zod/v3';
 import type { RootFs } from './fs.js';
 
 export const STATE_DIR = '/var/lib/nixos-ec2-agent';

@@ -56,6 +56,8 @@ export class ControlServer {
       if (newline < 0) return;
       const line = buffer.slice(0, newline);
       socket.removeAllListeners('data');
+      // The request is in; its answer may take as long as a rebuild (`converge --now`).
+      socket.setTimeout(0);
       let op: unknown;
       try {
         op = (JSON.parse(line) as { op?: unknown }).op;

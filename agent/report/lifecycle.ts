@@ -5,7 +5,7 @@
 // completion are kept in the state directory, so a restarted agent neither completes twice nor
 // heartbeats a hook that is done. Every call is best effort: a failure is logged, counted and
 // tried again at the next status change or tick; it never stops the agent.
-import { z } from 'zod';
+import { z } from 'zod/v3';
 import type { ActionOutcome, AutoScaling, LifecycleResult } from '../aws/autoscaling.js';
 import { LAUNCHING } from '../aws/autoscaling.js';
 import type { Config } from '../config.js';

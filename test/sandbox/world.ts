@@ -2,7 +2,7 @@
 // instance is a member of its group with a launch lifecycle hook, as on a real fleet. Shared by
 // `emulate`, `sandbox` and the end-to-end tests.
 import { readFile } from 'node:fs/promises';
-import { z } from 'zod';
+import { z } from 'zod/v3';
 import type { Clock } from '../../agent/ports.js';
 import { AutoScalingEmulator } from '../emulators/autoscaling.js';
 import { defaultInstance, ImdsEmulator, type ImdsInstance } from '../emulators/imds.js';
@@ -140,7 +140,7 @@ export async function readWorldFiles(flags: { 'user-data'?: string; parameters?:
   const out: { userData?: Buffer; parameters?: PutParameterRequest[]; instance?: InstanceSpec } = {};
   if (flags['user-data']) out.userData = await readFile(flags['user-data']);
   if (flags.parameters) {
-    const parsed = z.array(z.looseObject({ Name: z.string(), Value: z.string() })).safeParse(JSON.parse(await readFile(flags.parameters, 'utf8')));
+    const parsed = z.array(z.object({ Name: z.string(), Value: z.string() }).passthrough()).safeParse(JSON.parse(await readFile(flags.parameters, 'utf8')));
     if (!parsed.success) throw new WorldInputError(`${flags.parameters}: a JSON array of PutParameter requests ({"Name", "Value", "Type"}): ${parsed.error.issues[0]?.message}`);
     out.parameters = parsed.data as PutParameterRequest[];
   }

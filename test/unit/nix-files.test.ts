@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { z } from 'zod';
+import type { z } from 'zod/v3';
 
 import { ConfigSchema } from '../../agent/config.js';
 
@@ -159,19 +159,22 @@ function evalModule(cfg: Record<string, unknown> = {}, opts: { amazonInit?: bool
   `) as ModuleEval;
 }
 
-// --- the agent's schema, walked through zod's wrappers (default, prefault, nullable, optional) ---
-type AnyZod = z.ZodType & { _zod: { def: { type: string; innerType?: AnyZod; shape?: Record<string, AnyZod> } } };
+// --- the agent's schema, walked through zod's wrappers (default, nullable, optional) ---
+type AnyZod = z.ZodTypeAny & { _def: { typeName: string; innerType?: AnyZod; shape?: () => Record<string, AnyZod> } };
+
+function unwrapped(schema: AnyZod | undefined): AnyZod | undefined {
+  let s = schema;
+  while (s?._def.innerType) s = s._def.innerType;
+  return s;
+}
 
 function objectShape(schema: AnyZod): Record<string, AnyZod> | null {
-  let s: AnyZod = schema;
-  while (s._zod.def.innerType) s = s._zod.def.innerType;
-  return s._zod.def.type === 'object' ? (s._zod.def.shape ?? null) : null;
+  const s = unwrapped(schema);
+  return s?._def.typeName === 'ZodObject' && s._def.shape ? s._def.shape() : null;
 }
 
 function enumValues(schema: AnyZod | undefined): unknown {
-  let s = schema;
-  while (s?._zod.def.innerType) s = s._zod.def.innerType;
-  return (s as unknown as { options?: unknown } | undefined)?.options;
+  return (unwrapped(schema) as unknown as { options?: unknown } | undefined)?.options;
 }
 
 function schemaHasPath(path: string): boolean {
