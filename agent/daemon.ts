@@ -45,7 +45,15 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
   let phase: StatusPhase = 'starting';
   let lastMessage = '';
   let lifecycle: LifecycleReporter | undefined;
+  /** READY=1 sent: the first convergence has ended. */
+  let ready = false;
+  // A first rebuild can outlast any fixed TimeoutStartSec: until READY=1, ask systemd for more
+  // time when it starts and then a little at a time, so a start that stops making progress still
+  // times out (and the watchdog catches a wedged loop meanwhile).
+  const EXTEND_EVERY_MS = 30_000;
+  const extendStart = () => notify.extendTimeout(EXTEND_EVERY_MS * 3 * 1_000);
   const onStatus = (status: Status) => {
+    if (!ready && status.phase === 'building' && phase !== 'building') extendStart();
     lifecycle?.update(status);
     statusFile.update(status);
     if (status.message !== lastMessage) {
@@ -270,7 +278,12 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
       });
   });
 
-  let ready = false;
+  const extending = notify.enabled
+    ? setInterval(() => {
+        if (!ready) extendStart();
+      }, EXTEND_EVERY_MS)
+    : undefined;
+  extending?.unref();
   await scheduler.run(async (reason, signal) => {
     watchdog.alive();
     const started = clock.now();
@@ -280,6 +293,7 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
     if (metrics && !metrics.loaded) loadMetrics();
     if (!ready) {
       ready = true;
+      clearInterval(extending);
       notify.ready(reconciler.status.message);
     } else if (notify.enabled) {
       // After SIGHUP, READY=1 ends the RELOADING=1 state.
