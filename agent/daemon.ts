@@ -17,7 +17,6 @@ import { systemClock, type Runner } from './ports.js';
 import type { PassResult } from './reconcile.js';
 import { ProcessRunner } from './runner.js';
 import { KernelPolicy } from './apply/kernel.js';
-import { loadConfig } from './config.js';
 import { Scheduler, type ScheduleOptions } from './schedule.js';
 import { LifecycleWatch, SpotInterruptionMonitor, TargetLifecycleMonitor } from './sources/lifecycle.js';
 import { LocalWatcher } from './sources/watch.js';

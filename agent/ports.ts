@@ -10,25 +10,34 @@ export interface Clock {
   sleep(ms: number, signal?: AbortSignal): Promise<void>;
 }
 
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  sleep: (ms, signal) =>
-    new Promise<void>((resolve, reject) => {
-      if (signal?.aborted) {
-        reject(signal.reason);
-        return;
-      }
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal?.reason);
-      };
-      const timer = setTimeout(() => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve();
-      }, Math.max(0, ms));
-      signal?.addEventListener('abort', onAbort, { once: true });
-    }),
-};
+/**
+ * Real time. With `unref`, a pending sleep does not keep the process alive by itself (a reporter's
+ * waits must not hold a one-shot command or a stopping daemon open).
+ */
+export function realClock(options: { unref?: boolean } = {}): Clock {
+  return {
+    now: () => Date.now(),
+    sleep: (ms, signal) =>
+      new Promise<void>((resolve, reject) => {
+        if (signal?.aborted) {
+          reject(signal.reason);
+          return;
+        }
+        const onAbort = () => {
+          clearTimeout(timer);
+          reject(signal?.reason);
+        };
+        const timer = setTimeout(() => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        }, Math.max(0, ms));
+        if (options.unref) timer.unref();
+        signal?.addEventListener('abort', onAbort, { once: true });
+      }),
+  };
+}
+
+export const systemClock: Clock = realClock();
 
 export type OutputStream = 'stdout' | 'stderr';
 

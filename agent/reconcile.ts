@@ -194,6 +194,7 @@ export class Reconciler {
       // `nixos-rebuild switch` activates: like every activation, it is never cancelled midway.
       await this.deps.rebuilder.switchLegacy();
       storePath = (await runningSystem(this.deps.fs)) ?? '';
+      this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
       await this.journal('verifying', desired.hash, storePath);
     } else {
       await this.journal('building', desired.hash);
@@ -201,13 +202,13 @@ export class Reconciler {
       const next = Math.max(0, ...generations.map((g) => g.number)) + 1;
       this.phase('building', `building generation ${next} (desired ${short})`);
       storePath = await this.deps.rebuilder.build(signal);
+      // Recorded before activation: `generations` names what built it even if the agent dies next.
       this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
       await this.journal('activating', desired.hash, storePath);
       this.phase('activating', `activating ${storePath} (test, desired ${short})`);
       await this.deps.rebuilder.activate(storePath, 'test');
       await this.journal('verifying', desired.hash, storePath);
     }
-    this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
     await this.verifyAndCommit(desired.hash, storePath, plan.dir, log);
     const removed = await this.deps.writer.pruneSecrets(desired.secrets.map((s) => s.name));
     if (removed.length) log.info({ event: 'secrets.pruned', names: removed }, `removed secrets no longer set: ${removed.join(', ')}`);
@@ -362,25 +363,13 @@ export class Reconciler {
           await this.recordFailure(desiredHash, 'activate', 'interrupted during activation');
           return;
         }
-        try {
-          await this.verifyAndCommit(desiredHash, storePath, undefined, log);
-        } catch (err) {
-          if (!(err instanceof ApplyFailedError)) throw err;
-          await this.rollbackTo(err.message, log);
-          await this.recordFailure(desiredHash, err.stage, err.message);
-        }
+        await this.finishInterrupted(desiredHash, storePath, log);
         return;
       }
       case 'committing':
         if (!storePath || !desiredHash) break;
         log.warn(`a pass was interrupted while making ${storePath} the boot default; finishing`);
-        try {
-          await this.verifyAndCommit(desiredHash, storePath, undefined, log);
-        } catch (err) {
-          if (!(err instanceof ApplyFailedError)) throw err;
-          await this.rollbackTo(err.message, log);
-          await this.recordFailure(desiredHash, err.stage, err.message);
-        }
+        await this.finishInterrupted(desiredHash, storePath, log);
         return;
       case 'rolling-back':
         log.warn('a rollback was interrupted; finishing it');
@@ -388,6 +377,17 @@ export class Reconciler {
         return;
     }
     await this.journal('idle');
+  }
+
+  /** The activated system is running: verify it and make it permanent, or roll back. */
+  private async finishInterrupted(desiredHash: string, storePath: string, log: Logger): Promise<void> {
+    try {
+      await this.verifyAndCommit(desiredHash, storePath, undefined, log);
+    } catch (err) {
+      if (!(err instanceof ApplyFailedError)) throw err;
+      await this.rollbackTo(err.message, log);
+      await this.recordFailure(desiredHash, err.stage, err.message);
+    }
   }
 
   /** `rollback`: back to the previous good generation, held there until the sources change. */

@@ -11,7 +11,7 @@ import { LAUNCHING } from '../aws/autoscaling.js';
 import type { Config } from '../config.js';
 import type { RootFs } from '../fs.js';
 import type { Logger } from '../log.js';
-import type { Clock } from '../ports.js';
+import { realClock, type Clock } from '../ports.js';
 import { STATE_DIR } from '../state.js';
 import type { Status } from '../status.js';
 
@@ -474,27 +474,5 @@ async function holdingProcessOpen<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/**
- * Real time whose sleeps never hold the process open by themselves: the reporter's waits must not
- * keep a one-shot command or a stopping daemon alive.
- */
-export const unrefRealClock: Clock = {
-  now: () => Date.now(),
-  sleep: (ms, signal) =>
-    new Promise<void>((resolve, reject) => {
-      if (signal?.aborted) {
-        reject(signal.reason);
-        return;
-      }
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal?.reason);
-      };
-      const timer = setTimeout(() => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve();
-      }, Math.max(0, ms));
-      timer.unref();
-      signal?.addEventListener('abort', onAbort, { once: true });
-    }),
-};
+/** Real time whose sleeps never hold the process open by themselves. */
+export const unrefRealClock: Clock = realClock({ unref: true });

@@ -1,7 +1,7 @@
 // The one way an emulator listens: a real HTTP server on loopback, port 0 by default, a `url`,
 // and a `close()` that drops every open connection so tests never wait on keep-alive sockets.
 import http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 
 export interface ListenOptions {
   readonly host?: string;
@@ -71,4 +71,16 @@ export interface LoggedRequest {
   /** The operation, where the protocol names one (SSM target, Auto Scaling Action). */
   readonly operation?: string;
   readonly status: number;
+}
+
+/** A loopback port free at the moment of asking, for a process that must be told its port. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }

@@ -5,12 +5,12 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { cleanEnv, openSandbox, type Sandbox } from '../sandbox/sandbox.js';
+import { freePort } from '../emulators/server.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
@@ -35,16 +35,6 @@ export function sandboxBlocks(markdown: string): { heading: string; commands: st
   return blocks;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 const skip = existsSync(AWS) ? false : `${AWS} (Debian's awscli) is not installed`;
 

@@ -6,13 +6,13 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import type { Status } from '../../agent/status.js';
 import { cleanEnv, openSandbox, runAgent, type Sandbox } from '../sandbox/sandbox.js';
+import { freePort } from '../emulators/server.js';
 
 const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 const DEMO_SECRET = 'sandbox-demo-token-0f3c9a';
@@ -38,16 +38,6 @@ function get(url: string): Promise<Answer> {
   });
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

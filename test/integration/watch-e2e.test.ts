@@ -189,7 +189,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
   });
 
   test('SIGHUP rereads the configuration and converges; SIGTERM exits 0', opts, async (t) => {
-    const { inst, run, log } = await daemon(t, { parameters: [{ Name: '/nixos/other/options/networking.hostName', Value: '"other"', Type: 'String' }] });
+    const { inst, run } = await daemon(t, { parameters: [{ Name: '/nixos/other/options/networking.hostName', Value: '"other"', Type: 'String' }] });
     assert.equal(hasParam('/nixos/other/options/networking.hostName')((await statusFile(inst))!), false);
     await inst.configure({ ssm: { prefixes: ['/nixos/other'] } });
     run.child.kill('SIGHUP');

@@ -2,26 +2,16 @@
 // until SIGINT/SIGTERM. Operators' commands work against it as they would on an instance.
 import { spawn } from 'node:child_process';
 import { open } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeFileAtomic } from '../../agent/fs.js';
 import { envLines, waitForSignal } from './emulate.js';
 import { cleanEnv, type Sandbox } from './sandbox.js';
 import { readFile } from 'node:fs/promises';
+import { freePort } from '../emulators/server.js';
 
 const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export async function runLive(sandbox: Sandbox): Promise<number> {
   const { layout, world } = sandbox;
