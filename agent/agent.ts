@@ -2,7 +2,9 @@
 // per call, nothing global, so several agents can live in one process.
 import { Rebuilder } from './apply/rebuild.js';
 import { SdkAutoScaling, type AutoScaling } from './aws/autoscaling.js';
+import { defaultCredentials } from './aws/credentials.js';
 import { ImdsClient, type Imds } from './aws/imds.js';
+import type { AwsCredentialIdentityProvider } from '@smithy/types';
 import type { Config } from './config.js';
 import { RootFs } from './fs.js';
 import type { Logger } from './log.js';
@@ -59,7 +61,9 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
       retries: config.imds.retries,
       ...(config.imds.endpoint ? { endpoint: config.imds.endpoint } : {}),
     });
-  const ssm = new WatchedSsm(edges.ssm ?? (() => createSsmSource(config, imds, env)), {
+  // Edges that bring their own clients (a fleet simulation) never load the credential chain.
+  const credentials = memo(defaultCredentials);
+  const ssm = new WatchedSsm(edges.ssm ?? (() => createSsmSource(config, imds, env, credentials)), {
     clock,
     imds,
     tag: config.ssm.revisionTag,
@@ -108,7 +112,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     ...(edges.onStatus ? { onStatus: edges.onStatus } : {}),
     ...(edges.onProgress ? { onProgress: edges.onProgress } : {}),
   });
-  const autoscaling = edges.autoscaling ?? new SdkAutoScaling({ env, imds });
+  const autoscaling = edges.autoscaling ?? new SdkAutoScaling({ env, imds, credentials });
   return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling };
 }
 
@@ -118,12 +122,19 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
  * chain (IMDS role credentials on EC2). Throttling backs off with the SDK's adaptive retry, whose
  * client-side rate limiter keeps a fleet polling one account from stampeding.
  */
-async function createSsmSource(config: Config, imds: Imds, env: NodeJS.ProcessEnv): Promise<SsmParts> {
-  const [{ SSMClient, GetParametersByPathCommand, GetParametersCommand }, identity] = await Promise.all([
+async function createSsmSource(
+  config: Config,
+  imds: Imds,
+  env: NodeJS.ProcessEnv,
+  credentials: () => Promise<AwsCredentialIdentityProvider>,
+): Promise<SsmParts> {
+  const [{ SSMClient, GetParametersByPathCommand, GetParametersCommand }, identity, provider] = await Promise.all([
     import('@aws-sdk/client-ssm'),
     env.AWS_REGION || env.AWS_DEFAULT_REGION ? Promise.resolve(undefined) : imds.identity(),
+    credentials(),
   ]);
   const client = new SSMClient({
+    credentials: provider,
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || identity?.region,
     maxAttempts: config.ssm.maxAttempts,
     retryMode: 'adaptive',
@@ -157,4 +168,16 @@ export function createLifecycleReporter(
     },
     ...callbacks,
   });
+}
+
+/** Made once, on first use; a failure is not kept, so the next use tries again. */
+function memo<T>(make: () => Promise<T>): () => Promise<T> {
+  let value: Promise<T> | undefined;
+  return () => {
+    value ??= make().catch((err: unknown) => {
+      value = undefined;
+      throw err;
+    });
+    return value;
+  };
 }

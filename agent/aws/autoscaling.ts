@@ -5,6 +5,7 @@
 // no group, or that finished its launch hook long ago, never needs it on the boot path.
 import { InvalidInputError, TransientError } from '../errors.js';
 import type { Imds } from './imds.js';
+import type { AwsCredentialIdentityProvider } from '@smithy/types';
 
 export type LifecycleResult = 'CONTINUE' | 'ABANDON';
 export type LifecycleTransition = 'autoscaling:EC2_INSTANCE_LAUNCHING' | 'autoscaling:EC2_INSTANCE_TERMINATING';
@@ -59,7 +60,7 @@ export interface AutoScalingClientOptions {
   /** Otherwise AWS_ENDPOINT_URL_AUTO_SCALING, then AWS_ENDPOINT_URL, then AWS's own. */
   readonly endpoint?: string;
   /** Otherwise the SDK's default chain (instance role credentials from IMDS on EC2). */
-  readonly credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  readonly credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } | (() => Promise<AwsCredentialIdentityProvider>);
   /** The SDK's attempts per call; throttling and 5xx are retried with its adaptive backoff. */
   readonly maxAttempts?: number;
   /** Per HTTP attempt: the SDK has no timeout of its own, and a hung call would stall reporting. */
@@ -178,16 +179,18 @@ export class SdkAutoScaling implements AutoScaling {
   private async create(): Promise<{ sdk: Sdk; client: SdkClient }> {
     const env = this.options.env ?? process.env;
     const fromEnv = this.options.region ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined);
-    const [sdk, region] = await Promise.all([
+    const given = this.options.credentials;
+    const [sdk, region, credentials] = await Promise.all([
       import('@aws-sdk/client-auto-scaling'),
       fromEnv !== undefined ? Promise.resolve(fromEnv) : this.options.imds ? this.options.imds.identity().then((i) => i.region) : Promise.resolve(undefined),
+      typeof given === 'function' ? given() : Promise.resolve(given),
     ]);
     const endpoint = this.options.endpoint ?? (env.AWS_ENDPOINT_URL_AUTO_SCALING || env.AWS_ENDPOINT_URL || undefined);
     const timeout = this.options.requestTimeoutMs ?? 10_000;
     const client = new sdk.AutoScalingClient({
       ...(region ? { region } : {}),
       ...(endpoint ? { endpoint } : {}),
-      ...(this.options.credentials ? { credentials: this.options.credentials } : {}),
+      ...(credentials ? { credentials } : {}),
       maxAttempts: this.options.maxAttempts ?? 3,
       // A fleet launching at once shares one account-wide Auto Scaling throttle: the adaptive
       // mode's client-side rate limiter backs each agent off instead of stampeding.
