@@ -276,6 +276,7 @@ export interface StatusJson {
   readonly message: string;
   readonly firstConvergenceDone: boolean;
   readonly noGoodGeneration: boolean;
+  readonly rebootRequired: boolean;
   readonly reasons: readonly string[];
   readonly desired?: { hash: string; sources: { userData: string; parameters: { name: string; version: number }[] }; notes: string[] };
   readonly running?: { storePath: string; desiredHash?: string; generation?: number };
