@@ -205,8 +205,7 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
       })
     : undefined;
   // Watching starts before the first pass reads the inputs, so no change falls between the two.
-  // (On an image's first boot the pass adopts its configuration.nix as the base file: that one
-  // write of the agent's own is seen, and costs one pass that finds nothing changed.)
+  // (The image's configuration.nix was adopted as the base file in reconciler.start(), before.)
   await localWatcher?.start().catch((err: unknown) => log.warn({ event: 'local.watch-failed', err: (err as Error).message }, `cannot watch local inputs: ${(err as Error).message}`));
   lifecycle = createLifecycleReporter(agent, log, { onCompleted: (result) => metrics?.lifecycleCompleted(result), onHeartbeat: () => metrics?.heartbeat() });
   lifecycle?.update(reconciler.status);

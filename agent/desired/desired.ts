@@ -10,7 +10,7 @@ import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
 import type { Channel, UserData } from '../sources/userdata.js';
 
 /** Bumped when the rendering changes, so every instance renders again after an upgrade. */
-export const RENDER_VERSION = 1;
+export const RENDER_VERSION = 2;
 
 export interface ParameterRef {
   readonly name: string;
@@ -67,7 +67,10 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
   const options = new Map<string, DesiredOption>();
   const modules = new Map<string, DesiredModule>();
   const secrets = new Map<string, DesiredSecret>();
-  const refs: (ParameterRef & { lastModified?: number; type: string })[] = [];
+  const refs: ParameterRef[] = [];
+  // Fed as it goes, one line per input, rather than from one JSON document of them all: a fleet's
+  // 10,000 parameters should not cost a second copy of themselves.
+  const digest = createHash('sha256').update(`v${RENDER_VERSION}\nuser-data ${input.userData.digest}\n`);
 
   if (input.userData.kind === 'ignored') notes.push(input.userData.reason);
   for (const skipped of input.ssm?.skipped ?? []) notes.push(`SSM prefix ${skipped.prefix} skipped: ${skipped.reason}`);
@@ -79,7 +82,8 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
     for (const p of byName) {
       const from: ParameterRef = { name: p.name, version: p.version };
       const where = `SSM parameter ${p.name} (version ${p.version})`;
-      refs.push({ ...from, type: p.type, ...(p.lastModified !== undefined ? { lastModified: p.lastModified } : {}) });
+      refs.push(from);
+      digest.update(`parameter ${JSON.stringify(p.name)} ${p.version} ${p.type} ${p.lastModified ?? '-'}\n`);
       const rel = p.name.startsWith(`${prefix}/`) ? p.name.slice(prefix.length + 1) : p.name;
       const slash = rel.indexOf('/');
       const kind = slash < 0 ? rel : rel.slice(0, slash);
@@ -123,18 +127,8 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
     }
   }
 
-  const sortedRefs = refs.map(({ name, version }) => ({ name, version }));
-  const hash = createHash('sha256')
-    .update(
-      JSON.stringify({
-        v: RENDER_VERSION,
-        userData: input.userData.digest,
-        parameters: refs.map((r) => [r.name, r.version, r.type, r.lastModified ?? null]),
-        base: input.local.baseConfiguration ?? null,
-        local: input.local.modules,
-      }),
-    )
-    .digest('hex');
+  digest.update(`local ${JSON.stringify({ base: input.local.baseConfiguration ?? null, modules: input.local.modules })}\n`);
+  const hash = digest.digest('hex');
 
   const ud = input.userData;
   return {
@@ -149,7 +143,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
     modules: [...modules.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
     secrets: [...secrets.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
     local: input.local,
-    sources: { userData: ud.digest, parameters: sortedRefs },
+    sources: { userData: ud.digest, parameters: refs },
     notes,
   };
 }

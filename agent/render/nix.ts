@@ -43,39 +43,21 @@ const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[
  * C strings, so the rest would be cut off silently) and lone UTF-16 surrogates (no UTF-8 encoding).
  */
 export function nixString(s: string, where = 'value'): string {
+  return quote(s, () => where);
+}
+
+const NIX_STRING_SPECIAL = /[\\"\n\r\t]|\$(?=\{)/g;
+const NIX_STRING_ESCAPES: Readonly<Record<string, string>> = { '\\': '\\\\', '"': '\\"', '\n': '\\n', '\r': '\\r', '\t': '\\t', $: '\\$' };
+
+/** nixString, naming its source only when it fails: a large render builds no names it never uses. */
+function quote(s: string, where: () => string): string {
   if (s.includes('\0')) {
-    throw new InvalidInputError('a string contains a NUL character, which a Nix string cannot hold', where);
+    throw new InvalidInputError('a string contains a NUL character, which a Nix string cannot hold', where());
   }
   if (LONE_SURROGATE.test(s)) {
-    throw new InvalidInputError('a string contains a lone UTF-16 surrogate, which is not valid Unicode', where);
+    throw new InvalidInputError('a string contains a lone UTF-16 surrogate, which is not valid Unicode', where());
   }
-  let out = '"';
-  for (let i = 0; i < s.length; i++) {
-    const c = s[i] as string;
-    switch (c) {
-      case '\\':
-        out += '\\\\';
-        break;
-      case '"':
-        out += '\\"';
-        break;
-      case '\n':
-        out += '\\n';
-        break;
-      case '\r':
-        out += '\\r';
-        break;
-      case '\t':
-        out += '\\t';
-        break;
-      case '$':
-        out += s[i + 1] === '{' ? '\\$' : '$';
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out + '"';
+  return `"${s.replace(NIX_STRING_SPECIAL, (c) => NIX_STRING_ESCAPES[c] as string)}"`;
 }
 
 /** An attribute name: bare when Nix allows it, else a quoted string (which evaluates to `name`). */
@@ -137,9 +119,9 @@ function nixFloat(v: number): string {
   return v < 0 ? `(-${literal})` : literal;
 }
 
-function nixNumber(v: number, where: string, at: string): string {
+function nixNumber(v: number, where: string, at: () => string): string {
   if (!Number.isFinite(v)) {
-    throw new InvalidInputError(`the number at ${at} is not finite (${v}); JSON has no such value`, where, { at });
+    throw new InvalidInputError(`the number at ${at()} is not finite (${v}); JSON has no such value`, where, { at: at() });
   }
   // Only safe integers are certainly the integer the JSON held; anything else is a float, as
   // Number.isInteger cannot tell 1e300 from an integer. -0 becomes 0: Nix integers have no sign
@@ -152,31 +134,43 @@ function pad(n: number): string {
   return ' '.repeat(n);
 }
 
-function render(v: Json, indent: number, where: string, at: string): string {
+/** Where a value sits in its JSON document, e.g. `.a[2]["b c"]`; built only for an error. */
+function atOf(path: readonly (string | number)[]): string {
+  return path.map((p) => (typeof p === 'number' ? `[${p}]` : IDENTIFIER.test(p) ? `.${p}` : `[${JSON.stringify(p)}]`)).join('');
+}
+
+function render(v: Json, indent: number, where: string, path: (string | number)[]): string {
   if (v === null) return 'null';
   switch (typeof v) {
     case 'boolean':
       return v ? 'true' : 'false';
     case 'number':
-      return nixNumber(v, where, at);
+      return nixNumber(v, where, () => atOf(path));
     case 'string':
-      return nixString(v, at === '' ? where : `${where} at ${at}`);
+      return quote(v, () => (path.length === 0 ? where : `${where} at ${atOf(path)}`));
   }
   if (Array.isArray(v)) {
     if (v.length === 0) return '[ ]';
     const inner = pad(indent + 2);
-    const items = v.map((item, i) => `${inner}${render(item, indent + 2, where, `${at}[${i}]`)}\n`);
-    return `[\n${items.join('')}${pad(indent)}]`;
+    let out = '[\n';
+    for (let i = 0; i < v.length; i++) {
+      path.push(i);
+      out += `${inner}${render(v[i] as Json, indent + 2, where, path)}\n`;
+      path.pop();
+    }
+    return `${out}${pad(indent)}]`;
   }
   const keys = Object.keys(v);
   if (keys.length === 0) return '{ }';
   const inner = pad(indent + 2);
-  const lines = keys.map((key) => {
-    const child = `${at}${IDENTIFIER.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`}`;
-    const name = nixAttrName(key, `${where} at ${child} (its name)`);
-    return `${inner}${name} = ${render(v[key] as Json, indent + 2, where, child)};\n`;
-  });
-  return `{\n${lines.join('')}${pad(indent)}}`;
+  let out = '{\n';
+  for (const key of keys) {
+    path.push(key);
+    const name = IDENTIFIER.test(key) && !KEYWORDS.has(key) ? key : nixAttrName(key, `${where} at ${atOf(path)} (its name)`);
+    out += `${inner}${name} = ${render(v[key] as Json, indent + 2, where, path)};\n`;
+    path.pop();
+  }
+  return `${out}${pad(indent)}}`;
 }
 
 /**
@@ -185,7 +179,7 @@ function render(v: Json, indent: number, where: string, at: string): string {
  * errors (a value that no Nix expression can hold throws InvalidInputError).
  */
 export function nixValue(v: Json, indent = 0, where = 'value'): string {
-  return render(v, indent, where, '');
+  return render(v, indent, where, []);
 }
 
 /** A `# …` comment that always ends at its own line: no newline or control character survives. */
