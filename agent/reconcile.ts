@@ -14,7 +14,7 @@ import type { RenderWriter } from './render/write.js';
 import type { Snapshots, SourceReader } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { LAST_GOOD_CONFIGURATION, STATE_DIR, type DurableState, type StateStore } from './state.js';
-import type { Condition, ErrorSummary, Outcome, Status, StatusPhase } from './status.js';
+import { startingStatus, type Condition, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
 
 export interface ReconcilerDeps {
@@ -51,18 +51,7 @@ export class Reconciler {
   private leaving: string | undefined;
 
   constructor(private readonly deps: ReconcilerDeps) {
-    this.current = {
-      version: 1,
-      pid: process.pid,
-      updatedAt: new Date(deps.clock.now()).toISOString(),
-      phase: 'starting',
-      condition: 'converging',
-      firstConvergenceDone: false,
-      message: 'starting',
-      noGoodGeneration: false,
-      reasons: [],
-      rebootRequired: false,
-    };
+    this.current = startingStatus(deps.clock.now(), process.pid);
   }
 
   get status(): Status {

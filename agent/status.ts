@@ -48,6 +48,22 @@ export interface Status {
   readonly lastSuccessAt?: string;
 }
 
+/** The status of an agent that has not finished anything yet. */
+export function startingStatus(now: number, pid: number): Status {
+  return {
+    version: 1,
+    pid,
+    updatedAt: new Date(now).toISOString(),
+    phase: 'starting',
+    condition: 'converging',
+    firstConvergenceDone: false,
+    message: 'starting',
+    noGoodGeneration: false,
+    reasons: [],
+    rebootRequired: false,
+  };
+}
+
 /** `status` exit codes: 0 converged, 1 failed with no good generation, 2 degraded. */
 export function statusExitCode(status: Pick<Status, 'condition'>): 0 | 1 | 2 {
   switch (status.condition) {

@@ -6,26 +6,14 @@ import { buildDesired } from '../../agent/desired/desired.js';
 import { HttpServer, parseListen } from '../../agent/report/http.js';
 import { Secret } from '../../agent/secret.js';
 import { interpretUserData } from '../../agent/sources/userdata.js';
-import type { Status } from '../../agent/status.js';
+import { startingStatus, type Status } from '../../agent/status.js';
 
 const GOOD = '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a';
 const NEW = '/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b';
 const HASH = 'd'.repeat(64);
 
 function status(patch: Partial<Status> = {}): Status {
-  return {
-    version: 1,
-    pid: 1,
-    updatedAt: '2025-01-01T00:00:00.000Z',
-    phase: 'starting',
-    condition: 'converging',
-    firstConvergenceDone: false,
-    message: 'starting',
-    noGoodGeneration: false,
-    reasons: [],
-    rebootRequired: false,
-    ...patch,
-  };
+  return { ...startingStatus(Date.parse('2025-01-01T00:00:00.000Z'), 1), ...patch };
 }
 
 const PHASES: Record<string, Status> = {

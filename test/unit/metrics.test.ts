@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { ApplyFailedError, ImdsDisabledError, InvalidInputError, TransientError } from '../../agent/errors.js';
 import { mapSsmError } from '../../agent/sources/ssm.js';
 import { AgentMetrics, fetchErrorOf, PhaseTimer } from '../../agent/report/metrics.js';
-import type { Status } from '../../agent/status.js';
+import { startingStatus, type Status } from '../../agent/status.js';
 import { ManualClock } from '../emulators/clock.js';
 
 const HASH = 'a'.repeat(64);
@@ -11,19 +11,7 @@ const NEXT = 'b'.repeat(64);
 const STORE = '/nix/store/cccccccccccccccccccccccccccccccc-nixos-system-c';
 
 function status(patch: Partial<Status> = {}): Status {
-  return {
-    version: 1,
-    pid: 1,
-    updatedAt: '2025-01-01T00:00:00.000Z',
-    phase: 'starting',
-    condition: 'converging',
-    firstConvergenceDone: false,
-    message: 'starting',
-    noGoodGeneration: false,
-    reasons: [],
-    rebootRequired: false,
-    ...patch,
-  };
+  return { ...startingStatus(Date.parse('2025-01-01T00:00:00.000Z'), 1), ...patch };
 }
 
 interface Sample {
