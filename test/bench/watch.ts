@@ -11,44 +11,12 @@
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Instance, type Running } from '../support/e2e.js';
+import { Instance, LiveLog } from '../support/e2e.js';
 import { epochMs, intFlag, median, parseBenchArgs, ratio, round, type BenchResult, type Print } from './common.js';
 
 const DEFAULT_INTERVAL_S = 60;
 const RSS_TARGET_MIB = 60;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-interface LogEvent {
-  readonly event?: string;
-  readonly stage?: string;
-  readonly time?: string;
-  readonly [k: string]: unknown;
-}
-
-class LiveLog {
-  readonly events: LogEvent[] = [];
-  private partial = '';
-  constructor(run: Running) {
-    run.child.stdout?.on('data', (chunk: Buffer) => {
-      const lines = (this.partial + chunk.toString('utf8')).split('\n');
-      this.partial = lines.pop() ?? '';
-      for (const line of lines) {
-        if (!line.startsWith('{')) continue;
-        try {
-          this.events.push(JSON.parse(line) as LogEvent);
-        } catch {
-          // Not one of the agent's lines.
-        }
-      }
-    });
-  }
-  builds(): LogEvent[] {
-    return this.events.filter((e) => e.event === 'step.start' && e.stage === 'build');
-  }
-  passEnds(): number {
-    return this.events.filter((e) => e.event === 'pass.end').length;
-  }
-}
 
 async function until<T>(what: string, check: () => T | undefined, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -98,7 +66,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const log = new LiveLog(running);
   const pid = running.child.pid!;
   try {
-    await until('the first convergence', () => (log.passEnds() >= 1 ? true : undefined));
+    await until('the first convergence', () => (log.of('pass.end').length >= 1 ? true : undefined));
     print(`watch: daemon pid ${pid}, poll every ${intervalS} s, quiet period 200 ms; ${runs} run(s) per latency`);
 
     // Change → rebuild start, SSM.
@@ -144,9 +112,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     // Idle: SSM calls per poll, RSS and CPU.
     await sleep(1_000);
     inst.world.ssm.resetCounters();
-    const passesBefore = log.passEnds();
+    const passesBefore = log.of('pass.end').length;
     const idle = await idleUsage(pid, windowMs);
-    const polls = log.passEnds() - passesBefore;
+    const polls = log.of('pass.end').length - passesBefore;
     const counts = inst.world.ssm.callCounts();
     const calls = Object.values(counts).reduce((a, b) => a + b, 0);
     const callsPerPoll = polls > 0 ? calls / polls : NaN;

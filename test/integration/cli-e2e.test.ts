@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { cleanEnv } from '../sandbox/sandbox.js';
-import { AWS_CLI, CLI, hasAwsCli, Instance, markerModule, parseJson, terminate, type CliResult, type StatusJson } from '../support/e2e.js';
+import { AWS_CLI, CLI, hasAwsCli, markerModule, parseJson, terminate, type CliResult, type StatusJson, withInstance } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
 const COMMANDS = ['run', 'converge', 'render', 'status', 'generations', 'rollback', 'suspend', 'resume', 'emulate', 'sandbox'];
@@ -37,14 +37,6 @@ function run(command: string, args: readonly string[], env: Record<string, strin
   });
 }
 
-async function withInstance(options: Parameters<typeof Instance.launch>[0], body: (i: Instance) => Promise<void>): Promise<void> {
-  const instance = await Instance.launch(options);
-  try {
-    await body(instance);
-  } finally {
-    await instance.close();
-  }
-}
 
 describe('the command line', { concurrency: true }, () => {
   test('--help of every command exits 0; usage errors exit 2', async () => {

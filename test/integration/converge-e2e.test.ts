@@ -7,20 +7,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { Instance, hasNix } from '../support/e2e.js';
+import { hasNix, withInstance } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
 const FLEET_MODULE = { Name: '/nixos/fleet/modules/motd', Value: '{ ... }:\n{\n  users.motd = "hello";\n}\n', Type: 'String' as const };
 const NIX_USER_DATA = '# a NixOS module, as amazon-init reads it\n{ config, pkgs, ... }:\n{\n  services.nginx.enable = true;\n}\n';
 
-async function withInstance(options: Parameters<typeof Instance.launch>[0], body: (i: Instance) => Promise<void>): Promise<void> {
-  const instance = await Instance.launch(options);
-  try {
-    await body(instance);
-  } finally {
-    await instance.close();
-  }
-}
 
 describe('converge --once end to end', { concurrency: true }, () => {
   test('first convergence, nothing changed, an SSM push, and a reboot', async () => {

@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { SdkAutoScaling, mapAutoScalingError } from '../../agent/aws/autoscaling.js';
 import { InvalidInputError, TransientError } from '../../agent/errors.js';
 import { AutoScalingEmulator } from '../emulators/autoscaling.js';
-import { deepMerge, Instance, markerModule } from '../support/e2e.js';
+import { deepMerge, Instance, markerModule, withInstance } from '../support/e2e.js';
 
 const CREDENTIALS = { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'example-secret-access-key' };
 const GROUP = 'web-asg';
@@ -97,17 +97,17 @@ describe('SdkAutoScaling against the Auto Scaling emulator', () => {
 });
 
 /** The agent with its lifecycle reporting on, over a fresh sandboxed instance in its group. */
-async function withInstance(options: { userData?: string; config?: Record<string, unknown> }, body: (i: Instance) => Promise<void>): Promise<void> {
-  const i = await Instance.launch({
-    ...(options.userData !== undefined ? { userData: options.userData } : {}),
-    config: deepMerge({ lifecycle: { enabled: true, heartbeatSeconds: 10, budgetSeconds: 300 } }, options.config ?? {}),
-  });
-  try {
-    assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'Pending:Wait', 'the instance launches into its hook');
-    await body(i);
-  } finally {
-    await i.close();
-  }
+async function withGroupInstance(options: { userData?: string; config?: Record<string, unknown> }, body: (i: Instance) => Promise<void>): Promise<void> {
+  await withInstance(
+    {
+      ...(options.userData !== undefined ? { userData: options.userData } : {}),
+      config: deepMerge({ lifecycle: { enabled: true, heartbeatSeconds: 10, budgetSeconds: 300 } }, options.config ?? {}),
+    },
+    async (i) => {
+      assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'Pending:Wait', 'the instance launches into its hook');
+      await body(i);
+    },
+  );
 }
 
 /** The lifecycle actions the agent sent, in order. */
@@ -119,7 +119,7 @@ function lifecycleOps(i: Instance): string[] {
 
 describe('the agent completes its launch hook', { concurrency: true }, () => {
   test('converge --once completes with CONTINUE: InService, by instance id, and only once across runs', async () => {
-    await withInstance({ userData: '{ ... }: { environment.etc."greeting".text = "hello"; }\n' }, async (i) => {
+    await withGroupInstance({ userData: '{ ... }: { environment.etc."greeting".text = "hello"; }\n' }, async (i) => {
       const first = await i.converge();
       assert.equal(first.code, 0, first.stderr);
       assert.equal(first.status.condition, 'converged');
@@ -136,7 +136,7 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
   });
 
   test('ABANDON when no good generation can run (the rollback target fails its probe too), and no Unhealthy', async () => {
-    await withInstance(
+    await withGroupInstance(
       {
         userData: '{ ... }: { environment.etc."greeting".text = "hello"; }\n',
         config: { health: { probes: [{ name: 'always-fails', command: { argv: ['false'], timeoutMs: 5_000 } }] } },
@@ -158,7 +158,7 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
   });
 
   test('heartbeats while a build hangs; the build times out on the image generation, which is good: CONTINUE', async () => {
-    await withInstance(
+    await withGroupInstance(
       { userData: markerModule('sandbox-hang'), config: { rebuild: { buildTimeoutSeconds: 2 }, lifecycle: { heartbeatSeconds: 0.3 } } },
       async (i) => {
         const run = await i.converge();
@@ -178,7 +178,7 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
   });
 
   test('ABANDON when the launch budget passes while the build still hangs', async () => {
-    await withInstance(
+    await withGroupInstance(
       { userData: markerModule('sandbox-hang'), config: { rebuild: { buildTimeoutSeconds: 3 }, lifecycle: { heartbeatSeconds: 0.3, budgetSeconds: 1 } } },
       async (i) => {
         const run = await i.converge();

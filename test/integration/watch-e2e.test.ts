@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { hasNix, Instance, markerModule, waitFor, type Running, type StatusJson } from '../support/e2e.js';
+import { hasNix, Instance, LiveLog, markerModule, waitFor, type Running, type StatusJson } from '../support/e2e.js';
 
 const DAEMON_CONFIG = {
   ssm: { pollIntervalSeconds: 0.5, pollJitter: 0 },
@@ -35,32 +35,6 @@ async function converged(inst: Instance, what: string, check: (s: StatusJson) =>
 
 const hasParam = (name: string) => (s: StatusJson) => s.desired?.sources.parameters.some((p) => p.name === name) ?? false;
 
-/** The daemon's structured log, read live from its stdout (the harness appends it to agent.log only at exit). */
-class LiveLog {
-  readonly events: Record<string, unknown>[] = [];
-  private partial = '';
-  constructor(run: Running) {
-    run.child.stdout?.on('data', (chunk: Buffer) => {
-      const lines = (this.partial + chunk.toString('utf8')).split('\n');
-      this.partial = lines.pop() ?? '';
-      for (const line of lines) {
-        if (!line.startsWith('{')) continue;
-        try {
-          this.events.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          // A child's output line that merely starts with a brace.
-        }
-      }
-    });
-  }
-  builds(): number {
-    return this.events.filter((e) => e.event === 'step.start' && e.stage === 'build').length;
-  }
-  of(event: string): Record<string, unknown>[] {
-    return this.events.filter((e) => e.event === event);
-  }
-}
-
 async function daemon(t: { after: (fn: () => Promise<void>) => void }, options: Parameters<typeof Instance.launch>[0] = {}): Promise<{ inst: Instance; run: Running; log: LiveLog }> {
   const inst = await Instance.launch({ ...options, config: { ...DAEMON_CONFIG, ...(options.config ?? {}) } });
   const run = inst.start(['run']);
@@ -81,7 +55,7 @@ const option = (name: string) => `/nixos/fleet/options/${name}`;
 describe('the daemon over a sandbox', { concurrency: true }, () => {
   test('a parameter pushed through SSM converges at the next poll, and an idle poll costs one SSM call', opts, async (t) => {
     const { inst, log } = await daemon(t, { parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] });
-    const builds = log.builds();
+    const builds = log.builds().length;
     inst.world.ssm.resetCounters();
     await new Promise((r) => setTimeout(r, 1_600));
     const idle = inst.world.ssm.callCounts();
@@ -90,18 +64,18 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     inst.put(option('networking.hostName'), '"web-1"');
     inst.put('/nixos/fleet/revision', '2');
     await converged(inst, 'the pushed parameter', hasParam(option('networking.hostName')));
-    assert.equal(log.builds(), builds + 1);
+    assert.equal(log.builds().length, builds + 1);
     const lastPass = log.of('pass.start').at(-1);
     assert.equal(lastPass?.trigger, 'poll');
   });
 
   test('20 pushes at once give one rebuild; a push without a revision parameter is still seen (full fetch)', opts, async (t) => {
     const { inst, log } = await daemon(t);
-    const builds = log.builds();
+    const builds = log.builds().length;
     for (let i = 0; i < 20; i++) inst.put(option(`environment.variables.V${i}`), `"${i}"`);
     await converged(inst, 'all 20', (s) => (s.desired?.sources.parameters.length ?? 0) === 20);
     await new Promise((r) => setTimeout(r, 1_200));
-    assert.equal(log.builds(), builds + 1);
+    assert.equal(log.builds().length, builds + 1);
   });
 
   test('a change during a slow pass gives exactly one more rebuild, of the latest state', opts, async (t) => {
@@ -109,7 +83,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
       parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }],
       config: { health: { probes: [{ name: 'slow', command: { argv: ['sleep', '1'] } }] } },
     });
-    const builds = log.builds();
+    const builds = log.builds().length;
     inst.put(option('networking.hostName'), '"a"');
     inst.put('/nixos/fleet/revision', '2');
     await waitFor('verifying', async () => ((await statusFile(inst))?.phase === 'verifying' ? true : undefined));
@@ -117,12 +91,12 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     inst.put('/nixos/fleet/revision', '3');
     await converged(inst, 'the latest state', (s) => s.desired?.sources.parameters.some((p) => p.name === option('networking.hostName') && p.version === 6) ?? false);
     await new Promise((r) => setTimeout(r, 1_500));
-    assert.equal(log.builds(), builds + 2);
+    assert.equal(log.builds().length, builds + 2);
   });
 
   test('a newer state cancels a hung build and converges to it', opts, async (t) => {
     const { inst, log } = await daemon(t, { parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] });
-    const builds = log.builds();
+    const builds = log.builds().length;
     inst.put('/nixos/fleet/modules/app', markerModule('sandbox-hang'));
     inst.put('/nixos/fleet/revision', '2');
     await waitFor('the hung build', async () => ((await statusFile(inst))?.phase === 'building' ? true : undefined));
@@ -130,7 +104,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     inst.put('/nixos/fleet/revision', '3');
     const s = await converged(inst, 'the fixed module', (x) => x.desired?.sources.parameters.some((p) => p.name === '/nixos/fleet/modules/app' && p.version === 2) ?? false);
     assert.equal(s.lastResult?.outcome, 'converged');
-    assert.equal(log.builds(), builds + 2);
+    assert.equal(log.builds().length, builds + 2);
     const outcomes = log.of('pass.end').map((e) => e.outcome);
     assert.ok(outcomes.includes('cancelled'), `a pass was cancelled: ${outcomes.join(', ')}`);
     assert.doesNotMatch(await inst.configuration(), /sandbox-hang/);
@@ -139,11 +113,11 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
   test('a file dropped into local.d converges', opts, async (t) => {
     // No poll to race the watcher: only the file event can start the pass.
     const { inst, log } = await daemon(t, { config: { ssm: { pollIntervalSeconds: 3_600 } } });
-    const builds = log.builds();
+    const builds = log.builds().length;
     const dir = inst.file('etc/nixos-ec2-agent/local.d');
     await mkdir(dir, { recursive: true });
     await writeFile(path.join(dir, 'extra.nix'), '{ ... }: { environment.etc."extra".text = "x"; }\n');
-    await waitFor('the local module rebuilt', async () => (log.builds() > builds ? true : undefined));
+    await waitFor('the local module rebuilt', async () => (log.builds().length > builds ? true : undefined));
     await converged(inst, 'after the local change');
     assert.match(await inst.configuration(), /extra\.nix/);
     const triggers = log.of('pass.start').map((e) => String(e.trigger));
@@ -152,7 +126,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
 
   test('a terminating instance starts no new rebuild and says so', opts, async (t) => {
     const { inst, log } = await daemon(t);
-    const builds = log.builds();
+    const builds = log.builds().length;
     inst.world.imds.setTargetLifecycleState('Terminated');
     await waitFor('stopping in status', async () => ((await statusFile(inst))?.phase === 'stopping' ? true : undefined));
     inst.put(option('networking.hostName'), '"late"');
@@ -160,7 +134,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     assert.equal(now.code, 1);
     assert.match(now.stdout, /leaving/);
     await new Promise((r) => setTimeout(r, 1_500));
-    assert.equal(log.builds(), builds);
+    assert.equal(log.builds().length, builds);
     const s = await statusFile(inst);
     assert.equal(s?.phase, 'stopping');
     assert.match(s?.message ?? '', /Terminated/);
@@ -178,14 +152,14 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     assert.equal(suspended.code, 0);
     const s = (JSON.parse(suspended.stdout) as { status: StatusJson }).status;
     assert.ok(s.suspended?.since, 'status says since when');
-    const builds = log.builds();
+    const builds = log.builds().length;
     inst.put(option('networking.hostName'), '"while suspended"');
     const during = JSON.parse((await inst.run(['converge', '--now', '--json'])).stdout) as { outcome: string };
     assert.equal(during.outcome, 'suspended');
-    assert.equal(log.builds(), builds);
+    assert.equal(log.builds().length, builds);
     assert.equal((await inst.run(['resume'])).code, 0);
     await converged(inst, 'after resume', (x) => x.desired?.sources.parameters.some((p) => p.version === 2) ?? false);
-    assert.equal(log.builds(), builds + 1);
+    assert.equal(log.builds().length, builds + 1);
   });
 
   test('SIGHUP rereads the configuration and converges; SIGTERM exits 0', opts, async (t) => {

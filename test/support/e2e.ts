@@ -269,6 +269,46 @@ export interface LogLine {
   readonly [key: string]: unknown;
 }
 
+/** A fresh instance for `body`, removed afterwards whatever `body` did. */
+export async function withInstance(options: InstanceOptions, body: (i: Instance) => Promise<void>): Promise<void> {
+  const instance = await Instance.launch(options);
+  try {
+    await body(instance);
+  } finally {
+    await instance.close();
+  }
+}
+
+/** A running agent's structured log, read live from its stdout (agent.log gets it only at exit). */
+export class LiveLog {
+  readonly events: LogLine[] = [];
+  private partial = '';
+
+  constructor(run: Running) {
+    run.child.stdout?.on('data', (chunk: Buffer) => {
+      const lines = (this.partial + chunk.toString('utf8')).split('\n');
+      this.partial = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line.startsWith('{')) continue;
+        try {
+          this.events.push(JSON.parse(line) as LogLine);
+        } catch {
+          // A child's output line that merely starts with a brace.
+        }
+      }
+    });
+  }
+
+  of(event: string): LogLine[] {
+    return this.events.filter((e) => e.event === event);
+  }
+
+  /** Every build the agent started, in order. */
+  builds(): LogLine[] {
+    return this.of('step.start').filter((e) => e.stage === 'build');
+  }
+}
+
 /** The parts of `status --json` the tests read. */
 export interface StatusJson {
   readonly condition: string;
