@@ -2,6 +2,7 @@
 // command and everything it started (nix-build forks builders; a hung build must not linger).
 import { spawn } from 'node:child_process';
 import { StringDecoder } from 'node:string_decoder';
+import { childEnv } from './report/notify.js';
 import type { OutputStream, RunRequest, RunResult, Runner } from './ports.js';
 
 const TAIL_LINES = 40;
@@ -27,7 +28,8 @@ export class ProcessRunner implements Runner {
 
       const child = spawn(request.command, [...request.args], {
         cwd: request.cwd,
-        env: { ...inheritedEnv(process.env), ...request.env },
+        // Less what systemd gave the agent alone: a child must not report or feed the watchdog for it.
+        env: { ...childEnv(process.env), ...request.env },
         detached: true,
         stdio: [request.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
       });
@@ -115,15 +117,3 @@ export class ProcessRunner implements Runner {
   }
 }
 
-/**
- * The agent's environment less what systemd gave the agent alone: a child holding NOTIFY_SOCKET
- * could report readiness or feed the watchdog in the agent's name.
- */
-export function inheritedEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  const out: NodeJS.ProcessEnv = {};
-  for (const [key, value] of Object.entries(env)) {
-    if (key === 'NOTIFY_SOCKET' || key.startsWith('WATCHDOG_') || key.startsWith('LISTEN_')) continue;
-    out[key] = value;
-  }
-  return out;
-}
