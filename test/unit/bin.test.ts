@@ -1,0 +1,25 @@
+// The package's bin runs as a program of its own (npx and the Nix wrapper exec it directly), not
+// only as `node dist/agent/cli.js`.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+
+describe('the bin', () => {
+  const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { bin: Record<string, string> };
+  const bin = `${ROOT}${pkg.bin['nixos-ec2-agent']}`;
+
+  it('is executable, with a node shebang', () => {
+    assert.ok((statSync(bin).mode & 0o111) !== 0, `${bin} has an execute bit`);
+    assert.match(readFileSync(bin, 'utf8').split('\n')[0] ?? '', /^#!\/usr\/bin\/env node$/);
+  });
+
+  it('runs directly and prints its help', () => {
+    const run = spawnSync(bin, ['--help'], { encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /usage: nixos-ec2-agent COMMAND/);
+  });
+});
