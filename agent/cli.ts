@@ -2,7 +2,8 @@
 // The composition root: parse the command line, build the real edges, run, and map the outcome to
 // an exit code (0 success, 1 the work failed and the instance is on a good generation, 2 bad usage
 // or invalid input, nothing switched). Imports are lazy per command so the daemon's start stays
-// fast; `emulate` and `sandbox` are the only commands that reach test/.
+// fast; `emulate` and `sandbox` hand over to the sandbox, a program of its own (sandbox/) that the
+// agent never imports.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -103,15 +104,31 @@ const commands: Record<string, Command> = {
     summary: 'start the IMDS, SSM and Auto Scaling emulators on 127.0.0.1 and print their endpoints',
     usage: 'emulate [--user-data FILE] [--parameters FILE] [--instance FILE] [--host ADDR] [--imds-port N] [--ssm-port N] [--autoscaling-port N]',
     options: { ...emulateFlags, help: common.help as Options[string] },
-    run: async (v) => (await import('../test/sandbox/emulate.js')).emulateCommand(v),
+    run: async (v) => (await loadSandbox()).emulateCommand(v),
   },
   sandbox: {
     summary: 'emulators + agent over a sandboxed root with the stand-in nixos-rebuild',
     usage: 'sandbox [--dir DIR] [--once] [--json] [emulate flags]',
     options: { ...emulateFlags, dir: { type: 'string' }, once: { type: 'boolean' }, json: { type: 'boolean' }, help: common.help as Options[string] },
-    run: async (v) => (await import('../test/sandbox/sandbox.js')).sandboxCommand(v),
+    run: async (v) => (await loadSandbox()).sandboxCommand(v),
   },
 };
+
+type Flags = Record<string, string | boolean | undefined>;
+
+interface SandboxCommands {
+  emulateCommand(flags: Flags): Promise<number>;
+  sandboxCommand(flags: Flags): Promise<number>;
+}
+
+/**
+ * The sandbox is compiled apart (dist/sandbox) and shipped beside the agent. The specifier is a
+ * variable so the compiler does not pull the sandbox's sources into the agent's program.
+ */
+async function loadSandbox(): Promise<SandboxCommands> {
+  const specifier: string = '../sandbox/index.js';
+  return (await import(specifier)) as SandboxCommands;
+}
 
 /** Where the NixOS module and the unit put the configuration; commands find it without --config. */
 const DEFAULT_CONFIG = '/etc/nixos-ec2-agent/config.json';

@@ -22,18 +22,18 @@ buildNpmPackage {
   version = (lib.importJSON ../package.json).version;
 
   # Only what `npm ci`, `tsc` and node-gyp read: editing the NixOS module, the unit file or the
-  # docs must not rebuild the package. test/ is compiled too (tsconfig includes it) and ships in
-  # dist/: the `emulate` and `sandbox` commands load the emulators and the stand-in from there.
+  # docs must not rebuild the package. The build compiles agent/ and sandbox/ (the `emulate` and
+  # `sandbox` commands load the emulators and the stand-in from dist/sandbox); test/ is not shipped.
   src = lib.fileset.toSource {
     inherit root;
     fileset = lib.fileset.unions [
       ../package.json
       ../package-lock.json
-      ../tsconfig.json
+      ../tsconfig.base.json
       ../binding.gyp
       ../native
       ../agent
-      ../test
+      ../sandbox
     ];
   };
 

@@ -13,9 +13,9 @@ import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { cleanEnv } from '../sandbox/sandbox.js';
-import { World } from '../sandbox/world.js';
-import { bootMachine } from '../standin/install.js';
+import { cleanEnv } from '../../sandbox/sandbox.js';
+import { World } from '../../sandbox/world.js';
+import { bootMachine } from '../../sandbox/standin/install.js';
 import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, table, type BenchResult, type Print } from './common.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));

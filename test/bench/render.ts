@@ -17,7 +17,7 @@ import { renderPlan, type RenderPlan } from '../../agent/render/render.js';
 import { Secret } from '../../agent/secret.js';
 import { SsmSource, type SsmParameter, type SsmSnapshot } from '../../agent/sources/ssm.js';
 import { interpretUserData } from '../../agent/sources/userdata.js';
-import { SsmEmulator } from '../emulators/ssm.js';
+import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
 import { intFlag, median, parseBenchArgs, ratio, spread, type BenchResult, type Figure, type Print } from './common.js';
 
 const TARGET_MS = 200;

@@ -7,8 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { AutoScalingEmulator, LAUNCHING } from './autoscaling.js';
-import { ManualClock } from './clock.js';
+import { AutoScalingEmulator, LAUNCHING } from '../../sandbox/emulators/autoscaling.js';
+import { ManualClock } from '../support/clock.js';
 
 // The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
 const AWS = '/usr/bin/aws';

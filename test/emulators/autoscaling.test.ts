@@ -12,8 +12,8 @@ import {
   RecordLifecycleActionHeartbeatCommand,
   SetInstanceHealthCommand,
 } from '@aws-sdk/client-auto-scaling';
-import { AutoScalingEmulator, type AutoScalingEmulatorOptions, LAUNCHING } from './autoscaling.js';
-import { ManualClock } from './clock.js';
+import { AutoScalingEmulator, type AutoScalingEmulatorOptions, LAUNCHING } from '../../sandbox/emulators/autoscaling.js';
+import { ManualClock } from '../support/clock.js';
 
 const GROUP = 'web-asg';
 const HOOK = 'launch-hook';

@@ -8,8 +8,8 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { gzipSync, gunzipSync } from 'node:zlib';
 import { MetadataService } from '@aws-sdk/ec2-metadata-service';
-import { ImdsEmulator, ImdsEmulatorConfigError, defaultInstance, isMetadataTagKey } from './imds.js';
-import { ManualClock } from './clock.js';
+import { ImdsEmulator, ImdsEmulatorConfigError, defaultInstance, isMetadataTagKey } from '../../sandbox/emulators/imds.js';
+import { ManualClock } from '../support/clock.js';
 
 interface Reply {
   readonly status: number;

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { SsmEmulator } from './ssm.js';
+import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
 
 // The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
 const AWS = '/usr/bin/aws';

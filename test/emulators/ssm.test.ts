@@ -16,9 +16,9 @@ import {
   type SSMClientConfig,
 } from '@aws-sdk/client-ssm';
 import type { Clock } from '../../agent/ports.js';
-import { ManualClock } from './clock.js';
-import { SsmEmulator, SsmServiceError } from './ssm.js';
-import { TokenBucket } from './token-bucket.js';
+import { ManualClock } from '../support/clock.js';
+import { SsmEmulator, SsmServiceError } from '../../sandbox/emulators/ssm.js';
+import { TokenBucket } from '../../sandbox/emulators/token-bucket.js';
 
 const AUTH =
   'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20240101/us-east-1/ssm/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=0123456789abcdef';

@@ -7,7 +7,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { cleanEnv } from '../sandbox/sandbox.js';
+import { cleanEnv } from '../../sandbox/sandbox.js';
 import { AWS_CLI, CLI, hasAwsCli, markerModule, parseJson, terminate, type CliResult, type StatusJson, withInstance } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };

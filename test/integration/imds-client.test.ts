@@ -8,7 +8,7 @@ import { gzipSync } from 'node:zlib';
 import { ImdsClient } from '../../agent/aws/imds.js';
 import { ImdsDisabledError, TransientError } from '../../agent/errors.js';
 import { systemClock } from '../../agent/ports.js';
-import { defaultInstance, ImdsEmulator } from '../emulators/imds.js';
+import { defaultInstance, ImdsEmulator } from '../../sandbox/emulators/imds.js';
 
 describe('ImdsClient against the IMDS emulator', () => {
   let emulator: ImdsEmulator;

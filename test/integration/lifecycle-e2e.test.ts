@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SdkAutoScaling, mapAutoScalingError } from '../../agent/aws/autoscaling.js';
 import { InvalidInputError, TransientError } from '../../agent/errors.js';
-import { AutoScalingEmulator } from '../emulators/autoscaling.js';
+import { AutoScalingEmulator } from '../../sandbox/emulators/autoscaling.js';
 import { deepMerge, Instance, markerModule, withInstance } from '../support/e2e.js';
 
 const CREDENTIALS = { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'example-secret-access-key' };

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { cleanEnv, openSandbox, type Sandbox } from '../sandbox/sandbox.js';
+import { cleanEnv, openSandbox, type Sandbox } from '../../sandbox/sandbox.js';
 
 const LISTENER = fileURLToPath(new URL('../../../test/support/dgram-listener.py', import.meta.url));
 const ADDON = fileURLToPath(new URL('../../../build/Release/sd_notify.node', import.meta.url));

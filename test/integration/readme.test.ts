@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { cleanEnv, openSandbox, type Sandbox } from '../sandbox/sandbox.js';
-import { freePort } from '../emulators/server.js';
+import { cleanEnv, openSandbox, type Sandbox } from '../../sandbox/sandbox.js';
+import { freePort } from '../../sandbox/emulators/server.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));

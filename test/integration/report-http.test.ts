@@ -11,8 +11,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import type { Status } from '../../agent/status.js';
-import { cleanEnv, openSandbox, runAgent, type Sandbox } from '../sandbox/sandbox.js';
-import { freePort } from '../emulators/server.js';
+import { cleanEnv, openSandbox, runAgent, type Sandbox } from '../../sandbox/sandbox.js';
+import { freePort } from '../../sandbox/emulators/server.js';
 
 const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 const DEMO_SECRET = 'sandbox-demo-token-0f3c9a';

@@ -10,7 +10,7 @@ import { InvalidInputError, TransientError } from '../../agent/errors.js';
 import type { Clock } from '../../agent/ports.js';
 import { Secret } from '../../agent/secret.js';
 import { SsmSource, type Placeholders } from '../../agent/sources/ssm.js';
-import { SsmEmulator } from '../emulators/ssm.js';
+import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
 
 const PREFIXES = ['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}'];
 const PLACES: Placeholders = { 'instance-id': 'i-0123456789abcdef0', region: 'us-east-1', asg: 'web' };

@@ -10,9 +10,9 @@ import { dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { ProcessRunner } from '../../agent/runner.js';
 import type { RunResult } from '../../agent/ports.js';
-import { type StandinPaths, bootMachine, installStandins } from './install.js';
-import { pathLiterals } from './nixpaths.js';
-import { findNixInstantiate, nixBase32 } from './system.js';
+import { type StandinPaths, bootMachine, installStandins } from '../../sandbox/standin/install.js';
+import { pathLiterals } from '../../sandbox/standin/nixpaths.js';
+import { findNixInstantiate, nixBase32 } from '../../sandbox/standin/system.js';
 
 const runner = new ProcessRunner(200);
 const scratch: string[] = [];

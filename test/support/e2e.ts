@@ -8,9 +8,9 @@ import { appendFile, mkdtemp, readFile, readdir, readlink, rm, writeFile } from 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { PutParameterRequest } from '../emulators/ssm.js';
-import { cleanEnv, openSandbox, type Sandbox } from '../sandbox/sandbox.js';
-import type { InstanceSpec } from '../sandbox/world.js';
+import type { PutParameterRequest } from '../../sandbox/emulators/ssm.js';
+import { cleanEnv, openSandbox, type Sandbox } from '../../sandbox/sandbox.js';
+import type { InstanceSpec } from '../../sandbox/world.js';
 
 export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 export const NIX_INSTANTIATE = '/usr/bin/nix-instantiate';

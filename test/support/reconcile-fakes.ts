@@ -22,7 +22,7 @@ import type { SsmParameter } from '../../agent/sources/ssm.js';
 import { StateStore } from '../../agent/state.js';
 import type { Status } from '../../agent/status.js';
 import type { HealthChecker, Verdict } from '../../agent/verify/health.js';
-import { ManualClock } from '../emulators/clock.js';
+import { ManualClock } from '../support/clock.js';
 import { NO_LOCAL, userData } from './desired.js';
 
 export const PROFILES = '/nix/var/nix/profiles';

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { inWindow, KernelPolicy, minutesUntilWindow, parseHHMM, type SetInstanceHealth } from '../../agent/apply/kernel.js';
 import type { RunRequest, RunResult, Runner } from '../../agent/ports.js';
-import { ManualClock } from '../emulators/clock.js';
+import { ManualClock } from '../support/clock.js';
 
 const at = (hhmm: string) => parseHHMM(hhmm);
 

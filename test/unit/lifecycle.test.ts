@@ -12,7 +12,7 @@ import { RootFs } from '../../agent/fs.js';
 import { silentLogger } from '../../agent/log.js';
 import { LIFECYCLE_FILE, LifecycleReporter, type Location } from '../../agent/report/lifecycle.js';
 import type { Status } from '../../agent/status.js';
-import { ManualClock, settle } from '../emulators/clock.js';
+import { ManualClock, settle } from '../support/clock.js';
 
 const INSTANCE = 'i-0123456789abcdef0';
 const GROUP = 'web-asg';

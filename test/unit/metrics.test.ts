@@ -4,7 +4,7 @@ import { ApplyFailedError, ImdsDisabledError, InvalidInputError, TransientError 
 import { mapSsmError } from '../../agent/sources/ssm.js';
 import { AgentMetrics, fetchErrorOf, PhaseTimer } from '../../agent/report/metrics.js';
 import { startingStatus, type Status } from '../../agent/status.js';
-import { ManualClock } from '../emulators/clock.js';
+import { ManualClock } from '../support/clock.js';
 
 const HASH = 'a'.repeat(64);
 const NEXT = 'b'.repeat(64);

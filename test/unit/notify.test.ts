@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { childEnv, createNotify, NotifyError, type NativeSend, type Notify } from '../../agent/report/notify.js';
 import { Watchdog, watchdogIntervalUsec } from '../../agent/report/watchdog.js';
 import { systemClock } from '../../agent/ports.js';
-import { ManualClock } from '../emulators/clock.js';
+import { ManualClock } from '../support/clock.js';
 
 // Compiled to dist/test/unit/; the listener and the addon stay at the package root.
 const LISTENER = fileURLToPath(new URL('../../../test/support/dgram-listener.py', import.meta.url));

@@ -6,7 +6,7 @@ import type { Imds, InstanceIdentity } from '../../agent/aws/imds.js';
 import { TransientError } from '../../agent/errors.js';
 import { WatchedSsm, isThrottling, type GetParameters, type SsmFetcher } from '../../agent/sources/revision.js';
 import type { SsmSnapshot } from '../../agent/sources/ssm.js';
-import { ManualClock } from '../emulators/clock.js';
+import { ManualClock } from '../support/clock.js';
 
 const VALUES = { 'instance-id': 'i-0123456789abcdef0', region: 'eu-west-1', asg: 'web' };
 const PREFIXES = ['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}'];

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { TransientError } from '../../agent/errors.js';
 import type { PassResult } from '../../agent/reconcile.js';
 import { nextPollDelay, Scheduler, type ScheduleOptions } from '../../agent/schedule.js';
-import { ManualClock, settle } from '../emulators/clock.js';
+import { ManualClock, settle } from '../support/clock.js';
 
 test('an unthrottled poll waits uniformly within interval × [1 − j/2, 1 + j/2]', () => {
   assert.equal(nextPollDelay(60_000, 1, () => 0), 30_000);

@@ -3,10 +3,10 @@
 // `emulate`, `sandbox` and the end-to-end tests.
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod/v3';
-import type { Clock } from '../../agent/ports.js';
-import { AutoScalingEmulator } from '../emulators/autoscaling.js';
-import { defaultInstance, ImdsEmulator, type ImdsInstance } from '../emulators/imds.js';
-import { SsmEmulator, type PutParameterRequest, type SsmThroughput } from '../emulators/ssm.js';
+import type { Clock } from '../agent/ports.js';
+import { AutoScalingEmulator } from './emulators/autoscaling.js';
+import { defaultInstance, ImdsEmulator, type ImdsInstance } from './emulators/imds.js';
+import { SsmEmulator, type PutParameterRequest, type SsmThroughput } from './emulators/ssm.js';
 
 export const InstanceFile = z.strictObject({
   instanceId: z.string().regex(/^i-[0-9a-f]{8,17}$/).optional(),

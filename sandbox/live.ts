@@ -4,13 +4,13 @@ import { spawn } from 'node:child_process';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeFileAtomic } from '../../agent/fs.js';
+import { writeFileAtomic } from '../agent/fs.js';
 import { envLines, waitForSignal } from './emulate.js';
 import { cleanEnv, type Sandbox } from './sandbox.js';
 import { readFile } from 'node:fs/promises';
-import { freePort } from '../emulators/server.js';
+import { freePort } from './emulators/server.js';
 
-const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../agent/cli.js', import.meta.url));
 
 
 export async function runLive(sandbox: Sandbox): Promise<number> {

@@ -7,14 +7,14 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeFileAtomic } from '../../agent/fs.js';
-import type { AutoScalingSnapshot } from '../emulators/autoscaling.js';
-import type { SsmSnapshot } from '../emulators/ssm.js';
-import { bootMachine, installStandins } from '../standin/install.js';
+import { writeFileAtomic } from '../agent/fs.js';
+import type { AutoScalingSnapshot } from './emulators/autoscaling.js';
+import type { SsmSnapshot } from './emulators/ssm.js';
+import { bootMachine, installStandins } from './standin/install.js';
 import { DEMO_USER_DATA, demoParameters } from './demo.js';
 import { readWorldFiles, World, type InstanceSpec } from './world.js';
 
-const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../agent/cli.js', import.meta.url));
 
 export interface SandboxLayout {
   readonly dir: string;

@@ -1,5 +1,5 @@
 // The sandbox's demo configuration: what a newcomer sees converge without writing anything.
-import type { PutParameterRequest } from '../emulators/ssm.js';
+import type { PutParameterRequest } from './emulators/ssm.js';
 
 export const DEMO_USER_DATA = `# nixos-ec2-agent sandbox demo: this user data is a NixOS module, as amazon-init reads it.
 { config, pkgs, ... }:
