@@ -253,7 +253,7 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     assert.equal(p.npmBuildScript, 'build');
     assert.equal(p.meta.mainProgram, Object.keys(pkgJson.bin)[0]);
     const files: string[] = p.src.fileset.map((f: string) => relative(ROOT, f));
-    for (const needed of ['package.json', 'package-lock.json', 'tsconfig.json', 'binding.gyp', 'native', 'agent']) {
+    for (const needed of ['package.json', 'package-lock.json', 'tsconfig.base.json', 'binding.gyp', 'native', 'agent', 'sandbox']) {
       assert.ok(files.includes(needed), `the source includes ${needed}: ${files}`);
     }
     // lib.fileset refuses a path that does not exist, so each one must.
