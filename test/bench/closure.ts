@@ -2,7 +2,7 @@
 // the sandbox (a real signed closure substituted by the real Nix from a binary cache on
 // 127.0.0.1), beside the same change pushed as a configuration that the stand-in builds with a
 // build delay standing for evaluation and build on the instance. Both sides are one
-// `converge --once` of the agent after the push, on an instance that had already converged.
+// `converge --once` of the agent after the push, on a freshly booted sandbox instance.
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,12 +10,20 @@ import { buildSystem, generateKey, nixStoreMissing, publish, serveCache, systemV
 import { Instance } from '../support/e2e.js';
 import { epochMs, intFlag, median, parseBenchArgs, ratio, round, type BenchResult, type Print } from './common.js';
 
-async function convergeOnce(i: Instance, env: Record<string, string>): Promise<number> {
+/**
+ * Pushes a change, converges once, and returns the milliseconds from the push to the end of
+ * `switch-to-configuration test` (the generation activated), read from the agent's log.
+ */
+async function pushToActivated(i: Instance, push: () => void, env: Record<string, string>): Promise<{ ms: number; narBytes: number }> {
   const t0 = epochMs();
+  push();
   const result = await i.run(['converge', '--once', '--json'], env);
-  const ms = epochMs() - t0;
   if (result.code !== 0) throw new Error(`converge --once exited ${result.code}: ${result.stdout.slice(-400)}`);
-  return ms;
+  const events = await i.logEvents();
+  const activated = events.find((e) => e.event === 'step.end' && e.stage === 'activate');
+  if (!activated) throw new Error('no activation in the agent\'s log');
+  const realised = events.find((e) => e.event === 'closure.realised') as { narBytes?: number } | undefined;
+  return { ms: Date.parse(String(activated.time)) - t0, narBytes: realised?.narBytes ?? 0 };
 }
 
 /** The stand-in's nixos-rebuild behind a delay: the time evaluation and build take on an instance. */
@@ -46,6 +54,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const closureMs: number[] = [];
   const buildMs: number[] = [];
   let served = 0;
+  let narBytes = 0;
   try {
     print(`closure: ${runs} run(s); the build side's nixos-rebuild build waits ${delayMs} ms; a ${kernelKiB} KiB kernel in the closure`);
     for (let r = 0; r < runs; r++) {
@@ -55,10 +64,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       const c = await Instance.launch({});
       try {
         const env = { XDG_CACHE_HOME: path.join(c.dir, 'xdg-cache') };
-        await convergeOnce(c, env);
         const before = server.narBytesServed;
-        c.put('/nixos/fleet/system', systemValue(system, server.url, [key]));
-        closureMs.push(await convergeOnce(c, env));
+        const done = await pushToActivated(c, () => c.put('/nixos/fleet/system', systemValue(system, server.url, [key])), env);
+        closureMs.push(done.ms);
+        narBytes = done.narBytes;
         served = server.narBytesServed - before;
         if ((await c.running()) !== path.join(c.root, system)) throw new Error('the closure is not the running system');
       } finally {
@@ -67,10 +76,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 
       const b = await Instance.launch({});
       try {
-        await convergeOnce(b, {});
         await b.configure({ rebuild: { nixosRebuild: await delayedRebuild(b, work, delayMs) } });
-        b.put('/nixos/fleet/options/environment.variables.BENCH', `"${r}"`);
-        buildMs.push(await convergeOnce(b, {}));
+        buildMs.push((await pushToActivated(b, () => b.put('/nixos/fleet/options/environment.variables.BENCH', `"${r}"`), {})).ms);
       } finally {
         await b.close();
       }
@@ -81,10 +88,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   }
   const closure = median(closureMs);
   const build = median(buildMs);
-  print(`  push → activated, closure  median ${round(closure)} ms over ${closureMs.length}; ${served} bytes substituted`);
+  print(`  push → activated, closure  median ${round(closure)} ms over ${closureMs.length}; ${narBytes} bytes substituted (${served} over the wire)`);
   print(`  push → activated, build    median ${round(build)} ms over ${buildMs.length} (with a ${delayMs} ms build)`);
   return {
     name: 'closure',
-    figures: { closure_ms: closure, build_ms: build, bytes_substituted: served, build_delay_ms: delayMs, closure_over_build: ratio(closure, build) },
+    figures: { closure_ms: closure, build_ms: build, bytes_substituted: narBytes, bytes_downloaded: served, build_delay_ms: delayMs, closure_over_build: ratio(closure, build) },
   };
 }

@@ -57,7 +57,7 @@ export interface SystemOptions {
   readonly nonce?: string;
   /** Leave out nixos-version: a store path that is not a NixOS system. */
   readonly notNixos?: boolean;
-  /** Bytes of filler in the kernel, to give the closure a size worth measuring. */
+  /** Bytes of random filler in the kernel (incompressible, as a kernel nearly is), to give the closure a size. */
   readonly kernelBytes?: number;
 }
 
@@ -75,7 +75,7 @@ let
     name = "linux-6.6.0";
     system = builtins.currentSystem;
     builder = sh;
-    args = [ "-c" "/bin/mkdir -p $out && /usr/bin/head -c ${kernelBytes} /dev/zero > $out/bzImage && echo ${nonce} >> $out/bzImage" ];
+    args = [ "-c" "/bin/mkdir -p $out && /usr/bin/head -c ${kernelBytes} /dev/urandom > $out/bzImage && echo ${nonce} >> $out/bzImage" ];
   };
 in derivation {
   name = "nixos-system-closure-24.11.test";
