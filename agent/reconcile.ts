@@ -297,6 +297,7 @@ export class Reconciler {
     this.phase('rolling-back', `rolling back to ${target.storePath}: ${reason}`);
     log.warn({ event: 'rollback.start', to: target.storePath, reason }, `rolling back to ${target.storePath}`);
     await this.pointProfileAt(target.storePath);
+    await this.deps.closures?.pinRoots({ current: target.storePath });
     await this.deps.rebuilder.activate(target.storePath, 'switch').catch((e: unknown) => {
       // An activation warning on the way back is reported; the verdict below decides health.
       log.error({ event: 'rollback.activate-failed', err: isAgentError(e) ? e.toJSON() : String(e) }, 'activating the last good generation reported a failure');

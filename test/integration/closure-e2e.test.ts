@@ -93,6 +93,27 @@ describe('prebuilt closures in the sandbox', { skip: missing ? `skipped: ${missi
     }
   });
 
+  test('a closure whose units fail after activation is rolled back to the exact previous system', async () => {
+    const failing = await buildSystem(work, { failedUnit: 'sandbox-demo.service' });
+    await publish(failing, key, path.join(work, 'cache'));
+    const i = await Instance.launch({});
+    try {
+      assert.equal((await converge(i)).code, 0);
+      const before = await i.running();
+      const generation = await i.profileGeneration();
+      i.put(PARAMETER, systemValue(failing, server.url, [key]));
+      const result = await converge(i);
+      assert.equal(result.code, 1, result.stderr);
+      assert.equal(result.status.lastResult?.outcome, 'rolled-back');
+      assert.match(result.status.message, /health verification failed/);
+      assert.equal(await i.running(), before, 'the previous system runs again');
+      assert.equal(await i.profileGeneration(), generation, 'the boot default never moved');
+      assert.equal(await readlink(path.join(i.root, GC_ROOTS, 'current-system')), path.relative(i.root, before).replace(/^/, '/'));
+    } finally {
+      await i.close();
+    }
+  });
+
   test('a malformed system parameter is rejected naming the parameter', async () => {
     const i = await Instance.launch({});
     try {

@@ -57,6 +57,8 @@ export interface SystemOptions {
   readonly nonce?: string;
   /** Leave out nixos-version: a store path that is not a NixOS system. */
   readonly notNixos?: boolean;
+  /** A unit that fails once the system is activated (the stand-in reads `failed-units`). */
+  readonly failedUnit?: string;
   /** Bytes of random filler in the kernel (incompressible, as a kernel nearly is), to give the closure a size. */
   readonly kernelBytes?: number;
 }
@@ -91,6 +93,7 @@ in derivation {
     /bin/ln -s $kernel/bzImage $out/kernel
     echo ${nonce} > $out/initrd
     : > $out/kernel-modules
+    ${options.failedUnit ? `echo ${options.failedUnit} > $out/failed-units` : ''}
   '' ];
 }
 `,
