@@ -62,6 +62,8 @@ describe('prebuilt closures in the sandbox', { skip: missing ? `skipped: ${missi
       assert.equal(await i.profileSystem(), real, 'the boot default, after verification');
       assert.notEqual(real, built);
       assert.equal(await readlink(path.join(i.root, GC_ROOTS, 'last-good-system')), system);
+      const text = await i.run(['status']);
+      assert.match(text.stdout, new RegExp(`runs: +prebuilt closure ${system} from ${server.url}`));
       const steps = (await i.logEvents()).filter((e) => e.event === 'step.start').map((e) => `${String(e.stage)} ${String(e.command)}`);
       assert.ok(!steps.slice(-6).some((s) => s.includes('nixos-rebuild')), `no build for the closure: ${steps.join(', ')}`);
 
