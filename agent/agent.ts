@@ -1,5 +1,6 @@
 // Builds the real edges from a Config: the one place (with cli.ts) that wires. Everything here is
 // per call, nothing global, so several agents can live in one process.
+import { ClosureRealiser } from './apply/closure.js';
 import { Rebuilder } from './apply/rebuild.js';
 import { SdkAutoScaling, type AutoScaling } from './aws/autoscaling.js';
 import { defaultCredentials } from './aws/credentials.js';
@@ -98,6 +99,18 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
         extraArgs: config.rebuild.extraArgs,
         buildTimeoutMs: config.rebuild.buildTimeoutSeconds * 1000,
         activateTimeoutMs: config.rebuild.activateTimeoutSeconds * 1000,
+      },
+      log,
+    ),
+    closures: new ClosureRealiser(
+      runner,
+      fs,
+      {
+        nix: config.closure.nix,
+        nixStore: config.closure.nixStore,
+        timeoutMs: config.closure.timeoutSeconds * 1000,
+        reserveBytes: config.closure.reserveMiB * 1024 * 1024,
+        gcWhenShort: config.closure.gcWhenShort,
       },
       log,
     ),

@@ -194,6 +194,7 @@ export function describeStatus(s: Status, config: Config): string {
     `  phase:      ${s.phase}${s.suspended ? ` (suspended since ${s.suspended.since})` : ''}${s.held ? ` (held since ${s.held.since})` : ''}`,
   ];
   if (s.desired) lines.push(`  desired:    ${s.desired.hash}`);
+  if (s.desired?.runs) lines.push(`  runs:       ${s.desired.closure ? `prebuilt closure ${s.desired.closure.storePath} from ${s.desired.closure.substituter}` : 'the configuration, built here'}`);
   if (s.running) lines.push(`  running:    ${s.running.storePath}${s.running.generation !== undefined ? ` (generation ${s.running.generation})` : ''}`);
   if (s.lastGood) lines.push(`  last good:  ${s.lastGood.storePath}`);
   if (s.lastResult) lines.push(`  last pass:  ${s.lastResult.outcome} at ${s.lastResult.at} in ${s.lastResult.durationMs} ms`);

@@ -107,6 +107,20 @@ export const ConfigSchema = z.strictObject({
     })
     .default({}),
 
+  /** Prebuilt system closures (the `system` source): how they are substituted. */
+  closure: z
+    .strictObject({
+      nix: z.string().default('nix'),
+      nixStore: z.string().default('nix-store'),
+      /** For reading the closure's .narinfo files, and again for substituting it. */
+      timeoutSeconds: seconds(1_800),
+      /** Kept free in the store beyond the closure's own size. */
+      reserveMiB: z.number().int().min(0).default(256),
+      /** Short of space: collect garbage (unrooted paths; generations stay) and look again. */
+      gcWhenShort: z.boolean().default(false),
+    })
+    .default({}),
+
   health: z
     .strictObject({
       systemctl: z.string().default('systemctl'),

@@ -2,6 +2,7 @@
 // verify → report. It alone decides (switch, roll back, hold), writes the durable state, and holds
 // the Status every report sink reads.
 import { bootEssentials, listGenerations, runningSystem, bootedSystem } from './apply/generations.js';
+import type { ClosureRealiser } from './apply/closure.js';
 import type { Rebuilder } from './apply/rebuild.js';
 import type { Config } from './config.js';
 import { buildDesired, shortHash, type DesiredState } from './desired/desired.js';
@@ -26,6 +27,8 @@ export interface ReconcilerDeps {
   readonly sources: SourceReader;
   readonly writer: RenderWriter;
   readonly rebuilder: Rebuilder;
+  /** Substitutes prebuilt closures (the `system` source); without it, a desired closure fails. */
+  readonly closures?: ClosureRealiser;
   readonly health: HealthChecker;
   readonly store: StateStore;
   /** Called with every new Status; report sinks hang here. */
@@ -124,7 +127,7 @@ export class Reconciler {
     this.desired = desired;
     const notes = [...snapshots.notes, ...desired.notes];
     for (const note of notes) log.warn({ event: 'source.note' }, note);
-    this.update({ desired: { hash: desired.hash, sources: desired.sources, notes } });
+    this.update({ desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
     const short = shortHash(desired.hash);
 
     if (this.state.held) {
@@ -177,7 +180,7 @@ export class Reconciler {
       this.state.channelsDigest = digestOf(Buffer.from(channels));
     }
     let storePath: string;
-    if (this.deps.config.rebuild.mode === 'switch') {
+    if (this.deps.config.rebuild.mode === 'switch' && !desired.system) {
       await this.journal('activating', desired.hash);
       this.phase('activating', `nixos-rebuild switch for desired ${short}`);
       // `nixos-rebuild switch` activates: like every activation, it is never cancelled midway.
@@ -190,7 +193,7 @@ export class Reconciler {
       const generations = await listGenerations(this.deps.fs);
       const next = Math.max(0, ...generations.map((g) => g.number)) + 1;
       this.phase('building', `building generation ${next} (desired ${short})`);
-      storePath = await this.deps.rebuilder.build(signal);
+      storePath = desired.system ? await this.realiseClosure(desired, signal) : await this.deps.rebuilder.build(signal);
       // Recorded before activation: `generations` names what built it even if the agent dies next.
       this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
       await this.journal('activating', desired.hash, storePath);
@@ -204,6 +207,16 @@ export class Reconciler {
     return { outcome: 'converged', desiredHash: desired.hash };
   }
 
+  /** A prebuilt closure in place of a build: substituted, checked, rooted; nothing switched yet. */
+  private async realiseClosure(desired: DesiredState, signal?: AbortSignal): Promise<string> {
+    const closures = this.deps.closures;
+    if (!closures || !desired.system) throw new ApplyFailedError('this agent cannot substitute prebuilt closures', 'build');
+    this.phase('building', `substituting ${desired.system.storePath} from ${desired.system.substituter}`);
+    const realised = await closures.realise(desired.system, signal);
+    await closures.pinRoots({ current: realised.storePath, ...(this.state.lastGood ? { lastGood: this.state.lastGood.storePath } : {}) });
+    return realised.storePath;
+  }
+
   /** Verify the activated system; only a healthy one becomes the boot default and the last good. */
   private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger): Promise<void> {
     this.phase('verifying', `verifying ${storePath}`);
@@ -213,7 +226,7 @@ export class Reconciler {
     }
     await this.journal('committing', desiredHash, storePath);
     this.phase('committing', `making ${storePath} the boot default`);
-    if (this.deps.config.rebuild.mode === 'safe') {
+    if (this.deps.config.rebuild.mode === 'safe' || this.desired?.system) {
       await this.deps.rebuilder.setProfile(storePath);
       await this.deps.rebuilder.activate(storePath, 'boot');
     }
@@ -233,6 +246,7 @@ export class Reconciler {
       if (previousConfig !== undefined) await this.deps.fs.writeAtomic(PREVIOUS_GOOD_CONFIGURATION, previousConfig, { mode: 0o600 });
     }
     if (config !== undefined) await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, config, { mode: 0o600 });
+    await this.deps.closures?.pinRoots({ current: storePath, lastGood: storePath });
     await this.journal('idle');
     await this.deps.writer.gc([renderDir, this.state.previousGood?.renderDir].filter((d): d is string => d !== undefined));
   }
@@ -283,6 +297,7 @@ export class Reconciler {
     this.phase('rolling-back', `rolling back to ${target.storePath}: ${reason}`);
     log.warn({ event: 'rollback.start', to: target.storePath, reason }, `rolling back to ${target.storePath}`);
     await this.pointProfileAt(target.storePath);
+    await this.deps.closures?.pinRoots({ current: target.storePath });
     await this.deps.rebuilder.activate(target.storePath, 'switch').catch((e: unknown) => {
       // An activation warning on the way back is reported; the verdict below decides health.
       log.error({ event: 'rollback.activate-failed', err: isAgentError(e) ? e.toJSON() : String(e) }, 'activating the last good generation reported a failure');

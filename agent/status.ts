@@ -29,7 +29,14 @@ export interface Status {
   /** One line for people: systemd's STATUS=. */
   readonly message: string;
   readonly instanceId?: string;
-  readonly desired?: { readonly hash: string; readonly sources: { readonly userData: string; readonly parameters: readonly { name: string; version: number }[] }; readonly notes: readonly string[] };
+  readonly desired?: {
+    readonly hash: string;
+    readonly sources: { readonly userData: string; readonly parameters: readonly { name: string; version: number }[] };
+    readonly notes: readonly string[];
+    /** Which path the desired state takes: a prebuilt closure (the `system` source) wins over building the configuration. */
+    readonly runs?: 'configuration' | 'closure';
+    readonly closure?: { readonly storePath: string; readonly substituter: string };
+  };
   readonly running?: { readonly storePath: string; readonly desiredHash?: string; readonly generation?: number };
   readonly lastGood?: { readonly storePath: string; readonly desiredHash?: string };
   /** True when no good generation runs: the only state in which the ASG is told Unhealthy. */

@@ -47,10 +47,14 @@ export class Rebuilder {
     await this.step('activate', this.options.nixosRebuild, ['switch', ...this.configArgs()], this.options.buildTimeoutMs, { signal });
   }
 
-  /** Runs the system's own switch-to-configuration. */
-  async activate(storePath: string, action: Activation): Promise<void> {
+  /**
+   * Runs the system's own switch-to-configuration. Resolves with whether it asked for a reboot
+   * (exit 100); every other non-zero exit is a failure, read by `switchExit`.
+   */
+  async activate(storePath: string, action: Activation): Promise<{ rebootRequired: boolean }> {
     // Activation is never interrupted by a newer desired state: no signal, only the timeout.
-    await this.step(action === 'boot' ? 'commit' : 'activate', path.join(storePath, 'bin', 'switch-to-configuration'), [action], this.options.activateTimeoutMs, {});
+    const result = await this.step(action === 'boot' ? 'commit' : 'activate', path.join(storePath, 'bin', 'switch-to-configuration'), [action], this.options.activateTimeoutMs, {}, switchExit);
+    return { rebootRequired: result.code === SWITCH_REBOOT_REQUIRED };
   }
 
   /** Makes `storePath` the system profile's current generation (a new one, or the newest reused). */
@@ -78,6 +82,7 @@ export class Rebuilder {
     args: readonly string[],
     timeoutMs: number,
     extra: { cwd?: string; signal?: AbortSignal | undefined },
+    readExit: (code: number) => string | undefined = (code) => (code === 0 ? undefined : `exited with ${code}`),
   ): Promise<RunResult> {
     const log = this.log.child({ stage, command: path.basename(command) });
     log.info({ event: 'step.start', args }, `${path.basename(command)} ${args.join(' ')}`);
@@ -91,19 +96,47 @@ export class Rebuilder {
       onLine: (stream, line) => log.info({ event: 'step.output', stream }, line),
     });
     log.info({ event: 'step.end', exitCode: result.code, signal: result.signal, timedOut: result.timedOut, durationMs: result.durationMs }, 'step ended');
-    if (result.code === 0) return result;
+    const failure = result.code === null ? undefined : readExit(result.code);
+    if (result.code !== null && failure === undefined && !result.timedOut && !result.aborted) return result;
     const why = result.timedOut
       ? `timed out after ${Math.round(timeoutMs / 1000)} s (process group killed)`
       : result.aborted
         ? 'cancelled by a newer desired state'
         : result.code === null
           ? `killed by ${result.signal}`
-          : `exited with ${result.code}`;
+          : (failure ?? `exited with ${result.code}`);
     throw new ApplyFailedError(`${path.basename(command)} ${args[0] ?? ''} ${why}`.replace(/\s+/g, ' '), stage, {
       exitCode: result.code,
       timedOut: result.timedOut,
       tail: result.tail.slice(-20),
       ...(result.aborted ? { reasons: ['cancelled'] } : {}),
     });
+  }
+}
+
+/** switch-to-configuration asked for a reboot to finish the switch: not a failure. */
+export const SWITCH_REBOOT_REQUIRED = 100;
+
+/**
+ * switch-to-configuration's exit status, as nixpkgs' switch-to-configuration-ng defines it
+ * (pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs): 0 switched; 1 usage, the lock held
+ * by another switch, pre-switch checks or the boot loader failed; 2 the activation script failed;
+ * 4 some units failed to start, restart or reload (it sets `exit_code = 4` and carries on);
+ * 100 a reboot is required. 4 is a failure like 2: the system is not what was asked for, and
+ * rolls back. Undefined: not a failure.
+ */
+export function switchExit(code: number): string | undefined {
+  switch (code) {
+    case 0:
+    case SWITCH_REBOOT_REQUIRED:
+      return undefined;
+    case 1:
+      return 'exited with 1 (usage, lock held, pre-switch check or boot loader failed)';
+    case 2:
+      return 'exited with 2 (the activation script failed)';
+    case 4:
+      return 'exited with 4 (some units failed)';
+    default:
+      return `exited with ${code}`;
   }
 }

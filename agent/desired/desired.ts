@@ -7,6 +7,7 @@ import type { Json } from '../render/nix.js';
 import { isOptionPath } from '../render/nix.js';
 import type { Secret } from '../secret.js';
 import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
+import { parseSystemClosure, systemFromUserData, type SystemClosure } from '../sources/system.js';
 import type { Channel, UserData } from '../sources/userdata.js';
 
 /** Bumped when the rendering changes, so every instance renders again after an upgrade. */
@@ -58,6 +59,11 @@ export interface DesiredState {
   readonly sources: { readonly userData: string; readonly parameters: readonly ParameterRef[] };
   /** Inputs that were noted and left alone (unknown parameter kinds, ignored user data). */
   readonly notes: readonly string[];
+  /**
+   * A prebuilt system closure: when present it is what runs, substituted and activated instead of
+   * building the configuration. The last prefix's `system` wins, then user data's.
+   */
+  readonly system?: SystemClosure;
 }
 
 const NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
@@ -68,6 +74,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
   const modules = new Map<string, DesiredModule>();
   const secrets = new Map<string, DesiredSecret>();
   const refs: ParameterRef[] = [];
+  let system: SystemClosure | undefined;
   // Fed as it goes, one line per input, rather than from one JSON document of them all: a fleet's
   // 10,000 parameters should not cost a second copy of themselves.
   const digest = createHash('sha256').update(`v${RENDER_VERSION}\nuser-data ${input.userData.digest}\n`);
@@ -119,7 +126,11 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
           break;
         }
         case 'system':
-          notes.push(`${where}: prebuilt system closures are not supported by this version; ignored`);
+          if (rest !== '') {
+            notes.push(`${where}: not under options/, modules/ or secrets/; ignored`);
+            break;
+          }
+          system = parseSystemClosure(plain(p, where), where, from);
           break;
         default:
           notes.push(`${where}: not under options/, modules/ or secrets/; ignored`);
@@ -131,12 +142,15 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
   const hash = digest.digest('hex');
 
   const ud = input.userData;
+  const udSystem = ud.kind === 'nix' ? systemFromUserData(ud.text) : undefined;
+  system ??= udSystem;
   return {
     hash,
     userData: {
       kind: ud.kind,
       digest: ud.digest,
-      ...(ud.kind === 'nix' ? { text: ud.text } : {}),
+      // A closure named in user data is JSON, not a module to render.
+      ...(ud.kind === 'nix' && !udSystem ? { text: ud.text } : {}),
       channels: ud.kind === 'nix' ? ud.channels : [],
     },
     options: [...options.values()],
@@ -145,6 +159,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
     local: input.local,
     sources: { userData: ud.digest, parameters: refs },
     notes,
+    ...(system ? { system } : {}),
   };
 }
 

@@ -148,9 +148,9 @@ describe('buildDesired: modules and secrets', () => {
 });
 
 describe('buildDesired: notes', () => {
-  it('notes unknown kinds, the system parameter, ignored user data and skipped prefixes, and leaves them alone', () => {
+  it('notes unknown kinds, ignored user data and skipped prefixes, and leaves them alone', () => {
     const snapshot = {
-      ...ssm([FLEET, [param(`${FLEET}/other/thing`, 'x'), param(`${FLEET}/readme`, 'x'), param(`${FLEET}/system`, '{}')]]),
+      ...ssm([FLEET, [param(`${FLEET}/other/thing`, 'x'), param(`${FLEET}/readme`, 'x')]]),
       skipped: [{ prefix: '/nixos/asg/{asg}', reason: '{asg} is not known for this instance' }],
     };
     const d = desired({ userData: '# only a comment\n', ssm: snapshot });
@@ -158,7 +158,6 @@ describe('buildDesired: notes', () => {
     const notes = d.notes.join('\n');
     assert.match(notes, /\/nixos\/fleet\/other\/thing/);
     assert.match(notes, /\/nixos\/fleet\/readme/);
-    assert.match(notes, /\/nixos\/fleet\/system/);
     assert.match(notes, /\/nixos\/asg\/\{asg\}/);
     assert.match(notes, /comment/);
   });
