@@ -6,10 +6,10 @@
   buildNpmPackage,
   nodejs_22,
   makeWrapper,
-  # The legacy nixos-rebuild; `.override { nixos-rebuild = nixos-rebuild-ng; }` is the newer
-  # rewrite. The agent accepts both (they differ only in passing switch-to-configuration's exit
-  # code through). Under the NixOS module the system's own nixos-rebuild comes first on PATH.
-  nixos-rebuild,
+  # nixos-rebuild-ng by name: on nixpkgs-unstable `nixos-rebuild` is only an alias of it (the bash
+  # one is gone), and aliases fail with `allowAliases = false`. Under the NixOS module the
+  # system's own nixos-rebuild comes first on PATH.
+  nixos-rebuild-ng,
   nix,
   systemd,
 }:
@@ -39,8 +39,19 @@ buildNpmPackage {
 
   nodejs = nodejs_22;
 
-  # One line, the SRI hash `prefetch-npm-deps package-lock.json` prints. Kept in its own file so
-  # that a test can compare it with the lockfile without evaluating Nix.
+  # package-lock.json carries no `resolved` URLs (the registry's host is not written into the
+  # repository), and prefetch-npm-deps caches only entries that have one
+  # (pkgs/build-support/node/prefetch-npm-deps/src/parse/lock.rs). This fills them from npm's
+  # built-in default registry, where npm itself would put them. buildNpmPackage hands postPatch to
+  # fetchNpmDeps too (pkgs/build-support/node/build-npm-package/default.nix), so the fetcher, its
+  # hash and `npm ci --offline` all see the same filled file.
+  postPatch = ''
+    ${nodejs_22}/bin/node ${./fill-lockfile.mjs} package-lock.json
+  '';
+
+  # One line: the SRI hash prefetch-npm-deps prints for the filled lockfile (fetcher version 1).
+  # `npm run nix-deps-hash -- --update` computes it without Nix and records the lockfile's digest
+  # beside it, so that a test notices a lockfile change that was not followed by a new hash.
   npmDepsHash = lib.fileContents ./npm-deps-hash.txt;
 
   npmBuildScript = "build";
@@ -67,7 +78,7 @@ buildNpmPackage {
     wrapProgram "$out/bin/nixos-ec2-agent" \
       --suffix PATH : ${
         lib.makeBinPath [
-          nixos-rebuild
+          nixos-rebuild-ng
           nix
           systemd
         ]

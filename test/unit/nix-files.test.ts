@@ -211,7 +211,7 @@ describe('Nix files', () => {
       package = builtins.functionArgs (import ${nixString(PACKAGE)});
       module = builtins.functionArgs (import ${nixString(MODULE)});
     }`) as { package: Record<string, boolean>; module: Record<string, boolean> };
-    for (const name of ['lib', 'buildNpmPackage', 'makeWrapper', 'nixos-rebuild', 'nix', 'systemd']) {
+    for (const name of ['lib', 'buildNpmPackage', 'makeWrapper', 'nixos-rebuild-ng', 'nix', 'systemd']) {
       assert.ok(name in args.package, `package.nix takes ${name}`);
     }
     assert.ok(Object.keys(args.package).some((a) => /^nodejs/.test(a)), 'package.nix takes a nodejs');
@@ -239,7 +239,7 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
         buildNpmPackage = attrs: attrs;
         nodejs_22 = "/nix/store/stub-nodejs";
         makeWrapper = "/nix/store/stub-makeWrapper";
-        nixos-rebuild = "/nix/store/stub-nixos-rebuild";
+        nixos-rebuild-ng = "/nix/store/stub-nixos-rebuild";
         nix = "/nix/store/stub-nix";
         systemd = "/nix/store/stub-systemd";
       }
@@ -253,12 +253,18 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     assert.equal(p.npmBuildScript, 'build');
     assert.equal(p.meta.mainProgram, Object.keys(pkgJson.bin)[0]);
     const files: string[] = p.src.fileset.map((f: string) => relative(ROOT, f));
-    for (const needed of ['package.json', 'package-lock.json', 'tsconfig.json', 'binding.gyp', 'native', 'agent']) {
+    // `npm run build` is `tsc -b agent sandbox`: their tsconfig.json files extend tsconfig.base.json.
+    for (const needed of ['package.json', 'package-lock.json', 'tsconfig.base.json', 'binding.gyp', 'native', 'agent', 'sandbox']) {
       assert.ok(files.includes(needed), `the source includes ${needed}: ${files}`);
     }
     // lib.fileset refuses a path that does not exist, so each one must.
     for (const f of files) assert.ok(existsSync(join(ROOT, f)), `${f} exists`);
     assert.equal(relative(ROOT, p.src.root), '');
+  });
+
+  it('fills the lockfile before fetchNpmDeps and npm ci read it (postPatch, which the fetcher inherits)', () => {
+    const p = pkg();
+    assert.match(p.postPatch, /^\s*\/nix\/store\/stub-nodejs\/bin\/node \S+-fill-lockfile\.mjs package-lock\.json\s*$/);
   });
 
   it('installs the addon beside dist/ and puts nixos-rebuild, nix and systemctl on PATH as fallbacks', () => {
@@ -414,10 +420,7 @@ describe('nix/npm-deps-hash.txt', () => {
   });
 
   // lib.fakeHash: the value to start from, before a build prints the real one.
-  const fake = hash === 'sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=';
-  it('has been computed', {
-    skip: fake ? 'npmDepsHash is still lib.fakeHash: `prefetch-npm-deps package-lock.json` prints the value' : false,
-  }, () => {
+  it('has been computed (not lib.fakeHash)', () => {
     assert.notEqual(hash, 'sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=');
   });
 
@@ -427,9 +430,18 @@ describe('nix/npm-deps-hash.txt', () => {
       ? false
       : 'prefetch-npm-deps is not on PATH (`nix-shell -p prefetch-npm-deps`); a build of nix/package.nix fails on the same drift',
   }, () => {
-    const run = spawnSync('prefetch-npm-deps', [join(ROOT, 'package-lock.json')], { encoding: 'utf8', timeout: 25_000 });
-    assert.equal(run.status, 0, run.stderr);
-    assert.equal(hash, run.stdout.trim(), 'package-lock.json changed: write the hash above to nix/npm-deps-hash.txt');
+    // The lockfile as the build's postPatch leaves it.
+    const dir = mkdtempSync(join(tmpdir(), 'prefetch-'));
+    try {
+      writeFileSync(join(dir, 'package-lock.json'), readFileSync(join(ROOT, 'package-lock.json')));
+      const filled = spawnSync(process.execPath, [join(NIX_DIR, 'fill-lockfile.mjs'), join(dir, 'package-lock.json')], { encoding: 'utf8' });
+      assert.equal(filled.status, 0, filled.stderr);
+      const run = spawnSync('prefetch-npm-deps', [join(dir, 'package-lock.json')], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(run.status, 0, run.stderr);
+      assert.equal(hash, run.stdout.trim(), 'package-lock.json changed: run `npm run nix-deps-hash -- --update`');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
