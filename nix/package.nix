@@ -73,6 +73,11 @@ buildNpmPackage {
     packageOut="$out/lib/node_modules/nixos-ec2-agent"
     install -Dm444 build/Release/sd_notify.node "$packageOut/build/Release/sd_notify.node"
 
+    # For images without the NixOS module: `systemd.packages = [ pkgs.nixos-ec2-agent ]` links
+    # these into the system's unit directory (README.md, "Without the module").
+    install -Dm444 ${../systemd/nixos-ec2-agent.service} "$out/lib/systemd/system/nixos-ec2-agent.service"
+    install -Dm444 ${../systemd/nixos-ec2-agent-converged.target} "$out/lib/systemd/system/nixos-ec2-agent-converged.target"
+
     # --suffix, not --prefix: a unit's own PATH (the NixOS module puts the system's
     # nixos-rebuild, nix and systemd there) must win over these fallbacks.
     wrapProgram "$out/bin/nixos-ec2-agent" \

@@ -69,6 +69,10 @@ const STUB_LIB = `
     literalExpression = text: { _type = "literalExpression"; inherit text; };
     getExe = p: "\${p}/bin/nixos-ec2-agent";
     optional = c: x: if c then [ x ] else [ ];
+    filter = builtins.filter;
+    elem = builtins.elem;
+    hasSuffix = suffix: s: let ls = builtins.stringLength s; lx = builtins.stringLength suffix; in ls >= lx && builtins.substring (ls - lx) lx s == suffix;
+    removeSuffix = suffix: s: if hasSuffix suffix s then builtins.substring 0 (builtins.stringLength s - builtins.stringLength suffix) s else s;
     optionalAttrs = c: a: if c then a else { };
     concatStringsSep = builtins.concatStringsSep;
     toInt = s: builtins.fromJSON s;
@@ -90,6 +94,7 @@ const STUB_LIB = `
   pkgs = {
     nixos-ec2-agent = "/nix/store/stub-nixos-ec2-agent";
     coreutils = "/nix/store/stub-coreutils";
+    util-linux = "/nix/store/stub-util-linux";
     gitMinimal = "/nix/store/stub-git";
     gnutar = "/nix/store/stub-gnutar";
     gzip = "/nix/store/stub-gzip";
@@ -146,6 +151,7 @@ function evalModule(cfg: Record<string, unknown> = {}, opts: { amazonInit?: bool
         system.build.nixos-rebuild = "/nix/store/stub-nixos-rebuild";
         system.switch.enable = true;
         systemd.package = "/nix/store/stub-systemd";
+        systemd.services = { };
         nix = { package = "/nix/store/stub-nix"; envVars = { }; nixPath = [ "nixpkgs=/stub/nixpkgs" ]; enable = true; };
         networking.proxy.envVars = { };
         virtualisation.amazon-init.enable = false;
@@ -272,6 +278,9 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     assert.match(p.postBuild, /node-gyp\.js rebuild/);
     assert.match(p.postInstall, /build\/Release\/sd_notify\.node "\$packageOut\/build\/Release\/sd_notify\.node"/);
     assert.match(p.postInstall, /wrapProgram "\$out\/bin\/nixos-ec2-agent"/);
+    for (const unit of ['nixos-ec2-agent.service', 'nixos-ec2-agent-converged.target']) {
+      assert.ok(p.postInstall.includes(`-${unit} "$out/lib/systemd/system/${unit}"`), `ships ${unit} for systemd.packages`);
+    }
     assert.match(p.postInstall, /--suffix PATH : \/nix\/store\/stub-nixos-rebuild\/bin:\/nix\/store\/stub-nix\/bin:\/nix\/store\/stub-systemd\/bin/);
     assert.equal(p.npmDepsHash, readFileSync(HASH_FILE, 'utf8').trim());
   });
@@ -381,7 +390,16 @@ describe('nix/module.nix, applied to a stub lib', { skip: nixSkip }, () => {
     assert.equal(s.serviceConfig.StateDirectory, 'nixos-ec2-agent');
     assert.deepEqual(s.wantedBy, ['multi-user.target']);
     assert.ok(s.after.includes('network-online.target') && s.wants.includes('network-online.target'));
-    assert.deepEqual(s.before, ['app.service']);
+    // After multi-user.target (as amazon-init); `before` units wait for the converged target.
+    assert.ok(s.after.includes('multi-user.target'));
+    assert.equal(s.before, undefined);
+    const target = config.systemd.targets['nixos-ec2-agent-converged'];
+    assert.deepEqual(target.before, ['app.service']);
+    assert.deepEqual(target.wants, ['app.service']);
+    assert.deepEqual(target.after, ['nixos-ec2-agent.service']);
+    assert.equal(target.unitConfig.DefaultDependencies, false);
+    assert.ok(s.wants.includes('nixos-ec2-agent-converged.target'));
+    assert.equal(s.serviceConfig.KillMode, 'process');
     assert.ok(s.path.includes('/nix/store/stub-nixos-rebuild'), "the system's own nixos-rebuild is on PATH");
     assert.equal(s.environment.NIX_PATH, 'nixos-config=/etc/nixos/configuration.nix:nixpkgs=/stub/nixpkgs');
     assert.equal(s.environment.HOME, '/root');
@@ -393,7 +411,8 @@ describe('nix/module.nix, applied to a stub lib', { skip: nixSkip }, () => {
 
   it('turns amazon-init off where it is imported, and asserts it stays off', () => {
     const { config } = evalModule();
-    assert.equal(config.virtualisation['amazon-init'].enable, false);
+    // mkDefault: a configuration that turns it on meets the assertion, not a definition conflict.
+    assert.deepEqual(config.virtualisation['amazon-init'].enable, { _type: 'override', priority: 1000, content: false });
     const assertion = (config.assertions as Array<{ assertion: boolean; message: string }>).find((a) => /amazon-init/.test(a.message));
     assert.ok(assertion, 'an assertion names amazon-init');
     const without = evalModule({}, { amazonInit: false });
