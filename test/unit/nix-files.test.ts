@@ -221,6 +221,9 @@ describe('Nix files', () => {
       assert.ok(name in args.package, `package.nix takes ${name}`);
     }
     assert.ok(Object.keys(args.package).some((a) => /^nodejs/.test(a)), 'package.nix takes a nodejs');
+    // An alias of nixos-rebuild-ng on nixpkgs-unstable (pkgs/top-level/aliases.nix): it would fail
+    // with `allowAliases = false`.
+    assert.ok(!('nixos-rebuild' in args.package), 'package.nix takes nixos-rebuild-ng by name, not its alias');
     for (const name of ['config', 'lib', 'pkgs', 'options']) assert.ok(name in args.module, `module.nix takes ${name}`);
   });
 });
