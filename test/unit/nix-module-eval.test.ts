@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { orderingCycle, unitSection as section } from '../support/systemd-units.js';
+
 // Compiled to dist/test/unit/; the Nix files stay at the repository root.
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const MODULE = join(ROOT, 'nix/module.nix');
@@ -89,22 +91,6 @@ const AMAZON_INIT = `{ config, lib, ... }: {
   };
 }`;
 
-/** The unit's settings in one section, as systemd reads them (last wins, lists split). */
-function settingsOf(text: string, section: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let current = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) current = header[1]!;
-    else if (current === section && line.includes('=')) {
-      const key = line.slice(0, line.indexOf('='));
-      out.set(key, [...(out.get(key) ?? []), line.slice(line.indexOf('=') + 1)]);
-    }
-  }
-  return out;
-}
-
 /** systemd-analyze verify on the agent's service and target, with store binaries made to exist. */
 function verifyUnits(units: Record<string, string>): { status: number | null; stderr: string } {
   const dir = mkdtempSync(join(tmpdir(), 'units-'));
@@ -148,6 +134,7 @@ function assertGood(e: Evaluated): { service: string; target: string; settings: 
     assert.equal(v.stderr, '', `systemd-analyze verify:\n${v.stderr}`);
     assert.equal(v.status, 0);
   }
+  assert.deepEqual(orderingCycle(e.units, e.wantedBy), null, 'no ordering cycle among the units and multi-user.target');
   const check = checkConfig(e.settingsJson);
   assert.equal(check.status, 0, `check-config refused the module's configuration: ${check.stderr}`);
   return { service, target, settings: JSON.parse(e.settingsJson) as Record<string, any> };
@@ -157,8 +144,8 @@ describe('nix/module.nix with the real nixpkgs lib', { skip }, () => {
   it('plain: a notify service after multi-user.target, its converged target, a configuration check-config accepts', () => {
     const e = evaluate(ENABLE);
     const { service, target, settings } = assertGood(e);
-    const unit = settingsOf(service, 'Unit');
-    const svc = settingsOf(service, 'Service');
+    const unit = section(service, 'Unit');
+    const svc = section(service, 'Service');
     assert.deepEqual(unit.get('After'), ['network-online.target multi-user.target']);
     assert.deepEqual(unit.get('Wants'), ['network-online.target nixos-ec2-agent-converged.target']);
     assert.equal(unit.get('Before'), undefined);
@@ -173,8 +160,8 @@ describe('nix/module.nix with the real nixpkgs lib', { skip }, () => {
     assert.ok(env.some((v) => /^PATH=.*-nixos-rebuild-ng-[^/]*\/bin:.*-util-linux-[^/]*\/bin/.test(v)), 'nixos-rebuild-ng and flock on PATH');
     assert.ok(env.some((v) => v.startsWith('NIX_PATH=nixos-config=/etc/nixos/configuration.nix:nixpkgs=')), `NIX_PATH: ${env}`);
     assert.deepEqual(e.wantedBy['nixos-ec2-agent.service'], ['multi-user.target']);
-    assert.deepEqual(settingsOf(target, 'Unit').get('After'), ['nixos-ec2-agent.service']);
-    assert.deepEqual(settingsOf(target, 'Unit').get('DefaultDependencies'), ['false']);
+    assert.deepEqual(section(target, 'Unit').get('After'), ['nixos-ec2-agent.service']);
+    assert.deepEqual(section(target, 'Unit').get('DefaultDependencies'), ['false']);
     assert.deepEqual(e.wantedBy['nixos-ec2-agent-converged.target'], ['multi-user.target']);
     assert.equal(settings['logLevel'], 'info');
     assert.deepEqual(settings['ssm'].prefixes, ['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}']);
@@ -234,13 +221,14 @@ describe('nix/module.nix with the real nixpkgs lib', { skip }, () => {
       systemd.services.app = { wantedBy = [ "nixos-ec2-agent-converged.target" ]; serviceConfig.ExecStart = "/bin/true"; };
     }`);
     const { target } = assertGood(ok);
-    assert.deepEqual(settingsOf(target, 'Unit').get('Wants'), ['app.service']);
-    assert.deepEqual(settingsOf(target, 'Unit').get('Before'), ['app.service']);
+    assert.deepEqual(section(target, 'Unit').get('Wants'), ['app.service']);
+    assert.deepEqual(section(target, 'Unit').get('Before'), ['app.service']);
     const cyclic = evaluate(ENABLE, `{
       services.nixos-ec2-agent.before = [ "app.service" ];
       systemd.services.app = { wantedBy = [ "multi-user.target" ]; serviceConfig.ExecStart = "/bin/true"; };
     }`);
     assert.equal(cyclic.failedAssertions.length, 1);
+    assert.ok(orderingCycle(cyclic.units, cyclic.wantedBy)?.includes('app.service'), 'the assertion stands for a real cycle');
     assert.match(cyclic.failedAssertions[0]!, /app\.service[\s\S]*ordering cycle/);
   });
 });

@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { orderingCycle, unitSection as section } from '../support/systemd-units.js';
+
 const UNIT_NAME = 'nixos-ec2-agent.service';
 const TARGET_NAME = 'nixos-ec2-agent-converged.target';
 // Compiled to dist/test/unit/; the units stay at the repository root.
@@ -48,26 +50,6 @@ function verify(text: string, target = readFileSync(TARGET, 'utf8')): { status: 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-/** The `key=value` settings of a section, last one winning, as systemd reads them. */
-function section(text: string, name: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let current = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) {
-      current = header[1]!;
-      continue;
-    }
-    const eq = line.indexOf('=');
-    if (current !== name || eq < 0) continue;
-    const key = line.slice(0, eq);
-    out.set(key, [...(out.get(key) ?? []), line.slice(eq + 1)]);
-  }
-  return out;
 }
 
 describe('systemd/nixos-ec2-agent.service', () => {
@@ -121,9 +103,10 @@ describe('systemd/nixos-ec2-agent.service', () => {
     assert.deepEqual(section(target, 'Unit').get('After'), [UNIT_NAME]);
     assert.deepEqual(section(target, 'Unit').get('DefaultDependencies'), ['no']);
     assert.deepEqual(section(target, 'Install').get('WantedBy'), ['multi-user.target']);
-    assert.deepEqual(orderingCycle({ [UNIT_NAME]: text, [TARGET_NAME]: target }), null);
+    const wantedBy = { [UNIT_NAME]: ['multi-user.target'], [TARGET_NAME]: ['multi-user.target'] };
+    assert.deepEqual(orderingCycle({ [UNIT_NAME]: text, [TARGET_NAME]: target }, wantedBy), null);
     // The checker sees the cycle a target with default dependencies would make.
-    const cyclic = orderingCycle({ [UNIT_NAME]: text, [TARGET_NAME]: target.replace(/^DefaultDependencies=no\n/m, '') });
+    const cyclic = orderingCycle({ [UNIT_NAME]: text, [TARGET_NAME]: target.replace(/^DefaultDependencies=no\n/m, '') }, wantedBy);
     assert.ok(cyclic?.includes('multi-user.target') && cyclic.includes(UNIT_NAME), `cycle: ${cyclic}`);
   });
 
@@ -146,46 +129,3 @@ describe('systemd/nixos-ec2-agent.service', () => {
   });
 });
 
-/**
- * An ordering cycle among the given units and multi-user.target once they are enabled, or null.
- * Ordering as systemd derives it: After=/Before= as written, plus systemd.target(5)'s default
- * dependency of a target on what it wants (WantedBy= here), which systemd adds only when neither
- * side sets DefaultDependencies=no and the wanted unit is not already ordered after the target
- * (unit_add_default_target_dependency in systemd's src/core/unit.c).
- */
-function orderingCycle(units: Record<string, string>): string[] | null {
-  const after = new Map<string, Set<string>>();
-  const edge = (later: string, earlier: string): void => {
-    if (!after.has(later)) after.set(later, new Set());
-    after.get(later)!.add(earlier);
-  };
-  const words = (text: string, sec: string, key: string): string[] => (section(text, sec).get(key) ?? []).flatMap((v) => v.split(/\s+/)).filter(Boolean);
-  const noDefaults = (name: string): boolean => units[name] !== undefined && words(units[name]!, 'Unit', 'DefaultDependencies')[0] === 'no';
-  for (const [name, text] of Object.entries(units)) {
-    for (const a of words(text, 'Unit', 'After')) edge(name, a);
-    for (const b of words(text, 'Unit', 'Before')) edge(b, name);
-  }
-  for (const [name, text] of Object.entries(units)) {
-    for (const target of words(text, 'Install', 'WantedBy')) {
-      const orderedAfterTarget = after.get(name)?.has(target) ?? false;
-      if (target.endsWith('.target') && !noDefaults(name) && !noDefaults(target) && !orderedAfterTarget) edge(target, name);
-    }
-  }
-  const state = new Map<string, 'open' | 'done'>();
-  const visit = (node: string, path: string[]): string[] | null => {
-    if (state.get(node) === 'open') return [...path.slice(path.indexOf(node)), node];
-    if (state.get(node) === 'done') return null;
-    state.set(node, 'open');
-    for (const next of after.get(node) ?? []) {
-      const found = visit(next, [...path, node]);
-      if (found) return found;
-    }
-    state.set(node, 'done');
-    return null;
-  };
-  for (const node of after.keys()) {
-    const found = visit(node, []);
-    if (found) return found;
-  }
-  return null;
-}
