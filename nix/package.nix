@@ -21,8 +21,8 @@ buildNpmPackage {
   pname = "nixos-ec2-agent";
   version = (lib.importJSON ../package.json).version;
 
-  # Only what `npm ci`, `tsc` and node-gyp read: editing the NixOS module, the unit file or the
-  # docs must not rebuild the package. The build compiles agent/ and sandbox/ (the `emulate` and
+  # Only what `npm ci`, `tsc` and node-gyp read: editing the NixOS module or the docs must not
+  # rebuild the package (the unit files, installed below, and fill-lockfile.mjs do). The build compiles agent/ and sandbox/ (the `emulate` and
   # `sandbox` commands load the emulators and the stand-in from dist/sandbox); test/ is not shipped.
   src = lib.fileset.toSource {
     inherit root;
