@@ -38,10 +38,10 @@ export interface Download {
 }
 
 /** Fetches a URL's body, retrying network failures a few times (as util.rs does with backoff). */
-export function httpDownload(timeoutMs = 120_000): Download {
+export function httpDownload(timeoutMs = 60_000): Download {
   return async (url) => {
     let last: unknown;
-    for (let attempt = 0; attempt < 4; attempt++) {
+    for (let attempt = 0; attempt < 3; attempt++) {
       try {
         const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'follow' });
         if (!res.ok) throw new NpmDepsError('fetch', `${url}: HTTP ${res.status}`);
@@ -73,9 +73,15 @@ export async function npmDepsHash(fetcherLock: string, download: Download, where
   const queue: CachedPackage[] = [...packages];
   const worker = async (): Promise<void> => {
     for (let p = queue.shift(); p; p = queue.shift()) {
-      const data = await download(p.url);
-      checkIntegrity(data, p.integrity, `${p.name} (${p.url})`);
-      tarballs.set(p.url, data);
+      try {
+        const data = await download(p.url);
+        checkIntegrity(data, p.integrity, `${p.name} (${p.url})`);
+        tarballs.set(p.url, data);
+      } catch (err) {
+        // The answer is already an error: the other workers stop after their current download.
+        queue.length = 0;
+        throw err;
+      }
     }
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, packages.length) }, worker));
@@ -84,7 +90,8 @@ export async function npmDepsHash(fetcherLock: string, download: Download, where
 
 export const sha256Hex = (text: string): string => createHash('sha256').update(text).digest('hex');
 
-function configuredRegistry(fallback: string): string {
+/** npm's configured registry (`npm config get registry`), else the fallback. */
+export function configuredRegistry(fallback: string): string {
   const run = spawnSync('npm', ['config', 'get', 'registry'], { encoding: 'utf8', timeout: 30_000 });
   const value = run.status === 0 ? run.stdout.trim() : '';
   return /^https?:\/\//.test(value) ? value : fallback;

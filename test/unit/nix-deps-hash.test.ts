@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { cachedPackages, narHashSri, npmDepsTree, NpmDepsError, type Tree } from '../../tools/npm-deps.js';
-import { fetcherLockfile, httpDownload, npmDepsHash, sha256Hex, viaRegistry, HASH_FILE, LOCK_DIGEST_FILE } from '../../tools/nix-deps-hash.js';
+import { configuredRegistry, fetcherLockfile, httpDownload, npmDepsHash, sha256Hex, viaRegistry, HASH_FILE, LOCK_DIGEST_FILE } from '../../tools/nix-deps-hash.js';
 
 // Compiled to dist/test/unit/; the sources stay at the repository root.
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -205,15 +205,17 @@ describe('nix/npm-deps-hash.txt belongs to package-lock.json', () => {
 
 // --- against the registry ---
 let registryReachable: string | false = 'not probed';
-const download = viaRegistry(httpDownload(60_000), REGISTRY, REGISTRY);
+// As `npm run nix-deps-hash` does: through npm's configured registry (a mirror, maybe).
+const CONFIGURED = configuredRegistry(REGISTRY);
+const download = viaRegistry(httpDownload(), REGISTRY, CONFIGURED);
 
 describe('against the npm registry', () => {
   before(async () => {
     try {
-      await fetch(REGISTRY, { method: 'HEAD', signal: AbortSignal.timeout(15_000) });
+      await fetch(CONFIGURED, { method: 'HEAD', signal: AbortSignal.timeout(15_000) });
       registryReachable = false;
     } catch (err) {
-      registryReachable = `the npm registry cannot be reached (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}); nixpkgs' hashes cannot be checked here`;
+      registryReachable = `the npm registry ${CONFIGURED} cannot be reached (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}); nixpkgs' hashes cannot be checked here`;
     }
   });
 
