@@ -45,6 +45,18 @@ let
 
   hasAmazonInit = options ? virtualisation.amazon-init.enable;
   hasSwitchOption = options ? system.switch.enable;
+
+  convergedTarget = "nixos-ec2-agent-converged.target";
+
+  # `before` services that multi-user.target also wants: multi-user.target is ordered after what
+  # it wants (systemd.target(5)), and such a service after the converged target, after the agent,
+  # after multi-user.target: an ordering cycle, which systemd breaks by dropping a job.
+  cyclicBefore = lib.filter (
+    unit:
+    lib.hasSuffix ".service" unit
+    && config.systemd.services ? ${lib.removeSuffix ".service" unit}
+    && lib.elem "multi-user.target" config.systemd.services.${lib.removeSuffix ".service" unit}.wantedBy
+  ) cfg.before;
 in
 {
   options.services.nixos-ec2-agent = {
@@ -236,9 +248,12 @@ in
       example = [ "my-app.service" ];
       description = ''
         Units that must not start before the first convergence has ended (the agent reports
-        READY=1 then). They wait as long as that takes, so list only units that are useless on
-        an unconverged instance, and none that the first convergence itself restarts: a start
-        job ordered after the agent cannot finish while the agent waits for that same switch.
+        READY=1 then): ${convergedTarget} wants them and is ordered before them, so they start
+        once it is reached, also when they first appear in a configuration the first convergence
+        activates. Other units can do the same themselves with
+        `wantedBy = [ "${convergedTarget}" ]; after = [ "${convergedTarget}" ];`.
+        Such a unit must not also be wanted by multi-user.target (an ordering cycle: the
+        agent runs after multi-user.target); the module asserts that for services.
       '';
     };
 
@@ -268,10 +283,32 @@ in
             assertion = !cfg.openFirewall || listenPort != null;
             message = "services.nixos-ec2-agent.openFirewall needs a port in services.nixos-ec2-agent.http.listen (host:port).";
           }
+          {
+            assertion = cyclicBefore == [ ];
+            message = ''
+              services.nixos-ec2-agent.before lists ${lib.concatStringsSep ", " cyclicBefore}, which
+              multi-user.target also wants. multi-user.target is ordered after what it wants, and the
+              agent after multi-user.target: that is an ordering cycle. Set their wantedBy to
+              [ "${convergedTarget}" ] instead (the target is part of multi-user.target).
+            '';
+          }
         ]
         ++ lib.optional hasSwitchOption {
           assertion = config.system.switch.enable;
           message = "services.nixos-ec2-agent switches the running system: set system.switch.enable = true.";
+        };
+
+        # Reached when the first convergence has ended (the agent's start job completes at
+        # READY=1); units that must wait for it order themselves after it (see `before`).
+        # DefaultDependencies=no: otherwise multi-user.target, which wants this target, would be
+        # ordered after it, and so after the agent, which is ordered after multi-user.target.
+        systemd.targets.nixos-ec2-agent-converged = {
+          description = "First convergence of nixos-ec2-agent has ended";
+          wantedBy = [ "multi-user.target" ];
+          after = [ "nixos-ec2-agent.service" ];
+          wants = cfg.before;
+          before = cfg.before;
+          unitConfig.DefaultDependencies = false;
         };
 
         services.nixos-ec2-agent.settings = {
@@ -308,12 +345,36 @@ in
         systemd.services.nixos-ec2-agent = {
           description = "Converge NixOS to the configuration in EC2 user data and SSM";
 
-          # multi-user.target is ordered after the units it wants, so boot reaches it once the
-          # first convergence has ended (READY=1) or failed.
+          # After multi-user.target, as amazon-init (nixos/modules/virtualisation/amazon-init.nix).
+          # A target wanted by an active one is started, with what it wants, by every switch; one
+          # still waiting is not (switch-to-configuration-ng,
+          # pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs: only units whose state is
+          # "active" or "activating" are considered, and each such target is put in
+          # units_to_start). Were the agent ordered before multi-user.target (the default for a
+          # unit it wants, systemd.target(5)), multi-user.target would still be waiting for
+          # READY=1 during the first convergence, and the services user data adds would never be
+          # started: their health probes fail and a good configuration is rolled back.
+          #
+          # What the first convergence starts: `systemctl start` of every active target
+          # (multi-user.target and what it pulled in), which brings up each unit the new
+          # configuration adds to them, ${convergedTarget} included, and the changed units it
+          # stopped (this unit excepted: restartIfChanged = false). Why it cannot wait on
+          # itself: switch-to-configuration blocks only on the jobs it submitted (block_on_jobs),
+          # here multi-user.target's; multi-user.target is not ordered after this unit (systemd
+          # adds no default After= to a target for a unit already ordered after it, which is what
+          # amazon-init relies on), nor after ${convergedTarget} (DefaultDependencies=no below).
+          # The units ordered after ${convergedTarget} get start jobs that wait for READY=1, but
+          # nothing the switch waits for waits on them. The same holds when the agent is restarted
+          # and converges again while it is "activating".
           wantedBy = [ "multi-user.target" ];
-          wants = [ "network-online.target" ];
-          after = [ "network-online.target" ];
-          inherit (cfg) before;
+          wants = [
+            "network-online.target"
+            convergedTarget
+          ];
+          after = [
+            "network-online.target"
+            "multi-user.target"
+          ];
 
           # The agent runs `nixos-rebuild switch` itself: activation must neither restart nor
           # stop the process that is waiting for it (as system.autoUpgrade and amazon-init).
@@ -331,6 +392,8 @@ in
             config.nix.package
             config.systemd.package
             pkgs.coreutils
+            # flock: waiting for an activation that a previous agent left running.
+            pkgs.util-linux
             pkgs.gitMinimal
             pkgs.gnutar
             pkgs.gzip
@@ -372,9 +435,15 @@ in
             # A ceiling for a first convergence that fails to report progress: while a long
             # first build runs the agent sends EXTEND_TIMEOUT_USEC, which extends this.
             TimeoutStartSec = "2h";
-            # SIGTERM goes to the agent alone (KillMode=mixed) so that it can let a running
-            # activation finish and send STOPPING=1; whatever is left is killed after this.
-            KillMode = "mixed";
+            # The agent runs <toplevel>/bin/switch-to-configuration as its own child, in this
+            # unit's cgroup (agent/apply/rebuild.ts). With `mixed` or `control-group` systemd
+            # SIGKILLs what is left in the cgroup once the agent has exited or TimeoutStopSec has
+            # passed, which can cut an activation in half. With `process` (as the Cachix deploy
+            # agent), stop and restart signal the agent alone: on SIGTERM it lets the pass in hand
+            # finish within TimeoutStopSec, and an activation that outlives it still runs to its
+            # end; a new agent waits for switch-to-configuration's lock
+            # (/run/nixos/switch-to-configuration.lock) before it activates anything itself.
+            KillMode = "process";
             TimeoutStopSec = "10min";
 
             # Secrets (0700 secrets/, 0400 files) and the control socket (root only) live here.
@@ -429,16 +498,20 @@ in
 
       # amazon-init copies user data over /etc/nixos/configuration.nix and switches at every
       # boot: with both, the last one to run decides the system. The option exists only where
-      # amazon-init.nix is imported (amazon-image.nix does).
+      # amazon-init.nix is imported (amazon-image.nix does); its default is true. mkDefault, so
+      # that a configuration that sets it to true meets the assertion below instead of a
+      # conflict between two definitions of equal priority.
       (lib.optionalAttrs hasAmazonInit {
-        virtualisation.amazon-init.enable = false;
+        virtualisation.amazon-init.enable = lib.mkDefault false;
         assertions = [
           {
             assertion = !config.virtualisation.amazon-init.enable;
             message = ''
               services.nixos-ec2-agent and virtualisation.amazon-init both render
-              /etc/nixos/configuration.nix from user data and switch to it; the agent replaces
-              amazon-init. Remove the definition that turns virtualisation.amazon-init.enable on.
+              /etc/nixos/configuration.nix from EC2 user data and switch to it: whichever runs last
+              decides the system, and each undoes the other at every boot. The agent replaces
+              amazon-init (it reads the same user data, `###` channel lines included). Remove the
+              definition that sets virtualisation.amazon-init.enable = true.
             '';
           }
         ];

@@ -6,10 +6,10 @@
   buildNpmPackage,
   nodejs_22,
   makeWrapper,
-  # The legacy nixos-rebuild; `.override { nixos-rebuild = nixos-rebuild-ng; }` is the newer
-  # rewrite. The agent accepts both (they differ only in passing switch-to-configuration's exit
-  # code through). Under the NixOS module the system's own nixos-rebuild comes first on PATH.
-  nixos-rebuild,
+  # nixos-rebuild-ng by name: on nixpkgs-unstable `nixos-rebuild` is only an alias of it (the bash
+  # one is gone), and aliases fail with `allowAliases = false`. Under the NixOS module the
+  # system's own nixos-rebuild comes first on PATH.
+  nixos-rebuild-ng,
   nix,
   systemd,
 }:
@@ -21,8 +21,8 @@ buildNpmPackage {
   pname = "nixos-ec2-agent";
   version = (lib.importJSON ../package.json).version;
 
-  # Only what `npm ci`, `tsc` and node-gyp read: editing the NixOS module, the unit file or the
-  # docs must not rebuild the package. The build compiles agent/ and sandbox/ (the `emulate` and
+  # Only what `npm ci`, `tsc` and node-gyp read: editing the NixOS module or the docs must not
+  # rebuild the package (the unit files, installed below, and fill-lockfile.mjs do). The build compiles agent/ and sandbox/ (the `emulate` and
   # `sandbox` commands load the emulators and the stand-in from dist/sandbox); test/ is not shipped.
   src = lib.fileset.toSource {
     inherit root;
@@ -39,8 +39,19 @@ buildNpmPackage {
 
   nodejs = nodejs_22;
 
-  # One line, the SRI hash `prefetch-npm-deps package-lock.json` prints. Kept in its own file so
-  # that a test can compare it with the lockfile without evaluating Nix.
+  # package-lock.json carries no `resolved` URLs (the registry's host is not written into the
+  # repository), and prefetch-npm-deps caches only entries that have one
+  # (pkgs/build-support/node/prefetch-npm-deps/src/parse/lock.rs). This fills them from npm's
+  # built-in default registry, where npm itself would put them. buildNpmPackage hands postPatch to
+  # fetchNpmDeps too (pkgs/build-support/node/build-npm-package/default.nix), so the fetcher, its
+  # hash and `npm ci --offline` all see the same filled file.
+  postPatch = ''
+    ${nodejs_22}/bin/node ${./fill-lockfile.mjs} package-lock.json
+  '';
+
+  # One line: the SRI hash prefetch-npm-deps prints for the filled lockfile (fetcher version 1).
+  # `npm run nix-deps-hash -- --update` computes it without Nix and records the lockfile's digest
+  # beside it, so that a test notices a lockfile change that was not followed by a new hash.
   npmDepsHash = lib.fileContents ./npm-deps-hash.txt;
 
   npmBuildScript = "build";
@@ -62,12 +73,17 @@ buildNpmPackage {
     packageOut="$out/lib/node_modules/nixos-ec2-agent"
     install -Dm444 build/Release/sd_notify.node "$packageOut/build/Release/sd_notify.node"
 
+    # For images without the NixOS module: `systemd.packages = [ pkgs.nixos-ec2-agent ]` links
+    # these into the system's unit directory (README.md, "Without the module").
+    install -Dm444 ${../systemd/nixos-ec2-agent.service} "$out/lib/systemd/system/nixos-ec2-agent.service"
+    install -Dm444 ${../systemd/nixos-ec2-agent-converged.target} "$out/lib/systemd/system/nixos-ec2-agent-converged.target"
+
     # --suffix, not --prefix: a unit's own PATH (the NixOS module puts the system's
     # nixos-rebuild, nix and systemd there) must win over these fallbacks.
     wrapProgram "$out/bin/nixos-ec2-agent" \
       --suffix PATH : ${
         lib.makeBinPath [
-          nixos-rebuild
+          nixos-rebuild-ng
           nix
           systemd
         ]

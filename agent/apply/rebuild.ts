@@ -10,6 +10,8 @@ import { CHANNELS_FILE, CONFIGURATION_NIX } from '../render/render.js';
 
 export const SYSTEM_PROFILE = '/nix/var/nix/profiles/system';
 export const BUILD_DIR = '/var/lib/nixos-ec2-agent/build';
+/** switch-to-configuration holds this (flock) while it runs (pkgs/by-name/sw/switch-to-configuration-ng). */
+export const SWITCH_LOCK = '/run/nixos/switch-to-configuration.lock';
 
 export type Activation = 'test' | 'switch' | 'boot';
 
@@ -52,6 +54,7 @@ export class Rebuilder {
    * (exit 100); every other non-zero exit is a failure, read by `switchExit`.
    */
   async activate(storePath: string, action: Activation): Promise<{ rebootRequired: boolean }> {
+    await this.waitForSwitchLock();
     // Activation is never interrupted by a newer desired state: no signal, only the timeout.
     const result = await this.step(action === 'boot' ? 'commit' : 'activate', path.join(storePath, 'bin', 'switch-to-configuration'), [action], this.options.activateTimeoutMs, {}, switchExit);
     return { rebootRequired: result.code === SWITCH_REBOOT_REQUIRED };
@@ -70,6 +73,31 @@ export class Rebuilder {
   async updateChannels(text: string, signal?: AbortSignal): Promise<void> {
     await this.fs.writeAtomic(CHANNELS_FILE, text);
     await this.step('channels', this.options.nixChannel, ['--update'], this.options.buildTimeoutMs, { signal });
+  }
+
+  /**
+   * Waits until no switch-to-configuration holds its lock. The unit's KillMode=process lets an
+   * activation outlive an agent that was stopped or restarted; the next agent would otherwise
+   * start its own, which switch-to-configuration refuses at once while the lock is held
+   * (nixos/tests/switch-test.nix, "aborts on already locked lock file"), and roll back under
+   * the one still running.
+   */
+  private async waitForSwitchLock(): Promise<void> {
+    await this.fs.mkdirp(path.dirname(SWITCH_LOCK));
+    const seconds = Math.ceil(this.options.activateTimeoutMs / 1000);
+    const result = await this.runner.run({
+      command: 'flock',
+      args: ['--wait', String(seconds), this.fs.resolve(SWITCH_LOCK), 'true'],
+      timeoutMs: this.options.activateTimeoutMs + 10_000,
+      ...(this.options.env ? { env: this.options.env } : {}),
+    });
+    if (result.code !== 0) {
+      throw new ApplyFailedError(`switch-to-configuration's lock ${SWITCH_LOCK} is still held after ${seconds} s`, 'activate', {
+        exitCode: result.code,
+        timedOut: result.timedOut,
+        tail: result.tail.slice(-20),
+      });
+    }
   }
 
   private configArgs(): string[] {

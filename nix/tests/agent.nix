@@ -12,7 +12,11 @@
 # The agent builds and switches inside the VM with no binary cache, so `machine` carries its own
 # build closure (as nixpkgs' nixos-rebuild tests do), and /etc/nixos/base.nix (the configuration
 # the agent imports besides what it renders) reproduces the node's own configuration: the test
-# framework's modules, the fixed address of eth1, and `shared` below.
+# framework's modules, the fixed address of eth1, and ./shared.nix.
+#
+# Pure evaluation (`nix flake check`): the node gets the package as a derivation and imports
+# ./shared.nix from the source tree; only base.nix, which the VM evaluates itself (impurely, as
+# nixos-rebuild does), names the package by its store path.
 {
   pkgs ? import <nixpkgs> { },
   package ? pkgs.callPackage ../package.nix { },
@@ -54,69 +58,36 @@ let
     ]
   );
 
-  # The nix/ directory alone (module.nix, package.nix): the agent's own package comes prebuilt.
+  # The nix/ directory's module alone: the agent's own package comes prebuilt.
   nixDir = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
       ../module.nix
-      ../package.nix
-      ../npm-deps-hash.txt
+      ./shared.nix
     ];
   };
 
-  # The part of machine's configuration that base.nix repeats, so that the systems the agent
-  # builds in the VM keep the agent, its endpoints and the network.
-  shared = pkgs.writeText "shared.nix" ''
-    { lib, ... }:
-    {
-      imports = [ ${nixDir}/module.nix ];
+  sharedArgs = {
+    inherit machineAddress;
+    nixpkgsPath = pkgs.path;
+    environment = credentials // {
+      AWS_EC2_METADATA_SERVICE_ENDPOINT = "http://${awsAddress}:${toString ports.imds}";
+      AWS_ENDPOINT_URL_SSM = "http://${awsAddress}:${toString ports.ssm}";
+      AWS_ENDPOINT_URL_AUTO_SCALING = "http://${awsAddress}:${toString ports.autoscaling}";
+    };
+  };
 
-      networking.hostName = "machine";
-      networking.interfaces.eth1.ipv4.addresses = lib.mkForce [
-        { address = "${machineAddress}"; prefixLength = 24; }
-      ];
-
-      system.switch.enable = true;
-      boot.loader.grub.enable = false;
-      documentation.enable = false;
-      nix.nixPath = [ "nixpkgs=${pkgs.path}" ];
-      nix.settings = {
-        substituters = lib.mkForce [ ];
-        hashed-mirrors = null;
-        connect-timeout = 1;
-      };
-      virtualisation.memorySize = 3072;
-      virtualisation.cores = 2;
-      virtualisation.diskSize = 4096;
-
-      services.nixos-ec2-agent = {
-        enable = true;
-        # A store path is a package to the module system; the VM has it, and cannot build it.
-        package = "${package}";
-        openFirewall = true;
-        ssm.pollInterval = 2;
-        ssm.pollJitter = 0;
-        quietPeriod = 1;
-        health.graceSeconds = 10;
-      };
-
-      systemd.services.nixos-ec2-agent.environment = ${lib.generators.toPretty { } (
-        credentials
-        // {
-          AWS_EC2_METADATA_SERVICE_ENDPOINT = "http://${awsAddress}:${toString ports.imds}";
-          AWS_ENDPOINT_URL_SSM = "http://${awsAddress}:${toString ports.ssm}";
-          AWS_ENDPOINT_URL_AUTO_SCALING = "http://${awsAddress}:${toString ports.autoscaling}";
-        }
-      )};
-    }
-  '';
-
+  # The VM's own copy: the module from the store, the package by its store path (the VM has it
+  # and cannot build it; builtins.storePath is fine in the VM's impure evaluation).
   baseNix = pkgs.writeText "base.nix" ''
     {
       imports = [
         <nixpkgs/nixos/modules/virtualisation/qemu-vm.nix>
         <nixpkgs/nixos/modules/testing/test-instrumentation.nix>
-        ${shared}
+        (import ${nixDir}/tests/shared.nix (builtins.fromJSON ${lib.strings.escapeNixString (builtins.toJSON sharedArgs)} // {
+          module = ${nixDir}/module.nix;
+          package = builtins.storePath "${package}";
+        }))
       ];
     }
   '';
@@ -153,7 +124,12 @@ pkgs.testers.runNixOSTest {
   nodes.machine =
     { lib, ... }:
     {
-      imports = [ "${shared}" ];
+      imports = [
+        (import ./shared.nix (sharedArgs // {
+          module = ../module.nix;
+          inherit package;
+        }))
+      ];
       environment.systemPackages = [ pkgs.curl ];
       # Nothing to build from in the VM but what it carries.
       system.includeBuildDependencies = true;
@@ -162,8 +138,9 @@ pkgs.testers.runNixOSTest {
         pkgs.path
       ];
       # Started by the test once base.nix is in place: converging without it would drop the
-      # framework's own configuration.
+      # framework's own configuration. The converged target too: it is reached through the agent.
       systemd.services.nixos-ec2-agent.wantedBy = lib.mkForce [ ];
+      systemd.targets.nixos-ec2-agent-converged.wantedBy = lib.mkForce [ ];
     };
 
   testScript = ''
@@ -185,11 +162,16 @@ pkgs.testers.runNixOSTest {
         machine.succeed("systemctl start --no-block nixos-ec2-agent.service")
         # active means READY=1: the first convergence has ended
         machine.wait_for_unit("nixos-ec2-agent.service", timeout=1800)
+        machine.wait_for_unit("nixos-ec2-agent-converged.target")
         machine.succeed("nixos-ec2-agent status --wait")
         machine.succeed("test -s /etc/nixos/configuration.nix")
         machine.succeed("grep -q base.nix /etc/nixos/configuration.nix")
         machine.succeed("grep -qx 'from user data' /etc/ec2-agent-user-data")
         machine.succeed("grep -qx v1 /etc/ec2-agent-test")
+
+    with subtest("the agent runs after multi-user.target and is stopped alone"):
+        machine.succeed("systemctl show -p After --value nixos-ec2-agent.service | grep -qw multi-user.target")
+        machine.succeed("test \"$(systemctl show -p KillMode --value nixos-ec2-agent.service)\" = process")
 
     with subtest("health is served locally and, with openFirewall, to the load balancer"):
         machine.succeed("test \"$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:${toString ports.health}/healthz)\" = 200")

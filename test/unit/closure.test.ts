@@ -153,7 +153,9 @@ describe("switch-to-configuration's exit codes", () => {
   class ExitRunner implements Runner {
     constructor(private readonly code: number) {}
     async run(request: RunRequest): Promise<RunResult> {
-      return { code: this.code, signal: null, timedOut: false, aborted: false, stdout: '', stderr: '', tail: [request.command], durationMs: 1 };
+      // Only switch-to-configuration answers with the code under test; the lock wait before it is free.
+      const code = request.command === 'flock' ? 0 : this.code;
+      return { code, signal: null, timedOut: false, aborted: false, stdout: '', stderr: '', tail: [request.command], durationMs: 1 };
     }
   }
   const rebuilder = (code: number) =>

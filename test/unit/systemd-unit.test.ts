@@ -8,9 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { orderingCycle, unitSection as section } from '../support/systemd-units.js';
+
 const UNIT_NAME = 'nixos-ec2-agent.service';
-// Compiled to dist/test/unit/; the unit stays at the repository root.
+const TARGET_NAME = 'nixos-ec2-agent-converged.target';
+// Compiled to dist/test/unit/; the units stay at the repository root.
 const UNIT = fileURLToPath(new URL(`../../../systemd/${UNIT_NAME}`, import.meta.url));
+const TARGET = fileURLToPath(new URL(`../../../systemd/${TARGET_NAME}`, import.meta.url));
 const SYSTEM_BIN = '/run/current-system/sw/bin/';
 
 const hasAnalyze = spawnSync('systemd-analyze', ['--version'], { stdio: 'ignore' }).status === 0;
@@ -20,12 +24,13 @@ const skip = hasAnalyze ? false : 'systemd-analyze is not on PATH (Debian: apt-g
  * The unit in a fresh directory, with its NixOS binary paths pointed at files that exist here:
  * verify refuses an ExecStart= or ExecReload= that is not executable.
  */
-function stageUnit(text: string): { dir: string; file: string } {
+function stageUnit(text: string, extra: Record<string, string> = {}): { dir: string; file: string } {
   const dir = mkdtempSync(join(tmpdir(), 'unit-'));
   const bin = join(dir, 'bin');
   mkdirSync(bin);
   const names = new Set([...text.matchAll(/^Exec\w+=\S*?\/run\/current-system\/sw\/bin\/([^\s/]+)/gm)].map((m) => m[1]!));
   for (const name of names) symlinkSync(process.execPath, join(bin, name));
+  for (const [name, body] of Object.entries(extra)) writeFileSync(join(dir, name), body);
   const file = join(dir, UNIT_NAME);
   writeFileSync(
     file,
@@ -34,10 +39,10 @@ function stageUnit(text: string): { dir: string; file: string } {
   return { dir, file };
 }
 
-function verify(text: string): { status: number | null; stderr: string } {
-  const { dir } = stageUnit(text);
+function verify(text: string, target = readFileSync(TARGET, 'utf8')): { status: number | null; stderr: string } {
+  const { dir } = stageUnit(text, { [TARGET_NAME]: target });
   try {
-    const run = spawnSync('systemd-analyze', ['verify', '--man=no', '--generators=no', '--recursive-errors=no', UNIT_NAME], {
+    const run = spawnSync('systemd-analyze', ['verify', '--man=no', '--generators=no', '--recursive-errors=no', UNIT_NAME, TARGET_NAME], {
       cwd: dir,
       encoding: 'utf8',
     });
@@ -47,30 +52,10 @@ function verify(text: string): { status: number | null; stderr: string } {
   }
 }
 
-/** The `key=value` settings of a section, last one winning, as systemd reads them. */
-function section(text: string, name: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let current = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) {
-      current = header[1]!;
-      continue;
-    }
-    const eq = line.indexOf('=');
-    if (current !== name || eq < 0) continue;
-    const key = line.slice(0, eq);
-    out.set(key, [...(out.get(key) ?? []), line.slice(eq + 1)]);
-  }
-  return out;
-}
-
 describe('systemd/nixos-ec2-agent.service', () => {
   const text = readFileSync(UNIT, 'utf8');
 
-  it('passes systemd-analyze verify with no warning', { skip }, () => {
+  it('passes systemd-analyze verify with no warning, with its target', { skip }, () => {
     const { status, stderr } = verify(text);
     assert.equal(stderr, '', `systemd-analyze verify warned:\n${stderr}`);
     assert.equal(status, 0);
@@ -80,6 +65,8 @@ describe('systemd/nixos-ec2-agent.service', () => {
     const { status, stderr } = verify(text.replace(/^Type=notify$/m, 'Type=notifyy'));
     assert.ok(status !== 0 || stderr !== '', 'a bad Type= would go unnoticed');
     assert.match(stderr, /notifyy/);
+    const badTarget = verify(text, readFileSync(TARGET, 'utf8').replace('DefaultDependencies=no', 'DefaultDependencie=no'));
+    assert.match(badTarget.stderr, /DefaultDependencie\b/, 'the target is verified too');
   });
 
   it('is a notify service that activation neither restarts nor stops', () => {
@@ -93,13 +80,34 @@ describe('systemd/nixos-ec2-agent.service', () => {
     assert.ok(service.has('WatchdogSec') && service.has('TimeoutStartSec'));
     assert.deepEqual(service.get('RuntimeDirectory'), ['nixos-ec2-agent']);
     assert.deepEqual(service.get('StateDirectory'), ['nixos-ec2-agent']);
-    // NixOS's switch-to-configuration reads these from the unit file.
-    assert.deepEqual(unit.get('X-RestartIfChanged'), ['false']);
+    // NixOS's switch-to-configuration reads X-RestartIfChanged from [Service] only and
+    // X-StopOnRemoval from [Unit] (pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs).
+    assert.deepEqual(service.get('X-RestartIfChanged'), ['false']);
+    assert.equal(unit.has('X-RestartIfChanged'), false, 'ignored in [Unit]');
     assert.deepEqual(unit.get('X-StopOnRemoval'), ['false']);
     assert.deepEqual(section(text, 'Install').get('WantedBy'), ['multi-user.target']);
+    // Stopping or restarting the agent signals the agent alone: an activation it started goes on.
+    assert.deepEqual(service.get('KillMode'), ['process']);
     for (const key of ['ProtectSystem', 'ProtectHome', 'PrivateTmp', 'PrivateDevices', 'ProtectHostname']) {
       assert.equal(service.has(key), false, `${key} would give the unit a namespace that activation's changes stay in`);
     }
+  });
+
+  it('runs after multi-user.target, and its target is reachable without an ordering cycle', () => {
+    const unit = section(text, 'Unit');
+    const after = (unit.get('After') ?? []).flatMap((v) => v.split(/\s+/));
+    const wants = (unit.get('Wants') ?? []).flatMap((v) => v.split(/\s+/));
+    assert.ok(after.includes('multi-user.target') && after.includes('network-online.target'), `After=${after}`);
+    assert.ok(wants.includes(TARGET_NAME), `Wants=${wants}`);
+    const target = readFileSync(TARGET, 'utf8');
+    assert.deepEqual(section(target, 'Unit').get('After'), [UNIT_NAME]);
+    assert.deepEqual(section(target, 'Unit').get('DefaultDependencies'), ['no']);
+    assert.deepEqual(section(target, 'Install').get('WantedBy'), ['multi-user.target']);
+    const wantedBy = { [UNIT_NAME]: ['multi-user.target'], [TARGET_NAME]: ['multi-user.target'] };
+    assert.deepEqual(orderingCycle({ [UNIT_NAME]: text, [TARGET_NAME]: target }, wantedBy), null);
+    // The checker sees the cycle a target with default dependencies would make.
+    const cyclic = orderingCycle({ [UNIT_NAME]: text, [TARGET_NAME]: target.replace(/^DefaultDependencies=no\n/m, '') }, wantedBy);
+    assert.ok(cyclic?.includes('multi-user.target') && cyclic.includes(UNIT_NAME), `cycle: ${cyclic}`);
   });
 
   it('has a security exposure score (printed; a root agent that switches systems stays high)', { skip }, () => {
@@ -120,3 +128,4 @@ describe('systemd/nixos-ec2-agent.service', () => {
     }
   });
 });
+
