@@ -202,9 +202,10 @@ function optionValue(p: SsmParameter, where: string): Json {
 }
 
 function checkName(name: string, where: string, what: string): void {
-  if (!NAME.test(name) || name === '.' || name === '..' || name.includes('/')) {
+  // 255 bytes is the usual file name limit; `.nix` is added to module names.
+  if (!NAME.test(name) || name === '.' || name === '..' || name.includes('/') || name.length > 250) {
     throw new InvalidInputError(
-      `${what} name "${name}" must be one path segment of letters, digits, _ . - (it names a file and must not leave its directory)`,
+      `${what} name "${name}" must be one path segment of at most 250 letters, digits, _ . - (it names a file and must not leave its directory)`,
       where,
     );
   }
