@@ -20,7 +20,8 @@ import { ProcessRunner } from '../../agent/runner.js';
 import type { SsmParameter } from '../../agent/sources/ssm.js';
 import { interpretUserData, type UserData } from '../../agent/sources/userdata.js';
 import { desired, param, ssm } from '../support/desired.js';
-import { NIX_CANONICAL, NIX_MISSING, canonicalJson, evalNixFileJson, nixAvailable, withTempDir } from '../support/nix.js';
+import { NIX_MISSING, canonicalJson, evalNixFileJson, nixAvailable, withTempDir } from '../support/nix.js';
+import { readBackOptions } from '../support/readback.js';
 
 const HOSTILE = fileURLToPath(new URL('../../../test/fixtures/hostile/', import.meta.url));
 const PREFIX = '/nixos/fleet';
@@ -107,54 +108,26 @@ describe('the hostile corpus', () => {
   it('gives back every rendered option value exactly, in a configuration of unchanged structure', nix, async () => {
     const cases = [...outcomes].flatMap(([c, o]) => (o.kind === 'render' && c.name.includes('/options/') ? [{ c, plan: o.plan }] : []));
     assert.ok(cases.length >= 100, `${cases.length} rendered option values`);
-    await withTempDir(async (dir) => {
-      const entries: string[] = [];
-      for (const [i, { c, plan }] of cases.entries()) {
+    const results = await readBackOptions(
+      cases.map(({ c, plan }) => {
         const part = plan.parts.find((p) => p.path.endsWith('/options.nix'));
         assert.ok(part, label(c));
-        await writeFile(join(dir, `o${i}.nix`), part.text);
-        // Nix's own JSON reader is the oracle for what the value is; a StringList is its items.
-        const want = c.type === 'StringList' ? JSON.stringify(c.value.split(',')) : c.value;
-        await writeFile(join(dir, `o${i}.json`), want);
-        const path = c.name.slice(`${PREFIX}/options/`.length).split('.');
-        entries.push(`    (check ./o${i}.nix ./o${i}.json [ ${path.map((s) => nixString(s)).join(' ')} ])`);
-      }
-      const file = join(dir, 'check.nix');
-      await writeFile(
-        file,
-        `let
-  canonical = ${NIX_CANONICAL};
-  # The attribute names met walking down the path: one name per level, or the value grew siblings.
-  spine = path: set: if path == [ ] then [ ] else [ (builtins.attrNames set) ] ++ spine (builtins.tail path) set.\${builtins.head path};
-  check = file: json: path:
-    let m = import file { }; first = builtins.head m.imports; in {
-      args = builtins.attrNames (builtins.functionArgs (import file));
-      top = builtins.attrNames m;
-      shape = map builtins.attrNames m.imports;
-      spine = spine ([ "config" ] ++ path) first;
-      got = canonical (builtins.foldl' (s: n: s.\${n}) first.config path);
-      want = canonical (builtins.fromJSON (builtins.readFile json));
-    };
-in [
-${entries.join('\n')}
-]
-`,
-      );
-      const results = (await evalNixFileJson(file)) as { args: string[]; top: string[]; shape: string[][]; spine: string[][]; got: unknown; want: unknown }[];
-      for (const [i, { c }] of cases.entries()) {
-        const r = results[i];
-        assert.ok(r, label(c));
-        const path = c.name.slice(`${PREFIX}/options/`.length).split('.');
-        assert.deepEqual(r.args, [], label(c));
-        assert.deepEqual(r.top, ['imports'], label(c));
-        assert.deepEqual(r.shape, [['config']], label(c));
-        assert.deepEqual(r.spine, [['config'], ...path.map((s) => [s])], label(c));
-        assert.deepStrictEqual(r.got, r.want, label(c));
-        // And the agent's own reading of the text agrees with Nix's.
-        const mine: Json = c.type === 'StringList' ? c.value.split(',') : parseJson(c.value);
-        assert.deepStrictEqual(r.got, canonicalJson(mine), label(c));
-      }
-    });
+        // A StringList is its items.
+        const json = c.type === 'StringList' ? JSON.stringify(c.value.split(',')) : c.value;
+        return { optionsNix: part.text, path: c.name.slice(`${PREFIX}/options/`.length).split('.'), json };
+      }),
+    );
+    for (const [i, { c }] of cases.entries()) {
+      const r = results[i];
+      assert.ok(r, label(c));
+      const path = c.name.slice(`${PREFIX}/options/`.length).split('.');
+      assert.deepEqual([r.args, r.top, r.shape], [[], ['imports'], [['config']]], label(c));
+      assert.deepEqual(r.spine, [['config'], ...path.map((s) => [s])], label(c));
+      assert.deepStrictEqual(r.got, r.want, label(c));
+      // And the agent's own reading of the text agrees with Nix's.
+      const mine: Json = c.type === 'StringList' ? c.value.split(',') : parseJson(c.value);
+      assert.deepStrictEqual(r.got, canonicalJson(mine), label(c));
+    }
   });
 
   it('writes module texts exactly as given; the Nix parser rejects exactly the broken ones, naming them', nix, async () => {
