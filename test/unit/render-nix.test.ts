@@ -17,6 +17,7 @@ import {
   renderSecretsArgsModule,
   type Json,
 } from '../../agent/render/nix.js';
+import { parseJson } from '../../agent/desired/json.js';
 import { NixParser } from '../../agent/render/validate.js';
 import { ProcessRunner } from '../../agent/runner.js';
 import {
@@ -249,6 +250,26 @@ describe('nixValue', () => {
   });
 });
 
+describe('nixValue: rendered size', () => {
+  it('stays within a constant factor of an 8 KiB value, whatever its shape (once 33.5 MB)', () => {
+    const deep = (inner: string) => `${'['.repeat(MAX_DEPTH - 1)}${inner}${']'.repeat(MAX_DEPTH - 1)}`;
+    const shapes = [
+      deep(Array(3900).fill('0').join(',')),
+      deep(Array(2600).fill('[]').join(',')),
+      deep(Array(1300).fill('[1]').join(',')),
+      `${'{"a":'.repeat(MAX_DEPTH - 1)}${JSON.stringify('${'.repeat(3000))}${'}'.repeat(MAX_DEPTH - 1)}`,
+      JSON.stringify(Array(1000).fill('\\"')),
+    ];
+    for (const text of shapes) {
+      assert.ok(text.length <= 8192, `${text.length}`);
+      const rendered = nixValue(parseJson(text), 6);
+      assert.ok(rendered.length <= 40 * text.length, `${text.slice(0, 20)}…: ${text.length} → ${rendered.length}`);
+    }
+    // The value that gave 33.5 MB: 4096 levels of lists, refused when read.
+    assert.throws(() => parseJson(`${'['.repeat(4096)}${']'.repeat(4096)}`), /deeper than 100/);
+  });
+});
+
 describe('nixValue: JSON numbers kept as written', () => {
   const n = (text: string) => new JsonNumber(text);
 
@@ -323,6 +344,28 @@ describe('renderOptionsModule: the module system\'s vocabulary', () => {
 
   const lib = process.env['NIXPKGS_LIB'];
   const withLib = !nixAvailable() ? { skip: NIX_MISSING } : lib === undefined || lib === '' ? { skip: 'NIXPKGS_LIB is not set' } : {};
+
+  it('gives types.float a float and types.int every digit, in the real module system', withLib, async () => {
+    await withTempDir(async (dir) => {
+      const evalWith = async (f: Json, i: Json) => {
+        const file = join(dir, 'options.nix');
+        await writeFile(file, renderOptionsModule([{ path: ['f'], value: f }, { path: ['i'], value: i }]));
+        return evalNixJson(`
+let
+  lib = import ${nixString(lib as string)};
+  image = { lib, ... }: {
+    options.f = lib.mkOption { type = lib.types.float; };
+    options.i = lib.mkOption { type = lib.types.int; };
+  };
+  config = (lib.evalModules { modules = [ image ${nixString(file)} ]; }).config;
+in { f = builtins.typeOf config.f; one = config.f == 1.0; i = toString config.i; }
+`);
+      };
+      assert.deepEqual(await evalWith(new JsonNumber('1.0'), new JsonNumber('9007199254740993')), { f: 'float', one: true, i: '9007199254740993' });
+      // What JSON.parse would have given: the integer 1, which types.float refuses.
+      await assert.rejects(evalWith(1, 1), /is not of type `floating point number'|not of type.*float/);
+    });
+  });
 
   it('cannot beat the image\'s mkForce in the real module system', withLib, async () => {
     // The old rendering of { "_type": "override", "priority": 10, "content": … } was this attribute
