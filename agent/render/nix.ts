@@ -139,25 +139,39 @@ function reservedNameReason(name: string): string | undefined {
  * attribute name of the module system's vocabulary. Iterative: the value may be deep.
  */
 export function checkOptionValue(value: Json, where: string): void {
-  const stack: { v: Json; path: (string | number)[] }[] = [{ v: value, path: [] }];
+  // The walk keeps no paths (a fleet renders thousands of values); the place is found only for an error.
+  const stack: Json[] = [value];
   while (stack.length > 0) {
-    const { v, path } = stack.pop() as { v: Json; path: (string | number)[] };
+    const v = stack.pop() as Json;
     if (v === null || typeof v !== 'object' || v instanceof JsonNumber) continue;
     if (Array.isArray(v)) {
-      v.forEach((x, i) => stack.push({ v: x, path: [...path, i] }));
+      for (const x of v) stack.push(x);
       continue;
     }
     for (const key of Object.keys(v)) {
       const reason = reservedNameReason(key);
       if (reason !== undefined) {
+        const path = pathTo(value, v) ?? [];
         throw new InvalidInputError(
           `the attribute ${JSON.stringify(key)}${path.length === 0 ? '' : ` at ${atOf(path)}`} cannot be set from an option value: ${reason}; use a module (modules/<name>) for that`,
           where,
         );
       }
-      stack.push({ v: v[key] as Json, path: [...path, key] });
+      stack.push(v[key] as Json);
     }
   }
+}
+
+/** Where `target` sits inside `v`, depth-first; only for error messages. */
+function pathTo(v: Json, target: Json, path: (string | number)[] = []): (string | number)[] | undefined {
+  if (v === target) return path;
+  if (v === null || typeof v !== 'object' || v instanceof JsonNumber || path.length > MAX_DEPTH) return undefined;
+  const entries: [string | number, Json][] = Array.isArray(v) ? v.map((x, i) => [i, x]) : Object.entries(v);
+  for (const [k, x] of entries) {
+    const found = pathTo(x, target, [...path, k]);
+    if (found) return found;
+  }
+  return undefined;
 }
 
 /**
