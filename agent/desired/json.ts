@@ -99,7 +99,7 @@ export function parseJson(text: string): Json {
   function number(): Json {
     NUMBER.lastIndex = pos;
     const m = NUMBER.exec(text);
-    if (!m || m[0] === '-') return fail(`unexpected ${describe(pos)}`);
+    if (!m) return fail(`unexpected ${describe(pos)}`);
     const token = m[0];
     pos = NUMBER.lastIndex;
     if (!/[.eE]/.test(token)) {

@@ -234,7 +234,7 @@ const NIX_INT_MAX = 2n ** 63n - 1n;
 
 /** A JSON number token as the Nix value of the same type and exactly the same value, or a rejection. */
 function nixJsonNumber(n: JsonNumber, where: string, at: () => string): string {
-  const place = () => { const p = at(); return p === '' ? '' : ` at ${p}`; };
+  const place = () => (at() === '' ? '' : ` at ${at()}`);
   if (n.isInteger) {
     const v = BigInt(n.text);
     if (v < NIX_INT_MIN || v > NIX_INT_MAX) {
