@@ -5,8 +5,8 @@
 // Evaluation is batched: one nix-instantiate call for all option values.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
@@ -148,6 +148,29 @@ describe('the hostile corpus', () => {
       const failed = new Set(errors.map((e) => e.file));
       for (const [i, { c }] of cases.entries()) {
         assert.equal(failed.has(files[i] as string), c.expect === 'parse-error', label(c));
+      }
+    });
+  });
+
+  it('leaves configuration.nix importing exactly the rendered parts, whatever the input', nix, async () => {
+    const plans = [...outcomes.values()].flatMap((o) => (o.kind === 'render' ? [o.plan] : []));
+    await withTempDir(async (dir) => {
+      const entries: string[] = [];
+      for (const [i, plan] of plans.entries()) {
+        // Each under its own root, as /etc/nixos/configuration.nix: imports are relative to it.
+        const file = join(dir, `r${i}`, plan.configuration.path);
+        await mkdir(dirname(file), { recursive: true });
+        await writeFile(file, plan.configuration.text);
+        entries.push(`  (shape ${nixString(file)})`);
+      }
+      const check = join(dir, 'check.nix');
+      await writeFile(
+        check,
+        `let shape = file: let c = import file { }; in { top = builtins.attrNames c; imports = map toString c.imports; };\nin [\n${entries.join('\n')}\n]\n`,
+      );
+      const results = (await evalNixFileJson(check)) as { top: string[]; imports: string[] }[];
+      for (const [i, plan] of plans.entries()) {
+        assert.deepEqual(results[i], { top: ['imports'], imports: plan.parts.map((p) => join(dir, `r${i}`, p.path)) }, plan.configuration.text);
       }
     });
   });
