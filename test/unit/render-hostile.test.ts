@@ -66,13 +66,20 @@ function attempt<T>(fn: () => T): { ok: T } | { rejected: InvalidInputError } {
 type Outcome =
   | { readonly kind: 'reject'; readonly error: InvalidInputError }
   | { readonly kind: 'note' }
-  | { readonly kind: 'render'; readonly plan: RenderPlan };
+  | { readonly kind: 'render'; readonly plan: RenderPlan }
+  /** Anything but an InvalidInputError: a bug. */
+  | { readonly kind: 'crash'; readonly error: unknown };
 
 function outcomeOf(c: ParameterCase): Outcome {
-  const result = attempt(() => {
-    const d = desired({ ssm: ssm([PREFIX, [param(c.name, c.value, { type: c.type, version: 3 })]]) });
-    return { d, plan: renderPlan(d) };
-  });
+  let result;
+  try {
+    result = attempt(() => {
+      const d = desired({ ssm: ssm([PREFIX, [param(c.name, c.value, { type: c.type, version: 3 })]]) });
+      return { d, plan: renderPlan(d) };
+    });
+  } catch (err) {
+    return { kind: 'crash', error: err };
+  }
   if ('rejected' in result) return { kind: 'reject', error: result.rejected };
   const { d, plan } = result.ok;
   if (d.options.length + d.modules.length + d.secrets.length === 0) {
@@ -94,7 +101,8 @@ describe('the hostile corpus', () => {
   it('rejects each parameter it expects to, naming the parameter and its version, and no other', () => {
     for (const [c, outcome] of outcomes) {
       const expected = c.expect === 'parse-error' ? 'render' : c.expect;
-      assert.equal(outcome.kind, expected, `${label(c)}: ${outcome.kind === 'reject' ? outcome.error.message : outcome.kind}`);
+      const detail = outcome.kind === 'reject' || outcome.kind === 'crash' ? String(outcome.kind === 'crash' ? outcome.error : outcome.error.message) : outcome.kind;
+      assert.equal(outcome.kind, expected, `${label(c)}: ${detail}`);
       if (outcome.kind === 'reject') {
         // A value's error may say where inside the value; it starts with the parameter.
         assert.ok(outcome.error.where.startsWith(`SSM parameter ${c.name} (version 3)`), label(c));
