@@ -138,7 +138,7 @@ function reservedNameReason(name: string): string | undefined {
  * Throws InvalidInputError (naming `where` and the place in the value) when an option value holds an
  * attribute name of the module system's vocabulary. Iterative: the value may be deep.
  */
-export function checkOptionValue(value: Json, where: string): void {
+function checkOptionValue(value: Json, where: string): void {
   // The walk keeps no paths (a fleet renders thousands of values); the place is found only for an error.
   const stack: Json[] = [value];
   while (stack.length > 0) {
@@ -200,10 +200,6 @@ export function parseOptionPath(dotted: string): OptionPathResult {
     }
   }
   return { ok: true, path };
-}
-
-export function isOptionPath(dotted: string): boolean {
-  return parseOptionPath(dotted).ok;
 }
 
 /**

@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { InvalidInputError } from '../../agent/errors.js';
 import {
-  isOptionPath,
   JsonNumber,
   MAX_DEPTH,
   nixAttrName,
@@ -152,8 +151,8 @@ describe('option paths', () => {
   it('parses dotted identifiers', () => {
     assert.deepEqual(parseOptionPath('services.nginx.enable'), { ok: true, path: ['services', 'nginx', 'enable'] });
     assert.deepEqual(parseOptionPath("a_b.c-d.e'"), { ok: true, path: ['a_b', 'c-d', "e'"] });
-    assert.equal(isOptionPath('networking.hostName'), true);
-    assert.equal(isOptionPath('x'), true);
+    assert.equal(parseOptionPath('networking.hostName').ok, true);
+    assert.equal(parseOptionPath('x').ok, true);
   });
 
   it('rejects empty paths, empty segments and non-identifiers with a reason', () => {
@@ -161,7 +160,7 @@ describe('option paths', () => {
       const parsed = parseOptionPath(bad);
       assert.equal(parsed.ok, false, bad);
       if (!parsed.ok) assert.ok(parsed.reason.length > 0);
-      assert.equal(isOptionPath(bad), false, bad);
+      assert.equal(parseOptionPath(bad).ok, false, bad);
     }
   });
 });
