@@ -4,14 +4,15 @@
 import { createHash } from 'node:crypto';
 import { InvalidInputError } from '../errors.js';
 import type { Json } from '../render/nix.js';
-import { isOptionPath } from '../render/nix.js';
+import { parseOptionPath } from '../render/nix.js';
+import { JsonSyntaxError, parseJson } from './json.js';
 import type { Secret } from '../secret.js';
 import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
 import { parseSystemClosure, systemFromUserData, type SystemClosure } from '../sources/system.js';
 import type { Channel, UserData } from '../sources/userdata.js';
 
 /** Bumped when the rendering changes, so every instance renders again after an upgrade. */
-export const RENDER_VERSION = 2;
+export const RENDER_VERSION = 3;
 
 export interface ParameterRef {
   readonly name: string;
@@ -67,6 +68,9 @@ export interface DesiredState {
 }
 
 const NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+/** What the agent reads under a prefix; `system` is a leaf, the others are folders. */
+const KINDS = ['options', 'modules', 'secrets', 'system'] as const;
 
 export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | undefined; local: LocalSnapshot }): DesiredState {
   const notes: string[] = [];
@@ -95,25 +99,27 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
       const slash = rel.indexOf('/');
       const kind = slash < 0 ? rel : rel.slice(0, slash);
       const rest = slash < 0 ? '' : rel.slice(slash + 1);
+      const problem = nameProblem(kind, rest, slash >= 0);
+      if (problem !== undefined) throw new InvalidInputError(problem, where);
       switch (kind) {
         case 'options': {
-          if (!isOptionPath(rest)) {
-            throw new InvalidInputError(
-              `"${rest}" is not a dotted NixOS option path (segments are Nix identifiers, e.g. services.nginx.enable)`,
-              where,
-            );
+          const parsed = parseOptionPath(rest);
+          if (!parsed.ok) {
+            throw new InvalidInputError(`${parsed.reason}; options/ takes a dotted NixOS option path, e.g. options/services.nginx.enable`, where);
           }
-          const path = rest.split('.');
           const value = optionValue(p, where);
           // Later prefixes win per option path; a later value for a longer or shorter path is
           // merged by the module system, as two modules setting them would be.
-          options.set(rest, { path, value, from });
+          options.set(rest, { path: parsed.path, value, from });
           break;
         }
         case 'modules': {
           checkName(rest, where, 'module');
           const text = plain(p, where);
           if (text.includes('\0')) throw new InvalidInputError('module text contains a NUL byte', where);
+          if (text.startsWith('\ufeff')) throw new InvalidInputError('module text starts with a byte order mark, which Nix does not accept', where);
+          // Written as UTF-8, a lone surrogate would silently become U+FFFD.
+          if (LONE_SURROGATE.test(text)) throw new InvalidInputError('module text contains a lone UTF-16 surrogate, which is not a Unicode character', where);
           modules.set(rest, { name: rest, text, from });
           break;
         }
@@ -122,7 +128,12 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
           if (p.type !== 'SecureString') {
             throw new InvalidInputError(`a secret must be a SecureString, not ${p.type} (its value would be readable in SSM and logs)`, where);
           }
-          secrets.set(rest, { name: rest, value: p.value as Secret, from });
+          const secret = p.value as Secret;
+          // The message says what, never where in the value: nothing of a secret reaches a log.
+          if (LONE_SURROGATE.test(secret.reveal())) {
+            throw new InvalidInputError('the secret holds a lone UTF-16 surrogate, which is not a Unicode character and cannot be written as UTF-8', where);
+          }
+          secrets.set(rest, { name: rest, value: secret, from });
           break;
         }
         case 'system':
@@ -133,7 +144,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
           system = parseSystemClosure(plain(p, where), where, from);
           break;
         default:
-          notes.push(`${where}: not under options/, modules/ or secrets/; ignored`);
+          notes.push(`${where}: not under options/, modules/, secrets/ or system, so not read by this agent; ignored`);
       }
     }
   }
@@ -170,20 +181,46 @@ function plain(p: SsmParameter, where: string): string {
   return p.value;
 }
 
+/**
+ * Names under a prefix that cannot be meant for anything but the agent, yet cannot work: a known kind
+ * in another case (`Options/x`: SSM names are case-sensitive, so it would be ignored while looking
+ * set), a folder kind without a name, or `system` used as a folder. Rejected, so the mistake is seen.
+ * Names of other kinds may belong to other tools sharing the prefix: those are only noted.
+ */
+function nameProblem(kind: string, rest: string, hasSlash: boolean): string | undefined {
+  const known = KINDS.find((k) => k.toLowerCase() === kind.toLowerCase());
+  if (known === undefined) return undefined;
+  const expected = known === 'system' ? 'system' : `${known}/`;
+  if (known !== kind) return `"${kind}" is not a kind this agent reads; SSM names are case-sensitive: did you mean ${expected}?`;
+  if (known === 'system') return hasSlash ? '"system" is one parameter, not a folder: nothing may be named below it' : undefined;
+  if (rest === '') {
+    return known === 'options'
+      ? 'options/ needs an option path after it (e.g. options/services.nginx.enable)'
+      : `${known}/ needs a name after it (e.g. ${known}/web)`;
+  }
+  return undefined;
+}
+
 function optionValue(p: SsmParameter, where: string): Json {
   const text = plain(p, where);
-  if (p.type === 'StringList') return text.split(',');
+  if (p.type === 'StringList') {
+    const items = text.split(',');
+    if (items.some((item) => LONE_SURROGATE.test(item))) throw new InvalidInputError('a StringList item holds a lone UTF-16 surrogate', where);
+    return items;
+  }
   try {
-    return JSON.parse(text) as Json;
+    return parseJson(text);
   } catch (err) {
-    throw new InvalidInputError(`value is not JSON (${(err as Error).message}); a string option is written with quotes, e.g. "\\"web-1\\""`, where);
+    if (!(err instanceof JsonSyntaxError)) throw err;
+    throw new InvalidInputError(`value is not JSON (${err.message}); a string option is written with quotes, e.g. "\\"web-1\\""`, where);
   }
 }
 
 function checkName(name: string, where: string, what: string): void {
-  if (!NAME.test(name) || name === '.' || name === '..' || name.includes('/')) {
+  // 255 bytes is the usual file name limit; `.nix` is added to module names.
+  if (!NAME.test(name) || name === '.' || name === '..' || name.includes('/') || name.length > 250) {
     throw new InvalidInputError(
-      `${what} name "${name}" must be one path segment of letters, digits, _ . - (it names a file and must not leave its directory)`,
+      `${what} name "${name}" must be one path segment of at most 250 letters, digits, _ . - (it names a file and must not leave its directory)`,
       where,
     );
   }

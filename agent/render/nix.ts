@@ -3,7 +3,36 @@
 // change the structure of the file around it.
 import { InvalidInputError } from '../errors.js';
 
-export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+export type Json = null | boolean | number | JsonNumber | string | Json[] | { [k: string]: Json };
+
+/**
+ * A JSON number kept as its text, for what a JavaScript number would alter: every float (`1.0` and
+ * `1e2` are floats to Nix, but 1 and 100 to JavaScript) and integers past 2^53. parseJson makes
+ * them; a plain `number` is used only for safe integers.
+ */
+export class JsonNumber {
+  constructor(
+    /** The token as JSON wrote it (RFC 8259's grammar, checked by parseJson). */
+    readonly text: string,
+  ) {}
+
+  get isInteger(): boolean {
+    return !/[.eE]/.test(this.text);
+  }
+
+  /** For logs and status: the nearest double, as JSON.parse would give. */
+  toJSON(): number {
+    return Number(this.text);
+  }
+}
+
+/**
+ * How deep a value may nest. NixOS values are a few levels deep; the bound keeps a hostile value
+ * from exhausting the renderer's, the parser's or the evaluator's stack.
+ */
+export const MAX_DEPTH = 100;
+/** Indentation stops growing here, so the rendered size stays linear in the input's size. */
+const MAX_INDENT = 32;
 
 /** Option path segments as the NixOS module system names options (and SSM names allow). */
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_'-]*$/;
@@ -75,7 +104,81 @@ export type OptionPathResult =
   | { readonly ok: true; readonly path: string[] }
   | { readonly ok: false; readonly reason: string };
 
-/** Splits `services.nginx.enable` into segments; every segment must be a Nix identifier. */
+/**
+ * Attribute names the module system reads as its own vocabulary rather than as configuration
+ * (nixpkgs lib/modules.nix: `_type` makes a set an mkIf/mkOverride/mkMerge/mkOrder/mkDefinition in
+ * `dischargeProperties`; `_module` holds `args`, `check` and `freeformType`; `unifyModuleSyntax`
+ * takes `_class`, `_file`, `require`, `imports`, `disabledModules` and `freeformType` out of a module
+ * written as a value of a module-typed option), and names starting with `__`, which Nix itself gives
+ * a meaning (`__functor`, `__toString`). A value from `options/` may hold none of them, anywhere, so
+ * that setting an option never reaches priorities, conditions, module arguments or imports.
+ * `key`, `config`, `options` and `meta` stay allowed: they are common setting names, and in the
+ * usual `types.submodule` a set value is only ever configuration (lib/types.nix:
+ * `shorthandOnlyDefinesConfig = true`).
+ */
+const MODULE_VOCABULARY: ReadonlySet<string> = new Set([
+  '_type',
+  '_module',
+  '_class',
+  '_file',
+  'require',
+  'imports',
+  'disabledModules',
+  'freeformType',
+]);
+
+/** Why `name` may not appear in an option value, or undefined when it may. */
+function reservedNameReason(name: string): string | undefined {
+  if (MODULE_VOCABULARY.has(name)) return `the NixOS module system reads "${name}" as its own (lib/modules.nix), not as a setting`;
+  if (name.startsWith('__')) return `Nix gives names starting with "__" a meaning of their own (e.g. __functor, __toString)`;
+  return undefined;
+}
+
+/**
+ * Throws InvalidInputError (naming `where` and the place in the value) when an option value holds an
+ * attribute name of the module system's vocabulary. Iterative: the value may be deep.
+ */
+function checkOptionValue(value: Json, where: string): void {
+  // The walk keeps no paths (a fleet renders thousands of values); the place is found only for an error.
+  const stack: Json[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop() as Json;
+    if (v === null || typeof v !== 'object' || v instanceof JsonNumber) continue;
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push(x);
+      continue;
+    }
+    for (const key of Object.keys(v)) {
+      const reason = reservedNameReason(key);
+      if (reason !== undefined) {
+        const path = pathTo(value, v) ?? [];
+        throw new InvalidInputError(
+          `the attribute ${JSON.stringify(key)}${path.length === 0 ? '' : ` at ${atOf(path)}`} cannot be set from an option value: ${reason}; use a module (modules/<name>) for that`,
+          where,
+        );
+      }
+      stack.push(v[key] as Json);
+    }
+  }
+}
+
+/** Where `target` sits inside `v`, depth-first; only for error messages. */
+function pathTo(v: Json, target: Json, path: (string | number)[] = []): (string | number)[] | undefined {
+  if (v === target) return path;
+  if (v === null || typeof v !== 'object' || v instanceof JsonNumber || path.length > MAX_DEPTH) return undefined;
+  const entries: [string | number, Json][] = Array.isArray(v) ? v.map((x, i) => [i, x]) : Object.entries(v);
+  for (const [k, x] of entries) {
+    const found = pathTo(x, target, [...path, k]);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/**
+ * Splits `services.nginx.enable` into segments; every segment must be a Nix identifier, and none may
+ * start with `_`: no NixOS option does, and `_module` (module arguments, type checking) is the
+ * module system's own.
+ */
 export function parseOptionPath(dotted: string): OptionPathResult {
   if (dotted === '') return { ok: false, reason: 'the option path is empty' };
   const path = dotted.split('.');
@@ -89,12 +192,14 @@ export function parseOptionPath(dotted: string): OptionPathResult {
         reason: `segment ${JSON.stringify(segment)} of option path ${JSON.stringify(dotted)} is not a Nix identifier ([A-Za-z_][A-Za-z0-9_'-]*)`,
       };
     }
+    if (segment.startsWith('_')) {
+      return {
+        ok: false,
+        reason: `segment ${JSON.stringify(segment)} of option path ${JSON.stringify(dotted)} starts with "_": no NixOS option does, and _module is the module system's own`,
+      };
+    }
   }
   return { ok: true, path };
-}
-
-export function isOptionPath(dotted: string): boolean {
-  return parseOptionPath(dotted).ok;
 }
 
 /**
@@ -119,6 +224,40 @@ function nixFloat(v: number): string {
   return v < 0 ? `(-${literal})` : literal;
 }
 
+/** Nix integers are 64-bit (NixInt is int64_t); its lexer rejects a literal past the maximum. */
+const NIX_INT_MIN = -(2n ** 63n);
+const NIX_INT_MAX = 2n ** 63n - 1n;
+
+/** A JSON number token as the Nix value of the same type and exactly the same value, or a rejection. */
+function nixJsonNumber(n: JsonNumber, where: string, at: () => string): string {
+  const place = () => (at() === '' ? '' : ` at ${at()}`);
+  if (n.isInteger) {
+    const v = BigInt(n.text);
+    if (v < NIX_INT_MIN || v > NIX_INT_MAX) {
+      throw new InvalidInputError(
+        `the integer ${n.text}${place()} is outside Nix's 64-bit integer range (-2^63 to 2^63-1); write it as a string or a float (e.g. ${n.text}.0) if that is what is meant`,
+        where,
+      );
+    }
+    if (v === 0n) return '0';
+    if (v > 0n) return v.toString();
+    // -2^63 has no positive literal to negate.
+    return v === NIX_INT_MIN ? `(-${-(v + 1n)} - 1)` : `(${v})`;
+  }
+  const v = Number(n.text);
+  if (!Number.isFinite(v)) {
+    throw new InvalidInputError(`the number ${n.text}${place()} is beyond the largest Nix float (a 64-bit double, about 1.8e308)`, where);
+  }
+  if (v === 0) {
+    if (/[1-9]/.test(n.text.split(/[eE]/)[0] as string)) {
+      throw new InvalidInputError(`the number ${n.text}${place()} is too small for a Nix float (a 64-bit double): it would become 0`, where);
+    }
+    // `0.0 - 0.0` is +0: negative zero only comes back through the JSON parser.
+    return Object.is(v, -0) ? '(builtins.fromJSON "-0.0")' : '0.0';
+  }
+  return nixFloat(v);
+}
+
 function nixNumber(v: number, where: string, at: () => string): string {
   if (!Number.isFinite(v)) {
     throw new InvalidInputError(`the number at ${at()} is not finite (${v}); JSON has no such value`, where, { at: at() });
@@ -131,7 +270,7 @@ function nixNumber(v: number, where: string, at: () => string): string {
 }
 
 function pad(n: number): string {
-  return ' '.repeat(n);
+  return ' '.repeat(Math.min(n, MAX_INDENT));
 }
 
 /** Where a value sits in its JSON document, e.g. `.a[2]["b c"]`; built only for an error. */
@@ -141,6 +280,7 @@ function atOf(path: readonly (string | number)[]): string {
 
 function render(v: Json, indent: number, where: string, path: (string | number)[]): string {
   if (v === null) return 'null';
+  if (v instanceof JsonNumber) return nixJsonNumber(v, where, () => atOf(path));
   switch (typeof v) {
     case 'boolean':
       return v ? 'true' : 'false';
@@ -148,6 +288,9 @@ function render(v: Json, indent: number, where: string, path: (string | number)[
       return nixNumber(v, where, () => atOf(path));
     case 'string':
       return quote(v, () => (path.length === 0 ? where : `${where} at ${atOf(path)}`));
+  }
+  if (path.length >= MAX_DEPTH) {
+    throw new InvalidInputError(`the value nests deeper than ${MAX_DEPTH} levels (at ${atOf(path.slice(0, 8))}…)`, where);
   }
   if (Array.isArray(v)) {
     if (v.length === 0) return '[ ]';
@@ -212,6 +355,11 @@ export function renderOptionsModule(options: readonly RenderedOption[]): string 
   const modules = options.map((option) => {
     const where = option.where ?? option.comment ?? option.path.join('.');
     const comment = option.comment === undefined ? '' : `${nixComment(option.comment, 4)}\n`;
+    const hidden = option.path.find((segment) => segment.startsWith('_'));
+    if (hidden !== undefined) {
+      throw new InvalidInputError(`option path segment ${JSON.stringify(hidden)} starts with "_": no NixOS option does, and _module is the module system's own`, where);
+    }
+    checkOptionValue(option.value, where);
     let value = nixValue(option.value, 6, where);
     if (option.priority !== undefined) {
       if (!Number.isSafeInteger(option.priority) || option.priority < 0) {

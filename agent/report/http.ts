@@ -139,7 +139,13 @@ export class HttpServer {
     const boundHost = typeof addr === 'object' && addr ? addr.address : host;
     const urlHost = boundHost.includes(':') ? `[${boundHost}]` : boundHost;
     this.bound = { host: boundHost, port: boundPort, url: `http://${urlHost}:${boundPort}` };
-    this.options.log?.info({ event: 'http.listening', url: this.bound.url }, `serving /healthz /readyz /status /metrics on ${this.bound.url}`);
+    // Said at start, so an operator reading the log knows who may reach /status: the wildcard is
+    // the default, for the load balancer's health checks (README: the load balancer).
+    const everywhere = boundHost === '0.0.0.0' || boundHost === '::';
+    this.options.log?.info(
+      { event: 'http.listening', url: this.bound.url, allAddresses: everywhere },
+      `serving /healthz /readyz /status /metrics on ${everywhere ? `every address, port ${boundPort} (as far as the firewall and security group allow)` : this.bound.url}`,
+    );
     return this.bound;
   }
 

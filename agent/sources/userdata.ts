@@ -36,9 +36,16 @@ export function interpretUserData(raw: Buffer | undefined): UserData {
   const digest = digestOf(bytes);
   if (bytes[0] === 0x23 && bytes[1] === 0x21) return { kind: 'script', digest, script: bytes };
 
+  // A byte order mark is neither dropped (it is part of what the operator sent, and its digest) nor
+  // kept (Nix's lexer has no rule for it, so the file would fail to parse at its first byte).
+  if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) {
+    throw new InvalidInputError('starts with a UTF-8 byte order mark (EF BB BF), which Nix does not accept; save it without one', WHERE);
+  }
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    // ignoreBOM: the decoder would otherwise drop a BOM silently (none is left at the start, but one
+    // further in stays a character).
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
   } catch {
     throw new InvalidInputError(`not valid UTF-8 (the sequence at byte ${firstInvalidUtf8(bytes)}, counting from 0)`, WHERE);
   }

@@ -131,7 +131,7 @@ function hostileValue(i: number): unknown {
     case 0:
       return pick(0);
     case 1:
-      return { [pick(1)]: pick(2), 'a.b': [1, -2, 3.5, -0, 1e308, 5e-324, 2 ** 53], if: null, or: true, __curPos: false };
+      return { [pick(1)]: pick(2), 'a.b': [1, -2, 3.5, -0, 1e308, 5e-324, 2 ** 53], if: null, or: true, inherit: false };
     case 2:
       return [pick(3), { 'with spaces': { nested: [pick(4), []], '': {} } }, 9007199254740993];
     case 3:

@@ -4,7 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { nixString, nixValue, type Json } from '../../agent/render/nix.js';
+import { JsonNumber, nixString, nixValue, type Json } from '../../agent/render/nix.js';
 
 export const NIX_INSTANTIATE = 'nix-instantiate';
 /** A non-root Nix cannot open the daemon socket; evaluation without builds needs no store at all. */
@@ -141,7 +141,8 @@ export async function evalModuleOptions(file: string, args: { readonly [name: st
  * from the output. `canonical` (a Nix function) replaces each float, inside the evaluator, with
  * `{ "$float" = [ sign mantissa exponent ]; }` where |x| = mantissa * 2^exponent and mantissa is an
  * integer in [2^52, 2^53): found by scaling with powers of two, which is exact, and printed as an
- * integer, which is exact. canonicalJson does the same in JavaScript; comparing the two compares
+ * integer, which is exact. Integers become `{ "$int" = "digits"; }`, so that JSON.parse keeps
+ * every digit. canonicalJson does the same in JavaScript; comparing the two compares
  * floats bit for bit, and also tells an integer from an integer-valued float.
  */
 export const NIX_CANONICAL = `
@@ -164,6 +165,7 @@ let
     else [ 1 ] ++ norm x 0;
   canonical = v:
     if builtins.isFloat v then { "$float" = float v; }
+    else if builtins.isInt v then { "$int" = toString v; }
     else if builtins.isList v then map canonical v
     else if builtins.isAttrs v then builtins.mapAttrs (_: canonical) v
     else v;
@@ -188,10 +190,12 @@ function floatParts(v: number): number[] {
 
 /**
  * What NIX_CANONICAL should give back for a JSON value rendered by nixValue: safe integers are Nix
- * integers (and -0 is 0), every other number a float.
+ * integers (and -0 is 0), every other number a float; a JsonNumber is an integer exactly when its
+ * text has no fraction or exponent, with every digit.
  */
 export function canonicalJson(v: Json): unknown {
-  if (typeof v === 'number') return Number.isSafeInteger(v) ? (v === 0 ? 0 : v) : { $float: floatParts(v) };
+  if (v instanceof JsonNumber) return v.isInteger ? { $int: BigInt(v.text).toString() } : { $float: floatParts(Number(v.text)) };
+  if (typeof v === 'number') return Number.isSafeInteger(v) ? { $int: String(v === 0 ? 0 : v) } : { $float: floatParts(v) };
   if (Array.isArray(v)) return v.map(canonicalJson);
   if (v !== null && typeof v === 'object') {
     return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, canonicalJson(x)]));

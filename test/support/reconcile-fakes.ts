@@ -17,6 +17,7 @@ import { Reconciler } from '../../agent/reconcile.js';
 import { CONFIGURATION_NIX } from '../../agent/render/render.js';
 import type { NixParser, NixSyntaxError } from '../../agent/render/validate.js';
 import { RenderWriter } from '../../agent/render/write.js';
+import { Secret } from '../../agent/secret.js';
 import type { Snapshots, SourceReader } from '../../agent/sources/index.js';
 import type { SsmParameter } from '../../agent/sources/ssm.js';
 import { StateStore } from '../../agent/state.js';
@@ -152,7 +153,9 @@ export class FakeSources {
     const full = `/nixos/fleet/${name}`;
     const version = (this.versions.get(full) ?? 0) + 1;
     this.versions.set(full, version);
-    this.parameters = [...this.parameters.filter((p) => p.name !== full), { name: full, type, value, version, lastModified: Date.UTC(2024, 0, 1) }];
+    // As the real source does, a SecureString arrives as a Secret.
+    const held = type === 'SecureString' ? new Secret(value) : value;
+    this.parameters = [...this.parameters.filter((p) => p.name !== full), { name: full, type, value: held, version, lastModified: Date.UTC(2024, 0, 1) }];
   }
 
   /** What buildDesired makes of the current snapshot: the hash a pass will see. */

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildDesired } from '../../agent/desired/desired.js';
 import { InvalidInputError } from '../../agent/errors.js';
+import { JsonNumber } from '../../agent/render/nix.js';
 import { desired, NO_LOCAL, param, ssm, userData } from '../support/desired.js';
 
 const FLEET = '/nixos/fleet';
@@ -160,6 +161,70 @@ describe('buildDesired: notes', () => {
     assert.match(notes, /\/nixos\/fleet\/readme/);
     assert.match(notes, /\/nixos\/asg\/\{asg\}/);
     assert.match(notes, /comment/);
+  });
+});
+
+describe('buildDesired: names that cannot be valid', () => {
+  it('rejects known kinds in another case, kinds without a name, and names below system, naming the parameter', () => {
+    const cases: [string, RegExp][] = [
+      [`${FLEET}/Options/networking.hostName`, /did you mean options\//],
+      [`${FLEET}/MODULES/web`, /did you mean modules\//],
+      [`${FLEET}/Secrets/db`, /did you mean secrets\//],
+      [`${FLEET}/System`, /did you mean system/],
+      [`${FLEET}/options`, /needs an option path/],
+      [`${FLEET}/modules`, /needs a name/],
+      [`${FLEET}/secrets`, /needs a name/],
+      [`${FLEET}/system/x`, /not a folder/],
+      [`${FLEET}/options/_`, /starts with "_"/],
+      [`${FLEET}/options/_module.args.pkgs`, /starts with "_"/],
+      [`${FLEET}/options/services._x`, /starts with "_"/],
+    ];
+    for (const [name, pattern] of cases) {
+      const err = rejected(() => desired({ ssm: ssm([FLEET, [param(name, 'true', { version: 2 })]]) }), pattern);
+      assert.equal(err.where, `SSM parameter ${name} (version 2)`, name);
+    }
+  });
+
+  it('only notes names of kinds it does not read (other tools may share the prefix)', () => {
+    const d = desired({ ssm: ssm([FLEET, [param(`${FLEET}/other`, 'x'), param(`${FLEET}/docs/readme`, 'x')]]) });
+    assert.equal(d.notes.length, 2);
+    assert.match(d.notes.join('\n'), /\/nixos\/fleet\/other .*not read by this agent/);
+  });
+});
+
+describe('buildDesired: values kept exactly', () => {
+  it('keeps floats as floats and integers with every digit', () => {
+    const d = desired({ ssm: ssm([FLEET, [param(`${FLEET}/options/a.b`, '[1.0, 1e2, 9007199254740993, 7, {"x": -0.5}]')]]) });
+    const value = d.options[0]?.value as unknown[];
+    assert.deepEqual(value.map((v) => (v instanceof JsonNumber ? `n:${v.text}` : v)), ['n:1.0', 'n:1e2', 'n:9007199254740993', 7, { x: new JsonNumber('-0.5') }]);
+  });
+
+  it('rejects JSON that JSON.parse would silently settle: duplicate keys, escaped lone surrogates, a BOM', () => {
+    for (const [text, pattern] of [
+      ['{"a": 1, "a": 2}', /appears twice/],
+      ['"\\ud800"', /lone UTF-16 surrogate/],
+      ['["\\udc00x"]', /lone UTF-16 surrogate/],
+      ['\ufeff{}', /byte order mark/],
+    ] as const) {
+      const name = `${FLEET}/options/a.b`;
+      const err = rejected(() => desired({ ssm: ssm([FLEET, [param(name, text, { version: 5 })]]) }), /not JSON/, pattern);
+      assert.equal(err.where, `SSM parameter ${name} (version 5)`);
+    }
+  });
+
+  it('rejects lone surrogates in module texts and secrets rather than writing U+FFFD, never printing the secret', () => {
+    const mod = `${FLEET}/modules/web`;
+    assert.equal(rejected(() => desired({ ssm: ssm([FLEET, [param(mod, '{ x = "\ud800"; }')]]) }), /lone UTF-16 surrogate/).where, `SSM parameter ${mod} (version 1)`);
+    const sec = `${FLEET}/secrets/db`;
+    const err = rejected(() => desired({ ssm: ssm([FLEET, [param(sec, 'hunter2\udfff', { type: 'SecureString' })]]) }), /lone UTF-16 surrogate/);
+    assert.equal(err.where, `SSM parameter ${sec} (version 1)`);
+    assert.ok(!err.message.includes('hunter2'));
+    // A whole pair is a character like any other.
+    assert.doesNotThrow(() => desired({ ssm: ssm([FLEET, [param(mod, '{ x = "\ud83d\ude00"; }'), param(sec, '\ud83d\ude00', { type: 'SecureString' })]]) }));
+  });
+
+  it('rejects a module text that starts with a byte order mark', () => {
+    rejected(() => desired({ ssm: ssm([FLEET, [param(`${FLEET}/modules/web`, '\ufeff{ }')]]) }), /byte order mark/);
   });
 });
 

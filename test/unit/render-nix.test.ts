@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { InvalidInputError } from '../../agent/errors.js';
 import {
-  isOptionPath,
+  JsonNumber,
+  MAX_DEPTH,
   nixAttrName,
   nixAttrPath,
   nixComment,
@@ -15,6 +16,7 @@ import {
   renderSecretsArgsModule,
   type Json,
 } from '../../agent/render/nix.js';
+import { parseJson } from '../../agent/desired/json.js';
 import { NixParser } from '../../agent/render/validate.js';
 import { ProcessRunner } from '../../agent/runner.js';
 import {
@@ -149,8 +151,8 @@ describe('option paths', () => {
   it('parses dotted identifiers', () => {
     assert.deepEqual(parseOptionPath('services.nginx.enable'), { ok: true, path: ['services', 'nginx', 'enable'] });
     assert.deepEqual(parseOptionPath("a_b.c-d.e'"), { ok: true, path: ['a_b', 'c-d', "e'"] });
-    assert.equal(isOptionPath('networking.hostName'), true);
-    assert.equal(isOptionPath('x'), true);
+    assert.equal(parseOptionPath('networking.hostName').ok, true);
+    assert.equal(parseOptionPath('x').ok, true);
   });
 
   it('rejects empty paths, empty segments and non-identifiers with a reason', () => {
@@ -158,7 +160,7 @@ describe('option paths', () => {
       const parsed = parseOptionPath(bad);
       assert.equal(parsed.ok, false, bad);
       if (!parsed.ok) assert.ok(parsed.reason.length > 0);
-      assert.equal(isOptionPath(bad), false, bad);
+      assert.equal(parseOptionPath(bad).ok, false, bad);
     }
   });
 });
@@ -229,10 +231,166 @@ describe('nixValue', () => {
     assert.notDeepEqual(canonicalJson(0.1), canonicalJson(0.1 + Number.EPSILON / 16));
   });
 
-  it('survives deep nesting', nix, async () => {
-    let value: Json = 'bottom';
-    for (let i = 0; i < 300; i++) value = i % 2 === 0 ? [value] : { [`k${i}`]: value };
-    assert.deepEqual(await evalNixJson(nixValue(value)), value);
+  it('survives nesting up to MAX_DEPTH, in linear size, and refuses deeper values naming them', nix, async () => {
+    const nest = (depth: number): Json => {
+      let value: Json = 'bottom';
+      for (let i = 0; i < depth; i++) value = i % 2 === 0 ? [value] : { [`k${i}`]: value };
+      return value;
+    };
+    assert.deepEqual(await evalNixJson(nixValue(nest(MAX_DEPTH))), nest(MAX_DEPTH));
+    assert.throws(
+      () => nixValue(nest(MAX_DEPTH + 1), 0, 'SSM parameter /p (version 1)'),
+      (err: unknown) => err instanceof InvalidInputError && err.where === 'SSM parameter /p (version 1)' && /deeper than 100/.test(err.message),
+    );
+    // Indentation stops growing, so twice the depth is about twice the text, not four times.
+    const half = nixValue(nest(MAX_DEPTH / 2)).length;
+    const full = nixValue(nest(MAX_DEPTH)).length;
+    assert.ok(full < 3 * half, `${MAX_DEPTH / 2} levels: ${half} chars, ${MAX_DEPTH}: ${full}`);
+  });
+});
+
+describe('nixValue: rendered size', () => {
+  it('stays within a constant factor of an 8 KiB value, whatever its shape (once 33.5 MB)', () => {
+    const deep = (inner: string) => `${'['.repeat(MAX_DEPTH - 1)}${inner}${']'.repeat(MAX_DEPTH - 1)}`;
+    const shapes = [
+      deep(Array(3900).fill('0').join(',')),
+      deep(Array(2600).fill('[]').join(',')),
+      deep(Array(1300).fill('[1]').join(',')),
+      `${'{"a":'.repeat(MAX_DEPTH - 1)}${JSON.stringify('${'.repeat(3000))}${'}'.repeat(MAX_DEPTH - 1)}`,
+      JSON.stringify(Array(1000).fill('\\"')),
+    ];
+    for (const text of shapes) {
+      assert.ok(text.length <= 8192, `${text.length}`);
+      const rendered = nixValue(parseJson(text), 6);
+      assert.ok(rendered.length <= 40 * text.length, `${text.slice(0, 20)}…: ${text.length} → ${rendered.length}`);
+    }
+    // The value that gave 33.5 MB: 4096 levels of lists, refused when read.
+    assert.throws(() => parseJson(`${'['.repeat(4096)}${']'.repeat(4096)}`), /deeper than 100/);
+  });
+});
+
+describe('nixValue: JSON numbers kept as written', () => {
+  const n = (text: string) => new JsonNumber(text);
+
+  it('renders floats as floats and integers with every digit', () => {
+    assert.equal(nixValue(n('1.0')), '1.0');
+    assert.equal(nixValue(n('1e2')), '100.0');
+    assert.equal(nixValue(n('-1.5E-3')), '(-0.0015)');
+    assert.equal(nixValue(n('0.0')), '0.0');
+    assert.equal(nixValue(n('-0.0')), '(builtins.fromJSON "-0.0")');
+    assert.equal(nixValue(n('9007199254740993')), '9007199254740993');
+    assert.equal(nixValue(n('9223372036854775807')), '9223372036854775807');
+    assert.equal(nixValue(n('-9223372036854775808')), '(-9223372036854775807 - 1)');
+  });
+
+  it('refuses what Nix cannot hold, naming the value and the place', () => {
+    for (const text of ['9223372036854775808', '18446744073709551616', '-9223372036854775809', '1e400', '-1e400', '1e-400']) {
+      assert.throws(
+        () => nixValue({ a: [n(text)] }, 0, 'SSM parameter /x (version 3)'),
+        (err: unknown) =>
+          err instanceof InvalidInputError && err.where === 'SSM parameter /x (version 3)' && err.message.includes(text) && err.message.includes('.a[0]'),
+        text,
+      );
+    }
+  });
+
+  it('evaluates back to exactly the JSON value: type and every bit', nix, async () => {
+    const values: Json[] = [
+      '1.0', '1e2', '1E+2', '-0.0', '0.0', '0.1', '1.5e-7', '5e-324', '2.2250738585072014e-308', '1.7976931348623157e308',
+      '9007199254740993', '-9007199254740993', '9223372036854775807', '-9223372036854775808', '12345678901234567890e-10',
+      '123456789012345678901234567890.0',
+    ].map(n);
+    const evaluated = await evalNixJson(`(${NIX_CANONICAL}) (${nixValue(values)})\n`);
+    assert.deepEqual(evaluated, canonicalJson(values));
+    // The oracle tells an integer from an integer-valued float, and …993 from …992.
+    assert.notDeepEqual(canonicalJson(n('1.0')), canonicalJson(1));
+    assert.notDeepEqual(canonicalJson(n('9007199254740993')), canonicalJson(9007199254740992));
+  });
+});
+
+describe('renderOptionsModule: the module system\'s vocabulary', () => {
+  it('refuses _type, _module and module-structure names anywhere in a value, naming the parameter and place', () => {
+    const where = 'SSM parameter /nixos/fleet/options/services.nginx.enable (version 4)';
+    const bad: Json[] = [
+      { _type: 'override', priority: 10, content: true },
+      { _type: 'if', condition: true, content: false },
+      { a: [{ _module: { args: { pkgs: null } } }] },
+      { imports: ['/etc/nixos/evil.nix'] },
+      { x: { require: [] } },
+      { disabledModules: ['services/networking/ssh/sshd.nix'] },
+      { freeformType: null },
+      { _file: 'x' },
+      { _class: 'nixos' },
+      { __functor: 'x' },
+      { __toString: 'x' },
+    ];
+    for (const value of bad) {
+      assert.throws(
+        () => renderOptionsModule([{ path: ['services', 'nginx', 'enable'], value, where }]),
+        (err: unknown) => err instanceof InvalidInputError && err.where === where && /cannot be set from an option value/.test(err.message),
+        JSON.stringify(value),
+      );
+    }
+    assert.throws(
+      () => renderOptionsModule([{ path: ['_module', 'args', 'pkgs'], value: null, where }]),
+      (err: unknown) => err instanceof InvalidInputError && err.where === where && /_module/.test(err.message),
+    );
+    // Ordinary names that merely look similar, and the setting names `key`, `config`, `options`, `meta`.
+    assert.doesNotThrow(() =>
+      renderOptionsModule([{ path: ['a'], value: { type: 'override', _x: 1, key: 'k', config: {}, options: [], meta: {}, '_type ': 1 } }]),
+    );
+  });
+
+  const lib = process.env['NIXPKGS_LIB'];
+  const withLib = !nixAvailable() ? { skip: NIX_MISSING } : lib === undefined || lib === '' ? { skip: 'NIXPKGS_LIB is not set' } : {};
+
+  it('gives types.float a float and types.int every digit, in the real module system', withLib, async () => {
+    await withTempDir(async (dir) => {
+      const evalWith = async (f: Json, i: Json) => {
+        const file = join(dir, 'options.nix');
+        await writeFile(file, renderOptionsModule([{ path: ['f'], value: f }, { path: ['i'], value: i }]));
+        return evalNixJson(`
+let
+  lib = import ${nixString(lib as string)};
+  image = { lib, ... }: {
+    options.f = lib.mkOption { type = lib.types.float; };
+    options.i = lib.mkOption { type = lib.types.int; };
+  };
+  config = (lib.evalModules { modules = [ image ${nixString(file)} ]; }).config;
+in { f = builtins.typeOf config.f; one = config.f == 1.0; i = toString config.i; }
+`);
+      };
+      assert.deepEqual(await evalWith(new JsonNumber('1.0'), new JsonNumber('9007199254740993')), { f: 'float', one: true, i: '9007199254740993' });
+      // What JSON.parse would have given: the integer 1, which types.float refuses.
+      await assert.rejects(evalWith(1, 1), /is not of type `floating point number'|not of type.*float/);
+    });
+  });
+
+  it('cannot beat the image\'s mkForce in the real module system', withLib, async () => {
+    // The old rendering of { "_type": "override", "priority": 10, "content": … } was this attribute
+    // set: with the real lib it beats mkForce (priority 50). The renderer must refuse it, and what
+    // it does render stays a plain value that loses to mkForce.
+    const hostile = { _type: 'override', priority: 10, content: 'from-ssm' };
+    assert.throws(() => renderOptionsModule([{ path: ['networking', 'hostName'], value: hostile }]), InvalidInputError);
+    await withTempDir(async (dir) => {
+      const rendered = join(dir, 'options.nix');
+      await writeFile(rendered, renderOptionsModule([{ path: ['networking', 'hostName'], value: 'from-ssm' }]));
+      const unsafe = join(dir, 'unsafe.nix');
+      await writeFile(unsafe, `{ ... }: { config.networking.hostName = ${nixValue(hostile)}; }\n`);
+      const evalWith = (file: string) =>
+        evalNixJson(`
+let
+  lib = import ${nixString(lib as string)};
+  image = { lib, ... }: {
+    options.networking.hostName = lib.mkOption { type = lib.types.str; };
+    config.networking.hostName = lib.mkForce "from-image";
+  };
+in (lib.evalModules { modules = [ image ${nixString(file)} ]; }).config.networking.hostName
+`);
+      assert.equal(await evalWith(rendered), 'from-image');
+      // The oracle can fail: the unchecked set does beat mkForce.
+      assert.equal(await evalWith(unsafe), 'from-ssm');
+    });
   });
 });
 

@@ -133,6 +133,16 @@ describe('interpretUserData', () => {
     rejects(() => interpretUserData(Buffer.concat([Buffer.from('{ "é€" }'), Buffer.from([0xc0, 0x80])])), /byte 11\b/);
   });
 
+  it('rejects a UTF-8 byte order mark rather than dropping it (Nix cannot parse one)', () => {
+    assert.throws(
+      () => interpretUserData(Buffer.from('\ufeff{ services.nginx.enable = true; }\n')),
+      (err: unknown) => err instanceof InvalidInputError && err.where === 'user data' && /byte order mark/.test(err.message),
+    );
+    // One further in is a character of the text, kept.
+    const ud = interpretUserData(Buffer.from('{ x = "\ufeff"; }\n'));
+    assert.equal(ud.kind === 'nix' && ud.text, '{ x = "\ufeff"; }\n');
+  });
+
   it('rejects a NUL byte (a Nix file cannot hold one)', () => {
     rejects(() => interpretUserData(Buffer.from('{ }\n\0\n')), /NUL/);
   });
