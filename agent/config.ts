@@ -128,8 +128,13 @@ export const ConfigSchema = z.strictObject({
 
   watch: z
     .strictObject({
-      /** Changes are gathered until this long passes with none, then converged once. */
+      /**
+       * A change opens a settle window: changes are gathered until this long passes with none
+       * (SSM pushes seen by polling, local files, a newer state during a build), then converged once.
+       */
       quietPeriodMs: z.number().int().min(0).default(2_000),
+      /** The settle window's bound: a stream of changes that never pauses still converges this often. */
+      maxSettleSeconds: seconds(60),
       /**
        * While a build runs, the sources are checked this often (revision tag or parameter, local
        * files): a newer desired state cancels a build that has not activated yet.

@@ -4,6 +4,7 @@
 import { createAgent, createLifecycleReporter } from './agent.js';
 import type { Config } from './config.js';
 import { RootFs } from './fs.js';
+import { buildDesired } from './desired/desired.js';
 import { createLogger } from './log.js';
 import { ControlServer, type ControlOp } from './report/control.js';
 import { PostConvergeHook } from './report/hook.js';
@@ -91,12 +92,18 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
     intervalMs: c.ssm.pollIntervalSeconds * 1000,
     jitter: c.ssm.pollJitter,
     quietPeriodMs: c.watch.quietPeriodMs,
+    maxSettleMs: c.watch.maxSettleSeconds * 1000,
     maxBackoffMs: c.ssm.maxBackoffSeconds * 1000,
     cancelCheckMs: c.watch.cancelCheckSeconds * 1000,
   });
   const scheduler = new Scheduler(clock, {
     ...(timings(config) as Pick<ScheduleOptions, 'intervalMs' | 'jitter' | 'quietPeriodMs'>),
     throttleLevel: () => agent.ssm.throttleLevel,
+    // What a pass would converge to, read as the pass reads it: polls see pushes through it.
+    probe: async (signal) => {
+      const s = await agent.sources.read(signal);
+      return buildDesired({ userData: s.userData, ssm: s.ssm, local: s.local }).hash;
+    },
     // Only a build can be cancelled: nothing has been activated yet.
     cancellable: () => reconciler.status.phase === 'building',
     changed: async (signal) => (agent.config.ssm.enabled ? agent.ssm.changed(signal) : undefined),
