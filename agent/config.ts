@@ -1,6 +1,8 @@
 // The agent's configuration: one JSON file (the NixOS module writes it), every field optional with
 // a documented default. Parsed once at the edge; nothing past here sees raw JSON.
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { z } from 'zod/v3';
 import { InvalidInputError } from './errors.js';
 
@@ -150,7 +152,10 @@ export const ConfigSchema = z.strictObject({
     })
     .default({}),
 
-  /** Root-only unix socket for `status`, `converge --now`, `rollback`, `suspend`, `resume`. */
+  /**
+   * Root-only unix socket for `status`, `converge --now`, `rollback`, `suspend`, `resume`, under
+   * `root`. Where root makes the path too long for a unix socket, see controlSocketPath.
+   */
   controlSocket: z.string().default('/run/nixos-ec2-agent/control.sock'),
 
   lifecycle: z
@@ -199,6 +204,22 @@ export const ConfigSchema = z.strictObject({
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
+
+/** sun_path holds 108 bytes on Linux, the terminating NUL included. */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * Where the daemon of this configuration listens, and where every control command looks: the
+ * socket under root, so `--root DIR` alone finds a sandbox's daemon. A root deep enough to make that
+ * path too long for a unix socket gets a short path derived from it instead (the same for the daemon
+ * and the commands, whatever their working directory or TMPDIR). The socket stays mode 0600.
+ */
+export function controlSocketPath(config: Pick<Config, 'root' | 'controlSocket'>): string {
+  const full = path.join(path.resolve(config.root), config.controlSocket);
+  if (Buffer.byteLength(full) <= MAX_SOCKET_PATH) return full;
+  const id = createHash('sha256').update(full).digest('hex').slice(0, 20);
+  return `/tmp/nixos-ec2-agent-${id}/${path.basename(config.controlSocket)}`;
+}
 export type ConfigInput = z.input<typeof ConfigSchema>;
 
 /** Validates a configuration value; the error names every bad field by its path. */

@@ -2,7 +2,7 @@
 // jittered interval, and takes `converge --now`, SIGHUP and local file changes as triggers. One
 // pass at a time; triggers that arrive during a pass collapse into one next pass.
 import { createAgent, createLifecycleReporter } from './agent.js';
-import type { Config } from './config.js';
+import { controlSocketPath, type Config } from './config.js';
 import { RootFs } from './fs.js';
 import { buildDesired } from './desired/desired.js';
 import { createLogger } from './log.js';
@@ -109,7 +109,7 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
     changed: async (signal) => (agent.config.ssm.enabled ? agent.ssm.changed(signal) : undefined),
   });
 
-  const control = new ControlServer(fs.resolve(config.controlSocket), async (op: ControlOp) => {
+  const control = new ControlServer(controlSocketPath(config), async (op: ControlOp) => {
     switch (op) {
       case 'status':
         return { ok: true, status: reconciler.status };

@@ -93,8 +93,6 @@ export async function openSandbox(
     watch: { quietPeriodMs: 500 },
     retry: { failedBackoffSeconds: 30 },
     http: { listen: '127.0.0.1:0' },
-    // Short enough for a unix socket path wherever the sandbox lives.
-    controlSocket: '/run/ctl.sock',
     lifecycle: { heartbeatSeconds: 10, budgetSeconds: 300 },
     ...agentConfig,
   };
