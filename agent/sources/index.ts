@@ -1,6 +1,8 @@
 // Reads every source once: IMDS (identity, user data, tags), SSM, local files. Each source is its
 // own module; this only gathers their snapshots for one pass.
+import { ASG_TAG, type GroupLocator } from '../aws/autoscaling.js';
 import type { Imds, InstanceIdentity } from '../aws/imds.js';
+import { TransientError } from '../errors.js';
 import type { RootFs } from '../fs.js';
 import type { LocalSnapshot } from '../desired/desired.js';
 import { readLocal } from './local.js';
@@ -25,7 +27,7 @@ export interface SourceOptions {
   readonly modulesDir: string;
 }
 
-export const ASG_TAG = 'aws:autoscaling:groupName';
+export { ASG_TAG };
 
 export class SourceReader {
   constructor(
@@ -34,6 +36,8 @@ export class SourceReader {
     private readonly ssm: () => Promise<SsmFetcher>,
     private readonly fs: RootFs,
     private readonly options: SourceOptions,
+    /** Where `{asg}` comes from when a prefix names it; without it, only the IMDS tag. */
+    private readonly groups?: Pick<GroupLocator, 'group'>,
   ) {}
 
   async read(signal?: AbortSignal): Promise<Snapshots> {
@@ -41,7 +45,7 @@ export class SourceReader {
     // Read alongside: each waits on the network, none depends on another but SSM on identity.
     const [identity, asg, userDataRaw, local] = await Promise.all([
       this.imds.identity(),
-      this.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`),
+      this.group(),
       this.options.userData ? this.imds.getBytes('latest/user-data') : Promise.resolve(undefined),
       readLocal(this.fs, this.options.baseConfiguration, this.options.modulesDir),
     ]);
@@ -52,5 +56,21 @@ export class SourceReader {
       ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
     }
     return { identity, asg, userData, ssm, local: local.snapshot, notes: local.notes };
+  }
+
+  /**
+   * The group, when a prefix needs it, from the tag or Auto Scaling. A group that cannot be found
+   * out fails the pass: converging without that layer would drop what it configures. An instance in
+   * no group skips the prefix, and the pass notes it.
+   */
+  private async group(): Promise<string | undefined> {
+    const needed = this.options.ssmPrefixes?.some((p) => p.includes('{asg}')) ?? false;
+    if (!needed || !this.groups) return this.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`);
+    try {
+      return await this.groups.group();
+    } catch (err) {
+      const prefix = this.options.ssmPrefixes?.find((p) => p.includes('{asg}'));
+      throw new TransientError(`cannot resolve {asg} in SSM prefix ${prefix}: the instance's tags are not in IMDS and ${(err as Error).message}`, 'sources', { prefix }, { cause: err });
+    }
   }
 }
