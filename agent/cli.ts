@@ -206,11 +206,32 @@ export async function main(argv: string[], debug = false): Promise<number> {
   }
 }
 
+/**
+ * The runtime's warnings become one structured `warn` line on stderr instead of Node's multi-line
+ * text: the AWS SDK warns about the Node version on the first client it makes (process.emitWarning
+ * in @aws-sdk/core's emitWarningIfUnsupportedVersion), and the journal must stay one JSON object per
+ * line for `journalctl -o cat | jq`. Removing the listeners drops Node's own printer too.
+ */
+function structuredWarnings(debug: boolean): void {
+  let log: Promise<import('./log.js').Logger> | undefined;
+  process.removeAllListeners('warning');
+  process.on('warning', (warning: Error & { code?: string }) => {
+    log ??= import('./log.js').then(({ createLogger }) => createLogger({ destination: process.stderr, level: 'warn' }));
+    void log.then((l) =>
+      l.warn(
+        { event: 'runtime.warning', warning: warning.name, ...(warning.code ? { code: warning.code } : {}), ...(debug && warning.stack ? { stack: warning.stack } : {}) },
+        oneLine(warning, false),
+      ),
+    );
+  });
+}
+
 // The composition root owns the process: --debug is taken out before any command sees its flags,
 // and when the command is done the process ends with its code even if something still holds the
 // event loop open (a server a failed start left listening must never make a command hang).
 const args = process.argv.slice(2);
 const debug = args.includes('--debug');
+structuredWarnings(debug);
 main(
   args.filter((a) => a !== '--debug'),
   debug,
