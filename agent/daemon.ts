@@ -101,7 +101,7 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
     throttleLevel: () => agent.ssm.throttleLevel,
     // What a pass would converge to, read as the pass reads it: polls see pushes through it.
     probe: async (signal) => {
-      const s = await agent.sources.read(signal);
+      const s = await agent.sources.peek(signal);
       return buildDesired({ userData: s.userData, ssm: s.ssm, local: s.local }).hash;
     },
     // Only a build can be cancelled: nothing has been activated yet.
@@ -116,6 +116,7 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
       case 'converge': {
         // An operator asking means: read everything again, whatever the revision says.
         agent.ssm.invalidate('converge --now');
+        agent.sources.forget();
         const result = await scheduler.runNow('converge --now');
         if (result === undefined) {
           const why = scheduler.state.blocked ? `the instance is leaving (${scheduler.state.blocked.reason})` : 'the agent is stopping';

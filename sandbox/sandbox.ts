@@ -102,7 +102,6 @@ export async function openSandbox(
     },
     health: { systemctl: standins.systemctl, graceSeconds: 2, intervalSeconds: 0.5 },
     ssm: { pollIntervalSeconds: 2, pollJitter: 0.2 },
-    watch: { quietPeriodMs: 500 },
     retry: { failedBackoffSeconds: 30 },
     http: { listen: '127.0.0.1:0' },
     lifecycle: { heartbeatSeconds: 10, budgetSeconds: 300 },

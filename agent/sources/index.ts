@@ -25,11 +25,19 @@ export interface SourceOptions {
   readonly ssmPrefixes: readonly string[] | undefined;
   readonly baseConfiguration: string;
   readonly modulesDir: string;
+  /**
+   * A read taken with peek() serves the next read() when it is at most this old, so a look just
+   * before a pass (the scheduler's probe) costs the pass nothing. 0: every read() reads.
+   */
+  readonly reuseMs?: number;
+  readonly now?: () => number;
 }
 
 export { ASG_TAG };
 
 export class SourceReader {
+  private kept: { at: number; snapshots: Snapshots } | undefined;
+
   constructor(
     private readonly imds: Imds,
     /** Created on first use: the SSM client is the heaviest import on the boot path. */
@@ -40,7 +48,30 @@ export class SourceReader {
     private readonly groups?: Pick<GroupLocator, 'group'>,
   ) {}
 
+  /** Reads every source, and keeps the result for the next read() (see reuseMs). */
+  async peek(signal?: AbortSignal): Promise<Snapshots> {
+    const snapshots = await this.readAll(signal);
+    this.kept = { at: this.now(), snapshots };
+    return snapshots;
+  }
+
   async read(signal?: AbortSignal): Promise<Snapshots> {
+    const kept = this.kept;
+    this.kept = undefined;
+    if (kept && this.now() - kept.at <= (this.options.reuseMs ?? 0)) return kept.snapshots;
+    return this.readAll(signal);
+  }
+
+  /** A request to read everything again (converge --now, SIGHUP) is not answered from a peek. */
+  forget(): void {
+    this.kept = undefined;
+  }
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
+  private async readAll(signal?: AbortSignal): Promise<Snapshots> {
     const ssmReady = this.options.ssmPrefixes ? this.ssm() : undefined;
     // Read alongside: each waits on the network, none depends on another but SSM on identity.
     const [identity, asg, userDataRaw, local] = await Promise.all([
