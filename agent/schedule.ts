@@ -315,7 +315,7 @@ export class Scheduler {
             if (!this.options.probe || this.baseline === undefined) return 'poll';
             const seen = await this.look();
             if (seen.fingerprint === undefined || seen.fingerprint === this.baseline) return 'poll';
-            this.note('poll: the sources changed', false);
+            this.note('poll', false);
             probeAt = this.clock.now() + this.probeEveryMs();
             continue;
           }

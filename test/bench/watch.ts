@@ -53,15 +53,16 @@ async function idleUsage(pid: number, windowMs: number): Promise<{ rssMiB: numbe
 export async function run(args: readonly string[], print: Print): Promise<BenchResult> {
   const flags = parseBenchArgs('watch', args, {});
   const quick = Boolean(flags.quick);
-  const runs = intFlag('runs', flags.runs, quick ? 2 : 5);
-  const windowMs = quick ? 5_000 : 60_000;
+  const runs = intFlag('runs', flags.runs, quick ? 1 : 5);
+  const windowMs = quick ? 3_000 : 60_000;
   const intervalS = 1;
 
   const inst = await Instance.launch({
     parameters: [{ Name: '/nixos/fleet/revision', Value: '0', Type: 'String' }],
     config: {
       ssm: { pollIntervalSeconds: intervalS, pollJitter: 0 },
-      watch: { cancelCheckSeconds: 0.5 },
+      // Quick mode (a smoke test) shortens the settle window, still longer than the CLI's pace.
+      watch: { cancelCheckSeconds: 0.5, ...(quick ? { quietPeriodMs: 1_000 } : {}) },
       http: { listen: null },
       logLevel: 'info',
     },
@@ -111,14 +112,15 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     }
     inst.put('/nixos/fleet/revision', String(++revision));
     await until('the burst build', () => (log.builds().length > beforeBurst ? true : undefined));
-    await sleep(3_000 + intervalS * 1000);
+    await sleep(quietMs + 2 * intervalS * 1000);
     const rebuildsPerBurst = log.builds().length - beforeBurst;
 
-    // A CLI-paced burst: 20 pushes 0.6 s apart, each with its revision bump.
+    // A CLI-paced burst: 20 pushes 0.6 s apart (8 in quick mode), each with its revision bump.
     await until('the pass end', () => (log.events.at(-1)?.event === 'pass.end' ? true : undefined));
     const beforePaced = log.builds().length;
     let lastPush = 0;
-    for (let i = 0; i < 20; i++) {
+    const pacedPushes = quick ? 8 : 20;
+    for (let i = 0; i < pacedPushes; i++) {
       inst.put(`/nixos/fleet/options/environment.variables.PACED${i}`, `"${i}"`);
       inst.put('/nixos/fleet/revision', String(++revision));
       lastPush = epochMs();
@@ -127,7 +129,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     const pacedBuild = await until('the paced burst build', () => log.builds().slice(beforePaced).find((b) => Date.parse(String(b.time)) >= lastPush));
     const pacedLatency = Date.parse(String(pacedBuild.time)) - lastPush;
     await until('the pass end', () => (log.events.at(-1)?.event === 'pass.end' ? true : undefined));
-    await sleep(quietMs + 3 * intervalS * 1000);
+    await sleep(quietMs + 2 * intervalS * 1000);
     const rebuildsPerPaced = log.builds().length - beforePaced;
 
     // Idle: SSM calls per poll, RSS and CPU.
@@ -151,7 +153,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     print(`  SSM push → build start    median ${round(median(ssmLatency))} ms over ${ssmLatency.length} (poll ${intervalS} s)`);
     print(`  file write → build start  median ${round(median(fileLatency))} ms over ${fileLatency.length} (quiet period ${quietMs} ms)`);
     print(`  rebuilds per burst of 20  ${rebuildsPerBurst} (target 1)`);
-    print(`  CLI-paced burst (20 × 0.6 s)  ${rebuildsPerPaced} rebuild(s) (target ≤ 2); last push → build start ${round(pacedLatency)} ms`);
+    print(`  CLI-paced burst (${pacedPushes} × 0.6 s)  ${rebuildsPerPaced} rebuild(s) (target ≤ 2); last push → build start ${round(pacedLatency)} ms`);
     print(`  idle SSM calls            ${calls} over ${polls} polls (${JSON.stringify(counts)}); ${round(perHour)} per instance-hour at ${DEFAULT_INTERVAL_S} s`);
     print(`  idle RSS / CPU            ${round(idle.rssMiB)} MiB (target ≤ ${RSS_TARGET_MIB}) / ${round(idle.cpuPercent)} % over ${windowMs / 1000} s; bare node: ${round(base.rssMiB)} MiB / ${round(base.cpuPercent)} %`);
     return {
@@ -177,7 +179,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     };
   } finally {
     running.child.kill('SIGTERM');
-    await Promise.race([running.done, sleep(10_000)]);
+    let bound: NodeJS.Timeout | undefined;
+    await Promise.race([running.done, new Promise((r) => (bound = setTimeout(r, 10_000)))]);
+    clearTimeout(bound);
     if (running.child.exitCode === null) running.child.kill('SIGKILL');
     await inst.close();
   }
