@@ -36,7 +36,7 @@ export interface SourceOptions {
 export { ASG_TAG };
 
 export class SourceReader {
-  private kept: { at: number; snapshots: Snapshots } | undefined;
+  private kept: { at: number; read: { snapshots: Snapshots } | { error: unknown } } | undefined;
 
   constructor(
     private readonly imds: Imds,
@@ -48,17 +48,28 @@ export class SourceReader {
     private readonly groups?: Pick<GroupLocator, 'group'>,
   ) {}
 
-  /** Reads every source, and keeps the result for the next read() (see reuseMs). */
+  /**
+   * Reads every source, and keeps the outcome for the next read() (see reuseMs): a failure too, so
+   * a pass right after a failed look reports it without asking a failing SSM again.
+   */
   async peek(signal?: AbortSignal): Promise<Snapshots> {
-    const snapshots = await this.readAll(signal);
-    this.kept = { at: this.now(), snapshots };
-    return snapshots;
+    try {
+      const snapshots = await this.readAll(signal);
+      this.kept = { at: this.now(), read: { snapshots } };
+      return snapshots;
+    } catch (error) {
+      this.kept = signal?.aborted ? undefined : { at: this.now(), read: { error } };
+      throw error;
+    }
   }
 
   async read(signal?: AbortSignal): Promise<Snapshots> {
     const kept = this.kept;
     this.kept = undefined;
-    if (kept && this.now() - kept.at <= (this.options.reuseMs ?? 0)) return kept.snapshots;
+    if (kept && this.now() - kept.at <= (this.options.reuseMs ?? 0)) {
+      if ('error' in kept.read) throw kept.read.error;
+      return kept.read.snapshots;
+    }
     return this.readAll(signal);
   }
 

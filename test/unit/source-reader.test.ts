@@ -81,3 +81,19 @@ test('a peek serves the next read while it is fresh, once; forget() drops it', a
     await r.done();
   }
 });
+
+test('a failed peek fails the read right after it, without reading again', async () => {
+  let now = 1_000;
+  let looks = 0;
+  const r = await reader({ group: async () => (looks++, Promise.reject(new Error('Auto Scaling is down'))), now: () => now, reuseMs: 250 });
+  try {
+    await assert.rejects(r.sources.peek(), /Auto Scaling is down/);
+    await assert.rejects(r.sources.read(), /Auto Scaling is down/);
+    assert.equal(looks, 1, 'the pass reports the failed look');
+    now += 1;
+    await assert.rejects(r.sources.read(), /Auto Scaling is down/);
+    assert.equal(looks, 2, 'once only');
+  } finally {
+    await r.done();
+  }
+});
