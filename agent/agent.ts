@@ -2,7 +2,7 @@
 // per call, nothing global, so several agents can live in one process.
 import { ClosureRealiser } from './apply/closure.js';
 import { Rebuilder } from './apply/rebuild.js';
-import { SdkAutoScaling, type AutoScaling } from './aws/autoscaling.js';
+import { GroupLocator, SdkAutoScaling, type AutoScaling } from './aws/autoscaling.js';
 import { defaultCredentials } from './aws/credentials.js';
 import { ImdsClient, type Imds } from './aws/imds.js';
 import type { AwsCredentialIdentityProvider } from '@smithy/types';
@@ -15,7 +15,7 @@ import { NixParser } from './render/validate.js';
 import { RenderWriter } from './render/write.js';
 import { ProcessRunner } from './runner.js';
 import { LifecycleReporter, unrefRealClock } from './report/lifecycle.js';
-import { ASG_TAG, SourceReader } from './sources/index.js';
+import { SourceReader } from './sources/index.js';
 import { WatchedSsm, type SsmParts } from './sources/revision.js';
 import { SsmSource } from './sources/ssm.js';
 import { StateStore } from './state.js';
@@ -46,6 +46,8 @@ export interface Agent {
   readonly ssm: WatchedSsm;
   /** Created on first call: the SDK client is imported only when a call is made. */
   readonly autoscaling: AutoScaling;
+  /** The instance's group, found once (IMDS tag, else DescribeAutoScalingInstances). */
+  readonly groups: GroupLocator;
 }
 
 export async function createAgent(config: Config, log: Logger, edges: AgentEdges = {}): Promise<Agent> {
@@ -75,12 +77,17 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
   let parser: NixParser | undefined = new NixParser(runner, { command: config.rebuild.nixInstantiate });
   if (config.rebuild.validate === 'if-available' && !(await parser.available())) parser = undefined;
 
+  const autoscaling = edges.autoscaling ?? new SdkAutoScaling({ env, imds, credentials });
+  const groups = new GroupLocator(imds, autoscaling);
   const sources = new SourceReader(imds, async () => ssm, fs, {
     userData: config.userData.enabled,
     ssmPrefixes: config.ssm.enabled ? config.ssm.prefixes : undefined,
     baseConfiguration: config.local.baseConfiguration,
     modulesDir: config.local.modulesDir,
-  });
+    // The scheduler's probe (a peek) right before a poll's pass serves that pass.
+    reuseMs: 250,
+    now: () => clock.now(),
+  }, groups);
   const reconciler = new Reconciler({
     config,
     clock,
@@ -125,8 +132,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     ...(edges.onStatus ? { onStatus: edges.onStatus } : {}),
     ...(edges.onProgress ? { onProgress: edges.onProgress } : {}),
   });
-  const autoscaling = edges.autoscaling ?? new SdkAutoScaling({ env, imds, credentials });
-  return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling };
+  return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling, groups };
 }
 
 /**
@@ -160,8 +166,8 @@ async function createSsmSource(
 
 /**
  * The Auto Scaling lifecycle reporter for this agent, or undefined when `lifecycle.enabled` is off.
- * The group comes from the instance's `aws:autoscaling:groupName` tag in IMDS when tags are exposed
- * there, else the reporter asks DescribeAutoScalingInstances.
+ * The group comes from the agent's GroupLocator: the IMDS tag when tags are exposed there, else the
+ * one DescribeAutoScalingInstances answer the sources also use.
  */
 export function createLifecycleReporter(
   agent: Agent,
@@ -176,7 +182,7 @@ export function createLifecycleReporter(
     log: log.child({ component: 'lifecycle' }),
     config: agent.config.lifecycle,
     locate: async () => {
-      const [identity, group] = await Promise.all([agent.imds.identity(), agent.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`)]);
+      const [identity, group] = await Promise.all([agent.imds.identity(), agent.groups.group()]);
       return { instanceId: identity.instanceId, ...(group ? { group } : {}) };
     },
     ...callbacks,

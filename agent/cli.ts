@@ -154,11 +154,19 @@ function help(): string {
     ...Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
     '',
     'exit codes: 0 success; 1 the work failed (the instance is left on, or rolled back to, a good generation); 2 bad usage or invalid input (nothing was switched)',
+    '--debug (any command): print the stack trace of an error',
     '',
   ].join('\n');
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** An error as one line: what went wrong and where, never a stack (unless --debug). */
+function oneLine(err: unknown, debug: boolean): string {
+  if (debug && err instanceof Error && err.stack) return err.stack;
+  const text = err instanceof Error ? err.message : String(err);
+  return text.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+export async function main(argv: string[], debug = false): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(help());
@@ -173,7 +181,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     parsed = parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config', strict: true });
   } catch (err) {
-    process.stderr.write(`nixos-ec2-agent ${name}: ${(err as Error).message}\nusage: nixos-ec2-agent ${command.usage}\n`);
+    process.stderr.write(`nixos-ec2-agent ${name}: ${oneLine(err, false)}\nusage: nixos-ec2-agent ${command.usage}\n`);
     return 2;
   }
   if (parsed.values.help) {
@@ -188,25 +196,52 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     const kind = (err as { kind?: string }).kind;
-    if (kind === 'invalid-input') {
-      process.stderr.write(`nixos-ec2-agent ${name}: ${(err as Error).message}\n`);
-      return 2;
-    }
-    if (kind !== undefined) {
-      process.stderr.write(`nixos-ec2-agent ${name}: ${(err as Error).message}\n`);
+    if (kind === undefined) {
+      // Not one of the expected failures: a bug, or the machine refusing (a port taken, a full disk).
+      process.stderr.write(`nixos-ec2-agent ${name}: unexpected error: ${oneLine(err, debug)}${debug ? '' : ' (--debug shows where)'}\n`);
       return 1;
     }
-    throw err;
+    process.stderr.write(`nixos-ec2-agent ${name}: ${oneLine(err, debug)}\n`);
+    return kind === 'invalid-input' ? 2 : 1;
   }
 }
 
-main(process.argv.slice(2)).then(
+/**
+ * The runtime's warnings become one structured `warn` line on stderr instead of Node's multi-line
+ * text: the AWS SDK warns about the Node version on the first client it makes (process.emitWarning
+ * in @aws-sdk/core's emitWarningIfUnsupportedVersion), and the journal must stay one JSON object per
+ * line for `journalctl -o cat | jq`. Removing the listeners drops Node's own printer too.
+ */
+function structuredWarnings(debug: boolean): void {
+  let log: Promise<import('./log.js').Logger> | undefined;
+  process.removeAllListeners('warning');
+  process.on('warning', (warning: Error & { code?: string }) => {
+    log ??= import('./log.js').then(({ createLogger }) => createLogger({ destination: process.stderr, level: 'warn' }));
+    void log.then((l) =>
+      l.warn(
+        { event: 'runtime.warning', warning: warning.name, ...(warning.code ? { code: warning.code } : {}), ...(debug && warning.stack ? { stack: warning.stack } : {}) },
+        oneLine(warning, false),
+      ),
+    );
+  });
+}
+
+// The composition root owns the process: --debug is taken out before any command sees its flags,
+// and when the command is done the process ends with its code even if something still holds the
+// event loop open (a server a failed start left listening must never make a command hang).
+const args = process.argv.slice(2);
+const debug = args.includes('--debug');
+structuredWarnings(debug);
+main(
+  args.filter((a) => a !== '--debug'),
+  debug,
+).then(
   (code) => {
     process.exitCode = code;
+    setTimeout(() => process.exit(code), 2_000).unref();
   },
   (err: unknown) => {
-    // Not one of the expected failures: a bug. Loud, and systemd restarts the daemon.
-    process.stderr.write(`nixos-ec2-agent: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
-    process.exitCode = 70;
+    process.stderr.write(`nixos-ec2-agent: unexpected error: ${oneLine(err, debug)}\n`);
+    process.exit(1);
   },
 );

@@ -2,7 +2,7 @@
 // person (or JSON with --json), and returns its exit code.
 import { createAgent, createLifecycleReporter } from './agent.js';
 import { listGenerations } from './apply/generations.js';
-import type { Config } from './config.js';
+import { controlSocketPath, type Config } from './config.js';
 import { buildDesired, shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
@@ -122,7 +122,7 @@ export async function status(config: Config, json: boolean, wait: boolean): Prom
 }
 
 async function fetchStatus(config: Config, fs: RootFs): Promise<Status | undefined> {
-  const client = new ControlClient(fs.resolve(config.controlSocket));
+  const client = new ControlClient(controlSocketPath(config));
   const live = await client.request('status').catch(() => undefined);
   if (live && typeof live === 'object' && 'status' in live) return (live as { status: Status }).status;
   return readStatusFile(fs);
@@ -155,7 +155,7 @@ export async function generations(config: Config, json: boolean): Promise<number
 /** rollback, suspend, resume, converge --now: through the running daemon, else on the state. */
 export async function control(config: Config, op: ControlOp, json: boolean): Promise<number> {
   const fs = new RootFs(config.root);
-  const client = new ControlClient(fs.resolve(config.controlSocket));
+  const client = new ControlClient(controlSocketPath(config));
   let answer: unknown;
   try {
     answer = await client.request(op);

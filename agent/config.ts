@@ -1,6 +1,8 @@
 // The agent's configuration: one JSON file (the NixOS module writes it), every field optional with
 // a documented default. Parsed once at the edge; nothing past here sees raw JSON.
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { z } from 'zod/v3';
 import { InvalidInputError } from './errors.js';
 
@@ -142,8 +144,13 @@ export const ConfigSchema = z.strictObject({
 
   watch: z
     .strictObject({
-      /** Changes are gathered until this long passes with none, then converged once. */
+      /**
+       * A change opens a settle window: changes are gathered until this long passes with none
+       * (SSM pushes seen by polling, local files, a newer state during a build), then converged once.
+       */
       quietPeriodMs: z.number().int().min(0).default(2_000),
+      /** The settle window's bound: a stream of changes that never pauses still converges this often. */
+      maxSettleSeconds: seconds(60),
       /**
        * While a build runs, the sources are checked this often (revision tag or parameter, local
        * files): a newer desired state cancels a build that has not activated yet.
@@ -159,7 +166,10 @@ export const ConfigSchema = z.strictObject({
     })
     .default({}),
 
-  /** Root-only unix socket for `status`, `converge --now`, `rollback`, `suspend`, `resume`. */
+  /**
+   * Root-only unix socket for `status`, `converge --now`, `rollback`, `suspend`, `resume`, under
+   * `root`. Where root makes the path too long for a unix socket, see controlSocketPath.
+   */
   controlSocket: z.string().default('/run/nixos-ec2-agent/control.sock'),
 
   lifecycle: z
@@ -208,6 +218,22 @@ export const ConfigSchema = z.strictObject({
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
+
+/** sun_path holds 108 bytes on Linux, the terminating NUL included. */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * Where the daemon of this configuration listens, and where every control command looks: the
+ * socket under root, so `--root DIR` alone finds a sandbox's daemon. A root deep enough to make that
+ * path too long for a unix socket gets a short path derived from it instead (the same for the daemon
+ * and the commands, whatever their working directory or TMPDIR). The socket stays mode 0600.
+ */
+export function controlSocketPath(config: Pick<Config, 'root' | 'controlSocket'>): string {
+  const full = path.join(path.resolve(config.root), config.controlSocket);
+  if (Buffer.byteLength(full) <= MAX_SOCKET_PATH) return full;
+  const id = createHash('sha256').update(full).digest('hex').slice(0, 20);
+  return `/tmp/nixos-ec2-agent-${id}/${path.basename(config.controlSocket)}`;
+}
 export type ConfigInput = z.input<typeof ConfigSchema>;
 
 /** Validates a configuration value; the error names every bad field by its path. */

@@ -2,8 +2,9 @@
 // jittered interval, and takes `converge --now`, SIGHUP and local file changes as triggers. One
 // pass at a time; triggers that arrive during a pass collapse into one next pass.
 import { createAgent, createLifecycleReporter } from './agent.js';
-import type { Config } from './config.js';
+import { controlSocketPath, type Config } from './config.js';
 import { RootFs } from './fs.js';
+import { buildDesired } from './desired/desired.js';
 import { createLogger } from './log.js';
 import { ControlServer, type ControlOp } from './report/control.js';
 import { PostConvergeHook } from './report/hook.js';
@@ -91,24 +92,31 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
     intervalMs: c.ssm.pollIntervalSeconds * 1000,
     jitter: c.ssm.pollJitter,
     quietPeriodMs: c.watch.quietPeriodMs,
+    maxSettleMs: c.watch.maxSettleSeconds * 1000,
     maxBackoffMs: c.ssm.maxBackoffSeconds * 1000,
     cancelCheckMs: c.watch.cancelCheckSeconds * 1000,
   });
   const scheduler = new Scheduler(clock, {
     ...(timings(config) as Pick<ScheduleOptions, 'intervalMs' | 'jitter' | 'quietPeriodMs'>),
     throttleLevel: () => agent.ssm.throttleLevel,
+    // What a pass would converge to, read as the pass reads it: polls see pushes through it.
+    probe: async (signal) => {
+      const s = await agent.sources.peek(signal);
+      return buildDesired({ userData: s.userData, ssm: s.ssm, local: s.local }).hash;
+    },
     // Only a build can be cancelled: nothing has been activated yet.
     cancellable: () => reconciler.status.phase === 'building',
     changed: async (signal) => (agent.config.ssm.enabled ? agent.ssm.changed(signal) : undefined),
   });
 
-  const control = new ControlServer(fs.resolve(config.controlSocket), async (op: ControlOp) => {
+  const control = new ControlServer(controlSocketPath(config), async (op: ControlOp) => {
     switch (op) {
       case 'status':
         return { ok: true, status: reconciler.status };
       case 'converge': {
         // An operator asking means: read everything again, whatever the revision says.
         agent.ssm.invalidate('converge --now');
+        agent.sources.forget();
         const result = await scheduler.runNow('converge --now');
         if (result === undefined) {
           const why = scheduler.state.blocked ? `the instance is leaving (${scheduler.state.blocked.reason})` : 'the agent is stopping';

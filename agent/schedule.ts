@@ -1,5 +1,9 @@
-// When to converge, not how: a jittered poll, and triggers (converge --now, SIGHUP, file changes)
-// that collapse into one next pass after a quiet period. Single flight: never two passes at once.
+// When to converge, not how: a jittered poll, and triggers (converge --now, SIGHUP, file changes).
+// A change starts a settle window: the pass runs once the sources have been quiet for the quiet
+// period, or when the window reaches its bound, so a script pushing twenty parameters a second
+// apart is one rebuild and a stream that never pauses still converges. A poll sees a change through
+// the probe (the desired state's fingerprint), compared with the last pass's. Single flight: never
+// two passes at once.
 // A newer desired state cancels a pass that is still building (as comin does); activation and
 // verification never see the signal. Throttled polls back off exponentially with full jitter, so
 // a fleet sharing one account's SSM throughput spreads out instead of retrying in step. While the
@@ -7,19 +11,28 @@
 import { TransientError } from './errors.js';
 import type { Clock } from './ports.js';
 import type { PassResult } from './reconcile.js';
-import { isThrottling } from './sources/revision.js';
+import { isBusy } from './sources/revision.js';
 
 export interface ScheduleOptions {
   readonly intervalMs: number;
   /** Each wait is uniform in interval × [1 − jitter/2, 1 + jitter/2]. */
   readonly jitter: number;
+  /** A change waits until the sources have been quiet this long… */
   readonly quietPeriodMs: number;
+  /** …but never longer than this after the first change of the window. */
+  readonly maxSettleMs?: number;
+  /**
+   * The desired state's fingerprint as the sources hold it now (a pass reports the same value as
+   * its desiredHash). Asked at each poll, and while a window settles, to see changes and to tell
+   * when they stop. Without it a poll converges at once.
+   */
+  readonly probe?: (signal: AbortSignal) => Promise<string>;
   readonly random?: () => number;
   /** The loop wakes at least this often, so a watchdog can tell idle from wedged. */
   readonly tickMs?: number;
   /** The longest wait a throttled poll backs off to. */
   readonly maxBackoffMs?: number;
-  /** Consecutive throttled SSM calls seen by the source (0 when the last one succeeded). */
+  /** Consecutive throttled or failing (5xx) SSM calls seen by the source (0 after a success). */
   readonly throttleLevel?: () => number;
   /** True while the running pass may still be cancelled (it is building, nothing activated). */
   readonly cancellable?: () => boolean;
@@ -47,6 +60,18 @@ export interface ScheduleState {
   readonly cancelled: number;
 }
 
+interface Pending {
+  readonly reason: string;
+  /** When the window opened: it settles by first + maxSettleMs at the latest. */
+  readonly first: number;
+  /** The last change seen: it settles at last + quietPeriodMs. */
+  readonly last: number;
+  readonly immediate: boolean;
+}
+
+/** The settle window's default bound: a continuous stream of changes still converges each minute. */
+export const DEFAULT_MAX_SETTLE_MS = 60_000;
+
 interface Waiter {
   readonly resolve: (result: PassResult | undefined) => void;
 }
@@ -68,7 +93,12 @@ export class Scheduler {
   private readonly random: () => number;
   private stopped = false;
   private wake = new AbortController();
-  private pending: { reason: string; at: number; immediate: boolean } | undefined;
+  private pending: Pending | undefined;
+  /** The last pass's desired state: a poll whose probe differs has seen a change. */
+  private baseline: string | undefined;
+  /** What the last probe saw, so a probe in a window can tell whether the sources moved again. */
+  private lastProbe: string | undefined;
+  private probeAbort = new AbortController();
   private waiters: Waiter[] = [];
   private running: Promise<unknown> | undefined;
   private passAbort: AbortController | undefined;
@@ -93,8 +123,7 @@ export class Scheduler {
 
   /** A change was seen: converge after the quiet period. A pass still building is cancelled. */
   trigger(reason: string): void {
-    const immediate = this.pending?.immediate ?? false;
-    this.pending = { reason: this.pending ? `${this.pending.reason}, ${reason}` : reason, at: this.clock.now(), immediate };
+    this.note(reason, false);
     this.supersede(reason);
     this.wake.abort();
   }
@@ -105,7 +134,7 @@ export class Scheduler {
    */
   runNow(reason: string): Promise<PassResult | undefined> {
     if (this.stopped || this.blockedBy) return Promise.resolve(undefined);
-    this.pending = { reason: this.pending ? `${this.pending.reason}, ${reason}` : reason, at: this.clock.now(), immediate: true };
+    this.note(reason, true);
     const done = new Promise<PassResult | undefined>((resolve) => this.waiters.push({ resolve }));
     this.supersede(reason);
     this.wake.abort();
@@ -154,6 +183,7 @@ export class Scheduler {
   stop(): void {
     this.stopped = true;
     this.passAbort?.abort(new PassCancelledError('stopping'));
+    this.probeAbort.abort(new PassCancelledError('stopping'));
     this.wake.abort();
   }
 
@@ -171,6 +201,15 @@ export class Scheduler {
       reason = await this.waitForWork(tick);
     }
     for (const w of this.waiters.splice(0)) w.resolve(undefined);
+  }
+
+  /** A change (or a request) joins the open window, or opens one; `immediate` runs it at once. */
+  private note(reason: string, immediate: boolean): void {
+    const now = this.clock.now();
+    const p = this.pending;
+    this.pending = p
+      ? { reason: `${p.reason}, ${reason}`, first: p.first, last: now, immediate: p.immediate || immediate }
+      : { reason, first: now, last: now, immediate };
   }
 
   private backoffLevel(): number {
@@ -202,7 +241,9 @@ export class Scheduler {
       await watching;
       this.running = undefined;
       this.passAbort = undefined;
-      this.throttledPasses = result?.error && isThrottling(result.error) ? this.throttledPasses + 1 : 0;
+      this.throttledPasses = result?.error && isBusy(result.error) ? this.throttledPasses + 1 : 0;
+      this.baseline = result?.desiredHash;
+      this.lastProbe = undefined;
       for (const w of waiters) w.resolve(result);
     }
   }
@@ -227,8 +268,8 @@ export class Scheduler {
         why = undefined;
       }
       if (why === undefined || ended.aborted || abort.signal.aborted) continue;
-      // Converge to the newer state right after this pass ends.
-      this.pending = { reason: this.pending ? `${this.pending.reason}, ${why}` : why, at: this.clock.now(), immediate: true };
+      // The newer state opens a settle window: the next pass waits for the pushes to stop.
+      this.note(why, false);
       this.supersede(why);
     }
   }
@@ -244,6 +285,7 @@ export class Scheduler {
     this.polled = true;
     const pollAt = this.clock.now() + delay;
     this.nextPollAt = pollAt;
+    let probeAt = this.clock.now();
     try {
       for (;;) {
         if (this.stopped) return 'stop';
@@ -252,21 +294,59 @@ export class Scheduler {
           // Leaving: nothing starts; what was asked waits, in case the instance stays after all.
           await this.sleep(tickMs);
         } else if (pending) {
-          const quietUntil = pending.at + (pending.immediate ? 0 : this.options.quietPeriodMs);
-          if (this.clock.now() >= quietUntil) {
+          const { quietPeriodMs, maxSettleMs = DEFAULT_MAX_SETTLE_MS } = this.options;
+          const due = pending.immediate ? pending.first : Math.min(pending.last + quietPeriodMs, pending.first + maxSettleMs);
+          const now = this.clock.now();
+          if (now >= due) {
             this.pending = undefined;
             return pending.reason;
           }
-          await this.sleep(Math.min(tickMs, quietUntil - this.clock.now()));
+          if (this.options.probe && now >= probeAt) {
+            // The window stays open while the sources keep moving.
+            const seen = await this.look();
+            if (seen.changed && this.pending) this.pending = { ...this.pending, last: this.clock.now() };
+            probeAt = this.clock.now() + this.probeEveryMs();
+            continue;
+          }
+          await this.sleep(Math.min(tickMs, due - now, this.options.probe ? probeAt - now : tickMs));
         } else {
-          if (this.clock.now() >= pollAt) return 'poll';
-          await this.sleep(Math.min(tickMs, pollAt - this.clock.now()));
+          const now = this.clock.now();
+          if (now >= pollAt) {
+            if (!this.options.probe || this.baseline === undefined) return 'poll';
+            const seen = await this.look();
+            if (seen.fingerprint === undefined || seen.fingerprint === this.baseline) return 'poll';
+            this.note('poll', false);
+            probeAt = this.clock.now() + this.probeEveryMs();
+            continue;
+          }
+          await this.sleep(Math.min(tickMs, pollAt - now));
         }
         tick();
       }
     } finally {
       this.nextPollAt = undefined;
     }
+  }
+
+  /** Probes in a window: often enough to see the sources stop well within the quiet period. */
+  private probeEveryMs(): number {
+    return Math.max(100, this.options.quietPeriodMs / 3);
+  }
+
+  /** The probe's fingerprint now, and whether it moved since the last look; undefined when it failed. */
+  private async look(): Promise<{ fingerprint: string | undefined; changed: boolean }> {
+    const probe = this.options.probe;
+    if (!probe || this.stopped) return { fingerprint: undefined, changed: false };
+    let fingerprint: string;
+    try {
+      fingerprint = await probe(this.probeAbort.signal);
+    } catch {
+      // No evidence either way: a poll converges (and reports what failed); a window keeps its timing.
+      return { fingerprint: undefined, changed: false };
+    }
+    const changed = this.lastProbe !== undefined && fingerprint !== this.lastProbe;
+    this.lastProbe = fingerprint;
+    return { fingerprint, changed };
   }
 
   private async sleep(ms: number): Promise<void> {

@@ -33,7 +33,6 @@ export async function runLive(sandbox: Sandbox): Promise<number> {
       NIXOS_EC2_AGENT_ROOT: layout.root,
     }),
   );
-  const rel = path.relative(process.cwd(), layout.config) || layout.config;
   process.stderr.write(
     [
       '',
@@ -47,9 +46,9 @@ export async function runLive(sandbox: Sandbox): Promise<number> {
       `      --name /nixos/fleet/revision --value "$(date +%s)"`,
       '  # (The revision tag, nixos-ec2-agent-revision, is read from IMDS; the emulated IMDS changes',
       '  # tags only in-process, so here the revision parameter or converge --now is the way.)',
-      `  npx nixos-ec2-agent converge --now --config ${rel}     # instead of waiting for the next poll`,
+      `  npx nixos-ec2-agent converge --now --root "$NIXOS_EC2_AGENT_ROOT"     # instead of waiting for the next poll`,
       `  echo '{ ... }: { environment.etc."hello".text = "hi"; }' > ${path.relative(process.cwd(), path.join(layout.root, 'etc/nixos-ec2-agent/local.d')) || '.'}/hello.nix   # a watched drop-in`,
-      `  npx nixos-ec2-agent status --config ${rel}`,
+      `  npx nixos-ec2-agent status --root "$NIXOS_EC2_AGENT_ROOT"`,
       `  curl "$NIXOS_EC2_AGENT_URL/healthz" "$NIXOS_EC2_AGENT_URL/status"`,
       'Stop with Ctrl-C.',
       '',

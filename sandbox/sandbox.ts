@@ -12,7 +12,7 @@ import type { AutoScalingSnapshot } from './emulators/autoscaling.js';
 import type { SsmSnapshot } from './emulators/ssm.js';
 import { bootMachine, installStandins } from './standin/install.js';
 import { DEMO_USER_DATA, demoParameters } from './demo.js';
-import { readWorldFiles, World, type InstanceSpec } from './world.js';
+import { readWorldFiles, seedParameters, World, WorldInputError, type InstanceSpec } from './world.js';
 
 const CLI = fileURLToPath(new URL('../agent/cli.js', import.meta.url));
 
@@ -62,20 +62,32 @@ export async function openSandbox(
   const layout = sandboxLayout(dir);
   await mkdir(layout.dir, { recursive: true });
   const files = await readWorldFiles(flags);
-  const saved: Saved | undefined = existsSync(layout.saved) ? (JSON.parse(await readFile(layout.saved, 'utf8')) as Saved) : undefined;
+  const saved = await readSaved(layout.saved);
   const fresh = saved === undefined;
   const instance: InstanceSpec = files.instance ?? saved?.instance ?? { instanceId: `i-${randomBytes(9).toString('hex').slice(0, 17)}` };
   const userData = files.userData ?? (saved ? (saved.userData !== undefined ? Buffer.from(saved.userData, 'base64') : undefined) : Buffer.from(DEMO_USER_DATA));
 
   const world = await World.start({ instance, ...(userData ? { userData } : {}), ssmThroughput: null });
-  if (saved?.ssm) world.ssm.restore(saved.ssm);
-  if (saved?.autoscaling) world.autoscaling.restore(saved.autoscaling);
-  if (files.parameters) world.ssm.load(files.parameters);
-  else if (fresh) world.ssm.load(demoParameters(world.instance.instanceId, world.group));
+  let standins: Awaited<ReturnType<typeof installStandins>>;
+  try {
+    try {
+      if (saved?.ssm) world.ssm.restore(saved.ssm);
+      if (saved?.autoscaling) world.autoscaling.restore(saved.autoscaling);
+    } catch (err) {
+      throw new WorldInputError(`${layout.saved}: not a sandbox's saved world (${(err as Error).message}); remove it to start a new instance`);
+    }
+    // The file states what SSM holds: applying it again to the same instance changes nothing.
+    if (files.parameters) seedParameters(world.ssm, files.parameters, flags.parameters ?? '--parameters');
+    else if (fresh) seedParameters(world.ssm, demoParameters(world.instance.instanceId, world.group), 'the demo parameters');
 
-  // A reboot: /run starts empty, the profile's system is booted.
-  const standins = await installStandins({ binDir: layout.bin, root: layout.root });
-  await bootMachine(layout.root);
+    // A reboot: /run starts empty, the profile's system is booted.
+    standins = await installStandins({ binDir: layout.bin, root: layout.root });
+    await bootMachine(layout.root);
+  } catch (err) {
+    // Nothing may keep the process alive after a failed start.
+    await world.close();
+    throw err;
+  }
 
   const config = {
     root: layout.root,
@@ -90,11 +102,8 @@ export async function openSandbox(
     },
     health: { systemctl: standins.systemctl, graceSeconds: 2, intervalSeconds: 0.5 },
     ssm: { pollIntervalSeconds: 2, pollJitter: 0.2 },
-    watch: { quietPeriodMs: 500 },
     retry: { failedBackoffSeconds: 30 },
     http: { listen: '127.0.0.1:0' },
-    // Short enough for a unix socket path wherever the sandbox lives.
-    controlSocket: '/run/ctl.sock',
     lifecycle: { heartbeatSeconds: 10, budgetSeconds: 300 },
     ...agentConfig,
   };
@@ -128,6 +137,17 @@ export async function openSandbox(
   };
   await sandbox.save();
   return sandbox;
+}
+
+async function readSaved(file: string): Promise<Saved | undefined> {
+  if (!existsSync(file)) return undefined;
+  try {
+    const saved = JSON.parse(await readFile(file, 'utf8')) as Saved;
+    if (typeof saved !== 'object' || saved === null || typeof saved.instance !== 'object') throw new Error('no instance');
+    return saved;
+  } catch (err) {
+    throw new WorldInputError(`${file}: not a sandbox's saved world (${(err as Error).message}); remove it to start a new instance`);
+  }
 }
 
 /** Runs the agent CLI in its own process against the sandbox, its log appended to agent.log. */

@@ -6,7 +6,7 @@ import { z } from 'zod/v3';
 import type { Clock } from '../agent/ports.js';
 import { AutoScalingEmulator } from './emulators/autoscaling.js';
 import { defaultInstance, ImdsEmulator, type ImdsInstance } from './emulators/imds.js';
-import { SsmEmulator, type PutParameterRequest, type SsmThroughput } from './emulators/ssm.js';
+import { SsmEmulator, SsmServiceError, type PutParameterRequest, type SsmThroughput } from './emulators/ssm.js';
 
 export const InstanceFile = z.strictObject({
   instanceId: z.string().regex(/^i-[0-9a-f]{8,17}$/).optional(),
@@ -73,23 +73,37 @@ export class World {
     });
     const host = options.host ?? '127.0.0.1';
     const clock = options.clock ? { clock: options.clock } : {};
-    const imds = await ImdsEmulator.start({ instance, host, ...clock, ...(options.ports?.imds ? { port: options.ports.imds } : {}) });
-    const ssm = await SsmEmulator.start({
-      region: instance.region,
-      accountId: instance.accountId,
-      host,
-      ...clock,
-      ...(options.ports?.ssm ? { port: options.ports.ssm } : {}),
-      ...(options.ssmThroughput !== undefined ? { throughput: options.ssmThroughput } : {}),
-    });
-    const autoscaling = await AutoScalingEmulator.start({
-      region: instance.region,
-      accountId: instance.accountId,
-      host,
-      ...clock,
-      ...(options.ports?.autoscaling ? { port: options.ports.autoscaling } : {}),
-    });
-    if (options.parameters) ssm.load(options.parameters);
+    // Whatever fails part way closes what already listens: nothing may keep the process alive.
+    const started: { close(): Promise<void> }[] = [];
+    const closeStarted = () => Promise.all(started.map((server) => server.close()));
+    let imds: ImdsEmulator;
+    let ssm: SsmEmulator;
+    let autoscaling: AutoScalingEmulator;
+    try {
+      imds = await ImdsEmulator.start({ instance, host, ...clock, ...(options.ports?.imds ? { port: options.ports.imds } : {}) });
+      started.push(imds);
+      ssm = await SsmEmulator.start({
+        region: instance.region,
+        accountId: instance.accountId,
+        host,
+        ...clock,
+        ...(options.ports?.ssm ? { port: options.ports.ssm } : {}),
+        ...(options.ssmThroughput !== undefined ? { throughput: options.ssmThroughput } : {}),
+      });
+      started.push(ssm);
+      autoscaling = await AutoScalingEmulator.start({
+        region: instance.region,
+        accountId: instance.accountId,
+        host,
+        ...clock,
+        ...(options.ports?.autoscaling ? { port: options.ports.autoscaling } : {}),
+      });
+      started.push(autoscaling);
+      if (options.parameters) seedParameters(ssm, options.parameters, '--parameters');
+    } catch (err) {
+      await closeStarted();
+      throw err;
+    }
     let hook: string | undefined;
     if (group) {
       autoscaling.createGroup({ name: group, healthCheckType: 'ELB', healthCheckGracePeriod: 300 });
@@ -138,14 +152,17 @@ export class World {
 
 export async function readWorldFiles(flags: { 'user-data'?: string; parameters?: string; instance?: string }): Promise<Pick<WorldOptions, 'userData' | 'parameters' | 'instance'>> {
   const out: { userData?: Buffer; parameters?: PutParameterRequest[]; instance?: InstanceSpec } = {};
-  if (flags['user-data']) out.userData = await readFile(flags['user-data']);
+  if (flags['user-data']) out.userData = await readInput(flags['user-data'], '--user-data');
   if (flags.parameters) {
-    const parsed = z.array(z.object({ Name: z.string(), Value: z.string() }).passthrough()).safeParse(JSON.parse(await readFile(flags.parameters, 'utf8')));
-    if (!parsed.success) throw new WorldInputError(`${flags.parameters}: a JSON array of PutParameter requests ({"Name", "Value", "Type"}): ${parsed.error.issues[0]?.message}`);
+    const parsed = z.array(z.object({ Name: z.string(), Value: z.string() }).passthrough()).safeParse(await readJson(flags.parameters, '--parameters'));
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new WorldInputError(`${flags.parameters}: a JSON array of PutParameter requests ({"Name", "Value", "Type"}): ${issue?.path.join('.') || '(top level)'}: ${issue?.message}`);
+    }
     out.parameters = parsed.data as PutParameterRequest[];
   }
   if (flags.instance) {
-    const parsed = InstanceFile.safeParse(JSON.parse(await readFile(flags.instance, 'utf8')));
+    const parsed = InstanceFile.safeParse(await readJson(flags.instance, '--instance'));
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
       throw new WorldInputError(`${flags.instance}: ${issue?.path.join('.') || '(top level)'}: ${issue?.message}`);
@@ -153,6 +170,58 @@ export async function readWorldFiles(flags: { 'user-data'?: string; parameters?:
     out.instance = parsed.data;
   }
   return out;
+}
+
+async function readInput(file: string, flag: string): Promise<Buffer> {
+  try {
+    return await readFile(file);
+  } catch (err) {
+    throw new WorldInputError(`${flag} ${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+async function readJson(file: string, flag: string): Promise<unknown> {
+  const text = (await readInput(file, flag)).toString('utf8');
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new WorldInputError(`${flag} ${file}: not JSON: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Makes SSM hold what the requests state, however often it is applied: a parameter whose value
+ * and type already match is left alone; a new value overwrites it (a new version); a change between
+ * String and SecureString, which Parameter Store refuses in place, deletes and recreates it.
+ * Parameters the requests do not name are left as they are. Returns what changed.
+ */
+export function seedParameters(ssm: SsmEmulator, requests: readonly PutParameterRequest[], where: string): { created: string[]; updated: string[]; unchanged: string[] } {
+  const result = { created: [] as string[], updated: [] as string[], unchanged: [] as string[] };
+  requests.forEach((request, index) => {
+    const current = ssm.get(request.Name);
+    const type = request.Type ?? current?.Type;
+    try {
+      if (!current) {
+        ssm.put(request);
+        result.created.push(request.Name);
+      } else if (current.Value === request.Value && current.Type === type) {
+        result.unchanged.push(request.Name);
+      } else if ((current.Type === 'SecureString') !== (type === 'SecureString')) {
+        ssm.delete(request.Name);
+        ssm.put(request);
+        result.updated.push(request.Name);
+      } else {
+        // Tags are set at creation only (PutParameter refuses them with Overwrite).
+        const { Tags: _tags, ...rest } = request;
+        ssm.put({ ...rest, Overwrite: true });
+        result.updated.push(request.Name);
+      }
+    } catch (err) {
+      if (err instanceof SsmServiceError) throw new WorldInputError(`${where}: [${index}] ${request.Name}: ${err.code}: ${err.message}`);
+      throw err;
+    }
+  });
+  return result;
 }
 
 export class WorldInputError extends Error {

@@ -72,6 +72,39 @@ type SdkClient = InstanceType<Sdk['AutoScalingClient']>;
 
 const NO_ACTIVE_ACTION = /No active Lifecycle Action found/i;
 
+/** The tag EC2 puts on every member of an Auto Scaling group. */
+export const ASG_TAG = 'aws:autoscaling:groupName';
+
+/**
+ * The instance's Auto Scaling group. The tag from IMDS first: free, but served only when "Allow tags
+ * in instance metadata" is on, which it is not by default. Otherwise one DescribeAutoScalingInstances
+ * call, whose answer (a group or none) is kept: an instance never changes group while it runs. A
+ * failed call is not kept, so the next look asks again.
+ */
+export class GroupLocator {
+  private asked: Promise<string | undefined> | undefined;
+
+  constructor(
+    private readonly imds: Pick<Imds, 'get' | 'identity'>,
+    private readonly autoscaling: Pick<AutoScaling, 'describeInstance'>,
+  ) {}
+
+  async group(): Promise<string | undefined> {
+    const tag = await this.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`);
+    if (tag !== undefined) return tag;
+    this.asked ??= this.describe().catch((err: unknown) => {
+      this.asked = undefined;
+      throw err;
+    });
+    return this.asked;
+  }
+
+  private async describe(): Promise<string | undefined> {
+    const { instanceId } = await this.imds.identity();
+    return (await this.autoscaling.describeInstance(instanceId))?.group;
+  }
+}
+
 /** The real client over the AWS SDK, created on the first call. */
 export class SdkAutoScaling implements AutoScaling {
   private ready: Promise<{ sdk: Sdk; client: SdkClient }> | undefined;

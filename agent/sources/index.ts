@@ -1,6 +1,8 @@
 // Reads every source once: IMDS (identity, user data, tags), SSM, local files. Each source is its
 // own module; this only gathers their snapshots for one pass.
+import { ASG_TAG, type GroupLocator } from '../aws/autoscaling.js';
 import type { Imds, InstanceIdentity } from '../aws/imds.js';
+import { TransientError } from '../errors.js';
 import type { RootFs } from '../fs.js';
 import type { LocalSnapshot } from '../desired/desired.js';
 import { readLocal } from './local.js';
@@ -23,25 +25,69 @@ export interface SourceOptions {
   readonly ssmPrefixes: readonly string[] | undefined;
   readonly baseConfiguration: string;
   readonly modulesDir: string;
+  /**
+   * A read taken with peek() serves the next read() when it is at most this old, so a look just
+   * before a pass (the scheduler's probe) costs the pass nothing. 0: every read() reads.
+   */
+  readonly reuseMs?: number;
+  readonly now?: () => number;
 }
 
-export const ASG_TAG = 'aws:autoscaling:groupName';
+export { ASG_TAG };
 
 export class SourceReader {
+  private kept: { at: number; read: { snapshots: Snapshots } | { error: unknown } } | undefined;
+
   constructor(
     private readonly imds: Imds,
     /** Created on first use: the SSM client is the heaviest import on the boot path. */
     private readonly ssm: () => Promise<SsmFetcher>,
     private readonly fs: RootFs,
     private readonly options: SourceOptions,
+    /** Where `{asg}` comes from when a prefix names it; without it, only the IMDS tag. */
+    private readonly groups?: Pick<GroupLocator, 'group'>,
   ) {}
 
+  /**
+   * Reads every source, and keeps the outcome for the next read() (see reuseMs): a failure too, so
+   * a pass right after a failed look reports it without asking a failing SSM again.
+   */
+  async peek(signal?: AbortSignal): Promise<Snapshots> {
+    try {
+      const snapshots = await this.readAll(signal);
+      this.kept = { at: this.now(), read: { snapshots } };
+      return snapshots;
+    } catch (error) {
+      this.kept = signal?.aborted ? undefined : { at: this.now(), read: { error } };
+      throw error;
+    }
+  }
+
   async read(signal?: AbortSignal): Promise<Snapshots> {
+    const kept = this.kept;
+    this.kept = undefined;
+    if (kept && this.now() - kept.at <= (this.options.reuseMs ?? 0)) {
+      if ('error' in kept.read) throw kept.read.error;
+      return kept.read.snapshots;
+    }
+    return this.readAll(signal);
+  }
+
+  /** A request to read everything again (converge --now, SIGHUP) is not answered from a peek. */
+  forget(): void {
+    this.kept = undefined;
+  }
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
+  private async readAll(signal?: AbortSignal): Promise<Snapshots> {
     const ssmReady = this.options.ssmPrefixes ? this.ssm() : undefined;
     // Read alongside: each waits on the network, none depends on another but SSM on identity.
     const [identity, asg, userDataRaw, local] = await Promise.all([
       this.imds.identity(),
-      this.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`),
+      this.group(),
       this.options.userData ? this.imds.getBytes('latest/user-data') : Promise.resolve(undefined),
       readLocal(this.fs, this.options.baseConfiguration, this.options.modulesDir),
     ]);
@@ -52,5 +98,21 @@ export class SourceReader {
       ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
     }
     return { identity, asg, userData, ssm, local: local.snapshot, notes: local.notes };
+  }
+
+  /**
+   * The group, when a prefix needs it, from the tag or Auto Scaling. A group that cannot be found
+   * out fails the pass: converging without that layer would drop what it configures. An instance in
+   * no group skips the prefix, and the pass notes it.
+   */
+  private async group(): Promise<string | undefined> {
+    const needed = this.options.ssmPrefixes?.some((p) => p.includes('{asg}')) ?? false;
+    if (!needed || !this.groups) return this.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`);
+    try {
+      return await this.groups.group();
+    } catch (err) {
+      const prefix = this.options.ssmPrefixes?.find((p) => p.includes('{asg}'));
+      throw new TransientError(`cannot resolve {asg} in SSM prefix ${prefix}: the instance's tags are not in IMDS and ${(err as Error).message}`, 'sources', { prefix }, { cause: err });
+    }
   }
 }

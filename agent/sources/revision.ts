@@ -68,6 +68,13 @@ export function isThrottling(err: unknown): boolean {
   return typeof code === 'string' && /Throttl|TooManyRequests|RequestLimitExceeded|Rate exceeded|SlowDown/i.test(code);
 }
 
+/** Throttled, or failing on its side (5xx): SSM is busy, and polling faster would not help. */
+export function isBusy(err: unknown): boolean {
+  if (isThrottling(err)) return true;
+  const status = isAgentError(err) ? err.context.status : (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+  return typeof status === 'number' && status >= 500;
+}
+
 export class WatchedSsm implements SsmFetcher {
   private parts: Promise<SsmParts> | undefined;
   private cache: Cache | undefined;
@@ -203,7 +210,7 @@ export class WatchedSsm implements SsmFetcher {
   }
 
   private noteError(err: unknown): void {
-    if (isThrottling(err)) this.throttled++;
+    if (isBusy(err)) this.throttled++;
   }
 
   /** The revision parameters are the watcher's, not configuration: they never reach the render. */

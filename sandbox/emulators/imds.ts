@@ -58,7 +58,10 @@ export interface ImdsInstance {
   userData?: Buffer;
 }
 
-/** A plausible Auto Scaling group member with an instance profile and tags in metadata. */
+/**
+ * A plausible Auto Scaling group member with an instance profile. Its tags are not in instance
+ * metadata: "Allow tags in instance metadata" is off unless an instance's metadata options turn it on.
+ */
 export function defaultInstance(overrides: Partial<ImdsInstance> = {}): ImdsInstance {
   const region = overrides.region ?? 'us-east-1';
   return {
@@ -70,7 +73,7 @@ export function defaultInstance(overrides: Partial<ImdsInstance> = {}): ImdsInst
     accountId: '123456789012',
     privateIp: '10.0.1.23',
     tags: { 'aws:autoscaling:groupName': 'demo-asg', Name: 'nixos-ec2-agent-demo' },
-    tagsInMetadata: true,
+    tagsInMetadata: false,
     iamRole: 'nixos-ec2-agent-demo',
     ...overrides,
   };

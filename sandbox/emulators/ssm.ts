@@ -129,12 +129,13 @@ const OPERATIONS = [
   'DeleteParameters',
   'DescribeParameters',
   'GetParameterHistory',
+  'LabelParameterVersion',
 ] as const;
 type Operation = (typeof OPERATIONS)[number];
 
 const READ_OPS: ReadonlySet<string> = new Set(['GetParameter', 'GetParameters', 'GetParametersByPath']);
 const DESCRIBE_OPS: ReadonlySet<string> = new Set(['DescribeParameters', 'GetParameterHistory']);
-const WRITE_OPS: ReadonlySet<string> = new Set(['PutParameter', 'DeleteParameter', 'DeleteParameters']);
+const WRITE_OPS: ReadonlySet<string> = new Set(['PutParameter', 'DeleteParameter', 'DeleteParameters', 'LabelParameterVersion']);
 
 const TYPES: readonly ParameterType[] = ['String', 'StringList', 'SecureString'];
 const TIERS: readonly ParameterTier[] = ['Standard', 'Advanced', 'Intelligent-Tiering'];
@@ -148,8 +149,13 @@ const MAX_NAME_LENGTH = 1011;
 // "Standard parameters have a value limit of 4 KB. Advanced parameters have a value limit of 8 KB."
 const STANDARD_VALUE_LIMIT = 4096;
 const ADVANCED_VALUE_LIMIT = 8192;
-// Parameter Store keeps the latest 100 versions; putting a 101st drops the oldest.
+// Parameter Store keeps the latest 100 versions; putting a 101st drops the oldest, unless it is labelled.
 const MAX_VERSIONS = 100;
+// "A version of a parameter can have a maximum of 10 labels" (LabelParameterVersion).
+const MAX_LABELS = 10;
+// Labels: letters, numbers, `.`, `-`, `_`, at most 100 characters, not starting with a number,
+// `aws` or `ssm` (user guide, "Labeling parameters"). A bad one comes back in InvalidLabels.
+const LABEL = /^(?![0-9])(?!aws)(?!ssm)[a-zA-Z0-9_.-]{1,100}$/i;
 
 const NAME_CHARS = /^[a-zA-Z0-9_.\-/]+$/;
 const SUB_PATH_MESSAGE =
@@ -207,6 +213,8 @@ export class SsmEmulator {
   private readonly server: RunningServer;
   private readonly store = new Map<string, Entry>();
   private readonly kmsKeyId: string;
+  /** KMS keys this account has: ids, ARNs and aliases that a SecureString may name. */
+  private readonly kmsKeys = new Set<string>();
   private readonly encryptionKey = randomBytes(32);
   private readonly tokenSecret = randomBytes(32);
   private readonly reads: TokenBucket | undefined;
@@ -224,6 +232,7 @@ export class SsmEmulator {
     this.region = options.region ?? 'us-east-1';
     this.accountId = options.accountId ?? '123456789012';
     this.kmsKeyId = options.kmsKeyId ?? DEFAULT_KMS_KEY;
+    for (const key of [DEFAULT_KMS_KEY, this.kmsKeyId]) this.addKmsKey(key);
     const throughput =
       'throughput' in options ? (options.throughput ?? undefined) : { readsPerSecond: 40, burst: 40 };
     const bucket = (rate: number | undefined, burst?: number) =>
@@ -260,6 +269,23 @@ export class SsmEmulator {
 
   put(request: PutParameterRequest, user?: string): { Version: number; Tier: 'Standard' | 'Advanced' } {
     return this.putParameter(request as unknown as Json, user ?? `arn:aws:iam::${this.accountId}:root`);
+  }
+
+  /**
+   * Creates a customer managed KMS key (as KMS CreateKey, with an optional CreateAlias): its id, ARN
+   * and alias become valid `KeyId`s for SecureStrings. Any other KeyId is InvalidKeyId.
+   */
+  createKmsKey(alias?: string): { KeyId: string; Arn: string } {
+    const keyId = randomUUID();
+    const arn = `arn:aws:kms:${this.region}:${this.accountId}:key/${keyId}`;
+    this.kmsKeys.add(keyId).add(arn);
+    if (alias !== undefined) this.addKmsKey(alias.startsWith('alias/') ? alias : `alias/${alias}`);
+    return { KeyId: keyId, Arn: arn };
+  }
+
+  /** Attaches labels to a version (the latest by default), as the LabelParameterVersion call does. */
+  label(name: string, labels: readonly string[], version?: number): { InvalidLabels: string[]; ParameterVersion: number } {
+    return this.labelParameterVersion({ Name: name, Labels: [...labels], ...(version !== undefined ? { ParameterVersion: version } : {}) });
   }
 
   /** Deletes a parameter and all its versions; throws ParameterNotFound when there is none. */
@@ -333,6 +359,8 @@ export class SsmEmulator {
         return v.Type === 'SecureString' ? { ...version, ciphertext: this.encrypt(v.Value, v.KeyId ?? this.kmsKeyId) } : version;
       });
       this.store.set(p.Name, { versions, tags: new Map(Object.entries(p.Tags ?? {})) });
+      // A key a stored SecureString was put with existed then: it stays valid.
+      for (const v of versions) if (v.KeyId) this.kmsKeys.add(v.KeyId);
     }
   }
 
@@ -509,6 +537,8 @@ export class SsmEmulator {
         return this.describeParameters(input);
       case 'GetParameterHistory':
         return this.getParameterHistory(input);
+      case 'LabelParameterVersion':
+        return this.labelParameterVersion(input);
     }
   }
 
@@ -546,6 +576,17 @@ export class SsmEmulator {
     }
     const resolvedType = type ?? previous?.Type;
     if (!resolvedType) throw validation('A parameter type is required when you create a parameter.');
+    if (previous && (previous.Type === 'SecureString') !== (resolvedType === 'SecureString')) {
+      // The botocore model's text for the error; the CLI prints it as AWS sends it.
+      throw new SsmServiceError(
+        'HierarchyTypeMismatchException',
+        "Parameter Store doesn't support changing a parameter type in a hierarchy. For example, you can't change a parameter " +
+          'from a String type to a SecureString type. You must create a new, unique parameter.',
+      );
+    }
+    if (resolvedType === 'SecureString' && keyId !== undefined && !this.kmsKeys.has(keyId)) {
+      throw new SsmServiceError('InvalidKeyId', `Invalid KeyId ${keyId}: the query key ID isn't valid.`);
+    }
 
     const size = Buffer.byteLength(value, 'utf8');
     const wanted = tier ?? (previous?.Tier === 'Advanced' ? 'Advanced' : 'Standard');
@@ -597,6 +638,15 @@ export class SsmEmulator {
       ...(pattern ? { AllowedPattern: pattern } : {}),
     };
     if (entry) {
+      if (entry.versions.length >= MAX_VERSIONS && entry.versions[0]!.Labels.length > 0) {
+        const oldest = entry.versions[0]!;
+        throw new SsmServiceError(
+          'ParameterMaxVersionLimitExceeded',
+          `You attempted to create a new version of ${name} by calling the PutParameter API with the overwrite flag. Version ` +
+            `${oldest.Version}, the oldest version, can't be deleted because it has a label associated with it. Move the label to ` +
+            'another version of the parameter, and try again.',
+        );
+      }
       entry.versions.push(version);
       if (entry.versions.length > MAX_VERSIONS) entry.versions.shift();
     } else {
@@ -728,6 +778,35 @@ export class SsmEmulator {
     return { Parameters: history, ...(next ? { NextToken: next } : {}) };
   }
 
+  private labelParameterVersion(input: Json): { InvalidLabels: string[]; ParameterVersion: number } {
+    const requested = requiredString(input, 'Name', 1, 2048);
+    const labels = requiredStringList(input, 'Labels', 1, MAX_LABELS);
+    const wanted = optionalInteger(input, 'ParameterVersion', 1, Number.MAX_SAFE_INTEGER);
+    const name = this.stripArn(requested);
+    const entry = this.store.get(name);
+    if (!entry) throw notFound(requested);
+    const version = wanted === undefined ? entry.versions.at(-1)! : entry.versions.find((v) => v.Version === wanted);
+    if (!version) {
+      throw new SsmServiceError('ParameterVersionNotFound', `Systems Manager could not find version ${wanted} of ${name}. Verify the version and try again.`);
+    }
+    const invalid = labels.filter((l) => !LABEL.test(l));
+    const valid = [...new Set(labels.filter((l) => LABEL.test(l)))];
+    const added = valid.filter((l) => !version.Labels.includes(l));
+    if (version.Labels.length + added.length > MAX_LABELS) {
+      throw new SsmServiceError('ParameterVersionLabelLimitExceeded', 'A parameter version can have a maximum of ten labels.');
+    }
+    // A label names one version of a parameter: attaching it elsewhere moves it here.
+    for (const other of entry.versions) {
+      if (other === version) continue;
+      for (const l of added) {
+        const at = other.Labels.indexOf(l);
+        if (at !== -1) other.Labels.splice(at, 1);
+      }
+    }
+    version.Labels.push(...added);
+    return { InvalidLabels: invalid, ParameterVersion: version.Version };
+  }
+
   // ---- helpers ----
 
   /** `name`, `name:version`, `name:label`, or the parameter's ARN in place of its name. */
@@ -750,6 +829,12 @@ export class SsmEmulator {
     }
     const labelled = entry.versions.findLast((v) => v.Labels.includes(selector));
     return labelled ? { version: labelled, selector: `:${selector}` } : notFound(requested);
+  }
+
+  /** An alias is valid by its name and by its ARN. */
+  private addKmsKey(key: string): void {
+    this.kmsKeys.add(key);
+    if (key.startsWith('alias/')) this.kmsKeys.add(`arn:aws:kms:${this.region}:${this.accountId}:${key}`);
   }
 
   private stripArn(requested: string): string {

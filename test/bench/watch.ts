@@ -2,15 +2,19 @@
 // sandboxed instance running `run`:
 // - change → rebuild start latency, for an SSM push (with a revision bump) and for a file dropped
 //   into local.d (from the write to the `step.start` log line of the build);
-// - rebuilds per burst of 20 changes (target 1);
+// - rebuilds per burst of 20 changes at once (target 1), and per CLI-paced burst: 20 pushes 0.6 s
+//   apart, each a parameter and a revision bump, as a script calling the AWS CLI makes them (target
+//   ≤ 2), with the latency from the last push to the build's start beside it;
 // - SSM calls per poll while idle, from the emulator's call counts, and what that is per instance
 //   per hour at the default 60 s interval, beside the whole-tree fetch a poll would cost without a
 //   revision (the baseline);
+// The daemon runs with the default settle window (watch.quietPeriodMs), so the latencies include it.
 // - idle RSS and CPU of the daemon over a window (a minute; `--quick`: 5 s), beside a bare
 //   `node -e "setInterval(()=>{},1000)"` measured in the same run.
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { parseConfig } from '../../agent/config.js';
 import { Instance, LiveLog } from '../support/e2e.js';
 import { epochMs, intFlag, median, parseBenchArgs, ratio, round, type BenchResult, type Print } from './common.js';
 
@@ -49,15 +53,16 @@ async function idleUsage(pid: number, windowMs: number): Promise<{ rssMiB: numbe
 export async function run(args: readonly string[], print: Print): Promise<BenchResult> {
   const flags = parseBenchArgs('watch', args, {});
   const quick = Boolean(flags.quick);
-  const runs = intFlag('runs', flags.runs, quick ? 2 : 5);
-  const windowMs = quick ? 5_000 : 60_000;
+  const runs = intFlag('runs', flags.runs, quick ? 1 : 5);
+  const windowMs = quick ? 3_000 : 60_000;
   const intervalS = 1;
 
   const inst = await Instance.launch({
     parameters: [{ Name: '/nixos/fleet/revision', Value: '0', Type: 'String' }],
     config: {
       ssm: { pollIntervalSeconds: intervalS, pollJitter: 0 },
-      watch: { quietPeriodMs: 200, cancelCheckSeconds: 0.5 },
+      // Quick mode (a smoke test) shortens the settle window, still longer than the CLI's pace.
+      watch: { cancelCheckSeconds: 0.5, ...(quick ? { quietPeriodMs: 1_000 } : {}) },
       http: { listen: null },
       logLevel: 'info',
     },
@@ -65,9 +70,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const running = inst.start(['run']);
   const log = new LiveLog(running);
   const pid = running.child.pid!;
+  const quietMs = parseConfig(JSON.parse(await readFile(inst.sandbox.layout.config, 'utf8'))).watch.quietPeriodMs;
   try {
     await until('the first convergence', () => (log.of('pass.end').length >= 1 ? true : undefined));
-    print(`watch: daemon pid ${pid}, poll every ${intervalS} s, quiet period 200 ms; ${runs} run(s) per latency`);
+    print(`watch: daemon pid ${pid}, poll every ${intervalS} s, quiet period ${quietMs} ms; ${runs} run(s) per latency`);
 
     // Change → rebuild start, SSM.
     const ssmLatency: number[] = [];
@@ -106,8 +112,25 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     }
     inst.put('/nixos/fleet/revision', String(++revision));
     await until('the burst build', () => (log.builds().length > beforeBurst ? true : undefined));
-    await sleep(3_000 + intervalS * 1000);
+    await sleep(quietMs + 2 * intervalS * 1000);
     const rebuildsPerBurst = log.builds().length - beforeBurst;
+
+    // A CLI-paced burst: 20 pushes 0.6 s apart (8 in quick mode), each with its revision bump.
+    await until('the pass end', () => (log.events.at(-1)?.event === 'pass.end' ? true : undefined));
+    const beforePaced = log.builds().length;
+    let lastPush = 0;
+    const pacedPushes = quick ? 8 : 20;
+    for (let i = 0; i < pacedPushes; i++) {
+      inst.put(`/nixos/fleet/options/environment.variables.PACED${i}`, `"${i}"`);
+      inst.put('/nixos/fleet/revision', String(++revision));
+      lastPush = epochMs();
+      await sleep(600);
+    }
+    const pacedBuild = await until('the paced burst build', () => log.builds().slice(beforePaced).find((b) => Date.parse(String(b.time)) >= lastPush));
+    const pacedLatency = Date.parse(String(pacedBuild.time)) - lastPush;
+    await until('the pass end', () => (log.events.at(-1)?.event === 'pass.end' ? true : undefined));
+    await sleep(quietMs + 2 * intervalS * 1000);
+    const rebuildsPerPaced = log.builds().length - beforePaced;
 
     // Idle: SSM calls per poll, RSS and CPU.
     await sleep(1_000);
@@ -128,8 +151,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     baseline.kill('SIGKILL');
 
     print(`  SSM push → build start    median ${round(median(ssmLatency))} ms over ${ssmLatency.length} (poll ${intervalS} s)`);
-    print(`  file write → build start  median ${round(median(fileLatency))} ms over ${fileLatency.length} (quiet period 200 ms)`);
+    print(`  file write → build start  median ${round(median(fileLatency))} ms over ${fileLatency.length} (quiet period ${quietMs} ms)`);
     print(`  rebuilds per burst of 20  ${rebuildsPerBurst} (target 1)`);
+    print(`  CLI-paced burst (${pacedPushes} × 0.6 s)  ${rebuildsPerPaced} rebuild(s) (target ≤ 2); last push → build start ${round(pacedLatency)} ms`);
     print(`  idle SSM calls            ${calls} over ${polls} polls (${JSON.stringify(counts)}); ${round(perHour)} per instance-hour at ${DEFAULT_INTERVAL_S} s`);
     print(`  idle RSS / CPU            ${round(idle.rssMiB)} MiB (target ≤ ${RSS_TARGET_MIB}) / ${round(idle.cpuPercent)} % over ${windowMs / 1000} s; bare node: ${round(base.rssMiB)} MiB / ${round(base.cpuPercent)} %`);
     return {
@@ -138,6 +162,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
         ssm_latency_ms: median(ssmLatency),
         file_latency_ms: median(fileLatency),
         rebuilds_per_burst: rebuildsPerBurst,
+        rebuilds_per_paced_burst: rebuildsPerPaced,
+        paced_last_push_to_build_ms: pacedLatency,
+        paced_latency_over_quiet: ratio(pacedLatency, quietMs),
         idle_ssm_calls_per_poll: callsPerPoll,
         idle_ssm_calls_per_hour: perHour,
         idle_rss_mib: idle.rssMiB,
@@ -152,7 +179,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     };
   } finally {
     running.child.kill('SIGTERM');
-    await Promise.race([running.done, sleep(10_000)]);
+    let bound: NodeJS.Timeout | undefined;
+    await Promise.race([running.done, new Promise((r) => (bound = setTimeout(r, 10_000)))]);
+    clearTimeout(bound);
     if (running.child.exitCode === null) running.child.kill('SIGKILL');
     await inst.close();
   }

@@ -289,10 +289,10 @@ describe('IMDS emulator: paths and items', () => {
 
   test('directory listings are LF-separated names, sub-directories with a trailing slash', async () => {
     const top = (await get(imds, '/latest/meta-data/', tok)).text.split('\n');
-    for (const name of ['ami-id', 'hostname', 'instance-id', 'instance-type', 'local-ipv4', 'placement/', 'iam/', 'tags/']) {
+    for (const name of ['ami-id', 'hostname', 'instance-id', 'instance-type', 'local-ipv4', 'placement/', 'iam/']) {
       assert.ok(top.includes(name), `${name} in ${JSON.stringify(top)}`);
     }
-    assert.ok(!top.includes('autoscaling/') && !top.includes('spot/'), 'absent categories are not listed');
+    assert.ok(!top.includes('autoscaling/') && !top.includes('spot/') && !top.includes('tags/'), 'absent categories are not listed');
     assert.ok(top.every((l) => l.length > 0), 'no blank lines');
     assert.equal((await get(imds, '/latest/meta-data/placement/', tok)).text, 'availability-zone\nregion');
     assert.equal((await get(imds, '/latest/meta-data/placement', tok)).text, 'availability-zone\nregion');
@@ -301,6 +301,7 @@ describe('IMDS emulator: paths and items', () => {
   });
 
   test('instance tags: listing and values, only keys EC2 can expose', async () => {
+    imds.setTagsInMetadata(true);
     imds.setTag('Environment', 'staging');
     imds.setTag('has space', 'x');
     imds.setTag('a/b', 'x');
@@ -318,18 +319,16 @@ describe('IMDS emulator: paths and items', () => {
       assert.equal(isMetadataTagKey('team@corp,x=y+z'), true);
     } finally {
       for (const k of ['Environment', 'has space', 'a/b']) imds.setTag(k, undefined);
+      imds.setTagsInMetadata(false);
     }
   });
 
-  test('tags are not in metadata unless allowed', async () => {
-    imds.setTagsInMetadata(false);
-    try {
-      assert.equal((await get(imds, '/latest/meta-data/tags/instance', tok)).status, 404);
-      assert.equal((await get(imds, '/latest/meta-data/tags/instance/Name', tok)).status, 404);
-      assert.ok(!(await get(imds, '/latest/meta-data/', tok)).text.split('\n').includes('tags/'));
-    } finally {
-      imds.setTagsInMetadata(true);
-    }
+  test("tags are not in metadata unless allowed (EC2's default)", async () => {
+    assert.equal(defaultInstance().tagsInMetadata, false);
+    assert.equal((await get(imds, '/latest/meta-data/tags/instance', tok)).status, 404);
+    assert.equal((await get(imds, '/latest/meta-data/tags/instance/Name', tok)).status, 404);
+    assert.equal((await get(imds, '/latest/meta-data/tags/instance/aws:autoscaling:groupName', tok)).status, 404);
+    assert.ok(!(await get(imds, '/latest/meta-data/', tok)).text.split('\n').includes('tags/'));
   });
 
   test('user data: 404 when none, raw bytes as application/octet-stream when set', async () => {

@@ -133,4 +133,40 @@ describe('SSM emulator through the AWS CLI', { skip }, () => {
     assert.equal(reserved.code, 254);
     assert.match(reserved.stderr, /\(AccessDeniedException\) when calling the PutParameter operation/);
   });
+
+  it('label-parameter-version and name:label / name:version selectors', async () => {
+    const name = '/cli/label/colour';
+    assert.equal((await aws('put-parameter', '--name', name, '--value', 'red', '--type', 'String')).code, 0);
+    assert.equal((await aws('put-parameter', '--name', name, '--value', 'blue', '--overwrite')).code, 0);
+    const labelled = await aws('label-parameter-version', '--name', name, '--parameter-version', '1', '--labels', 'stable', 'ssm-bad');
+    assert.equal(labelled.code, 0, labelled.stderr);
+    assert.deepEqual(JSON.parse(labelled.stdout), { InvalidLabels: ['ssm-bad'], ParameterVersion: 1 });
+    const byLabel = await aws('get-parameter', '--name', `${name}:stable`);
+    assert.equal(byLabel.code, 0, byLabel.stderr);
+    assert.equal((JSON.parse(byLabel.stdout) as { Parameter: { Value: string; Selector: string } }).Parameter.Value, 'red');
+    const both = await aws('get-parameters', '--names', `${name}:2`, `${name}:stable`, `${name}:nope`);
+    assert.equal(both.code, 0, both.stderr);
+    const parsed = JSON.parse(both.stdout) as { Parameters: { Value: string; Selector: string }[]; InvalidParameters: string[] };
+    assert.deepEqual(parsed.Parameters.map((p) => [p.Selector, p.Value]), [[':2', 'blue'], [':stable', 'red']]);
+    assert.deepEqual(parsed.InvalidParameters, [`${name}:nope`]);
+    const missing = await aws('label-parameter-version', '--name', name, '--parameter-version', '5', '--labels', 'x');
+    assert.equal(missing.code, 254);
+    assert.match(missing.stderr, /\(ParameterVersionNotFound\) when calling the LabelParameterVersion operation/);
+  });
+
+  it('overwriting a String as SecureString is HierarchyTypeMismatchException; an unknown KeyId is InvalidKeyId', async () => {
+    const name = '/cli/mismatch/value';
+    assert.equal((await aws('put-parameter', '--name', name, '--value', 'plain', '--type', 'String')).code, 0);
+    const mismatch = await aws('put-parameter', '--name', name, '--value', 'secret', '--type', 'SecureString', '--overwrite');
+    assert.equal(mismatch.code, 254);
+    assert.match(mismatch.stderr, /An error occurred \(HierarchyTypeMismatchException\) when calling the PutParameter operation: Parameter Store doesn't support changing a parameter type/);
+    const badKey = await aws('put-parameter', '--name', '/cli/kms/a', '--value', 's', '--type', 'SecureString', '--key-id', 'alias/nobody');
+    assert.equal(badKey.code, 254);
+    assert.match(badKey.stderr, /An error occurred \(InvalidKeyId\) when calling the PutParameter operation/);
+    const aliasKey = await aws('put-parameter', '--name', '/cli/kms/a', '--value', 's', '--type', 'SecureString', '--key-id', 'alias/aws/ssm');
+    assert.equal(aliasKey.code, 0, aliasKey.stderr);
+    const created = emulator.createKmsKey();
+    const ownKey = await aws('put-parameter', '--name', '/cli/kms/b', '--value', 's', '--type', 'SecureString', '--key-id', created.KeyId);
+    assert.equal(ownKey.code, 0, ownKey.stderr);
+  });
 });

@@ -10,6 +10,7 @@ import {
   GetParameterHistoryCommand,
   GetParametersByPathCommand,
   GetParametersCommand,
+  LabelParameterVersionCommand,
   PutParameterCommand,
   SSMClient,
   paginateGetParametersByPath,
@@ -94,6 +95,59 @@ describe('SSM emulator over the SDK v3 SSMClient', () => {
     assert.equal(old.Parameter?.Selector, ':1');
     const missingVersion = await failure(client.send(new GetParameterCommand({ Name: '/app/colour:9' })));
     assert.equal(missingVersion.name, 'ParameterVersionNotFound');
+  });
+
+  it('labels versions, moves a label between versions, and reads name:label and name:version', async () => {
+    const name = '/label/app/colour';
+    await client.send(new PutParameterCommand({ Name: name, Value: 'red', Type: 'String' }));
+    await client.send(new PutParameterCommand({ Name: name, Value: 'blue', Overwrite: true }));
+    const labelled = await client.send(new LabelParameterVersionCommand({ Name: name, ParameterVersion: 1, Labels: ['stable', '1bad', 'awsy', 'ok_too'] }));
+    assert.equal(labelled.ParameterVersion, 1);
+    assert.deepEqual(labelled.InvalidLabels, ['1bad', 'awsy'], 'labels starting with a number or aws come back invalid');
+    const stable = await client.send(new GetParameterCommand({ Name: `${name}:stable` }));
+    assert.equal(stable.Parameter?.Value, 'red');
+    assert.equal(stable.Parameter?.Selector, ':stable');
+    // Without ParameterVersion the latest version is labelled; the label moves there.
+    const moved = await client.send(new LabelParameterVersionCommand({ Name: name, Labels: ['stable'] }));
+    assert.equal(moved.ParameterVersion, 2);
+    const both = await client.send(new GetParametersCommand({ Names: [`${name}:stable`, `${name}:1`, `${name}:ok_too`, `${name}:gone`] }));
+    assert.deepEqual(both.Parameters?.map((p) => [p.Selector, p.Value]), [[':stable', 'blue'], [':1', 'red'], [':ok_too', 'red']]);
+    assert.deepEqual(both.InvalidParameters, [`${name}:gone`]);
+    assert.deepEqual(emulator.history(name).map((v) => v.Labels), [['ok_too'], ['stable']]);
+
+    const noVersion = await failure(client.send(new LabelParameterVersionCommand({ Name: name, ParameterVersion: 7, Labels: ['x'] })));
+    assert.equal(noVersion.name, 'ParameterVersionNotFound');
+    const noParameter = await failure(client.send(new LabelParameterVersionCommand({ Name: '/label/none', Labels: ['x'] })));
+    assert.equal(noParameter.name, 'ParameterNotFound');
+    emulator.label(name, Array.from({ length: 9 }, (_, i) => `l${i}`), 2);
+    const tooMany = await failure(client.send(new LabelParameterVersionCommand({ Name: name, ParameterVersion: 2, Labels: ['eleventh'] })));
+    assert.equal(tooMany.name, 'ParameterVersionLabelLimitExceeded');
+  });
+
+  it('refuses an overwrite that changes String to SecureString or back (HierarchyTypeMismatchException)', async () => {
+    await client.send(new PutParameterCommand({ Name: '/mismatch/plain', Value: 'a', Type: 'String' }));
+    const toSecure = await failure(client.send(new PutParameterCommand({ Name: '/mismatch/plain', Value: 'b', Type: 'SecureString', Overwrite: true })));
+    assert.equal(toSecure.name, 'HierarchyTypeMismatchException');
+    assert.equal(toSecure.$metadata.httpStatusCode, 400);
+    await client.send(new PutParameterCommand({ Name: '/mismatch/secret', Value: 'a', Type: 'SecureString' }));
+    const toPlain = await failure(client.send(new PutParameterCommand({ Name: '/mismatch/secret', Value: 'b', Type: 'String', Overwrite: true })));
+    assert.equal(toPlain.name, 'HierarchyTypeMismatchException');
+    // String and StringList are both plain: that change is allowed.
+    const list = await client.send(new PutParameterCommand({ Name: '/mismatch/plain', Value: 'a,b', Type: 'StringList', Overwrite: true }));
+    assert.equal(list.Version, 2);
+    assert.equal(emulator.get('/mismatch/secret')?.Value, 'a', 'nothing changed');
+  });
+
+  it('takes alias/aws/ssm and keys created in the emulator as KeyId; any other is InvalidKeyId', async () => {
+    const bad = await failure(client.send(new PutParameterCommand({ Name: '/kms/a', Value: 's', Type: 'SecureString', KeyId: 'alias/no-such-key' })));
+    assert.equal(bad.name, 'InvalidKeyId');
+    assert.equal(emulator.get('/kms/a'), undefined);
+    await client.send(new PutParameterCommand({ Name: '/kms/a', Value: 's', Type: 'SecureString', KeyId: 'alias/aws/ssm' }));
+    const key = emulator.createKmsKey('app');
+    for (const [i, keyId] of [key.KeyId, key.Arn, 'alias/app', 'arn:aws:kms:us-east-1:123456789012:alias/app'].entries()) {
+      const put = await client.send(new PutParameterCommand({ Name: `/kms/b${i}`, Value: 's', Type: 'SecureString', KeyId: keyId }));
+      assert.equal(put.Version, 1, keyId);
+    }
   });
 
   it('names a top-level parameter in its ARN with a single slash', async () => {
@@ -558,6 +612,7 @@ describe('SSM emulator faults and state', () => {
     const a = await SsmEmulator.start({ clock, throughput: null, region: 'eu-west-1', accountId: '111122223333' });
     const b = await SsmEmulator.start({ throughput: null });
     try {
+      a.createKmsKey('custom');
       a.load([
         { Name: '/s/one', Value: '1', Type: 'String' },
         { Name: '/s/secret', Value: 'shh', Type: 'SecureString', KeyId: 'alias/custom' },
@@ -571,6 +626,8 @@ describe('SSM emulator faults and state', () => {
       b.restore(snapshot);
       assert.deepEqual(b.history('/s/one').map((p) => [p.Version, p.Value]), [[1, '1'], [2, '2']]);
       assert.equal(b.get('/s/secret')?.KeyId, 'alias/custom');
+      // The key a restored SecureString names exists in the restored account too.
+      assert.equal(b.put({ Name: '/s/secret2', Value: 'x', Type: 'SecureString', KeyId: 'alias/custom' }).Version, 1);
       assert.equal(b.get('/s/one')?.LastModifiedDate.getTime(), clock.now());
 
       const client = sdk(b);

@@ -211,4 +211,43 @@ describe('the command line', { concurrency: true }, () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  test('a live sandbox: status, converge --now and suspend/resume reach its daemon with --root alone', async () => {
+    // Deep enough that the socket under root would not fit a unix socket path.
+    const dir = path.join(await mkdtemp(path.join(tmpdir(), 'nea-e2e-live-')), 'a-directory-name-long-enough-to-push-the-socket-path-past-its-limit');
+    const child = spawn(process.execPath, [CLI, 'sandbox', '--dir', dir], { env: cleanEnv(process.env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      let stdout = '';
+      const root = await new Promise<string>((resolve, reject) => {
+        child.on('error', reject);
+        void exited.then((code) => reject(new Error(`sandbox ended early (${code})`)));
+        child.stdout.on('data', (c: Buffer) => {
+          stdout += c.toString('utf8');
+          const line = stdout.split('\n').find((l) => l.startsWith('NIXOS_EC2_AGENT_ROOT='));
+          if (line && stdout.includes('NIXOS_EC2_AGENT_URL=')) resolve(line.slice('NIXOS_EC2_AGENT_ROOT='.length));
+        });
+      });
+      assert.equal(root, path.join(dir, 'root'));
+      const waited = await cli(['status', '--wait', '--json', '--root', root]);
+      assert.equal(waited.code, 0, waited.stdout + waited.stderr);
+      const now = await cli(['converge', '--now', '--json', '--root', root]);
+      assert.equal(now.code, 0, now.stdout + now.stderr);
+      const answer = parseJson(now.stdout, 'converge --now --json', now) as { ok: boolean; outcome: string };
+      assert.equal(answer.ok, true);
+      assert.equal(answer.outcome, 'unchanged', 'the daemon ran the pass');
+      const suspended = await cli(['suspend', '--json', '--root', root]);
+      assert.equal(suspended.code, 0, suspended.stderr);
+      const status = parseJson((await cli(['status', '--json', '--root', root])).stdout, 'status --json', now) as StatusJson & { suspended?: unknown };
+      assert.ok(status.suspended, 'the running daemon took the suspend');
+      assert.equal((await cli(['resume', '--root', root])).code, 0);
+    } finally {
+      child.kill('SIGTERM');
+      const bound = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const code = await exited;
+      clearTimeout(bound);
+      await rm(path.dirname(dir), { recursive: true, force: true });
+      assert.equal(code, 0, 'the sandbox ends cleanly on SIGTERM');
+    }
+  });
 });

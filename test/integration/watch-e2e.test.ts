@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import { controlSocketPath, parseConfig } from '../../agent/config.js';
 import { hasNix, Instance, LiveLog, markerModule, waitFor, type Running, type StatusJson } from '../support/e2e.js';
 
 const DAEMON_CONFIG = {
@@ -171,6 +172,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     run.child.kill('SIGTERM');
     const result = await run.done;
     assert.equal(result.code, 0, result.stderr.slice(-2000));
-    assert.equal(existsSync(inst.file('run/ctl.sock')), false, 'the control socket is removed');
+    const socket = controlSocketPath(parseConfig(JSON.parse(await readFile(inst.sandbox.layout.config, 'utf8'))));
+    assert.equal(existsSync(socket), false, 'the control socket is removed');
   });
 });

@@ -38,6 +38,8 @@ describe('parseConfig', () => {
     assert.equal(c.health.checkFailedUnits, true);
     assert.deepEqual(c.health.probes, []);
     assert.equal(c.controlSocket, '/run/nixos-ec2-agent/control.sock');
+    assert.equal(c.watch.quietPeriodMs, 2_000);
+    assert.equal(c.watch.maxSettleSeconds, 60);
     assert.equal(c.lifecycle.enabled, true);
     assert.equal(c.postConvergeCommand, null);
     assert.equal(c.kernel.policy, 'report');

@@ -177,8 +177,10 @@ test('while building, the cheap check is asked every cancelCheckMs and a change 
   answer = 'revision parameter changed';
   await h.clock.advanceAsync(10_000);
   assert.equal(h.passes[0]!.signal.aborted, true);
-  await settle();
-  assert.equal(h.passes.length, 2, 'the newer state is converged at once');
+  await h.clock.advanceAsync(1_999);
+  assert.equal(h.passes.length, 1, 'the newer state opens a settle window');
+  await h.clock.advanceAsync(1);
+  assert.equal(h.passes.length, 2, 'and converges once it has been quiet for the quiet period');
   assert.equal(h.passes[1]!.reason, 'revision parameter changed');
   h.scheduler.stop();
   h.release();
@@ -244,4 +246,110 @@ test('stop aborts a build in hand and ends the loop', async () => {
   h.scheduler.stop();
   await h.done;
   assert.equal(h.passes[0]!.signal.aborted, true);
+});
+
+test('a stream of changes that never pauses still converges: the settle window is bounded', async () => {
+  const h = harness({ maxSettleMs: 60_000 });
+  await settle();
+  h.release();
+  await settle();
+  // A change every 1.5 s, always inside the 2 s quiet period, for two and a half minutes.
+  for (let i = 0; i < 100; i++) {
+    h.scheduler.trigger(`change ${i}`);
+    await h.clock.advanceAsync(1_500);
+    if (h.passes.length > 1 && h.passes.length % 2 === 0) h.release();
+  }
+  // Opened at 0; bounded at 60 s, then 120 s (each window opens at its first change).
+  assert.ok(h.passes.length >= 3, `${h.passes.length} passes in 150 s of changes`);
+  assert.ok(h.passes.length <= 4, `${h.passes.length} passes: the stream is still coalesced`);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+/** A probe over a fingerprint the test moves, as an operator's pushes move the sources. */
+function probed(options: Partial<ScheduleOptions> = {}) {
+  const source = { fingerprint: 'A', probes: 0 };
+  const h = harness({
+    intervalMs: 2_000,
+    probe: async () => {
+      source.probes++;
+      return source.fingerprint;
+    },
+    ...options,
+  });
+  return { h, source };
+}
+
+test('a poll that sees pushes 0.6 s apart waits for them to stop, then converges once', async () => {
+  const { h, source } = probed();
+  await settle();
+  h.release({ outcome: 'converged', desiredHash: 'A' });
+  await settle();
+  // Twenty pushes, 0.6 s apart, as a script calling the AWS CLI does; polls every 2 s.
+  for (let i = 1; i <= 20; i++) {
+    source.fingerprint = `A${i}`;
+    await h.clock.advanceAsync(600);
+  }
+  assert.equal(h.passes.length, 1, 'no pass while the pushes go on');
+  // The last push came at 12 s; the window settles within the quiet period plus one probe.
+  await h.clock.advanceAsync(2_000 + 2_000 / 3 + 1);
+  assert.equal(h.passes.length, 2);
+  assert.equal(h.passes[1]!.reason, 'poll', 'a settled poll is still a poll');
+  h.release({ outcome: 'converged', desiredHash: 'A20' });
+  await h.clock.advanceAsync(10_000);
+  assert.ok(h.passes.length >= 3, 'polls go on');
+  assert.ok(h.passes.slice(2).every((p) => p.reason === 'poll'), 'unchanged polls converge at once');
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('a poll whose probe fails converges at once (the pass reports the failure)', async () => {
+  const h = harness({ intervalMs: 2_000, probe: async () => Promise.reject(new Error('SSM is down')) });
+  await settle();
+  h.release({ outcome: 'converged', desiredHash: 'A' });
+  await h.clock.advanceAsync(2_000);
+  assert.equal(h.passes.length, 2);
+  assert.equal(h.passes[1]!.reason, 'poll');
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('SSM failing on its side (5xx) stretches the poll interval as throttling does', async () => {
+  const failing = new TransientError('SSM GetParametersByPath failed: InternalServerError', 'ssm', { code: 'InternalServerError', status: 500 });
+  const h = harness({ random: () => 1, maxBackoffMs: 600_000 });
+  await settle();
+  h.release({ outcome: 'failed', error: failing });
+  await settle();
+  await h.clock.advanceAsync(119_000);
+  assert.equal(h.passes.length, 1, 'level 1: up to 2 × interval');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 2);
+  // A client error is not the service being busy: the interval stays.
+  h.release({ outcome: 'failed', error: new TransientError('refused', 'ssm', { code: 'AccessDeniedException', status: 400 }) });
+  await h.clock.advanceAsync(60_000);
+  assert.equal(h.passes.length, 3);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test("the source's count of busy SSM answers stretches the poll interval too", async () => {
+  let level = 3;
+  const h = harness({ random: () => 1, maxBackoffMs: 600_000, throttleLevel: () => level });
+  await settle();
+  h.release();
+  await h.clock.advanceAsync(479_000);
+  assert.equal(h.passes.length, 1, 'level 3: up to 8 × interval');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 2);
+  level = 0;
+  h.release();
+  await h.clock.advanceAsync(60_000);
+  assert.equal(h.passes.length, 3);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
 });

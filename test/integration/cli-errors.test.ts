@@ -1,0 +1,141 @@
+// Every command, given bad input, ends on its own within seconds with exit 2 (bad input) or 1 (the
+// work failed) and one line on stderr naming what was wrong: no stack trace unless --debug, no
+// process left behind. And `sandbox --parameters` states what SSM holds: re-running it is a no-op.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { cleanEnv } from '../../sandbox/sandbox.js';
+import { CLI, parseJson, type StatusJson } from '../support/e2e.js';
+
+/** Far beyond what any of these needs on a loaded machine; a command still running then hangs. */
+const HANG_MS = 60_000;
+
+interface Ended {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly hung: boolean;
+}
+
+function cli(args: readonly string[]): Promise<Ended> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: cleanEnv(process.env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let hung = false;
+    const timer = setTimeout(() => {
+      hung = true;
+      child.kill('SIGKILL');
+    }, HANG_MS);
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, hung });
+    });
+  });
+}
+
+describe('bad input to every command', { concurrency: 4 }, () => {
+  let dir: string;
+  let busy: net.Server;
+  let busyPort: number;
+  const f = (name: string) => path.join(dir, name);
+
+  before(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'nea-errors-'));
+    await writeFile(f('not-json.json'), '{ "ssm": ');
+    await writeFile(f('bad-field.json'), JSON.stringify({ ssm: { prefix: ['/x'] } }));
+    await writeFile(f('bad-type.json'), JSON.stringify([{ Name: '/nixos/fleet/options/a', Value: '1', Type: 'Bogus' }]));
+    await writeFile(f('not-array.json'), JSON.stringify({ Name: '/a', Value: '1' }));
+    await writeFile(f('bad-instance.json'), JSON.stringify({ instanceId: 'not-an-id' }));
+    await mkdir(f('empty-root'));
+    await mkdir(f('corrupt-sandbox'));
+    await writeFile(f('corrupt-sandbox/world.json'), 'garbage');
+    busy = net.createServer();
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    busyPort = (busy.address() as net.AddressInfo).port;
+  });
+  after(async () => {
+    await new Promise<void>((resolve) => busy.close(() => resolve()));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const cases: [string, () => string[], number, RegExp][] = [
+    ['run, a missing config file', () => ['run', '--config', f('missing.json')], 2, /missing\.json.*cannot read/],
+    ['converge --once, an unknown field', () => ['converge', '--once', '--config', f('bad-field.json')], 2, /ssm\.prefix: unknown field/],
+    ['converge --now, no daemon under the root', () => ['converge', '--now', '--root', f('empty-root')], 1, /the daemon is not running/],
+    ['render, a config that is not JSON', () => ['render', '--config', f('not-json.json')], 2, /not-json\.json.*not JSON/],
+    ['status, an unknown field', () => ['status', '--config', f('bad-field.json')], 2, /unknown field/],
+    ['generations, a missing config', () => ['generations', '--config', f('missing.json')], 2, /cannot read/],
+    ['rollback, a config that is not JSON', () => ['rollback', '--config', f('not-json.json')], 2, /not JSON/],
+    ['suspend, a config that is not JSON', () => ['suspend', '--config', f('not-json.json')], 2, /not JSON/],
+    ['resume, a config that is not JSON', () => ['resume', '--config', f('not-json.json')], 2, /not JSON/],
+    ['check-config, an unknown field', () => ['check-config', f('bad-field.json')], 2, /unknown field/],
+    ['emulate, a missing parameters file', () => ['emulate', '--parameters', f('missing.json')], 2, /--parameters .*missing\.json: cannot read: ENOENT/],
+    ['emulate, a parameters file that is not JSON', () => ['emulate', '--parameters', f('not-json.json')], 2, /not JSON/],
+    ['emulate, parameters that are not an array', () => ['emulate', '--parameters', f('not-array.json')], 2, /a JSON array of PutParameter requests/],
+    ['emulate, a parameter SSM refuses', () => ['emulate', '--parameters', f('bad-type.json')], 2, /\/nixos\/fleet\/options\/a: ValidationException/],
+    ['emulate, a bad instance file', () => ['emulate', '--instance', f('bad-instance.json')], 2, /instanceId/],
+    ['emulate, a port that is not a number', () => ['emulate', '--imds-port', 'abc'], 2, /--imds-port abc is not a port number/],
+    ['emulate, a port already taken', () => ['emulate', '--ssm-port', String(busyPort)], 1, /EADDRINUSE/],
+    ['sandbox --once, a parameter SSM refuses', () => ['sandbox', '--once', '--dir', f('sandbox-bad-type'), '--parameters', f('bad-type.json')], 2, /ValidationException/],
+    ['sandbox --once, missing user data', () => ['sandbox', '--once', '--dir', f('sandbox-no-user-data'), '--user-data', f('missing.nix')], 2, /--user-data .*cannot read/],
+    ['sandbox, a corrupt saved world', () => ['sandbox', '--dir', f('corrupt-sandbox')], 2, /world\.json: not a sandbox's saved world/],
+  ];
+
+  for (const [what, args, code, message] of cases) {
+    test(what, async () => {
+      const ended = await cli(args());
+      assert.equal(ended.hung, false, `still running after ${HANG_MS} ms: ${ended.stderr}`);
+      assert.equal(ended.code, code, ended.stderr);
+      const lines = ended.stderr.trimEnd().split('\n');
+      assert.equal(lines.length, 1, `one line on stderr:\n${ended.stderr}`);
+      assert.match(lines[0]!, message);
+      assert.doesNotMatch(ended.stderr, /^\s+at /m, 'no stack trace');
+    });
+  }
+
+  test('--debug adds the stack trace', async () => {
+    const ended = await cli(['emulate', '--parameters', f('bad-type.json'), '--debug']);
+    assert.equal(ended.code, 2, ended.stderr);
+    assert.match(ended.stderr, /ValidationException/);
+    assert.match(ended.stderr, /^\s+at /m);
+  });
+});
+
+describe('sandbox --parameters states what SSM holds', () => {
+  test('the same file again changes nothing; a new value is a new version', { timeout: 180_000 }, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-seed-'));
+    try {
+      const file = path.join(dir, 'parameters.json');
+      const write = (value: string) =>
+        writeFile(file, JSON.stringify([{ Name: '/nixos/fleet/options/time.timeZone', Value: value, Type: 'String', Tags: [{ Key: 'team', Value: 'web' }] }]));
+      const once = async () => {
+        const ended = await cli(['sandbox', '--once', '--json', '--dir', path.join(dir, 'sb'), '--parameters', file]);
+        assert.equal(ended.hung, false);
+        assert.equal(ended.code, 0, ended.stderr);
+        return parseJson(ended.stdout, 'sandbox --once --json') as StatusJson;
+      };
+      const version = (s: StatusJson) => s.desired?.sources.parameters.find((p) => p.name === '/nixos/fleet/options/time.timeZone')?.version;
+      await write('"UTC"');
+      const first = await once();
+      assert.equal(first.lastResult?.outcome, 'converged');
+      assert.equal(version(first), 1);
+      const second = await once();
+      assert.equal(second.lastResult?.outcome, 'unchanged', 'the same file again: no change');
+      assert.equal(version(second), 1);
+      await write('"CET"');
+      const third = await once();
+      assert.equal(third.lastResult?.outcome, 'converged');
+      assert.equal(version(third), 2, 'a new value overwrites: a new version');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,99 @@
+// The source reader: where `{asg}` comes from, and a peek (the scheduler's probe) serving the pass
+// that follows it at once, so a poll reads SSM once.
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { RootFs } from '../../agent/fs.js';
+import { SourceReader } from '../../agent/sources/index.js';
+import type { Placeholders, SsmSnapshot } from '../../agent/sources/ssm.js';
+
+const PREFIXES = ['/nixos/fleet', '/nixos/asg/{asg}'];
+
+async function reader(options: { group?: () => Promise<string | undefined>; now?: () => number; reuseMs?: number } = {}) {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nea-sources-'));
+  const fetches: Placeholders[] = [];
+  const imds = {
+    get: async () => undefined,
+    getBytes: async () => undefined,
+    identity: async () => ({ instanceId: 'i-0abc', region: 'eu-west-1', accountId: '123456789012', availabilityZone: 'eu-west-1a', instanceType: 't3.micro', imageId: 'ami-1' }),
+  };
+  const ssm = {
+    fetch: async (_prefixes: readonly string[], values: Placeholders): Promise<SsmSnapshot> => {
+      fetches.push(values);
+      return { prefixes: [], skipped: [], calls: 1 };
+    },
+  };
+  const sources = new SourceReader(
+    imds as never,
+    async () => ssm,
+    new RootFs(dir),
+    { userData: true, ssmPrefixes: PREFIXES, baseConfiguration: '/etc/nixos/base.nix', modulesDir: '/etc/nixos-ec2-agent/local.d', ...(options.reuseMs !== undefined ? { reuseMs: options.reuseMs } : {}), ...(options.now ? { now: options.now } : {}) },
+    options.group ? { group: options.group } : undefined,
+  );
+  return { sources, fetches, done: () => rm(dir, { recursive: true, force: true }) };
+}
+
+test('{asg} comes from the group locator when a prefix names it', async () => {
+  const r = await reader({ group: async () => 'web' });
+  try {
+    const s = await r.sources.read();
+    assert.equal(s.asg, 'web');
+    assert.equal(r.fetches[0]?.asg, 'web');
+  } finally {
+    await r.done();
+  }
+});
+
+test('a group that cannot be found out fails the read, naming the prefix and the reason', async () => {
+  const r = await reader({ group: async () => Promise.reject(new Error('Auto Scaling DescribeAutoScalingInstances failed: AccessDenied')) });
+  try {
+    await assert.rejects(r.sources.read(), (err: Error & { kind?: string }) => {
+      assert.equal(err.kind, 'transient');
+      assert.match(err.message, /cannot resolve \{asg\} in SSM prefix \/nixos\/asg\/\{asg\}.*AccessDenied/);
+      return true;
+    });
+    assert.equal(r.fetches.length, 0, 'SSM is not read without the layer');
+  } finally {
+    await r.done();
+  }
+});
+
+test('a peek serves the next read while it is fresh, once; forget() drops it', async () => {
+  let now = 1_000;
+  const r = await reader({ group: async () => 'web', now: () => now, reuseMs: 250 });
+  try {
+    await r.sources.peek();
+    await r.sources.read();
+    assert.equal(r.fetches.length, 1, 'the read right after a peek reuses it');
+    await r.sources.read();
+    assert.equal(r.fetches.length, 2, 'only once');
+    await r.sources.peek();
+    now += 251;
+    await r.sources.read();
+    assert.equal(r.fetches.length, 4, 'a stale peek is not reused');
+    await r.sources.peek();
+    r.sources.forget();
+    await r.sources.read();
+    assert.equal(r.fetches.length, 6);
+  } finally {
+    await r.done();
+  }
+});
+
+test('a failed peek fails the read right after it, without reading again', async () => {
+  let now = 1_000;
+  let looks = 0;
+  const r = await reader({ group: async () => (looks++, Promise.reject(new Error('Auto Scaling is down'))), now: () => now, reuseMs: 250 });
+  try {
+    await assert.rejects(r.sources.peek(), /Auto Scaling is down/);
+    await assert.rejects(r.sources.read(), /Auto Scaling is down/);
+    assert.equal(looks, 1, 'the pass reports the failed look');
+    now += 1;
+    await assert.rejects(r.sources.read(), /Auto Scaling is down/);
+    assert.equal(looks, 2, 'once only');
+  } finally {
+    await r.done();
+  }
+});
