@@ -59,14 +59,16 @@ const CHANGES: readonly Change[] = [
   async (i) => (i.put('/nixos/fleet/modules/bad', markerModule('sandbox-fail-unit')), 'bad: a unit fails'),
   async (i) => (i.put('/nixos/fleet/options/bad.json', '{ not json'), 'bad: invalid JSON'),
   async (i) => (i.put('/nixos/fleet/modules/bad', '{ ... }: { users.motd = ; }\n'), 'bad: module does not parse'),
-  async (i) => {
-    // Back to good: the bad parameters go away.
-    for (const name of ['/nixos/fleet/modules/bad', '/nixos/fleet/options/bad.json']) {
-      if (i.world.ssm.get(name)) i.world.ssm.delete(name);
-    }
-    return 'fix';
-  },
 ];
+
+const BAD = ['/nixos/fleet/modules/bad', '/nixos/fleet/options/bad.json'];
+
+/** Back to good: the bad parameters go away. Whether there were any. */
+function fix(i: Instance): boolean {
+  const present = BAD.filter((name) => i.world.ssm.get(name) !== undefined);
+  for (const name of present) i.world.ssm.delete(name);
+  return present.length > 0;
+}
 
 /** Every regular file and symlink under `dir`, relative path → content (a link: `-> target`). */
 async function snapshot(dir: string): Promise<Map<string, string>> {
@@ -149,6 +151,8 @@ export class CrashCampaign {
   private readonly verified = new Set<string>();
   private readonly secrets = new Map<string, string>();
   private passMs: number[] = [];
+  /** From SIGHUP to the start of the pass it triggers (the reload), measured once. */
+  private overheadMs = 100;
   readonly result = { kills: 0, midPass: 0, phases: {} as Record<string, number>, temporariesAtKill: 0, restarts: {} as Record<string, number> };
 
   constructor(
@@ -168,6 +172,17 @@ export class CrashCampaign {
     } catch {
       this.fail('state.json does not parse', text.slice(0, 500));
     }
+  }
+
+  /** Measures how long a SIGHUP takes to start a pass, on a pass with nothing to do. */
+  async calibrate(): Promise<void> {
+    const d = this.daemon!;
+    const before = d.log.of('pass.end').length;
+    const sent = Date.now();
+    d.run.child.kill('SIGHUP');
+    await this.passEnded(before);
+    const ms = Number(d.log.of('pass.end').at(-1)?.durationMs);
+    this.overheadMs = Math.max(50, Date.now() - sent - (Number.isFinite(ms) ? ms : 0));
   }
 
   /** Starts the daemon and waits for its first pass to end. */
@@ -208,13 +223,17 @@ export class CrashCampaign {
   async step(n: number): Promise<void> {
     if (!this.daemon) await this.start();
     const before = await snapshot(this.i.file('etc/nixos'));
-    const secretsBefore = new Map(this.secrets);
-    const what = await CHANGES[Math.floor(this.random() * CHANGES.length)]!(this.i, n, this.secrets);
+    // The old value is what the disk held (a rejected pass may not have written the last one set).
+    const secretsBefore = new Map<string, string | undefined>();
+    for (const name of this.secrets.keys()) secretsBefore.set(name, await readFile(this.i.file(`run/nixos-ec2-agent/secrets/${name}`), 'utf8').catch(() => undefined));
+    // A bad input stays for a step or two, as an operator's mistake would, then is fixed.
+    const fixed = this.random() < 0.5 && fix(this.i);
+    const what = `${fixed ? 'fix + ' : ''}${await CHANGES[Math.floor(this.random() * CHANGES.length)]!(this.i, n, this.secrets)}`;
     const d = this.daemon!;
     // A pass's own length (from its log), plus a little for the signal to be taken.
     const recent = this.passMs.slice(-20);
     const typical = recent.length > 0 ? recent.reduce((a, b) => a + b, 0) / recent.length : 500;
-    const delay = Math.floor(this.random() * (typical * 1.2 + 50));
+    const delay = Math.floor(this.random() * (this.overheadMs + typical * 1.2));
     d.run.child.kill('SIGHUP');
     await new Promise((r) => setTimeout(r, delay));
     await killTree(d.run.child.pid as number);
@@ -290,6 +309,7 @@ export async function crashCampaign(kills: number, seed: number, note?: (line: s
   const campaign = new CrashCampaign(i, prng(seed), note);
   try {
     await campaign.start();
+    await campaign.calibrate();
     for (let n = 0; n < kills; n++) await campaign.step(n);
     return campaign.result;
   } finally {
