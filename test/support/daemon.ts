@@ -29,13 +29,9 @@ export class LiveDaemon {
 
   /** Waits until more than `count` passes have ended; the last one. */
   async passAfter(count: number, timeoutMs = 90_000): Promise<LogLine> {
-    await waitFor(`pass ${count + 1} to end`, async () => {
-      if (this.exited) throw new Error(`the daemon ended: ${(await this.run.done).stderr.slice(-2000)}`);
-      return this.passes().length > count ? true : undefined;
-    }, timeoutMs, 10).catch(async (err: unknown) => {
-      if (this.exited) throw new Error(`the daemon ended:\n${(await this.run.done).stderr.slice(-3000)}`);
-      throw err;
-    });
+    // An exit ends the wait at once (waitFor would read a throwing check as "not yet").
+    await waitFor(`pass ${count + 1} to end`, async () => (this.exited || this.passes().length > count ? true : undefined), timeoutMs, 10);
+    if (this.passes().length <= count) throw new Error(`the daemon ended:\n${(await this.run.done).stderr.slice(-3000)}`);
     return this.passes().at(-1) as LogLine;
   }
 
