@@ -89,7 +89,8 @@ describe('IMDS faults', { concurrency: true }, () => {
   });
 
   test('slower than the request timeout', async () => {
-    await faultCase({}, (i) => void i.world.imds.injectFault({ delayMs: 3_000, times: Infinity }), /IMDS|time|metadata/i, (i) => i.world.imds.clearFaults());
+    // The delay is five times the timeout: load can only make the answer later, never earlier.
+    await faultCase({ config: { imds: { timeoutMs: 1_000 } } }, (i) => void i.world.imds.injectFault({ delayMs: 5_000, times: Infinity }), /IMDS|time|metadata/i, (i) => i.world.imds.clearFaults());
   });
 
   test('a 401 on a token that expired mid-pass: refreshed, and the pass converges', async () => {
