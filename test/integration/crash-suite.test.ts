@@ -14,7 +14,13 @@ const INSTANCES = 2;
 test(`${KILLS} SIGKILLs at random points of converges, each followed by a restart`, { timeout: 30 * 60_000, skip: !hasNix && 'needs nix-instantiate (nix-bin) to parse every rendered file' }, async (t) => {
   t.diagnostic(`seed ${SEED} (replay with NEA_CRASH_SEED=${SEED} NEA_CRASH_KILLS=${KILLS})`);
   const share = (k: number) => Math.floor(KILLS / INSTANCES) + (k < KILLS % INSTANCES ? 1 : 0);
-  const results = await Promise.all(Array.from({ length: INSTANCES }, (_, k) => crashCampaign(share(k), SEED + k)));
+  const t0 = Date.now();
+  let done = 0;
+  const progress = () => {
+    done += 1;
+    if (done % 20 === 0) process.stdout.write(`crash suite: ${done} kills after ${Math.round((Date.now() - t0) / 1000)} s\n`);
+  };
+  const results = await Promise.all(Array.from({ length: INSTANCES }, (_, k) => crashCampaign(share(k), SEED + k, progress)));
   const kills = results.reduce((n, r) => n + r.kills, 0);
   const midPass = results.reduce((n, r) => n + r.midPass, 0);
   const phases: Record<string, number> = {};
