@@ -26,9 +26,10 @@ test(`${KILLS} SIGKILLs at random points of converges, each followed by a restar
   const phases: Record<string, number> = {};
   for (const r of results) for (const [p, n] of Object.entries(r.phases)) phases[p] = (phases[p] ?? 0) + n;
   const temps = results.reduce((n, r) => n + r.temporariesAtKill, 0);
+  const standin = results.reduce((n, r) => n + r.standinTemporaries, 0);
   const restarts: Record<string, number> = {};
   for (const r of results) for (const [p, n] of Object.entries(r.restarts)) restarts[p] = (restarts[p] ?? 0) + n;
-  t.diagnostic(`kills: ${kills} (${midPass} with a pass in hand; journal phases ${JSON.stringify(phases)}); temporary files at the kills: ${temps}, all removed at restart; restarted daemons' first passes ${JSON.stringify(restarts)}`);
+  t.diagnostic(`kills: ${kills} (${midPass} with a pass in hand; journal phases ${JSON.stringify(phases)}); the agent's temporary files at the kills: ${temps}, all removed at restart (the stand-in's left: ${standin}); restarted daemons' first passes ${JSON.stringify(restarts)}`);
   process.stdout.write(`crash suite: ${kills} kills, seed ${SEED}\n`);
   assert.equal(kills, KILLS);
   // Kills that all landed between passes would prove little.

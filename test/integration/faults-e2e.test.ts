@@ -16,8 +16,11 @@ const TZ = '/nixos/fleet/options/time.timeZone';
 /** What must hold after any fault: alive, on the last good generation, nothing else switched. */
 async function assertSafe(d: LiveDaemon, i: Instance, good: string): Promise<void> {
   assert.ok(d.alive, 'the daemon is alive');
-  const state = await i.durableState();
-  assert.equal(state.journal.phase, 'idle', 'the pass ended');
+  // Between passes (a retry may have begun since the pass that was awaited).
+  const state = await waitFor('the journal to be closed', async () => {
+    const s = await i.durableState();
+    return s.journal.phase === 'idle' ? s : undefined;
+  }, 60_000, 20);
   assert.ok(state.lastGood, 'a last good generation is recorded');
   const running = await i.running();
   const boot = await i.profileSystem();
@@ -34,9 +37,13 @@ async function assertFailedClearly(d: LiveDaemon, from: number, what: RegExp): P
   // Any level: a pass that fails on a bad rebuild logs it at info (the step's exit, the outcome).
   const lines = d.log.events.slice(from).filter((e) => e.event !== 'step.output');
   assert.ok(lines.some((p) => what.test(JSON.stringify(p))), `the log names the failure (${what}): ${JSON.stringify(d.problems(from)).slice(0, 2000)}`);
-  const status = await d.status();
-  const said = JSON.stringify({ lastResult: status.lastResult, reasons: status.reasons, message: status.message });
-  assert.match(said, what, 'status names the failure');
+  // A retry may already be under way when this reads status.json: wait for a moment it names it.
+  let said = '';
+  await waitFor('status to name the failure', async () => {
+    const status = await d.status();
+    said = JSON.stringify({ lastResult: status.lastResult, reasons: status.reasons, message: status.message });
+    return what.test(said) ? true : undefined;
+  }, 60_000, 20).catch(() => assert.fail(`status names the failure (${what}): ${said}`));
 }
 
 /** Runs `body` with a daemon on a converged instance, then checks that a fault-free pass converges. */
@@ -135,6 +142,7 @@ describe('SSM faults', { concurrency: true }, () => {
       i.world.ssm.injectFault({ operation: 'GetParametersByPath', continuation: true, before: () => i.world.ssm.delete(many[0]!.Name), times: 1 });
       i.put(TZ, '"Europe/Paris"');
       await d.pass();
+      assert.equal(i.world.ssm.get(many[0]!.Name), undefined, 'the parameter went away between two pages of the walk');
       await assertSafe(d, i, good);
       // The next pass sees the tree without it, whatever the interrupted one did.
       i.put(TZ, '"Europe/Berlin"');
@@ -214,6 +222,7 @@ describe('health faults', { concurrency: true }, () => {
           if (end.outcome === 'converged') assert.equal(state.running?.desiredHash, end.desiredHash, 'what converged was verified');
           await assertSafe(d, i, good);
         }
+        assert.ok(Number(await readFile(path.join(i.dir, 'probe-count'), 'utf8')) >= 3, 'the probe was asked at every pass');
       },
     );
   });
