@@ -45,7 +45,7 @@ const CHANGES: readonly Change[] = [
   async (i, n) => (i.put('/nixos/fleet/options/services.app.port', String(8000 + (n % 1000))), 'good option'),
   async (i, n) => (i.put('/nixos/fleet/modules/app', `{ ... }:\n{\n  users.motd = "motd ${n}";\n}\n`), 'good module'),
   async (i, n, s) => {
-    const value = `s3cret-${n}-${Math.random().toString(36).slice(2)}`;
+    const value = `s3cret-value-${n}`;
     s.set('db-password', value);
     i.put(SECRET, value, 'SecureString');
     return 'secret';
