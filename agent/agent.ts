@@ -1,5 +1,6 @@
 // Builds the real edges from a Config: the one place (with cli.ts) that wires. Everything here is
 // per call, nothing global, so several agents can live in one process.
+import path from 'node:path';
 import { ClosureRealiser } from './apply/closure.js';
 import { Rebuilder } from './apply/rebuild.js';
 import { GroupLocator, SdkAutoScaling, type AutoScaling } from './aws/autoscaling.js';
@@ -12,15 +13,26 @@ import type { Logger } from './log.js';
 import { systemClock, type Clock, type Runner } from './ports.js';
 import { Reconciler } from './reconcile.js';
 import { NixParser } from './render/validate.js';
+import { CHANNELS_FILE, NIXOS_DIR, RENDER_ROOT } from './render/render.js';
 import { RenderWriter } from './render/write.js';
 import { ProcessRunner } from './runner.js';
 import { LifecycleReporter, unrefRealClock } from './report/lifecycle.js';
+import { STATUS_FILE } from './report/status-file.js';
 import { SourceReader } from './sources/index.js';
 import { WatchedSsm, type SsmParts } from './sources/revision.js';
 import { SsmSource } from './sources/ssm.js';
-import { StateStore } from './state.js';
+import { STATE_DIR, StateStore } from './state.js';
 import type { Status } from './status.js';
 import { HealthChecker } from './verify/health.js';
+
+/** Every directory the agent writes files into atomically, where a kill can leave a temp file. */
+const WRITTEN_DIRS = [
+  { path: NIXOS_DIR },
+  { path: RENDER_ROOT, recursive: true },
+  { path: STATE_DIR, recursive: true },
+  { path: path.dirname(STATUS_FILE), recursive: true },
+  { path: path.dirname(CHANNELS_FILE) },
+];
 
 export interface AgentEdges {
   readonly clock?: Clock;
@@ -55,6 +67,10 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
   const runner = edges.runner ?? new ProcessRunner();
   const env = edges.env ?? process.env;
   const fs = new RootFs(config.root);
+  await fs.removeTemporaries(WRITTEN_DIRS).then(
+    (files) => files.length > 0 && log.info({ event: 'temporaries.removed', files }, `removed ${files.length} temporary files left by a killed run`),
+    (err: Error) => log.warn({ event: 'temporaries.failed', err: err.message }, 'cannot remove temporary files left by a killed run'),
+  );
   const imds =
     edges.imds ??
     new ImdsClient({

@@ -2,7 +2,7 @@
 // rename, fsync of the directory), so a crash or SIGKILL at any point leaves either the old file or
 // the new one, never half of either.
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, type Dirent } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import path from 'node:path';
 
@@ -70,6 +70,36 @@ export class RootFs {
     await fsp.rm(this.resolve(systemPath), { recursive: true, force: true });
   }
 
+  /**
+   * Removes what a killed writer left of its temporary files under each of `dirs` (and, for those
+   * marked `recursive`, their subdirectories): only names of this module's own temp naming whose
+   * writer is gone, so another process's write in flight is never touched. Returns what it removed.
+   */
+  async removeTemporaries(dirs: readonly { readonly path: string; readonly recursive?: boolean }[]): Promise<string[]> {
+    const removed: string[] = [];
+    const sweep = async (dir: string, recursive: boolean): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await fsp.readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if (isNotFound(err) || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return;
+        throw err;
+      }
+      for (const entry of entries) {
+        const full = path.join(dir, entry.name);
+        const writer = temporaryWriter(entry.name);
+        if (writer !== undefined && !isAlive(writer)) {
+          await fsp.rm(full, { force: true, recursive: true });
+          removed.push(full);
+        } else if (recursive && entry.isDirectory()) {
+          await sweep(full, true);
+        }
+      }
+    };
+    for (const dir of dirs) await sweep(this.resolve(dir.path), dir.recursive ?? false);
+    return removed;
+  }
+
   async readlink(systemPath: string): Promise<string | undefined> {
     try {
       return await fsp.readlink(this.resolve(systemPath));
@@ -83,7 +113,7 @@ export class RootFs {
   async symlinkAtomic(target: string, systemPath: string): Promise<void> {
     const file = this.resolve(systemPath);
     await fsp.mkdir(path.dirname(file), { recursive: true });
-    const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
+    const tmp = temporaryBeside(file);
     await fsp.symlink(target, tmp);
     await fsp.rename(tmp, file);
     await fsyncDir(path.dirname(file));
@@ -93,7 +123,7 @@ export class RootFs {
 export async function writeFileAtomic(file: string, data: string | Uint8Array, options: WriteOptions = {}): Promise<void> {
   const dir = path.dirname(file);
   await fsp.mkdir(dir, { recursive: true, mode: options.dirMode ?? 0o755 });
-  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${randomBytes(6).toString('hex')}`);
+  const tmp = temporaryBeside(file);
   const mode = options.mode ?? 0o644;
   const handle = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
   try {
@@ -114,6 +144,33 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
     throw err;
   }
   await fsyncDir(dir);
+}
+
+/**
+ * `.NAME.tmp-PID-RANDOM` beside `file`: hidden, never matching a `*.nix` glob, and naming its writer
+ * so that a later start can tell a dead writer's leftover from a live one's write in flight.
+ */
+function temporaryBeside(file: string): string {
+  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+}
+
+const TEMPORARY = /^\..+\.tmp-(\d+)-[0-9a-f]{12}$/;
+
+/** The writer's pid when `name` is one of temporaryBeside's names. */
+export function temporaryWriter(name: string): number | undefined {
+  const m = TEMPORARY.exec(name);
+  return m ? Number(m[1]) : undefined;
+}
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists, as another user's process.
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
 }
 
 export async function fsyncDir(dir: string): Promise<void> {

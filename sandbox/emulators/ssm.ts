@@ -96,6 +96,10 @@ export interface SsmFault {
   readonly message?: string;
   /** Default 500 for InternalServerError, 503 for ServiceUnavailable, else 400. */
   readonly status?: number;
+  /** Only calls that carry a `NextToken` (the second and later pages of a walk). */
+  readonly continuation?: boolean;
+  /** Runs when the fault is taken, before the answer (e.g. deletes a parameter between two pages). */
+  readonly before?: () => void;
 }
 
 export interface SsmLoggedRequest extends LoggedRequest {
@@ -443,7 +447,8 @@ export class SsmEmulator {
       accessKeyId = this.checkAuthorization(header(req, 'authorization'));
       this.calls.set(op, (this.calls.get(op) ?? 0) + 1);
 
-      const fault = this.takeFault(op);
+      const fault = this.takeFault(op, hasNextToken(raw));
+      fault?.before?.();
       if (fault?.delayMs === Infinity) {
         // A call that never returns: the socket stays open until the client gives up or close().
         log(0);
@@ -511,8 +516,10 @@ export class SsmEmulator {
     return accessKeyId!;
   }
 
-  private takeFault(op: string): SsmFault | undefined {
-    const slot = this.faults.find((f) => f.left > 0 && (f.fault.operation === undefined || f.fault.operation === op));
+  private takeFault(op: string, continuation: boolean): SsmFault | undefined {
+    const slot = this.faults.find(
+      (f) => f.left > 0 && (f.fault.operation === undefined || f.fault.operation === op) && (!f.fault.continuation || continuation),
+    );
     if (!slot) return undefined;
     slot.left -= 1;
     this.faults = this.faults.filter((f) => f.left > 0);
@@ -927,6 +934,16 @@ export class SsmEmulator {
 
 function isOperation(op: string): op is Operation {
   return (OPERATIONS as readonly string[]).includes(op);
+}
+
+/** Whether a request body carries a NextToken (for faults aimed at a walk's later pages). */
+function hasNextToken(raw: Buffer): boolean {
+  try {
+    const body = JSON.parse(raw.toString('utf8')) as unknown;
+    return typeof body === 'object' && body !== null && typeof (body as { NextToken?: unknown }).NextToken === 'string';
+  } catch {
+    return false;
+  }
 }
 
 function defaultStatus(code: string): number {

@@ -3,7 +3,8 @@
 // rolls back, configuration.nix and the profile agree, and nothing half-written is left. Also a
 // corrupt state file: set aside, reported, and convergence goes on.
 import assert from 'node:assert/strict';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { Instance, killTree, markerModule, unparsableNixFiles, waitFor, type DurableStateJson } from '../support/e2e.js';
@@ -29,6 +30,46 @@ async function killAt(i: Instance, phase: string): Promise<void> {
   await killTree(run.child.pid as number);
   const result = await run.done;
   assert.equal(result.signal, 'SIGKILL', `the agent was killed at ${phase}, not ended (${result.code})`);
+}
+
+/**
+ * Activating and rolling back last a blink, too short to catch by polling on a loaded machine: a
+ * preload (the agent passes NODE_OPTIONS on to the stand-in) holds the stand-in's
+ * `switch-to-configuration` while the journal is in `phase`, until the test has killed the agent,
+ * so the kill lands inside that phase every time.
+ */
+async function killHeldIn(i: Instance, phase: 'activating' | 'rolling-back'): Promise<void> {
+  const gate = path.join(i.dir, 'activation-gate');
+  const preload = path.join(i.dir, 'activation-gate.cjs');
+  await writeFile(
+    preload,
+    `const fs = require('node:fs');
+const phase = () => { try { return JSON.parse(fs.readFileSync(${JSON.stringify(i.file('var/lib/nixos-ec2-agent/state.json'))}, 'utf8')).journal.phase; } catch { return undefined; } };
+if (process.argv.includes('switch-to-configuration') && fs.existsSync(${JSON.stringify(gate)}) && phase() === ${JSON.stringify(phase)}) {
+  fs.writeFileSync(${JSON.stringify(`${gate}.reached`)}, String(process.pid));
+  const cell = new Int32Array(new SharedArrayBuffer(4));
+  while (fs.existsSync(${JSON.stringify(gate)})) Atomics.wait(cell, 0, 0, 20);
+}
+`,
+  );
+  await writeFile(gate, '');
+  const run = i.start(['converge', '--once', '--json'], { NODE_OPTIONS: `--require ${preload}` });
+  let exited = false;
+  void run.done.then(() => (exited = true));
+  try {
+    await waitFor(`switch-to-configuration in ${phase}`, async () => {
+      if (exited) return 'exited';
+      return existsSync(`${gate}.reached`) ? 'reached' : undefined;
+    }, 120_000, 10);
+    if (exited) throw new Error(`the agent ended before reaching ${phase}: ${(await run.done).stderr.slice(-2000)}`);
+    const state = await i.durableState();
+    assert.equal(state.journal.phase, phase, `held inside ${phase}`);
+    await killTree(run.child.pid as number);
+    const result = await run.done;
+    assert.equal(result.signal, 'SIGKILL');
+  } finally {
+    await rm(gate, { force: true });
+  }
 }
 
 /** What must hold after any recovery: one consistent, parseable, good system. */
@@ -79,7 +120,7 @@ describe('killed and restarted at each phase', { concurrency: true }, () => {
   test('activating: finished or rolled back, never half done', async () => {
     await withGoodInstance({}, async (i, goodRunning) => {
       i.put('/nixos/fleet/options/time.timeZone', '"Europe/Paris"');
-      await killAt(i, 'activating');
+      await killHeldIn(i, 'activating');
       const again = await i.converge();
       const state = await assertConsistent(i);
       const hash = again.status.desired?.hash as string;
@@ -137,7 +178,7 @@ describe('killed and restarted at each phase', { concurrency: true }, () => {
   test('rolling back: the rollback is finished', async () => {
     await withGoodInstance({ health: { probes: SLOW_PROBE } }, async (i, goodRunning) => {
       i.put('/nixos/fleet/modules/bad', markerModule('sandbox-fail-switch'));
-      await killAt(i, 'rolling-back');
+      await killHeldIn(i, 'rolling-back');
       await i.setConfig(['health', 'probes'], QUICK_PROBE);
       const again = await i.converge();
       assert.notEqual(again.code, 0, 'the bad desired state is not converged');

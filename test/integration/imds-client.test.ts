@@ -125,7 +125,9 @@ describe('ImdsClient against the IMDS emulator', () => {
   });
 
   it('retries a dropped connection and an answer slower than the timeout', async () => {
-    const imds = client({ timeoutMs: 150 });
+    // Headroom for the answers that must arrive in time on a loaded machine; the slow one is
+    // five times later than the timeout, which load can only make later still.
+    const imds = client({ timeoutMs: 2_000 });
     await imds.get('latest/meta-data/instance-id');
     let start = emulator.requests.length;
     emulator.injectFault({ path: '/latest/meta-data/instance-id', drop: true });
@@ -134,7 +136,7 @@ describe('ImdsClient against the IMDS emulator', () => {
     assert.equal(requestsSince(start)[0]?.fault?.drop, true);
 
     start = emulator.requests.length;
-    emulator.injectFault({ path: '/latest/meta-data/instance-id', delayMs: 1_000 });
+    emulator.injectFault({ path: '/latest/meta-data/instance-id', delayMs: 10_000 });
     assert.equal(await imds.get('latest/meta-data/instance-id'), 'i-0aaaabbbbccccdddd');
     assert.equal(requestsSince(start).length, 2);
 

@@ -77,9 +77,9 @@ describe('the daemon under systemd notification', { skip, timeout: 120_000 }, ()
     await until('READY=1 after the first convergence', () => has('READY=1') >= 0);
     const readyAt = has('READY=1');
     const readyCount = received.filter((d) => d.data.includes('READY=1')).length;
-    await until('two WATCHDOG=1 pings after READY', () => received.slice(readyAt).filter((d) => d.data.includes('WATCHDOG=1')).length >= 2, 10_000);
+    await until('two WATCHDOG=1 pings after READY', () => received.slice(readyAt).filter((d) => d.data.includes('WATCHDOG=1')).length >= 2);
     daemon.kill('SIGTERM');
-    await until('STOPPING=1 on SIGTERM', () => has('STOPPING=1') >= 0, 20_000);
+    await until('STOPPING=1 on SIGTERM', () => has('STOPPING=1') >= 0);
     assert.equal(await exited, 0, 'exits 0 on SIGTERM');
 
     for (const d of received) assert.equal(d.pid, daemon.pid, `sent by the daemon's own process: ${d.data}`);

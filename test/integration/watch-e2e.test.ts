@@ -49,6 +49,16 @@ async function daemon(t: { after: (fn: () => Promise<void>) => void }, options: 
   return { inst, run, log };
 }
 
+/**
+ * Waits until the daemon has polled SSM `n` more times (any read call counts as one): a window in
+ * which a spurious rebuild would have started, measured in the daemon's own events, not in time.
+ */
+async function polls(inst: Instance, n: number): Promise<void> {
+  const reads = () => Object.entries(inst.world.ssm.callCounts()).filter(([op]) => op.startsWith('GetParameter')).reduce((a, [, c]) => a + c, 0);
+  const start = reads();
+  await waitFor(`${n} more SSM polls`, async () => (reads() >= start + n ? true : undefined), 60_000, 20);
+}
+
 const opts = { skip: hasNix ? false : 'nix-instantiate is not installed' } as const;
 const option = (name: string) => `/nixos/fleet/options/${name}`;
 
@@ -58,7 +68,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     const { inst, log } = await daemon(t, { parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] });
     const builds = log.builds().length;
     inst.world.ssm.resetCounters();
-    await new Promise((r) => setTimeout(r, 1_600));
+    await waitFor('two idle polls', async () => ((inst.world.ssm.callCounts().GetParameters ?? 0) >= 2 ? true : undefined), 60_000, 20);
     const idle = inst.world.ssm.callCounts();
     assert.equal(idle.GetParametersByPath ?? 0, 0, `no tree fetch while idle: ${JSON.stringify(idle)}`);
     assert.ok((idle.GetParameters ?? 0) >= 1, 'the revision parameter is read at each poll');
@@ -75,7 +85,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     const builds = log.builds().length;
     for (let i = 0; i < 20; i++) inst.put(option(`environment.variables.V${i}`), `"${i}"`);
     await converged(inst, 'all 20', (s) => (s.desired?.sources.parameters.length ?? 0) === 20);
-    await new Promise((r) => setTimeout(r, 1_200));
+    await polls(inst, 2);
     assert.equal(log.builds().length, builds + 1);
   });
 
@@ -91,7 +101,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     for (let i = 0; i < 5; i++) inst.put(option('networking.hostName'), `"b${i}"`);
     inst.put('/nixos/fleet/revision', '3');
     await converged(inst, 'the latest state', (s) => s.desired?.sources.parameters.some((p) => p.name === option('networking.hostName') && p.version === 6) ?? false);
-    await new Promise((r) => setTimeout(r, 1_500));
+    await polls(inst, 2);
     assert.equal(log.builds().length, builds + 2);
   });
 

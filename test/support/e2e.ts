@@ -19,9 +19,13 @@ export const AWS_CLI = '/usr/bin/aws';
 export const hasNix = existsSync(NIX_INSTANTIATE);
 export const hasAwsCli = existsSync(AWS_CLI);
 
-/** Agent settings that keep every pass short: the defaults wait minutes, tests wait seconds. */
+/**
+ * Agent settings that keep every pass short: the defaults wait minutes, tests wait seconds. Every
+ * timeout keeps generous headroom over what the step takes on a loaded 2-core machine: a test
+ * that needs one to fire sets it (and a fault that outlasts it) itself.
+ */
 export const FAST_CONFIG = {
-  imds: { retries: 2, timeoutMs: 1_000 },
+  imds: { retries: 2, timeoutMs: 5_000 },
   ssm: { maxAttempts: 2 },
   health: { graceSeconds: 1, intervalSeconds: 0.25 },
   rebuild: { buildTimeoutSeconds: 30, activateTimeoutSeconds: 30 },
