@@ -265,7 +265,9 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     const p = pkg();
     assert.match(p.postBuild, /node-gyp\.js rebuild/);
     assert.match(p.postInstall, /build\/Release\/sd_notify\.node "\$packageOut\/build\/Release\/sd_notify\.node"/);
-    assert.match(p.postInstall, /wrapProgram "\$out\/bin\/nixos-ec2-agent"/);
+    // The bin is node with the V8 flags the benchmarks chose, running the package's cli.js.
+    assert.match(p.postInstall, /makeWrapper \/nix\/store\/stub-nodejs\/bin\/node "\$out\/bin\/nixos-ec2-agent"/);
+    assert.match(p.postInstall, /--add-flags "--lite-mode \$packageOut\/dist\/agent\/cli\.js"/);
     assert.match(p.postInstall, /--suffix PATH : \/nix\/store\/stub-nixos-rebuild\/bin:\/nix\/store\/stub-nix\/bin:\/nix\/store\/stub-systemd\/bin/);
     assert.equal(p.npmDepsHash, readFileSync(HASH_FILE, 'utf8').trim());
   });
