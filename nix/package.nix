@@ -64,9 +64,9 @@ buildNpmPackage {
     install -Dm444 build/Release/sd_notify.node "$packageOut/build/Release/sd_notify.node"
 
     # node runs the bin with V8's --lite-mode, which NODE_OPTIONS refuses: measured by
-    # `npm run bench -- watch`, it cuts the idle daemon's resident memory by some 15 MiB and costs
-    # nothing at start (`npm run bench -- boot`); it slows only CPU-bound work such as rendering
-    # thousands of parameters, which runs once per change.
+    # `npm run bench -- watch`, it cuts the idle daemon's resident memory by 7-25 MiB, for a start
+    # 0-30 % slower (`npm run bench -- boot --compare=--flags=--lite-mode`) and slower CPU-bound
+    # work such as rendering thousands of parameters, which runs once per change.
     # --suffix, not --prefix: a unit's own PATH (the NixOS module puts the system's
     # nixos-rebuild, nix and systemd there) must win over these fallbacks.
     rm "$out/bin/nixos-ec2-agent"
