@@ -149,7 +149,7 @@ export class AgentMetrics {
   load(): Promise<void> {
     this.loading ??= (async () => {
       const [prom, version] = await Promise.all([
-        this.options.importPromClient ? this.options.importPromClient() : import('prom-client'),
+        this.options.importPromClient ? this.options.importPromClient() : importPromClient(),
         this.options.version !== undefined ? Promise.resolve(this.options.version) : packageVersion(),
       ]);
       const metrics = new PromMetrics(prom, version);
@@ -282,6 +282,15 @@ class PromMetrics {
       this.running = running;
     }
   }
+}
+
+/**
+ * prom-client is CommonJS: its module.exports is the namespace's `default` both under Node's own
+ * loader and in a bundle chunk (where esbuild exports a lazily imported CommonJS module as
+ * `default` only), so that is what is read.
+ */
+async function importPromClient(): Promise<typeof Prom> {
+  return (await import('prom-client')).default as typeof Prom;
 }
 
 async function packageVersion(): Promise<string> {

@@ -15,7 +15,10 @@ export interface LocalWatchOptions {
   readonly modulesDir: string;
   readonly onChange: (reason: string) => void;
   readonly onError?: (err: Error) => void;
-  /** Polling instead of inotify (network filesystems; tests on odd filesystems). */
+  /**
+   * Polling instead of inotify (network filesystems; tests on odd filesystems). Polling stats every
+   * file every 100 ms, a steady cost an idle agent must not pay, so it is never the default.
+   */
   readonly usePolling?: boolean;
 }
 
@@ -34,8 +37,12 @@ export class LocalWatcher {
 
   constructor(private readonly options: LocalWatchOptions) {}
 
-  get stats(): { readonly events: number; readonly changes: number; readonly watching: boolean } {
-    return { events: this.events, changes: this.changes, watching: this.watcher !== undefined };
+  /**
+   * `polling` is what chokidar chose: CHOKIDAR_USEPOLLING in the environment overrides the
+   * options, so it is read back rather than assumed.
+   */
+  get stats(): { readonly events: number; readonly changes: number; readonly watching: boolean; readonly polling: boolean } {
+    return { events: this.events, changes: this.changes, watching: this.watcher !== undefined, polling: this.watcher?.options.usePolling === true };
   }
 
   /** Resolves once the initial scan is done: later changes are reported. */
@@ -51,7 +58,9 @@ export class LocalWatcher {
       ignoreInitial: true,
       depth: 0,
       persistent: true,
-      ...(this.options.usePolling ? { usePolling: true, interval: 100 } : {}),
+      // inotify unless asked: no timer runs while nothing changes.
+      usePolling: this.options.usePolling === true,
+      ...(this.options.usePolling ? { interval: 100 } : {}),
       // Directories themselves pass (so they are entered); files only when they are inputs.
       ignored: (file, stats) => {
         const f = path.resolve(file);

@@ -20,7 +20,7 @@ import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const CLI = process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
-const TARGET_OVER_NODE = 3;
+const TARGET_OVER_NODE = 2.5;
 
 /** What a first boot's user data might hold: a small Nix module, as amazon-init takes it. */
 const USER_DATA = `{ config, pkgs, ... }:
@@ -39,6 +39,11 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     'cpu-prof': { type: 'string' },
     /** A JSON object merged over the agent's configuration, to measure what a setting costs. */
     'agent-config': { type: 'string' },
+    /**
+     * Another build's cli.js (or a `node` flag set, as `--flags=--lite-mode`), timed in the same
+     * interleaved loop: how two builds compare on a loaded machine. Repeatable.
+     */
+    compare: { type: 'string', multiple: true },
   });
   const overrides = parseOverrides(flags['agent-config']);
   const cpuProf = typeof flags['cpu-prof'] === 'string' ? path.resolve(flags['cpu-prof']) : undefined;
@@ -49,6 +54,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const curl = onPath('curl');
   if (!curl) throw new Error('boot: curl is not on PATH; the amazon-init baseline needs it');
 
+  const compare = compareTargets(flags.compare);
   const base = await mkdtemp(path.join(tmpdir(), 'nixos-ec2-agent-bench-boot-'));
   const world = await World.start({ userData: Buffer.from(USER_DATA), ssmThroughput: null });
   try {
@@ -59,7 +65,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       const node = await nodeStart();
       const amazonInit = await amazonInitStart(world, path.join(dir, 'amazon-init'));
       const agent = await agentStart(world, path.join(dir, 'agent'), nixInstantiate !== undefined, cpuProf, overrides);
+      const others = [];
+      for (const [j, target] of compare.entries()) others.push(await agentStart(world, path.join(dir, `compare-${j}`), nixInstantiate !== undefined, cpuProf, overrides, target));
       if (i < warmup) continue;
+      others.forEach((o, j) => (compare[j] as CompareTarget).samples.push(o.launchMs));
       samples.node.push(node);
       samples.amazonInit.push(amazonInit);
       samples.agent.push(agent.launchMs);
@@ -81,6 +90,12 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     const met = agent <= TARGET_OVER_NODE * node;
     print(`  agent / node -e 0 = ${ratio(agent, node)} (target ≤ ${TARGET_OVER_NODE}: ${met ? 'met' : 'missed'}); agent / amazon-init = ${ratio(agent, amazonInit)}`);
 
+    const compared: Record<string, number> = {};
+    compare.forEach((c, j) => {
+      print(`  compared: ${c.label} (→ rebuild)  ${spread(c.samples)}; / node -e 0 = ${ratio(median(c.samples), node)}; / this build = ${ratio(median(c.samples), agent)}`);
+      compared[`compare_${j}_over_node`] = ratio(median(c.samples), node);
+    });
+
     if (flags.breakdown) await breakdown(print, quick ? 1 : 5, nixInstantiate);
     return {
       name: 'boot',
@@ -97,6 +112,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
         agent_over_amazon_init: ratio(agent, amazonInit),
         target_over_node: TARGET_OVER_NODE,
         target: met ? 'met' : 'missed',
+        ...compared,
       },
     };
   } finally {
@@ -162,7 +178,27 @@ async function amazonInitStart(world: World, dir: string): Promise<number> {
   return (await readStamp(stamp, 'the amazon-init equivalent')) - t0;
 }
 
-async function agentStart(world: World, dir: string, parserGate: boolean, cpuProf: string | undefined, overrides: Record<string, unknown>): Promise<{ launchMs: number; exitMs: number; passStartMs?: number }> {
+interface CompareTarget {
+  readonly label: string;
+  readonly cli: string;
+  readonly nodeFlags: readonly string[];
+  readonly samples: number[];
+}
+
+function compareTargets(values: string | boolean | (string | boolean)[] | undefined): CompareTarget[] {
+  const list = Array.isArray(values) ? values : values === undefined ? [] : [values];
+  return list.map((v) => {
+    if (typeof v !== 'string') throw new BenchUsageError('--compare wants a path to a cli.js or --flags=NODE_FLAGS');
+    if (v.startsWith('--flags=')) {
+      const nodeFlags = v.slice('--flags='.length).split(/[ ,]+/).filter(Boolean);
+      return { label: `node ${nodeFlags.join(' ')}`, cli: CLI, nodeFlags, samples: [] };
+    }
+    if (!existsSync(v)) throw new BenchUsageError(`--compare: ${v} does not exist`);
+    return { label: v, cli: path.resolve(v), nodeFlags: [], samples: [] };
+  });
+}
+
+async function agentStart(world: World, dir: string, parserGate: boolean, cpuProf: string | undefined, overrides: Record<string, unknown>, target?: CompareTarget): Promise<{ launchMs: number; exitMs: number; passStartMs?: number }> {
   const root = path.join(dir, 'root');
   await mkdir(dir, { recursive: true });
   // A first boot: the image's own system is running and nothing has rendered yet.
@@ -190,7 +226,8 @@ async function agentStart(world: World, dir: string, parserGate: boolean, cpuPro
   try {
     const t0 = epochMs();
     const m0 = performance.now();
-    const code = await exitOf(spawn(process.execPath, [...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', cpuProf] : []), CLI, 'converge', '--once', '--config', configFile], { env, stdio: ['ignore', 'ignore', log.fd] }));
+    const nodeArgs = [...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', cpuProf] : []), ...(target?.nodeFlags ?? [])];
+    const code = await exitOf(spawn(process.execPath, [...nodeArgs, target?.cli ?? CLI, 'converge', '--once', '--config', configFile], { env, stdio: ['ignore', 'ignore', log.fd] }));
     const exitMs = performance.now() - m0;
     if (!existsSync(stamp)) {
       const tail = (await readFile(path.join(dir, 'agent.log'), 'utf8')).split('\n').slice(-15).join('\n');

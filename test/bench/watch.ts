@@ -11,15 +11,22 @@
 // The daemon runs with the default settle window (watch.quietPeriodMs), so the latencies include it.
 // - idle RSS and CPU of the daemon over a window (a minute; `--quick`: 5 s), beside a bare
 //   `node -e "setInterval(()=>{},1000)"` measured in the same run.
-import { spawn } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+// - idle at the defaults (see idleAtDefaults): RSS and CPU of daemons at the default poll interval,
+//   one per set of V8 flags weighed for the unit, beside a bare Node process over the same window;
+//   and what each dependency adds to a Node process's RSS when loaded (dependencyCosts).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseConfig } from '../../agent/config.js';
-import { Instance, LiveLog } from '../support/e2e.js';
-import { epochMs, intFlag, median, parseBenchArgs, ratio, round, type BenchResult, type Print } from './common.js';
+import { fileURLToPath } from 'node:url';
+import { cleanEnv } from '../../sandbox/sandbox.js';
+import { CLI, Instance, LiveLog, type CliResult } from '../support/e2e.js';
+import { epochMs, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Figure, type Print } from './common.js';
 
 const DEFAULT_INTERVAL_S = 60;
-const RSS_TARGET_MIB = 60;
+const RSS_TARGET_MIB = 55;
+const CPU_TARGET_PERCENT = 0.1;
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function until<T>(what: string, check: () => T | undefined, timeoutMs = 60_000): Promise<T> {
@@ -51,8 +58,14 @@ async function idleUsage(pid: number, windowMs: number): Promise<{ rssMiB: numbe
 }
 
 export async function run(args: readonly string[], print: Print): Promise<BenchResult> {
-  const flags = parseBenchArgs('watch', args, {});
+  const flags = parseBenchArgs('watch', args, { 'idle-only': { type: 'boolean' } });
   const quick = Boolean(flags.quick);
+  // A full run measures idle at the defaults alone, first; --quick runs it beside the rest, where
+  // only its running to the end counts.
+  const besides = quick && !flags['idle-only'] ? idleAtDefaults(print, quick) : undefined;
+  besides?.catch(() => undefined);
+  const alone = besides ? undefined : await idleAtDefaults(print, quick);
+  if (alone && flags['idle-only']) return { name: 'watch', figures: alone };
   const runs = intFlag('runs', flags.runs, quick ? 1 : 5);
   const windowMs = quick ? 3_000 : 60_000;
   const intervalS = 1;
@@ -175,6 +188,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
         calls_per_poll_over_full_fetch: ratio(callsPerPoll, fullFetchCalls),
         rss_over_node: ratio(idle.rssMiB, base.rssMiB),
         rss_over_target: ratio(idle.rssMiB, RSS_TARGET_MIB),
+        ...(alone ?? (await besides)),
       },
     };
   } finally {
@@ -185,4 +199,158 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     if (running.child.exitCode === null) running.child.kill('SIGKILL');
     await inst.close();
   }
+}
+
+// ---- Idle at the defaults, V8 flags, and what each dependency costs ----
+
+/** The node flags weighed for the bin; the first is what nix/package.nix ships (its makeWrapper line). */
+const FLAG_SETS: readonly (readonly string[])[] = [['--lite-mode'], [], ['--max-semi-space-size=1'], ['--max-semi-space-size=1', '--lite-mode']];
+
+/** CPU time of every live thread of a process, in seconds, from /proc/PID/task/TID/schedstat (nanoseconds). */
+async function cpuSeconds(pid: number): Promise<number> {
+  let ns = 0;
+  for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const text = await readFile(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').catch(() => '');
+    ns += Number(text.split(' ')[0] ?? 0) || 0;
+  }
+  return ns / 1e9;
+}
+
+async function rssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN) / 1024;
+}
+
+/** RSS at the end and CPU over the same window for several processes at once (same load for all). */
+async function sampleTogether(pids: readonly number[], windowMs: number): Promise<{ rssMiB: number; cpuPercent: number }[]> {
+  const before = await Promise.all(pids.map(cpuSeconds));
+  const t0 = epochMs();
+  await sleep(windowMs);
+  const after = await Promise.all(pids.map(cpuSeconds));
+  const seconds = (epochMs() - t0) / 1000;
+  const rss = await Promise.all(pids.map(rssMiB));
+  return pids.map((_, i) => ({ rssMiB: rss[i] as number, cpuPercent: (100 * ((after[i] as number) - (before[i] as number))) / seconds }));
+}
+
+interface Daemon {
+  readonly flags: readonly string[];
+  readonly inst: Instance;
+  readonly child: ChildProcess;
+  readonly log: LiveLog;
+  readonly done: Promise<unknown>;
+}
+
+/**
+ * `run` with the agent's default poll interval and the launch hook reporting on, under `node FLAGS`;
+ * NIXOS_EC2_AGENT_BENCH_CLI measures another build's cli.js instead, as in `boot`.
+ */
+async function startDaemon(flags: readonly string[]): Promise<Daemon> {
+  const inst = await Instance.launch({
+    parameters: [{ Name: '/nixos/fleet/revision', Value: '0', Type: 'String' }],
+    // The sandbox polls every 2 s; these are the agent's own defaults (agent/config.ts).
+    config: { ssm: { pollIntervalSeconds: DEFAULT_INTERVAL_S, pollJitter: 1 }, watch: { quietPeriodMs: 2_000 }, lifecycle: { enabled: true }, logLevel: 'info' },
+  });
+  const child = spawn(process.execPath, [...flags, process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? CLI, 'run', '--config', inst.sandbox.layout.config], {
+    env: { ...cleanEnv(process.env), ...inst.sandbox.env },
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  const done = new Promise<CliResult>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout: '', stderr: '' })));
+  const log = new LiveLog({ child, done });
+  return { flags, inst, child, log, done };
+}
+
+async function stopDaemon(d: Daemon): Promise<void> {
+  d.child.kill('SIGTERM');
+  await Promise.race([d.done, sleep(10_000)]);
+  if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill('SIGKILL');
+  await d.inst.close();
+}
+
+/**
+ * Daemons at the default poll interval (60 s, jittered), one per flag set, all idle over the same
+ * window beside a bare `node -e "setInterval(()=>{},1000)"`. Idle starts 30 s after the first
+ * pass has ended. CPU is every thread's (V8's GC and compiler threads, libuv's pool), from
+ * schedstat in nanoseconds: /proc's clock ticks are too coarse for 0.1 % of a minute.
+ */
+async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<string, Figure>> {
+  const windowMs = quick ? 2_000 : 60_000;
+  const sets = quick ? FLAG_SETS.slice(0, 1) : FLAG_SETS;
+  const daemons: Daemon[] = [];
+  const baseline = spawn(process.execPath, ['-e', 'setInterval(()=>{},1000)'], { stdio: 'ignore' });
+  try {
+    for (const flags of sets) daemons.push(await startDaemon(flags));
+    for (const d of daemons) await until(`the first convergence (${d.flags.join(' ') || 'no flags'})`, () => (d.log.of('pass.end').length >= 1 ? true : undefined), 120_000);
+    // V8 collects the start's garbage some 20 s after the allocation rate drops (its memory
+    // reducer); that one-off is not the idle cost, so the window starts after it.
+    await sleep(quick ? 1_000 : 30_000);
+    const pids = [baseline.pid!, ...daemons.map((d) => d.child.pid!)];
+    const [base, ...idle] = await sampleTogether(pids, windowMs);
+    if (!base) throw new Error('watch: no baseline sample');
+    print(`idle at the defaults: poll every ${DEFAULT_INTERVAL_S} s (jittered), launch hook reporting on; ${windowMs / 1000} s window, every process sampled over the same window`);
+    const rows: Figure[][] = [['bare node (setInterval 1 s)', round(base.rssMiB), round(base.cpuPercent), 1, NaN]];
+    const figures: Record<string, Figure> = { baseline_idle_rss_mib: base.rssMiB, baseline_idle_cpu_percent: base.cpuPercent };
+    daemons.forEach((d, i) => {
+      const u = idle[i] as { rssMiB: number; cpuPercent: number };
+      rows.push([`agent run ${d.flags.join(' ') || '(no flags)'}`, round(u.rssMiB), round(u.cpuPercent), ratio(u.rssMiB, base.rssMiB), d.log.of('pass.end').length]);
+      const key = d.flags.length === 0 ? 'no_flags' : d.flags.map((f) => f.replace(/^--/, '').replace(/[^a-z0-9]+/g, '_')).join('_');
+      figures[`idle_${key}_rss_mib`] = u.rssMiB;
+      figures[`idle_${key}_cpu_percent`] = u.cpuPercent;
+      figures[`idle_${key}_rss_over_node`] = ratio(u.rssMiB, base.rssMiB);
+    });
+    print(table(['process', 'RSS MiB', 'CPU % of a core', 'RSS / node', 'passes'], rows).replace(/NaN/g, '  -'));
+    print('  (passes: since start, the first included; a poll that finds nothing changed is a pass)');
+    const shipped = idle[0] as { rssMiB: number; cpuPercent: number };
+    print(`  shipped flags (${sets[0]?.join(' ') || 'none'}): RSS ${round(shipped.rssMiB)} MiB (target ≤ ${RSS_TARGET_MIB}: ${shipped.rssMiB <= RSS_TARGET_MIB ? 'met' : 'missed'}), CPU ${round(shipped.cpuPercent)} % (target ≤ ${CPU_TARGET_PERCENT}: ${shipped.cpuPercent <= CPU_TARGET_PERCENT ? 'met' : 'missed'})`);
+    figures.idle_rss_target = shipped.rssMiB <= RSS_TARGET_MIB ? 'met' : 'missed';
+    figures.idle_cpu_target = shipped.cpuPercent <= CPU_TARGET_PERCENT ? 'met' : 'missed';
+    if (quick) print('what each dependency adds: skipped with --quick');
+    else Object.assign(figures, await dependencyCosts(print, 3));
+    return figures;
+  } finally {
+    baseline.kill('SIGKILL');
+    await Promise.all(daemons.map(stopDaemon));
+  }
+}
+
+/** Each dependency as the agent loads it, with the object it makes (a client, a registry). */
+const DEPENDENCIES: readonly { key: string; label: string; code: string }[] = [
+  { key: 'zod', label: 'zod (config, state)', code: "const z = await import('zod/v3'); keep.push(z.z.object({ a: z.z.string() }).parse({ a: 'x' }));" },
+  { key: 'pino', label: 'pino (log)', code: "const { pino } = await import('pino'); keep.push(pino({ level: 'info' }, { write() {} }));" },
+  { key: 'chokidar', label: 'chokidar (local.d watch)', code: "keep.push(await import('chokidar'));" },
+  { key: 'prom_client', label: 'prom-client + a registry', code: "const p = (await import('prom-client')).default; const r = new p.Registry(); new p.Counter({ name: 'x_total', help: 'x', registers: [r] }); keep.push(r);" },
+  { key: 'imds', label: '@aws-sdk/ec2-metadata-service', code: "keep.push(await import('@aws-sdk/ec2-metadata-service'));" },
+  { key: 'ssm', label: '@aws-sdk/client-ssm + client', code: "const s = await import('@aws-sdk/client-ssm'); keep.push(new s.SSMClient({ region: 'us-east-1' }));" },
+  { key: 'autoscaling', label: '@aws-sdk/client-auto-scaling + client', code: "const a = await import('@aws-sdk/client-auto-scaling'); keep.push(new a.AutoScalingClient({ region: 'us-east-1' }));" },
+  { key: 'credentials', label: '@aws-sdk/credential-provider-node', code: "keep.push(await import('@aws-sdk/credential-provider-node'));" },
+];
+
+/** RSS after a full GC, before and after loading one dependency, in a fresh `node --expose-gc` each time. */
+function rssDelta(code: string): Promise<number> {
+  const script = [
+    'const keep = [];',
+    'gc(); const before = process.memoryUsage.rss();',
+    code,
+    'gc(); process.stdout.write(String(process.memoryUsage.rss() - before));',
+  ].join(' ');
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--expose-gc', '--no-warnings', '--input-type=module', '-e', script], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+    child.on('error', reject);
+    child.on('close', (exit) => (exit === 0 ? resolve(Number(out) / (1024 * 1024)) : reject(new Error(`watch: loading a dependency failed (exit ${exit}): ${code}`))));
+  });
+}
+
+async function dependencyCosts(print: Print, runs: number): Promise<Record<string, Figure>> {
+  const figures: Record<string, Figure> = {};
+  const rows: Figure[][] = [];
+  for (const dep of DEPENDENCIES) {
+    const deltas: number[] = [];
+    for (let i = 0; i < runs; i++) deltas.push(await rssDelta(dep.code));
+    rows.push([dep.label, round(median(deltas))]);
+    figures[`dep_${dep.key}_rss_mib`] = median(deltas);
+  }
+  print(`what each dependency adds to a bare Node process's RSS when loaded (after a full GC; median of ${runs}):`);
+  print(table(['dependency', 'RSS + MiB'], rows));
+  return figures;
 }

@@ -280,7 +280,9 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     const p = pkg();
     assert.match(p.postBuild, /node-gyp\.js rebuild/);
     assert.match(p.postInstall, /build\/Release\/sd_notify\.node "\$packageOut\/build\/Release\/sd_notify\.node"/);
-    assert.match(p.postInstall, /wrapProgram "\$out\/bin\/nixos-ec2-agent"/);
+    // The bin is node with the V8 flags the benchmarks chose, running the package's cli.js.
+    assert.match(p.postInstall, /makeWrapper \/nix\/store\/stub-nodejs\/bin\/node "\$out\/bin\/nixos-ec2-agent"/);
+    assert.match(p.postInstall, /--add-flags "--lite-mode \$packageOut\/dist\/agent\/cli\.js"/);
     for (const unit of ['nixos-ec2-agent.service', 'nixos-ec2-agent-converged.target']) {
       assert.ok(p.postInstall.includes(`-${unit} "$out/lib/systemd/system/${unit}"`), `ships ${unit} for systemd.packages`);
     }

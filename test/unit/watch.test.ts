@@ -69,3 +69,32 @@ test('changes to inputs trigger; the agent\'s own files and same-content rewrite
   assert.equal(reasons.length, 3);
   assert.equal(watcher.stats.changes, 3);
 });
+
+test('the watcher uses inotify, not polling, unless asked or forced by CHOKIDAR_USEPOLLING, and says which', async (t) => {
+  const root = await mkdtemp(path.join(tmpdir(), 'nea-watch-'));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const base = path.join(root, 'etc/nixos/base.nix');
+  await mkdir(path.dirname(base), { recursive: true });
+  const options = { baseConfiguration: base, modulesDir: path.join(root, 'etc/nixos-ec2-agent/local.d'), onChange: () => undefined };
+
+  const quiet = new LocalWatcher(options);
+  await quiet.start();
+  t.after(() => quiet.stop());
+  assert.deepEqual({ watching: quiet.stats.watching, polling: quiet.stats.polling }, { watching: true, polling: false });
+
+  const polled = new LocalWatcher({ ...options, usePolling: true });
+  await polled.start();
+  t.after(() => polled.stop());
+  assert.equal(polled.stats.polling, true);
+
+  // chokidar lets the environment override its options; this file runs in a process of its own.
+  process.env.CHOKIDAR_USEPOLLING = '1';
+  const forced = new LocalWatcher(options);
+  try {
+    await forced.start();
+    assert.equal(forced.stats.polling, true);
+  } finally {
+    delete process.env.CHOKIDAR_USEPOLLING;
+    await forced.stop();
+  }
+});
