@@ -87,6 +87,28 @@ const commands: Record<string, Command> = {
     options: common,
     run: async (v) => (await import('./commands.js')).control(await config(v), 'resume', Boolean(v.json)),
   },
+  rollout: {
+    summary: 'progressive rollout of a candidate desired state across the fleet, through SSM',
+    usage:
+      'rollout start|status|halt|resume|abandon|promote [--prefix PATH] [--json]\n' +
+      '  start:   [--strategy linear|exponential] [--step PERCENT] [--interval SECONDS] [--bake SECONDS] [--threshold FAILURES] [--at ISO-TIME]\n' +
+      '  halt:    [--reason TEXT]\n' +
+      '  promote: [--force]   (copies the candidate over the stable parameters; without --force only once complete)',
+    options: {
+      json: common.json as Options[string],
+      help: common.help as Options[string],
+      prefix: { type: 'string' },
+      strategy: { type: 'string' },
+      step: { type: 'string' },
+      interval: { type: 'string' },
+      bake: { type: 'string' },
+      threshold: { type: 'string' },
+      at: { type: 'string' },
+      reason: { type: 'string' },
+      force: { type: 'boolean' },
+    },
+    run: async (v, positionals) => (await import('./rollout/commands.js')).rolloutCommand(v, positionals),
+  },
   'check-config': {
     summary: 'validate a configuration file; exit 2 naming each bad field',
     usage: 'check-config FILE',
@@ -171,7 +193,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   let parsed;
   try {
-    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config', strict: true });
+    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config' || name === 'rollout', strict: true });
   } catch (err) {
     process.stderr.write(`nixos-ec2-agent ${name}: ${(err as Error).message}\nusage: nixos-ec2-agent ${command.usage}\n`);
     return 2;

@@ -153,17 +153,17 @@ function nextChange(strategy: Strategy, schedule: Schedule, cohort: number, cana
 }
 
 /** One line for people: `status`, and the daemon's log. */
-export function describeRollout(r: RolloutStatus): string {
+export function describeRollout(r: Omit<RolloutStatus, 'takes' | 'cohort' | 'canary'> & Partial<RolloutStatus>): string {
   const where = `${r.prefix} candidate ${r.candidate}`;
-  const mine = `this instance (cohort ${r.cohort.toFixed(4)}${r.canary ? ', canary' : ''}) takes ${r.takes}`;
+  const mine = r.takes === undefined ? '' : `; this instance (cohort ${(r.cohort ?? 0).toFixed(4)}${r.canary ? ', canary' : ''}) takes ${r.takes}`;
   switch (r.state) {
     case 'halted':
-      return `${where}: HALTED (${r.haltedBy}): ${r.reason}; ${mine}`;
+      return `${where}: HALTED (${r.haltedBy}): ${r.reason}${mine}`;
     case 'invalid':
-      return `${where}: invalid: ${r.reason}; ${mine}`;
+      return `${where}: invalid: ${r.reason}${mine}`;
     case 'staged':
-      return `${where}: staged${r.startAt ? `, starts ${r.startAt}` : ' (no strategy yet)'}; ${mine}`;
+      return `${where}: staged${r.startAt ? `, starts ${r.startAt}` : ' (no strategy yet)'}${mine}`;
     default:
-      return `${where}: ${r.state} at ${r.percent}% (step ${r.step}/${r.steps}, ${r.failures}/${r.threshold} failures, complete ${r.completeAt}); ${mine}`;
+      return `${where}: ${r.state} at ${r.percent}% (step ${r.step}/${r.steps}, ${r.failures}/${r.threshold} failures, complete ${r.completeAt})${mine}`;
   }
 }
