@@ -90,13 +90,12 @@ const commands: Record<string, Command> = {
   rollout: {
     summary: 'progressive rollout of a candidate desired state across the fleet, through SSM',
     usage:
-      'rollout start|status|halt|resume|abandon|promote [--prefix PATH] [--json]\n' +
+      'rollout start|status|halt|resume|abandon|promote [--prefix PATH] [--json] [--config FILE]\n' +
       '  start:   [--strategy linear|exponential] [--step PERCENT] [--interval SECONDS] [--bake SECONDS] [--threshold FAILURES] [--at ISO-TIME]\n' +
       '  halt:    [--reason TEXT]\n' +
       '  promote: [--force]   (copies the candidate over the stable parameters; without --force only once complete)',
     options: {
-      json: common.json as Options[string],
-      help: common.help as Options[string],
+      ...common,
       prefix: { type: 'string' },
       strategy: { type: 'string' },
       step: { type: 'string' },
@@ -107,7 +106,7 @@ const commands: Record<string, Command> = {
       reason: { type: 'string' },
       force: { type: 'boolean' },
     },
-    run: async (v, positionals) => (await import('./rollout/commands.js')).rolloutCommand(v, positionals),
+    run: async (v, positionals) => (await import('./rollout/commands.js')).rolloutCommand(await config(v), v, positionals),
   },
   'check-config': {
     summary: 'validate a configuration file; exit 2 naming each bad field',

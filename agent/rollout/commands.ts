@@ -3,14 +3,19 @@
 // `aws ssm` equivalent (README). Every change bumps `<prefix>/revision`, so instances watching it
 // re-read the tree at their next poll.
 import type { SSMClient } from '@aws-sdk/client-ssm';
+import type { Config } from '../config.js';
 import { InvalidInputError } from '../errors.js';
 import { Secret } from '../secret.js';
 import { mapSsmError, SsmSource, type SsmParameter } from '../sources/ssm.js';
 import { cohortPosition, decide, describeRollout, percentAtStep, scheduleOf, stepOf, type RolloutStatus } from './plan.js';
 import { ROLLOUT, splitSnapshot, Strategy, type RolloutSpec } from './spec.js';
 
-export const DEFAULT_PREFIX = '/nixos/fleet';
-const REVISION = 'revision';
+export interface RolloutSettings {
+  /** Where the rollout lives when --prefix is not given: the first configured prefix without placeholders. */
+  readonly prefix: string;
+  /** The revision parameter each change bumps (`ssm.revisionParameter`); null: none. */
+  readonly revisionParameter: string | null;
+}
 
 /** The SSM calls the commands make: a narrow port, so tests can hand in any client. */
 export interface RolloutStore {
@@ -75,8 +80,8 @@ export interface RolloutReport {
 }
 
 /** Runs one verb; the lines it prints go to `out`. Returns the exit code. */
-export async function runRollout(verb: Verb, flags: RolloutFlags, store: RolloutStore, now: number, out: (line: string) => void): Promise<number> {
-  const prefix = checkPrefix(flags.prefix ?? DEFAULT_PREFIX);
+export async function runRollout(verb: Verb, flags: RolloutFlags, settings: RolloutSettings, store: RolloutStore, now: number, out: (line: string) => void): Promise<number> {
+  const prefix = checkPrefix(flags.prefix ?? settings.prefix);
   const base = `${prefix}/${ROLLOUT}`;
   const tree = await store.list(base);
   const spec = splitSnapshot({ prefixes: [{ prefix, parameters: tree }], skipped: [], calls: 0 }).rollouts[0];
@@ -90,7 +95,9 @@ export async function runRollout(verb: Verb, flags: RolloutFlags, store: Rollout
     await store.delete(names);
     changed.push(...names.map((n) => `${n} (deleted)`));
   };
-  const bump = () => put(`${prefix}/${REVISION}`, `rollout ${verb} ${new Date(now).toISOString()}`);
+  const bump = async () => {
+    if (settings.revisionParameter) await put(`${prefix}/${settings.revisionParameter}`, `rollout ${verb} ${new Date(now).toISOString()}`);
+  };
   const bookkeeping = (p: SsmParameter) => p.name === `${base}/halt` || p.name.startsWith(`${base}/failures/`);
 
   switch (verb) {
@@ -216,7 +223,7 @@ function describeReport(report: RolloutReport): string[] {
 }
 
 /** The command line's entry: the SDK client with the default credentials chain, region from the environment or profile. */
-export async function rolloutCommand(flags: RolloutFlags, positionals: readonly string[]): Promise<number> {
+export async function rolloutCommand(config: Config, flags: RolloutFlags, positionals: readonly string[]): Promise<number> {
   const [verb, ...extra] = positionals;
   if (!VERBS.includes(verb as Verb) || extra.length > 0) {
     throw new InvalidInputError(`expected one of ${VERBS.join('|')}, got ${positionals.length ? positionals.join(' ') : 'nothing'}`, 'rollout');
@@ -224,7 +231,11 @@ export async function rolloutCommand(flags: RolloutFlags, positionals: readonly 
   const [sdk, { defaultCredentials }] = await Promise.all([import('@aws-sdk/client-ssm'), import('../aws/credentials.js')]);
   const client = new sdk.SSMClient({ credentials: await defaultCredentials(), retryMode: 'adaptive', maxAttempts: 5 });
   try {
-    return await runRollout(verb as Verb, flags, storeFromClient(client, sdk), Date.now(), (line) => process.stdout.write(`${line}\n`));
+    const settings = {
+      prefix: config.ssm.prefixes.find((p) => !p.includes('{')) ?? '/nixos/fleet',
+      revisionParameter: config.ssm.revisionParameter,
+    };
+    return await runRollout(verb as Verb, flags, settings, storeFromClient(client, sdk), Date.now(), (line) => process.stdout.write(`${line}\n`));
   } finally {
     client.destroy();
   }
