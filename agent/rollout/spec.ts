@@ -5,15 +5,16 @@
 //                                          laid over the prefix's stable parameters
 //   <prefix>/rollout/halt                  present: the operator halted it (its value says why)
 //   <prefix>/rollout/failures/<instance>   written by an instance that failed to converge to the candidate
-//   <prefix>/rollout/revision              bumped with each change, so watchers re-read the tree
 //   <prefix>/rollout/canary                "true": this instance takes candidates with the first cohort
 //                                          (usually under the instance's or group's own prefix)
+// Each change is followed by a bump of the prefix's revision parameter, so watchers re-read the tree.
 // Parsed here, at the edge, with zod: nothing past this module sees raw parameter text.
 import { createHash } from 'node:crypto';
 import { z } from 'zod/v3';
 import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
 
 export const ROLLOUT = 'rollout';
+const KNOWN = /^(strategy|halt|canary|candidate\/.+|failures\/[^/]+)$/;
 
 export const Strategy = z.strictObject({
   type: z.enum(['linear', 'exponential']),
@@ -80,6 +81,9 @@ export function splitSnapshot(snapshot: SsmSnapshot): SplitSnapshot {
       const value = text(pin);
       if (value === 'true') canary = true;
       else if (value !== 'false') problems.push(`SSM parameter ${pin.name}: must be "true" or "false", not ${JSON.stringify(value)}`);
+    }
+    for (const rel of byRel.keys()) {
+      if (!KNOWN.test(rel)) problems.push(`SSM parameter ${base}${rel}: not a rollout parameter (strategy, halt, canary, candidate/…, failures/…); ignored`);
     }
     const spec = parseRollout(prefix, mine, byRel);
     if (spec) {

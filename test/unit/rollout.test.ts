@@ -169,6 +169,12 @@ describe('splitSnapshot', () => {
     });
   }
 
+  it('notes a parameter under rollout/ that means nothing, naming it', () => {
+    const split = splitSnapshot(ssm([FLEET, [param(`${FLEET}/rollout/stratgey`, strategyJson)]]));
+    assert.deepEqual(split.problems, [`SSM parameter ${FLEET}/rollout/stratgey: not a rollout parameter (strategy, halt, canary, candidate/…, failures/…); ignored`]);
+    assert.deepEqual(split.stable, ssm([FLEET, []]));
+  });
+
   it('reads the canary pin from any prefix', () => {
     const split = splitSnapshot(ssm([FLEET, []], ['/nixos/instance/i-1', [param('/nixos/instance/i-1/rollout/canary', 'true')]]));
     assert.equal(split.canary, true);
