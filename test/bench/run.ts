@@ -15,6 +15,7 @@ export const BENCHMARKS: Readonly<Record<string, BenchEntry>> = {
   boot: { module: './boot.js', summary: 'agent start → rebuild launched, beside `node -e 0` and an amazon-init equivalent' },
   render: { module: './render.js', summary: 'desired state + render of 10,000 parameters; SSM calls per fetch' },
   watch: { module: './watch.js', summary: 'change → rebuild latency (SSM, file), rebuilds per burst, idle SSM calls, RSS and CPU beside bare node' },
+  rollout: { module: './rollout.js', summary: 'progressive rollout over sandbox daemons: a bad push\'s blast radius, a good push\'s time beside its strategy, a scale-out mid-rollout' },
   closure: { module: './closure.js', summary: 'pushed system parameter → generation activated (closure from a signed cache), beside the same change built' },
 };
 
