@@ -132,6 +132,7 @@ export class Reconciler {
     const desired = selection.desired;
     this.desired = desired;
     this.selection = selection;
+    if (selection.rejected) await this.reportRollout(selection.rejected.taken, 'validate', selection.rejected.reason);
     const notes = [...snapshots.notes, ...desired.notes];
     for (const note of notes) log.warn({ event: 'source.note' }, note);
     this.update({ rollout: selection.rollouts.length ? selection.rollouts : undefined, desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
@@ -163,7 +164,10 @@ export class Reconciler {
     try {
       await this.deps.writer.prepare(plan);
     } catch (err) {
-      if (err instanceof InvalidInputError) await this.recordFailure(desired.hash, 'validate', err.message);
+      if (err instanceof InvalidInputError) {
+        await this.recordFailure(desired.hash, 'validate', err.message);
+        await this.reportRollout(selection.taken, 'validate', err.message);
+      }
       throw err;
     }
     await this.journal('rendered', desired.hash);
@@ -290,9 +294,14 @@ export class Reconciler {
     }
     if (cancelled) return { outcome: 'cancelled', desiredHash: desired.hash };
     await this.recordFailure(desired.hash, err.stage, err.message);
-    const instanceId = this.current.instanceId;
-    if (this.selection?.taken.length && instanceId) await this.deps.rollout?.report(this.selection.taken, instanceId, { stage: err.stage, reason: err.message });
+    await this.reportRollout(this.selection?.taken ?? [], err.stage, err.message);
     return { outcome: switched ? 'rolled-back' : 'failed', desiredHash: desired.hash, error: err };
+  }
+
+  /** A pass to a rollout's candidate failed: the fleet hears of it (the reporter never throws). */
+  private async reportRollout(taken: Selection['taken'], stage: string, reason: string): Promise<void> {
+    const instanceId = this.current.instanceId;
+    if (taken.length && instanceId) await this.deps.rollout?.report(taken, instanceId, { stage, reason });
   }
 
   /** Activates the recorded last good generation again, never merely "the previous number". */

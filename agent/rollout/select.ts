@@ -2,6 +2,7 @@
 // instance converges to out (stable, or with the candidates it takes laid over), plus the rollout
 // status. Pure: the clock's reading is an argument.
 import { buildDesired, type DesiredState, type LocalSnapshot } from '../desired/desired.js';
+import { InvalidInputError } from '../errors.js';
 import type { SsmSnapshot } from '../sources/ssm.js';
 import type { UserData } from '../sources/userdata.js';
 import { decide, type RolloutStatus } from './plan.js';
@@ -12,6 +13,11 @@ export interface Selection {
   readonly rollouts: readonly RolloutStatus[];
   /** The candidates this instance takes: a failed pass is recorded against each. */
   readonly taken: readonly TakenCandidate[];
+  /**
+   * The candidates taken did not even make a desired state (a bad option value, a bad name): this
+   * instance stays on stable, and the failure is recorded against them like a failed build.
+   */
+  readonly rejected?: { readonly taken: readonly TakenCandidate[]; readonly reason: string };
 }
 
 export interface TakenCandidate {
@@ -47,7 +53,6 @@ export function selectDesired(
     const spec = taking.has(p.prefix) ? split.rollouts.find((r) => r.prefix === p.prefix) : undefined;
     return spec ? [p, { prefix: `${p.prefix}/${ROLLOUT}/candidate`, parameters: spec.candidate }] : [p];
   });
-  const desired = buildDesired({ ...input, ssm: { ...split.stable, prefixes } });
   const taken = split.rollouts
     .filter((spec) => taking.has(spec.prefix))
     .map((spec) => ({
@@ -55,5 +60,14 @@ export function selectDesired(
       candidate: spec.candidateId,
       record: !spec.failures.some((f) => f.instanceId === who.instanceId) && spec.failures.length < (spec.strategy?.errorThreshold ?? 1),
     }));
-  return { desired: split.problems.length ? { ...desired, notes: [...desired.notes, ...split.problems] } : desired, rollouts, taken };
+  const withNotes = (desired: DesiredState) => (split.problems.length ? { ...desired, notes: [...desired.notes, ...split.problems] } : desired);
+  try {
+    return { desired: withNotes(buildDesired({ ...input, ssm: { ...split.stable, prefixes } })), rollouts, taken };
+  } catch (err) {
+    // Stable alone is what an invalid stable state throws on: that is the operator's error as before.
+    if (!(err instanceof InvalidInputError) || taken.length === 0) throw err;
+    const desired = withNotes(buildDesired({ ...input, ssm: split.stable }));
+    const stable = rollouts.map((r) => (taking.has(r.prefix) ? { ...r, takes: 'stable' as const } : r));
+    return { desired, rollouts: stable, taken: [], rejected: { taken, reason: err.message } };
+  }
 }

@@ -231,6 +231,20 @@ describe('selectDesired', () => {
     assert.ok(s.desired.notes.some((n) => /rollout\/strategy: stepPercent: Required/.test(n)), s.desired.notes.join('\n'));
   });
 
+  it('a candidate that makes no desired state leaves the instance on stable, to be recorded as a failure', () => {
+    const bad = param(`${FLEET}/rollout/candidate/options/services.demo.version`, 'not json', { version: 5 });
+    const s = selectDesired(input(ssm([FLEET, [param(`${FLEET}/options/services.demo.version`, '"1"'), param(`${FLEET}/rollout/strategy`, JSON.stringify(strategy())), bad]], ['/nixos/instance/x', [param('/nixos/instance/x/options/networking.hostName', '"web"')]])), { instanceId: covered }, START);
+    assert.equal(s.desired.hash, stable.hash);
+    assert.deepEqual(s.taken, []);
+    assert.equal(s.rollouts[0]?.takes, 'stable');
+    assert.deepEqual(s.rejected?.taken, [{ prefix: FLEET, candidate: candidateId, record: true }]);
+    assert.match(s.rejected?.reason ?? '', /rollout\/candidate\/options\/services\.demo\.version \(version 5\): value is not JSON/);
+  });
+
+  it('an invalid stable state is still the operator\'s error, rollout or not', () => {
+    assert.throws(() => selectDesired(input(ssm([FLEET, [param(`${FLEET}/options/x`, 'not json'), param(`${FLEET}/rollout/strategy`, JSON.stringify(strategy())), candidateOption]])), { instanceId: uncovered }, START), /value is not JSON/);
+  });
+
   it('the canary pin by configuration takes the candidate at the start', () => {
     const s = selectDesired(input(snapshot([])), { instanceId: uncovered, canary: true }, START);
     assert.equal(s.rollouts[0]?.takes, 'candidate');
