@@ -9,6 +9,7 @@ import { ImdsClient, type Imds } from './aws/imds.js';
 import type { AwsCredentialIdentityProvider } from '@smithy/types';
 import type { Config } from './config.js';
 import { RootFs } from './fs.js';
+import { FailureReporter } from './rollout/reporter.js';
 import type { Logger } from './log.js';
 import { systemClock, type Clock, type Runner } from './ports.js';
 import { Reconciler } from './reconcile.js';
@@ -82,7 +83,8 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     });
   // Edges that bring their own clients (a fleet simulation) never load the credential chain.
   const credentials = memo(defaultCredentials);
-  const ssm = new WatchedSsm(edges.ssm ?? (() => createSsmSource(config, imds, env, credentials)), {
+  const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, imds, env, credentials)));
+  const ssm = new WatchedSsm(ssmParts, {
     clock,
     imds,
     tag: config.ssm.revisionTag,
@@ -147,6 +149,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     store: new StateStore(fs, () => clock.now()),
     ...(edges.onStatus ? { onStatus: edges.onStatus } : {}),
     ...(edges.onProgress ? { onProgress: edges.onProgress } : {}),
+    rollout: new FailureReporter(async () => (await ssmParts()).putParameter, { clock, log, revisionParameter: config.ssm.revisionParameter }),
   });
   return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling, groups };
 }
@@ -163,7 +166,7 @@ async function createSsmSource(
   env: NodeJS.ProcessEnv,
   credentials: () => Promise<AwsCredentialIdentityProvider>,
 ): Promise<SsmParts> {
-  const [{ SSMClient, GetParametersByPathCommand, GetParametersCommand }, identity, provider] = await Promise.all([
+  const [{ SSMClient, GetParametersByPathCommand, GetParametersCommand, PutParameterCommand }, identity, provider] = await Promise.all([
     import('@aws-sdk/client-ssm'),
     env.AWS_REGION || env.AWS_DEFAULT_REGION ? Promise.resolve(undefined) : imds.identity(),
     credentials(),
@@ -177,6 +180,7 @@ async function createSsmSource(
   return {
     source: SsmSource.fromClient(client, GetParametersByPathCommand),
     getParameters: (input) => client.send(new GetParametersCommand(input)),
+    putParameter: (input) => client.send(new PutParameterCommand(input)),
   };
 }
 

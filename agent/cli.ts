@@ -87,6 +87,27 @@ const commands: Record<string, Command> = {
     options: common,
     run: async (v) => (await import('./commands.js')).control(await config(v), 'resume', Boolean(v.json)),
   },
+  rollout: {
+    summary: 'progressive rollout of a candidate desired state across the fleet, through SSM',
+    usage:
+      'rollout start|status|halt|resume|abandon|promote [--prefix PATH] [--json] [--config FILE]\n' +
+      '  start:   [--strategy linear|exponential] [--step PERCENT] [--interval SECONDS] [--bake SECONDS] [--threshold FAILURES] [--at ISO-TIME]\n' +
+      '  halt:    [--reason TEXT]\n' +
+      '  promote: [--force]   (copies the candidate over the stable parameters; without --force only once complete)',
+    options: {
+      ...common,
+      prefix: { type: 'string' },
+      strategy: { type: 'string' },
+      step: { type: 'string' },
+      interval: { type: 'string' },
+      bake: { type: 'string' },
+      threshold: { type: 'string' },
+      at: { type: 'string' },
+      reason: { type: 'string' },
+      force: { type: 'boolean' },
+    },
+    run: async (v, positionals) => (await import('./rollout/commands.js')).rolloutCommand(await config(v), v, positionals),
+  },
   'check-config': {
     summary: 'validate a configuration file; exit 2 naming each bad field',
     usage: 'check-config FILE',
@@ -179,7 +200,7 @@ export async function main(argv: string[], debug = false): Promise<number> {
   }
   let parsed;
   try {
-    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config', strict: true });
+    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config' || name === 'rollout', strict: true });
   } catch (err) {
     process.stderr.write(`nixos-ec2-agent ${name}: ${oneLine(err, false)}\nusage: nixos-ec2-agent ${command.usage}\n`);
     return 2;

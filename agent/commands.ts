@@ -3,7 +3,7 @@
 import { createAgent, createLifecycleReporter } from './agent.js';
 import { listGenerations } from './apply/generations.js';
 import { controlSocketPath, type Config } from './config.js';
-import { buildDesired, shortHash } from './desired/desired.js';
+import { shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
 import { renderPlan } from './render/render.js';
@@ -12,6 +12,8 @@ import type { LifecycleReporter } from './report/lifecycle.js';
 import { readStatusFile, StatusFile } from './report/status-file.js';
 import { ControlClient, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
+import { describeRollout } from './rollout/plan.js';
+import { selectDesired } from './rollout/select.js';
 import { statusExitCode, type Status, type StatusPhase } from './status.js';
 import { writeFileAtomic } from './fs.js';
 import path from 'node:path';
@@ -82,7 +84,7 @@ export async function render(config: Config, out: string | undefined, json: bool
   const log = stderrLogger(config);
   const agent = await createAgent(config, log);
   const snapshots = await agent.sources.read();
-  const desired = buildDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local });
+  const { desired } = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, agent.clock.now());
   const plan = renderPlan(desired);
   const files = [...plan.parts, plan.configuration];
   if (out) {
@@ -199,6 +201,7 @@ export function describeStatus(s: Status, config: Config): string {
   if (s.lastGood) lines.push(`  last good:  ${s.lastGood.storePath}`);
   if (s.lastResult) lines.push(`  last pass:  ${s.lastResult.outcome} at ${s.lastResult.at} in ${s.lastResult.durationMs} ms`);
   for (const r of s.reasons) lines.push(`  reason:     ${r}`);
+  for (const r of s.rollout ?? []) lines.push(`  rollout:    ${describeRollout(r)}`);
   if (s.rebootRequired) lines.push('  reboot required: the running generation changed the kernel, initrd or modules');
   lines.push(`  root:       ${config.root}`);
   return lines.join('\n');

@@ -5,13 +5,15 @@ import { bootEssentials, listGenerations, runningSystem, bootedSystem } from './
 import type { ClosureRealiser } from './apply/closure.js';
 import type { Rebuilder } from './apply/rebuild.js';
 import type { Config } from './config.js';
-import { buildDesired, shortHash, type DesiredState } from './desired/desired.js';
+import { shortHash, type DesiredState } from './desired/desired.js';
 import { AgentError, ApplyFailedError, InvalidInputError, isAgentError } from './errors.js';
 import type { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
 import { renderChannels, renderPlan, type RenderPlan } from './render/render.js';
 import type { RenderWriter } from './render/write.js';
+import type { FailureReporter } from './rollout/reporter.js';
+import { selectDesired, type Selection } from './rollout/select.js';
 import type { Snapshots, SourceReader } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { LAST_GOOD_CONFIGURATION, STATE_DIR, type DurableState, type StateStore } from './state.js';
@@ -35,6 +37,8 @@ export interface ReconcilerDeps {
   readonly onStatus?: (status: Status) => void;
   /** Called at each phase change, so a watchdog knows the loop is alive. */
   readonly onProgress?: () => void;
+  /** Records a failed pass to a rollout's candidate where the fleet reads it. */
+  readonly rollout?: FailureReporter;
 }
 
 export interface PassResult {
@@ -50,6 +54,7 @@ export class Reconciler {
   private state!: DurableState;
   private current: Status;
   private desired: DesiredState | undefined;
+  private selection: Selection | undefined;
   private startProblem: string | undefined;
   private leaving: string | undefined;
 
@@ -123,11 +128,14 @@ export class Reconciler {
     this.update({ instanceId: snapshots.identity.instanceId });
     await this.runUserDataScript(snapshots, log);
 
-    const desired = buildDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local });
+    const selection = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, this.deps.clock.now());
+    const desired = selection.desired;
     this.desired = desired;
+    this.selection = selection;
+    if (selection.rejected) await this.reportRollout(selection.rejected.taken, 'validate', selection.rejected.reason);
     const notes = [...snapshots.notes, ...desired.notes];
     for (const note of notes) log.warn({ event: 'source.note' }, note);
-    this.update({ desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
+    this.update({ rollout: selection.rollouts.length ? selection.rollouts : undefined, desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
     const short = shortHash(desired.hash);
 
     if (this.state.held) {
@@ -156,7 +164,10 @@ export class Reconciler {
     try {
       await this.deps.writer.prepare(plan);
     } catch (err) {
-      if (err instanceof InvalidInputError) await this.recordFailure(desired.hash, 'validate', err.message);
+      if (err instanceof InvalidInputError) {
+        await this.recordFailure(desired.hash, 'validate', err.message);
+        await this.reportRollout(selection.taken, 'validate', err.message);
+      }
       throw err;
     }
     await this.journal('rendered', desired.hash);
@@ -283,7 +294,14 @@ export class Reconciler {
     }
     if (cancelled) return { outcome: 'cancelled', desiredHash: desired.hash };
     await this.recordFailure(desired.hash, err.stage, err.message);
+    await this.reportRollout(this.selection?.taken ?? [], err.stage, err.message);
     return { outcome: switched ? 'rolled-back' : 'failed', desiredHash: desired.hash, error: err };
+  }
+
+  /** A pass to a rollout's candidate failed: the fleet hears of it (the reporter never throws). */
+  private async reportRollout(taken: Selection['taken'], stage: string, reason: string): Promise<void> {
+    const instanceId = this.current.instanceId;
+    if (taken.length && instanceId) await this.deps.rollout?.report(taken, instanceId, { stage, reason });
   }
 
   /** Activates the recorded last good generation again, never merely "the previous number". */

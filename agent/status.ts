@@ -1,5 +1,6 @@
 // The agent's status: one plain value, rebuilt at each step, that every report sink reads
 // (status.json, systemd STATUS=, HTTP, metrics, the ASG). Nothing in it is a secret.
+import type { RolloutStatus } from './rollout/plan.js';
 import type { Phase } from './state.js';
 
 export type StatusPhase = Phase | 'starting' | 'fetching' | 'rendering' | 'held' | 'suspended' | 'stopping';
@@ -53,6 +54,8 @@ export interface Status {
   readonly held?: { readonly since: string; readonly desiredHash: string };
   readonly rebootRequired: boolean;
   readonly lastSuccessAt?: string;
+  /** Each progressive rollout the sources carry, and where this instance stands in it. */
+  readonly rollout?: readonly RolloutStatus[];
 }
 
 /** The status of an agent that has not finished anything yet. */

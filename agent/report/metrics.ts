@@ -202,6 +202,9 @@ class PromMetrics {
   readonly rebootRequired: Prom.Gauge;
   readonly noGoodGeneration: Prom.Gauge;
   readonly firstConvergenceDone: Prom.Gauge;
+  readonly rolloutInfo: Prom.Gauge<'prefix' | 'candidate' | 'state' | 'takes' | 'reason'>;
+  readonly rolloutPercent: Prom.Gauge<'prefix'>;
+  readonly rolloutFailures: Prom.Gauge<'prefix'>;
   readonly hookRuns: Prom.Counter<'result'>;
   readonly hookDuration: Prom.Histogram;
   readonly lifecycleCompletions: Prom.Counter<'result'>;
@@ -233,6 +236,9 @@ class PromMetrics {
     this.rebootRequired = new prom.Gauge({ name: n('reboot_required'), help: '1 when the running generation changed the kernel, initrd or modules and a reboot is needed.', registers });
     this.noGoodGeneration = new prom.Gauge({ name: n('no_good_generation'), help: '1 when no good generation runs (the only state reported Unhealthy to Auto Scaling).', registers });
     this.firstConvergenceDone = new prom.Gauge({ name: n('first_convergence_done'), help: '1 once the first pass after start has ended.', registers });
+    this.rolloutInfo = new prom.Gauge({ name: n('rollout_info'), help: 'Each progressive rollout in the sources (value 1): its state (staged, progressing, baking, complete, halted, invalid), why it halted, and whether this instance takes the candidate.', labelNames: ['prefix', 'candidate', 'state', 'takes', 'reason'], registers });
+    this.rolloutPercent = new prom.Gauge({ name: n('rollout_percent'), help: 'The share of the fleet a rollout covers now, by its schedule.', labelNames: ['prefix'], registers });
+    this.rolloutFailures = new prom.Gauge({ name: n('rollout_failures'), help: 'Failure records against a rollout\'s candidate, as this instance last read them.', labelNames: ['prefix'], registers });
     this.hookRuns = new prom.Counter({ name: n('post_converge_command_runs_total'), help: 'Runs of the post-convergence command, by result (ok, failed, timed-out).', labelNames: ['result'], registers });
     this.hookDuration = new prom.Histogram({ name: n('post_converge_command_duration_seconds'), help: 'How long the post-convergence command ran.', buckets: PASS_BUCKETS, registers });
     this.lifecycleCompletions = new prom.Counter({ name: n('lifecycle_hook_completions_total'), help: 'Auto Scaling launch lifecycle hook completions, by result (CONTINUE, ABANDON).', labelNames: ['result'], registers });
@@ -268,6 +274,14 @@ class PromMetrics {
     this.firstConvergenceDone.set(s.firstConvergenceDone ? 1 : 0);
     if (s.lastSuccessAt) this.lastSuccess.set(Date.parse(s.lastSuccessAt) / 1000);
     if (s.running?.generation !== undefined) this.runningGeneration.set(s.running.generation);
+    this.rolloutInfo.reset();
+    this.rolloutPercent.reset();
+    this.rolloutFailures.reset();
+    for (const r of s.rollout ?? []) {
+      this.rolloutInfo.set({ prefix: r.prefix, candidate: r.candidate, state: r.state, takes: r.takes, reason: r.reason ?? '' }, 1);
+      this.rolloutPercent.set({ prefix: r.prefix }, r.percent);
+      this.rolloutFailures.set({ prefix: r.prefix }, r.failures);
+    }
     // Info gauges carry one series: the old one goes when the value changes.
     const desired = s.desired?.hash;
     if (desired !== this.desiredHash) {

@@ -10,6 +10,7 @@
 import { isAgentError, TransientError } from '../errors.js';
 import type { Imds } from '../aws/imds.js';
 import type { Clock } from '../ports.js';
+import type { PutParameter } from '../rollout/reporter.js';
 import { fillPrefix, mapSsmError, type Placeholders, type SsmSnapshot } from './ssm.js';
 
 /** What SourceReader needs of SSM: the whole tree under the prefixes. */
@@ -27,6 +28,8 @@ export interface SsmParts {
   readonly source: SsmFetcher;
   /** Absent: the revision parameter cannot be read, only the tag. */
   readonly getParameters?: GetParameters;
+  /** The one write: a failed rollout candidate's record. */
+  readonly putParameter?: PutParameter;
 }
 
 export type RevisionMode = 'tag' | 'parameter' | 'full';

@@ -16,6 +16,7 @@ export const BENCHMARKS: Readonly<Record<string, BenchEntry>> = {
   render: { module: './render.js', summary: 'desired state + render of 10,000 parameters; SSM calls per fetch' },
   crash: { module: './crash.js', summary: 'SIGKILL a live daemon at random points of converges and restart it, 1,000 times, checking each (--kills N, --seed S)' },
   watch: { module: './watch.js', summary: 'change → rebuild latency (SSM, file), rebuilds per burst, idle SSM calls, RSS and CPU beside bare node' },
+  rollout: { module: './rollout.js', summary: 'progressive rollout over sandbox daemons: a bad push\'s blast radius, a good push\'s time beside its strategy, a scale-out mid-rollout' },
   closure: { module: './closure.js', summary: 'pushed system parameter → generation activated (closure from a signed cache), beside the same change built' },
 };
 

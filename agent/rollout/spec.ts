@@ -1,0 +1,152 @@
+// A progressive rollout, as the operator publishes it in SSM beside the stable desired state. Under
+// any prefix the agent already walks (so an idle fleet makes no extra call to see it):
+//   <prefix>/rollout/strategy              JSON: how fast, how long to bake, how many failures halt it
+//   <prefix>/rollout/candidate/<rest>      the candidate: options/…, modules/…, secrets/…, system,
+//                                          laid over the prefix's stable parameters
+//   <prefix>/rollout/halt                  present: the operator halted it (its value says why)
+//   <prefix>/rollout/failures/<instance>   written by an instance that failed to converge to the candidate
+//   <prefix>/rollout/canary                "true": this instance takes candidates with the first cohort
+//                                          (usually under the instance's or group's own prefix)
+// Each change is followed by a bump of the prefix's revision parameter, so watchers re-read the tree.
+// Parsed here, at the edge, with zod: nothing past this module sees raw parameter text.
+import { createHash } from 'node:crypto';
+import { z } from 'zod/v3';
+import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
+
+export const ROLLOUT = 'rollout';
+const KNOWN = /^(strategy|halt|canary|candidate\/.+|failures\/[^/]+)$/;
+
+export const Strategy = z.strictObject({
+  type: z.enum(['linear', 'exponential']),
+  /** The first cohort's share of the fleet, and the growth unit (linear) or base (exponential). */
+  stepPercent: z.number().min(0.01).max(100),
+  intervalSeconds: z.number().int().positive(),
+  bakeSeconds: z.number().int().nonnegative().default(0),
+  /** Failure records for this candidate that halt the rollout. */
+  errorThreshold: z.number().int().positive().default(1),
+  startAt: z.string().datetime({ offset: true }),
+});
+export type Strategy = z.infer<typeof Strategy>;
+
+export const FailureRecord = z.strictObject({
+  candidate: z.string().min(1),
+  stage: z.string(),
+  reason: z.string(),
+  at: z.string(),
+});
+export type FailureRecord = z.infer<typeof FailureRecord>;
+
+export interface Failure {
+  readonly instanceId: string;
+  readonly stage: string;
+  readonly reason: string;
+  readonly at: string;
+}
+
+/** One prefix's rollout, parsed. `problem` is set, and the rest unusable, when its strategy is invalid. */
+export interface RolloutSpec {
+  readonly prefix: string;
+  /** Stable over the candidate's parameters (names and versions): seeds every instance's cohort. */
+  readonly candidateId: string;
+  readonly candidate: readonly SsmParameter[];
+  readonly strategy: Strategy | undefined;
+  readonly halt: string | undefined;
+  /** Failures recorded against this candidate; records for an older candidate are left out. */
+  readonly failures: readonly Failure[];
+  readonly stale: number;
+  readonly problem?: string;
+}
+
+export interface SplitSnapshot {
+  /** The snapshot without any `rollout/` parameter: what every instance on stable converges to. */
+  readonly stable: SsmSnapshot;
+  readonly rollouts: readonly RolloutSpec[];
+  /** Pinned to the first cohort by configuration (`rollout/canary` = true under any prefix). */
+  readonly canary: boolean;
+  readonly problems: readonly string[];
+}
+
+/** Splits the walked tree into the stable state and the rollouts it carries. Never throws. */
+export function splitSnapshot(snapshot: SsmSnapshot): SplitSnapshot {
+  const rollouts: RolloutSpec[] = [];
+  const problems: string[] = [];
+  let canary = false;
+  const prefixes = snapshot.prefixes.map(({ prefix, parameters }) => {
+    const base = `${prefix}/${ROLLOUT}/`;
+    const mine = parameters.filter((p) => p.name.startsWith(base));
+    if (mine.length === 0) return { prefix, parameters };
+    const byRel = new Map(mine.map((p) => [p.name.slice(base.length), p]));
+    const pin = byRel.get('canary');
+    if (pin) {
+      const value = text(pin);
+      if (value === 'true') canary = true;
+      else if (value !== 'false') problems.push(`SSM parameter ${pin.name}: must be "true" or "false", not ${JSON.stringify(value)}`);
+    }
+    for (const rel of byRel.keys()) {
+      if (!KNOWN.test(rel)) problems.push(`SSM parameter ${base}${rel}: not a rollout parameter (strategy, halt, canary, candidate/…, failures/…); ignored`);
+    }
+    const spec = parseRollout(prefix, mine, byRel);
+    if (spec) {
+      rollouts.push(spec);
+      if (spec.problem) problems.push(spec.problem);
+    }
+    return { prefix, parameters: parameters.filter((p) => !p.name.startsWith(base)) };
+  });
+  return { stable: { ...snapshot, prefixes }, rollouts, canary, problems };
+}
+
+function parseRollout(prefix: string, mine: readonly SsmParameter[], byRel: Map<string, SsmParameter>): RolloutSpec | undefined {
+  const candidateBase = `${prefix}/${ROLLOUT}/candidate/`;
+  const candidate = mine.filter((p) => p.name.startsWith(candidateBase));
+  const strategyParam = byRel.get('strategy');
+  if (candidate.length === 0 && !strategyParam) return undefined;
+  const candidateId = candidateIdOf(candidate);
+  let strategy: Strategy | undefined;
+  let problem: string | undefined;
+  if (strategyParam) {
+    const parsed = parseJson(strategyParam, Strategy);
+    if (typeof parsed === 'string') problem = parsed;
+    else strategy = parsed;
+  }
+  if (!problem && strategy && candidate.length === 0) problem = `SSM parameter ${strategyParam?.name}: a strategy without a candidate (nothing under ${candidateBase})`;
+  const haltParam = byRel.get('halt');
+  const halt = haltParam ? text(haltParam).trim() || 'halted by the operator' : undefined;
+  const failures: Failure[] = [];
+  let stale = 0;
+  const failureBase = 'failures/';
+  for (const [rel, p] of byRel) {
+    if (!rel.startsWith(failureBase)) continue;
+    const record = parseJson(p, FailureRecord);
+    // A record that cannot be read still counts: an instance failed, and halting is the safe side.
+    if (typeof record === 'string') failures.push({ instanceId: rel.slice(failureBase.length), stage: 'unknown', reason: record, at: '' });
+    else if (record.candidate !== candidateId) stale++;
+    else failures.push({ instanceId: rel.slice(failureBase.length), stage: record.stage, reason: record.reason, at: record.at });
+  }
+  return { prefix, candidateId, candidate, strategy, halt, failures, stale, ...(problem ? { problem } : {}) };
+}
+
+/** Names and versions only: a new version of any candidate parameter is a new candidate. */
+export function candidateIdOf(candidate: readonly SsmParameter[]): string {
+  const lines = candidate.map((p) => `${p.name} ${p.version}`).sort();
+  return createHash('sha256').update(lines.join('\n')).digest('hex').slice(0, 16);
+}
+
+function text(p: SsmParameter): string {
+  return typeof p.value === 'string' ? p.value : '';
+}
+
+/** The value parsed by `schema`, or one line naming the parameter and what is wrong. */
+export function parseJson<T extends z.ZodTypeAny>(p: { name: string; value: unknown }, schema: T): z.output<T> | string {
+  if (typeof p.value !== 'string') return `SSM parameter ${p.name}: must be a String, not a SecureString`;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(p.value);
+  } catch (err) {
+    return `SSM parameter ${p.name}: not JSON (${(err as Error).message})`;
+  }
+  const result = schema.safeParse(raw);
+  if (result.success) return result.data as z.output<T>;
+  const issue = result.error.issues[0];
+  const where = issue?.path.length ? issue.path.join('.') : '(value)';
+  return `SSM parameter ${p.name}: ${where}: ${issue?.message ?? 'invalid'}`;
+}

@@ -1,0 +1,79 @@
+// The daemon during a rollout: an idle poll stays one cheap revision read, another instance's
+// failure record halts the rollout at the next poll and this instance returns to stable, and
+// /status and /metrics say it is halted and why.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { describe, test } from 'node:test';
+import type { RolloutStatus } from '../../agent/rollout/plan.js';
+import { candidateIdOf } from '../../agent/rollout/spec.js';
+import { hasNix, Instance, LiveLog, waitFor, type StatusJson } from '../support/e2e.js';
+
+type Status = StatusJson & { rollout?: RolloutStatus[] };
+
+const TZ = '/nixos/fleet/options/time.timeZone';
+const CANDIDATE = '/nixos/fleet/rollout/candidate/options/time.timeZone';
+
+async function statusFile(inst: Instance): Promise<Status | undefined> {
+  const file = inst.file('run/nixos-ec2-agent/status.json');
+  if (!existsSync(file)) return undefined;
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as Status;
+  } catch {
+    return undefined;
+  }
+}
+
+const onCandidate = (s: Status) => s.desired?.sources.parameters.some((p) => p.name === CANDIDATE) ?? false;
+
+describe('the daemon during a rollout', () => {
+  test('follows a halt recorded by another instance at its next poll, and says so in /status and /metrics', { skip: hasNix ? false : 'nix-instantiate is not installed', timeout: 180_000 }, async (t) => {
+    // Every cohort is covered from the start: this instance takes the candidate at its first pass.
+    const strategy = { type: 'linear', stepPercent: 100, intervalSeconds: 3600, bakeSeconds: 3600, errorThreshold: 1, startAt: new Date(Date.now() - 60_000).toISOString() };
+    const inst = await Instance.launch({
+      parameters: [
+        { Name: TZ, Value: '"UTC"', Type: 'String' },
+        { Name: CANDIDATE, Value: '"Europe/Paris"', Type: 'String' },
+        { Name: '/nixos/fleet/rollout/strategy', Value: JSON.stringify(strategy), Type: 'String' },
+        { Name: '/nixos/fleet/revision', Value: '1', Type: 'String' },
+      ],
+      config: { ssm: { pollIntervalSeconds: 0.5, pollJitter: 0 }, http: { listen: '127.0.0.1:0' } },
+    });
+    const run = inst.start(['run']);
+    const log = new LiveLog(run);
+    t.after(async () => {
+      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
+      await run.done.catch(() => undefined);
+      await inst.close();
+    });
+    const settled = (what: string, check: (s: Status) => boolean) =>
+      waitFor(what, async () => {
+        const s = await statusFile(inst);
+        return s && s.phase === 'idle' && s.condition === 'converged' && check(s) ? s : undefined;
+      }, 120_000);
+
+    await settled('the candidate, baking', (s) => onCandidate(s) && s.rollout?.[0]?.state === 'baking');
+    const polls = log.of('pass.start').length;
+    inst.world.ssm.resetCounters();
+    await waitFor('three more polls', async () => (log.of('pass.start').length >= polls + 3 ? true : undefined), 60_000);
+    const idle = inst.world.ssm.callCounts();
+    assert.equal(idle.GetParametersByPath ?? 0, 0, `no tree fetch while idle in a rollout: ${JSON.stringify(idle)}`);
+
+    // Another instance failed the candidate: its record, then its revision bump.
+    const candidate = candidateIdOf([{ name: CANDIDATE, version: 1 } as never]);
+    inst.put('/nixos/fleet/rollout/failures/i-0fffffffffffffff0', JSON.stringify({ candidate, stage: 'verify', reason: 'unit nginx.service failed', at: new Date().toISOString() }));
+    inst.put('/nixos/fleet/revision', '2');
+    const back = await settled('back on stable, halted', (s) => !onCandidate(s) && s.rollout?.[0]?.state === 'halted');
+    assert.match(back.rollout?.[0]?.reason ?? '', /1 instance\(s\) failed the candidate \(threshold 1\); e\.g\. i-0fffffffffffffff0: verify: unit nginx\.service failed/);
+    assert.ok(back.desired?.sources.parameters.some((p) => p.name === TZ));
+    assert.equal(inst.world.ssm.callCounts().PutParameter ?? 0, 0, 'an instance that did not fail writes nothing');
+
+    const url = log.of('http.listening')[0]?.url;
+    assert.equal(typeof url, 'string');
+    const status = (await (await fetch(`${url}/status`)).json()) as Status;
+    assert.equal(status.rollout?.[0]?.state, 'halted');
+    assert.equal(status.rollout?.[0]?.haltedBy, 'failures');
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    assert.match(metrics, /nixos_ec2_agent_rollout_info\{prefix="\/nixos\/fleet",candidate="[0-9a-f]{16}",state="halted",takes="stable",reason="1 instance\(s\) failed the candidate[^"]*"\} 1/);
+  });
+});
