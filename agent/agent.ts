@@ -8,12 +8,12 @@ import type { AwsCredentialIdentityProvider } from '@smithy/types';
 import type { Config } from './config.js';
 import { RootFs } from './fs.js';
 import type { Logger } from './log.js';
-import { systemClock, type Clock, type Runner } from './ports.js';
+import type { Clock, Runner } from './ports.js';
 import { Reconciler } from './reconcile.js';
 import { NixParser } from './render/validate.js';
 import { RenderWriter } from './render/write.js';
 import { ProcessRunner } from './runner.js';
-import { LifecycleReporter, unrefRealClock } from './report/lifecycle.js';
+import { LifecycleReporter } from './report/lifecycle.js';
 import { ASG_TAG, SourceReader } from './sources/index.js';
 import { WatchedSsm, type SsmParts } from './sources/revision.js';
 import { SsmSource } from './sources/ssm.js';
@@ -21,14 +21,18 @@ import { StateStore } from './state.js';
 import type { Status } from './status.js';
 import { HealthChecker } from './verify/health.js';
 
+/** What the composition root hands in: time and the environment are never taken from the process here. */
 export interface AgentEdges {
-  readonly clock?: Clock;
+  readonly clock: Clock;
+  /** The agent's environment: the SDK's region and endpoints, the children's environment. */
+  readonly env: NodeJS.ProcessEnv;
   readonly runner?: Runner;
   readonly imds?: Imds;
   /** The whole-tree fetch and the cheap revision read; the SDK client's when absent. */
   readonly ssm?: () => Promise<SsmParts>;
   readonly autoscaling?: AutoScaling;
-  readonly env?: NodeJS.ProcessEnv;
+  /** The credentials of the SDK clients; the SDK's default chain when absent. */
+  readonly credentials?: () => Promise<AwsCredentialIdentityProvider>;
   readonly onStatus?: (status: Status) => void;
   readonly onProgress?: () => void;
 }
@@ -47,10 +51,9 @@ export interface Agent {
   readonly autoscaling: AutoScaling;
 }
 
-export async function createAgent(config: Config, log: Logger, edges: AgentEdges = {}): Promise<Agent> {
-  const clock = edges.clock ?? systemClock;
-  const runner = edges.runner ?? new ProcessRunner();
-  const env = edges.env ?? process.env;
+export async function createAgent(config: Config, log: Logger, edges: AgentEdges): Promise<Agent> {
+  const { clock, env } = edges;
+  const runner = edges.runner ?? new ProcessRunner(env);
   const fs = new RootFs(config.root);
   const imds =
     edges.imds ??
@@ -62,7 +65,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
       ...(config.imds.endpoint ? { endpoint: config.imds.endpoint } : {}),
     });
   // Edges that bring their own clients (a fleet simulation) never load the credential chain.
-  const credentials = memo(defaultCredentials);
+  const credentials = memo(edges.credentials ?? defaultCredentials);
   const ssm = new WatchedSsm(edges.ssm ?? (() => createSsmSource(config, imds, env, credentials)), {
     clock,
     imds,
@@ -136,6 +139,8 @@ async function createSsmSource(
   const client = new SSMClient({
     credentials: provider,
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || identity?.region,
+    // Named here, from the agent's own environment, so agents in one process each reach their own.
+    ...(env.AWS_ENDPOINT_URL_SSM || env.AWS_ENDPOINT_URL ? { endpoint: env.AWS_ENDPOINT_URL_SSM || env.AWS_ENDPOINT_URL } : {}),
     maxAttempts: config.ssm.maxAttempts,
     retryMode: 'adaptive',
   });
@@ -153,12 +158,13 @@ async function createSsmSource(
 export function createLifecycleReporter(
   agent: Agent,
   log: Logger,
-  callbacks: { onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void } = {},
+  options: { clock: Clock; onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void },
 ): LifecycleReporter | undefined {
   if (!agent.config.lifecycle.enabled) return undefined;
+  const { clock, ...callbacks } = options;
   return new LifecycleReporter({
     autoscaling: agent.autoscaling,
-    clock: agent.clock === systemClock ? unrefRealClock : agent.clock,
+    clock,
     fs: agent.fs,
     log: log.child({ component: 'lifecycle' }),
     config: agent.config.lifecycle,

@@ -1,11 +1,13 @@
 // The one-shot commands: each builds what it needs from the Config, does one thing, prints for a
-// person (or JSON with --json), and returns its exit code.
+// person (or JSON with --json), and returns its exit code. Each is the composition root of its own
+// run: the process's environment and real time are read here and handed down.
 import { createAgent, createLifecycleReporter } from './agent.js';
 import { listGenerations } from './apply/generations.js';
 import type { Config } from './config.js';
 import { buildDesired, shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
+import { realClock } from './ports.js';
 import { renderPlan } from './render/render.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
@@ -19,6 +21,10 @@ import path from 'node:path';
 /** Phases of a pass before it launches nixos-rebuild. */
 const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
 const LIFECYCLE_START_DELAY_MS = 5_000;
+
+function processEdges() {
+  return { clock: realClock(), env: process.env };
+}
 
 function stderrLogger(config: Config): Logger {
   // One-shot commands keep stdout for their result; the structured log goes to stderr.
@@ -40,6 +46,7 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
     lifecycle.start();
   };
   const agent = await createAgent(config, log, {
+    ...processEdges(),
     onStatus: (s) => {
       statusFile.update(s);
       lifecycle?.update(s);
@@ -48,7 +55,8 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
   });
   const reconciler = agent.reconciler;
   await reconciler.start();
-  lifecycle = createLifecycleReporter(agent, log);
+  // Its waits must not hold the command open once the pass is done.
+  lifecycle = createLifecycleReporter(agent, log, { clock: realClock({ unref: true }) });
   lifecycle?.update(reconciler.status);
   const stalled = new AbortController();
   if (lifecycle) agent.clock.sleep(LIFECYCLE_START_DELAY_MS, stalled.signal).then(startLifecycle, () => undefined);
@@ -80,7 +88,7 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
 
 export async function render(config: Config, out: string | undefined, json: boolean): Promise<number> {
   const log = stderrLogger(config);
-  const agent = await createAgent(config, log);
+  const agent = await createAgent(config, log, processEdges());
   const snapshots = await agent.sources.read();
   const desired = buildDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local });
   const plan = renderPlan(desired);
@@ -166,7 +174,7 @@ export async function control(config: Config, op: ControlOp, json: boolean): Pro
     }
     // The daemon is down: act on the durable state directly.
     const log = stderrLogger(config);
-    const agent = await createAgent(config, log);
+    const agent = await createAgent(config, log, processEdges());
     await agent.reconciler.start();
     if (op === 'rollback') {
       const result = await agent.reconciler.rollback();

@@ -13,6 +13,7 @@ import { renderChannels, renderPlan, type RenderPlan } from './render/render.js'
 import type { RenderWriter } from './render/write.js';
 import type { Snapshots, SourceReader } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
+import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
 import { LAST_GOOD_CONFIGURATION, STATE_DIR, type DurableState, type StateStore } from './state.js';
 import { startingStatus, type Condition, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
@@ -113,7 +114,7 @@ export class Reconciler {
   }
 
   private async pass(log: Logger, signal?: AbortSignal): Promise<PassResult> {
-    if (this.state.suspended) return { outcome: 'suspended' };
+    if (planPass(passSituation(this.state, undefined, undefined, this.deps.clock.now())).kind === 'suspended') return { outcome: 'suspended' };
     this.phase('fetching', 'reading user data and SSM parameters');
     await this.deps.writer.adoptImageConfiguration(this.deps.config.local.baseConfiguration);
     const snapshots = await this.deps.sources.read(signal);
@@ -127,25 +128,23 @@ export class Reconciler {
     this.update({ desired: { hash: desired.hash, sources: desired.sources, notes } });
     const short = shortHash(desired.hash);
 
-    if (this.state.held) {
-      if (this.state.held.desiredHash === desired.hash) {
-        return { outcome: 'held', desiredHash: desired.hash };
-      }
-      // The sources changed since the operator's rollback: converge again.
+    const running = await runningSystem(this.deps.fs);
+    const step = planPass(passSituation(this.state, desired.hash, running, this.deps.clock.now()));
+    log.debug({ event: 'pass.plan', step }, `next step: ${step.kind}`);
+    if (step.kind === 'hold-rollback') return { outcome: 'held', desiredHash: desired.hash };
+    if (step.kind === 'suspended' || step.kind === 'fetch') throw new Error(`a pass with its sources read cannot plan ${step.kind}`);
+    if (step.releaseHold) {
       delete this.state.held;
       this.update({ held: undefined });
     }
-
-    const running = await runningSystem(this.deps.fs);
-    if (this.state.running?.desiredHash === desired.hash && running === this.state.running.storePath) {
+    if (step.kind === 'unchanged') {
       // /run is a tmpfs: after a reboot the running system's secrets are gone until written again.
       await this.deps.writer.writeSecrets(desired.secrets);
       return { outcome: 'unchanged', desiredHash: desired.hash };
     }
-    const failed = this.state.failed[desired.hash];
-    if (failed && this.deps.clock.now() < failed.retryAt) {
-      log.info({ event: 'pass.held', desiredHash: desired.hash, retryAt: iso(failed.retryAt) }, `desired ${short} failed before (${failed.reason}); not retried before ${iso(failed.retryAt)}`);
-      return { outcome: 'held', desiredHash: desired.hash, error: new ApplyFailedError(failed.reason, failed.stage as ApplyFailedError['stage']) };
+    if (step.kind === 'hold-failed') {
+      log.info({ event: 'pass.held', desiredHash: desired.hash, retryAt: iso(step.retryAt) }, `desired ${short} failed before (${step.reason}); not retried before ${iso(step.retryAt)}`);
+      return { outcome: 'held', desiredHash: desired.hash, error: new ApplyFailedError(step.reason, step.stage as ApplyFailedError['stage']) };
     }
 
     this.phase('rendering', `rendering desired ${short}`);
@@ -260,16 +259,15 @@ export class Reconciler {
   /** A step failed: nothing was switched (build), or the last good generation is activated again. */
   private async failApply(desired: DesiredState, err: ApplyFailedError, log: Logger): Promise<PassResult> {
     const cancelled = err.context.reasons !== undefined && (err.context.reasons as string[]).includes('cancelled');
-    const switched = this.state.journal.phase !== 'building' && this.state.journal.phase !== 'rendered' && err.stage !== 'build' && err.stage !== 'channels';
-    if (switched) {
+    const step = planFailure({ phase: this.state.journal.phase, stage: err.stage, cancelled });
+    if (step.rollback) {
       await this.rollbackTo(err.message, log);
     } else {
       await this.restoreConfiguration();
       await this.journal('idle');
     }
-    if (cancelled) return { outcome: 'cancelled', desiredHash: desired.hash };
-    await this.recordFailure(desired.hash, err.stage, err.message);
-    return { outcome: switched ? 'rolled-back' : 'failed', desiredHash: desired.hash, error: err };
+    if (step.remember) await this.recordFailure(desired.hash, err.stage, err.message);
+    return step.outcome === 'cancelled' ? { outcome: 'cancelled', desiredHash: desired.hash } : { outcome: step.outcome, desiredHash: desired.hash, error: err };
   }
 
   /** Activates the recorded last good generation again, never merely "the previous number". */
@@ -319,9 +317,7 @@ export class Reconciler {
   private async recordFailure(desiredHash: string, stage: string, reason: string): Promise<void> {
     const now = this.deps.clock.now();
     const attempts = (this.state.failed[desiredHash]?.attempts ?? 0) + 1;
-    const { failedBackoffSeconds, maxBackoffSeconds } = this.deps.config.retry;
-    const backoffMs = Math.min(maxBackoffSeconds, failedBackoffSeconds * 2 ** (attempts - 1)) * 1000;
-    this.state.failed[desiredHash] = { at: now, stage, reason, attempts, retryAt: now + backoffMs };
+    this.state.failed[desiredHash] = { at: now, stage, reason, attempts, retryAt: retryAt(now, attempts, this.deps.config.retry) };
     // Keep the record small: only the most recent failures matter.
     const entries = Object.entries(this.state.failed).sort((a, b) => b[1].at - a[1].at);
     this.state.failed = Object.fromEntries(entries.slice(0, 20));
@@ -332,40 +328,35 @@ export class Reconciler {
   private async recover(): Promise<void> {
     const { phase, desiredHash, storePath, reason } = this.state.journal;
     const log = this.deps.log.child({ event: 'recover', phase });
-    switch (phase) {
-      case 'idle':
+    const step = planRecovery({ phase, desiredHash, storePath, running: phase === 'idle' ? undefined : await runningSystem(this.deps.fs) });
+    switch (step.kind) {
+      case 'none':
         return;
-      case 'rendered':
-      case 'building':
+      case 'restore':
         // Nothing was switched; the next pass renders and builds again.
         log.warn(`a pass was interrupted while ${phase}; nothing was switched`);
         await this.restoreConfiguration();
         await this.journal('idle');
         return;
-      case 'activating':
-      case 'verifying': {
-        if (!storePath || !desiredHash) break;
-        const running = await runningSystem(this.deps.fs);
-        log.warn(`a pass was interrupted while ${phase} ${storePath}; verifying now`);
-        if (running !== storePath) {
-          await this.rollbackTo(`interrupted while ${phase}; the system did not finish activating`, log);
-          await this.recordFailure(desiredHash, 'activate', 'interrupted during activation');
+      case 'rollback':
+        if (step.failedHash === undefined) {
+          log.warn('a rollback was interrupted; finishing it');
+          await this.rollbackTo(reason ?? 'interrupted rollback', log);
           return;
         }
-        await this.finishInterrupted(desiredHash, storePath, log);
+        log.warn(`a pass was interrupted while ${phase} ${storePath}; verifying now`);
+        await this.rollbackTo(`interrupted while ${phase}; the system did not finish activating`, log);
+        await this.recordFailure(step.failedHash, 'activate', 'interrupted during activation');
         return;
-      }
-      case 'committing':
-        if (!storePath || !desiredHash) break;
-        log.warn(`a pass was interrupted while making ${storePath} the boot default; finishing`);
-        await this.finishInterrupted(desiredHash, storePath, log);
+      case 'finish':
+        if (phase === 'committing') log.warn(`a pass was interrupted while making ${step.storePath} the boot default; finishing`);
+        else log.warn(`a pass was interrupted while ${phase} ${step.storePath}; verifying now`);
+        await this.finishInterrupted(step.desiredHash, step.storePath, log);
         return;
-      case 'rolling-back':
-        log.warn('a rollback was interrupted; finishing it');
-        await this.rollbackTo(reason ?? 'interrupted rollback', log);
+      case 'reset':
+        await this.journal('idle');
         return;
     }
-    await this.journal('idle');
   }
 
   /** The activated system is running: verify it and make it permanent, or roll back. */
@@ -492,7 +483,7 @@ export class Reconciler {
     const onGood = running !== undefined && running === this.state.lastGood?.storePath;
     // A good convergence clears it; otherwise it holds until a healthy generation runs again.
     const noGood = converged ? false : this.current.noGoodGeneration || !onGood;
-    const condition: Condition = converged ? 'converged' : noGood ? 'failed' : result.outcome === 'suspended' ? 'degraded' : 'degraded';
+    const condition: Condition = converged ? 'converged' : noGood ? 'failed' : 'degraded';
     const short = result.desiredHash ? shortHash(result.desiredHash) : '';
     const message = {
       converged: `converged to desired ${short}${generation ? ` (generation ${generation})` : ''}`,

@@ -20,8 +20,6 @@ export interface RebuildOptions {
   readonly extraArgs: readonly string[];
   readonly buildTimeoutMs: number;
   readonly activateTimeoutMs: number;
-  /** Children's environment: the agent's own, less what systemd gave only to the agent. */
-  readonly env?: Readonly<Record<string, string>>;
 }
 
 export class Rebuilder {
@@ -87,7 +85,6 @@ export class Rebuilder {
       timeoutMs,
       ...(extra.cwd ? { cwd: extra.cwd } : {}),
       ...(extra.signal ? { signal: extra.signal } : {}),
-      ...(this.options.env ? { env: this.options.env } : {}),
       onLine: (stream, line) => log.info({ event: 'step.output', stream }, line),
     });
     log.info({ event: 'step.end', exitCode: result.code, signal: result.signal, timedOut: result.timedOut, durationMs: result.durationMs }, 'step ended');

@@ -8,7 +8,6 @@ import { InvalidInputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Status } from '../status.js';
 
-export const DEFAULT_LISTEN = '0.0.0.0:9731';
 const ALLOW = 'GET, HEAD';
 
 export interface HttpTimeouts {

@@ -11,7 +11,7 @@ import { LAUNCHING } from '../aws/autoscaling.js';
 import type { Config } from '../config.js';
 import type { RootFs } from '../fs.js';
 import type { Logger } from '../log.js';
-import { realClock, type Clock } from '../ports.js';
+import type { Clock } from '../ports.js';
 import { STATE_DIR } from '../state.js';
 import type { Status } from '../status.js';
 
@@ -463,7 +463,7 @@ export class LifecycleReporter {
 
 /**
  * The caller awaits this wait, so it must keep the process alive; the clock's own timers may not
- * (see `unrefRealClock`).
+ * (a one-shot command gives the reporter a clock whose sleeps are unref'd).
  */
 async function holdingProcessOpen<T>(fn: () => Promise<T>): Promise<T> {
   const hold = setInterval(() => undefined, 2 ** 30);
@@ -473,6 +473,3 @@ async function holdingProcessOpen<T>(fn: () => Promise<T>): Promise<T> {
     clearInterval(hold);
   }
 }
-
-/** Real time whose sleeps never hold the process open by themselves. */
-export const unrefRealClock: Clock = realClock({ unref: true });
