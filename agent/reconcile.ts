@@ -11,12 +11,21 @@ import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
 import { renderChannels, renderPlan, type RenderPlan } from './render/render.js';
 import type { RenderWriter } from './render/write.js';
-import type { Snapshots, SourceReader } from './sources/index.js';
+import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
 import { LAST_GOOD_CONFIGURATION, STATE_DIR, type DurableState, type StateStore } from './state.js';
 import { startingStatus, type Condition, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
+
+/** The capabilities a pass uses, each as narrow as the reconciler needs it. */
+export interface Sources {
+  read(signal?: AbortSignal): Promise<Snapshots>;
+}
+export type Writer = Pick<RenderWriter, 'adoptImageConfiguration' | 'prepare' | 'commit' | 'writeSecrets' | 'pruneSecrets' | 'restore' | 'currentConfiguration' | 'gc'>;
+export type RebuildSteps = Pick<Rebuilder, 'build' | 'activate' | 'setProfile' | 'switchGeneration' | 'switchLegacy' | 'updateChannels'>;
+export type Health = Pick<HealthChecker, 'verify'>;
+export type DurableStore = Pick<StateStore, 'load' | 'save'>;
 
 export interface ReconcilerDeps {
   readonly config: Config;
@@ -24,11 +33,11 @@ export interface ReconcilerDeps {
   readonly fs: RootFs;
   readonly log: Logger;
   readonly runner: Runner;
-  readonly sources: SourceReader;
-  readonly writer: RenderWriter;
-  readonly rebuilder: Rebuilder;
-  readonly health: HealthChecker;
-  readonly store: StateStore;
+  readonly sources: Sources;
+  readonly writer: Writer;
+  readonly rebuilder: RebuildSteps;
+  readonly health: Health;
+  readonly store: DurableStore;
   /** Called with every new Status; report sinks hang here. */
   readonly onStatus?: (status: Status) => void;
   /** Called at each phase change, so a watchdog knows the loop is alive. */

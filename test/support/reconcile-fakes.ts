@@ -6,7 +6,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { listGenerations } from '../../agent/apply/generations.js';
-import type { Activation, Rebuilder } from '../../agent/apply/rebuild.js';
+import type { Activation } from '../../agent/apply/rebuild.js';
 import { parseConfig, type ConfigInput } from '../../agent/config.js';
 import { buildDesired } from '../../agent/desired/desired.js';
 import { ApplyFailedError } from '../../agent/errors.js';
@@ -15,13 +15,13 @@ import { silentLogger } from '../../agent/log.js';
 import type { RunRequest, RunResult, Runner } from '../../agent/ports.js';
 import { Reconciler } from '../../agent/reconcile.js';
 import { CONFIGURATION_NIX } from '../../agent/render/render.js';
-import type { NixParser, NixSyntaxError } from '../../agent/render/validate.js';
+import type { NixSyntaxError } from '../../agent/render/validate.js';
 import { RenderWriter } from '../../agent/render/write.js';
-import type { Snapshots, SourceReader } from '../../agent/sources/index.js';
+import type { Snapshots } from '../../agent/sources/index.js';
 import type { SsmParameter } from '../../agent/sources/ssm.js';
 import { StateStore } from '../../agent/state.js';
 import type { Status } from '../../agent/status.js';
-import type { HealthChecker, Verdict } from '../../agent/verify/health.js';
+import type { Verdict } from '../../agent/verify/health.js';
 import { ManualClock } from '../support/clock.js';
 import { NO_LOCAL, userData } from './desired.js';
 
@@ -244,10 +244,10 @@ export async function world(): Promise<World> {
         fs,
         log,
         runner,
-        sources: sources.reader as unknown as SourceReader,
-        writer: new RenderWriter(fs, parser as unknown as NixParser, log),
-        rebuilder: machine.rebuilder as unknown as Rebuilder,
-        health: machine.health as unknown as HealthChecker,
+        sources: sources.reader,
+        writer: new RenderWriter(fs, parser, log),
+        rebuilder: machine.rebuilder,
+        health: machine.health,
         store: new StateStore(fs, () => clock.now()),
         onStatus: (s) => statuses.push(s),
       });
