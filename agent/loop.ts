@@ -446,6 +446,7 @@ class DaemonLoop implements Daemon {
   /** The pass loop: the Scheduler says when, the reconciler does the pass, the loop hears of it. */
   private async run(): Promise<number> {
     const { log, clock, watchdog } = this.deps;
+    let code = 0;
     await this.scheduler.run(async (reason, signal) => {
       watchdog.alive();
       const started = clock.now();
@@ -455,11 +456,18 @@ class DaemonLoop implements Daemon {
       this.post({ kind: 'pass-finished', result, durationMs });
       watchdog.alive();
       return result;
-    }, () => watchdog.alive());
-    return this.finish();
+    }, () => watchdog.alive()).catch((err: unknown) => {
+      // Not one of the expected failures: a bug. The daemon stops whole (nothing left answering
+      // health checks for a dead loop) and exits non-zero, so systemd restarts it.
+      log.fatal({ event: 'loop.crashed', err: (err as Error)?.stack ?? String(err) }, `the pass loop failed: ${(err as Error)?.message ?? String(err)}`);
+      this.onStop('SIGTERM');
+      code = 70;
+    });
+    await this.finish();
+    return code;
   }
 
-  private async finish(): Promise<number> {
+  private async finish(): Promise<void> {
     const { log, watchdog } = this.deps;
     watchdog.stop();
     this.stopped.abort();
@@ -471,7 +479,6 @@ class DaemonLoop implements Daemon {
     await this.hooks;
     await this.statusFile.flush();
     log.info({ event: 'stopped' }, 'stopped');
-    return 0;
   }
 
   /** Keeps track of work a handler started, so stop waits for it. */

@@ -5,7 +5,7 @@ import { bootEssentials, listGenerations, runningSystem, bootedSystem } from './
 import type { Rebuilder } from './apply/rebuild.js';
 import type { Config } from './config.js';
 import { buildDesired, shortHash, type DesiredState } from './desired/desired.js';
-import { AgentError, ApplyFailedError, InvalidInputError, isAgentError } from './errors.js';
+import { AgentError, ApplyFailedError, InvalidInputError, isAgentError, TransientError } from './errors.js';
 import type { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
@@ -14,7 +14,7 @@ import type { RenderWriter } from './render/write.js';
 import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
-import { LAST_GOOD_CONFIGURATION, STATE_DIR, type DurableState, type StateStore } from './state.js';
+import { pruneBuilds, STATE_DIR, type DurableState, type StateStore } from './state.js';
 import { startingStatus, type Condition, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
 
@@ -25,7 +25,7 @@ export interface Sources {
 export type Writer = Pick<RenderWriter, 'adoptImageConfiguration' | 'prepare' | 'commit' | 'writeSecrets' | 'pruneSecrets' | 'restore' | 'currentConfiguration' | 'gc'>;
 export type RebuildSteps = Pick<Rebuilder, 'build' | 'activate' | 'setProfile' | 'switchGeneration' | 'switchLegacy' | 'updateChannels'>;
 export type Health = Pick<HealthChecker, 'verify'>;
-export type DurableStore = Pick<StateStore, 'load' | 'save'>;
+export type DurableStore = Pick<StateStore, 'load' | 'save' | 'lastGoodConfiguration'>;
 
 export interface ReconcilerDeps {
   readonly config: Config;
@@ -51,7 +51,8 @@ export interface PassResult {
 }
 
 const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
-const PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configuration.nix`;
+/** Where an earlier agent kept the previous good configuration.nix, before state.json carried it. */
+const LEGACY_PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configuration.nix`;
 
 export class Reconciler {
   private state!: DurableState;
@@ -111,15 +112,38 @@ export class Reconciler {
     let result: PassResult;
     try {
       result = await this.pass(log, signal);
-    } catch (err) {
+    } catch (caught) {
+      const err = systemError(caught) ?? caught;
       if (!isAgentError(err)) throw err;
+      if (err instanceof TransientError && err.source === 'fs') await this.failWrite(err, log);
       result = { outcome: err.kind === 'invalid-input' ? 'invalid-input' : 'failed', error: err, ...(this.desired ? { desiredHash: this.desired.hash } : {}) };
       log.error({ event: 'pass.error', err: err.toJSON() }, err.message);
     }
     const durationMs = this.deps.clock.now() - started;
-    await this.finish(result, durationMs);
+    await this.finish(result, durationMs).catch((caught: unknown) => {
+      // The status in memory is already up to date; only its durable copy is missing.
+      log.error({ event: 'state.write-failed', err: (caught as Error).message }, `cannot save the state: ${(caught as Error).message}`);
+    });
     log.info({ event: 'pass.end', outcome: result.outcome, durationMs, desiredHash: result.desiredHash }, `pass ended: ${result.outcome}`);
     return result;
+  }
+
+  /**
+   * A file under the root could not be written (a full disk, a read-only directory): nothing new
+   * was activated (the journal says how far it got), so what was rendered is put back, and the
+   * desired state is remembered as failed so the next try waits its backoff. Each step is best
+   * effort: the disk that failed the pass may fail these too.
+   */
+  private async failWrite(err: TransientError, log: Logger): Promise<void> {
+    const bestEffort = async (what: string, step: () => Promise<unknown>) => {
+      await step().catch((e: unknown) => log.warn({ event: 'pass.cleanup-failed', what, err: (e as Error).message }, `after a write error, cannot ${what}: ${(e as Error).message}`));
+    };
+    if (this.state.journal.phase === 'rendered') {
+      await bestEffort('restore configuration.nix', () => this.restoreConfiguration());
+      await bestEffort('end the journal entry', () => this.journal('idle'));
+    }
+    const desired = this.desired;
+    if (desired) await bestEffort('remember the failure', () => this.recordFailure(desired.hash, 'render', err.message));
   }
 
   private async pass(log: Logger, signal?: AbortSignal): Promise<PassResult> {
@@ -191,7 +215,7 @@ export class Reconciler {
       // `nixos-rebuild switch` activates: like every activation, it is never cancelled midway.
       await this.deps.rebuilder.switchLegacy();
       storePath = (await runningSystem(this.deps.fs)) ?? '';
-      this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+      this.recordBuild(storePath, desired);
       await this.journal('verifying', desired.hash, storePath);
     } else {
       await this.journal('building', desired.hash);
@@ -200,7 +224,7 @@ export class Reconciler {
       this.phase('building', `building generation ${next} (desired ${short})`);
       storePath = await this.deps.rebuilder.build(signal);
       // Recorded before activation: `generations` names what built it even if the agent dies next.
-      this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+      this.recordBuild(storePath, desired);
       await this.journal('activating', desired.hash, storePath);
       this.phase('activating', `activating ${storePath} (test, desired ${short})`);
       await this.deps.rebuilder.activate(storePath, 'test');
@@ -210,6 +234,11 @@ export class Reconciler {
     const removed = await this.deps.writer.pruneSecrets(desired.secrets.map((s) => s.name));
     if (removed.length) log.info({ event: 'secrets.pruned', names: removed }, `removed secrets no longer set: ${removed.join(', ')}`);
     return { outcome: 'converged', desiredHash: desired.hash };
+  }
+
+  private recordBuild(storePath: string, desired: DesiredState): void {
+    this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+    this.state.builds = pruneBuilds(this.state);
   }
 
   /** Verify the activated system; only a healthy one becomes the boot default and the last good. */
@@ -230,17 +259,15 @@ export class Reconciler {
     if (previousGood && previousGood.storePath !== storePath) {
       await this.noteKernelChange(previousGood.storePath, storePath, log);
     }
-    this.state.lastGood = { storePath, desiredHash, ...(renderDir ? { renderDir } : {}), at: now };
-    if (previousGood && previousGood.storePath !== storePath) this.state.previousGood = previousGood;
+    const configuration = await this.deps.writer.currentConfiguration();
+    if (previousGood && previousGood.storePath !== storePath) {
+      // Kept with it, so an operator's rollback puts the matching configuration.nix back.
+      const previousConfiguration = await this.deps.store.lastGoodConfiguration(this.state);
+      this.state.previousGood = { ...previousGood, ...(previousConfiguration !== undefined ? { configuration: previousConfiguration } : {}) };
+    }
+    this.state.lastGood = { storePath, desiredHash, ...(renderDir ? { renderDir } : {}), ...(configuration !== undefined ? { configuration } : {}), at: now };
     this.state.running = { desiredHash, storePath, at: now };
     delete this.state.failed[desiredHash];
-    const config = await this.deps.writer.currentConfiguration();
-    if (previousGood && previousGood.storePath !== storePath) {
-      // Kept beside the last good one, so an operator's rollback puts the matching configuration.nix back.
-      const previousConfig = await this.deps.fs.read(LAST_GOOD_CONFIGURATION);
-      if (previousConfig !== undefined) await this.deps.fs.writeAtomic(PREVIOUS_GOOD_CONFIGURATION, previousConfig, { mode: 0o600 });
-    }
-    if (config !== undefined) await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, config, { mode: 0o600 });
     await this.journal('idle');
     await this.deps.writer.gc([renderDir, this.state.previousGood?.renderDir].filter((d): d is string => d !== undefined));
   }
@@ -315,7 +342,7 @@ export class Reconciler {
   }
 
   private async restoreConfiguration(): Promise<void> {
-    const good = await this.deps.fs.readText(LAST_GOOD_CONFIGURATION);
+    const good = await this.deps.store.lastGoodConfiguration(this.state);
     if (good !== undefined) await this.deps.writer.restore(good);
     else {
       const previous = await this.deps.fs.readText('/etc/nixos/ec2-agent/previous-configuration.nix');
@@ -390,14 +417,12 @@ export class Reconciler {
       return { outcome: 'failed', error: err };
     }
     const current = this.state.lastGood;
-    this.state.lastGood = target;
-    this.state.previousGood = current;
-    // The configuration.nix of each swaps with them, so the one restored matches the system that runs.
-    const [lastConfig, previousConfig] = await Promise.all([this.deps.fs.read(LAST_GOOD_CONFIGURATION), this.deps.fs.read(PREVIOUS_GOOD_CONFIGURATION)]);
-    if (previousConfig !== undefined && lastConfig !== undefined) {
-      await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, previousConfig, { mode: 0o600 });
-      await this.deps.fs.writeAtomic(PREVIOUS_GOOD_CONFIGURATION, lastConfig, { mode: 0o600 });
-    }
+    // The configuration.nix of each travels with it, so the one restored matches the system that
+    // runs; the swap is saved in one write when the rollback is journaled.
+    const currentConfiguration = current ? await this.deps.store.lastGoodConfiguration(this.state) : undefined;
+    const targetConfiguration = target.configuration ?? (await this.deps.fs.readText(LEGACY_PREVIOUS_GOOD_CONFIGURATION));
+    this.state.lastGood = { ...target, ...(targetConfiguration !== undefined ? { configuration: targetConfiguration } : {}) };
+    this.state.previousGood = current ? { ...current, ...(currentConfiguration !== undefined ? { configuration: currentConfiguration } : {}) } : undefined;
     try {
       await this.rollbackTo('operator rollback', log);
     } catch (err) {
@@ -538,6 +563,18 @@ function summarise(err: AgentError): ErrorSummary {
     ...(c.exitCode !== undefined ? { exitCode: c.exitCode as number | null } : {}),
     ...(Array.isArray(c.tail) ? { tail: c.tail as string[] } : {}),
   };
+}
+
+/**
+ * A system call's failure (ENOSPC, EACCES, EROFS, EIO, …) as the agent's transient error, naming
+ * the path and the errno; undefined for anything else.
+ */
+function systemError(err: unknown): TransientError | undefined {
+  if (isAgentError(err) || !(err instanceof Error)) return undefined;
+  const { code, path, syscall } = err as NodeJS.ErrnoException;
+  if (typeof code !== 'string' || !/^E[A-Z0-9]+$/.test(code)) return undefined;
+  const where = typeof path === 'string' ? path : 'a file under the root';
+  return new TransientError(`cannot ${syscall ?? 'write'} ${where}: ${code}`, 'fs', { where, errno: code, ...(syscall ? { syscall } : {}) }, { cause: err });
 }
 
 function iso(ms: number): string {

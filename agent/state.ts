@@ -1,7 +1,8 @@
 // The agent's durable state, in var/lib/nixos-ec2-agent/state.json: written atomically and
 // journaled through each phase, so an agent killed at any point finds out where it was. A corrupt
-// file is set aside with a clear error, never trusted and never fatal.
+// file is set aside with a clear error, never trusted and never fatal; an unreadable one is an error.
 import { z } from 'zod/v3';
+import { TransientError } from './errors.js';
 import type { RootFs } from './fs.js';
 
 export const STATE_DIR = '/var/lib/nixos-ec2-agent';
@@ -15,6 +16,11 @@ const GoodGeneration = z.object({
   storePath: z.string(),
   desiredHash: z.string().optional(),
   renderDir: z.string().optional(),
+  /**
+   * Its configuration.nix, kept with it so that the generation and the file that goes back with it
+   * change in one atomic write (an operator's rollback swaps both).
+   */
+  configuration: z.string().optional(),
   at: z.number(),
 });
 
@@ -71,7 +77,28 @@ export interface LoadedState {
   readonly problem?: string;
 }
 
+/** `builds` keeps at most this many entries, besides those of the generations state names. */
+export const MAX_BUILDS = 32;
+
+/** The builds worth keeping: those of the last good, previous good and running systems, then the newest. */
+export function pruneBuilds(state: DurableState, max = MAX_BUILDS): DurableState['builds'] {
+  const named = new Set([state.lastGood?.storePath, state.previousGood?.storePath, state.running?.storePath]);
+  const entries = Object.entries(state.builds).sort((a, b) => b[1].at - a[1].at);
+  const kept = entries.filter(([path]) => named.has(path));
+  for (const entry of entries) {
+    if (kept.length >= max) break;
+    if (!named.has(entry[0])) kept.push(entry);
+  }
+  return Object.fromEntries(kept.sort((a, b) => a[1].at - b[1].at));
+}
+
+/**
+ * The agent's durable files: state.json, and last-good-configuration.nix derived from it (written
+ * after it, so a crash between the two is mended by the next save).
+ */
 export class StateStore {
+  private lastGoodWritten: string | undefined;
+
   constructor(
     private readonly fs: RootFs,
     private readonly now: () => number,
@@ -82,7 +109,10 @@ export class StateStore {
     try {
       text = await this.fs.readText(STATE_FILE);
     } catch (err) {
-      return this.setAside(`cannot read ${STATE_FILE}: ${(err as Error).message}`);
+      // Unreadable is not corrupt: EACCES (not root) or EIO (a failing disk) must never cost the
+      // instance its memory. Only a file that was read and did not parse is set aside.
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new TransientError(`cannot read ${this.fs.resolve(STATE_FILE)}${code ? `: ${code}` : ''} (${(err as Error).message})`, 'fs', { where: this.fs.resolve(STATE_FILE), ...(code ? { errno: code } : {}) }, { cause: err });
     }
     if (text === undefined) return { state: emptyState(this.now()) };
     let json: unknown;
@@ -101,6 +131,15 @@ export class StateStore {
 
   async save(state: DurableState): Promise<void> {
     await this.fs.writeAtomic(STATE_FILE, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+    const configuration = state.lastGood?.configuration;
+    if (configuration === undefined || configuration === this.lastGoodWritten) return;
+    if ((await this.fs.readText(LAST_GOOD_CONFIGURATION)) !== configuration) await this.fs.writeAtomic(LAST_GOOD_CONFIGURATION, configuration, { mode: 0o600 });
+    this.lastGoodWritten = configuration;
+  }
+
+  /** The configuration.nix that goes with the last good generation. */
+  async lastGoodConfiguration(state: DurableState): Promise<string | undefined> {
+    return state.lastGood?.configuration ?? (await this.fs.readText(LAST_GOOD_CONFIGURATION));
   }
 
   private async setAside(problem: string): Promise<LoadedState> {

@@ -37,6 +37,37 @@ export function storePathOf(desiredHash: string): string {
   return `/nix/store/${desiredHash.slice(0, 32)}-nixos-system`;
 }
 
+/** A root whose writes fail with an errno while `failWrites` is set (a full disk, a read-only directory). */
+export class FaultyFs extends RootFs {
+  failWrites: 'ENOSPC' | 'EACCES' | 'EIO' | undefined;
+  /** Reads of this path fail with the errno. */
+  failRead: { readonly path: string; readonly code: 'EACCES' | 'EIO' } | undefined;
+  /** The agent "dies" (Killed) at this write from now, counting from 1; every write counts. */
+  killAtWrite: number | undefined;
+  writes = 0;
+
+  override async read(systemPath: string): Promise<Buffer | undefined> {
+    if (this.failRead && systemPath === this.failRead.path) {
+      const file = this.resolve(systemPath);
+      throw Object.assign(new Error(`${this.failRead.code}: read failed, open '${file}'`), { code: this.failRead.code, path: file, syscall: 'open' });
+    }
+    return super.read(systemPath);
+  }
+
+  override async writeAtomic(systemPath: string, data: string | Uint8Array, options?: Parameters<RootFs['writeAtomic']>[2]): Promise<void> {
+    this.writes++;
+    if (this.killAtWrite !== undefined && this.writes >= this.killAtWrite) {
+      this.killAtWrite = undefined;
+      throw new Killed(`killed before writing ${systemPath}`);
+    }
+    if (this.failWrites) {
+      const file = this.resolve(systemPath);
+      throw Object.assign(new Error(`${this.failWrites}: write failed, open '${file}'`), { code: this.failWrites, path: file, syscall: 'open', errno: -28 });
+    }
+    return super.writeAtomic(systemPath, data, options);
+  }
+}
+
 export class FakeMachine {
   readonly calls: string[] = [];
   readonly failBuild = new Set<string>();
@@ -206,7 +237,7 @@ export class FakeRunner implements Runner {
 
 export interface World {
   readonly dir: string;
-  readonly fs: RootFs;
+  readonly fs: FaultyFs;
   readonly clock: ManualClock;
   readonly machine: FakeMachine;
   readonly sources: FakeSources;
@@ -219,7 +250,7 @@ export interface World {
 
 export async function world(): Promise<World> {
   const dir = await mkdtemp(path.join(tmpdir(), 'reconcile-test-'));
-  const fs = new RootFs(dir);
+  const fs = new FaultyFs(dir);
   const clock = new ManualClock(Date.UTC(2024, 0, 1, 12));
   const machine = new FakeMachine(fs);
   await machine.install();
