@@ -119,6 +119,9 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
   return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling };
 }
 
+/** Per SSM request attempt; the SDK retries within `ssm.maxAttempts`. */
+export const SSM_REQUEST_TIMEOUT_MS = 10_000;
+
 /**
  * The SSM client, imported only when SSM is on: it is the heaviest module on the boot path. The
  * region comes from the environment when set, else from IMDS; credentials from the SDK's default
@@ -143,6 +146,9 @@ async function createSsmSource(
     ...(env.AWS_ENDPOINT_URL_SSM || env.AWS_ENDPOINT_URL ? { endpoint: env.AWS_ENDPOINT_URL_SSM || env.AWS_ENDPOINT_URL } : {}),
     maxAttempts: config.ssm.maxAttempts,
     retryMode: 'adaptive',
+    // The SDK waits forever for an answer by default: an SSM endpoint that accepts and never
+    // answers would hold the pass (and SIGTERM) for good.
+    requestHandler: { requestTimeout: SSM_REQUEST_TIMEOUT_MS, connectionTimeout: Math.min(SSM_REQUEST_TIMEOUT_MS, 3_000), throwOnRequestTimeout: true },
   });
   return {
     source: SsmSource.fromClient(client, GetParametersByPathCommand),

@@ -10,6 +10,7 @@
 import { createAgent, createLifecycleReporter, type Agent, type AgentEdges } from './agent.js';
 import { KernelPolicy } from './apply/kernel.js';
 import type { Config } from './config.js';
+import { buildDesired, shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
@@ -103,6 +104,8 @@ class DaemonLoop implements Daemon {
   private reloading = false;
   private leavingNotice: LeavingNotice | undefined;
   private kernelWaitUntil: number | undefined;
+  /** When the sources were last read whole to look for a newer desired state during a build. */
+  private fullCheckAt = Number.NEGATIVE_INFINITY;
 
   private readonly fs: RootFs;
   private readonly runner: Runner;
@@ -147,7 +150,7 @@ class DaemonLoop implements Daemon {
       throttleLevel: () => this.parts.agent.ssm.throttleLevel,
       // Only a build can be cancelled: nothing has been activated yet.
       cancellable: () => this.reconciler.status.phase === 'building',
-      changed: async (signal) => (this.parts.config.ssm.enabled ? this.parts.agent.ssm.changed(signal) : undefined),
+      changed: (signal) => this.newerDesired(signal, false),
     });
     this.control = new ControlServer(this.fs.resolve(config.controlSocket), (op) => new Promise((reply) => this.post({ kind: 'control', op, reply })));
   }
@@ -264,6 +267,12 @@ class DaemonLoop implements Daemon {
         case 'status':
           return { ok: true, status: this.reconciler.status };
         case 'converge': {
+          if (this.scheduler.state.running) {
+            // A build of what the sources still say is let finish: only a newer desired state
+            // cancels it (runNow below). Otherwise the next pass starts when this one ends.
+            const newer = await this.newerDesired(undefined, true).catch(() => undefined);
+            if (newer === undefined) await this.scheduler.exclusive(async () => undefined);
+          }
           // An operator asking means: read everything again, whatever the revision says.
           this.parts.agent.ssm.invalidate('converge --now');
           const result = await this.scheduler.runNow('converge --now');
@@ -486,6 +495,25 @@ class DaemonLoop implements Daemon {
     const tracked = work.catch((err: unknown) => this.deps.log.error({ event: 'loop.error', err: (err as Error).message }, `daemon: ${(err as Error).message}`));
     this.inFlight.add(tracked);
     void tracked.finally(() => this.inFlight.delete(tracked));
+  }
+
+  /**
+   * While a pass builds: has the desired state moved on from the one it builds? The revision (tag
+   * or parameter) answers cheaply; without one, the sources are read whole and the desired hash
+   * compared, at most once per poll interval (`now`: at once), the price a poll pays anyway.
+   */
+  private async newerDesired(signal: AbortSignal | undefined, now: boolean): Promise<string | undefined> {
+    const { agent, config } = this.parts;
+    const cheap = config.ssm.enabled ? await agent.ssm.changed(signal) : undefined;
+    if (cheap !== undefined) return cheap;
+    const building = agent.reconciler.status.desired?.hash;
+    if (building === undefined || agent.reconciler.status.phase !== 'building') return undefined;
+    const at = this.deps.clock.now();
+    if (!now && at - this.fullCheckAt < config.ssm.pollIntervalSeconds * 1000) return undefined;
+    this.fullCheckAt = at;
+    const snapshots = await agent.sources.read(signal);
+    const hash = buildDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }).hash;
+    return hash === building ? undefined : `desired state ${shortHash(hash)} differs from the one building (${shortHash(building)})`;
   }
 
   /** After each pass: a committed generation that changed the kernel is acted on by policy. */

@@ -195,7 +195,8 @@ export class SdkAutoScaling implements AutoScaling {
       // A fleet launching at once shares one account-wide Auto Scaling throttle: the adaptive
       // mode's client-side rate limiter backs each agent off instead of stampeding.
       retryMode: 'adaptive',
-      requestHandler: { requestTimeout: timeout, connectionTimeout: Math.min(timeout, 3_000) },
+      // Without throwOnRequestTimeout the handler only logs a warning and keeps waiting.
+      requestHandler: { requestTimeout: timeout, connectionTimeout: Math.min(timeout, 3_000), throwOnRequestTimeout: true },
     });
     return { sdk, client };
   }
