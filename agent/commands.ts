@@ -160,22 +160,53 @@ export async function generations(config: Config, json: boolean): Promise<number
   return 0;
 }
 
-/** rollback, suspend, resume, converge --now: through the running daemon, else on the state. */
-export async function control(config: Config, op: ControlOp, json: boolean): Promise<number> {
+/**
+ * Why the control socket did not answer: nothing listens (no daemon runs), the caller may not use
+ * it, or a daemon is there but could not be reached (busy, wedged, timed out).
+ */
+export function unreachable(err: unknown): 'no-daemon' | 'needs-root' | 'unreachable' {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT' || code === 'ECONNREFUSED') return 'no-daemon';
+  if (code === 'EACCES' || code === 'EPERM') return 'needs-root';
+  return 'unreachable';
+}
+
+/**
+ * rollback, suspend, resume, converge --now: through the running daemon. Only when no daemon runs
+ * at all do rollback, suspend and resume act on the durable state here: a daemon that is there
+ * but cannot be reached would overwrite whatever this wrote.
+ */
+export async function control(config: Config, op: ControlOp, json: boolean, client: Pick<ControlClient, 'request'> = new ControlClient(new RootFs(config.root).resolve(config.controlSocket))): Promise<number> {
   const fs = new RootFs(config.root);
-  const client = new ControlClient(fs.resolve(config.controlSocket));
   let answer: unknown;
   try {
     answer = await client.request(op);
   } catch (err) {
+    const why = unreachable(err);
+    if (why === 'needs-root') {
+      process.stderr.write(`${op} needs root: ${(err as Error).message}\n`);
+      return 2;
+    }
+    if (why === 'unreachable') {
+      process.stderr.write(`${op}: cannot reach the daemon (${(err as Error).message}); nothing was changed\n`);
+      return 2;
+    }
     if (op === 'converge') {
       process.stderr.write(`the daemon is not running (${(err as Error).message}); use converge --once\n`);
       return 1;
     }
-    // The daemon is down: act on the durable state directly.
+    // No daemon runs: act on the durable state directly.
     const log = stderrLogger(config);
     const agent = await createAgent(config, log, processEdges());
-    await agent.reconciler.start();
+    try {
+      await agent.reconciler.start();
+    } catch (caught) {
+      if ((caught as { context?: { errno?: string } }).context?.errno === 'EACCES') {
+        process.stderr.write(`${op} needs root: ${(caught as Error).message}\n`);
+        return 2;
+      }
+      throw caught;
+    }
     if (op === 'rollback') {
       const result = await agent.reconciler.rollback();
       answer = { ok: result.outcome === 'rolled-back', outcome: result.outcome, status: agent.reconciler.status };

@@ -504,7 +504,9 @@ export class Reconciler {
 
   private phase(phase: StatusPhase, message: string): void {
     this.deps.onProgress?.();
-    this.update({ phase, message, condition: 'converging' });
+    // Reading the sources changes nothing: a poll that finds no change leaves the condition (and
+    // `status`'s exit code, and /readyz) as they were. Converging starts with the first change.
+    this.update({ phase, message, ...(phase === 'fetching' ? {} : { condition: 'converging' as const }) });
   }
 
   private async finish(result: PassResult, durationMs: number): Promise<void> {

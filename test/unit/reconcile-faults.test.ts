@@ -131,3 +131,23 @@ describe('state that would grow without bound', () => {
     for (const named of [state.lastGood.storePath, state.previousGood.storePath, state.running.storePath]) assert.ok(builds.includes(named), named);
   });
 });
+
+describe('a poll that changes nothing', () => {
+  it('leaves the condition (and the exit code of status) as it was, throughout the pass', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    w.sources.set('options/networking.hostName', '"web-1"');
+    assert.equal((await agent.converge('start')).outcome, 'converged');
+    const seen = w.statuses.length;
+    assert.equal((await agent.converge('poll')).outcome, 'unchanged');
+    const during = w.statuses.slice(seen);
+    assert.ok(during.some((s) => s.phase === 'fetching'), 'the pass was seen');
+    assert.deepEqual([...new Set(during.map((s) => s.condition))], ['converged']);
+
+    // A change does converge again, and says so.
+    w.sources.set('options/networking.hostName', '"web-2"');
+    const before = w.statuses.length;
+    assert.equal((await agent.converge('poll')).outcome, 'converged');
+    assert.ok(w.statuses.slice(before).some((s) => s.condition === 'converging'));
+  });
+});
