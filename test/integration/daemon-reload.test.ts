@@ -3,7 +3,7 @@
 // at another IMDS, nothing (leaving monitors, reconciler, reporters) asks the old one again. And
 // `runDaemon` removes the signal handlers it installed once it has stopped.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -98,6 +98,49 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     } finally {
       daemon.signal('SIGTERM');
       assert.equal(await daemon.done, 0);
+    }
+  });
+
+  it('a write error under the root fails the pass naming path and errno, and SIGTERM still stops the daemon', async () => {
+    // A fresh machine, with a file where the agent's render directory goes: every write under it
+    // fails (ENOTDIR).
+    const root = path.join(dir, 'blocked-root');
+    const tools = await installStandins({ binDir: path.join(dir, 'blocked-bin'), root });
+    await bootMachine(root);
+    const blocked = path.join(root, 'etc/nixos/ec2-agent');
+    await writeFile(blocked, 'not a directory\n');
+    const running = await readlink(path.join(root, 'run/current-system'));
+    const statuses: Status[] = [];
+    const clock = realClock();
+    const notify = createNotify({});
+    const daemon = await startDaemon(
+      config(first, {
+        root,
+        termination: { enabled: false },
+        rebuild: { nixosRebuild: tools.nixosRebuild, nixEnv: tools.nixEnv, nixChannel: tools.nixChannel, validate: 'if-available' },
+        health: { systemctl: tools.systemctl, graceSeconds: 1, intervalSeconds: 0.25 },
+      }),
+      {
+      log: silentLogger(),
+      clock,
+      env: {},
+      notify,
+      watchdog: new Watchdog(notify, {}, clock),
+      onStatus: (s) => statuses.push(s),
+      },
+    );
+    try {
+      await waitFor('the first pass', () => statuses.some((s) => s.firstConvergenceDone));
+      const result = daemon.status.lastResult;
+      assert.equal(result?.outcome, 'failed', JSON.stringify(daemon.status));
+      assert.match(result?.error?.message ?? '', /E[A-Z]+/);
+      assert.ok(result?.error?.message.includes(blocked), result?.error?.message);
+      assert.equal(daemon.status.phase, 'idle');
+      assert.equal(await readlink(path.join(root, 'run/current-system')), running, 'nothing switched');
+    } finally {
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+      await rm(blocked, { force: true });
     }
   });
 
