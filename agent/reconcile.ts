@@ -195,8 +195,10 @@ export class Reconciler {
     try {
       return await this.apply(desired, plan, log, signal);
     } catch (err) {
-      if (!(err instanceof ApplyFailedError)) throw err;
-      return this.failApply(desired, err, log);
+      // A cancellation is the pass signal's own reason, whatever step it stopped.
+      const cancelled = signal?.aborted === true && err === signal.reason;
+      if (!cancelled && !(err instanceof ApplyFailedError)) throw err;
+      return this.failApply(desired, err as AgentError, cancelled, log);
     }
   }
 
@@ -293,16 +295,16 @@ export class Reconciler {
   }
 
   /** A step failed: nothing was switched (build), or the last good generation is activated again. */
-  private async failApply(desired: DesiredState, err: ApplyFailedError, log: Logger): Promise<PassResult> {
-    const cancelled = err.context.reasons !== undefined && (err.context.reasons as string[]).includes('cancelled');
-    const step = planFailure({ phase: this.state.journal.phase, stage: err.stage, cancelled });
+  private async failApply(desired: DesiredState, err: AgentError, cancelled: boolean, log: Logger): Promise<PassResult> {
+    const stage = err instanceof ApplyFailedError ? err.stage : 'build';
+    const step = planFailure({ phase: this.state.journal.phase, stage, cancelled });
     if (step.rollback) {
       await this.rollbackTo(err.message, log);
     } else {
       await this.restoreConfiguration();
       await this.journal('idle');
     }
-    if (step.remember) await this.recordFailure(desired.hash, err.stage, err.message);
+    if (step.remember) await this.recordFailure(desired.hash, stage, err.message);
     return step.outcome === 'cancelled' ? { outcome: 'cancelled', desiredHash: desired.hash } : { outcome: step.outcome, desiredHash: desired.hash, error: err };
   }
 

@@ -89,6 +89,9 @@ export class Rebuilder {
     });
     log.info({ event: 'step.end', exitCode: result.code, signal: result.signal, timedOut: result.timedOut, durationMs: result.durationMs }, 'step ended');
     if (result.code === 0) return result;
+    // Cancelled (a newer desired state, the instance leaving, a stop): the signal's reason is the
+    // one value that says so, carried as it is to the reconciler.
+    if (result.aborted && extra.signal?.aborted) throw extra.signal.reason;
     const why = result.timedOut
       ? `timed out after ${Math.round(timeoutMs / 1000)} s (process group killed)`
       : result.aborted
@@ -100,7 +103,6 @@ export class Rebuilder {
       exitCode: result.code,
       timedOut: result.timedOut,
       tail: result.tail.slice(-20),
-      ...(result.aborted ? { reasons: ['cancelled'] } : {}),
     });
   }
 }

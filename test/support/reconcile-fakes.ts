@@ -74,6 +74,8 @@ export class FakeMachine {
   readonly failActivate = new Set<string>();
   readonly unhealthy = new Set<string>();
   verifyCount = 0;
+  /** Builds wait for their signal to abort and throw its reason, as the real Rebuilder does. */
+  hangBuild = false;
   /** The call at which the agent "dies" (e.g. `build`, `activate test:after`, `setProfile`, `verify#2`). */
   kill: string | undefined;
 
@@ -111,9 +113,15 @@ export class FakeMachine {
   }
 
   readonly rebuilder = {
-    build: async (): Promise<string> => {
+    build: async (signal?: AbortSignal): Promise<string> => {
       this.calls.push('build');
       this.checkKill('build');
+      if (this.hangBuild) {
+        await new Promise<void>((_, reject) => {
+          if (signal?.aborted) reject(signal.reason);
+          signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+        });
+      }
       const hash = await this.desiredHash();
       if (this.failBuild.has(hash)) throw new ApplyFailedError('nixos-rebuild build exited with 1', 'build', { exitCode: 1, tail: ['error: builder failed'] });
       return storePathOf(hash);

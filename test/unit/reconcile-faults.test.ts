@@ -4,6 +4,10 @@
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { afterEach, describe, it } from 'node:test';
+import { Rebuilder } from '../../agent/apply/rebuild.js';
+import { TransientError } from '../../agent/errors.js';
+import { silentLogger } from '../../agent/log.js';
+import type { Runner } from '../../agent/ports.js';
 import { CONFIGURATION_NIX } from '../../agent/render/render.js';
 import { LAST_GOOD_CONFIGURATION, MAX_BUILDS, STATE_FILE } from '../../agent/state.js';
 import { IMAGE_SYSTEM, Killed, storePathOf, world, type World } from '../support/reconcile-fakes.js';
@@ -149,5 +153,41 @@ describe('a poll that changes nothing', () => {
     const before = w.statuses.length;
     assert.equal((await agent.converge('poll')).outcome, 'converged');
     assert.ok(w.statuses.slice(before).some((s) => s.condition === 'converging'));
+  });
+});
+
+describe('cancellation', () => {
+  it("is the pass signal's reason end to end: outcome cancelled, nothing switched, nothing remembered as failed", async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    w.sources.set('options/networking.hostName', '"web-1"');
+    assert.equal((await agent.converge('start')).outcome, 'converged');
+    const configuration = await w.fs.readText(CONFIGURATION_NIX);
+    const running = await w.machine.running();
+
+    w.machine.hangBuild = true;
+    w.sources.set('options/networking.hostName', '"web-2"');
+    const abort = new AbortController();
+    const pass = agent.converge('poll', abort.signal);
+    while (agent.status.phase !== 'building') await new Promise((r) => setImmediate(r));
+    abort.abort(new TransientError('cancelled: a newer desired state', 'schedule'));
+    const result = await pass;
+    assert.equal(result.outcome, 'cancelled');
+    assert.equal(result.error, undefined);
+    assert.deepEqual(agent.durable.failed, {}, 'a cancellation is not a failure of the desired state');
+    assert.equal(await w.machine.running(), running);
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), configuration, 'configuration.nix is the last good one again');
+    assert.equal(agent.durable.journal.phase, 'idle');
+    assert.equal(agent.status.message, 'build cancelled by a newer desired state');
+  });
+
+  it('the Rebuilder throws the signal reason itself when its step was aborted', async () => {
+    const w = await setup();
+    const reason = new TransientError('cancelled: stopping', 'schedule');
+    const abort = new AbortController();
+    abort.abort(reason);
+    const aborted: Runner = { run: async () => ({ code: null, signal: 'SIGTERM', timedOut: false, aborted: true, stdout: '', stderr: '', tail: [], durationMs: 1 }) };
+    const rebuilder = new Rebuilder(aborted, w.fs, { nixosRebuild: 'nixos-rebuild', nixEnv: 'nix-env', nixChannel: 'nix-channel', extraArgs: [], buildTimeoutMs: 1_000, activateTimeoutMs: 1_000 }, silentLogger());
+    await assert.rejects(rebuilder.build(abort.signal), (err) => err === reason);
   });
 });
