@@ -26,7 +26,7 @@ import type { Watchdog } from './report/watchdog.js';
 import { ProcessRunner } from './runner.js';
 import { Scheduler, type ScheduleOptions } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
-import { LeavingWatch, SpotInterruptionMonitor, TargetLifecycleMonitor, type LeavingNotice } from './sources/lifecycle.js';
+import { LeavingWatch, SpotInterruptionMonitor, TargetLifecycleMonitor, type LeavingNotice } from './sources/leaving.js';
 import { LocalWatcher } from './sources/watch.js';
 import type { Status, StatusPhase } from './status.js';
 
@@ -89,7 +89,13 @@ const EXTEND_EVERY_MS = 30_000;
 
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Daemon> {
   const loop = new DaemonLoop(config, deps);
-  await loop.start();
+  try {
+    await loop.start();
+  } catch (err) {
+    // What did start is stopped again: a daemon that cannot start leaves nothing running.
+    await loop.abandon();
+    throw err;
+  }
   return loop;
 }
 
@@ -358,7 +364,7 @@ class DaemonLoop implements Daemon {
     }
     this.parts.agent.ssm.invalidate('SIGHUP');
     // The pass that follows ends RELOADING=1 with READY=1; while leaving, READY=1 is sent now.
-    if (this.scheduler.state.blocked || this.scheduler.isStopped) notify.send({ READY: 1 });
+    if (this.leavingNotice || this.scheduler.isStopped) notify.send({ READY: 1 });
     else void this.scheduler.runNow('SIGHUP');
   }
 
@@ -452,6 +458,15 @@ class DaemonLoop implements Daemon {
     });
   }
 
+  /** Undoes a start that failed part way. */
+  async abandon(): Promise<void> {
+    this.stopped.abort();
+    this.deps.watchdog.stop();
+    await this.control.stop().catch(() => undefined);
+    await this.http?.stop().catch(() => undefined);
+    if (this.parts) await this.stopParts(this.parts).catch(() => undefined);
+  }
+
   /** The pass loop: the Scheduler says when, the reconciler does the pass, the loop hears of it. */
   private async run(): Promise<number> {
     const { log, clock, watchdog } = this.deps;
@@ -533,7 +548,7 @@ class DaemonLoop implements Daemon {
       return;
     }
     if (action.kind === 'reboot' || action.kind === 'replace') {
-      if (this.scheduler.state.blocked) return;
+      if (this.leavingNotice) return;
       await kernel.act(action, required.storePath, instanceId);
     }
   }

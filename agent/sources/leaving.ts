@@ -117,7 +117,7 @@ export class LeavingWatch {
       this.publish();
       return 0;
     } catch (err) {
-      // A failed look keeps the last answer: a flaky IMDS neither starts nor ends a termination.
+      // A failed look keeps the last answer: a flaky IMDS neither starts nor ends leaving.
       this.options.onError?.(monitor.kind, err as Error, errors + 1);
       return errors + 1;
     }
