@@ -15,7 +15,7 @@ import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
 import { pruneBuilds, STATE_DIR, type DurableState, type StateStore } from './state.js';
-import { startingStatus, type Condition, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
+import { durableStatus, startingStatus, type Condition, type DurableStatus, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
 
 /** The capabilities a pass uses, each as narrow as the reconciler needs it. */
@@ -97,11 +97,7 @@ export class Reconciler {
       delete this.state.rebootRequired;
       await this.save();
     }
-    this.update({
-      ...(this.state.suspended ? { suspended: { since: iso(this.state.suspended.since) } } : {}),
-      ...(this.state.held ? { held: { since: iso(this.state.held.since), desiredHash: this.state.held.desiredHash } } : {}),
-      rebootRequired: this.state.rebootRequired !== undefined,
-    });
+    this.update({});
   }
 
   /** One pass of the loop. Never throws an AgentError: it becomes the outcome. */
@@ -168,7 +164,6 @@ export class Reconciler {
     if (step.kind === 'suspended' || step.kind === 'fetch') throw new Error(`a pass with its sources read cannot plan ${step.kind}`);
     if (step.releaseHold) {
       delete this.state.held;
-      this.update({ held: undefined });
     }
     if (step.kind === 'unchanged') {
       // /run is a tmpfs: after a reboot the running system's secrets are gone until written again.
@@ -279,12 +274,12 @@ export class Reconciler {
     if ((await bootEssentials(booted)) === (await bootEssentials(to))) {
       if (this.state.rebootRequired) {
         delete this.state.rebootRequired;
-        this.update({ rebootRequired: false });
+        this.update({});
       }
       return;
     }
     this.state.rebootRequired = { since: this.deps.clock.now(), storePath: to };
-    this.update({ rebootRequired: true });
+    this.update({});
     log.warn({ event: 'reboot.required', storePath: to, policy: this.deps.config.kernel.policy }, 'the new generation changes the kernel, initrd or kernel modules; they apply at the next boot');
   }
 
@@ -437,7 +432,7 @@ export class Reconciler {
     // that is the desired state of the generation rolled back from, not the one rolled back to.
     const heldHash = this.desired?.hash ?? current?.desiredHash ?? this.state.running?.desiredHash ?? '';
     this.state.held = { desiredHash: heldHash, since: this.deps.clock.now() };
-    this.update({ held: { since: iso(this.state.held.since), desiredHash: heldHash } });
+    this.update({});
     await this.finish({ outcome: 'rolled-back' }, 0);
     return { outcome: 'rolled-back' };
   }
@@ -460,13 +455,13 @@ export class Reconciler {
   async suspend(by?: string): Promise<void> {
     this.state.suspended = { since: this.deps.clock.now(), ...(by ? { by } : {}) };
     await this.save();
-    this.update({ suspended: { since: iso(this.state.suspended.since) }, phase: 'suspended', message: 'suspended: convergence paused' });
+    this.update({ phase: 'suspended', message: 'suspended: convergence paused' });
   }
 
   async resume(): Promise<void> {
     delete this.state.suspended;
     await this.save();
-    this.update({ suspended: undefined, phase: 'idle', message: 'resumed' });
+    this.update({ phase: 'idle', message: 'resumed' });
   }
 
   private async runUserDataScript(snapshots: Snapshots, log: Logger): Promise<void> {
@@ -549,8 +544,9 @@ export class Reconciler {
     await this.save();
   }
 
-  private update(patch: Partial<{ -readonly [K in keyof Status]: Status[K] | undefined }>): void {
-    const next = { ...this.current, ...patch, updatedAt: new Date(this.deps.clock.now()).toISOString() } as Record<string, unknown>;
+  /** The one way the status changes: a patch for the pass's own fields, the rest read from the durable state. */
+  private update(patch: Partial<{ -readonly [K in Exclude<keyof Status, keyof DurableStatus>]: Status[K] | undefined }>): void {
+    const next = { ...this.current, ...patch, ...(this.state ? durableStatus(this.state) : {}), updatedAt: new Date(this.deps.clock.now()).toISOString() } as Record<string, unknown>;
     for (const key of Object.keys(next)) if (next[key] === undefined) delete next[key];
     this.current = next as unknown as Status;
     this.deps.onStatus?.(this.current);

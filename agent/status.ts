@@ -1,6 +1,6 @@
 // The agent's status: one plain value, rebuilt at each step, that every report sink reads
 // (status.json, systemd STATUS=, HTTP, metrics, the ASG). Nothing in it is a secret.
-import type { Phase } from './state.js';
+import type { DurableState, Phase } from './state.js';
 
 export type StatusPhase = Phase | 'starting' | 'fetching' | 'rendering' | 'held' | 'suspended' | 'stopping';
 
@@ -46,6 +46,17 @@ export interface Status {
   readonly held?: { readonly since: string; readonly desiredHash: string };
   readonly rebootRequired: boolean;
   readonly lastSuccessAt?: string;
+}
+
+export type DurableStatus = Pick<Status, 'suspended' | 'held' | 'rebootRequired'>;
+
+/** The part of the status the durable state decides: always read from it, never patched by hand. */
+export function durableStatus(state: Pick<DurableState, 'suspended' | 'held' | 'rebootRequired'>): { [K in keyof DurableStatus]: DurableStatus[K] | undefined } {
+  return {
+    suspended: state.suspended ? { since: new Date(state.suspended.since).toISOString() } : undefined,
+    held: state.held ? { since: new Date(state.held.since).toISOString(), desiredHash: state.held.desiredHash } : undefined,
+    rebootRequired: state.rebootRequired !== undefined,
+  };
 }
 
 /** The status of an agent that has not finished anything yet. */
