@@ -27,9 +27,29 @@ const REGION = 'us-east-1';
 const ACCOUNT = '123456789012';
 const CREDENTIALS = { accessKeyId: 'AKIDMANYAGENTS', secretAccessKey: 'many-agents-secret' };
 
+/** At most `limit` at once: fifty agents' child processes together would swamp a small machine. */
+class Gate {
+  private running = 0;
+  private readonly queue: (() => void)[] = [];
+  constructor(private readonly limit: number) {}
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.running >= this.limit) await new Promise<void>((resolve) => this.queue.push(resolve));
+    this.running++;
+    try {
+      return await fn();
+    } finally {
+      this.running--;
+      this.queue.shift()?.();
+    }
+  }
+}
+
+const PROCESSES = new Gate(4);
+
 /**
- * Runs the stand-in tools in this process (fifty agents' rebuilds as child processes would swamp a
- * small machine); everything else (nix-instantiate) as a real process.
+ * Runs the stand-in tools in this process; what needs a process of its own (nix-instantiate, the
+ * build, which leaves its `result` link in its working directory) runs as one, a few at a time.
  */
 class InProcessStandins implements Runner {
   private readonly processes = new ProcessRunner(process.env);
@@ -40,7 +60,7 @@ class InProcessStandins implements Runner {
 
   async run(request: RunRequest): Promise<RunResult> {
     const argv = this.argv(request);
-    if (!argv) return this.processes.run(request);
+    if (!argv) return PROCESSES.run(() => this.processes.run(request));
     const lines: string[] = [];
     const io = { out: (l: string) => lines.push(l), err: (l: string) => lines.push(l) };
     const started = Date.now();
