@@ -40,6 +40,8 @@ export interface AgentEdges {
 export interface Agent {
   readonly config: Config;
   readonly fs: RootFs;
+  /** The one writer of the agent's durable files. */
+  readonly store: StateStore;
   readonly imds: Imds;
   readonly reconciler: Reconciler;
   readonly sources: SourceReader;
@@ -83,6 +85,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     baseConfiguration: config.local.baseConfiguration,
     modulesDir: config.local.modulesDir,
   });
+  const store = new StateStore(fs, () => clock.now());
   const reconciler = new Reconciler({
     config,
     clock,
@@ -111,12 +114,12 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
       intervalMs: config.health.intervalSeconds * 1000,
       probes: config.health.probes,
     }),
-    store: new StateStore(fs, () => clock.now()),
+    store,
     ...(edges.onStatus ? { onStatus: edges.onStatus } : {}),
     ...(edges.onProgress ? { onProgress: edges.onProgress } : {}),
   });
   const autoscaling = edges.autoscaling ?? new SdkAutoScaling({ env, imds, credentials });
-  return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling };
+  return { config, fs, store, imds, reconciler, sources, runner, clock, ssm, autoscaling };
 }
 
 /** Per SSM request attempt; the SDK retries within `ssm.maxAttempts`. */
@@ -171,7 +174,7 @@ export function createLifecycleReporter(
   return new LifecycleReporter({
     autoscaling: agent.autoscaling,
     clock,
-    fs: agent.fs,
+    store: agent.store,
     log: log.child({ component: 'lifecycle' }),
     config: agent.config.lifecycle,
     locate: async () => {

@@ -25,7 +25,7 @@ export interface Sources {
 export type Writer = Pick<RenderWriter, 'adoptImageConfiguration' | 'prepare' | 'commit' | 'writeSecrets' | 'pruneSecrets' | 'restore' | 'currentConfiguration' | 'gc'>;
 export type RebuildSteps = Pick<Rebuilder, 'build' | 'activate' | 'setProfile' | 'switchGeneration' | 'switchLegacy' | 'updateChannels'>;
 export type Health = Pick<HealthChecker, 'verify'>;
-export type DurableStore = Pick<StateStore, 'load' | 'save' | 'lastGoodConfiguration'>;
+export type DurableStore = Pick<StateStore, 'load' | 'save' | 'lastGoodConfiguration' | 'saveUserDataScript'>;
 
 export interface ReconcilerDeps {
   readonly config: Config;
@@ -50,7 +50,6 @@ export interface PassResult {
   readonly error?: AgentError;
 }
 
-const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
 /** Where an earlier agent kept the previous good configuration.nix, before state.json carried it. */
 const LEGACY_PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configuration.nix`;
 
@@ -471,9 +470,9 @@ export class Reconciler {
     if (done && done.instanceId === snapshots.identity.instanceId) return;
     // Once per instance id, as cloud-init does; amazon-init reruns it at every boot (nixpkgs#41826).
     this.phase('fetching', 'running the user-data script');
-    await this.deps.fs.writeAtomic(USER_DATA_SCRIPT, ud.script, { mode: 0o700, dirMode: 0o700 });
+    const command = await this.deps.store.saveUserDataScript(ud.script);
     const result = await this.deps.runner.run({
-      command: this.deps.fs.resolve(USER_DATA_SCRIPT),
+      command,
       args: [],
       timeoutMs: this.deps.config.userData.scriptTimeoutSeconds * 1000,
       onLine: (stream, line) => log.info({ event: 'userdata.script.output', stream }, line),

@@ -8,6 +8,9 @@ import type { RootFs } from './fs.js';
 export const STATE_DIR = '/var/lib/nixos-ec2-agent';
 export const STATE_FILE = `${STATE_DIR}/state.json`;
 export const LAST_GOOD_CONFIGURATION = `${STATE_DIR}/last-good-configuration.nix`;
+/** The launch lifecycle hook's record (see report/lifecycle.ts), kept apart from state.json. */
+export const LIFECYCLE_FILE = `${STATE_DIR}/lifecycle.json`;
+export const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
 
 const ParameterRef = z.object({ name: z.string(), version: z.number() });
 const Sources = z.object({ userData: z.string(), parameters: z.array(ParameterRef) });
@@ -93,8 +96,9 @@ export function pruneBuilds(state: DurableState, max = MAX_BUILDS): DurableState
 }
 
 /**
- * The agent's durable files: state.json, and last-good-configuration.nix derived from it (written
- * after it, so a crash between the two is mended by the next save).
+ * The agent's durable files, and the only writer of them: state.json, last-good-configuration.nix
+ * derived from it (written after it, so a crash between the two is mended by the next save), the
+ * lifecycle hook's record and the user-data script.
  */
 export class StateStore {
   private lastGoodWritten: string | undefined;
@@ -135,6 +139,21 @@ export class StateStore {
     if (configuration === undefined || configuration === this.lastGoodWritten) return;
     if ((await this.fs.readText(LAST_GOOD_CONFIGURATION)) !== configuration) await this.fs.writeAtomic(LAST_GOOD_CONFIGURATION, configuration, { mode: 0o600 });
     this.lastGoodWritten = configuration;
+  }
+
+  /** The lifecycle hook's record as stored, or undefined when there is none. */
+  async readLifecycle(): Promise<string | undefined> {
+    return this.fs.readText(LIFECYCLE_FILE);
+  }
+
+  async saveLifecycle(record: unknown): Promise<void> {
+    await this.fs.writeAtomic(LIFECYCLE_FILE, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+  }
+
+  /** Writes the user-data script, executable by root alone; its path on this machine. */
+  async saveUserDataScript(script: string | Uint8Array): Promise<string> {
+    await this.fs.writeAtomic(USER_DATA_SCRIPT, script, { mode: 0o700, dirMode: 0o700 });
+    return this.fs.resolve(USER_DATA_SCRIPT);
   }
 
   /** The configuration.nix that goes with the last good generation. */
