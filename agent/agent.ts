@@ -11,13 +11,13 @@ import type { Config } from './config.js';
 import { RootFs } from './fs.js';
 import { FailureReporter } from './rollout/reporter.js';
 import type { Logger } from './log.js';
-import { systemClock, type Clock, type Runner } from './ports.js';
+import type { Clock, Runner } from './ports.js';
 import { Reconciler } from './reconcile.js';
 import { NixParser } from './render/validate.js';
 import { CHANNELS_FILE, NIXOS_DIR, RENDER_ROOT } from './render/render.js';
 import { RenderWriter } from './render/write.js';
 import { ProcessRunner } from './runner.js';
-import { LifecycleReporter, unrefRealClock } from './report/lifecycle.js';
+import { LifecycleReporter } from './report/lifecycle.js';
 import { STATUS_FILE } from './report/status-file.js';
 import { SourceReader } from './sources/index.js';
 import { WatchedSsm, type SsmParts } from './sources/revision.js';
@@ -35,14 +35,18 @@ const WRITTEN_DIRS = [
   { path: path.dirname(CHANNELS_FILE) },
 ];
 
+/** What the composition root hands in: time and the environment are never taken from the process here. */
 export interface AgentEdges {
-  readonly clock?: Clock;
+  readonly clock: Clock;
+  /** The agent's environment: the SDK's region and endpoints, the children's environment. */
+  readonly env: NodeJS.ProcessEnv;
   readonly runner?: Runner;
   readonly imds?: Imds;
   /** The whole-tree fetch and the cheap revision read; the SDK client's when absent. */
   readonly ssm?: () => Promise<SsmParts>;
   readonly autoscaling?: AutoScaling;
-  readonly env?: NodeJS.ProcessEnv;
+  /** The credentials of the SDK clients; the SDK's default chain when absent. */
+  readonly credentials?: () => Promise<AwsCredentialIdentityProvider>;
   readonly onStatus?: (status: Status) => void;
   readonly onProgress?: () => void;
 }
@@ -50,6 +54,8 @@ export interface AgentEdges {
 export interface Agent {
   readonly config: Config;
   readonly fs: RootFs;
+  /** The one writer of the agent's durable files. */
+  readonly store: StateStore;
   readonly imds: Imds;
   readonly reconciler: Reconciler;
   readonly sources: SourceReader;
@@ -63,10 +69,9 @@ export interface Agent {
   readonly groups: GroupLocator;
 }
 
-export async function createAgent(config: Config, log: Logger, edges: AgentEdges = {}): Promise<Agent> {
-  const clock = edges.clock ?? systemClock;
-  const runner = edges.runner ?? new ProcessRunner();
-  const env = edges.env ?? process.env;
+export async function createAgent(config: Config, log: Logger, edges: AgentEdges): Promise<Agent> {
+  const { clock, env } = edges;
+  const runner = edges.runner ?? new ProcessRunner(env);
   const fs = new RootFs(config.root);
   await fs.removeTemporaries(WRITTEN_DIRS).then(
     (files) => files.length > 0 && log.info({ event: 'temporaries.removed', files }, `removed ${files.length} temporary files left by a killed run`),
@@ -82,7 +87,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
       ...(config.imds.endpoint ? { endpoint: config.imds.endpoint } : {}),
     });
   // Edges that bring their own clients (a fleet simulation) never load the credential chain.
-  const credentials = memo(defaultCredentials);
+  const credentials = memo(edges.credentials ?? defaultCredentials);
   const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, imds, env, credentials)));
   const ssm = new WatchedSsm(ssmParts, {
     clock,
@@ -106,6 +111,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     reuseMs: 250,
     now: () => clock.now(),
   }, groups);
+  const store = new StateStore(fs, () => clock.now());
   const reconciler = new Reconciler({
     config,
     clock,
@@ -146,13 +152,16 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
       intervalMs: config.health.intervalSeconds * 1000,
       probes: config.health.probes,
     }),
-    store: new StateStore(fs, () => clock.now()),
+    store,
     ...(edges.onStatus ? { onStatus: edges.onStatus } : {}),
     ...(edges.onProgress ? { onProgress: edges.onProgress } : {}),
     rollout: new FailureReporter(async () => (await ssmParts()).putParameter, { clock, log, revisionParameter: config.ssm.revisionParameter }),
   });
-  return { config, fs, imds, reconciler, sources, runner, clock, ssm, autoscaling, groups };
+  return { config, fs, store, imds, reconciler, sources, runner, clock, ssm, autoscaling, groups };
 }
+
+/** Per SSM request attempt; the SDK retries within `ssm.maxAttempts`. */
+export const SSM_REQUEST_TIMEOUT_MS = 10_000;
 
 /**
  * The SSM client, imported only when SSM is on: it is the heaviest module on the boot path. The
@@ -174,8 +183,13 @@ async function createSsmSource(
   const client = new SSMClient({
     credentials: provider,
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || identity?.region,
+    // Named here, from the agent's own environment, so agents in one process each reach their own.
+    ...(env.AWS_ENDPOINT_URL_SSM || env.AWS_ENDPOINT_URL ? { endpoint: env.AWS_ENDPOINT_URL_SSM || env.AWS_ENDPOINT_URL } : {}),
     maxAttempts: config.ssm.maxAttempts,
     retryMode: 'adaptive',
+    // The SDK waits forever for an answer by default: an SSM endpoint that accepts and never
+    // answers would hold the pass (and SIGTERM) for good.
+    requestHandler: { requestTimeout: SSM_REQUEST_TIMEOUT_MS, connectionTimeout: Math.min(SSM_REQUEST_TIMEOUT_MS, 3_000), throwOnRequestTimeout: true },
   });
   return {
     source: SsmSource.fromClient(client, GetParametersByPathCommand),
@@ -192,13 +206,14 @@ async function createSsmSource(
 export function createLifecycleReporter(
   agent: Agent,
   log: Logger,
-  callbacks: { onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void } = {},
+  options: { clock: Clock; onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void },
 ): LifecycleReporter | undefined {
   if (!agent.config.lifecycle.enabled) return undefined;
+  const { clock, ...callbacks } = options;
   return new LifecycleReporter({
     autoscaling: agent.autoscaling,
-    clock: agent.clock === systemClock ? unrefRealClock : agent.clock,
-    fs: agent.fs,
+    clock,
+    store: agent.store,
     log: log.child({ component: 'lifecycle' }),
     config: agent.config.lifecycle,
     locate: async () => {

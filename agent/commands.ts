@@ -1,11 +1,13 @@
 // The one-shot commands: each builds what it needs from the Config, does one thing, prints for a
-// person (or JSON with --json), and returns its exit code.
+// person (or JSON with --json), and returns its exit code. Each is the composition root of its own
+// run: the process's environment and real time are read here and handed down.
 import { createAgent, createLifecycleReporter } from './agent.js';
 import { listGenerations } from './apply/generations.js';
 import { controlSocketPath, type Config } from './config.js';
 import { shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
+import { realClock } from './ports.js';
 import { renderPlan } from './render/render.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
@@ -21,6 +23,10 @@ import path from 'node:path';
 /** Phases of a pass before it launches nixos-rebuild. */
 const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
 const LIFECYCLE_START_DELAY_MS = 5_000;
+
+function processEdges() {
+  return { clock: realClock(), env: process.env };
+}
 
 function stderrLogger(config: Config): Logger {
   // One-shot commands keep stdout for their result; the structured log goes to stderr.
@@ -42,6 +48,7 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
     lifecycle.start();
   };
   const agent = await createAgent(config, log, {
+    ...processEdges(),
     onStatus: (s) => {
       statusFile.update(s);
       lifecycle?.update(s);
@@ -50,7 +57,8 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
   });
   const reconciler = agent.reconciler;
   await reconciler.start();
-  lifecycle = createLifecycleReporter(agent, log);
+  // Its waits must not hold the command open once the pass is done.
+  lifecycle = createLifecycleReporter(agent, log, { clock: realClock({ unref: true }) });
   lifecycle?.update(reconciler.status);
   const stalled = new AbortController();
   if (lifecycle) agent.clock.sleep(LIFECYCLE_START_DELAY_MS, stalled.signal).then(startLifecycle, () => undefined);
@@ -82,7 +90,7 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
 
 export async function render(config: Config, out: string | undefined, json: boolean): Promise<number> {
   const log = stderrLogger(config);
-  const agent = await createAgent(config, log);
+  const agent = await createAgent(config, log, processEdges());
   const snapshots = await agent.sources.read();
   const { desired } = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, agent.clock.now());
   const plan = renderPlan(desired);
@@ -154,22 +162,53 @@ export async function generations(config: Config, json: boolean): Promise<number
   return 0;
 }
 
-/** rollback, suspend, resume, converge --now: through the running daemon, else on the state. */
-export async function control(config: Config, op: ControlOp, json: boolean): Promise<number> {
+/**
+ * Why the control socket did not answer: nothing listens (no daemon runs), the caller may not use
+ * it, or a daemon is there but could not be reached (busy, wedged, timed out).
+ */
+export function unreachable(err: unknown): 'no-daemon' | 'needs-root' | 'unreachable' {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT' || code === 'ECONNREFUSED') return 'no-daemon';
+  if (code === 'EACCES' || code === 'EPERM') return 'needs-root';
+  return 'unreachable';
+}
+
+/**
+ * rollback, suspend, resume, converge --now: through the running daemon. Only when no daemon runs
+ * at all do rollback, suspend and resume act on the durable state here: a daemon that is there
+ * but cannot be reached would overwrite whatever this wrote.
+ */
+export async function control(config: Config, op: ControlOp, json: boolean, client: Pick<ControlClient, 'request'> = new ControlClient(controlSocketPath(config))): Promise<number> {
   const fs = new RootFs(config.root);
-  const client = new ControlClient(controlSocketPath(config));
   let answer: unknown;
   try {
     answer = await client.request(op);
   } catch (err) {
+    const why = unreachable(err);
+    if (why === 'needs-root') {
+      process.stderr.write(`${op} needs root: ${(err as Error).message}\n`);
+      return 2;
+    }
+    if (why === 'unreachable') {
+      process.stderr.write(`${op}: cannot reach the daemon (${(err as Error).message}); nothing was changed\n`);
+      return 2;
+    }
     if (op === 'converge') {
       process.stderr.write(`the daemon is not running (${(err as Error).message}); use converge --once\n`);
       return 1;
     }
-    // The daemon is down: act on the durable state directly.
+    // No daemon runs: act on the durable state directly.
     const log = stderrLogger(config);
-    const agent = await createAgent(config, log);
-    await agent.reconciler.start();
+    const agent = await createAgent(config, log, processEdges());
+    try {
+      await agent.reconciler.start();
+    } catch (caught) {
+      if ((caught as { context?: { errno?: string } }).context?.errno === 'EACCES') {
+        process.stderr.write(`${op} needs root: ${(caught as Error).message}\n`);
+        return 2;
+      }
+      throw caught;
+    }
     if (op === 'rollback') {
       const result = await agent.reconciler.rollback();
       answer = { ok: result.outcome === 'rolled-back', outcome: result.outcome, status: agent.reconciler.status };

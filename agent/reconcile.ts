@@ -6,7 +6,7 @@ import type { ClosureRealiser } from './apply/closure.js';
 import type { Rebuilder } from './apply/rebuild.js';
 import type { Config } from './config.js';
 import { shortHash, type DesiredState } from './desired/desired.js';
-import { AgentError, ApplyFailedError, InvalidInputError, isAgentError } from './errors.js';
+import { AgentError, ApplyFailedError, InvalidInputError, isAgentError, TransientError } from './errors.js';
 import type { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
@@ -14,11 +14,22 @@ import { renderChannels, renderPlan, type RenderPlan } from './render/render.js'
 import type { RenderWriter } from './render/write.js';
 import type { FailureReporter } from './rollout/reporter.js';
 import { selectDesired, type Selection } from './rollout/select.js';
-import type { Snapshots, SourceReader } from './sources/index.js';
+import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
-import { LAST_GOOD_CONFIGURATION, STATE_DIR, type DurableState, type StateStore } from './state.js';
-import { startingStatus, type Condition, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
+import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
+import { pruneBuilds, STATE_DIR, type DurableState, type StateStore } from './state.js';
+import { durableStatus, startingStatus, type Condition, type DurableStatus, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
+
+/** The capabilities a pass uses, each as narrow as the reconciler needs it. */
+export interface Sources {
+  read(signal?: AbortSignal): Promise<Snapshots>;
+}
+export type Writer = Pick<RenderWriter, 'adoptImageConfiguration' | 'prepare' | 'commit' | 'writeSecrets' | 'pruneSecrets' | 'restore' | 'currentConfiguration' | 'gc'>;
+export type RebuildSteps = Pick<Rebuilder, 'build' | 'activate' | 'setProfile' | 'switchGeneration' | 'switchLegacy' | 'updateChannels'>;
+export type Health = Pick<HealthChecker, 'verify'>;
+export type Closures = Pick<ClosureRealiser, 'realise' | 'pinRoots'>;
+export type DurableStore = Pick<StateStore, 'load' | 'save' | 'lastGoodConfiguration' | 'saveUserDataScript'>;
 
 export interface ReconcilerDeps {
   readonly config: Config;
@@ -26,13 +37,13 @@ export interface ReconcilerDeps {
   readonly fs: RootFs;
   readonly log: Logger;
   readonly runner: Runner;
-  readonly sources: SourceReader;
-  readonly writer: RenderWriter;
-  readonly rebuilder: Rebuilder;
+  readonly sources: Sources;
+  readonly writer: Writer;
+  readonly rebuilder: RebuildSteps;
   /** Substitutes prebuilt closures (the `system` source); without it, a desired closure fails. */
-  readonly closures?: ClosureRealiser;
-  readonly health: HealthChecker;
-  readonly store: StateStore;
+  readonly closures?: Closures;
+  readonly health: Health;
+  readonly store: DurableStore;
   /** Called with every new Status; report sinks hang here. */
   readonly onStatus?: (status: Status) => void;
   /** Called at each phase change, so a watchdog knows the loop is alive. */
@@ -47,8 +58,8 @@ export interface PassResult {
   readonly error?: AgentError;
 }
 
-const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
-const PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configuration.nix`;
+/** Where an earlier agent kept the previous good configuration.nix, before state.json carried it. */
+const LEGACY_PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configuration.nix`;
 
 export class Reconciler {
   private state!: DurableState;
@@ -94,11 +105,7 @@ export class Reconciler {
       delete this.state.rebootRequired;
       await this.save();
     }
-    this.update({
-      ...(this.state.suspended ? { suspended: { since: iso(this.state.suspended.since) } } : {}),
-      ...(this.state.held ? { held: { since: iso(this.state.held.since), desiredHash: this.state.held.desiredHash } } : {}),
-      rebootRequired: this.state.rebootRequired !== undefined,
-    });
+    this.update({});
   }
 
   /** One pass of the loop. Never throws an AgentError: it becomes the outcome. */
@@ -109,19 +116,42 @@ export class Reconciler {
     let result: PassResult;
     try {
       result = await this.pass(log, signal);
-    } catch (err) {
+    } catch (caught) {
+      const err = systemError(caught) ?? caught;
       if (!isAgentError(err)) throw err;
+      if (err instanceof TransientError && err.source === 'fs') await this.failWrite(err, log);
       result = { outcome: err.kind === 'invalid-input' ? 'invalid-input' : 'failed', error: err, ...(this.desired ? { desiredHash: this.desired.hash } : {}) };
       log.error({ event: 'pass.error', err: err.toJSON() }, err.message);
     }
     const durationMs = this.deps.clock.now() - started;
-    await this.finish(result, durationMs);
+    await this.finish(result, durationMs).catch((caught: unknown) => {
+      // The status in memory is already up to date; only its durable copy is missing.
+      log.error({ event: 'state.write-failed', err: (caught as Error).message }, `cannot save the state: ${(caught as Error).message}`);
+    });
     log.info({ event: 'pass.end', outcome: result.outcome, durationMs, desiredHash: result.desiredHash }, `pass ended: ${result.outcome}`);
     return result;
   }
 
+  /**
+   * A file under the root could not be written (a full disk, a read-only directory): nothing new
+   * was activated (the journal says how far it got), so what was rendered is put back, and the
+   * desired state is remembered as failed so the next try waits its backoff. Each step is best
+   * effort: the disk that failed the pass may fail these too.
+   */
+  private async failWrite(err: TransientError, log: Logger): Promise<void> {
+    const bestEffort = async (what: string, step: () => Promise<unknown>) => {
+      await step().catch((e: unknown) => log.warn({ event: 'pass.cleanup-failed', what, err: (e as Error).message }, `after a write error, cannot ${what}: ${(e as Error).message}`));
+    };
+    if (this.state.journal.phase === 'rendered') {
+      await bestEffort('restore configuration.nix', () => this.restoreConfiguration());
+      await bestEffort('end the journal entry', () => this.journal('idle'));
+    }
+    const desired = this.desired;
+    if (desired) await bestEffort('remember the failure', () => this.recordFailure(desired.hash, 'render', err.message));
+  }
+
   private async pass(log: Logger, signal?: AbortSignal): Promise<PassResult> {
-    if (this.state.suspended) return { outcome: 'suspended' };
+    if (planPass(passSituation(this.state, undefined, undefined, this.deps.clock.now())).kind === 'suspended') return { outcome: 'suspended' };
     this.phase('fetching', 'reading user data and SSM parameters');
     await this.deps.writer.adoptImageConfiguration(this.deps.config.local.baseConfiguration);
     const snapshots = await this.deps.sources.read(signal);
@@ -138,25 +168,22 @@ export class Reconciler {
     this.update({ rollout: selection.rollouts.length ? selection.rollouts : undefined, desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
     const short = shortHash(desired.hash);
 
-    if (this.state.held) {
-      if (this.state.held.desiredHash === desired.hash) {
-        return { outcome: 'held', desiredHash: desired.hash };
-      }
-      // The sources changed since the operator's rollback: converge again.
-      delete this.state.held;
-      this.update({ held: undefined });
-    }
-
     const running = await runningSystem(this.deps.fs);
-    if (this.state.running?.desiredHash === desired.hash && running === this.state.running.storePath) {
+    const step = planPass(passSituation(this.state, desired.hash, running, this.deps.clock.now()));
+    log.debug({ event: 'pass.plan', step }, `next step: ${step.kind}`);
+    if (step.kind === 'hold-rollback') return { outcome: 'held', desiredHash: desired.hash };
+    if (step.kind === 'suspended' || step.kind === 'fetch') throw new Error(`a pass with its sources read cannot plan ${step.kind}`);
+    if (step.releaseHold) {
+      delete this.state.held;
+    }
+    if (step.kind === 'unchanged') {
       // /run is a tmpfs: after a reboot the running system's secrets are gone until written again.
       await this.deps.writer.writeSecrets(desired.secrets);
       return { outcome: 'unchanged', desiredHash: desired.hash };
     }
-    const failed = this.state.failed[desired.hash];
-    if (failed && this.deps.clock.now() < failed.retryAt) {
-      log.info({ event: 'pass.held', desiredHash: desired.hash, retryAt: iso(failed.retryAt) }, `desired ${short} failed before (${failed.reason}); not retried before ${iso(failed.retryAt)}`);
-      return { outcome: 'held', desiredHash: desired.hash, error: new ApplyFailedError(failed.reason, failed.stage as ApplyFailedError['stage']) };
+    if (step.kind === 'hold-failed') {
+      log.info({ event: 'pass.held', desiredHash: desired.hash, retryAt: iso(step.retryAt) }, `desired ${short} failed before (${step.reason}); not retried before ${iso(step.retryAt)}`);
+      return { outcome: 'held', desiredHash: desired.hash, error: new ApplyFailedError(step.reason, step.stage as ApplyFailedError['stage']) };
     }
 
     this.phase('rendering', `rendering desired ${short}`);
@@ -177,8 +204,10 @@ export class Reconciler {
     try {
       return await this.apply(desired, plan, log, signal);
     } catch (err) {
-      if (!(err instanceof ApplyFailedError)) throw err;
-      return this.failApply(desired, err, log);
+      // A cancellation is the pass signal's own reason, whatever step it stopped.
+      const cancelled = signal?.aborted === true && err === signal.reason;
+      if (!cancelled && !(err instanceof ApplyFailedError)) throw err;
+      return this.failApply(desired, err as AgentError, cancelled, log);
     }
   }
 
@@ -197,7 +226,7 @@ export class Reconciler {
       // `nixos-rebuild switch` activates: like every activation, it is never cancelled midway.
       await this.deps.rebuilder.switchLegacy();
       storePath = (await runningSystem(this.deps.fs)) ?? '';
-      this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+      this.recordBuild(storePath, desired);
       await this.journal('verifying', desired.hash, storePath);
     } else {
       await this.journal('building', desired.hash);
@@ -206,7 +235,7 @@ export class Reconciler {
       this.phase('building', `building generation ${next} (desired ${short})`);
       storePath = desired.system ? await this.realiseClosure(desired, signal) : await this.deps.rebuilder.build(signal);
       // Recorded before activation: `generations` names what built it even if the agent dies next.
-      this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+      this.recordBuild(storePath, desired);
       await this.journal('activating', desired.hash, storePath);
       this.phase('activating', `activating ${storePath} (test, desired ${short})`);
       await this.deps.rebuilder.activate(storePath, 'test');
@@ -228,6 +257,11 @@ export class Reconciler {
     return realised.storePath;
   }
 
+  private recordBuild(storePath: string, desired: DesiredState): void {
+    this.state.builds[storePath] = { desiredHash: desired.hash, sources: { userData: desired.sources.userData, parameters: [...desired.sources.parameters] }, at: this.deps.clock.now() };
+    this.state.builds = pruneBuilds(this.state);
+  }
+
   /** Verify the activated system; only a healthy one becomes the boot default and the last good. */
   private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger): Promise<void> {
     this.phase('verifying', `verifying ${storePath}`);
@@ -246,17 +280,15 @@ export class Reconciler {
     if (previousGood && previousGood.storePath !== storePath) {
       await this.noteKernelChange(previousGood.storePath, storePath, log);
     }
-    this.state.lastGood = { storePath, desiredHash, ...(renderDir ? { renderDir } : {}), at: now };
-    if (previousGood && previousGood.storePath !== storePath) this.state.previousGood = previousGood;
+    const configuration = await this.deps.writer.currentConfiguration();
+    if (previousGood && previousGood.storePath !== storePath) {
+      // Kept with it, so an operator's rollback puts the matching configuration.nix back.
+      const previousConfiguration = await this.deps.store.lastGoodConfiguration(this.state);
+      this.state.previousGood = { ...previousGood, ...(previousConfiguration !== undefined ? { configuration: previousConfiguration } : {}) };
+    }
+    this.state.lastGood = { storePath, desiredHash, ...(renderDir ? { renderDir } : {}), ...(configuration !== undefined ? { configuration } : {}), at: now };
     this.state.running = { desiredHash, storePath, at: now };
     delete this.state.failed[desiredHash];
-    const config = await this.deps.writer.currentConfiguration();
-    if (previousGood && previousGood.storePath !== storePath) {
-      // Kept beside the last good one, so an operator's rollback puts the matching configuration.nix back.
-      const previousConfig = await this.deps.fs.read(LAST_GOOD_CONFIGURATION);
-      if (previousConfig !== undefined) await this.deps.fs.writeAtomic(PREVIOUS_GOOD_CONFIGURATION, previousConfig, { mode: 0o600 });
-    }
-    if (config !== undefined) await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, config, { mode: 0o600 });
     await this.deps.closures?.pinRoots({ current: storePath, lastGood: storePath });
     await this.journal('idle');
     await this.deps.writer.gc([renderDir, this.state.previousGood?.renderDir].filter((d): d is string => d !== undefined));
@@ -267,12 +299,12 @@ export class Reconciler {
     if ((await bootEssentials(booted)) === (await bootEssentials(to))) {
       if (this.state.rebootRequired) {
         delete this.state.rebootRequired;
-        this.update({ rebootRequired: false });
+        this.update({});
       }
       return;
     }
     this.state.rebootRequired = { since: this.deps.clock.now(), storePath: to };
-    this.update({ rebootRequired: true });
+    this.update({});
     log.warn({ event: 'reboot.required', storePath: to, policy: this.deps.config.kernel.policy }, 'the new generation changes the kernel, initrd or kernel modules; they apply at the next boot');
   }
 
@@ -283,19 +315,20 @@ export class Reconciler {
   }
 
   /** A step failed: nothing was switched (build), or the last good generation is activated again. */
-  private async failApply(desired: DesiredState, err: ApplyFailedError, log: Logger): Promise<PassResult> {
-    const cancelled = err.context.reasons !== undefined && (err.context.reasons as string[]).includes('cancelled');
-    const switched = this.state.journal.phase !== 'building' && this.state.journal.phase !== 'rendered' && err.stage !== 'build' && err.stage !== 'channels';
-    if (switched) {
+  private async failApply(desired: DesiredState, err: AgentError, cancelled: boolean, log: Logger): Promise<PassResult> {
+    const stage = err instanceof ApplyFailedError ? err.stage : 'build';
+    const step = planFailure({ phase: this.state.journal.phase, stage, cancelled });
+    if (step.rollback) {
       await this.rollbackTo(err.message, log);
     } else {
       await this.restoreConfiguration();
       await this.journal('idle');
     }
-    if (cancelled) return { outcome: 'cancelled', desiredHash: desired.hash };
-    await this.recordFailure(desired.hash, err.stage, err.message);
-    await this.reportRollout(this.selection?.taken ?? [], err.stage, err.message);
-    return { outcome: switched ? 'rolled-back' : 'failed', desiredHash: desired.hash, error: err };
+    if (step.remember) {
+      await this.recordFailure(desired.hash, stage, err.message);
+      await this.reportRollout(this.selection?.taken ?? [], stage, err.message);
+    }
+    return step.outcome === 'cancelled' ? { outcome: 'cancelled', desiredHash: desired.hash } : { outcome: step.outcome, desiredHash: desired.hash, error: err };
   }
 
   /** A pass to a rollout's candidate failed: the fleet hears of it (the reporter never throws). */
@@ -341,7 +374,7 @@ export class Reconciler {
   }
 
   private async restoreConfiguration(): Promise<void> {
-    const good = await this.deps.fs.readText(LAST_GOOD_CONFIGURATION);
+    const good = await this.deps.store.lastGoodConfiguration(this.state);
     if (good !== undefined) await this.deps.writer.restore(good);
     else {
       const previous = await this.deps.fs.readText('/etc/nixos/ec2-agent/previous-configuration.nix');
@@ -352,9 +385,7 @@ export class Reconciler {
   private async recordFailure(desiredHash: string, stage: string, reason: string): Promise<void> {
     const now = this.deps.clock.now();
     const attempts = (this.state.failed[desiredHash]?.attempts ?? 0) + 1;
-    const { failedBackoffSeconds, maxBackoffSeconds } = this.deps.config.retry;
-    const backoffMs = Math.min(maxBackoffSeconds, failedBackoffSeconds * 2 ** (attempts - 1)) * 1000;
-    this.state.failed[desiredHash] = { at: now, stage, reason, attempts, retryAt: now + backoffMs };
+    this.state.failed[desiredHash] = { at: now, stage, reason, attempts, retryAt: retryAt(now, attempts, this.deps.config.retry) };
     // Keep the record small: only the most recent failures matter.
     const entries = Object.entries(this.state.failed).sort((a, b) => b[1].at - a[1].at);
     this.state.failed = Object.fromEntries(entries.slice(0, 20));
@@ -365,40 +396,35 @@ export class Reconciler {
   private async recover(): Promise<void> {
     const { phase, desiredHash, storePath, reason } = this.state.journal;
     const log = this.deps.log.child({ event: 'recover', phase });
-    switch (phase) {
-      case 'idle':
+    const step = planRecovery({ phase, desiredHash, storePath, running: phase === 'idle' ? undefined : await runningSystem(this.deps.fs) });
+    switch (step.kind) {
+      case 'none':
         return;
-      case 'rendered':
-      case 'building':
+      case 'restore':
         // Nothing was switched; the next pass renders and builds again.
         log.warn(`a pass was interrupted while ${phase}; nothing was switched`);
         await this.restoreConfiguration();
         await this.journal('idle');
         return;
-      case 'activating':
-      case 'verifying': {
-        if (!storePath || !desiredHash) break;
-        const running = await runningSystem(this.deps.fs);
-        log.warn(`a pass was interrupted while ${phase} ${storePath}; verifying now`);
-        if (running !== storePath) {
-          await this.rollbackTo(`interrupted while ${phase}; the system did not finish activating`, log);
-          await this.recordFailure(desiredHash, 'activate', 'interrupted during activation');
+      case 'rollback':
+        if (step.failedHash === undefined) {
+          log.warn('a rollback was interrupted; finishing it');
+          await this.rollbackTo(reason ?? 'interrupted rollback', log);
           return;
         }
-        await this.finishInterrupted(desiredHash, storePath, log);
+        log.warn(`a pass was interrupted while ${phase} ${storePath}; verifying now`);
+        await this.rollbackTo(`interrupted while ${phase}; the system did not finish activating`, log);
+        await this.recordFailure(step.failedHash, 'activate', 'interrupted during activation');
         return;
-      }
-      case 'committing':
-        if (!storePath || !desiredHash) break;
-        log.warn(`a pass was interrupted while making ${storePath} the boot default; finishing`);
-        await this.finishInterrupted(desiredHash, storePath, log);
+      case 'finish':
+        if (phase === 'committing') log.warn(`a pass was interrupted while making ${step.storePath} the boot default; finishing`);
+        else log.warn(`a pass was interrupted while ${phase} ${step.storePath}; verifying now`);
+        await this.finishInterrupted(step.desiredHash, step.storePath, log);
         return;
-      case 'rolling-back':
-        log.warn('a rollback was interrupted; finishing it');
-        await this.rollbackTo(reason ?? 'interrupted rollback', log);
+      case 'reset':
+        await this.journal('idle');
         return;
     }
-    await this.journal('idle');
   }
 
   /** The activated system is running: verify it and make it permanent, or roll back. */
@@ -423,14 +449,12 @@ export class Reconciler {
       return { outcome: 'failed', error: err };
     }
     const current = this.state.lastGood;
-    this.state.lastGood = target;
-    this.state.previousGood = current;
-    // The configuration.nix of each swaps with them, so the one restored matches the system that runs.
-    const [lastConfig, previousConfig] = await Promise.all([this.deps.fs.read(LAST_GOOD_CONFIGURATION), this.deps.fs.read(PREVIOUS_GOOD_CONFIGURATION)]);
-    if (previousConfig !== undefined && lastConfig !== undefined) {
-      await this.deps.fs.writeAtomic(LAST_GOOD_CONFIGURATION, previousConfig, { mode: 0o600 });
-      await this.deps.fs.writeAtomic(PREVIOUS_GOOD_CONFIGURATION, lastConfig, { mode: 0o600 });
-    }
+    // The configuration.nix of each travels with it, so the one restored matches the system that
+    // runs; the swap is saved in one write when the rollback is journaled.
+    const currentConfiguration = current ? await this.deps.store.lastGoodConfiguration(this.state) : undefined;
+    const targetConfiguration = target.configuration ?? (await this.deps.fs.readText(LEGACY_PREVIOUS_GOOD_CONFIGURATION));
+    this.state.lastGood = { ...target, ...(targetConfiguration !== undefined ? { configuration: targetConfiguration } : {}) };
+    this.state.previousGood = current ? { ...current, ...(currentConfiguration !== undefined ? { configuration: currentConfiguration } : {}) } : undefined;
     try {
       await this.rollbackTo('operator rollback', log);
     } catch (err) {
@@ -443,7 +467,7 @@ export class Reconciler {
     // that is the desired state of the generation rolled back from, not the one rolled back to.
     const heldHash = this.desired?.hash ?? current?.desiredHash ?? this.state.running?.desiredHash ?? '';
     this.state.held = { desiredHash: heldHash, since: this.deps.clock.now() };
-    this.update({ held: { since: iso(this.state.held.since), desiredHash: heldHash } });
+    this.update({});
     await this.finish({ outcome: 'rolled-back' }, 0);
     return { outcome: 'rolled-back' };
   }
@@ -466,13 +490,13 @@ export class Reconciler {
   async suspend(by?: string): Promise<void> {
     this.state.suspended = { since: this.deps.clock.now(), ...(by ? { by } : {}) };
     await this.save();
-    this.update({ suspended: { since: iso(this.state.suspended.since) }, phase: 'suspended', message: 'suspended: convergence paused' });
+    this.update({ phase: 'suspended', message: 'suspended: convergence paused' });
   }
 
   async resume(): Promise<void> {
     delete this.state.suspended;
     await this.save();
-    this.update({ suspended: undefined, phase: 'idle', message: 'resumed' });
+    this.update({ phase: 'idle', message: 'resumed' });
   }
 
   private async runUserDataScript(snapshots: Snapshots, log: Logger): Promise<void> {
@@ -482,9 +506,9 @@ export class Reconciler {
     if (done && done.instanceId === snapshots.identity.instanceId) return;
     // Once per instance id, as cloud-init does; amazon-init reruns it at every boot (nixpkgs#41826).
     this.phase('fetching', 'running the user-data script');
-    await this.deps.fs.writeAtomic(USER_DATA_SCRIPT, ud.script, { mode: 0o700, dirMode: 0o700 });
+    const command = await this.deps.store.saveUserDataScript(ud.script);
     const result = await this.deps.runner.run({
-      command: this.deps.fs.resolve(USER_DATA_SCRIPT),
+      command,
       args: [],
       timeoutMs: this.deps.config.userData.scriptTimeoutSeconds * 1000,
       onLine: (stream, line) => log.info({ event: 'userdata.script.output', stream }, line),
@@ -512,7 +536,9 @@ export class Reconciler {
 
   private phase(phase: StatusPhase, message: string): void {
     this.deps.onProgress?.();
-    this.update({ phase, message, condition: 'converging' });
+    // Reading the sources changes nothing: a poll that finds no change leaves the condition (and
+    // `status`'s exit code, and /readyz) as they were. Converging starts with the first change.
+    this.update({ phase, message, ...(phase === 'fetching' ? {} : { condition: 'converging' as const }) });
   }
 
   private async finish(result: PassResult, durationMs: number): Promise<void> {
@@ -525,7 +551,7 @@ export class Reconciler {
     const onGood = running !== undefined && running === this.state.lastGood?.storePath;
     // A good convergence clears it; otherwise it holds until a healthy generation runs again.
     const noGood = converged ? false : this.current.noGoodGeneration || !onGood;
-    const condition: Condition = converged ? 'converged' : noGood ? 'failed' : result.outcome === 'suspended' ? 'degraded' : 'degraded';
+    const condition: Condition = converged ? 'converged' : noGood ? 'failed' : 'degraded';
     const short = result.desiredHash ? shortHash(result.desiredHash) : '';
     const message = {
       converged: `converged to desired ${short}${generation ? ` (generation ${generation})` : ''}`,
@@ -553,8 +579,9 @@ export class Reconciler {
     await this.save();
   }
 
-  private update(patch: Partial<{ -readonly [K in keyof Status]: Status[K] | undefined }>): void {
-    const next = { ...this.current, ...patch, updatedAt: new Date(this.deps.clock.now()).toISOString() } as Record<string, unknown>;
+  /** The one way the status changes: a patch for the pass's own fields, the rest read from the durable state. */
+  private update(patch: Partial<{ -readonly [K in Exclude<keyof Status, keyof DurableStatus>]: Status[K] | undefined }>): void {
+    const next = { ...this.current, ...patch, ...(this.state ? durableStatus(this.state) : {}), updatedAt: new Date(this.deps.clock.now()).toISOString() } as Record<string, unknown>;
     for (const key of Object.keys(next)) if (next[key] === undefined) delete next[key];
     this.current = next as unknown as Status;
     this.deps.onStatus?.(this.current);
@@ -571,6 +598,18 @@ function summarise(err: AgentError): ErrorSummary {
     ...(c.exitCode !== undefined ? { exitCode: c.exitCode as number | null } : {}),
     ...(Array.isArray(c.tail) ? { tail: c.tail as string[] } : {}),
   };
+}
+
+/**
+ * A system call's failure (ENOSPC, EACCES, EROFS, EIO, …) as the agent's transient error, naming
+ * the path and the errno; undefined for anything else.
+ */
+function systemError(err: unknown): TransientError | undefined {
+  if (isAgentError(err) || !(err instanceof Error)) return undefined;
+  const { code, path, syscall } = err as NodeJS.ErrnoException;
+  if (typeof code !== 'string' || !/^E[A-Z0-9]+$/.test(code)) return undefined;
+  const where = typeof path === 'string' ? path : 'a file under the root';
+  return new TransientError(`cannot ${syscall ?? 'write'} ${where}: ${code}`, 'fs', { where, errno: code, ...(syscall ? { syscall } : {}) }, { cause: err });
 }
 
 function iso(ms: number): string {

@@ -2,7 +2,7 @@
 // command and everything it started (nix-build forks builders; a hung build must not linger).
 import { spawn } from 'node:child_process';
 import { StringDecoder } from 'node:string_decoder';
-import { childEnv } from './report/notify.js';
+import { childEnv } from './env.js';
 import type { OutputStream, RunRequest, RunResult, Runner } from './ports.js';
 
 const TAIL_LINES = 40;
@@ -12,7 +12,12 @@ const KILL_GRACE_MS = 5_000;
 const MAX_CAPTURE = 4 * 1024 * 1024;
 
 export class ProcessRunner implements Runner {
-  constructor(private readonly killGraceMs = KILL_GRACE_MS) {}
+  private readonly env: Record<string, string>;
+
+  /** `env`: the agent's own environment, which the composition root reads; children get it filtered. */
+  constructor(env: NodeJS.ProcessEnv, private readonly killGraceMs = KILL_GRACE_MS) {
+    this.env = childEnv(env);
+  }
 
   run(request: RunRequest): Promise<RunResult> {
     const started = Date.now();
@@ -29,7 +34,7 @@ export class ProcessRunner implements Runner {
       const child = spawn(request.command, [...request.args], {
         cwd: request.cwd,
         // Less what systemd gave the agent alone: a child must not report or feed the watchdog for it.
-        env: { ...childEnv(process.env), ...request.env },
+        env: { ...this.env, ...request.env },
         detached: true,
         stdio: [request.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
       });

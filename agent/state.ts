@@ -1,12 +1,16 @@
 // The agent's durable state, in var/lib/nixos-ec2-agent/state.json: written atomically and
 // journaled through each phase, so an agent killed at any point finds out where it was. A corrupt
-// file is set aside with a clear error, never trusted and never fatal.
+// file is set aside with a clear error, never trusted and never fatal; an unreadable one is an error.
 import { z } from 'zod/v3';
+import { TransientError } from './errors.js';
 import type { RootFs } from './fs.js';
 
 export const STATE_DIR = '/var/lib/nixos-ec2-agent';
 export const STATE_FILE = `${STATE_DIR}/state.json`;
 export const LAST_GOOD_CONFIGURATION = `${STATE_DIR}/last-good-configuration.nix`;
+/** The launch lifecycle hook's record (see report/lifecycle.ts), kept apart from state.json. */
+export const LIFECYCLE_FILE = `${STATE_DIR}/lifecycle.json`;
+export const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
 
 const ParameterRef = z.object({ name: z.string(), version: z.number() });
 const Sources = z.object({ userData: z.string(), parameters: z.array(ParameterRef) });
@@ -15,6 +19,11 @@ const GoodGeneration = z.object({
   storePath: z.string(),
   desiredHash: z.string().optional(),
   renderDir: z.string().optional(),
+  /**
+   * Its configuration.nix, kept with it so that the generation and the file that goes back with it
+   * change in one atomic write (an operator's rollback swaps both).
+   */
+  configuration: z.string().optional(),
   at: z.number(),
 });
 
@@ -71,7 +80,29 @@ export interface LoadedState {
   readonly problem?: string;
 }
 
+/** `builds` keeps at most this many entries, besides those of the generations state names. */
+export const MAX_BUILDS = 32;
+
+/** The builds worth keeping: those of the last good, previous good and running systems, then the newest. */
+export function pruneBuilds(state: DurableState, max = MAX_BUILDS): DurableState['builds'] {
+  const named = new Set([state.lastGood?.storePath, state.previousGood?.storePath, state.running?.storePath]);
+  const entries = Object.entries(state.builds).sort((a, b) => b[1].at - a[1].at);
+  const kept = entries.filter(([path]) => named.has(path));
+  for (const entry of entries) {
+    if (kept.length >= max) break;
+    if (!named.has(entry[0])) kept.push(entry);
+  }
+  return Object.fromEntries(kept.sort((a, b) => a[1].at - b[1].at));
+}
+
+/**
+ * The agent's durable files, and the only writer of them: state.json, last-good-configuration.nix
+ * derived from it (written after it, so a crash between the two is mended by the next save), the
+ * lifecycle hook's record and the user-data script.
+ */
 export class StateStore {
+  private lastGoodWritten: string | undefined;
+
   constructor(
     private readonly fs: RootFs,
     private readonly now: () => number,
@@ -82,7 +113,10 @@ export class StateStore {
     try {
       text = await this.fs.readText(STATE_FILE);
     } catch (err) {
-      return this.setAside(`cannot read ${STATE_FILE}: ${(err as Error).message}`);
+      // Unreadable is not corrupt: EACCES (not root) or EIO (a failing disk) must never cost the
+      // instance its memory. Only a file that was read and did not parse is set aside.
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new TransientError(`cannot read ${this.fs.resolve(STATE_FILE)}${code ? `: ${code}` : ''} (${(err as Error).message})`, 'fs', { where: this.fs.resolve(STATE_FILE), ...(code ? { errno: code } : {}) }, { cause: err });
     }
     if (text === undefined) return { state: emptyState(this.now()) };
     let json: unknown;
@@ -101,6 +135,30 @@ export class StateStore {
 
   async save(state: DurableState): Promise<void> {
     await this.fs.writeAtomic(STATE_FILE, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+    const configuration = state.lastGood?.configuration;
+    if (configuration === undefined || configuration === this.lastGoodWritten) return;
+    if ((await this.fs.readText(LAST_GOOD_CONFIGURATION)) !== configuration) await this.fs.writeAtomic(LAST_GOOD_CONFIGURATION, configuration, { mode: 0o600 });
+    this.lastGoodWritten = configuration;
+  }
+
+  /** The lifecycle hook's record as stored, or undefined when there is none. */
+  async readLifecycle(): Promise<string | undefined> {
+    return this.fs.readText(LIFECYCLE_FILE);
+  }
+
+  async saveLifecycle(record: unknown): Promise<void> {
+    await this.fs.writeAtomic(LIFECYCLE_FILE, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+  }
+
+  /** Writes the user-data script, executable by root alone; its path on this machine. */
+  async saveUserDataScript(script: string | Uint8Array): Promise<string> {
+    await this.fs.writeAtomic(USER_DATA_SCRIPT, script, { mode: 0o700, dirMode: 0o700 });
+    return this.fs.resolve(USER_DATA_SCRIPT);
+  }
+
+  /** The configuration.nix that goes with the last good generation. */
+  async lastGoodConfiguration(state: DurableState): Promise<string | undefined> {
+    return state.lastGood?.configuration ?? (await this.fs.readText(LAST_GOOD_CONFIGURATION));
   }
 
   private async setAside(problem: string): Promise<LoadedState> {

@@ -1,7 +1,7 @@
 // The agent's status: one plain value, rebuilt at each step, that every report sink reads
 // (status.json, systemd STATUS=, HTTP, metrics, the ASG). Nothing in it is a secret.
 import type { RolloutStatus } from './rollout/plan.js';
-import type { Phase } from './state.js';
+import type { DurableState, Phase } from './state.js';
 
 export type StatusPhase = Phase | 'starting' | 'fetching' | 'rendering' | 'held' | 'suspended' | 'stopping';
 
@@ -56,6 +56,17 @@ export interface Status {
   readonly lastSuccessAt?: string;
   /** Each progressive rollout the sources carry, and where this instance stands in it. */
   readonly rollout?: readonly RolloutStatus[];
+}
+
+export type DurableStatus = Pick<Status, 'suspended' | 'held' | 'rebootRequired'>;
+
+/** The part of the status the durable state decides: always read from it, never patched by hand. */
+export function durableStatus(state: Pick<DurableState, 'suspended' | 'held' | 'rebootRequired'>): { [K in keyof DurableStatus]: DurableStatus[K] | undefined } {
+  return {
+    suspended: state.suspended ? { since: new Date(state.suspended.since).toISOString() } : undefined,
+    held: state.held ? { since: new Date(state.held.since).toISOString(), desiredHash: state.held.desiredHash } : undefined,
+    rebootRequired: state.rebootRequired !== undefined,
+  };
 }
 
 /** The status of an agent that has not finished anything yet. */

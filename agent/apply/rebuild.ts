@@ -22,8 +22,6 @@ export interface RebuildOptions {
   readonly extraArgs: readonly string[];
   readonly buildTimeoutMs: number;
   readonly activateTimeoutMs: number;
-  /** Children's environment: the agent's own, less what systemd gave only to the agent. */
-  readonly env?: Readonly<Record<string, string>>;
 }
 
 export class Rebuilder {
@@ -89,7 +87,6 @@ export class Rebuilder {
       command: 'flock',
       args: ['--wait', String(seconds), this.fs.resolve(SWITCH_LOCK), 'true'],
       timeoutMs: this.options.activateTimeoutMs + 10_000,
-      ...(this.options.env ? { env: this.options.env } : {}),
     });
     if (result.code !== 0) {
       throw new ApplyFailedError(`switch-to-configuration's lock ${SWITCH_LOCK} is still held after ${seconds} s`, 'activate', {
@@ -120,10 +117,12 @@ export class Rebuilder {
       timeoutMs,
       ...(extra.cwd ? { cwd: extra.cwd } : {}),
       ...(extra.signal ? { signal: extra.signal } : {}),
-      ...(this.options.env ? { env: this.options.env } : {}),
       onLine: (stream, line) => log.info({ event: 'step.output', stream }, line),
     });
     log.info({ event: 'step.end', exitCode: result.code, signal: result.signal, timedOut: result.timedOut, durationMs: result.durationMs }, 'step ended');
+    // Cancelled (a newer desired state, the instance leaving, a stop): the signal's reason is the
+    // one value that says so, carried as it is to the reconciler.
+    if (result.aborted && extra.signal?.aborted) throw extra.signal.reason;
     const failure = result.code === null ? undefined : readExit(result.code);
     if (result.code !== null && failure === undefined && !result.timedOut && !result.aborted) return result;
     const why = result.timedOut
@@ -137,7 +136,6 @@ export class Rebuilder {
       exitCode: result.code,
       timedOut: result.timedOut,
       tail: result.tail.slice(-20),
-      ...(result.aborted ? { reasons: ['cancelled'] } : {}),
     });
   }
 }

@@ -52,8 +52,8 @@ export interface AutoScaling {
 }
 
 export interface AutoScalingClientOptions {
-  /** Used for the region and the endpoint override; defaults to process.env. */
-  readonly env?: NodeJS.ProcessEnv;
+  /** Used for the region and the endpoint override: the agent's environment, never read from the process here. */
+  readonly env: NodeJS.ProcessEnv;
   /** Asked for the region only when the environment names none. */
   readonly imds?: Pick<Imds, 'identity'>;
   readonly region?: string;
@@ -109,7 +109,7 @@ export class GroupLocator {
 export class SdkAutoScaling implements AutoScaling {
   private ready: Promise<{ sdk: Sdk; client: SdkClient }> | undefined;
 
-  constructor(private readonly options: AutoScalingClientOptions = {}) {}
+  constructor(private readonly options: AutoScalingClientOptions) {}
 
   async describeLifecycleHooks(group: string): Promise<readonly LifecycleHook[]> {
     const out = await this.call('DescribeLifecycleHooks', { group }, ({ sdk, client }) =>
@@ -210,7 +210,7 @@ export class SdkAutoScaling implements AutoScaling {
   }
 
   private async create(): Promise<{ sdk: Sdk; client: SdkClient }> {
-    const env = this.options.env ?? process.env;
+    const env = this.options.env;
     const fromEnv = this.options.region ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined);
     const given = this.options.credentials;
     const [sdk, region, credentials] = await Promise.all([
@@ -228,7 +228,8 @@ export class SdkAutoScaling implements AutoScaling {
       // A fleet launching at once shares one account-wide Auto Scaling throttle: the adaptive
       // mode's client-side rate limiter backs each agent off instead of stampeding.
       retryMode: 'adaptive',
-      requestHandler: { requestTimeout: timeout, connectionTimeout: Math.min(timeout, 3_000) },
+      // Without throwOnRequestTimeout the handler only logs a warning and keeps waiting.
+      requestHandler: { requestTimeout: timeout, connectionTimeout: Math.min(timeout, 3_000), throwOnRequestTimeout: true },
     });
     return { sdk, client };
   }

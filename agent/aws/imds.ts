@@ -25,7 +25,8 @@ export interface ImdsOptions {
   readonly clock: Clock;
   /** Defaults to AWS_EC2_METADATA_SERVICE_ENDPOINT, then the link-local address. */
   readonly endpoint?: string;
-  readonly env?: NodeJS.ProcessEnv;
+  /** The agent's environment (never read from the process here). */
+  readonly env: NodeJS.ProcessEnv;
   readonly timeoutMs?: number;
   /** Retries after the first attempt, for connection errors, timeouts, 5xx and 429. */
   readonly retries?: number;
@@ -76,7 +77,7 @@ export class ImdsClient implements Imds {
   private identityCache: Promise<InstanceIdentity> | undefined;
 
   constructor(private readonly options: ImdsOptions) {
-    const env = options.env ?? process.env;
+    const env = options.env;
     this.endpoint = (options.endpoint ?? env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, '');
     const timeout = options.timeoutMs ?? 1_000;
     this.handler = new NodeHttpHandler({ requestTimeout: timeout, connectionTimeout: timeout, throwOnRequestTimeout: true });

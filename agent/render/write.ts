@@ -13,7 +13,7 @@ export class RenderWriter {
   constructor(
     private readonly fs: RootFs,
     /** Undefined only when validation is configured `if-available` and Nix is absent. */
-    private readonly parser: NixParser | undefined,
+    private readonly parser: Pick<NixParser, 'check'> | undefined,
     private readonly log: Logger,
   ) {}
 

@@ -8,7 +8,6 @@ import { InvalidInputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Status } from '../status.js';
 
-export const DEFAULT_LISTEN = '0.0.0.0:9731';
 const ALLOW = 'GET, HEAD';
 
 export interface HttpTimeouts {
@@ -54,19 +53,9 @@ export function healthOf(status: Status, hasGoodGeneration: boolean): Verdict {
 
 /** /readyz: converged to the current desired state. */
 export function readinessOf(status: Status): Verdict {
+  // A poll that has found no change leaves the condition as it was (see the reconciler), so
+  // readiness follows the condition alone.
   if (status.condition === 'converged') return { ok: true, reason: status.message };
-  // A poll starts every pass with `fetching`; while it has found no change (the desired hash it
-  // shows is still the one running) the instance is as converged as it was, so readiness does
-  // not flap at every poll.
-  const last = status.lastResult?.outcome;
-  if (
-    status.phase === 'fetching' &&
-    (last === 'converged' || last === 'unchanged') &&
-    status.desired !== undefined &&
-    status.desired.hash === status.running?.desiredHash
-  ) {
-    return { ok: true, reason: 'converged; checking the sources for a change' };
-  }
   if (!status.firstConvergenceDone) return { ok: false, reason: `the first convergence has not ended (${status.phase}): ${status.message}` };
   return { ok: false, reason: `${status.condition}: ${status.message}` };
 }

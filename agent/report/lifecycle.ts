@@ -9,13 +9,12 @@ import { z } from 'zod/v3';
 import type { ActionOutcome, AutoScaling, LifecycleResult } from '../aws/autoscaling.js';
 import { LAUNCHING } from '../aws/autoscaling.js';
 import type { Config } from '../config.js';
-import type { RootFs } from '../fs.js';
 import type { Logger } from '../log.js';
-import { realClock, type Clock } from '../ports.js';
-import { STATE_DIR } from '../state.js';
+import type { Clock } from '../ports.js';
+import { LIFECYCLE_FILE, type StateStore } from '../state.js';
 import type { Status } from '../status.js';
 
-export const LIFECYCLE_FILE = `${STATE_DIR}/lifecycle.json`;
+export { LIFECYCLE_FILE };
 
 /** PutLifecycleHook's documented default, for a hook whose timeout the service did not give. */
 const DEFAULT_HEARTBEAT_TIMEOUT_S = 3_600;
@@ -37,7 +36,8 @@ export interface Location {
 export interface LifecycleReporterOptions {
   readonly autoscaling: AutoScaling;
   readonly clock: Clock;
-  readonly fs: RootFs;
+  /** Where the record is kept: the agent's one store of durable files. */
+  readonly store: Pick<StateStore, 'readLifecycle' | 'saveLifecycle'>;
   readonly log: Logger;
   readonly config: Config['lifecycle'];
   /** Where this instance is; asked until it answers. */
@@ -411,7 +411,7 @@ export class LifecycleReporter {
     const here = await this.options.locate();
     let previous: Persisted | undefined;
     try {
-      const text = await this.options.fs.readText(LIFECYCLE_FILE);
+      const text = await this.options.store.readLifecycle();
       if (text !== undefined) {
         const parsed = Persisted.safeParse(JSON.parse(text));
         if (parsed.success) previous = parsed.data;
@@ -444,7 +444,7 @@ export class LifecycleReporter {
     if (!this.record) return;
     this.recordDirty = false;
     try {
-      await this.options.fs.writeAtomic(LIFECYCLE_FILE, `${JSON.stringify(this.record, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+      await this.options.store.saveLifecycle(this.record);
     } catch (err) {
       this.recordDirty = true;
       throw err;
@@ -463,7 +463,7 @@ export class LifecycleReporter {
 
 /**
  * The caller awaits this wait, so it must keep the process alive; the clock's own timers may not
- * (see `unrefRealClock`).
+ * (a one-shot command gives the reporter a clock whose sleeps are unref'd).
  */
 async function holdingProcessOpen<T>(fn: () => Promise<T>): Promise<T> {
   const hold = setInterval(() => undefined, 2 ** 30);
@@ -473,6 +473,3 @@ async function holdingProcessOpen<T>(fn: () => Promise<T>): Promise<T> {
     clearInterval(hold);
   }
 }
-
-/** Real time whose sleeps never hold the process open by themselves. */
-export const unrefRealClock: Clock = realClock({ unref: true });

@@ -12,7 +12,6 @@ export interface HealthOptions {
   readonly graceMs: number;
   readonly intervalMs: number;
   readonly probes: readonly Probe[];
-  readonly env?: Readonly<Record<string, string>>;
 }
 
 export interface CheckResult {
@@ -74,7 +73,6 @@ export class HealthChecker {
       command: this.options.systemctl,
       args: ['list-units', '--state=failed', '--no-legend', '--plain', '--no-pager'],
       timeoutMs: 30_000,
-      ...(this.options.env ? { env: this.options.env } : {}),
     });
     if (result.code !== 0) {
       return { name: 'systemd', ok: false, detail: `systemctl exited with ${result.code}: ${result.tail.slice(-1)[0] ?? ''}` };
@@ -105,7 +103,6 @@ export class HealthChecker {
       command: command as string,
       args,
       timeoutMs: probe.timeoutMs,
-      ...(this.options.env ? { env: this.options.env } : {}),
     });
     if (result.code === 0) return { name, ok: true, detail: 'exit 0' };
     const why = result.timedOut ? `timed out after ${probe.timeoutMs} ms` : `exited with ${result.code}`;

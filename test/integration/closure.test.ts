@@ -46,7 +46,7 @@ describe('closure realiser with the real Nix', { skip: missing ? `skipped: ${mis
     const xdg = path.join(root, '.xdg-cache');
     await mkdir(xdg);
     const options = { nix: 'nix', nixStore: 'nix-store', timeoutMs: 120_000, reserveBytes: 0, gcWhenShort: false, env: { XDG_CACHE_HOME: xdg } };
-    return { realiser: new ClosureRealiser(new ProcessRunner(), new RootFs(root), options, silentLogger(), ...(probe ? [probe] : [])), root };
+    return { realiser: new ClosureRealiser(new ProcessRunner(process.env), new RootFs(root), options, silentLogger(), ...(probe ? [probe] : [])), root };
   }
 
   function closure(storePath: string, substituter: string, keys: readonly Key[]): SystemClosure {

@@ -14,7 +14,7 @@ import { type StandinPaths, bootMachine, installStandins } from '../../sandbox/s
 import { pathLiterals } from '../../sandbox/standin/nixpaths.js';
 import { findNixInstantiate, nixBase32 } from '../../sandbox/standin/system.js';
 
-const runner = new ProcessRunner(200);
+const runner = new ProcessRunner(process.env, 200);
 const scratch: string[] = [];
 after(async () => {
   for (const dir of scratch) await rm(dir, { recursive: true, force: true });

@@ -6,7 +6,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { listGenerations } from '../../agent/apply/generations.js';
-import type { Activation, Rebuilder } from '../../agent/apply/rebuild.js';
+import type { Activation } from '../../agent/apply/rebuild.js';
 import { parseConfig, type ConfigInput } from '../../agent/config.js';
 import { buildDesired } from '../../agent/desired/desired.js';
 import { ApplyFailedError } from '../../agent/errors.js';
@@ -15,14 +15,14 @@ import { silentLogger } from '../../agent/log.js';
 import type { RunRequest, RunResult, Runner } from '../../agent/ports.js';
 import { Reconciler } from '../../agent/reconcile.js';
 import { CONFIGURATION_NIX } from '../../agent/render/render.js';
-import type { NixParser, NixSyntaxError } from '../../agent/render/validate.js';
+import type { NixSyntaxError } from '../../agent/render/validate.js';
 import { RenderWriter } from '../../agent/render/write.js';
 import { Secret } from '../../agent/secret.js';
-import type { Snapshots, SourceReader } from '../../agent/sources/index.js';
+import type { Snapshots } from '../../agent/sources/index.js';
 import type { SsmParameter } from '../../agent/sources/ssm.js';
 import { StateStore } from '../../agent/state.js';
 import type { Status } from '../../agent/status.js';
-import type { HealthChecker, Verdict } from '../../agent/verify/health.js';
+import type { Verdict } from '../../agent/verify/health.js';
 import { ManualClock } from '../support/clock.js';
 import { NO_LOCAL, userData } from './desired.js';
 
@@ -38,12 +38,45 @@ export function storePathOf(desiredHash: string): string {
   return `/nix/store/${desiredHash.slice(0, 32)}-nixos-system`;
 }
 
+/** A root whose writes fail with an errno while `failWrites` is set (a full disk, a read-only directory). */
+export class FaultyFs extends RootFs {
+  failWrites: 'ENOSPC' | 'EACCES' | 'EIO' | undefined;
+  /** Reads of this path fail with the errno. */
+  failRead: { readonly path: string; readonly code: 'EACCES' | 'EIO' } | undefined;
+  /** The agent "dies" (Killed) at this write from now, counting from 1; every write counts. */
+  killAtWrite: number | undefined;
+  writes = 0;
+
+  override async read(systemPath: string): Promise<Buffer | undefined> {
+    if (this.failRead && systemPath === this.failRead.path) {
+      const file = this.resolve(systemPath);
+      throw Object.assign(new Error(`${this.failRead.code}: read failed, open '${file}'`), { code: this.failRead.code, path: file, syscall: 'open' });
+    }
+    return super.read(systemPath);
+  }
+
+  override async writeAtomic(systemPath: string, data: string | Uint8Array, options?: Parameters<RootFs['writeAtomic']>[2]): Promise<void> {
+    this.writes++;
+    if (this.killAtWrite !== undefined && this.writes >= this.killAtWrite) {
+      this.killAtWrite = undefined;
+      throw new Killed(`killed before writing ${systemPath}`);
+    }
+    if (this.failWrites) {
+      const file = this.resolve(systemPath);
+      throw Object.assign(new Error(`${this.failWrites}: write failed, open '${file}'`), { code: this.failWrites, path: file, syscall: 'open', errno: -28 });
+    }
+    return super.writeAtomic(systemPath, data, options);
+  }
+}
+
 export class FakeMachine {
   readonly calls: string[] = [];
   readonly failBuild = new Set<string>();
   readonly failActivate = new Set<string>();
   readonly unhealthy = new Set<string>();
   verifyCount = 0;
+  /** Builds wait for their signal to abort and throw its reason, as the real Rebuilder does. */
+  hangBuild = false;
   /** The call at which the agent "dies" (e.g. `build`, `activate test:after`, `setProfile`, `verify#2`). */
   kill: string | undefined;
 
@@ -81,22 +114,29 @@ export class FakeMachine {
   }
 
   readonly rebuilder = {
-    build: async (): Promise<string> => {
+    build: async (signal?: AbortSignal): Promise<string> => {
       this.calls.push('build');
       this.checkKill('build');
+      if (this.hangBuild) {
+        await new Promise<void>((_, reject) => {
+          if (signal?.aborted) reject(signal.reason);
+          signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+        });
+      }
       const hash = await this.desiredHash();
       if (this.failBuild.has(hash)) throw new ApplyFailedError('nixos-rebuild build exited with 1', 'build', { exitCode: 1, tail: ['error: builder failed'] });
       return storePathOf(hash);
     },
-    activate: async (storePath: string, action: Activation): Promise<void> => {
+    activate: async (storePath: string, action: Activation): Promise<{ rebootRequired: boolean }> => {
       this.calls.push(`activate ${action} ${storePath}`);
       this.checkKill(`activate ${action}:before`);
-      if (action === 'boot') return;
+      if (action === 'boot') return { rebootRequired: false };
       await this.fs.symlinkAtomic(storePath, '/run/current-system');
       this.checkKill(`activate ${action}:after`);
       if (this.failActivate.has(storePath)) {
         throw new ApplyFailedError(`switch-to-configuration ${action} exited with 2`, action === 'switch' ? 'rollback' : 'activate', { exitCode: 2 });
       }
+      return { rebootRequired: false };
     },
     setProfile: async (storePath: string): Promise<void> => {
       this.calls.push(`setProfile ${storePath}`);
@@ -209,7 +249,7 @@ export class FakeRunner implements Runner {
 
 export interface World {
   readonly dir: string;
-  readonly fs: RootFs;
+  readonly fs: FaultyFs;
   readonly clock: ManualClock;
   readonly machine: FakeMachine;
   readonly sources: FakeSources;
@@ -222,7 +262,7 @@ export interface World {
 
 export async function world(): Promise<World> {
   const dir = await mkdtemp(path.join(tmpdir(), 'reconcile-test-'));
-  const fs = new RootFs(dir);
+  const fs = new FaultyFs(dir);
   const clock = new ManualClock(Date.UTC(2024, 0, 1, 12));
   const machine = new FakeMachine(fs);
   await machine.install();
@@ -247,10 +287,10 @@ export async function world(): Promise<World> {
         fs,
         log,
         runner,
-        sources: sources.reader as unknown as SourceReader,
-        writer: new RenderWriter(fs, parser as unknown as NixParser, log),
-        rebuilder: machine.rebuilder as unknown as Rebuilder,
-        health: machine.health as unknown as HealthChecker,
+        sources: sources.reader,
+        writer: new RenderWriter(fs, parser, log),
+        rebuilder: machine.rebuilder,
+        health: machine.health,
         store: new StateStore(fs, () => clock.now()),
         onStatus: (s) => statuses.push(s),
       });

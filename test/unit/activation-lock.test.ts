@@ -43,7 +43,7 @@ function setup(): Setup {
   );
   chmodSync(join(system, 'bin', 'switch-to-configuration'), 0o755);
   // The real runner, reporting when a command has been started.
-  const inner = new ProcessRunner(1_000);
+  const inner = new ProcessRunner(process.env, 1_000);
   const waiters = new Map<string, () => void>();
   const seen = new Set<string>();
   const runner = {

@@ -84,7 +84,7 @@ exit 0
   it('runs the command with NIXOS_EC2_AGENT_* after a convergence', async () => {
     const out = path.join(dir, 'converged.env');
     const runs: HookRun[] = [];
-    const hook = new PostConvergeHook(new ProcessRunner(), { argv: [script, out, 'ok'], timeoutSeconds: 10 }, silentLogger(), (r) => runs.push(r));
+    const hook = new PostConvergeHook(new ProcessRunner(process.env), { argv: [script, out, 'ok'], timeoutSeconds: 10 }, silentLogger(), (r) => runs.push(r));
     const run = await hook.run({ outcome: 'converged', desiredHash: HASH }, status());
     assert.equal(run?.outcome, 'ok');
     assert.equal(run?.exitCode, 0);
@@ -101,7 +101,7 @@ exit 0
 
   it('a failing command is reported, not thrown', async () => {
     const out = path.join(dir, 'failed.env');
-    const hook = new PostConvergeHook(new ProcessRunner(), { argv: [script, out, 'fail'], timeoutSeconds: 10 }, silentLogger());
+    const hook = new PostConvergeHook(new ProcessRunner(process.env), { argv: [script, out, 'fail'], timeoutSeconds: 10 }, silentLogger());
     const run = await hook.run({ outcome: 'failed', error: new ApplyFailedError('nixos-rebuild build exited with 1', 'build') }, status({ condition: 'degraded' }));
     assert.equal(run?.outcome, 'failed');
     assert.equal(run?.exitCode, 3);
@@ -113,25 +113,25 @@ exit 0
 
   it('a command that outlives its timeout is killed and reported as timed out', async () => {
     const out = path.join(dir, 'hang.env');
-    const hook = new PostConvergeHook(new ProcessRunner(100), { argv: [script, out, 'hang'], timeoutSeconds: 0.3 }, silentLogger());
+    const hook = new PostConvergeHook(new ProcessRunner(process.env, 100), { argv: [script, out, 'hang'], timeoutSeconds: 0.3 }, silentLogger());
     const run = await hook.run({ outcome: 'rolled-back', desiredHash: HASH }, status());
     assert.equal(run?.outcome, 'timed-out');
     assert.notEqual(run?.exitCode, 0);
   });
 
   it('a command that cannot start is a failed run', async () => {
-    const hook = new PostConvergeHook(new ProcessRunner(), { argv: [path.join(dir, 'missing')], timeoutSeconds: 5 }, silentLogger());
+    const hook = new PostConvergeHook(new ProcessRunner(process.env), { argv: [path.join(dir, 'missing')], timeoutSeconds: 5 }, silentLogger());
     const run = await hook.run({ outcome: 'converged' }, status());
     assert.equal(run?.outcome, 'failed');
   });
 
   it('runs nothing after a quiet pass, or when no command is configured', async () => {
     const out = path.join(dir, 'quiet.env');
-    const hook = new PostConvergeHook(new ProcessRunner(), { argv: [script, out], timeoutSeconds: 5 }, silentLogger());
+    const hook = new PostConvergeHook(new ProcessRunner(process.env), { argv: [script, out], timeoutSeconds: 5 }, silentLogger());
     assert.equal(await hook.run({ outcome: 'unchanged', desiredHash: HASH }, status()), undefined);
     assert.equal(await hook.run({ outcome: 'held', desiredHash: HASH }, status()), undefined);
     await assert.rejects(readFile(out), { code: 'ENOENT' });
-    const off = new PostConvergeHook(new ProcessRunner(), null, silentLogger());
+    const off = new PostConvergeHook(new ProcessRunner(process.env), null, silentLogger());
     assert.equal(off.enabled, false);
     assert.equal(await off.run({ outcome: 'converged' }, status()), undefined);
   });

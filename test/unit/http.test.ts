@@ -169,7 +169,7 @@ describe('HttpServer', () => {
     current = PHASES.converged as Status;
     await expect('/healthz', 200);
     await expect('/readyz', 200);
-    current = { ...(PHASES.converged as Status), phase: 'fetching', condition: 'converging', message: 'reading user data and SSM parameters' };
+    current = { ...(PHASES.converged as Status), phase: 'fetching', message: 'reading user data and SSM parameters' };
     await expect('/readyz', 200);
     // The sources changed: building a new desired state is not ready.
     current = { ...(PHASES.converged as Status), phase: 'building', condition: 'converging', desired: { hash: 'e'.repeat(64), sources: { userData: 'x', parameters: [] }, notes: [] } };

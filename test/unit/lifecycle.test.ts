@@ -11,6 +11,7 @@ import { TransientError } from '../../agent/errors.js';
 import { RootFs } from '../../agent/fs.js';
 import { silentLogger } from '../../agent/log.js';
 import { LIFECYCLE_FILE, LifecycleReporter, type Location } from '../../agent/report/lifecycle.js';
+import { StateStore } from '../../agent/state.js';
 import type { Status } from '../../agent/status.js';
 import { ManualClock, settle } from '../support/clock.js';
 
@@ -149,7 +150,7 @@ describe('LifecycleReporter', () => {
     const r = new LifecycleReporter({
       autoscaling: asg,
       clock,
-      fs,
+      store: new StateStore(fs, () => clock.now()),
       log: silentLogger(),
       config: lifecycleConfig(config),
       locate: options.locate ?? (async () => ({ instanceId: INSTANCE, group: GROUP })),

@@ -10,7 +10,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 
-import { childEnv, createNotify, NotifyError, type NativeSend, type Notify } from '../../agent/report/notify.js';
+import { childEnv } from '../../agent/env.js';
+import { createNotify, NotifyError, type NativeSend, type Notify } from '../../agent/report/notify.js';
 import { Watchdog, watchdogIntervalUsec } from '../../agent/report/watchdog.js';
 import { systemClock } from '../../agent/ports.js';
 import { ManualClock } from '../support/clock.js';

@@ -122,7 +122,7 @@ const userDataBytes = fc
 
 describe('fuzz: the user-data interpreter', () => {
   it('keeps the bytes exactly or rejects them as user data; what it renders parses as the bytes do', nix, async () => {
-    const parser = new NixParser(new ProcessRunner());
+    const parser = new NixParser(new ProcessRunner(process.env));
     let texts = 0;
     await withTempDir(async (dir) => {
       await fc.assert(

@@ -152,7 +152,7 @@ describe('the hostile corpus', () => {
         await writeFile(file, part.text);
         files.push(file);
       }
-      const errors = await new NixParser(new ProcessRunner()).check(files);
+      const errors = await new NixParser(new ProcessRunner(process.env)).check(files);
       const failed = new Set(errors.map((e) => e.file));
       for (const [i, { c }] of cases.entries()) {
         assert.equal(failed.has(files[i] as string), c.expect === 'parse-error', label(c));
@@ -229,7 +229,7 @@ describe('the hostile corpus', () => {
           return file;
         }),
       );
-      const failed = new Set((await new NixParser(new ProcessRunner()).check(files)).map((e) => e.file));
+      const failed = new Set((await new NixParser(new ProcessRunner(process.env)).check(files)).map((e) => e.file));
       for (const [i, { c }] of texts.entries()) assert.equal(failed.has(files[i] as string), c.parseError === true, label(c));
     });
   });

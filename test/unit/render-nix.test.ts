@@ -409,7 +409,7 @@ describe('renderOptionsModule', () => {
     assert.match(text, /^# /);
     assert.match(text, /\{ \.\.\. \}:\n/);
     assert.match(text, /# \/nixos\/fleet\/options\/networking\.hostName \(version 2\)\n\s+\{ config\.networking\.hostName = "web-1"; \}/);
-    assert.equal(await new NixParser(new ProcessRunner()).checkText(text, 'options.nix'), undefined);
+    assert.equal(await new NixParser(new ProcessRunner(process.env)).checkText(text, 'options.nix'), undefined);
   });
 
   it('merges options whose paths are prefixes of each other', nix, async () => {

@@ -108,7 +108,7 @@ describe('renderPlan', () => {
 describe('RenderWriter', () => {
   let dir: string;
   let fs: RootFs;
-  const parser = HAVE_NIX ? new NixParser(new ProcessRunner()) : undefined;
+  const parser = HAVE_NIX ? new NixParser(new ProcessRunner(process.env)) : undefined;
 
   before(async () => {
     ({ dir, fs } = await tempRoot());

@@ -14,7 +14,7 @@ const nix = nixAvailable() ? {} : { skip: NIX_MISSING };
 /** The real runner, counting calls, so tests can see the files are not parsed one call each. */
 class CountingRunner implements Runner {
   readonly requests: RunRequest[] = [];
-  private readonly inner = new ProcessRunner();
+  private readonly inner = new ProcessRunner(process.env);
   run(request: RunRequest): Promise<RunResult> {
     this.requests.push(request);
     return this.inner.run(request);
@@ -23,7 +23,7 @@ class CountingRunner implements Runner {
 
 /** Runs every command as `nobody`, as a non-root agent or a developer's sandbox would. */
 class NobodyRunner implements Runner {
-  private readonly inner = new ProcessRunner();
+  private readonly inner = new ProcessRunner(process.env);
   run(request: RunRequest): Promise<RunResult> {
     return this.inner.run({
       ...request,
@@ -54,8 +54,8 @@ const BROKEN = '{ ... }:\n{\n  networking.hostName = ;\n}\n';
 
 describe('NixParser', () => {
   it('reports whether nix-instantiate runs', nix, async () => {
-    assert.equal(await new NixParser(new ProcessRunner()).available(), true);
-    assert.equal(await new NixParser(new ProcessRunner(), { command: '/nonexistent/nix-instantiate' }).available(), false);
+    assert.equal(await new NixParser(new ProcessRunner(process.env)).available(), true);
+    assert.equal(await new NixParser(new ProcessRunner(process.env), { command: '/nonexistent/nix-instantiate' }).available(), false);
   });
 
   it('accepts files that parse, in one call', nix, async () => {
@@ -71,7 +71,7 @@ describe('NixParser', () => {
   it('names the file, line and column of a syntax error, with the first error line as message', nix, async () => {
     await withTempDir(async (dir) => {
       const [file] = await writeFiles(dir, { 'broken.nix': BROKEN });
-      assert.deepEqual(await new NixParser(new ProcessRunner()).check([file as string]), [
+      assert.deepEqual(await new NixParser(new ProcessRunner(process.env)).check([file as string]), [
         { file, line: 3, column: 25, message: "syntax error, unexpected ';'" },
       ]);
     });
@@ -80,7 +80,7 @@ describe('NixParser', () => {
   it('reports undefined variables, which Nix finds while parsing', nix, async () => {
     await withTempDir(async (dir) => {
       const [file] = await writeFiles(dir, { 'undef.nix': '{ ... }:\n{\n  x = pkgs.hello;\n}\n' });
-      const errors = await new NixParser(new ProcessRunner()).check([file as string]);
+      const errors = await new NixParser(new ProcessRunner(process.env)).check([file as string]);
       assert.deepEqual(errors, [{ file, line: 3, column: 7, message: "undefined variable 'pkgs'" }]);
     });
   });
@@ -117,7 +117,7 @@ describe('NixParser', () => {
       const link = join(dir, 'link.nix');
       await symlink(broken as string, link);
       const missing = join(dir, 'missing.nix');
-      const errors = await new NixParser(new ProcessRunner()).check([good as string, link, missing, good as string]);
+      const errors = await new NixParser(new ProcessRunner(process.env)).check([good as string, link, missing, good as string]);
       assert.deepEqual(
         errors.map((e) => [e.file, e.line, e.column]),
         [
@@ -130,7 +130,7 @@ describe('NixParser', () => {
   });
 
   it('parses text given to it, naming the error by the label', nix, async () => {
-    const parser = new NixParser(new ProcessRunner());
+    const parser = new NixParser(new ProcessRunner(process.env));
     assert.equal(await parser.checkText(GOOD, 'user data'), undefined);
     assert.deepEqual(await parser.checkText(BROKEN, 'SSM /nixos/fleet/modules/web (version 4)'), {
       file: 'SSM /nixos/fleet/modules/web (version 4)',
@@ -147,7 +147,7 @@ describe('NixParser', () => {
     await withTempDir(async (dir) => {
       const marker = join(dir, 'evaluated');
       const text = `builtins.toFile "x" (builtins.readFile ${JSON.stringify(marker)}) + abort "evaluated"\n`;
-      assert.equal(await new NixParser(new ProcessRunner()).checkText(text, 'hostile'), undefined);
+      assert.equal(await new NixParser(new ProcessRunner(process.env)).checkText(text, 'hostile'), undefined);
       assert.equal(existsSync(marker), false);
     });
   });
@@ -172,7 +172,7 @@ describe('NixParser', () => {
   });
 
   it('throws NixUnavailableError when nix-instantiate cannot be started', async () => {
-    const parser = new NixParser(new ProcessRunner(), { command: '/nonexistent/nix-instantiate' });
+    const parser = new NixParser(new ProcessRunner(process.env), { command: '/nonexistent/nix-instantiate' });
     await assert.rejects(parser.check(['/etc/nixos/configuration.nix']), (err: unknown) => {
       assert.ok(err instanceof NixUnavailableError);
       assert.equal(err.command, '/nonexistent/nix-instantiate');
@@ -186,7 +186,7 @@ describe('NixParser', () => {
       const slow = join(dir, 'slow-nix-instantiate');
       await writeFile(slow, '#!/bin/sh\nexec sleep 30\n');
       await chmod(slow, 0o755);
-      const parser = new NixParser(new ProcessRunner(100), { command: slow, timeoutMs: 100 });
+      const parser = new NixParser(new ProcessRunner(process.env, 100), { command: slow, timeoutMs: 100 });
       await assert.rejects(parser.check([join(dir, 'a.nix')]), TransientError);
     });
   });

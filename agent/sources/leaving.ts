@@ -58,7 +58,7 @@ export class SpotInterruptionMonitor implements Monitor {
   }
 }
 
-export interface LifecycleWatchOptions {
+export interface LeavingWatchOptions {
   readonly clock: Clock;
   readonly intervalMs: number;
   /** Called when the instance starts leaving (a notice), or stops (undefined: e.g. the hook was abandoned). */
@@ -67,7 +67,7 @@ export interface LifecycleWatchOptions {
 }
 
 /** Polls every monitor on its own loop; an error is reported and the loop goes on. */
-export class LifecycleWatch {
+export class LeavingWatch {
   private readonly notices = new Map<string, LeavingNotice>();
   private stopper: AbortController | undefined;
   private loops: Promise<void>[] = [];
@@ -75,7 +75,7 @@ export class LifecycleWatch {
 
   constructor(
     private readonly monitors: readonly Monitor[],
-    private readonly options: LifecycleWatchOptions,
+    private readonly options: LeavingWatchOptions,
   ) {}
 
   get leaving(): LeavingNotice | undefined {
@@ -117,7 +117,7 @@ export class LifecycleWatch {
       this.publish();
       return 0;
     } catch (err) {
-      // A failed look keeps the last answer: a flaky IMDS neither starts nor ends a termination.
+      // A failed look keeps the last answer: a flaky IMDS neither starts nor ends leaving.
       this.options.onError?.(monitor.kind, err as Error, errors + 1);
       return errors + 1;
     }

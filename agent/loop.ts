@@ -1,0 +1,595 @@
+// The daemon as one event loop, after comin's manager.Run(): events come in (a pass started or
+// finished, a status from the reconciler, a local file change, the instance leaving or staying, a
+// control command, a signal, a reload done, the kernel's reboot window), each has one small handler
+// in `handle`, and every piece of the loop's state is changed there and nowhere else. Long work (a
+// pass, a reload, a kernel check) runs beside the loop and comes back as an event.
+//
+// Nothing here touches the process: no signal handler, no environment read, no global timer. The
+// composition root (daemon.ts) hands in the environment, a clock and the signals, so a simulation
+// runs many of these in one process and stops each on its own.
+import { createAgent, createLifecycleReporter, type Agent, type AgentEdges } from './agent.js';
+import { KernelPolicy } from './apply/kernel.js';
+import { controlSocketPath, type Config } from './config.js';
+import { shortHash } from './desired/desired.js';
+import { RootFs } from './fs.js';
+import type { Logger } from './log.js';
+import type { Clock, Runner } from './ports.js';
+import type { PassResult } from './reconcile.js';
+import { selectDesired } from './rollout/select.js';
+import { ControlServer, type ControlOp } from './report/control.js';
+import { PostConvergeHook } from './report/hook.js';
+import { HttpServer } from './report/http.js';
+import type { LifecycleReporter } from './report/lifecycle.js';
+import { AgentMetrics, PhaseTimer } from './report/metrics.js';
+import type { Notify } from './report/notify.js';
+import { StatusFile } from './report/status-file.js';
+import type { Watchdog } from './report/watchdog.js';
+import { ProcessRunner } from './runner.js';
+import { Scheduler, type ScheduleOptions } from './schedule.js';
+import { ASG_TAG, type Snapshots } from './sources/index.js';
+import { LeavingWatch, SpotInterruptionMonitor, TargetLifecycleMonitor, type LeavingNotice } from './sources/leaving.js';
+import { LocalWatcher } from './sources/watch.js';
+import type { Status, StatusPhase } from './status.js';
+
+/** The signals the daemon acts on; the composition root decides which process signals they are. */
+export type DaemonSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP';
+
+export interface DaemonDeps {
+  readonly log: Logger;
+  readonly clock: Clock;
+  /** The agent's environment: AWS settings for the SDK, the children's environment. */
+  readonly env: NodeJS.ProcessEnv;
+  readonly notify: Notify;
+  readonly watchdog: Watchdog;
+  /** Reads the configuration again (SIGHUP); without it SIGHUP keeps the configuration and converges. */
+  readonly reload?: () => Promise<Config>;
+  /** Clients and runner to use instead of the real ones (a simulation). */
+  readonly edges?: Pick<AgentEdges, 'imds' | 'ssm' | 'autoscaling' | 'runner' | 'credentials'>;
+  /** Hears every status after the daemon's own sinks (a simulation watching its agents). */
+  readonly onStatus?: (status: Status) => void;
+  /** The clock the Auto Scaling reporter waits on; by default `clock`. */
+  readonly reporterClock?: Clock;
+}
+
+/** What the caller holds: a running daemon to signal and wait for. */
+export interface Daemon {
+  signal(signal: DaemonSignal): void;
+  /** Resolves with the exit code once everything the daemon started has stopped. */
+  readonly done: Promise<number>;
+  /** The latest status (for tests and simulations). */
+  readonly status: Status;
+}
+
+type ControlReply = (answer: unknown) => void;
+
+type DaemonEvent =
+  | { readonly kind: 'status'; readonly status: Status }
+  | { readonly kind: 'pass-finished'; readonly result: PassResult; readonly durationMs: number | undefined }
+  | { readonly kind: 'local-change'; readonly reason: string }
+  | { readonly kind: 'leaving'; readonly notice: LeavingNotice | undefined }
+  | { readonly kind: 'control'; readonly op: ControlOp; readonly reply: ControlReply }
+  | { readonly kind: 'signal'; readonly signal: DaemonSignal }
+  | { readonly kind: 'reloaded'; readonly parts: Parts | undefined }
+  | { readonly kind: 'kernel-wait'; readonly untilMs: number }
+  | { readonly kind: 'kernel-wake' };
+
+/** Everything built from one configuration. SIGHUP replaces it whole: never two alive at once. */
+interface Parts {
+  readonly config: Config;
+  readonly agent: Agent;
+  readonly kernel: KernelPolicy;
+  readonly lifecycle: LifecycleReporter | undefined;
+  readonly leaving: LeavingWatch | undefined;
+  readonly local: LocalWatcher | undefined;
+}
+
+// A first rebuild can outlast any fixed TimeoutStartSec: until READY=1, ask systemd for more
+// time when it starts and then a little at a time, so a start that stops making progress still
+// times out (and the watchdog catches a wedged loop meanwhile).
+const EXTEND_EVERY_MS = 30_000;
+
+export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Daemon> {
+  const loop = new DaemonLoop(config, deps);
+  try {
+    await loop.start();
+  } catch (err) {
+    // What did start is stopped again: a daemon that cannot start leaves nothing running.
+    await loop.abandon();
+    throw err;
+  }
+  return loop;
+}
+
+class DaemonLoop implements Daemon {
+  // The loop's state: changed only in `handle` (and in start/finish, before and after the loop).
+  private parts!: Parts;
+  private phase: StatusPhase = 'starting';
+  private lastMessage = '';
+  /** READY=1 sent: the first convergence has ended. */
+  private ready = false;
+  private stopping = false;
+  private reloading = false;
+  private leavingNotice: LeavingNotice | undefined;
+  private kernelWaitUntil: number | undefined;
+  /** When the sources were last read whole to look for a newer desired state during a build. */
+  private fullCheckAt = Number.NEGATIVE_INFINITY;
+
+  private readonly fs: RootFs;
+  private readonly runner: Runner;
+  private readonly metrics: AgentMetrics | undefined;
+  private readonly phases: PhaseTimer;
+  private readonly statusFile: StatusFile;
+  private readonly scheduler: Scheduler;
+  private readonly control: ControlServer;
+  private http: HttpServer | undefined;
+  /** Aborted at stop: ends every wait the loop started (kernel window, start extension). */
+  private readonly stopped = new AbortController();
+  /** Hooks run one after another, off the loop: a slow command never delays the next pass. */
+  private hooks: Promise<unknown> = Promise.resolve();
+  /** Work started by handlers; waited for at stop so nothing outlives the daemon. */
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private resolveDone!: (code: number) => void;
+  readonly done: Promise<number>;
+
+  constructor(
+    private readonly config: Config,
+    private readonly deps: DaemonDeps,
+  ) {
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    const { log, clock } = deps;
+    this.fs = new RootFs(config.root);
+    this.statusFile = new StatusFile(this.fs, (err) => log.warn({ event: 'status.write-failed', err: err.message }, 'cannot write status.json'));
+    // Metrics are only worth their cost when something can scrape them.
+    this.metrics = config.http.listen !== null ? new AgentMetrics({ clock }) : undefined;
+    this.phases = new PhaseTimer(clock);
+    // prom-client loads once the first rebuild has been launched: from then on the main thread
+    // only waits on the child, so the import (see report/metrics.ts) costs the boot path nothing.
+    const inner = deps.edges?.runner ?? new ProcessRunner(deps.env);
+    this.runner = {
+      run: (request) => {
+        const running = inner.run(request);
+        if (this.metrics && !this.metrics.loaded && (this.phase === 'building' || this.phase === 'activating')) this.loadMetrics();
+        return running;
+      },
+    };
+    this.scheduler = new Scheduler(clock, {
+      ...(timings(config) as Pick<ScheduleOptions, 'intervalMs' | 'jitter' | 'quietPeriodMs'>),
+      throttleLevel: () => this.parts.agent.ssm.throttleLevel,
+      // Only a build can be cancelled: nothing has been activated yet.
+      cancellable: () => this.reconciler.status.phase === 'building',
+      changed: (signal) => this.newerDesired(signal, false),
+      // What a pass would converge to, read as the pass reads it: polls see pushes through it.
+      probe: async (signal) => this.desiredHash(await this.parts.agent.sources.peek(signal)),
+    });
+    this.control = new ControlServer(controlSocketPath(config), (op) => new Promise((reply) => this.post({ kind: 'control', op, reply })));
+  }
+
+  get status(): Status {
+    return this.reconciler.status;
+  }
+
+  private get reconciler() {
+    return this.parts.agent.reconciler;
+  }
+
+  signal(signal: DaemonSignal): void {
+    this.post({ kind: 'signal', signal });
+  }
+
+  /** Every event enters here; handlers run one at a time, in order. */
+  private post(event: DaemonEvent): void {
+    this.handle(event);
+  }
+
+  private handle(event: DaemonEvent): void {
+    switch (event.kind) {
+      case 'status':
+        return this.onStatus(event.status);
+      case 'pass-finished':
+        return this.onPassFinished(event.result, event.durationMs);
+      case 'local-change':
+        this.deps.log.info({ event: 'local.changed', reason: event.reason }, `local input ${event.reason}`);
+        this.scheduler.trigger(event.reason);
+        return;
+      case 'leaving':
+        return this.onLeaving(event.notice);
+      case 'control':
+        return this.onControl(event.op, event.reply);
+      case 'signal':
+        if (event.signal === 'SIGHUP') return this.onReload();
+        return this.onStop(event.signal);
+      case 'reloaded':
+        return this.onReloaded(event.parts);
+      case 'kernel-wait':
+        return this.onKernelWait(event.untilMs);
+      case 'kernel-wake':
+        this.kernelWaitUntil = undefined;
+        this.spawn(this.scheduler.exclusive(() => this.kernelCheck()));
+        return;
+    }
+  }
+
+  private onStatus(status: Status): void {
+    const { notify } = this.deps;
+    if (!this.ready && status.phase === 'building' && this.phase !== 'building') this.extendStart();
+    this.parts?.lifecycle?.update(status);
+    this.statusFile.update(status);
+    if (status.message !== this.lastMessage) {
+      this.lastMessage = status.message;
+      notify.status(status.message);
+    }
+    this.phase = status.phase;
+    const ended = this.phases.observe(status);
+    if (ended) this.deps.log.info({ event: 'phase', phase: ended.phase, durationMs: ended.durationMs, desiredHash: ended.desiredHash, next: ended.next }, `${ended.phase} ended after ${ended.durationMs} ms`);
+    this.metrics?.observe(status);
+    this.deps.onStatus?.(status);
+  }
+
+  /** A pass (durationMs set) or an operator's rollback ended. */
+  private onPassFinished(result: PassResult, durationMs: number | undefined): void {
+    const { notify } = this.deps;
+    if (durationMs !== undefined) this.metrics?.recordPass(result, durationMs);
+    const status = this.reconciler.status;
+    const hook = new PostConvergeHook(this.runner, this.parts.config.postConvergeCommand, this.deps.log, (run) => this.metrics?.recordHook(run.outcome, run.durationMs));
+    this.hooks = this.hooks.then(() => hook.run(result, status));
+    if (durationMs === undefined) return;
+    if (this.metrics && !this.metrics.loaded) this.loadMetrics();
+    if (!this.ready) {
+      this.ready = true;
+      notify.ready(status.message);
+    } else if (notify.enabled) {
+      // After SIGHUP, READY=1 ends the RELOADING=1 state.
+      notify.send({ READY: 1 });
+    }
+  }
+
+  private onKernelWait(untilMs: number): void {
+    const { log, clock } = this.deps;
+    if (this.kernelWaitUntil === untilMs) return;
+    this.kernelWaitUntil = untilMs;
+    log.info({ event: 'kernel.reboot-wait', until: new Date(untilMs).toISOString() }, `reboot required; waiting for the reboot window (${new Date(untilMs).toISOString()})`);
+    clock.sleep(untilMs - clock.now(), this.stopped.signal).then(
+      () => this.post({ kind: 'kernel-wake' }),
+      () => undefined,
+    );
+  }
+
+  private onLeaving(notice: LeavingNotice | undefined): void {
+    const { log, notify } = this.deps;
+    this.leavingNotice = notice;
+    if (notice) {
+      log.warn({ event: 'leaving', kind: notice.kind, detail: notice.detail }, `${notice.detail}: no new rebuild starts`);
+      this.scheduler.block(notice.detail);
+      this.reconciler.setLeaving(notice.detail);
+      notify.stopping(`leaving: ${notice.detail}`);
+    } else {
+      log.info({ event: 'leaving.ended' }, 'the instance is no longer leaving; convergence resumes');
+      this.reconciler.setLeaving(undefined);
+      this.scheduler.unblock();
+      if (notify.enabled) notify.send({ READY: 1 });
+    }
+  }
+
+  private onControl(op: ControlOp, reply: ControlReply): void {
+    const answer = async (): Promise<unknown> => {
+      switch (op) {
+        case 'status':
+          return { ok: true, status: this.reconciler.status };
+        case 'converge': {
+          if (this.scheduler.state.running) {
+            // A build of what the sources still say is let finish: only a newer desired state
+            // cancels it (runNow below). Otherwise the next pass starts when this one ends.
+            const newer = await this.newerDesired(undefined, true).catch(() => undefined);
+            if (newer === undefined) await this.scheduler.exclusive(async () => undefined);
+          }
+          // An operator asking means: read everything again, whatever the revision says.
+          this.parts.agent.ssm.invalidate('converge --now');
+          this.parts.agent.sources.forget();
+          const result = await this.scheduler.runNow('converge --now');
+          if (result === undefined) {
+            const why = this.leavingNotice ? `the instance is leaving (${this.leavingNotice.detail})` : 'the agent is stopping';
+            return { ok: false, error: `not converging: ${why}`, status: this.reconciler.status };
+          }
+          return { ok: result.outcome !== 'failed' && result.outcome !== 'invalid-input' && result.outcome !== 'rolled-back', outcome: result.outcome, status: this.reconciler.status };
+        }
+        case 'rollback': {
+          const result = await this.scheduler.exclusive(() => this.reconciler.rollback());
+          this.post({ kind: 'pass-finished', result, durationMs: undefined });
+          return { ok: result.outcome === 'rolled-back', outcome: result.outcome, status: this.reconciler.status };
+        }
+        case 'suspend':
+          await this.scheduler.exclusive(() => this.reconciler.suspend('control socket'));
+          return { ok: true, status: this.reconciler.status };
+        case 'resume':
+          await this.scheduler.exclusive(() => this.reconciler.resume());
+          this.scheduler.trigger('resume');
+          return { ok: true, status: this.reconciler.status };
+      }
+    };
+    this.spawn(answer().then(reply, (err: unknown) => reply({ ok: false, error: (err as Error).message })));
+  }
+
+  private onStop(signal: DaemonSignal): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.deps.log.info({ event: 'stop', signal }, `stopping on ${signal}`);
+    this.deps.notify.stopping('stopping');
+    this.stopped.abort();
+    // Watching ends first, so nothing queues a pass while the one in hand finishes.
+    void this.parts.local?.stop();
+    void this.parts.leaving?.stop();
+    this.scheduler.stop();
+  }
+
+  private onReload(): void {
+    if (this.stopping || this.reloading) return;
+    this.reloading = true;
+    this.deps.notify.reloading();
+    this.spawn(this.scheduler.exclusive(() => this.rebuildParts()).then((parts) => this.post({ kind: 'reloaded', parts })));
+  }
+
+  /** Reads the configuration again and builds every part from it; undefined keeps the running one. */
+  private async rebuildParts(): Promise<Parts | undefined> {
+    const { log } = this.deps;
+    let next: Config;
+    try {
+      next = await (this.deps.reload ?? (async () => this.parts.config))();
+    } catch (err) {
+      // A bad file keeps the running configuration: a typo must not stop convergence.
+      log.error({ event: 'reload.failed', err: (err as Error).message }, `SIGHUP: the configuration was not reloaded: ${(err as Error).message}`);
+      return undefined;
+    }
+    try {
+      const parts = await this.buildParts(next);
+      // The old parts stop before the new ones start: one configuration at a time talks to AWS.
+      await this.stopParts(this.parts);
+      return parts;
+    } catch (err) {
+      log.error({ event: 'reload.failed', err: (err as Error).message }, `SIGHUP: the configuration was not reloaded: ${(err as Error).message}`);
+      return undefined;
+    }
+  }
+
+  private onReloaded(parts: Parts | undefined): void {
+    const { log, notify } = this.deps;
+    this.reloading = false;
+    if (parts && this.stopping) {
+      // Stopped meanwhile: the new parts never start; stopping them is the stop's job.
+      this.parts = parts;
+      return;
+    }
+    if (parts) {
+      this.parts = parts;
+      if (this.leavingNotice) parts.agent.reconciler.setLeaving(this.leavingNotice.detail);
+      log.level = parts.config.logLevel;
+      this.scheduler.reconfigure(timings(parts.config));
+      this.spawn(this.startParts(parts));
+      log.info({ event: 'reload', root: parts.config.root }, 'SIGHUP: configuration reloaded (http.listen and controlSocket apply at restart)');
+    }
+    this.parts.agent.ssm.invalidate('SIGHUP');
+    // The pass that follows ends RELOADING=1 with READY=1; while leaving, READY=1 is sent now.
+    if (this.leavingNotice || this.scheduler.isStopped) notify.send({ READY: 1 });
+    else void this.scheduler.runNow('SIGHUP');
+  }
+
+  private async buildParts(config: Config): Promise<Parts> {
+    const { log, clock, env } = this.deps;
+    const agent = await createAgent(config, log, {
+      ...this.deps.edges,
+      clock,
+      env,
+      runner: this.runner,
+      onStatus: (status) => this.post({ kind: 'status', status }),
+      onProgress: () => this.deps.watchdog.alive(),
+    });
+    await agent.reconciler.start();
+    const kernel = new KernelPolicy({
+      policy: config.kernel.policy,
+      window: config.kernel.rebootWindow,
+      rebootCommand: config.kernel.rebootCommand,
+      clock,
+      runner: this.runner,
+      setInstanceHealth: (input) => agent.autoscaling.setInstanceHealth(input.InstanceId, input.HealthStatus, input.ShouldRespectGracePeriod),
+      log: (level, event, message, fields) => log[level]({ event, ...fields }, message),
+    });
+    const leaving = config.termination.enabled
+      ? new LeavingWatch([new TargetLifecycleMonitor(agent.imds), new SpotInterruptionMonitor(agent.imds)], {
+          clock,
+          intervalMs: config.termination.checkSeconds * 1000,
+          onChange: (notice) => this.post({ kind: 'leaving', notice }),
+          onError: (kind, err, inARow) => {
+            if (inARow === 1 || inARow % 20 === 0) log.warn({ event: 'leaving.check-failed', kind, err: err.message, inARow }, `cannot read the ${kind} notice from IMDS: ${err.message}`);
+          },
+        })
+      : undefined;
+    const fs = agent.fs;
+    const local = config.local.watch
+      ? new LocalWatcher({
+          baseConfiguration: fs.resolve(config.local.baseConfiguration),
+          modulesDir: fs.resolve(config.local.modulesDir),
+          onChange: (reason) => this.post({ kind: 'local-change', reason }),
+          onError: (err) => log.warn({ event: 'local.watch-error', err: err.message }, `watching local inputs: ${err.message}`),
+        })
+      : undefined;
+    const lifecycle = createLifecycleReporter(agent, log, {
+      clock: this.deps.reporterClock ?? clock,
+      onCompleted: (result) => this.metrics?.lifecycleCompleted(result),
+      onHeartbeat: () => this.metrics?.heartbeat(),
+    });
+    return { config, agent, kernel, lifecycle, leaving, local };
+  }
+
+  private async startParts(parts: Parts): Promise<void> {
+    const { log } = this.deps;
+    await parts.leaving?.start();
+    // Watching starts before the first pass reads the inputs, so no change falls between the two.
+    // (The image's configuration.nix was adopted as the base file in reconciler.start(), before.)
+    await parts.local?.start().catch((err: unknown) => log.warn({ event: 'local.watch-failed', err: (err as Error).message }, `cannot watch local inputs: ${(err as Error).message}`));
+    parts.lifecycle?.update(parts.agent.reconciler.status);
+    parts.lifecycle?.start();
+  }
+
+  private async stopParts(parts: Parts): Promise<void> {
+    await parts.local?.stop();
+    await parts.leaving?.stop();
+    await parts.lifecycle?.stop();
+  }
+
+  async start(): Promise<void> {
+    const { log, notify, watchdog } = this.deps;
+    this.parts = await this.buildParts(this.config);
+    await this.startParts(this.parts);
+    // Health checks must answer during the first rebuild: /healthz while the image's good
+    // generation runs, /readyz 503 until the first convergence.
+    this.http =
+      this.config.http.listen !== null
+        ? new HttpServer({
+            listen: this.config.http.listen,
+            status: () => this.reconciler.status,
+            hasGoodGeneration: () => this.reconciler.status.lastGood !== undefined || this.reconciler.durable?.lastGood !== undefined,
+            ...(this.metrics ? { metrics: () => this.metrics!.render() } : {}),
+            log,
+          })
+        : undefined;
+    // Convergence matters more than its report: a port already taken is logged, not fatal.
+    await this.http?.start().catch((err: unknown) => log.error({ event: 'http.listen-failed', listen: this.config.http.listen, err: (err as Error).message }, `cannot serve HTTP on ${this.config.http.listen}: ${(err as Error).message}`));
+    await this.control.start();
+    watchdog.start();
+    if (notify.enabled) void this.extendUntilReady();
+    void this.run().then(this.resolveDone, (err: unknown) => {
+      log.error({ event: 'loop.error', err: (err as Error).message }, `daemon: ${(err as Error).message}`);
+      this.resolveDone(70);
+    });
+  }
+
+  /** Undoes a start that failed part way. */
+  async abandon(): Promise<void> {
+    this.stopped.abort();
+    this.deps.watchdog.stop();
+    await this.control.stop().catch(() => undefined);
+    await this.http?.stop().catch(() => undefined);
+    if (this.parts) await this.stopParts(this.parts).catch(() => undefined);
+  }
+
+  /** The pass loop: the Scheduler says when, the reconciler does the pass, the loop hears of it. */
+  private async run(): Promise<number> {
+    const { log, clock, watchdog } = this.deps;
+    let code = 0;
+    await this.scheduler.run(async (reason, signal) => {
+      watchdog.alive();
+      const started = clock.now();
+      const result = await this.reconciler.converge(reason, signal);
+      const durationMs = clock.now() - started;
+      await this.kernelCheck().catch((err: unknown) => log.error({ event: 'kernel.policy-failed', err: (err as Error).message }, `kernel policy: ${(err as Error).message}`));
+      this.post({ kind: 'pass-finished', result, durationMs });
+      watchdog.alive();
+      return result;
+    }, () => watchdog.alive()).catch((err: unknown) => {
+      // Not one of the expected failures: a bug. The daemon stops whole (nothing left answering
+      // health checks for a dead loop) and exits non-zero, so systemd restarts it.
+      log.fatal({ event: 'loop.crashed', err: (err as Error)?.stack ?? String(err) }, `the pass loop failed: ${(err as Error)?.message ?? String(err)}`);
+      this.onStop('SIGTERM');
+      code = 70;
+    });
+    await this.finish();
+    return code;
+  }
+
+  private async finish(): Promise<void> {
+    const { log, watchdog } = this.deps;
+    watchdog.stop();
+    this.stopped.abort();
+    await this.control.stop();
+    // Control answers and reloads still under way end before the parts they use stop.
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+    await this.stopParts(this.parts);
+    await this.http?.stop();
+    await this.hooks;
+    await this.statusFile.flush();
+    log.info({ event: 'stopped' }, 'stopped');
+  }
+
+  /** Keeps track of work a handler started, so stop waits for it. */
+  private spawn(work: Promise<unknown>): void {
+    const tracked = work.catch((err: unknown) => this.deps.log.error({ event: 'loop.error', err: (err as Error).message }, `daemon: ${(err as Error).message}`));
+    this.inFlight.add(tracked);
+    void tracked.finally(() => this.inFlight.delete(tracked));
+  }
+
+  /**
+   * While a pass builds: has the desired state moved on from the one it builds? The revision (tag
+   * or parameter) answers cheaply; without one, the sources are read whole and the desired hash
+   * compared, at most once per poll interval (`now`: at once), the price a poll pays anyway.
+   */
+  private async newerDesired(signal: AbortSignal | undefined, now: boolean): Promise<string | undefined> {
+    const { agent, config } = this.parts;
+    const cheap = config.ssm.enabled ? await agent.ssm.changed(signal) : undefined;
+    if (cheap !== undefined) return cheap;
+    const building = agent.reconciler.status.desired?.hash;
+    if (building === undefined || agent.reconciler.status.phase !== 'building') return undefined;
+    const at = this.deps.clock.now();
+    if (!now && at - this.fullCheckAt < config.ssm.pollIntervalSeconds * 1000) return undefined;
+    this.fullCheckAt = at;
+    const hash = this.desiredHash(await agent.sources.read(signal));
+    return hash === building ? undefined : `desired state ${shortHash(hash)} differs from the one building (${shortHash(building)})`;
+  }
+
+  /** The hash of the desired state a pass would select from these sources (a rollout included). */
+  private desiredHash(snapshots: Snapshots): string {
+    const input = { userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local };
+    return selectDesired(input, { instanceId: snapshots.identity.instanceId }, this.deps.clock.now()).desired.hash;
+  }
+
+  /** After each pass: a committed generation that changed the kernel is acted on by policy. */
+  private async kernelCheck(): Promise<void> {
+    const { agent, kernel, config } = this.parts;
+    const required = agent.reconciler.rebootRequired;
+    if (!required) return;
+    const instanceId = agent.reconciler.status.instanceId;
+    const group =
+      config.kernel.policy === 'replace'
+        ? ((await agent.imds.get(`latest/meta-data/tags/instance/${ASG_TAG}`).catch(() => undefined)) ??
+          (instanceId ? (await agent.autoscaling.describeInstance(instanceId).catch(() => undefined))?.group : undefined))
+        : undefined;
+    const action = kernel.decide(required, group !== undefined);
+    if (action.kind === 'wait') {
+      this.post({ kind: 'kernel-wait', untilMs: action.untilMs });
+      return;
+    }
+    if (action.kind === 'reboot' || action.kind === 'replace') {
+      if (this.leavingNotice) return;
+      await kernel.act(action, required.storePath, instanceId);
+    }
+  }
+
+  private extendStart(): void {
+    this.deps.notify.extendTimeout(EXTEND_EVERY_MS * 3 * 1_000);
+  }
+
+  /** Until READY=1, asks systemd for more start time every EXTEND_EVERY_MS. */
+  private async extendUntilReady(): Promise<void> {
+    while (!this.ready && !this.stopped.signal.aborted) {
+      try {
+        await this.deps.clock.sleep(EXTEND_EVERY_MS, this.stopped.signal);
+      } catch {
+        return;
+      }
+      if (!this.ready) this.extendStart();
+    }
+  }
+
+  private loadMetrics(): void {
+    this.metrics?.load().catch((err: unknown) => this.deps.log.error({ event: 'metrics.load-failed', err: (err as Error).message }, `cannot load metrics: ${(err as Error).message}`));
+  }
+}
+
+function timings(c: Config): Partial<ScheduleOptions> {
+  return {
+    intervalMs: c.ssm.pollIntervalSeconds * 1000,
+    jitter: c.ssm.pollJitter,
+    quietPeriodMs: c.watch.quietPeriodMs,
+    maxSettleMs: c.watch.maxSettleSeconds * 1000,
+    maxBackoffMs: c.ssm.maxBackoffSeconds * 1000,
+    cancelCheckMs: c.watch.cancelCheckSeconds * 1000,
+  };
+}

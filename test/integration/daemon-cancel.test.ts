@@ -1,0 +1,114 @@
+// A build that hangs, and what may end it early: a newer desired state cancels it even with no
+// revision tag or parameter to compare; `converge --now` with the sources unchanged lets it run
+// (and is answered with what the passes did, never "cancelled"). In this process, against the
+// emulators and the stand-in nixos-rebuild.
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, it } from 'node:test';
+import { parseConfig } from '../../agent/config.js';
+import { silentLogger } from '../../agent/log.js';
+import { startDaemon, type Daemon } from '../../agent/loop.js';
+import { realClock } from '../../agent/ports.js';
+import { ControlClient } from '../../agent/report/control.js';
+import { createNotify } from '../../agent/report/notify.js';
+import { Watchdog } from '../../agent/report/watchdog.js';
+import type { Outcome, Status } from '../../agent/status.js';
+import { bootMachine, installStandins } from '../../sandbox/standin/install.js';
+import { World } from '../../sandbox/world.js';
+import { markerModule } from '../support/e2e.js';
+
+const MODULE = '/nixos/fleet/modules/app';
+const CREDENTIALS = { accessKeyId: 'AKIDCANCEL', secretAccessKey: 'cancel-secret' };
+
+async function waitFor(what: string, condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 90_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+interface Running {
+  readonly world: World;
+  readonly daemon: Daemon;
+  readonly root: string;
+  readonly statuses: Status[];
+  readonly outcomes: () => Outcome[];
+  readonly control: ControlClient;
+}
+
+describe('a hung build', { timeout: 240_000 }, () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  async function start(buildTimeoutSeconds: number): Promise<Running> {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-cancel-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
+    cleanups.push(() => world.close());
+    world.ssm.load([{ Name: MODULE, Value: markerModule('sandbox-hang'), Type: 'String' }]);
+    const root = path.join(dir, 'root');
+    const tools = await installStandins({ binDir: path.join(dir, 'bin'), root });
+    await bootMachine(root);
+    const config = parseConfig({
+      root,
+      logLevel: 'error',
+      rebuild: { nixosRebuild: tools.nixosRebuild, nixEnv: tools.nixEnv, nixChannel: tools.nixChannel, validate: 'if-available', buildTimeoutSeconds, activateTimeoutSeconds: 60 },
+      health: { systemctl: tools.systemctl, graceSeconds: 1, intervalSeconds: 0.25 },
+      imds: { retries: 2, timeoutMs: 5_000 },
+      // No revision to compare: only reading the sources whole can tell the desired state moved.
+      ssm: { pollIntervalSeconds: 0.5, pollJitter: 0, revisionTag: null, revisionParameter: null, maxAttempts: 2 },
+      watch: { cancelCheckSeconds: 0.2 },
+      retry: { failedBackoffSeconds: 3_600 },
+      http: { listen: null },
+      controlSocket: '/run/ctl.sock',
+      lifecycle: { enabled: false },
+      termination: { enabled: false },
+    });
+    const clock = realClock();
+    const env = world.env();
+    const notify = createNotify({});
+    const statuses: Status[] = [];
+    const daemon = await startDaemon(config, {
+      log: silentLogger(),
+      clock,
+      env,
+      notify,
+      watchdog: new Watchdog(notify, {}, clock),
+      edges: { credentials: async () => async () => CREDENTIALS },
+      onStatus: (s) => statuses.push(s),
+    });
+    cleanups.push(async () => {
+      daemon.signal('SIGTERM');
+      await daemon.done;
+    });
+    const outcomes = () => [...new Set(statuses.map((s) => s.lastResult).filter((r) => r !== undefined))].map((r) => r.outcome);
+    return { world, daemon, root, statuses, outcomes, control: new ControlClient(path.join(root, 'run/ctl.sock')) };
+  }
+
+  it('is cancelled by a newer desired state, with no revision to compare', async () => {
+    const r = await start(120);
+    await waitFor('the hung build', () => r.daemon.status.phase === 'building');
+    const hung = r.daemon.status.desired?.hash;
+    r.world.ssm.load([{ Name: MODULE, Value: markerModule('fixed'), Type: 'String', Overwrite: true }]);
+    await waitFor('the fixed module converged', () => r.daemon.status.condition === 'converged' && r.daemon.status.desired?.hash !== hung);
+    assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
+    const configuration = await readFile(path.join(r.root, 'etc/nixos/configuration.nix'), 'utf8');
+    assert.match(configuration, new RegExp(`Desired state ${r.daemon.status.desired?.hash}`));
+  });
+
+  it('is not cancelled by converge --now when the sources still say the same', async () => {
+    const r = await start(4);
+    await waitFor('the hung build', () => r.daemon.status.phase === 'building');
+    const answer = (await r.control.request('converge')) as { ok: boolean; outcome?: Outcome };
+    assert.notEqual(answer.outcome, 'cancelled');
+    assert.ok(!r.outcomes().includes('cancelled'), r.outcomes().join(', '));
+    // The build ran to its timeout: the pass failed on it, then the asked-for pass held on that failure.
+    assert.ok(r.outcomes().includes('failed'), r.outcomes().join(', '));
+    assert.equal(answer.outcome, 'held');
+  });
+});

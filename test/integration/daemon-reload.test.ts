@@ -1,0 +1,157 @@
+// The daemon's composition root and SIGHUP, in this process. SIGHUP rebuilds every part that
+// depends on the configuration and stops the old ones first: after a reload that points the agent
+// at another IMDS, nothing (leaving monitors, reconciler, reporters) asks the old one again. And
+// `runDaemon` removes the signal handlers it installed once it has stopped.
+import assert from 'node:assert/strict';
+import { mkdtemp, readlink, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { parseConfig, type Config } from '../../agent/config.js';
+import { runDaemon } from '../../agent/daemon.js';
+import { silentLogger } from '../../agent/log.js';
+import { startDaemon } from '../../agent/loop.js';
+import { realClock } from '../../agent/ports.js';
+import { createNotify } from '../../agent/report/notify.js';
+import { Watchdog } from '../../agent/report/watchdog.js';
+import type { Status } from '../../agent/status.js';
+import { defaultInstance, ImdsEmulator } from '../../sandbox/emulators/imds.js';
+import { bootMachine, installStandins, type StandinPaths } from '../../sandbox/standin/install.js';
+
+const USER_DATA = Buffer.from('{ ... }: { time.timeZone = "UTC"; }\n');
+const LEAVING_PATH = '/latest/meta-data/autoscaling/target-lifecycle-state';
+
+async function waitFor(what: string, condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe('the daemon in this process', { timeout: 180_000 }, () => {
+  let dir: string;
+  let root: string;
+  let tools: StandinPaths;
+  let first: ImdsEmulator;
+  let second: ImdsEmulator;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'nea-reload-'));
+    root = path.join(dir, 'root');
+    tools = await installStandins({ binDir: path.join(dir, 'bin'), root });
+    await bootMachine(root);
+    first = await ImdsEmulator.start({ instance: defaultInstance({ userData: USER_DATA }) });
+    second = await ImdsEmulator.start({ instance: defaultInstance({ userData: USER_DATA }) });
+  });
+
+  after(async () => {
+    await first?.close();
+    await second?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function config(imds: ImdsEmulator, extra: Record<string, unknown> = {}): Config {
+    return parseConfig({
+      root,
+      logLevel: 'error',
+      imds: { endpoint: imds.url, retries: 2, timeoutMs: 5_000 },
+      rebuild: { nixosRebuild: tools.nixosRebuild, nixEnv: tools.nixEnv, nixChannel: tools.nixChannel, validate: 'if-available' },
+      health: { systemctl: tools.systemctl, graceSeconds: 1, intervalSeconds: 0.25 },
+      ssm: { enabled: false },
+      http: { listen: null },
+      controlSocket: '/run/ctl.sock',
+      lifecycle: { enabled: false },
+      termination: { enabled: true, checkSeconds: 0.05 },
+      ...extra,
+    });
+  }
+
+  it('SIGHUP stops every part of the old configuration before the new one starts', async () => {
+    let reloaded = 0;
+    const statuses: Status[] = [];
+    const clock = realClock();
+    const notify = createNotify({});
+    const daemon = await startDaemon(config(first), {
+      log: silentLogger(),
+      clock,
+      env: {},
+      notify,
+      watchdog: new Watchdog(notify, {}, clock),
+      reload: async () => {
+        reloaded++;
+        return config(second);
+      },
+      onStatus: (s) => statuses.push(s),
+    });
+    try {
+      await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      assert.equal(daemon.status.condition, 'converged', daemon.status.message);
+      await waitFor('the leaving monitor on the first IMDS', () => first.requests.some((r) => r.path === LEAVING_PATH));
+      daemon.signal('SIGHUP');
+      await waitFor('the leaving monitor on the second IMDS', () => second.requests.some((r) => r.path === LEAVING_PATH));
+      assert.equal(reloaded, 1);
+      const askedFirst = first.requests.length;
+      const seen = second.requests.filter((r) => r.path === LEAVING_PATH).length;
+      await waitFor('more checks on the second IMDS', () => second.requests.filter((r) => r.path === LEAVING_PATH).length >= seen + 5);
+      assert.equal(first.requests.length, askedFirst, 'the first IMDS was asked again after the reload');
+    } finally {
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+    }
+  });
+
+  it('a write error under the root fails the pass naming path and errno, and SIGTERM still stops the daemon', async () => {
+    // A fresh machine, with a file where the agent's render directory goes: every write under it
+    // fails (ENOTDIR).
+    const root = path.join(dir, 'blocked-root');
+    const tools = await installStandins({ binDir: path.join(dir, 'blocked-bin'), root });
+    await bootMachine(root);
+    const blocked = path.join(root, 'etc/nixos/ec2-agent');
+    await writeFile(blocked, 'not a directory\n');
+    const running = await readlink(path.join(root, 'run/current-system'));
+    const statuses: Status[] = [];
+    const clock = realClock();
+    const notify = createNotify({});
+    const daemon = await startDaemon(
+      config(first, {
+        root,
+        termination: { enabled: false },
+        rebuild: { nixosRebuild: tools.nixosRebuild, nixEnv: tools.nixEnv, nixChannel: tools.nixChannel, validate: 'if-available' },
+        health: { systemctl: tools.systemctl, graceSeconds: 1, intervalSeconds: 0.25 },
+      }),
+      {
+      log: silentLogger(),
+      clock,
+      env: {},
+      notify,
+      watchdog: new Watchdog(notify, {}, clock),
+      onStatus: (s) => statuses.push(s),
+      },
+    );
+    try {
+      await waitFor('the first pass', () => statuses.some((s) => s.firstConvergenceDone));
+      const result = daemon.status.lastResult;
+      assert.equal(result?.outcome, 'failed', JSON.stringify(daemon.status));
+      assert.match(result?.error?.message ?? '', /E[A-Z]+/);
+      assert.ok(result?.error?.message.includes(blocked), result?.error?.message);
+      assert.equal(daemon.status.phase, 'idle');
+      assert.equal(await readlink(path.join(root, 'run/current-system')), running, 'nothing switched');
+    } finally {
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+      await rm(blocked, { force: true });
+    }
+  });
+
+  it('runDaemon installs its signal handlers and removes them when it stops', async () => {
+    const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+    const counts = () => signals.map((s) => process.listenerCount(s));
+    const before = counts();
+    const running = runDaemon(config(first, { termination: { enabled: false } }));
+    await waitFor('the signal handlers', () => counts().every((n, i) => n === before[i]! + 1));
+    process.emit('SIGTERM', 'SIGTERM');
+    assert.equal(await running, 0);
+    assert.deepEqual(counts(), before);
+  });
+});
