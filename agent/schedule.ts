@@ -64,6 +64,20 @@ export function nextPollDelay(intervalMs: number, jitter: number, random: () => 
   return low + random() * (window - low);
 }
 
+/** The first window a pass that failed on throttling is retried within (doubling each time). */
+export const THROTTLED_RETRY_BASE_MS = 10_000;
+
+/**
+ * The wait before retrying a pass that failed on throttling (`level` in a row): its change is
+ * still to be applied, so it is not put off to the next poll. Full jitter over a window that
+ * starts at THROTTLED_RETRY_BASE_MS and doubles, capped at one poll interval and at max, so the
+ * instances that lost a round spread over the account's throughput and none waits longer than
+ * it would have for its next poll.
+ */
+export function throttledRetryDelay(intervalMs: number, random: () => number, level: number, maxMs = Number.POSITIVE_INFINITY): number {
+  return random() * Math.min(maxMs, intervalMs, THROTTLED_RETRY_BASE_MS * 2 ** Math.min(Math.max(0, level - 1), 30));
+}
+
 export class Scheduler {
   private readonly random: () => number;
   private stopped = false;
@@ -238,7 +252,9 @@ export class Scheduler {
     const tickMs = this.options.tickMs ?? 5_000;
     // The first poll is spread over interval × [1 − jitter, 1] ([0, interval] at full jitter), so
     // a fleet launched at once does not poll SSM in step from then on.
-    const delay = this.polled || this.backoffLevel() > 0
+    const delay = this.throttledPasses > 0
+      ? throttledRetryDelay(this.options.intervalMs, this.random, this.throttledPasses, this.options.maxBackoffMs)
+      : this.polled || this.backoffLevel() > 0
       ? nextPollDelay(this.options.intervalMs, this.options.jitter, this.random, this.backoffLevel(), this.options.maxBackoffMs)
       : this.options.intervalMs * (1 - this.options.jitter * this.random());
     this.polled = true;
