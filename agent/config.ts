@@ -73,7 +73,7 @@ export const ConfigSchema = z.strictObject({
       /** Throttled polls back off exponentially (full jitter) up to this wait. */
       maxBackoffSeconds: seconds(900),
       /** The SDK's attempts per call (throttling and 5xx are retried with its backoff). */
-      maxAttempts: z.number().int().min(1).default(5),
+      maxAttempts: z.number().int().min(1).default(10),
     })
     .default({}),
 

@@ -66,16 +66,18 @@ export function nextPollDelay(intervalMs: number, jitter: number, random: () => 
 
 /** The first window a pass that failed on throttling is retried within (doubling each time). */
 export const THROTTLED_RETRY_BASE_MS = 10_000;
+/** The widest such window: a retry more than a couple of minutes out leaves the account's reads unused. */
+export const THROTTLED_RETRY_MAX_MS = 120_000;
 
 /**
  * The wait before retrying a pass that failed on throttling (`level` in a row): its change is
  * still to be applied, so it is not put off to the next poll. Full jitter over a window that
- * starts at THROTTLED_RETRY_BASE_MS and doubles, capped at one poll interval and at max, so the
- * instances that lost a round spread over the account's throughput and none waits longer than
- * it would have for its next poll.
+ * starts at THROTTLED_RETRY_BASE_MS and doubles, capped at THROTTLED_RETRY_MAX_MS, one poll
+ * interval and max, so the instances that lost a round spread over the account's throughput and
+ * none is starved by a window far wider than the others'.
  */
 export function throttledRetryDelay(intervalMs: number, random: () => number, level: number, maxMs = Number.POSITIVE_INFINITY): number {
-  return random() * Math.min(maxMs, intervalMs, THROTTLED_RETRY_BASE_MS * 2 ** Math.min(Math.max(0, level - 1), 30));
+  return random() * Math.min(maxMs, intervalMs, THROTTLED_RETRY_MAX_MS, THROTTLED_RETRY_BASE_MS * 2 ** Math.min(Math.max(0, level - 1), 30));
 }
 
 export class Scheduler {

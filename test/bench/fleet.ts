@@ -19,6 +19,7 @@ import { existsSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { ConfigSchema } from '../../agent/config.js';
+import { silentLogger } from '../../agent/log.js';
 import type { PassResult } from '../../agent/reconcile.js';
 import { VirtualClock } from '../../sandbox/clock.js';
 import { defaultInstance } from '../../sandbox/emulators/imds.js';
@@ -65,7 +66,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     seed: { type: 'string' },
   });
   const quick = flags.quick === true;
-  const n = intFlag('instances', flags.instances, quick ? 40 : 1000);
+  const n = intFlag('instances', flags.instances, quick ? 16 : 1000);
   const p = intFlag('parameters', flags.parameters, quick ? 12 : 50);
   const rebuildMs = intFlag('rebuild-ms', flags['rebuild-ms'], 30_000);
   const seed = intFlag('seed', flags.seed, 1);
@@ -73,7 +74,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const random = seeded(seed);
   const defaults = ConfigSchema.parse({});
   const intervalMs = defaults.ssm.pollIntervalSeconds * 1000;
+  // The idle windows: an hour, or in the smoke test's quick run 20 minutes (scaled to the hour).
+  const windowMs = quick ? HOUR_MS / 3 : HOUR_MS;
 
+  const log = silentLogger();
   const wallStart = performance.now();
   const clock = new VirtualClock(Date.now());
   const ssm = await SsmEmulator.start({ clock, throughput: { readsPerSecond: READS_PER_SECOND, burst: READS_PER_SECOND } });
@@ -105,6 +109,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       rebuildMs,
       random,
       onPass: record,
+      log,
     });
     for (let i = 0; i < n; i++) instances.push(await createInstance(common(i)));
     const totals = (): Totals => instances.reduce((t, i) => ({ calls: t.calls + i.ssmCalls.calls, throttled: t.throttled + i.ssmCalls.throttled }), { calls: 0, throttled: 0 });
@@ -178,12 +183,12 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     const polled = await changeConvergence('poll (revision bumped, no push)', undefined, 6 * HOUR_MS);
 
     // ---- idle ----
-    const perInstanceHour = (t: Totals) => t.calls / n;
+    const perInstanceHour = (t: Totals) => (t.calls / n) * (HOUR_MS / windowMs);
     await runFor(intervalMs);
     let mark = totals();
-    await runFor(HOUR_MS);
+    await runFor(windowMs);
     const idleAfter = since(mark);
-    print(`  idle hour: ${round(perInstanceHour(idleAfter))} SSM calls per instance-hour (${wall()})`);
+    print(`  idle window: ${round(perInstanceHour(idleAfter))} SSM calls per instance-hour (${wall()})`);
 
     // ---- with the revision tag in instance metadata ----
     for (const i of instances) {
@@ -193,21 +198,21 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     await runFor(6 * HOUR_MS, () => instances.every((i) => i.agent.ssm.stats.mode === 'tag'));
     await runFor(intervalMs);
     mark = totals();
-    await runFor(HOUR_MS);
+    await runFor(windowMs);
     const idleTag = since(mark);
 
     // ---- the baseline: the same agent with the former defaults (60 s polls, hourly full refresh) ----
     for (const i of instances) i.stop();
-    const baselineN = Math.min(n, 100);
+    const baselineN = Math.min(n, quick ? 10 : 100);
     const baseline: SimInstance[] = [];
     for (let k = 0; k < baselineN; k++) {
       baseline.push(await createInstance({ ...common(n + k), config: { ssm: FORMER_SSM_DEFAULTS } }));
     }
     for (const instance of baseline) void clock.sleep(random() * FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000).then(() => instance.run());
-    await runFor(FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000);
+    await runFor(quick ? FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000 : FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000);
     const baseMark = baseline.reduce((t, i) => t + i.ssmCalls.calls, 0);
-    await runFor(HOUR_MS);
-    const baselinePerInstanceHour = (baseline.reduce((t, i) => t + i.ssmCalls.calls, 0) - baseMark) / baselineN;
+    await runFor(windowMs);
+    const baselinePerInstanceHour = ((baseline.reduce((t, i) => t + i.ssmCalls.calls, 0) - baseMark) / baselineN) * (HOUR_MS / windowMs);
     for (const i of baseline) i.stop();
 
     // The full refresh every fullRefreshSeconds is outside an hour's window; its share, amortized.

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { createAgent, type Agent } from '../../../agent/agent.js';
 import { BUILD_DIR } from '../../../agent/apply/rebuild.js';
 import { parseConfig, type Config, type ConfigInput } from '../../../agent/config.js';
-import { silentLogger } from '../../../agent/log.js';
+import { silentLogger, type Logger } from '../../../agent/log.js';
 import type { Clock, RunRequest, RunResult, Runner } from '../../../agent/ports.js';
 import type { PassResult } from '../../../agent/reconcile.js';
 import { Scheduler } from '../../../agent/schedule.js';
@@ -30,6 +30,8 @@ export interface InstanceOptions {
   /** Configuration beyond the defaults (the benchmark leaves the agent's defaults alone). */
   readonly config?: ConfigInput;
   readonly onPass?: (instance: SimInstance, reason: string, result: PassResult) => void;
+  /** Shared by the fleet: a logger per instance would cost memory and say nothing. */
+  readonly log?: Logger;
 }
 
 export interface SimInstance {
@@ -107,7 +109,7 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
   const imds = new SimulatedImds(options.imds);
   const ssmCalls: SsmCallCounter = { calls: 0, throttled: 0 };
   const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, counter: ssmCalls });
-  const log = silentLogger();
+  const log = options.log ?? silentLogger();
   let standIn: StandInRunner | undefined;
   // The runner is handed in before the agent's root exists; the stand-in machine lives in it.
   const runner: Runner = { run: (request) => (standIn as StandInRunner).run(request) };
