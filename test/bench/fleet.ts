@@ -208,7 +208,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     for (let k = 0; k < baselineN; k++) {
       baseline.push(await createInstance({ ...common(n + k), config: { ssm: FORMER_SSM_DEFAULTS } }));
     }
-    for (const instance of baseline) void clock.sleep(random() * FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000).then(() => instance.run());
+    instances.push(...baseline);
+    for (const instance of baseline) running.push(clock.sleep(random() * FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000).then(() => instance.run()));
     await runFor(quick ? FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000 : FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000);
     const baseMark = baseline.reduce((t, i) => t + i.ssmCalls.calls, 0);
     await runFor(windowMs);
@@ -274,8 +275,11 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       },
     };
   } finally {
+    // Every loop ends (a build in hand is cancelled) before the roots go.
     for (const i of instances) i.stop();
-    await clock.run(clock.now() + 1, { idle: noFileIo }).catch(() => undefined);
+    let ended = false;
+    void Promise.allSettled(running).then(() => (ended = true));
+    await clock.run(clock.now() + 6 * HOUR_MS, { idle: noFileIo, done: () => ended });
     await ssm.close();
     await rm(under, { recursive: true, force: true });
   }
