@@ -111,7 +111,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       onPass: record,
       log,
     });
-    for (let i = 0; i < n; i++) instances.push(await createInstance(common(i)));
+    // Built a hundred at a time: each waits mostly on its root's files.
+    for (let i = 0; i < n; i += 100) {
+      instances.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => createInstance(common(i + k))))));
+    }
     const totals = (): Totals => instances.reduce((t, i) => ({ calls: t.calls + i.ssmCalls.calls, throttled: t.throttled + i.ssmCalls.throttled }), { calls: 0, throttled: 0 });
     const since = (a: Totals): Totals => {
       const b = totals();
