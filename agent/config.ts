@@ -55,7 +55,7 @@ export const ConfigSchema = z.strictObject({
       prefixes: z
         .array(z.string().regex(/^\//, 'an SSM path starts with /'))
         .default(['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}']),
-      pollIntervalSeconds: seconds(60),
+      pollIntervalSeconds: seconds(600),
       /** Each wait is uniform in interval × [1 − jitter/2, 1 + jitter/2]; the first poll in [0, interval]. */
       pollJitter: z.number().min(0).max(1).default(1),
       /**
@@ -71,11 +71,11 @@ export const ConfigSchema = z.strictObject({
        */
       revisionParameter: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'one name segment').nullable().default('revision'),
       /** The whole tree is fetched at least this often, so a change whose bump was missed still converges. */
-      fullRefreshSeconds: seconds(3_600),
+      fullRefreshSeconds: seconds(86_400),
       /** Throttled polls back off exponentially (full jitter) up to this wait. */
       maxBackoffSeconds: seconds(900),
       /** The SDK's attempts per call (throttling and 5xx are retried with its backoff). */
-      maxAttempts: z.number().int().min(1).default(5),
+      maxAttempts: z.number().int().min(1).default(10),
     })
     .default({}),
 

@@ -89,6 +89,22 @@ export function nextPollDelay(intervalMs: number, jitter: number, random: () => 
   return low + random() * (window - low);
 }
 
+/** The first window a pass that failed on throttling is retried within (doubling each time). */
+export const THROTTLED_RETRY_BASE_MS = 10_000;
+/** The widest such window: a retry more than a couple of minutes out leaves the account's reads unused. */
+export const THROTTLED_RETRY_MAX_MS = 120_000;
+
+/**
+ * The wait before retrying a pass that failed on throttling (`level` in a row): its change is
+ * still to be applied, so it is not put off to the next poll. Full jitter over a window that
+ * starts at THROTTLED_RETRY_BASE_MS and doubles, capped at THROTTLED_RETRY_MAX_MS, one poll
+ * interval and max, so the instances that lost a round spread over the account's throughput and
+ * none is starved by a window far wider than the others'.
+ */
+export function throttledRetryDelay(intervalMs: number, random: () => number, level: number, maxMs = Number.POSITIVE_INFINITY): number {
+  return random() * Math.min(maxMs, intervalMs, THROTTLED_RETRY_MAX_MS, THROTTLED_RETRY_BASE_MS * 2 ** Math.min(Math.max(0, level - 1), 30));
+}
+
 export class Scheduler {
   private readonly random: () => number;
   private stopped = false;
@@ -279,7 +295,9 @@ export class Scheduler {
     const tickMs = this.options.tickMs ?? 5_000;
     // The first poll is spread over interval × [1 − jitter, 1] ([0, interval] at full jitter), so
     // a fleet launched at once does not poll SSM in step from then on.
-    const delay = this.polled || this.backoffLevel() > 0
+    const delay = this.throttledPasses > 0
+      ? throttledRetryDelay(this.options.intervalMs, this.random, this.throttledPasses, this.options.maxBackoffMs)
+      : this.polled || this.backoffLevel() > 0
       ? nextPollDelay(this.options.intervalMs, this.options.jitter, this.random, this.backoffLevel(), this.options.maxBackoffMs)
       : this.options.intervalMs * (1 - this.options.jitter * this.random());
     this.polled = true;

@@ -116,7 +116,7 @@ in
 
       pollInterval = lib.mkOption {
         type = lib.types.numbers.positive;
-        default = 60;
+        default = 600;
         description = "Seconds between two reads of the SSM parameters (`settings.ssm.pollIntervalSeconds`).";
       };
 

@@ -37,6 +37,21 @@ describe('benchmarks, quick mode', () => {
     });
   }
 
+  it('fleet: every instance of a small fleet converges, and idle polling costs less SSM than the former defaults', { timeout: 120_000 }, async () => {
+    const { code, stdout, stderr } = await bench(['fleet', '--quick', '--instances', '12']);
+    assert.equal(code, 0, `exit ${code}; stderr:\n${stderr}`);
+    assert.match(stdout, /time is simulated/);
+    const result = parseResultLine(stdout.trim().split('\n').at(-1) ?? '');
+    assert.ok(result, stdout);
+    const f = result.figures;
+    assert.equal(f.instances, 12);
+    assert.equal(f.failed, 0, 'an instance did not converge');
+    assert.equal(f.idle_tag_calls_per_instance_hour, 0, 'with the revision tag in IMDS, idle polls make no SSM call');
+    assert.ok(typeof f.idle_calls_per_instance_hour === 'number' && typeof f.idle_calls_per_instance_hour_before === 'number');
+    assert.ok(f.idle_calls_per_instance_hour <= 7, `idle: ${f.idle_calls_per_instance_hour} calls per instance-hour`);
+    assert.ok(f.idle_calls_per_instance_hour < f.idle_calls_per_instance_hour_before);
+  });
+
   it('refuses an unknown benchmark with exit 2 and lists the known ones', async () => {
     const { code, stderr } = await bench(['no-such-benchmark']);
     assert.equal(code, 2);

@@ -29,7 +29,7 @@ describe('parseConfig', () => {
     assert.equal(c.root, '/');
     assert.deepEqual(c.ssm.prefixes, ['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}']);
     assert.equal(c.ssm.enabled, true);
-    assert.equal(c.ssm.pollIntervalSeconds, 60);
+    assert.equal(c.ssm.pollIntervalSeconds, 600);
     assert.equal(c.userData.enabled, true);
     assert.equal(c.local.baseConfiguration, '/etc/nixos/base.nix');
     assert.equal(c.local.modulesDir, '/etc/nixos-ec2-agent/local.d');

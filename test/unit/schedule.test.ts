@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { TransientError } from '../../agent/errors.js';
 import type { PassResult } from '../../agent/reconcile.js';
-import { nextPollDelay, Scheduler, type ScheduleOptions } from '../../agent/schedule.js';
+import { nextPollDelay, Scheduler, THROTTLED_RETRY_BASE_MS, THROTTLED_RETRY_MAX_MS, throttledRetryDelay, type ScheduleOptions } from '../../agent/schedule.js';
 import { ManualClock, settle } from '../support/clock.js';
 
 test('an unthrottled poll waits uniformly within interval × [1 − j/2, 1 + j/2]', () => {
@@ -187,38 +187,39 @@ test('while building, the cheap check is asked every cancelCheckMs and a change 
   await h.done;
 });
 
-test('throttled passes stretch the poll interval; success restores it', async () => {
+test('a pass that failed on throttling is retried within a window that doubles from the base, capped at one interval; success restores the interval', async () => {
   const throttled = new TransientError('Rate exceeded', 'ssm', { code: 'ThrottlingException' });
   const h = harness({ random: () => 1, maxBackoffMs: 600_000 });
   await settle();
-  h.release({ outcome: 'failed', error: throttled });
-  await settle();
-  // Level 1 after one throttled pass: a wait of up to 2 × interval (random() = 1 takes the top).
-  await h.clock.advanceAsync(119_000);
-  assert.equal(h.passes.length, 1);
-  await h.clock.advanceAsync(1_000);
-  assert.equal(h.passes.length, 2);
-  h.release({ outcome: 'failed', error: throttled });
-  await h.clock.advanceAsync(239_000);
-  assert.equal(h.passes.length, 2, 'level 2: up to 4 × interval');
-  await h.clock.advanceAsync(1_000);
-  assert.equal(h.passes.length, 3);
-  h.release({ outcome: 'failed', error: throttled });
-  await h.clock.advanceAsync(479_000);
-  assert.equal(h.passes.length, 3, 'level 3: up to 8 × interval');
-  await h.clock.advanceAsync(1_000);
-  assert.equal(h.passes.length, 4);
-  h.release({ outcome: 'failed', error: throttled });
-  await h.clock.advanceAsync(599_000);
-  assert.equal(h.passes.length, 4, 'level 4: capped at maxBackoffMs');
-  await h.clock.advanceAsync(1_000);
-  assert.equal(h.passes.length, 5);
+  // random() = 1 takes the top of each window: 10 s, 20 s, 40 s, then the 60 s interval.
+  for (const [level, window] of [[1, 10_000], [2, 20_000], [3, 40_000], [4, 60_000], [5, 60_000]] as const) {
+    const before = h.passes.length;
+    h.release({ outcome: 'failed', error: throttled });
+    await settle();
+    await h.clock.advanceAsync(window - 1_000);
+    assert.equal(h.passes.length, before, `level ${level}: not before ${window} ms`);
+    await h.clock.advanceAsync(1_000);
+    assert.equal(h.passes.length, before + 1, `level ${level}: retried by ${window} ms`);
+  }
   h.release();
-  await h.clock.advanceAsync(60_000);
-  assert.equal(h.passes.length, 6, 'a success restores the interval: a starved instance still converges');
+  await settle();
+  await h.clock.advanceAsync(59_000);
+  assert.equal(h.passes.length, 6, 'a success restores the poll interval');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 7);
   h.scheduler.stop();
   h.release();
   await h.done;
+});
+
+test('throttled retries spread over their window: a throttled fleet does not retry in step', () => {
+  assert.equal(throttledRetryDelay(600_000, () => 0, 1), 0);
+  assert.equal(throttledRetryDelay(600_000, () => 1, 1), THROTTLED_RETRY_BASE_MS);
+  assert.equal(throttledRetryDelay(600_000, () => 1, 30), THROTTLED_RETRY_MAX_MS);
+  assert.equal(throttledRetryDelay(60_000, () => 1, 30), 60_000, 'never longer than one poll interval');
+  assert.equal(throttledRetryDelay(600_000, () => 1, 30, 90_000), 90_000);
+  const delays = Array.from({ length: 1000 }, () => throttledRetryDelay(600_000, Math.random, 4));
+  assert.ok(new Set(delays.map((d) => Math.floor(d / 5_000))).size >= 14);
 });
 
 test('while the instance is leaving no pass starts; converge --now answers at once; unblocking resumes', async () => {
@@ -317,20 +318,26 @@ test('a poll whose probe fails converges at once (the pass reports the failure)'
   await h.done;
 });
 
-test('SSM failing on its side (5xx) stretches the poll interval as throttling does', async () => {
+test('a pass that failed on SSM failing on its side (5xx) is retried as a throttled one: a window from 10 s, doubling', async () => {
   const failing = new TransientError('SSM GetParametersByPath failed: InternalServerError', 'ssm', { code: 'InternalServerError', status: 500 });
   const h = harness({ random: () => 1, maxBackoffMs: 600_000 });
   await settle();
   h.release({ outcome: 'failed', error: failing });
   await settle();
-  await h.clock.advanceAsync(119_000);
-  assert.equal(h.passes.length, 1, 'level 1: up to 2 × interval');
+  await h.clock.advanceAsync(9_000);
+  assert.equal(h.passes.length, 1, 'level 1: within 10 s, not at once');
   await h.clock.advanceAsync(1_000);
   assert.equal(h.passes.length, 2);
+  h.release({ outcome: 'failed', error: failing });
+  await settle();
+  await h.clock.advanceAsync(19_000);
+  assert.equal(h.passes.length, 2, 'level 2: within 20 s');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(h.passes.length, 3);
   // A client error is not the service being busy: the interval stays.
   h.release({ outcome: 'failed', error: new TransientError('refused', 'ssm', { code: 'AccessDeniedException', status: 400 }) });
   await h.clock.advanceAsync(60_000);
-  assert.equal(h.passes.length, 3);
+  assert.equal(h.passes.length, 4);
   h.scheduler.stop();
   h.release();
   await h.done;

@@ -1,0 +1,289 @@
+// `npm run bench -- fleet [--instances N] [--parameters P] [--rebuild-ms R]`: N instances of the
+// real agent (sources, SSM change detection, Scheduler, Reconciler; see fleet/instance.ts) in one
+// process on one simulated clock, sharing one account's SSM read throughput (40 GetParameter*
+// calls a second, the emulator's token bucket answering ThrottlingException as AWS does).
+//
+// The run, in simulated time:
+//   launch   the instances start over one poll interval (as a fleet that has been running) and
+//            converge to P parameters under /nixos/fleet, with its revision parameter;
+//   push     P parameters change, the revision is bumped, and SSM Run Command runs
+//            `converge --now` on every instance at once: time until all converged, beside the
+//            physical minimum (the calls the fleet needed ÷ 40/s);
+//   poll     P parameters change again with no push: the change latency at the default settings;
+//   idle     an hour of polling with nothing changed: SSM calls per instance-hour;
+//   tag      the revision tag appears in instance metadata: an hour of polling with it;
+//   baseline up to 100 fresh instances with the former defaults (60 s polls, hourly full
+//            refresh): their idle hour, the figure the idle calls are read against.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import path from 'node:path';
+import { ConfigSchema } from '../../agent/config.js';
+import { silentLogger } from '../../agent/log.js';
+import type { PassResult } from '../../agent/reconcile.js';
+import { VirtualClock } from '../../sandbox/clock.js';
+import { defaultInstance } from '../../sandbox/emulators/imds.js';
+import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
+import { BenchUsageError, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Print } from './common.js';
+import { createInstance, type SimInstance } from './fleet/instance.js';
+
+const READS_PER_SECOND = 40;
+const HOUR_MS = 3_600_000;
+const TAG = 'nixos-ec2-agent-revision';
+/** What the agent polled with before fleet-scale defaults: the baseline the idle figures are read against. */
+const FORMER_SSM_DEFAULTS = { pollIntervalSeconds: 60, pollJitter: 1, fullRefreshSeconds: 3_600 };
+
+/** A small seeded generator, so a run's jitter is the same each time (mulberry32). */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Totals {
+  calls: number;
+  throttled: number;
+}
+
+/**
+ * Nothing real in flight: no file request in the libuv pool, no real timer (the SDK's retry waits
+ * 0 ms for real; see fleet/ssm.ts). The simulation waits for these before time moves.
+ */
+function noFileIo(): boolean {
+  return !process.getActiveResourcesInfo().some((r) => r.startsWith('FSReq') || r === 'Timeout');
+}
+
+export async function run(args: readonly string[], print: Print): Promise<BenchResult> {
+  const flags = parseBenchArgs('fleet', args, {
+    instances: { type: 'string' },
+    parameters: { type: 'string' },
+    'rebuild-ms': { type: 'string' },
+    seed: { type: 'string' },
+  });
+  const quick = flags.quick === true;
+  const n = intFlag('instances', flags.instances, quick ? 16 : 1000);
+  const p = intFlag('parameters', flags.parameters, quick ? 12 : 50);
+  const rebuildMs = intFlag('rebuild-ms', flags['rebuild-ms'], 30_000);
+  const seed = intFlag('seed', flags.seed, 1);
+  if (n > 20_000) throw new BenchUsageError('--instances: at most 20000 in one process');
+  const random = seeded(seed);
+  const defaults = ConfigSchema.parse({});
+  const intervalMs = defaults.ssm.pollIntervalSeconds * 1000;
+  // The idle windows: an hour, or in the smoke test's quick run 20 minutes (scaled to the hour).
+  const windowMs = quick ? HOUR_MS / 3 : HOUR_MS;
+
+  const log = silentLogger();
+  const wallStart = performance.now();
+  const clock = new VirtualClock(Date.now());
+  const ssm = await SsmEmulator.start({ clock, throughput: { readsPerSecond: READS_PER_SECOND, burst: READS_PER_SECOND } });
+  // tmpfs when there is one: each instance writes its configuration and state atomically (fsync).
+  const under = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'fleet-bench-'));
+  const instances: SimInstance[] = [];
+  const running: Promise<void>[] = [];
+  try {
+    let version = 0;
+    const push = () => {
+      version++;
+      for (let i = 0; i < p; i++) ssm.put({ Name: `/nixos/fleet/options/bench.option${i}`, Type: 'String', Value: JSON.stringify(`v${version}-${i}`), Overwrite: true });
+      ssm.put({ Name: '/nixos/fleet/revision', Type: 'String', Value: String(version), Overwrite: true });
+    };
+    push();
+
+    const passes = new Map<SimInstance, { at: number; result: PassResult }[]>();
+    const record = (instance: SimInstance, _reason: string, result: PassResult) => {
+      let list = passes.get(instance);
+      if (!list) passes.set(instance, (list = []));
+      if (result.outcome !== 'unchanged') list.push({ at: clock.now(), result });
+    };
+    // EC2's defaults: no tags in instance metadata.
+    const common = (i: number) => ({
+      clock,
+      ssm,
+      under,
+      imds: defaultInstance({ instanceId: `i-${(0x100000000000000n + BigInt(i)).toString(16).slice(-17)}`, privateIp: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, tags: {}, tagsInMetadata: false }),
+      rebuildMs,
+      random,
+      onPass: record,
+      log,
+    });
+    // Built a hundred at a time: each waits mostly on its root's files.
+    for (let i = 0; i < n; i += 100) {
+      instances.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => createInstance(common(i + k))))));
+    }
+    const totals = (): Totals => instances.reduce((t, i) => ({ calls: t.calls + i.ssmCalls.calls, throttled: t.throttled + i.ssmCalls.throttled }), { calls: 0, throttled: 0 });
+    const since = (a: Totals): Totals => {
+      const b = totals();
+      return { calls: b.calls - a.calls, throttled: b.throttled - a.throttled };
+    };
+    const runFor = (ms: number, done?: () => boolean) =>
+      clock.run(clock.now() + ms, { resolutionMs: 50, idle: noFileIo, ...(done ? { done } : {}) });
+    const hashes = () => new Set(instances.map((i) => i.runningHash));
+    const wall = () => `${round((performance.now() - wallStart) / 1000)} s real`;
+
+    // ---- launch ----
+    const t0 = clock.now();
+    for (const instance of instances) {
+      const offset = random() * intervalMs;
+      running.push(clock.sleep(offset).then(() => instance.run()));
+    }
+    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= intervalMs && instances.every((i) => i.runningHash !== undefined));
+    const launched = instances.filter((i) => i.runningHash !== undefined).length;
+    print(`fleet: ${n} instances, ${p} parameters, stand-in rebuild ${rebuildMs} ms; time is simulated (one shared virtual clock)`);
+    print(`  SSM: the real SDK client per instance → the SSM emulator's request handler in-process (no socket), ${READS_PER_SECOND} GetParameter*/s account-wide`);
+    print(`  defaults: poll ${defaults.ssm.pollIntervalSeconds} s (jitter ${defaults.ssm.pollJitter}), full refresh ${defaults.ssm.fullRefreshSeconds} s, SDK maxAttempts ${defaults.ssm.maxAttempts} (adaptive)`);
+    print(`  launch: ${launched}/${n} converged after ${round((clock.now() - t0) / 1000)} s simulated (${wall()})`);
+
+    // ---- push: converge --now through SSM Run Command ----
+    const changeConvergence = async (label: string, trigger: (() => void) | undefined, capMs: number) => {
+      const before = hashes();
+      push();
+      const start = clock.now();
+      const callsAtStart = new Map(instances.map((i) => [i, i.ssmCalls.calls - i.ssmCalls.throttled]));
+      const startTotals = totals();
+      trigger?.();
+      const convergedAt = new Map<SimInstance, number>();
+      const isNew = (i: SimInstance) => i.runningHash !== undefined && !before.has(i.runningHash);
+      await runFor(capMs, () => {
+        for (const i of instances) if (!convergedAt.has(i) && isNew(i)) convergedAt.set(i, clock.now());
+        return convergedAt.size === instances.length;
+      });
+      const used = since(startTotals);
+      const times = [...convergedAt.values()].map((t) => (t - start) / 1000);
+      const successful = instances.map((i) => i.ssmCalls.calls - i.ssmCalls.throttled - (callsAtStart.get(i) ?? 0));
+      // The fewest calls any instance needed is what each needed at least: the fleet's minimum.
+      const needed = Math.min(...successful) * n;
+      const minS = needed / READS_PER_SECOND;
+      const allS = Math.max(...times, 0);
+      const failedPasses = instances.reduce((k, i) => k + (passes.get(i) ?? []).filter((x) => x.at >= start && x.result.outcome !== 'converged').length, 0);
+      const out = {
+        label,
+        convergedS: allS,
+        minS,
+        medianS: times.length ? median(times) : NaN,
+        failed: n - convergedAt.size,
+        calls: used.calls,
+        throttled: used.throttled,
+        failedPasses,
+        targetS: 1.25 * minS + intervalMs / 1000,
+      };
+      print(
+        `  ${label}: ${convergedAt.size}/${n} converged in ${round(allS)} s (minimum ${round(minS)} s = ${needed} calls ÷ ${READS_PER_SECOND}/s; target ≤ ${round(out.targetS)} s); ` +
+          `median ${round(out.medianS)} s; ${round(used.calls / n)} SSM calls per instance, ${used.throttled} throttled; ${failedPasses} passes ended otherwise than converged (${wall()})`,
+      );
+      return out;
+    };
+    const pushed = await changeConvergence('push (Run Command converge --now on every instance)', () => {
+      for (const i of instances) i.convergeNow('converge --now');
+    }, 6 * HOUR_MS);
+
+    // ---- poll: the change latency at the default settings ----
+    await runFor(intervalMs);
+    const polled = await changeConvergence('poll (revision bumped, no push)', undefined, 6 * HOUR_MS);
+
+    // ---- idle ----
+    const perInstanceHour = (t: Totals) => (t.calls / n) * (HOUR_MS / windowMs);
+    await runFor(intervalMs);
+    let mark = totals();
+    await runFor(windowMs);
+    const idleAfter = since(mark);
+    print(`  idle window: ${round(perInstanceHour(idleAfter))} SSM calls per instance-hour (${wall()})`);
+
+    // ---- with the revision tag in instance metadata ----
+    for (const i of instances) {
+      i.imds.instance.tags[TAG] = '1';
+      i.imds.instance.tagsInMetadata = true;
+    }
+    await runFor(6 * HOUR_MS, () => instances.every((i) => i.agent.ssm.stats.mode === 'tag'));
+    await runFor(intervalMs);
+    mark = totals();
+    await runFor(windowMs);
+    const idleTag = since(mark);
+
+    // ---- the baseline: the same agent with the former defaults (60 s polls, hourly full refresh) ----
+    for (const i of instances) i.stop();
+    const baselineN = Math.min(n, quick ? 10 : 100);
+    const baseline: SimInstance[] = [];
+    for (let k = 0; k < baselineN; k++) {
+      baseline.push(await createInstance({ ...common(n + k), config: { ssm: FORMER_SSM_DEFAULTS } }));
+    }
+    instances.push(...baseline);
+    for (const instance of baseline) running.push(clock.sleep(random() * FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000).then(() => instance.run()));
+    await runFor(quick ? FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000 : FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000);
+    const baseMark = baseline.reduce((t, i) => t + i.ssmCalls.calls, 0);
+    await runFor(windowMs);
+    const baselinePerInstanceHour = ((baseline.reduce((t, i) => t + i.ssmCalls.calls, 0) - baseMark) / baselineN) * (HOUR_MS / windowMs);
+    for (const i of baseline) i.stop();
+
+    // The full refresh every fullRefreshSeconds is outside an hour's window; its share, amortized.
+    const fullFetchCalls = Math.ceil((p + 1) / 10) + 1 + 1;
+    const refreshPerHour = fullFetchCalls / (defaults.ssm.fullRefreshSeconds / 3600);
+    const idleCalls = perInstanceHour(idleAfter) + refreshPerHour;
+    const idleReadsPerSecond = (idleCalls * n) / 3600;
+    const at10k = (idleCalls * 10_000) / 3600;
+    print(
+      `  idle (default EC2, no tags in metadata): ${round(perInstanceHour(idleAfter))} SSM calls per instance-hour polling ` +
+        `+ ${round(refreshPerHour)} for the full refresh every ${defaults.ssm.fullRefreshSeconds / 3600} h = ${round(idleCalls)}; ${round(idleReadsPerSecond)} reads/s for this fleet, ${round(at10k)} reads/s at 10,000 instances (target ≤ 20)`,
+    );
+    print(
+      `  baseline, the former defaults (poll ${FORMER_SSM_DEFAULTS.pollIntervalSeconds} s, full refresh hourly; ${baselineN} instances, full refresh inside the hour): ` +
+        `${round(baselinePerInstanceHour)} SSM calls per instance-hour = ${round((baselinePerInstanceHour * 10_000) / 3600)} reads/s at 10,000 instances`,
+    );
+    print(`  idle with the revision tag in instance metadata: ${round(perInstanceHour(idleTag))} SSM calls per instance-hour from polling (IMDS only)`);
+    const stats = [pushed, polled].map((s) => [
+      s.label.split(' ')[0] as string,
+      round(s.convergedS),
+      round(s.minS),
+      ratio(s.convergedS, s.minS),
+      round(s.targetS),
+      round(s.medianS),
+      ratio(s.convergedS, s.medianS),
+      s.failed,
+      round(s.calls / n),
+      s.throttled,
+    ]);
+    print(table(['change', 'all_s', 'min_s', 'over_min', 'target_s', 'median_s', 'slowest/median', 'failed', 'calls/inst', 'throttled'], stats));
+    const met = pushed.convergedS <= pushed.targetS && pushed.failed === 0 && pushed.convergedS <= 2 * pushed.medianS && at10k <= 20 && perInstanceHour(idleTag) === 0;
+    print(`  simulated ${round((clock.now() - t0) / HOUR_MS)} h in ${wall()}, ${clock.steps} clock steps; ${cpus().length} cores, Node ${process.version}`);
+    return {
+      name: 'fleet',
+      figures: {
+        instances: n,
+        parameters: p,
+        rebuild_ms: rebuildMs,
+        converge_s: pushed.convergedS,
+        min_s: pushed.minS,
+        converge_over_min: ratio(pushed.convergedS, pushed.minS),
+        converge_target_s: pushed.targetS,
+        slowest_over_median: ratio(pushed.convergedS, pushed.medianS),
+        failed: pushed.failed + polled.failed,
+        calls_per_instance: pushed.calls / n,
+        throttled: pushed.throttled,
+        poll_change_median_s: polled.medianS,
+        poll_change_max_s: polled.convergedS,
+        poll_converge_over_min: ratio(polled.convergedS, polled.minS),
+        idle_calls_per_instance_hour: idleCalls,
+        idle_calls_per_instance_hour_before: baselinePerInstanceHour,
+        idle_reads_per_second: idleReadsPerSecond,
+        idle_reads_per_second_at_10000: at10k,
+        idle_reads_per_second_at_10000_before: (baselinePerInstanceHour * 10_000) / 3600,
+        idle_tag_calls_per_instance_hour: perInstanceHour(idleTag),
+        poll_interval_s: intervalMs / 1000,
+        simulated_h: (clock.now() - t0) / HOUR_MS,
+        targets: met ? 'met' : 'missed',
+      },
+    };
+  } finally {
+    // Every loop ends (a build in hand is cancelled) before the roots go.
+    for (const i of instances) i.stop();
+    let ended = false;
+    void Promise.allSettled(running).then(() => (ended = true));
+    await clock.run(clock.now() + 6 * HOUR_MS, { idle: noFileIo, done: () => ended });
+    await ssm.close();
+    await rm(under, { recursive: true, force: true });
+  }
+}
