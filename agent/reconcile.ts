@@ -18,7 +18,7 @@ import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
 import { pruneBuilds, STATE_DIR, type DurableState, type StateStore } from './state.js';
-import { deriveStatus, type ErrorSummary, type Outcome, type PassStep, type Status, type StatusFacts } from './status.js';
+import { deriveStatus, type ErrorSummary, type Outcome, type PassProgress, type Status, type StatusFacts } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
 
 /** The capabilities a pass uses, each as narrow as the reconciler needs it. */
@@ -535,7 +535,7 @@ export class Reconciler {
   }
 
   /** The pass moved on: the status says to what, and a watchdog hears the loop is alive. */
-  private step(step: PassStep): void {
+  private step(step: PassProgress): void {
     this.deps.onProgress?.();
     this.record({ activity: { kind: 'pass', step } });
   }

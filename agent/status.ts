@@ -60,7 +60,7 @@ export interface Status {
 }
 
 /** What the pass in flight is doing, with what it works on: each names one phase and one message. */
-export type PassStep =
+export type PassProgress =
   | { readonly step: 'fetching' }
   | { readonly step: 'user-data-script' }
   | { readonly step: 'rendering'; readonly desiredHash: string }
@@ -77,7 +77,7 @@ export type PassStep =
 /** The latest thing the agent did: it decides the phase and the message. */
 export type Activity =
   | { readonly kind: 'starting' }
-  | { readonly kind: 'pass'; readonly step: PassStep }
+  | { readonly kind: 'pass'; readonly step: PassProgress }
   /** A pass (or the operator's rollback) ended: `StatusFacts.lastPass` says how. */
   | { readonly kind: 'ended' }
   | { readonly kind: 'suspended' }
@@ -194,7 +194,7 @@ function describe(durable: StatusDurable | undefined, facts: StatusFacts): { pha
   }
 }
 
-function describeStep(step: PassStep): { phase: StatusPhase; message: string } {
+function describeStep(step: PassProgress): { phase: StatusPhase; message: string } {
   switch (step.step) {
     case 'fetching':
       return { phase: 'fetching', message: 'reading user data and SSM parameters' };
