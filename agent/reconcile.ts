@@ -1,6 +1,6 @@
 // The only module that knows the others. One pass: sources → desired state → render → apply →
-// verify → report. It alone decides (switch, roll back, hold), writes the durable state, and holds
-// the Status every report sink reads.
+// verify → report. It alone decides (switch, roll back, hold), writes the durable state, and records
+// the facts the Status every report sink reads is derived from.
 import { bootEssentials, listGenerations, runningSystem, bootedSystem } from './apply/generations.js';
 import type { ClosureRealiser } from './apply/closure.js';
 import type { Rebuilder } from './apply/rebuild.js';

@@ -1,5 +1,6 @@
-// The agent's status: one plain value, rebuilt at each step, that every report sink reads
-// (status.json, systemd STATUS=, HTTP, metrics, the ASG). Nothing in it is a secret.
+// The agent's status: one plain value that every report sink reads (status.json, systemd STATUS=,
+// HTTP, metrics, the ASG), derived whole by deriveStatus from the durable state and the facts the
+// reconciler records. Nothing in it is a secret.
 import type { RolloutStatus } from './rollout/plan.js';
 import { shortHash } from './desired/desired.js';
 import type { DurableState, Phase } from './state.js';
@@ -138,7 +139,7 @@ export function deriveStatus(durable: StatusDurable | undefined, facts: StatusFa
   const running = facts.running;
   const build = running !== undefined ? durable?.builds[running] : undefined;
   const lastGood = durable?.lastGood;
-  const status: Status = {
+  return {
     version: 1,
     pid: facts.pid,
     updatedAt: iso(now),
@@ -159,7 +160,6 @@ export function deriveStatus(durable: StatusDurable | undefined, facts: StatusFa
     ...(facts.lastSuccessAt !== undefined ? { lastSuccessAt: iso(facts.lastSuccessAt) } : {}),
     ...(facts.rollout?.length ? { rollout: facts.rollout } : {}),
   };
-  return status;
 }
 
 /**
@@ -182,7 +182,8 @@ function describe(durable: StatusDurable | undefined, facts: StatusFacts): { pha
     case 'pass':
       return describeStep(activity.step);
     case 'ended':
-      return describeEnd(durable, facts);
+      // Nothing ended before the first pass: an agent that has not finished anything is starting.
+      return facts.lastPass ? describeEnd(durable, facts.lastPass, facts.leaving) : { phase: 'starting', message: 'starting' };
     case 'suspended':
       return { phase: 'suspended', message: 'suspended: convergence paused' };
     case 'resumed':
@@ -223,9 +224,7 @@ function describeStep(step: PassProgress): { phase: StatusPhase; message: string
   }
 }
 
-function describeEnd(durable: StatusDurable | undefined, facts: StatusFacts): { phase: StatusPhase; message: string } {
-  const last = facts.lastPass;
-  if (!last) return { phase: 'idle', message: 'idle' };
+function describeEnd(durable: StatusDurable | undefined, last: PassEnd, leaving: string | undefined): { phase: StatusPhase; message: string } {
   const error = last.error;
   const short = last.desiredHash ? shortHash(last.desiredHash) : '';
   const message = {
@@ -236,9 +235,9 @@ function describeEnd(durable: StatusDurable | undefined, facts: StatusFacts): { 
     'invalid-input': `desired state rejected, nothing switched${error ? `: ${error.message}` : ''}`,
     held: durable?.held ? "held on the operator's rollback until the sources change" : `desired ${short} failed before; waiting for a change or the retry time`,
     suspended: 'suspended: convergence paused',
-    cancelled: facts.leaving ? `build cancelled: the instance is leaving (${facts.leaving})` : 'build cancelled by a newer desired state',
+    cancelled: leaving ? `build cancelled: the instance is leaving (${leaving})` : 'build cancelled by a newer desired state',
   }[last.outcome];
-  const phase: StatusPhase = facts.leaving ? 'stopping' : durable?.suspended ? 'suspended' : last.outcome === 'held' ? 'held' : 'idle';
+  const phase: StatusPhase = leaving ? 'stopping' : durable?.suspended ? 'suspended' : last.outcome === 'held' ? 'held' : 'idle';
   return { phase, message };
 }
 

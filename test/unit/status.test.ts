@@ -28,6 +28,7 @@ type Row = [string, Partial<StatusDurable> | undefined, Partial<StatusFacts>, Pa
 const rows: Row[] = [
   ['before the durable state is loaded', undefined, {}, { phase: 'starting', condition: 'converging', message: 'starting', firstConvergenceDone: false, reasons: [], rebootRequired: false, noGoodGeneration: false }],
   ['started: last good known, nothing finished', {}, {}, { phase: 'starting', condition: 'converging', lastGood: { storePath: SYS_A, desiredHash: A }, firstConvergenceDone: false }],
+  ['nothing ended yet: starting', {}, { activity: { kind: 'ended' } }, { phase: 'starting', message: 'starting', firstConvergenceDone: false }],
   ['first fetch: still converging (nothing converged yet)', {}, { activity: { kind: 'pass', step: { step: 'fetching' } } }, { phase: 'fetching', condition: 'converging', message: 'reading user data and SSM parameters' }],
   ['a poll after a convergence keeps the condition', {}, { ...afterConverged, activity: { kind: 'pass', step: { step: 'fetching' } } }, { phase: 'fetching', condition: 'converged', message: 'reading user data and SSM parameters', firstConvergenceDone: true }],
   ['the user-data script keeps the condition too', {}, { ...afterConverged, activity: { kind: 'pass', step: { step: 'user-data-script' } } }, { phase: 'fetching', condition: 'converged', message: 'running the user-data script' }],
