@@ -1,6 +1,6 @@
 // The only module that knows the others. One pass: sources → desired state → render → apply →
-// verify → report. It alone decides (switch, roll back, hold), writes the durable state, and holds
-// the Status every report sink reads.
+// verify → report. It alone decides (switch, roll back, hold), writes the durable state, and records
+// the facts the Status every report sink reads is derived from.
 import { bootEssentials, listGenerations, runningSystem, bootedSystem } from './apply/generations.js';
 import type { ClosureRealiser } from './apply/closure.js';
 import type { Rebuilder } from './apply/rebuild.js';
@@ -18,7 +18,7 @@ import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
 import { pruneBuilds, STATE_DIR, type DurableState, type StateStore } from './state.js';
-import { durableStatus, startingStatus, type Condition, type DurableStatus, type ErrorSummary, type Outcome, type Status, type StatusPhase } from './status.js';
+import { deriveStatus, type ErrorSummary, type Outcome, type PassProgress, type Status, type StatusFacts } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
 
 /** The capabilities a pass uses, each as narrow as the reconciler needs it. */
@@ -63,14 +63,15 @@ const LEGACY_PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configura
 
 export class Reconciler {
   private state!: DurableState;
+  private facts: StatusFacts;
   private current: Status;
   private desired: DesiredState | undefined;
   private selection: Selection | undefined;
   private startProblem: string | undefined;
-  private leaving: string | undefined;
 
   constructor(private readonly deps: ReconcilerDeps) {
-    this.current = startingStatus(deps.clock.now(), process.pid);
+    this.facts = { pid: process.pid, activity: { kind: 'starting' }, noGoodGeneration: false };
+    this.current = deriveStatus(undefined, this.facts, deps.clock.now());
   }
 
   get status(): Status {
@@ -105,7 +106,7 @@ export class Reconciler {
       delete this.state.rebootRequired;
       await this.save();
     }
-    this.update({});
+    this.record({});
   }
 
   /** One pass of the loop. Never throws an AgentError: it becomes the outcome. */
@@ -152,10 +153,10 @@ export class Reconciler {
 
   private async pass(log: Logger, signal?: AbortSignal): Promise<PassResult> {
     if (planPass(passSituation(this.state, undefined, undefined, this.deps.clock.now())).kind === 'suspended') return { outcome: 'suspended' };
-    this.phase('fetching', 'reading user data and SSM parameters');
+    this.step({ step: 'fetching' });
     await this.deps.writer.adoptImageConfiguration(this.deps.config.local.baseConfiguration);
     const snapshots = await this.deps.sources.read(signal);
-    this.update({ instanceId: snapshots.identity.instanceId });
+    this.record({ instanceId: snapshots.identity.instanceId });
     await this.runUserDataScript(snapshots, log);
 
     const selection = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, this.deps.clock.now());
@@ -165,7 +166,7 @@ export class Reconciler {
     if (selection.rejected) await this.reportRollout(selection.rejected.taken, 'validate', selection.rejected.reason);
     const notes = [...snapshots.notes, ...desired.notes];
     for (const note of notes) log.warn({ event: 'source.note' }, note);
-    this.update({ rollout: selection.rollouts.length ? selection.rollouts : undefined, desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
+    this.record({ rollout: selection.rollouts, desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
     const short = shortHash(desired.hash);
 
     const running = await runningSystem(this.deps.fs);
@@ -186,7 +187,7 @@ export class Reconciler {
       return { outcome: 'held', desiredHash: desired.hash, error: new ApplyFailedError(step.reason, step.stage as ApplyFailedError['stage']) };
     }
 
-    this.phase('rendering', `rendering desired ${short}`);
+    this.step({ step: 'rendering', desiredHash: desired.hash });
     const plan = renderPlan(desired);
     try {
       await this.deps.writer.prepare(plan);
@@ -212,17 +213,16 @@ export class Reconciler {
   }
 
   private async apply(desired: DesiredState, plan: RenderPlan, log: Logger, signal?: AbortSignal): Promise<PassResult> {
-    const short = shortHash(desired.hash);
     const channels = renderChannels(desired);
     if (channels !== undefined && digestOf(Buffer.from(channels)) !== this.state.channelsDigest) {
-      this.phase('building', `updating channels for desired ${short}`);
+      this.step({ step: 'updating-channels', desiredHash: desired.hash });
       await this.deps.rebuilder.updateChannels(channels, signal);
       this.state.channelsDigest = digestOf(Buffer.from(channels));
     }
     let storePath: string;
     if (this.deps.config.rebuild.mode === 'switch' && !desired.system) {
       await this.journal('activating', desired.hash);
-      this.phase('activating', `nixos-rebuild switch for desired ${short}`);
+      this.step({ step: 'switching', desiredHash: desired.hash });
       // `nixos-rebuild switch` activates: like every activation, it is never cancelled midway.
       await this.deps.rebuilder.switchLegacy();
       storePath = (await runningSystem(this.deps.fs)) ?? '';
@@ -232,12 +232,12 @@ export class Reconciler {
       await this.journal('building', desired.hash);
       const generations = await listGenerations(this.deps.fs);
       const next = Math.max(0, ...generations.map((g) => g.number)) + 1;
-      this.phase('building', `building generation ${next} (desired ${short})`);
+      this.step({ step: 'building', desiredHash: desired.hash, generation: next });
       storePath = desired.system ? await this.realiseClosure(desired, signal) : await this.deps.rebuilder.build(signal);
       // Recorded before activation: `generations` names what built it even if the agent dies next.
       this.recordBuild(storePath, desired);
       await this.journal('activating', desired.hash, storePath);
-      this.phase('activating', `activating ${storePath} (test, desired ${short})`);
+      this.step({ step: 'activating', desiredHash: desired.hash, storePath });
       await this.deps.rebuilder.activate(storePath, 'test');
       await this.journal('verifying', desired.hash, storePath);
     }
@@ -251,7 +251,7 @@ export class Reconciler {
   private async realiseClosure(desired: DesiredState, signal?: AbortSignal): Promise<string> {
     const closures = this.deps.closures;
     if (!closures || !desired.system) throw new ApplyFailedError('this agent cannot substitute prebuilt closures', 'build');
-    this.phase('building', `substituting ${desired.system.storePath} from ${desired.system.substituter}`);
+    this.step({ step: 'substituting', storePath: desired.system.storePath, substituter: desired.system.substituter });
     const realised = await closures.realise(desired.system, signal);
     await closures.pinRoots({ current: realised.storePath, ...(this.state.lastGood ? { lastGood: this.state.lastGood.storePath } : {}) });
     return realised.storePath;
@@ -264,13 +264,13 @@ export class Reconciler {
 
   /** Verify the activated system; only a healthy one becomes the boot default and the last good. */
   private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger): Promise<void> {
-    this.phase('verifying', `verifying ${storePath}`);
+    this.step({ step: 'verifying', storePath });
     const verdict = await this.verify();
     if (!verdict.healthy) {
       throw new ApplyFailedError(`health verification failed: ${verdict.reasons.join('; ')}`, 'verify', { reasons: verdict.reasons });
     }
     await this.journal('committing', desiredHash, storePath);
-    this.phase('committing', `making ${storePath} the boot default`);
+    this.step({ step: 'committing', storePath });
     if (this.deps.config.rebuild.mode === 'safe' || this.desired?.system) {
       await this.deps.rebuilder.setProfile(storePath);
       await this.deps.rebuilder.activate(storePath, 'boot');
@@ -299,12 +299,12 @@ export class Reconciler {
     if ((await bootEssentials(booted)) === (await bootEssentials(to))) {
       if (this.state.rebootRequired) {
         delete this.state.rebootRequired;
-        this.update({});
+        this.record({});
       }
       return;
     }
     this.state.rebootRequired = { since: this.deps.clock.now(), storePath: to };
-    this.update({});
+    this.record({});
     log.warn({ event: 'reboot.required', storePath: to, policy: this.deps.config.kernel.policy }, 'the new generation changes the kernel, initrd or kernel modules; they apply at the next boot');
   }
 
@@ -333,7 +333,7 @@ export class Reconciler {
 
   /** A pass to a rollout's candidate failed: the fleet hears of it (the reporter never throws). */
   private async reportRollout(taken: Selection['taken'], stage: string, reason: string): Promise<void> {
-    const instanceId = this.current.instanceId;
+    const instanceId = this.facts.instanceId;
     if (taken.length && instanceId) await this.deps.rollout?.report(taken, instanceId, { stage, reason });
   }
 
@@ -342,10 +342,10 @@ export class Reconciler {
     const target = this.state.lastGood;
     await this.journal('rolling-back', undefined, target?.storePath, reason);
     if (!target) {
-      this.update({ noGoodGeneration: true });
+      this.record({ noGoodGeneration: true });
       throw new ApplyFailedError(`${reason}; and there is no recorded good generation to roll back to`, 'rollback');
     }
-    this.phase('rolling-back', `rolling back to ${target.storePath}: ${reason}`);
+    this.step({ step: 'rolling-back', storePath: target.storePath, reason });
     log.warn({ event: 'rollback.start', to: target.storePath, reason }, `rolling back to ${target.storePath}`);
     await this.pointProfileAt(target.storePath);
     await this.deps.closures?.pinRoots({ current: target.storePath });
@@ -354,9 +354,9 @@ export class Reconciler {
       log.error({ event: 'rollback.activate-failed', err: isAgentError(e) ? e.toJSON() : String(e) }, 'activating the last good generation reported a failure');
     });
     await this.restoreConfiguration();
-    this.phase('verifying', `verifying rolled-back ${target.storePath}`);
+    this.step({ step: 'verifying-rollback', storePath: target.storePath });
     const verdict = await this.verify();
-    this.update({ noGoodGeneration: !verdict.healthy });
+    this.record({ noGoodGeneration: !verdict.healthy });
     if (verdict.healthy) {
       this.state.running = this.state.running?.storePath === target.storePath ? this.state.running : undefined;
     }
@@ -467,7 +467,7 @@ export class Reconciler {
     // that is the desired state of the generation rolled back from, not the one rolled back to.
     const heldHash = this.desired?.hash ?? current?.desiredHash ?? this.state.running?.desiredHash ?? '';
     this.state.held = { desiredHash: heldHash, since: this.deps.clock.now() };
-    this.update({});
+    this.record({});
     await this.finish({ outcome: 'rolled-back' }, 0);
     return { outcome: 'rolled-back' };
   }
@@ -482,21 +482,21 @@ export class Reconciler {
    * so, and no pass starts meanwhile (the scheduler's gate).
    */
   setLeaving(reason: string | undefined): void {
-    this.leaving = reason;
-    if (reason) this.update({ phase: 'stopping', message: `the instance is leaving (${reason}); no new rebuild starts` });
-    else if (this.current.phase === 'stopping') this.update({ phase: this.state.suspended ? 'suspended' : 'idle', message: 'the instance is staying; convergence resumes' });
+    if (reason) this.record({ leaving: reason, activity: { kind: 'leaving', reason } });
+    else if (this.current.phase === 'stopping') this.record({ leaving: undefined, activity: { kind: 'staying' } });
+    else this.record({ leaving: undefined });
   }
 
   async suspend(by?: string): Promise<void> {
     this.state.suspended = { since: this.deps.clock.now(), ...(by ? { by } : {}) };
     await this.save();
-    this.update({ phase: 'suspended', message: 'suspended: convergence paused' });
+    this.record({ activity: { kind: 'suspended' } });
   }
 
   async resume(): Promise<void> {
     delete this.state.suspended;
     await this.save();
-    this.update({ phase: 'idle', message: 'resumed' });
+    this.record({ activity: { kind: 'resumed' } });
   }
 
   private async runUserDataScript(snapshots: Snapshots, log: Logger): Promise<void> {
@@ -505,7 +505,7 @@ export class Reconciler {
     const done = this.state.userDataScript;
     if (done && done.instanceId === snapshots.identity.instanceId) return;
     // Once per instance id, as cloud-init does; amazon-init reruns it at every boot (nixpkgs#41826).
-    this.phase('fetching', 'running the user-data script');
+    this.step({ step: 'user-data-script' });
     const command = await this.deps.store.saveUserDataScript(ud.script);
     const result = await this.deps.runner.run({
       command,
@@ -534,56 +534,43 @@ export class Reconciler {
     await this.deps.store.save(this.state);
   }
 
-  private phase(phase: StatusPhase, message: string): void {
+  /** The pass moved on: the status says to what, and a watchdog hears the loop is alive. */
+  private step(step: PassProgress): void {
     this.deps.onProgress?.();
-    // Reading the sources changes nothing: a poll that finds no change leaves the condition (and
-    // `status`'s exit code, and /readyz) as they were. Converging starts with the first change.
-    this.update({ phase, message, ...(phase === 'fetching' ? {} : { condition: 'converging' as const }) });
+    this.record({ activity: { kind: 'pass', step } });
   }
 
   private async finish(result: PassResult, durationMs: number): Promise<void> {
     const now = this.deps.clock.now();
     const running = await runningSystem(this.deps.fs);
     const generations = await listGenerations(this.deps.fs).catch(() => []);
-    const generation = generations.find((g) => g.current)?.number;
-    const error = result.error ? summarise(result.error) : undefined;
     const converged = result.outcome === 'converged' || result.outcome === 'unchanged';
     const onGood = running !== undefined && running === this.state.lastGood?.storePath;
-    // A good convergence clears it; otherwise it holds until a healthy generation runs again.
-    const noGood = converged ? false : this.current.noGoodGeneration || !onGood;
-    const condition: Condition = converged ? 'converged' : noGood ? 'failed' : 'degraded';
-    const short = result.desiredHash ? shortHash(result.desiredHash) : '';
-    const message = {
-      converged: `converged to desired ${short}${generation ? ` (generation ${generation})` : ''}`,
-      unchanged: `converged to desired ${short}; nothing changed`,
-      'rolled-back': `rolled back to the last good generation${error ? `: ${error.message}` : ''}`,
-      failed: `failed${error ? `: ${error.message}` : ''}`,
-      'invalid-input': `desired state rejected, nothing switched${error ? `: ${error.message}` : ''}`,
-      held: this.state.held ? 'held on the operator\'s rollback until the sources change' : `desired ${short} failed before; waiting for a change or the retry time`,
-      suspended: 'suspended: convergence paused',
-      cancelled: this.leaving ? `build cancelled: the instance is leaving (${this.leaving})` : 'build cancelled by a newer desired state',
-    }[result.outcome];
-    this.update({
-      phase: this.leaving ? 'stopping' : this.state.suspended ? 'suspended' : result.outcome === 'held' ? 'held' : 'idle',
-      condition,
-      firstConvergenceDone: true,
-      message,
-      noGoodGeneration: noGood,
-      ...(running ? { running: { storePath: running, ...(this.state.builds[running] ? { desiredHash: this.state.builds[running].desiredHash } : {}), ...(generation !== undefined ? { generation } : {}) } } : {}),
-      ...(this.state.lastGood ? { lastGood: { storePath: this.state.lastGood.storePath, ...(this.state.lastGood.desiredHash ? { desiredHash: this.state.lastGood.desiredHash } : {}) } } : {}),
-      lastResult: { outcome: result.outcome, at: iso(now), durationMs, ...(result.desiredHash ? { desiredHash: result.desiredHash } : {}), ...(error ? { error } : {}) },
-      reasons: error ? [error.message, ...((result.error?.context.reasons as string[] | undefined) ?? [])] : this.startProblem ? [this.startProblem] : [],
-      ...(converged ? { lastSuccessAt: iso(now) } : {}),
+    const reasons = result.error?.context.reasons as string[] | undefined;
+    this.record({
+      activity: { kind: 'ended' },
+      lastPass: {
+        outcome: result.outcome,
+        at: now,
+        durationMs,
+        ...(result.desiredHash ? { desiredHash: result.desiredHash } : {}),
+        ...(result.error ? { error: summarise(result.error), ...(reasons ? { errorReasons: reasons } : {}) } : {}),
+        ...(this.startProblem ? { startProblem: this.startProblem } : {}),
+        generation: generations.find((g) => g.current)?.number,
+      },
+      ...(running ? { running } : {}),
+      // A good convergence clears it; otherwise it holds until a healthy generation runs again.
+      noGoodGeneration: converged ? false : this.facts.noGoodGeneration || !onGood,
+      ...(converged ? { lastSuccessAt: now } : {}),
     });
     this.startProblem = undefined;
     await this.save();
   }
 
-  /** The one way the status changes: a patch for the pass's own fields, the rest read from the durable state. */
-  private update(patch: Partial<{ -readonly [K in Exclude<keyof Status, keyof DurableStatus>]: Status[K] | undefined }>): void {
-    const next = { ...this.current, ...patch, ...(this.state ? durableStatus(this.state) : {}), updatedAt: new Date(this.deps.clock.now()).toISOString() } as Record<string, unknown>;
-    for (const key of Object.keys(next)) if (next[key] === undefined) delete next[key];
-    this.current = next as unknown as Status;
+  /** The one way the status changes: record what happened, and derive the whole status again. */
+  private record(facts: Partial<StatusFacts>): void {
+    this.facts = { ...this.facts, ...facts };
+    this.current = deriveStatus(this.state, this.facts, this.deps.clock.now());
     this.deps.onStatus?.(this.current);
   }
 }
