@@ -17,8 +17,19 @@ export interface PassSituation {
   readonly failed: { readonly stage: string; readonly reason: string; readonly retryAt: number } | undefined;
   /** undefined: the sources have not been read yet. */
   readonly desiredHash: string | undefined;
+  /** The desired state names a prebuilt system closure (the `system` source) instead of a configuration. */
+  readonly closure: boolean;
+  /** `rebuild.mode`: `safe` (build, test, verify, then boot) or `switch` (nixos-rebuild switch, then verify). */
+  readonly mode: 'safe' | 'switch';
   readonly now: number;
 }
+
+/**
+ * How an apply gets its system: `build` (nixos-rebuild build, then the safe order), `substitute` (the
+ * prebuilt closure from its binary cache, always in the safe order: nothing about a closure needs
+ * amazon-init's order), `switch` (nixos-rebuild switch, amazon-init's order, verified afterwards).
+ */
+export type Realise = 'build' | 'substitute' | 'switch';
 
 export type PassStep =
   /** Convergence is paused: nothing is read, nothing switched. */
@@ -31,8 +42,8 @@ export type PassStep =
   | { readonly kind: 'hold-failed'; readonly stage: string; readonly reason: string; readonly retryAt: number; readonly releaseHold: boolean }
   /** Already running what is desired: only the secrets (a tmpfs) are written again. */
   | { readonly kind: 'unchanged'; readonly releaseHold: boolean }
-  /** Render, build, activate, verify, commit. */
-  | { readonly kind: 'apply'; readonly releaseHold: boolean };
+  /** Render, build or substitute, activate, verify, commit. */
+  | { readonly kind: 'apply'; readonly releaseHold: boolean; readonly realise: Realise };
 // releaseHold: the operator's rollback held on another desired state; the sources moved on, so the
 // hold ends with this pass.
 
@@ -44,11 +55,17 @@ export function planPass(s: PassSituation): PassStep {
   const releaseHold = s.heldOn !== undefined;
   if (s.recorded?.desiredHash === s.desiredHash && s.running === s.recorded.storePath) return { kind: 'unchanged', releaseHold };
   if (s.failed && s.now < s.failed.retryAt) return { kind: 'hold-failed', stage: s.failed.stage, reason: s.failed.reason, retryAt: s.failed.retryAt, releaseHold };
-  return { kind: 'apply', releaseHold };
+  return { kind: 'apply', releaseHold, realise: s.closure ? 'substitute' : s.mode === 'switch' ? 'switch' : 'build' };
 }
 
 /** The situation of PassSituation, read from the durable state. */
-export function passSituation(state: DurableState, desiredHash: string | undefined, running: string | undefined, now: number): PassSituation {
+export function passSituation(
+  state: DurableState,
+  desiredHash: string | undefined,
+  running: string | undefined,
+  now: number,
+  how: { readonly closure: boolean; readonly mode: 'safe' | 'switch' } = { closure: false, mode: 'safe' },
+): PassSituation {
   const failed = desiredHash !== undefined ? state.failed[desiredHash] : undefined;
   return {
     suspended: state.suspended !== undefined,
@@ -57,6 +74,8 @@ export function passSituation(state: DurableState, desiredHash: string | undefin
     running,
     failed: failed ? { stage: failed.stage, reason: failed.reason, retryAt: failed.retryAt } : undefined,
     desiredHash,
+    closure: how.closure,
+    mode: how.mode,
     now,
   };
 }

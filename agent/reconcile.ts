@@ -16,7 +16,7 @@ import type { FailureReporter } from './rollout/reporter.js';
 import { selectDesired, type Selection } from './rollout/select.js';
 import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
-import { planFailure, planPass, planRecovery, passSituation, retryAt } from './plan.js';
+import { planFailure, planPass, planRecovery, passSituation, retryAt, type Realise } from './plan.js';
 import { pruneBuilds, STATE_DIR, type DurableState, type StateStore } from './state.js';
 import { deriveStatus, type ErrorSummary, type Outcome, type PassProgress, type Status, type StatusFacts } from './status.js';
 import type { HealthChecker, Verdict } from './verify/health.js';
@@ -170,7 +170,7 @@ export class Reconciler {
     const short = shortHash(desired.hash);
 
     const running = await runningSystem(this.deps.fs);
-    const step = planPass(passSituation(this.state, desired.hash, running, this.deps.clock.now()));
+    const step = planPass(passSituation(this.state, desired.hash, running, this.deps.clock.now(), { closure: desired.system !== undefined, mode: this.deps.config.rebuild.mode }));
     log.debug({ event: 'pass.plan', step }, `next step: ${step.kind}`);
     if (step.kind === 'hold-rollback') return { outcome: 'held', desiredHash: desired.hash };
     if (step.kind === 'suspended' || step.kind === 'fetch') throw new Error(`a pass with its sources read cannot plan ${step.kind}`);
@@ -203,7 +203,7 @@ export class Reconciler {
     await this.deps.writer.writeSecrets(desired.secrets);
 
     try {
-      return await this.apply(desired, plan, log, signal);
+      return await this.apply(desired, step.realise, plan, log, signal);
     } catch (err) {
       // A cancellation is the pass signal's own reason, whatever step it stopped.
       const cancelled = signal?.aborted === true && err === signal.reason;
@@ -212,7 +212,7 @@ export class Reconciler {
     }
   }
 
-  private async apply(desired: DesiredState, plan: RenderPlan, log: Logger, signal?: AbortSignal): Promise<PassResult> {
+  private async apply(desired: DesiredState, realise: Realise, plan: RenderPlan, log: Logger, signal?: AbortSignal): Promise<PassResult> {
     const channels = renderChannels(desired);
     if (channels !== undefined && digestOf(Buffer.from(channels)) !== this.state.channelsDigest) {
       this.step({ step: 'updating-channels', desiredHash: desired.hash });
@@ -220,7 +220,7 @@ export class Reconciler {
       this.state.channelsDigest = digestOf(Buffer.from(channels));
     }
     let storePath: string;
-    if (this.deps.config.rebuild.mode === 'switch' && !desired.system) {
+    if (realise === 'switch') {
       await this.journal('activating', desired.hash);
       this.step({ step: 'switching', desiredHash: desired.hash });
       // `nixos-rebuild switch` activates: like every activation, it is never cancelled midway.
@@ -233,7 +233,7 @@ export class Reconciler {
       const generations = await listGenerations(this.deps.fs);
       const next = Math.max(0, ...generations.map((g) => g.number)) + 1;
       this.step({ step: 'building', desiredHash: desired.hash, generation: next });
-      storePath = desired.system ? await this.realiseClosure(desired, signal) : await this.deps.rebuilder.build(signal);
+      storePath = realise === 'substitute' ? await this.realiseClosure(desired, signal) : await this.deps.rebuilder.build(signal);
       // Recorded before activation: `generations` names what built it even if the agent dies next.
       this.recordBuild(storePath, desired);
       await this.journal('activating', desired.hash, storePath);
@@ -241,7 +241,8 @@ export class Reconciler {
       await this.deps.rebuilder.activate(storePath, 'test');
       await this.journal('verifying', desired.hash, storePath);
     }
-    await this.verifyAndCommit(desired.hash, storePath, plan.dir, log);
+    // nixos-rebuild switch already made it the boot default; every other order does that only now.
+    await this.verifyAndCommit(desired.hash, storePath, plan.dir, log, realise !== 'switch');
     const removed = await this.deps.writer.pruneSecrets(desired.secrets.map((s) => s.name));
     if (removed.length) log.info({ event: 'secrets.pruned', names: removed }, `removed secrets no longer set: ${removed.join(', ')}`);
     return { outcome: 'converged', desiredHash: desired.hash };
@@ -263,7 +264,7 @@ export class Reconciler {
   }
 
   /** Verify the activated system; only a healthy one becomes the boot default and the last good. */
-  private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger): Promise<void> {
+  private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger, setBootDefault: boolean): Promise<void> {
     this.step({ step: 'verifying', storePath });
     const verdict = await this.verify();
     if (!verdict.healthy) {
@@ -271,7 +272,7 @@ export class Reconciler {
     }
     await this.journal('committing', desiredHash, storePath);
     this.step({ step: 'committing', storePath });
-    if (this.deps.config.rebuild.mode === 'safe' || this.desired?.system) {
+    if (setBootDefault) {
       await this.deps.rebuilder.setProfile(storePath);
       await this.deps.rebuilder.activate(storePath, 'boot');
     }
@@ -430,7 +431,7 @@ export class Reconciler {
   /** The activated system is running: verify it and make it permanent, or roll back. */
   private async finishInterrupted(desiredHash: string, storePath: string, log: Logger): Promise<void> {
     try {
-      await this.verifyAndCommit(desiredHash, storePath, undefined, log);
+      await this.verifyAndCommit(desiredHash, storePath, undefined, log, this.deps.config.rebuild.mode === 'safe');
     } catch (err) {
       if (!(err instanceof ApplyFailedError)) throw err;
       await this.rollbackTo(err.message, log);

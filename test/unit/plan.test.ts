@@ -24,26 +24,30 @@ const B = 'b'.repeat(64);
 const SYS_A = '/nix/store/aaaa-nixos-system';
 const SYS_B = '/nix/store/bbbb-nixos-system';
 
-const base: PassSituation = { suspended: false, heldOn: undefined, recorded: undefined, running: SYS_A, failed: undefined, desiredHash: A, now: NOW };
+const base: PassSituation = { suspended: false, heldOn: undefined, recorded: undefined, running: SYS_A, failed: undefined, desiredHash: A, closure: false, mode: 'safe', now: NOW };
 const failedA = { stage: 'build', reason: 'nixos-rebuild build exited with 1', retryAt: NOW + 30_000 };
 
 const passRows: [string, Partial<PassSituation>, PassStep][] = [
   ['suspended, before reading the sources', { suspended: true, desiredHash: undefined }, { kind: 'suspended' }],
   ['suspended wins over everything', { suspended: true, heldOn: A, failed: failedA }, { kind: 'suspended' }],
   ['not suspended, sources not read yet', { desiredHash: undefined }, { kind: 'fetch' }],
-  ['first pass: nothing recorded', {}, { kind: 'apply', releaseHold: false }],
+  ['first pass: nothing recorded', {}, { kind: 'apply', releaseHold: false, realise: 'build' }],
+  ['a prebuilt closure is substituted, not built', { closure: true }, { kind: 'apply', releaseHold: false, realise: 'substitute' }],
+  ['a prebuilt closure takes the safe order even with rebuild.mode = switch', { closure: true, mode: 'switch' }, { kind: 'apply', releaseHold: false, realise: 'substitute' }],
+  ['rebuild.mode = switch: nixos-rebuild switch, verified afterwards', { mode: 'switch' }, { kind: 'apply', releaseHold: false, realise: 'switch' }],
+  ['a closure already running is unchanged like any desired state', { closure: true, recorded: { desiredHash: A, storePath: SYS_A } }, { kind: 'unchanged', releaseHold: false }],
   ['running what was recorded for this desired state', { recorded: { desiredHash: A, storePath: SYS_A } }, { kind: 'unchanged', releaseHold: false }],
-  ['recorded, but another system runs (reboot into an older default)', { recorded: { desiredHash: A, storePath: SYS_A }, running: SYS_B }, { kind: 'apply', releaseHold: false }],
-  ['recorded, but nothing runs', { recorded: { desiredHash: A, storePath: SYS_A }, running: undefined }, { kind: 'apply', releaseHold: false }],
-  ['a new desired state', { recorded: { desiredHash: B, storePath: SYS_B }, running: SYS_B }, { kind: 'apply', releaseHold: false }],
+  ['recorded, but another system runs (reboot into an older default)', { recorded: { desiredHash: A, storePath: SYS_A }, running: SYS_B }, { kind: 'apply', releaseHold: false, realise: 'build' }],
+  ['recorded, but nothing runs', { recorded: { desiredHash: A, storePath: SYS_A }, running: undefined }, { kind: 'apply', releaseHold: false, realise: 'build' }],
+  ['a new desired state', { recorded: { desiredHash: B, storePath: SYS_B }, running: SYS_B }, { kind: 'apply', releaseHold: false, realise: 'build' }],
   ['held on this desired state by the operator', { heldOn: A }, { kind: 'hold-rollback' }],
   ['held on this desired state, even when it failed before', { heldOn: A, failed: failedA }, { kind: 'hold-rollback' }],
-  ['held on another desired state: the hold ends', { heldOn: B }, { kind: 'apply', releaseHold: true }],
+  ['held on another desired state: the hold ends', { heldOn: B }, { kind: 'apply', releaseHold: true, realise: 'build' }],
   ['held on another, already running the desired one', { heldOn: B, recorded: { desiredHash: A, storePath: SYS_A } }, { kind: 'unchanged', releaseHold: true }],
   ['failed before, retry time not reached', { failed: failedA }, { kind: 'hold-failed', ...failedA, releaseHold: false }],
   ['failed before, held on another: the hold ends, the failure holds', { failed: failedA, heldOn: B }, { kind: 'hold-failed', ...failedA, releaseHold: true }],
-  ['failed before, retry time reached exactly', { failed: failedA, now: failedA.retryAt }, { kind: 'apply', releaseHold: false }],
-  ['failed before, retry time passed', { failed: failedA, now: failedA.retryAt + 1 }, { kind: 'apply', releaseHold: false }],
+  ['failed before, retry time reached exactly', { failed: failedA, now: failedA.retryAt }, { kind: 'apply', releaseHold: false, realise: 'build' }],
+  ['failed before, retry time passed', { failed: failedA, now: failedA.retryAt + 1 }, { kind: 'apply', releaseHold: false, realise: 'build' }],
   ['failed before but running it (recorded): unchanged', { failed: failedA, recorded: { desiredHash: A, storePath: SYS_A } }, { kind: 'unchanged', releaseHold: false }],
 ];
 
@@ -87,7 +91,7 @@ describe('planPass', () => {
     state.held = { desiredHash: B, since: NOW };
     state.failed[A] = { at: NOW, attempts: 1, ...failedA };
     state.failed[B] = { at: NOW, attempts: 3, stage: 'verify', reason: 'unhealthy', retryAt: NOW + 1 };
-    assert.deepEqual(passSituation(state, A, SYS_A, NOW), { suspended: false, heldOn: B, recorded: { desiredHash: A, storePath: SYS_A }, running: SYS_A, failed: failedA, desiredHash: A, now: NOW });
+    assert.deepEqual(passSituation(state, A, SYS_A, NOW), { suspended: false, heldOn: B, recorded: { desiredHash: A, storePath: SYS_A }, running: SYS_A, failed: failedA, desiredHash: A, closure: false, mode: 'safe', now: NOW });
     assert.equal(passSituation(state, undefined, undefined, NOW).failed, undefined);
     state.suspended = { since: NOW };
     assert.equal(passSituation(state, undefined, undefined, NOW).suspended, true);
