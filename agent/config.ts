@@ -193,6 +193,10 @@ export const ConfigSchema = z.strictObject({
        * instance is leaving, no new rebuild starts and a build that has not activated is cancelled.
        */
       enabled: z.boolean().default(true),
+      /**
+       * How often the spot interruption notice is read; the target lifecycle state is read every
+       * `TARGET_STATE_EVERY` (6) of these, 30 s by default (see sources/leaving.ts for why).
+       */
       checkSeconds: seconds(5),
     })
     .default({}),

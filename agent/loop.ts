@@ -27,7 +27,7 @@ import type { Watchdog } from './report/watchdog.js';
 import { ProcessRunner } from './runner.js';
 import { Scheduler, type ScheduleOptions } from './schedule.js';
 import { ASG_TAG, type Snapshots } from './sources/index.js';
-import { LeavingWatch, SpotInterruptionMonitor, TargetLifecycleMonitor, type LeavingNotice } from './sources/leaving.js';
+import { imdsMonitors, LeavingWatch, type LeavingNotice } from './sources/leaving.js';
 import { LocalWatcher } from './sources/watch.js';
 import type { Status, StatusPhase } from './status.js';
 
@@ -393,9 +393,8 @@ class DaemonLoop implements Daemon {
       log: (level, event, message, fields) => log[level]({ event, ...fields }, message),
     });
     const leaving = config.termination.enabled
-      ? new LeavingWatch([new TargetLifecycleMonitor(agent.imds), new SpotInterruptionMonitor(agent.imds)], {
+      ? new LeavingWatch(imdsMonitors(agent.imds, config.termination.checkSeconds * 1000), {
           clock,
-          intervalMs: config.termination.checkSeconds * 1000,
           onChange: (notice) => this.post({ kind: 'leaving', notice }),
           onError: (kind, err, inARow) => {
             if (inARow === 1 || inARow % 20 === 0) log.warn({ event: 'leaving.check-failed', kind, err: err.message, inARow }, `cannot read the ${kind} notice from IMDS: ${err.message}`);

@@ -81,9 +81,11 @@ buildNpmPackage {
     install -Dm444 ${../systemd/nixos-ec2-agent-converged.target} "$out/lib/systemd/system/nixos-ec2-agent-converged.target"
 
     # node runs the bin with V8's --lite-mode, which NODE_OPTIONS refuses: measured by
-    # `npm run bench -- watch`, it cuts the idle daemon's resident memory by 7-25 MiB, for a start
+    # `npm run bench -- watch`, it cuts the idle daemon's resident memory by ~7 MiB, for a start
     # 0-30 % slower (`npm run bench -- boot --compare=--flags=--lite-mode`) and slower CPU-bound
-    # work such as rendering thousands of parameters, which runs once per change.
+    # work such as rendering thousands of parameters, which runs once per change. Weighed beside
+    # it and left out, as no better than the spread between runs: --optimize-for-size,
+    # --single-threaded, --max-semi-space-size=1, MALLOC_ARENA_MAX=2.
     # --suffix, not --prefix: a unit's own PATH (the NixOS module puts the system's
     # nixos-rebuild, nix and systemd there) must win over these fallbacks.
     rm "$out/bin/nixos-ec2-agent"

@@ -1,7 +1,8 @@
 // Is the instance leaving? One monitor per IMDS source, as aws-node-termination-handler has:
 // `autoscaling/target-lifecycle-state` (where Auto Scaling is taking the instance) and
 // `spot/instance-action` (the two-minute spot interruption notice). IMDS is on the instance, so
-// these are polled often without touching the account's API budget.
+// these are polled without touching the account's API budget; still, each look wakes the daemon,
+// so each is polled only as often as it needs (`imdsMonitors`).
 //
 // Leaving means a rebuild started now would be cut off: `Terminated` and `Warmed:Terminated`, or
 // any spot action (terminate, stop, hibernate). Not leaving: `InService`; `Standby` (taken out of
@@ -58,9 +59,32 @@ export class SpotInterruptionMonitor implements Monitor {
   }
 }
 
+/** A monitor and how often it is looked at. */
+export interface Polled {
+  readonly monitor: Monitor;
+  readonly intervalMs: number;
+}
+
+/**
+ * The target lifecycle state is read this many times less often than the spot notice. A spot
+ * notice comes two minutes before the instance goes, so every `checkSeconds` (5 s) it is seen
+ * with most of them left. The target state turns `Terminated` when Auto Scaling starts taking the
+ * instance out, before its terminate hook, the load balancer's deregistration delay or its
+ * shutdown: a rebuild it would have spared starts on an instance that is going anyway, so half a
+ * minute costs nothing, where every 5 s was most of the idle daemon's CPU.
+ */
+export const TARGET_STATE_EVERY = 6;
+
+/** The IMDS monitors at their cadences: the spot notice every `checkMs`, the target state less often. */
+export function imdsMonitors(imds: Imds, checkMs: number): readonly Polled[] {
+  return [
+    { monitor: new TargetLifecycleMonitor(imds), intervalMs: checkMs * TARGET_STATE_EVERY },
+    { monitor: new SpotInterruptionMonitor(imds), intervalMs: checkMs },
+  ];
+}
+
 export interface LeavingWatchOptions {
   readonly clock: Clock;
-  readonly intervalMs: number;
   /** Called when the instance starts leaving (a notice), or stops (undefined: e.g. the hook was abandoned). */
   readonly onChange: (notice: LeavingNotice | undefined) => void;
   readonly onError?: (kind: string, err: Error, inARow: number) => void;
@@ -74,7 +98,7 @@ export class LeavingWatch {
   private current: LeavingNotice | undefined;
 
   constructor(
-    private readonly monitors: readonly Monitor[],
+    private readonly monitors: readonly Polled[],
     private readonly options: LeavingWatchOptions,
   ) {}
 
@@ -86,7 +110,7 @@ export class LeavingWatch {
   async start(): Promise<void> {
     if (this.stopper) return;
     this.stopper = new AbortController();
-    await Promise.all(this.monitors.map((m) => this.checkOne(m, 0)));
+    await Promise.all(this.monitors.map((m) => this.checkOne(m.monitor, 0)));
     this.loops = this.monitors.map((m) => this.loop(m, this.stopper!.signal));
   }
 
@@ -97,11 +121,11 @@ export class LeavingWatch {
     this.loops = [];
   }
 
-  private async loop(monitor: Monitor, signal: AbortSignal): Promise<void> {
+  private async loop({ monitor, intervalMs }: Polled, signal: AbortSignal): Promise<void> {
     let errors = 0;
     for (;;) {
       try {
-        await this.options.clock.sleep(this.options.intervalMs, signal);
+        await this.options.clock.sleep(intervalMs, signal);
       } catch {
         return;
       }

@@ -3,6 +3,8 @@
 // unknown token gets 401; IMDS turned off answers 403; an absent item 404. The agent caches one
 // token, refreshes it on 401, fails at once on 403 and never falls back to IMDSv1.
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { ImdsClient } from '../../agent/aws/imds.js';
@@ -182,5 +184,26 @@ describe('ImdsClient against the IMDS emulator', () => {
 
   it('never sends a request without a token, over everything above', () => {
     assertNoImdsV1(0);
+  });
+});
+
+// The emulator does not expose its connections, so a bare server counts them: the termination
+// checks read IMDS every few seconds, and each read must not cost a new TCP connection.
+describe('ImdsClient connections', () => {
+  it('sends sequential reads over one kept-alive connection', async () => {
+    let connections = 0;
+    const server = createServer((req, res) => {
+      res.end(req.method === 'PUT' ? 'token-1' : 'i-0123');
+    });
+    server.on('connection', () => connections++);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const imds = new ImdsClient({ clock: systemClock, env: { AWS_EC2_METADATA_SERVICE_ENDPOINT: `http://127.0.0.1:${(server.address() as AddressInfo).port}` } });
+      for (let i = 0; i < 5; i++) assert.equal(await imds.get('latest/meta-data/instance-id'), 'i-0123');
+      assert.equal(connections, 1, 'a connection per read');
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
