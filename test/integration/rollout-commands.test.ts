@@ -13,8 +13,12 @@ import { AWS_CLI, CLI, hasAwsCli } from '../support/e2e.js';
 const FLEET = '/nixos/fleet';
 
 /** The agent's own last line (Node 20 may get the SDK's node-version warning before it). */
+/**
+ * The command's own last line. The runtime's warnings (the SDK's Node-version notice) come as JSON
+ * log lines, on stderr too and at a time of the runtime's choosing, before or after it.
+ */
 function lastLine(text: string): string {
-  return text.trim().split('\n').at(-1) ?? '';
+  return text.trim().split('\n').filter((line) => !line.startsWith('{"level":')).at(-1) ?? '';
 }
 
 interface Result {
