@@ -27,8 +27,14 @@ async function assertFailedSafely(d: LiveDaemon, i: Instance, good: string, what
   assert.ok(d.alive, 'the daemon is alive');
   assert.equal(await i.running(), good, 'nothing was switched');
   assert.equal(await i.profileSystem(), good, 'the boot default did not move');
+  // status.json is rewritten at each step by its own writer: wait for the one after the pass.
+  const named = await waitFor('status to name the failure', async () => {
+    const status = await d.status();
+    const text = JSON.stringify({ lastResult: status.lastResult, reasons: status.reasons });
+    return what.test(text) ? text : undefined;
+  }, 30_000).catch(() => undefined);
   const status = await d.status();
-  assert.match(JSON.stringify({ lastResult: status.lastResult, reasons: status.reasons }), what, 'status names the failure');
+  assert.match(named ?? JSON.stringify({ lastResult: status.lastResult, reasons: status.reasons }), what, 'status names the failure');
 }
 
 async function assertStopsPromptly(d: LiveDaemon): Promise<void> {
@@ -44,7 +50,10 @@ async function writeFault(arm: (dir: string) => Promise<void>, disarm: (dir: str
     await arm(dir);
     try {
       i.put(TZ, '"Europe/Paris"');
-      await d.pass(45_000);
+      // A poll that was already under way when the change landed ends unchanged: the pass that
+      // reads the change is the next one.
+      let end = await d.pass(45_000);
+      for (let tries = 0; end.outcome === 'unchanged' && tries < 3; tries++) end = await d.passAfter(d.passes().length, 45_000);
       await assertFailedSafely(d, i, good, what);
       await assertStopsPromptly(d);
     } finally {
