@@ -5,6 +5,7 @@
 // check comes first so that a refusal names its reason (not signed by the key, or a .narinfo that
 // does not match its signature) before a byte of a NAR is fetched. Never `--no-check-sigs`, never
 // a substituter marked trusted (sources/system.ts refuses `trusted=`).
+import { nixBase32 } from '../nix-base32.js';
 import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { access, constants, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -235,24 +236,11 @@ export function checkSignatures(infos: readonly PathInfo[], trustedPublicKeys: r
   }
 }
 
-const NIX_BASE32 = '0123456789abcdfghijklmnpqrsvwxyz';
-
 /** `sha256-<base64>` (SRI, newer Nix) or `sha256:<nix-base32>` → the `sha256:<nix-base32>` signed over. */
 export function narHashBase32(hash: string): string {
   if (hash.startsWith('sha256:')) return hash;
   if (!hash.startsWith('sha256-')) throw new ClosureRefusedError(`unsupported NarHash ${hash}`, 'tampered');
-  const bytes = Buffer.from(hash.slice('sha256-'.length), 'base64');
-  // Nix's base-32: 5-bit groups from the end of the byte string, most significant group first.
-  const len = Math.ceil((bytes.length * 8) / 5);
-  let out = '';
-  for (let n = len - 1; n >= 0; n--) {
-    const b = n * 5;
-    const i = Math.floor(b / 8);
-    const j = b % 8;
-    const c = ((bytes[i] ?? 0) >> j) | (i + 1 < bytes.length ? (bytes[i + 1] ?? 0) << (8 - j) : 0);
-    out += NIX_BASE32[c & 0x1f];
-  }
-  return `sha256:${out}`;
+  return `sha256:${nixBase32(Buffer.from(hash.slice('sha256-'.length), 'base64'))}`;
 }
 
 /** A NixOS system has its own switch-to-configuration and a nixos-version (nixos/modules/system/activation/top-level.nix). */

@@ -2,6 +2,7 @@
 // configuration.nix reaches through path literals; it is parsed by the real Nix parser, and its
 // content (never its location) names the store path, so the same configuration always yields the
 // same system, and building it again reuses it, as Nix does.
+import { nixBase32 } from '../../agent/nix-base32.js';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { accessSync, constants } from 'node:fs';
@@ -32,22 +33,7 @@ export interface Configuration {
 
 // ---- nix-base32 store hashes ----------------------------------------------------------------
 
-const NIX_BASE32 = '0123456789abcdfghijklmnpqrsvwxyz';
-
-/** Nix's base-32 encoding (least significant 5 bits last, its own alphabet). */
-export function nixBase32(bytes: Uint8Array): string {
-  const len = Math.ceil((bytes.length * 8) / 5);
-  let out = '';
-  for (let n = len - 1; n >= 0; n--) {
-    const b = n * 5;
-    const i = Math.floor(b / 8);
-    const j = b % 8;
-    const lo = (bytes[i] ?? 0) >> j;
-    const hi = i + 1 < bytes.length ? (bytes[i + 1] ?? 0) << (8 - j) : 0;
-    out += NIX_BASE32[(lo | hi) & 0x1f];
-  }
-  return out;
-}
+export { nixBase32 };
 
 /** A 32-character store hash: sha256 folded to 160 bits, as Nix's compressHash does. */
 export function storeHash(input: string): string {
