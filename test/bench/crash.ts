@@ -3,7 +3,8 @@
 // restarting and checking it each time (test/support/crash.ts). Any broken promise fails the run.
 // Figures: kills, how many landed mid-pass, the seconds per kill, and their ratio to a plain
 // daemon start and first pass measured in the same run (the baseline).
-import { crashCampaign, prng } from '../support/crash.js';
+import { crashCampaign } from '../support/crash.js';
+import { prng } from '../support/prng.js';
 import { hasNix, Instance, LiveLog, terminate, waitFor } from '../support/e2e.js';
 import { epochMs, intFlag, median, parseBenchArgs, ratio, round, type BenchResult, type Print } from './common.js';
 

@@ -25,6 +25,7 @@ import { VirtualClock } from '../../sandbox/clock.js';
 import { defaultInstance } from '../../sandbox/emulators/imds.js';
 import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
 import { BenchUsageError, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Print } from './common.js';
+import { prng } from '../support/prng.js';
 import { createInstance, type SimInstance } from './fleet/instance.js';
 
 const READS_PER_SECOND = 40;
@@ -32,18 +33,6 @@ const HOUR_MS = 3_600_000;
 const TAG = 'nixos-ec2-agent-revision';
 /** What the agent polled with before fleet-scale defaults: the baseline the idle figures are read against. */
 const FORMER_SSM_DEFAULTS = { pollIntervalSeconds: 60, pollJitter: 1, fullRefreshSeconds: 3_600 };
-
-/** A small seeded generator, so a run's jitter is the same each time (mulberry32). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Totals {
   calls: number;
@@ -71,7 +60,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const rebuildMs = intFlag('rebuild-ms', flags['rebuild-ms'], 30_000);
   const seed = intFlag('seed', flags.seed, 1);
   if (n > 20_000) throw new BenchUsageError('--instances: at most 20000 in one process');
-  const random = seeded(seed);
+  const random = prng(seed);
   const defaults = ConfigSchema.parse({});
   const intervalMs = defaults.ssm.pollIntervalSeconds * 1000;
   // The idle windows: an hour, or in the smoke test's quick run 20 minutes (scaled to the hour).

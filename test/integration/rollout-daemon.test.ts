@@ -2,8 +2,6 @@
 // failure record halts the rollout at the next poll and this instance returns to stable, and
 // /status and /metrics say it is halted and why.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { describe, test } from 'node:test';
 import type { RolloutStatus } from '../../agent/rollout/plan.js';
 import { candidateIdOf } from '../../agent/rollout/spec.js';
@@ -14,15 +12,6 @@ type Status = StatusJson & { rollout?: RolloutStatus[] };
 const TZ = '/nixos/fleet/options/time.timeZone';
 const CANDIDATE = '/nixos/fleet/rollout/candidate/options/time.timeZone';
 
-async function statusFile(inst: Instance): Promise<Status | undefined> {
-  const file = inst.file('run/nixos-ec2-agent/status.json');
-  if (!existsSync(file)) return undefined;
-  try {
-    return JSON.parse(await readFile(file, 'utf8')) as Status;
-  } catch {
-    return undefined;
-  }
-}
 
 const onCandidate = (s: Status) => s.desired?.sources.parameters.some((p) => p.name === CANDIDATE) ?? false;
 
@@ -48,7 +37,7 @@ describe('the daemon during a rollout', () => {
     });
     const settled = (what: string, check: (s: Status) => boolean) =>
       waitFor(what, async () => {
-        const s = await statusFile(inst);
+        const s = await inst.statusFile<Status>();
         return s && s.phase === 'idle' && s.condition === 'converged' && check(s) ? s : undefined;
       }, 120_000);
 

@@ -17,19 +17,10 @@ const DAEMON_CONFIG = {
   http: { listen: null },
 };
 
-async function statusFile(inst: Instance): Promise<StatusJson | undefined> {
-  const file = inst.file('run/nixos-ec2-agent/status.json');
-  if (!existsSync(file)) return undefined;
-  try {
-    return JSON.parse(await readFile(file, 'utf8')) as StatusJson;
-  } catch {
-    return undefined;
-  }
-}
 
 async function converged(inst: Instance, what: string, check: (s: StatusJson) => boolean = () => true): Promise<StatusJson> {
   return waitFor(what, async () => {
-    const s = await statusFile(inst);
+    const s = await inst.statusFile();
     return s && s.firstConvergenceDone && s.phase === 'idle' && s.condition === 'converged' && check(s) ? s : undefined;
   });
 }
@@ -97,7 +88,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     const builds = log.builds().length;
     inst.put(option('networking.hostName'), '"a"');
     inst.put('/nixos/fleet/revision', '2');
-    await waitFor('verifying', async () => ((await statusFile(inst))?.phase === 'verifying' ? true : undefined));
+    await waitFor('verifying', async () => ((await inst.statusFile())?.phase === 'verifying' ? true : undefined));
     for (let i = 0; i < 5; i++) inst.put(option('networking.hostName'), `"b${i}"`);
     inst.put('/nixos/fleet/revision', '3');
     await converged(inst, 'the latest state', (s) => s.desired?.sources.parameters.some((p) => p.name === option('networking.hostName') && p.version === 6) ?? false);
@@ -110,7 +101,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     const builds = log.builds().length;
     inst.put('/nixos/fleet/modules/app', markerModule('sandbox-hang'));
     inst.put('/nixos/fleet/revision', '2');
-    await waitFor('the hung build', async () => ((await statusFile(inst))?.phase === 'building' ? true : undefined));
+    await waitFor('the hung build', async () => ((await inst.statusFile())?.phase === 'building' ? true : undefined));
     inst.put('/nixos/fleet/modules/app', markerModule('fixed'));
     inst.put('/nixos/fleet/revision', '3');
     const s = await converged(inst, 'the fixed module', (x) => x.desired?.sources.parameters.some((p) => p.name === '/nixos/fleet/modules/app' && p.version === 2) ?? false);
@@ -139,14 +130,14 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     const { inst, log } = await daemon(t);
     const builds = log.builds().length;
     inst.world.imds.setTargetLifecycleState('Terminated');
-    await waitFor('stopping in status', async () => ((await statusFile(inst))?.phase === 'stopping' ? true : undefined));
+    await waitFor('stopping in status', async () => ((await inst.statusFile())?.phase === 'stopping' ? true : undefined));
     inst.put(option('networking.hostName'), '"late"');
     const now = await inst.run(['converge', '--now', '--json']);
     assert.equal(now.code, 1);
     assert.match(now.stdout, /leaving/);
     await new Promise((r) => setTimeout(r, 1_500));
     assert.equal(log.builds().length, builds);
-    const s = await statusFile(inst);
+    const s = await inst.statusFile();
     assert.equal(s?.phase, 'stopping');
     assert.match(s?.message ?? '', /Terminated/);
   });
@@ -175,7 +166,7 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
 
   test('SIGHUP rereads the configuration and converges; SIGTERM exits 0', opts, async (t) => {
     const { inst, run } = await daemon(t, { parameters: [{ Name: '/nixos/other/options/networking.hostName', Value: '"other"', Type: 'String' }] });
-    assert.equal(hasParam('/nixos/other/options/networking.hostName')((await statusFile(inst))!), false);
+    assert.equal(hasParam('/nixos/other/options/networking.hostName')((await inst.statusFile())!), false);
     await inst.configure({ ssm: { prefixes: ['/nixos/other'] } });
     run.child.kill('SIGHUP');
     await converged(inst, 'the new prefix', hasParam('/nixos/other/options/networking.hostName'));

@@ -9,17 +9,7 @@ import path from 'node:path';
 import { temporaryWriter } from '../../agent/fs.js';
 import { hasNix, Instance, killTree, LiveLog, markerModule, NIX_INSTANTIATE, waitFor, type DurableStateJson, type Running } from './e2e.js';
 
-/** mulberry32: small, seedable, good enough to choose kill points and inputs. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from './prng.js';
 
 export interface CampaignResult {
   readonly kills: number;

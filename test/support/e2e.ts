@@ -203,6 +203,17 @@ export class Instance {
     return path.join(this.root, rel);
   }
 
+  /** status.json as the agent last wrote it; undefined before the first write (or mid-replace). */
+  async statusFile<T = StatusJson>(): Promise<T | undefined> {
+    const file = this.file('run/nixos-ec2-agent/status.json');
+    if (!existsSync(file)) return undefined;
+    try {
+      return JSON.parse(await readFile(file, 'utf8')) as T;
+    } catch {
+      return undefined;
+    }
+  }
+
   async read(rel: string): Promise<string> {
     return readFile(this.file(rel), 'utf8');
   }
