@@ -4,7 +4,10 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod/v3';
+import { JsonSyntaxError, parseJson } from './desired/json.js';
 import { InvalidInputError } from './errors.js';
+import { JsonNumber, type Json } from './render/nix.js';
+import { firstInvalidUtf8 } from './utf8.js';
 
 const seconds = (def: number) => z.number().positive().default(def);
 const argv = z.array(z.string().min(1)).min(1);
@@ -253,23 +256,49 @@ export function parseConfig(value: unknown, where = 'configuration'): Config {
   throw new InvalidInputError(problems.join('; '), where, { problems });
 }
 
+/**
+ * Reads a configuration file strictly: JSON.parse would keep the last of two duplicate keys and turn
+ * invalid UTF-8 into U+FFFD, so a file that says two things, or not what its author typed, would be
+ * taken silently. The same reader as SSM option values (desired/json.ts), and as there and for user
+ * data, a byte order mark is refused rather than dropped.
+ */
 export async function loadConfig(file: string | undefined, overrides: Record<string, unknown> = {}): Promise<Config> {
-  let value: Record<string, unknown> = {};
+  let value: object = {};
   if (file !== undefined) {
-    let text: string;
+    let bytes: Buffer;
     try {
-      text = await readFile(file, 'utf8');
+      bytes = await readFile(file);
     } catch (err) {
       throw new InvalidInputError(`cannot read: ${(err as Error).message}`, file);
     }
+    let text: string;
     try {
-      value = JSON.parse(text) as Record<string, unknown>;
-    } catch (err) {
-      throw new InvalidInputError(`not JSON: ${(err as Error).message}`, file);
+      // ignoreBOM keeps a byte order mark as a character, for the parser to refuse.
+      text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+    } catch {
+      throw new InvalidInputError(`not valid UTF-8 (the sequence at byte ${firstInvalidUtf8(bytes)}, counting from 0)`, file);
     }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    let parsed: unknown;
+    try {
+      parsed = plainJson(parseJson(text));
+    } catch (err) {
+      if (!(err instanceof JsonSyntaxError)) throw err;
+      const { line, column } = err.lineColumn(text);
+      const at = err.path.length ? `, at ${err.path.slice(0, 8).join('.')}${err.path.length > 8 ? '…' : ''}` : '';
+      throw new InvalidInputError(`not JSON: line ${line}, column ${column}${at}: ${err.reason}`, file, { line, column });
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
       throw new InvalidInputError('must be a JSON object', file);
     }
+    value = parsed;
   }
   return parseConfig({ ...value, ...overrides }, file ?? 'configuration');
+}
+
+/** The schema takes plain numbers: a number kept as its text becomes the double JSON.parse gives. */
+function plainJson(v: Json): unknown {
+  if (v instanceof JsonNumber) return Number(v.text);
+  if (Array.isArray(v)) return v.map(plainJson);
+  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plainJson(x)]));
+  return v;
 }

@@ -6,12 +6,22 @@ import { JsonNumber, MAX_DEPTH, type Json } from '../render/nix.js';
 
 export class JsonSyntaxError extends Error {
   constructor(
-    message: string,
+    /** What is wrong, without where. */
+    readonly reason: string,
     /** 0-based offset into the text, in UTF-16 code units. */
     readonly offset: number,
+    /** The keys and indexes leading to the fault (for a duplicate key, the key itself last). */
+    readonly path: readonly (string | number)[] = [],
   ) {
-    super(`${message} at offset ${offset}`);
+    super(`${reason} at offset ${offset}`);
     this.name = 'JsonSyntaxError';
+  }
+
+  /** 1-based line and column (in characters) of the fault in `text`, the text that was parsed. */
+  lineColumn(text: string): { line: number; column: number } {
+    const before = text.slice(0, this.offset);
+    const lines = before.split('\n');
+    return { line: lines.length, column: [...(lines.at(-1) ?? '')].length + 1 };
   }
 }
 
@@ -28,16 +38,20 @@ const ESCAPES: Readonly<Record<string, string>> = { '"': '"', '\\': '\\', '/': '
  */
 export function parseJson(text: string): Json {
   let pos = 0;
+  /** Where the value being read sits: the keys and indexes from the top. */
+  const path: (string | number)[] = [];
 
   const fail = (message: string, at = pos): never => {
-    throw new JsonSyntaxError(message, at);
+    throw new JsonSyntaxError(message, at, [...path]);
   };
   const skip = () => {
     WHITESPACE.lastIndex = pos;
     WHITESPACE.exec(text);
     pos = WHITESPACE.lastIndex;
   };
-  const describe = (at: number) => (at >= text.length ? 'the end of the text' : `${JSON.stringify(text[at])}`);
+  // An invisible character (a BOM, a no-break space) is named by its code, not printed as itself.
+  const describe = (at: number) =>
+    at >= text.length ? 'the end of the text' : JSON.stringify(text[at]).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 
   function string(): string {
     const start = pos;
@@ -99,7 +113,7 @@ export function parseJson(text: string): Json {
   function number(): Json {
     NUMBER.lastIndex = pos;
     const m = NUMBER.exec(text);
-    if (!m) return fail(`unexpected ${describe(pos)}`);
+    if (!m) return fail(pos >= text.length ? 'the text ends where a value should be' : `unexpected ${describe(pos)}`);
     const token = m[0];
     pos = NUMBER.lastIndex;
     if (!/[.eE]/.test(token)) {
@@ -135,7 +149,9 @@ export function parseJson(text: string): Json {
       return out;
     }
     for (;;) {
+      path.push(out.length);
       out.push(value(depth));
+      path.pop();
       skip();
       const c = text[pos++];
       if (c === ']') return out;
@@ -156,11 +172,13 @@ export function parseJson(text: string): Json {
       if (text[pos] !== '"') fail(`expected a quoted key but found ${describe(pos)}`);
       const keyAt = pos;
       const key = string();
+      path.push(key);
       if (entries.has(key)) fail(`the key ${JSON.stringify(key)} appears twice in one object`, keyAt);
       skip();
       if (text[pos] !== ':') fail(`expected : but found ${describe(pos)}`);
       pos++;
       entries.set(key, value(depth));
+      path.pop();
       skip();
       const c = text[pos++];
       if (c === '}') break;

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { gunzipSync } from 'node:zlib';
 import { InvalidInputError } from '../errors.js';
+import { firstInvalidUtf8 } from '../utf8.js';
 
 /** EC2's limit on user data, before base64. */
 export const USER_DATA_LIMIT = 16 * 1024;
@@ -100,31 +101,4 @@ function gunzipBounded(bytes: Buffer): Buffer {
     }
     throw new InvalidInputError(`gzip data does not unpack: ${(err as Error).message}`, WHERE);
   }
-}
-
-function firstInvalidUtf8(bytes: Uint8Array): number {
-  let lo = 0;
-  let hi = bytes.length;
-  // The longest valid prefix, found by bisection: the decoder has no offset of its own. In
-  // stream mode a character cut at the end is not an error, so validity is monotonic.
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    try {
-      new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, mid), { stream: true });
-      lo = mid;
-    } catch {
-      hi = mid - 1;
-    }
-  }
-  // That prefix may end in the first bytes of the bad sequence (a lead byte whose continuation is
-  // missing or wrong); the sequence starts at the last whole-character boundary, at most 3 back.
-  for (let end = lo; end > Math.max(0, lo - 4); end--) {
-    try {
-      new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, end));
-      return end;
-    } catch {
-      // Still inside the cut character.
-    }
-  }
-  return Math.max(0, lo - 4);
 }

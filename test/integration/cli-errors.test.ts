@@ -51,6 +51,8 @@ describe('bad input to every command', { concurrency: 4 }, () => {
     dir = await mkdtemp(path.join(tmpdir(), 'nea-errors-'));
     await writeFile(f('not-json.json'), '{ "ssm": ');
     await writeFile(f('bad-field.json'), JSON.stringify({ ssm: { prefix: ['/x'] } }));
+    await writeFile(f('duplicate.json'), '{\n  "ssm": {\n    "enabled": true,\n    "enabled": false\n  }\n}\n');
+    await writeFile(f('latin1.json'), Buffer.from('{"root": "/caf\xe9"}', 'latin1'));
     await writeFile(f('bad-type.json'), JSON.stringify([{ Name: '/nixos/fleet/options/a', Value: '1', Type: 'Bogus' }]));
     await writeFile(f('not-array.json'), JSON.stringify({ Name: '/a', Value: '1' }));
     await writeFile(f('bad-instance.json'), JSON.stringify({ instanceId: 'not-an-id' }));
@@ -77,6 +79,9 @@ describe('bad input to every command', { concurrency: 4 }, () => {
     ['suspend, a config that is not JSON', () => ['suspend', '--config', f('not-json.json')], 2, /not JSON/],
     ['resume, a config that is not JSON', () => ['resume', '--config', f('not-json.json')], 2, /not JSON/],
     ['check-config, an unknown field', () => ['check-config', f('bad-field.json')], 2, /unknown field/],
+    ['check-config, a duplicate key', () => ['check-config', f('duplicate.json')], 2, /duplicate\.json: not JSON: line 4, column 5, at ssm\.enabled: the key "enabled" appears twice/],
+    ['converge --once, a duplicate key', () => ['converge', '--once', '--config', f('duplicate.json')], 2, /duplicate\.json: .*line 4, column 5/],
+    ['check-config, invalid UTF-8', () => ['check-config', f('latin1.json')], 2, /latin1\.json: not valid UTF-8 \(the sequence at byte 14, counting from 0\)/],
     ['emulate, a missing parameters file', () => ['emulate', '--parameters', f('missing.json')], 2, /--parameters .*missing\.json: cannot read: ENOENT/],
     ['emulate, a parameters file that is not JSON', () => ['emulate', '--parameters', f('not-json.json')], 2, /not JSON/],
     ['emulate, parameters that are not an array', () => ['emulate', '--parameters', f('not-array.json')], 2, /a JSON array of PutParameter requests/],

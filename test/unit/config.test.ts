@@ -108,6 +108,50 @@ describe('loadConfig and check-config', () => {
     assert.equal((await loadConfig(good, { root: '/srv/b' })).root, '/srv/b');
   });
 
+  it('rejects a duplicate key, at the top level or nested, naming the key, its line and column', async () => {
+    const top = path.join(dir, 'dup-top.json');
+    await writeFile(top, '{\n  "root": "/srv/a",\n  "root": "/srv/b"\n}\n');
+    await assert.rejects(loadConfig(top), (err: unknown) => {
+      assert.ok(err instanceof InvalidInputError);
+      assert.equal(err.where, top);
+      assert.equal(err.message, `${top}: not JSON: line 3, column 3, at root: the key "root" appears twice in one object`);
+      return true;
+    });
+    const nested = path.join(dir, 'dup-nested.json');
+    await writeFile(nested, JSON.stringify({ imds: { timeoutMs: 1 } }).replace('}}', ', "timeoutMs": 2}}'));
+    await assert.rejects(loadConfig(nested), (err: unknown) => {
+      assert.ok(err instanceof InvalidInputError);
+      assert.match(err.message, /line 1, column 25, at imds\.timeoutMs: the key "timeoutMs" appears twice/);
+      return true;
+    });
+  });
+
+  it('rejects invalid UTF-8 naming the byte offset, where JSON.parse would read U+FFFD', async () => {
+    const file = path.join(dir, 'latin1.json');
+    // "/srv/café" in Latin-1: é is the single byte E9.
+    await writeFile(file, Buffer.concat([Buffer.from('{"root": "/srv/caf'), Buffer.from([0xe9]), Buffer.from('"}')]));
+    await assert.rejects(loadConfig(file), (err: unknown) => {
+      assert.ok(err instanceof InvalidInputError);
+      assert.equal(err.message, `${file}: not valid UTF-8 (the sequence at byte 18, counting from 0)`);
+      return true;
+    });
+  });
+
+  it('rejects a byte order mark, as user data and SSM values do, instead of dropping it', async () => {
+    const file = path.join(dir, 'bom.json');
+    await writeFile(file, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"root": "/srv/a"}')]));
+    await assert.rejects(loadConfig(file), (err: unknown) => err instanceof InvalidInputError && /line 1, column 1: .*byte order mark/.test(err.message));
+  });
+
+  it('reads numbers written as floats or with exponents as numbers', async () => {
+    const file = path.join(dir, 'floats.json');
+    await writeFile(file, '{"ssm": {"pollJitter": 0.25, "pollIntervalSeconds": 1.5e2}, "imds": {"timeoutMs": 2000.0}}');
+    const c = await loadConfig(file);
+    assert.equal(c.ssm.pollJitter, 0.25);
+    assert.equal(c.ssm.pollIntervalSeconds, 150);
+    assert.equal(c.imds.timeoutMs, 2000);
+  });
+
   const skip = existsSync(CLI) ? false : `${CLI} is not built (npx tsc -p tsconfig.json)`;
 
   it('check-config FILE exits 0 for a valid file and 2 naming the bad field otherwise', { skip }, async () => {

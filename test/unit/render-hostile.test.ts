@@ -49,6 +49,8 @@ const configCases = JSON.parse(readFileSync(join(HOSTILE, 'config', 'cases.json'
   expect: 'accept' | 'reject';
   why: string;
   field?: string;
+  /** Where the error says the fault is (line and column, or byte offset), or what it is. */
+  says?: string;
 }[];
 
 const label = (c: { why: string; name?: string; file?: string }) => `${(c.name ?? c.file ?? '').slice(0, 80)} (${c.why})`;
@@ -234,7 +236,7 @@ describe('the hostile corpus', () => {
     });
   });
 
-  it('loads each agent configuration file or rejects it naming the file and the field', async () => {
+  it('loads each agent configuration file or rejects it naming the file, the field and where', async () => {
     for (const c of configCases) {
       const file = join(HOSTILE, 'config', c.file);
       let error: unknown;
@@ -250,6 +252,7 @@ describe('the hostile corpus', () => {
       assert.ok(error instanceof InvalidInputError, `${label(c)}: ${String(error)}`);
       assert.equal(error.where, file, label(c));
       if (c.field !== undefined) assert.ok(error.message.includes(c.field), `${label(c)}: ${error.message}`);
+      if (c.says !== undefined) assert.ok(error.message.includes(c.says), `${label(c)}: ${error.message}`);
       assert.ok(!error.message.includes('\n'), `${label(c)}: not one line`);
     }
   });
