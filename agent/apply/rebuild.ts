@@ -53,8 +53,15 @@ export class Rebuilder {
    */
   async activate(storePath: string, action: Activation): Promise<{ rebootRequired: boolean }> {
     await this.waitForSwitchLock();
+    const failedUnits: string[] = [];
+    const onLine = (line: string) => {
+      const units = FAILED_UNITS.exec(line)?.[1];
+      if (units) failedUnits.push(...units.split(', '));
+    };
     // Activation is never interrupted by a newer desired state: no signal, only the timeout.
-    const result = await this.step(action === 'boot' ? 'commit' : 'activate', path.join(storePath, 'bin', 'switch-to-configuration'), [action], this.options.activateTimeoutMs, {}, switchExit);
+    const result = await this.step(action === 'boot' ? 'commit' : 'activate', path.join(storePath, 'bin', 'switch-to-configuration'), [action], this.options.activateTimeoutMs, { onLine }, (code) =>
+      switchExit(code, failedUnits),
+    );
     return { rebootRequired: result.code === SWITCH_REBOOT_REQUIRED };
   }
 
@@ -106,7 +113,7 @@ export class Rebuilder {
     command: string,
     args: readonly string[],
     timeoutMs: number,
-    extra: { cwd?: string; signal?: AbortSignal | undefined },
+    extra: { cwd?: string; signal?: AbortSignal | undefined; onLine?: (line: string) => void },
     readExit: (code: number) => string | undefined = (code) => (code === 0 ? undefined : `exited with ${code}`),
   ): Promise<RunResult> {
     const log = this.log.child({ stage, command: path.basename(command) });
@@ -117,7 +124,10 @@ export class Rebuilder {
       timeoutMs,
       ...(extra.cwd ? { cwd: extra.cwd } : {}),
       ...(extra.signal ? { signal: extra.signal } : {}),
-      onLine: (stream, line) => log.info({ event: 'step.output', stream }, line),
+      onLine: (stream, line) => {
+        log.info({ event: 'step.output', stream }, line);
+        extra.onLine?.(line);
+      },
     });
     log.info({ event: 'step.end', exitCode: result.code, signal: result.signal, timedOut: result.timedOut, durationMs: result.durationMs }, 'step ended');
     // Cancelled (a newer desired state, the instance leaving, a stop): the signal's reason is the
@@ -143,15 +153,19 @@ export class Rebuilder {
 /** switch-to-configuration asked for a reboot to finish the switch: not a failure. */
 export const SWITCH_REBOOT_REQUIRED = 100;
 
+/** The line switch-to-configuration-ng prints before exiting 4 (`do_system_switch` in main.rs). */
+const FAILED_UNITS = /^warning: the following units failed: (.+)$/;
+
 /**
  * switch-to-configuration's exit status, as nixpkgs' switch-to-configuration-ng defines it
  * (pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs): 0 switched; 1 usage, the lock held
  * by another switch, pre-switch checks or the boot loader failed; 2 the activation script failed;
- * 4 some units failed to start, restart or reload (it sets `exit_code = 4` and carries on);
- * 100 a reboot is required. 4 is a failure like 2: the system is not what was asked for, and
- * rolls back. Undefined: not a failure.
+ * 4 some units failed to start, restart or reload, or were found failed at the end (it sets
+ * `exit_code = 4` and carries on, so the rest of the switch happened); 100 a reboot is required.
+ * 4 is a failure like 2: the system is not what was asked for, and rolls back. `failedUnits`: those
+ * its warning line named. Undefined: not a failure.
  */
-export function switchExit(code: number): string | undefined {
+export function switchExit(code: number, failedUnits: readonly string[] = []): string | undefined {
   switch (code) {
     case 0:
     case SWITCH_REBOOT_REQUIRED:
@@ -161,7 +175,7 @@ export function switchExit(code: number): string | undefined {
     case 2:
       return 'exited with 2 (the activation script failed)';
     case 4:
-      return 'exited with 4 (some units failed)';
+      return failedUnits.length ? `exited with 4 (units failed: ${failedUnits.join(', ')})` : 'exited with 4 (some units failed)';
     default:
       return `exited with ${code}`;
   }

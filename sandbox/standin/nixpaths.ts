@@ -114,6 +114,8 @@ export interface Markers {
   readonly failBuild: boolean;
   readonly failSwitch: boolean;
   readonly failUnit: boolean;
+  /** A unit that starts, then fails once switch-to-configuration has returned (exit 0). */
+  readonly unitFailsLater: boolean;
   readonly hang: boolean;
   /** From `sandbox-kernel-<version>`; the last one wins. */
   readonly kernel: string | null;
@@ -127,6 +129,7 @@ export function findMarkers(texts: readonly string[]): Markers {
     failBuild: all.includes('sandbox-fail-build'),
     failSwitch: all.includes('sandbox-fail-switch'),
     failUnit: all.includes('sandbox-fail-unit'),
+    unitFailsLater: all.includes('sandbox-late-unit-failure'),
     hang: all.includes('sandbox-hang'),
     kernel,
   };

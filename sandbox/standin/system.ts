@@ -180,6 +180,8 @@ export interface SystemPlan {
   readonly hostname: string;
   readonly kernel: string;
   readonly failedUnits: readonly string[];
+  /** The failed units fail only after switch-to-configuration has returned: it cannot see them. */
+  readonly unitsFailLater: boolean;
   readonly activationFails: boolean;
   readonly failBuild: boolean;
   readonly hang: boolean;
@@ -216,7 +218,8 @@ export function planSystem(layout: Layout, config: Configuration): SystemPlan {
     drvPath,
     hostname,
     kernel: markers.kernel ?? DEFAULT_KERNEL,
-    failedUnits: markers.failUnit ? [DEMO_UNIT] : [],
+    failedUnits: markers.failUnit || markers.unitFailsLater ? [DEMO_UNIT] : [],
+    unitsFailLater: markers.unitFailsLater && !markers.failUnit,
     activationFails: markers.failSwitch,
     failBuild: markers.failBuild,
     hang: markers.hang,
@@ -252,6 +255,7 @@ export async function realiseSystem(layout: Layout, plan: SystemPlan, io: Io): P
     await writeFile(join(tmp, 'nixos-version'), NIXOS_VERSION);
     for (const f of ['kernel', 'initrd', 'kernel-modules']) await writeFile(join(tmp, f), plan.kernel);
     await writeFile(join(tmp, 'failed-units'), plan.failedUnits.map((u) => `${u}\n`).join(''));
+    if (plan.unitsFailLater) await writeFile(join(tmp, 'units-fail-later'), '');
     if (plan.activationFails) await writeFile(join(tmp, 'activation-fails'), `${plan.markerFile('sandbox-fail-switch') ?? ''}\n`);
     await rename(tmp, plan.storePath);
   } catch (err) {
@@ -334,8 +338,13 @@ export async function writeFailedUnits(layout: Layout, units: readonly string[])
 }
 
 /**
- * `SYSTEM/bin/switch-to-configuration ACTION`. Exit codes as the real one: 0 ok, 1 usage,
- * 2 the activation script failed. Units that fail after starting do not change the exit code.
+ * `SYSTEM/bin/switch-to-configuration ACTION`. Exit codes as the real one (nixpkgs
+ * pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs, `do_system_switch`): 0 ok, 1 usage,
+ * 2 the activation script failed, 4 units failed. The real one sets `exit_code = 2` when the
+ * activation script fails and carries on; after starting units it lists those in state `failed`
+ * ("warning: the following units failed: …", then their `systemctl status`) and sets
+ * `exit_code = 4`, over a 2. A unit that fails only after it has returned is not seen: exit 0, and
+ * `systemctl --failed` shows it afterwards (the `sandbox-late-unit-failure` marker).
  */
 export async function switchToConfiguration(layout: Layout, system: string, args: readonly string[], io: Io): Promise<number> {
   const action = args[0];
@@ -345,6 +354,7 @@ export async function switchToConfiguration(layout: Layout, system: string, args
   }
   if (!(await isDir(system))) throw new CommandError(`error: ${system} is not a system`, 1);
   const failedUnits = await readFailedUnitsOf(system);
+  const seenFailing = (await isFile(join(system, 'units-fail-later'))) ? [] : failedUnits;
   const activationFails = await isFile(join(system, 'activation-fails'));
   if (action === 'dry-activate') {
     io.err('would activate the configuration...');
@@ -364,7 +374,13 @@ export async function switchToConfiguration(layout: Layout, system: string, args
   if (activationFails) io.err("Activation script snippet 'sandbox' failed (1)");
   await writeFailedUnits(layout, failedUnits);
   io.err('reloading user units for root...');
-  if (failedUnits.length > 0) io.err(`the following new units were started: ${failedUnits.join(', ')}`);
+  const started = failedUnits.filter((u) => !seenFailing.includes(u));
+  if (started.length > 0) io.err(`the following new units were started: ${started.join(', ')}`);
+  if (seenFailing.length > 0) {
+    io.err(`warning: the following units failed: ${seenFailing.join(', ')}`);
+    for (const u of seenFailing) io.err(`× ${u} - ${u.replace(/\.service$/, '')}\n     Active: failed (Result: exit-code)`);
+    return 4;
+  }
   return activationFails ? 2 : 0;
 }
 

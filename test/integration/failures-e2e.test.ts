@@ -72,9 +72,24 @@ describe('stand-in failures after a good convergence', { concurrency: true }, ()
     });
   });
 
-  test('sandbox-fail-unit: health verification catches the failed unit and rolls back', async () => {
+  test('sandbox-fail-unit: switch-to-configuration exits 4 naming the failed unit, and the agent rolls back', async () => {
     await afterGoodConvergence({}, async (i, good) => {
       i.put(BAD_MODULE, markerModule('sandbox-fail-unit'));
+      const bad = await i.converge();
+      assert.equal(bad.code, 1, bad.stderr);
+      assert.equal(bad.status.lastResult?.outcome, 'rolled-back');
+      assert.equal(bad.status.lastResult?.error?.stage, 'activate');
+      assert.match(bad.status.lastResult?.error?.message ?? '', /switch-to-configuration test exited with 4 \(units failed: sandbox-demo\.service\)/);
+      await assertOnGood(i, good);
+      assert.equal(await i.profileGeneration(), 2);
+      const failedUnits = await i.read('run/standin/failed-units');
+      assert.equal(failedUnits.trim(), '', 'the rolled-back system has no failed unit');
+    });
+  });
+
+  test('sandbox-late-unit-failure: health verification catches a unit that fails after the switch, and rolls back', async () => {
+    await afterGoodConvergence({}, async (i, good) => {
+      i.put(BAD_MODULE, markerModule('sandbox-late-unit-failure'));
       const bad = await i.converge();
       assert.equal(bad.code, 1, bad.stderr);
       assert.equal(bad.status.lastResult?.outcome, 'rolled-back');

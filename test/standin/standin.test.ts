@@ -261,12 +261,23 @@ describe('nixos-rebuild switch/test/boot and switch-to-configuration', () => {
     assert.equal(usage.code, 1);
   });
 
-  test('sandbox-fail-unit: switch succeeds and systemctl reports the failed unit', async () => {
+  test('sandbox-fail-unit: switch-to-configuration names the failed unit and exits 4 after switching; systemctl reports it', async () => {
     const m = await machine();
     await m.write('configuration.nix', MAIN('./demo.nix'));
     await m.write('demo.nix', '{ systemd.services.sandbox-demo.script = "sandbox-fail-unit"; }\n');
+    const built = await m.run(m.tools.nixosRebuild, ['build']);
+    const system = lastLine(built.stdout);
+    const t = await m.run(join(system, 'bin/switch-to-configuration'), ['test']);
+    assert.equal(t.code, 4, t.stderr);
+    assert.match(t.stderr, /^warning: the following units failed: sandbox-demo\.service$/m);
+    assert.doesNotMatch(t.stderr, /new units were started: .*sandbox-demo/);
+    assert.equal(await m.link('run/current-system'), system, 'the rest of the switch happened');
+    // The legacy nixos-rebuild turns any failed activation into exit 1, after moving the profile.
     const r = await m.run(m.tools.nixosRebuild, ['switch']);
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^warning: the following units failed: sandbox-demo\.service$/m);
+    assert.match(lastLine(r.stderr), /^warning: error\(s\) occurred while switching to the new configuration$/);
+    assert.equal(await m.link('nix/var/nix/profiles/system'), 'system-2-link');
     for (const args of [
       ['--failed', '--no-legend', '--plain'],
       ['list-units', '--state=failed', '--no-legend', '--plain'],
@@ -290,6 +301,18 @@ describe('nixos-rebuild switch/test/boot and switch-to-configuration', () => {
     const after = await m.run(m.tools.systemctl, ['is-system-running']);
     assert.deepEqual([after.code, after.stdout], [0, 'running\n']);
     assert.equal((await m.run(m.tools.systemctl, ['--failed', '--no-legend', '--plain'])).stdout, '');
+  });
+
+  test('sandbox-late-unit-failure: the unit fails after switch-to-configuration returned 0; systemctl reports it', async () => {
+    const m = await machine();
+    await m.write('configuration.nix', MAIN('./demo.nix'));
+    await m.write('demo.nix', '{ systemd.services.sandbox-demo.script = "sandbox-late-unit-failure"; }\n');
+    const r = await m.run(m.tools.nixosRebuild, ['switch']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /units failed/);
+    assert.match(r.stderr, /the following new units were started: sandbox-demo\.service/);
+    assert.equal((await m.run(m.tools.systemctl, ['is-failed', 'sandbox-demo.service'])).code, 0);
+    assert.deepEqual((await m.run(m.tools.systemctl, ['is-system-running'])).stdout, 'degraded\n');
   });
 
   test('--rollback: switch moves the profile back; test activates the previous generation only', async () => {

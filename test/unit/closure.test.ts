@@ -151,20 +151,35 @@ describe("switch-to-configuration's exit codes", () => {
   });
 
   class ExitRunner implements Runner {
-    constructor(private readonly code: number) {}
+    constructor(
+      private readonly code: number,
+      private readonly stderr: readonly string[] = [],
+    ) {}
     async run(request: RunRequest): Promise<RunResult> {
       // Only switch-to-configuration answers with the code under test; the lock wait before it is free.
       const code = request.command === 'flock' ? 0 : this.code;
+      if (request.command !== 'flock') for (const line of this.stderr) request.onLine?.('stderr', line);
       return { code, signal: null, timedOut: false, aborted: false, stdout: '', stderr: '', tail: [request.command], durationMs: 1 };
     }
   }
-  const rebuilder = (code: number) =>
-    new Rebuilder(new ExitRunner(code), new RootFs('/tmp'), { nixosRebuild: 'x', nixEnv: 'x', nixChannel: 'x', extraArgs: [], buildTimeoutMs: 1000, activateTimeoutMs: 1000 }, silentLogger());
+  const rebuilder = (code: number, stderr: readonly string[] = []) =>
+    new Rebuilder(new ExitRunner(code, stderr), new RootFs('/tmp'), { nixosRebuild: 'x', nixEnv: 'x', nixChannel: 'x', extraArgs: [], buildTimeoutMs: 1000, activateTimeoutMs: 1000 }, silentLogger());
 
   test('4 is a failure of the activation (the caller rolls back); 100 activates and asks for a reboot', async () => {
     await assert.rejects(rebuilder(4).activate(PATH, 'test'), (e: unknown) => e instanceof ApplyFailedError && e.stage === 'activate' && /exited with 4 \(some units failed\)/.test(e.message));
     await assert.rejects(rebuilder(2).activate(PATH, 'test'), /activation script failed/);
     assert.deepEqual(await rebuilder(100).activate(PATH, 'test'), { rebootRequired: true });
     assert.deepEqual(await rebuilder(0).activate(PATH, 'boot'), { rebootRequired: false });
+  });
+
+  test('4 names the units its warning line listed', async () => {
+    const stderr = ['activating the configuration...', 'warning: the following units failed: nginx.service, acme-web.service', '× nginx.service - Nginx'];
+    await assert.rejects(rebuilder(4, stderr).activate(PATH, 'switch'), (e: unknown) => {
+      assert.ok(e instanceof ApplyFailedError);
+      assert.equal(e.stage, 'activate');
+      assert.match(e.message, /exited with 4 \(units failed: nginx\.service, acme-web\.service\)$/);
+      return true;
+    });
+    assert.match(switchExit(4, ['a.service']) ?? '', /units failed: a\.service/);
   });
 });
