@@ -77,7 +77,7 @@ export class ClosureRealiser {
   async realise(closure: SystemClosure, signal?: AbortSignal): Promise<RealisedClosure> {
     const storePath = this.fs.resolve(closure.storePath);
     const log = this.log.child({ stage: 'closure', storePath: closure.storePath, substituter: closure.substituter });
-    if (await exists(storePath)) {
+    if ((await this.invalidPaths([closure.storePath], signal)).size === 0) {
       // Already here (the running system, or fetched before): nothing to verify over the network.
       await checkNixos(storePath);
       log.info({ event: 'closure.present' }, `${closure.storePath} is already in the store`);
@@ -85,8 +85,8 @@ export class ClosureRealiser {
     }
     const infos = await this.inspect(closure, signal);
     checkSignatures(infos, closure.trustedPublicKeys);
-    const missing: PathInfo[] = [];
-    for (const info of infos) if (!(await exists(this.fs.resolve(info.path)))) missing.push(info);
+    const invalid = await this.invalidPaths(infos.map((i) => i.path), signal);
+    const missing = infos.filter((i) => invalid.has(i.path));
     await this.ensureSpace(missing, signal);
     log.info({ event: 'closure.copy', paths: missing.length }, `substituting ${missing.length} paths from ${closure.substituter}`);
     await this.nix(closure, ['copy', '--from', closure.substituter, ...this.destination(), closure.storePath], signal);
@@ -129,18 +129,48 @@ export class ClosureRealiser {
     return infos;
   }
 
+  /**
+   * The paths among `paths` that are not valid in the store. A directory under /nix/store is not
+   * enough: Nix unpacks a substituted NAR before it has checked its hash, and a NAR refused as
+   * tampered leaves its tree there, unregistered, until the next collection.
+   */
+  private async invalidPaths(paths: readonly string[], signal?: AbortSignal): Promise<Set<string>> {
+    const result = await this.runner.run({
+      command: this.options.nixStore,
+      args: [...this.storeArgs(), '--check-validity', '--print-invalid', ...paths],
+      timeoutMs: this.options.timeoutMs,
+      ...(signal ? { signal } : {}),
+      ...(this.options.env ? { env: this.options.env } : {}),
+    });
+    if (result.aborted) throw new ApplyFailedError('nix-store --check-validity cancelled by a newer desired state', 'build', { exitCode: result.code, reasons: ['cancelled'] });
+    if (result.code !== 0 || result.timedOut) {
+      const tail = result.stderr.split('\n').filter(Boolean).slice(-10);
+      throw new ClosureRefusedError(`nix-store --check-validity failed: ${tail.at(-1) ?? `exit ${result.code ?? result.signal}`}`, result.timedOut ? 'timed-out' : 'failed', { exitCode: result.code, timedOut: result.timedOut, tail });
+    }
+    return new Set(result.stdout.split('\n').filter(Boolean));
+  }
+
+  private storeArgs(): string[] {
+    return this.fs.root === '/' ? [] : ['--store', this.fs.root];
+  }
+
   private async ensureSpace(missing: readonly PathSize[], signal?: AbortSignal): Promise<void> {
     const dirs = { store: this.fs.resolve('/nix/store'), boot: this.fs.resolve('/boot') };
     const need = spaceNeeded(missing);
     let verdict = await checkSpace(this.probe, dirs, need, this.options.reserveBytes);
+    let collected = '';
     if (!verdict.ok && this.options.gcWhenShort) {
       this.log.warn({ event: 'closure.gc', reason: verdict.summary }, `collecting garbage first: ${verdict.summary}`);
-      const root = this.fs.root === '/' ? [] : ['--store', this.fs.root];
-      await this.runner.run({ command: this.options.nixStore, args: [...root, '--gc'], timeoutMs: this.options.timeoutMs, ...(signal ? { signal } : {}), ...(this.options.env ? { env: this.options.env } : {}) });
+      const gc = await this.runner.run({ command: this.options.nixStore, args: [...this.storeArgs(), '--gc'], timeoutMs: this.options.timeoutMs, ...(signal ? { signal } : {}), ...(this.options.env ? { env: this.options.env } : {}) });
+      if (gc.aborted) throw new ApplyFailedError('nix-store --gc cancelled by a newer desired state', 'build', { exitCode: gc.code, reasons: ['cancelled'] });
+      // A failed collection may still have freed something: the space is looked at again either way.
+      const ended = gc.timedOut ? 'timed out' : gc.code === 0 ? undefined : gc.code === null ? `was killed by ${gc.signal}` : `exited with ${gc.code}`;
+      if (ended) this.log.warn({ event: 'closure.gc-failed', exitCode: gc.code, timedOut: gc.timedOut, tail: gc.tail.slice(-5) }, `nix-store --gc ${ended}`);
+      collected = ended ? ` (after nix-store --gc, which ${ended})` : ' (after collecting garbage)';
       verdict = await checkSpace(this.probe, dirs, need, this.options.reserveBytes);
     }
     this.log.info({ event: 'closure.space', ok: verdict.ok, storeBytes: need.storeBytes, bootBytes: need.bootBytes }, verdict.summary);
-    if (!verdict.ok) throw new ClosureRefusedError(verdict.summary, 'no-space');
+    if (!verdict.ok) throw new ClosureRefusedError(`${verdict.summary}${collected}`, 'no-space');
   }
 
   private destination(): string[] {

@@ -3,12 +3,12 @@
 // it, and only then makes it the boot default. A bad parameter is rejected naming it; a closure not
 // signed by the trusted key is refused with nothing switched.
 import assert from 'node:assert/strict';
-import { mkdtemp, readlink, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GC_ROOTS } from '../../agent/apply/closure.js';
-import { buildSystem, generateKey, nixStoreMissing, publish, serveCache, systemValue, type CacheServer, type Key } from '../support/binary-cache.js';
+import { buildSystem, generateKey, narFile, nixStoreMissing, publish, serveCache, systemValue, type CacheServer, type Key } from '../support/binary-cache.js';
 import { Instance, type StatusJson } from '../support/e2e.js';
 
 const missing = nixStoreMissing();
@@ -95,7 +95,39 @@ describe('prebuilt closures in the sandbox', { skip: missing ? `skipped: ${missi
     }
   });
 
-  test('a closure whose units fail after activation is rolled back to the exact previous system', async () => {
+  test('a closure whose NAR was tampered with is refused, and stays refused at the next pass; nothing is switched', async () => {
+    const tampered = await buildSystem(work);
+    const dir = path.join(work, 'tampered-nar-cache');
+    await publish(tampered, key, dir, { compression: 'none' });
+    const nar = await narFile(dir, tampered);
+    const bytes = await readFile(nar);
+    bytes.write('24.11.evil', bytes.indexOf('24.11.test'));
+    await writeFile(nar, bytes);
+    const s = await serveCache(dir);
+    const i = await Instance.launch({});
+    try {
+      assert.equal((await converge(i)).code, 0);
+      const before = await i.running();
+      const generation = await i.profileGeneration();
+      // Retried at once, as if its backoff had passed: the second pass must fetch and refuse again.
+      await i.configure({ retry: { failedBackoffSeconds: 0.001 } });
+      i.put(PARAMETER, systemValue(tampered, s.url, [key]));
+      const narRequest = `GET /${path.relative(dir, nar)}`;
+      for (const [n, pass] of ['first', 'second'].entries()) {
+        const result = await converge(i);
+        assert.equal(result.code, 1, `${pass} pass: ${result.stderr}`);
+        assert.match(result.status.message, /the cache's content does not match its \.narinfo: .*hash mismatch/, `${pass} pass`);
+        assert.equal(await i.running(), before, `${pass} pass: nothing activated`);
+        assert.equal(await i.profileGeneration(), generation, `${pass} pass: the boot default never moved`);
+        assert.equal(s.requests.filter((q) => q === narRequest).length, n + 1, `${pass} pass: the NAR was fetched again, not taken from what the refused one left`);
+      }
+    } finally {
+      await i.close();
+      await s.close();
+    }
+  });
+
+  test('a closure whose units fail on activation (switch-to-configuration exits 4) is rolled back to the exact previous system', async () => {
     const failing = await buildSystem(work, { failedUnit: 'sandbox-demo.service' });
     await publish(failing, key, path.join(work, 'cache'));
     const i = await Instance.launch({});
@@ -107,7 +139,8 @@ describe('prebuilt closures in the sandbox', { skip: missing ? `skipped: ${missi
       const result = await converge(i);
       assert.equal(result.code, 1, result.stderr);
       assert.equal(result.status.lastResult?.outcome, 'rolled-back');
-      assert.match(result.status.message, /health verification failed/);
+      assert.equal(result.status.lastResult?.error?.stage, 'activate');
+      assert.match(result.status.message, /switch-to-configuration test exited with 4 \(units failed: sandbox-demo\.service\)/);
       assert.equal(await i.running(), before, 'the previous system runs again');
       assert.equal(await i.profileGeneration(), generation, 'the boot default never moved');
       assert.equal(await readlink(path.join(i.root, GC_ROOTS, 'current-system')), path.relative(i.root, before).replace(/^/, '/'));

@@ -116,10 +116,23 @@ export async function generateKey(dir: string, name: string): Promise<Key> {
   return { name, secretFile, publicKey: (await readFile(publicFile, 'utf8')).trim() };
 }
 
-/** Signs the closure of `storePath` with `key` and writes it into a file:// binary cache at `cacheDir`. */
-export async function publish(storePath: string, key: Key, cacheDir: string): Promise<void> {
+/**
+ * Signs the closure of `storePath` with `key` and writes it into a file:// binary cache at
+ * `cacheDir`. `compression: 'none'` keeps the NARs as they are (`nar/<hash>.nar`), so a test can
+ * change a byte of a file inside one and leave a well-formed NAR.
+ */
+export async function publish(storePath: string, key: Key, cacheDir: string, options: { compression?: 'xz' | 'none' } = {}): Promise<void> {
   await nixRun('nix', [...NIX_FLAGS, 'store', 'sign', '--recursive', '--key-file', key.secretFile, storePath]);
-  await nixRun('nix', [...NIX_FLAGS, 'copy', '--to', `file://${cacheDir}`, storePath]);
+  const query = options.compression ? `?compression=${options.compression}` : '';
+  await nixRun('nix', [...NIX_FLAGS, 'copy', '--to', `file://${cacheDir}${query}`, storePath]);
+}
+
+/** The NAR file a cache's .narinfo points at (its `URL:` field), for `storePath`. */
+export async function narFile(cacheDir: string, storePath: string): Promise<string> {
+  const narinfo = await readFile(path.join(cacheDir, `${hashPart(storePath)}.narinfo`), 'utf8');
+  const url = /^URL: (.+)$/m.exec(narinfo)?.[1];
+  if (!url) throw new Error(`no URL in the .narinfo of ${storePath}`);
+  return path.join(cacheDir, url);
 }
 
 export function hashPart(storePath: string): string {
