@@ -2,9 +2,10 @@
 // NixOS's real layout under a temporary root (system-N-link generations, the system profile,
 // /run/current-system, /run/booted-system), so the reconciler reads it as it would on an instance.
 import { createHash } from 'node:crypto';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { afterEach } from 'node:test';
 import { listGenerations } from '../../agent/apply/generations.js';
 import type { Activation } from '../../agent/apply/rebuild.js';
 import { parseConfig, type ConfigInput } from '../../agent/config.js';
@@ -20,7 +21,7 @@ import { RenderWriter } from '../../agent/render/write.js';
 import { Secret } from '../../agent/secret.js';
 import type { Snapshots } from '../../agent/sources/index.js';
 import type { SsmParameter } from '../../agent/sources/ssm.js';
-import { StateStore } from '../../agent/state.js';
+import { STATE_FILE, StateStore } from '../../agent/state.js';
 import type { Status } from '../../agent/status.js';
 import type { Verdict } from '../../agent/verify/health.js';
 import { ManualClock } from '../support/clock.js';
@@ -302,4 +303,22 @@ export async function world(): Promise<World> {
 
 export function sha(text: string): string {
   return createHash('sha256').update(text).digest('hex');
+}
+
+/**
+ * A fresh world for each test, its root removed after the test: called once at a test file's top
+ * level, it returns the `setup` each test calls.
+ */
+export function worldPerTest(): () => Promise<World> {
+  let current: World | undefined;
+  afterEach(async () => {
+    if (current) await rm(current.dir, { recursive: true, force: true });
+    current = undefined;
+  });
+  return async () => (current = await world());
+}
+
+/** The state file as the agent last wrote it. */
+export async function stateOf(w: World) {
+  return JSON.parse((await w.fs.readText(STATE_FILE)) ?? '{}');
 }

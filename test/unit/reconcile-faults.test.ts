@@ -3,30 +3,16 @@
 // without bound.
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
-import { afterEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { Rebuilder } from '../../agent/apply/rebuild.js';
 import { TransientError } from '../../agent/errors.js';
 import { silentLogger } from '../../agent/log.js';
 import type { Runner } from '../../agent/ports.js';
 import { CONFIGURATION_NIX } from '../../agent/render/render.js';
 import { LAST_GOOD_CONFIGURATION, MAX_BUILDS, STATE_FILE } from '../../agent/state.js';
-import { IMAGE_SYSTEM, Killed, storePathOf, world, type World } from '../support/reconcile-fakes.js';
+import { IMAGE_SYSTEM, Killed, storePathOf, stateOf, worldPerTest } from '../support/reconcile-fakes.js';
 
-let current: World | undefined;
-
-async function setup(): Promise<World> {
-  current = await world();
-  return current;
-}
-
-afterEach(async () => {
-  if (current) await rm(current.dir, { recursive: true, force: true });
-  current = undefined;
-});
-
-async function stateOf(w: World) {
-  return JSON.parse((await w.fs.readText(STATE_FILE)) ?? '{}');
-}
+const setup = worldPerTest();
 
 describe('write errors under the root', () => {
   for (const code of ['ENOSPC', 'EACCES'] as const) {
@@ -110,7 +96,6 @@ describe("an operator's rollback killed at any write", () => {
       assert.equal(await w.machine.running(), lastGood.storePath, `killed at write ${at}: the last good generation runs`);
       assert.equal(await w.fs.readText(CONFIGURATION_NIX), file, `killed at write ${at}: configuration.nix is the last good one`);
       await rm(w.dir, { recursive: true, force: true });
-      current = undefined;
       if (!killed) {
         writes = at - 1;
         break;

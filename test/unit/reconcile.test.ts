@@ -3,25 +3,15 @@
 // means the fake threw a non-agent error mid-step, as SIGKILL would leave things; a new Reconciler
 // over the same root then recovers from the journal.
 import assert from 'node:assert/strict';
-import { readdir, rm } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { CONFIGURATION_NIX, SECRETS_DIR } from '../../agent/render/render.js';
 import { LAST_GOOD_CONFIGURATION, STATE_DIR, STATE_FILE } from '../../agent/state.js';
-import { IMAGE_CONFIGURATION, IMAGE_SYSTEM, Killed, storePathOf, world, type World } from '../support/reconcile-fakes.js';
+import { IMAGE_CONFIGURATION, IMAGE_SYSTEM, Killed, storePathOf, stateOf, worldPerTest, type World } from '../support/reconcile-fakes.js';
 
 const DAY = 24 * 3600 * 1000;
-let current: World | undefined;
-
-async function setup(): Promise<World> {
-  current = await world();
-  return current;
-}
-
-afterEach(async () => {
-  if (current) await rm(current.dir, { recursive: true, force: true });
-  current = undefined;
-});
+const setup = worldPerTest();
 
 /** Converges to a desired state naming `host`; returns its hash and system. */
 async function convergeTo(w: World, agent: Awaited<ReturnType<World['agent']>>, host: string) {
@@ -30,10 +20,6 @@ async function convergeTo(w: World, agent: Awaited<ReturnType<World['agent']>>, 
   assert.equal(result.outcome, 'converged', JSON.stringify(result.error));
   assert.ok(result.desiredHash);
   return { hash: result.desiredHash, system: storePathOf(result.desiredHash) };
-}
-
-async function stateOf(w: World) {
-  return JSON.parse((await w.fs.readText(STATE_FILE)) ?? '{}');
 }
 
 describe('Reconciler passes', () => {
