@@ -113,8 +113,9 @@ export function pathLiterals(text: string): PathLiteral[] {
 export interface Markers {
   readonly failBuild: boolean;
   readonly failSwitch: boolean;
+  /** `sandbox-unit-fails-in-switch`: a unit fails while switch-to-configuration starts it (exit 4). */
   readonly failUnit: boolean;
-  /** A unit that starts, then fails once switch-to-configuration has returned (exit 0). */
+  /** `sandbox-fail-unit`: a unit starts, then fails once switch-to-configuration has returned (exit 0). */
   readonly unitFailsLater: boolean;
   readonly hang: boolean;
   /** From `sandbox-kernel-<version>`; the last one wins. */
@@ -128,8 +129,8 @@ export function findMarkers(texts: readonly string[]): Markers {
   return {
     failBuild: all.includes('sandbox-fail-build'),
     failSwitch: all.includes('sandbox-fail-switch'),
-    failUnit: all.includes('sandbox-fail-unit'),
-    unitFailsLater: all.includes('sandbox-late-unit-failure'),
+    failUnit: all.includes('sandbox-unit-fails-in-switch'),
+    unitFailsLater: all.includes('sandbox-fail-unit'),
     hang: all.includes('sandbox-hang'),
     kernel,
   };

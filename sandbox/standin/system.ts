@@ -344,7 +344,7 @@ export async function writeFailedUnits(layout: Layout, units: readonly string[])
  * activation script fails and carries on; after starting units it lists those in state `failed`
  * ("warning: the following units failed: …", then their `systemctl status`) and sets
  * `exit_code = 4`, over a 2. A unit that fails only after it has returned is not seen: exit 0, and
- * `systemctl --failed` shows it afterwards (the `sandbox-late-unit-failure` marker).
+ * `systemctl --failed` shows it afterwards (the `sandbox-fail-unit` marker).
  */
 export async function switchToConfiguration(layout: Layout, system: string, args: readonly string[], io: Io): Promise<number> {
   const action = args[0];

@@ -161,7 +161,7 @@ describe('killed and restarted at each phase', { concurrency: true }, () => {
 
   test('verifying an unhealthy system: the restarted agent rolls back', async () => {
     await withGoodInstance({ health: { probes: SLOW_PROBE } }, async (i, goodRunning) => {
-      i.put('/nixos/fleet/modules/bad', markerModule('sandbox-late-unit-failure'));
+      i.put('/nixos/fleet/modules/bad', markerModule('sandbox-fail-unit'));
       await killAt(i, 'verifying');
       await i.setConfig(['health', 'probes'], QUICK_PROBE);
       const again = await i.converge();

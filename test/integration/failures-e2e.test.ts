@@ -72,9 +72,9 @@ describe('stand-in failures after a good convergence', { concurrency: true }, ()
     });
   });
 
-  test('sandbox-fail-unit: switch-to-configuration exits 4 naming the failed unit, and the agent rolls back', async () => {
+  test('sandbox-unit-fails-in-switch: switch-to-configuration exits 4 naming the failed unit, and the agent rolls back', async () => {
     await afterGoodConvergence({}, async (i, good) => {
-      i.put(BAD_MODULE, markerModule('sandbox-fail-unit'));
+      i.put(BAD_MODULE, markerModule('sandbox-unit-fails-in-switch'));
       const bad = await i.converge();
       assert.equal(bad.code, 1, bad.stderr);
       assert.equal(bad.status.lastResult?.outcome, 'rolled-back');
@@ -87,9 +87,9 @@ describe('stand-in failures after a good convergence', { concurrency: true }, ()
     });
   });
 
-  test('sandbox-late-unit-failure: health verification catches a unit that fails after the switch, and rolls back', async () => {
+  test('sandbox-fail-unit: health verification catches a unit that fails after the switch, and rolls back', async () => {
     await afterGoodConvergence({}, async (i, good) => {
-      i.put(BAD_MODULE, markerModule('sandbox-late-unit-failure'));
+      i.put(BAD_MODULE, markerModule('sandbox-fail-unit'));
       const bad = await i.converge();
       assert.equal(bad.code, 1, bad.stderr);
       assert.equal(bad.status.lastResult?.outcome, 'rolled-back');

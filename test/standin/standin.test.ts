@@ -261,10 +261,10 @@ describe('nixos-rebuild switch/test/boot and switch-to-configuration', () => {
     assert.equal(usage.code, 1);
   });
 
-  test('sandbox-fail-unit: switch-to-configuration names the failed unit and exits 4 after switching; systemctl reports it', async () => {
+  test('sandbox-unit-fails-in-switch: switch-to-configuration names the failed unit and exits 4 after switching; systemctl reports it', async () => {
     const m = await machine();
     await m.write('configuration.nix', MAIN('./demo.nix'));
-    await m.write('demo.nix', '{ systemd.services.sandbox-demo.script = "sandbox-fail-unit"; }\n');
+    await m.write('demo.nix', '{ systemd.services.sandbox-demo.script = "sandbox-unit-fails-in-switch"; }\n');
     const built = await m.run(m.tools.nixosRebuild, ['build']);
     const system = lastLine(built.stdout);
     const t = await m.run(join(system, 'bin/switch-to-configuration'), ['test']);
@@ -303,10 +303,10 @@ describe('nixos-rebuild switch/test/boot and switch-to-configuration', () => {
     assert.equal((await m.run(m.tools.systemctl, ['--failed', '--no-legend', '--plain'])).stdout, '');
   });
 
-  test('sandbox-late-unit-failure: the unit fails after switch-to-configuration returned 0; systemctl reports it', async () => {
+  test('sandbox-fail-unit: the unit fails after switch-to-configuration returned 0; systemctl reports it', async () => {
     const m = await machine();
     await m.write('configuration.nix', MAIN('./demo.nix'));
-    await m.write('demo.nix', '{ systemd.services.sandbox-demo.script = "sandbox-late-unit-failure"; }\n');
+    await m.write('demo.nix', '{ systemd.services.sandbox-demo.script = "sandbox-fail-unit"; }\n');
     const r = await m.run(m.tools.nixosRebuild, ['switch']);
     assert.equal(r.code, 0, r.stderr);
     assert.doesNotMatch(r.stderr, /units failed/);
