@@ -21,7 +21,7 @@ import { parseConfig } from '../../agent/config.js';
 import { fileURLToPath } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { CLI, Instance, LiveLog, type CliResult } from '../support/e2e.js';
-import { epochMs, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Figure, type Print } from './common.js';
+import { epochMs, intFlag, median, parseBenchArgs, ratio, round, shippedLaunch, splitLaunchWords, table, type BenchResult, type Figure, type Print } from './common.js';
 
 const DEFAULT_INTERVAL_S = 60;
 const RSS_TARGET_MIB = 55;
@@ -204,18 +204,19 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 // ---- Idle at the defaults, V8 flags, and what each dependency costs ----
 
 /**
- * The node flags weighed for the bin; the first is what nix/package.nix ships (its makeWrapper
- * line). A word NAME=value is an environment variable (as the unit's Environment= sets it), and
- * NIXOS_EC2_AGENT_BENCH_CLI=PATH runs another build's cli.js, to compare two builds in one run.
+ * The launches weighed for the bin, as words: node flags, and NAME=value environment variables (as
+ * the wrapper or the unit sets them). The first is what ships: nix/launch.json, from which
+ * nix/package.nix writes the wrapper. NIXOS_EC2_AGENT_BENCH_CLI=PATH runs another build's cli.js,
+ * to compare two builds in one run.
  */
+const SHIPPED: readonly string[] = [...Object.entries(shippedLaunch().env).map(([k, v]) => `${k}=${v}`), ...shippedLaunch().nodeFlags];
 const FLAG_SETS: readonly (readonly string[])[] = [
-  ['--lite-mode'],
+  SHIPPED,
   [],
-  ['--lite-mode', '--optimize-for-size', '--single-threaded'],
-  ['--lite-mode', '--max-semi-space-size=1'],
-  ['--lite-mode', 'MALLOC_ARENA_MAX=2'],
+  ['--lite-mode'],
+  [...SHIPPED, '--max-semi-space-size=1'],
+  [...SHIPPED, '--optimize-for-size'],
 ];
-const isEnv = (word: string) => /^[A-Z_][A-Z0-9_]*=/.test(word);
 
 /** CPU time of every live thread of a process, in seconds, from /proc/PID/task/TID/schedstat (nanoseconds). */
 async function cpuSeconds(pid: number): Promise<number> {
@@ -261,8 +262,8 @@ async function startDaemon(flags: readonly string[]): Promise<Daemon> {
     // The sandbox polls every 2 s; these are the agent's own defaults (agent/config.ts).
     config: { ssm: { pollIntervalSeconds: DEFAULT_INTERVAL_S, pollJitter: 1 }, watch: { quietPeriodMs: 2_000 }, lifecycle: { enabled: true }, logLevel: 'info' },
   });
-  const vars = Object.fromEntries(flags.filter(isEnv).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)]));
-  const child = spawn(process.execPath, [...flags.filter((w) => !isEnv(w)), vars.NIXOS_EC2_AGENT_BENCH_CLI ?? process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? CLI, 'run', '--config', inst.sandbox.layout.config], {
+  const { nodeFlags, env: vars } = splitLaunchWords(flags);
+  const child = spawn(process.execPath, [...nodeFlags, vars.NIXOS_EC2_AGENT_BENCH_CLI ?? process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? CLI, 'run', '--config', inst.sandbox.layout.config], {
     env: { ...cleanEnv(process.env), ...inst.sandbox.env, ...vars },
     stdio: ['ignore', 'pipe', 'ignore'],
   });
