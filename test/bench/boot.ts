@@ -17,7 +17,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { World } from '../../sandbox/world.js';
 import { bootMachine } from '../../sandbox/standin/install.js';
-import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, shippedLaunch, splitLaunchWords, spread, table, type BenchResult, type Launch, type Print } from './common.js';
+import { shippedLaunch, splitLaunchWords, type Launch } from '../support/launch.js';
+import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, table, type BenchResult, type Print } from './common.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const CLI = process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? fileURLToPath(new URL('../../agent/cli.js', import.meta.url));

@@ -21,7 +21,8 @@ import { parseConfig } from '../../agent/config.js';
 import { fileURLToPath } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { CLI, Instance, LiveLog, type CliResult } from '../support/e2e.js';
-import { epochMs, intFlag, median, parseBenchArgs, ratio, round, shippedLaunch, splitLaunchWords, table, type BenchResult, type Figure, type Print } from './common.js';
+import { shippedLaunch, splitLaunchWords } from '../support/launch.js';
+import { epochMs, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Figure, type Print } from './common.js';
 
 const DEFAULT_INTERVAL_S = 60;
 const RSS_TARGET_MIB = 55;
