@@ -90,12 +90,11 @@ buildNpmPackage {
     #   away (V8 runs no compiled code), hence the agent's HTTP probes use node:http, not fetch.
     # - --no-expose-wasm: says so up front; otherwise V8 prints a plain-text warning on stderr at
     #   every start, a line in the journal that is not JSON.
-    # - UV_THREADPOOL_SIZE=2: libuv starts its pool on the first file read and waits until every
-    #   thread runs; on a busy boot that wait is on the way to the first rebuild, and an idle
-    #   daemon has no use for four.
+    # - env (none now): what the wrapper sets with --set-default.
     # Weighed and left out, as no better than the spread between runs: --optimize-for-size,
-    # --single-threaded, --max-semi-space-size=1, MALLOC_ARENA_MAX=2; a V8 startup snapshot of
-    # the agent (node --snapshot-blob) started faster and held 8 MiB more at idle (README.md).
+    # --single-threaded, --max-semi-space-size=1, MALLOC_ARENA_MAX=2, UV_THREADPOOL_SIZE=2 (=1 was
+    # slower); a V8 startup snapshot of the agent (node --snapshot-blob) started faster and held
+    # 8 MiB more at idle (README.md).
     # --suffix, not --prefix: a unit's own PATH (the NixOS module puts the system's
     # nixos-rebuild, nix and systemd there) must win over these fallbacks.
     rm "$out/bin/nixos-ec2-agent"
