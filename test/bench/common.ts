@@ -1,8 +1,6 @@
 // What every benchmark shares: its calling convention, the statistics, the one `RESULT` line a
 // script reads, and the table `npm run bench` prints. Figures are reported, never asserted: a
 // machine's speed is not a property of the code.
-import { existsSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 /** A figure: a number (rounded when printed) or a short word; never a value with spaces. */
@@ -117,30 +115,4 @@ export function table(header: readonly string[], rows: readonly (readonly Figure
 /** Wall-clock now in epoch milliseconds with sub-millisecond resolution. */
 export function epochMs(): number {
   return performance.timeOrigin + performance.now();
-}
-
-/**
- * How the Nix package's wrapper runs the bin (nix/package.nix): node's flags and the environment
- * from nix/launch.json, and the startup snapshot when the build made one (tools/bundle.mjs).
- * `boot` and `watch` launch the agent the same way, so they measure what ships.
- */
-export interface Launch {
-  readonly nodeFlags: readonly string[];
-  readonly env: Readonly<Record<string, string>>;
-}
-
-export function shippedLaunch(): Launch {
-  const file = fileURLToPath(new URL('../../../nix/launch.json', import.meta.url));
-  const launch = JSON.parse(readFileSync(file, 'utf8')) as Launch;
-  const blob = fileURLToPath(new URL('../../agent/nixos-ec2-agent.blob', import.meta.url));
-  return { nodeFlags: [...launch.nodeFlags, ...(existsSync(blob) ? ['--snapshot-blob', blob] : [])], env: { ...launch.env } };
-}
-
-/** Words of a flag set: NAME=value is an environment variable (as the wrapper sets it), the rest node flags. */
-export function splitLaunchWords(words: readonly string[]): Launch {
-  const isEnv = (w: string) => /^[A-Z_][A-Z0-9_]*=/.test(w);
-  return {
-    nodeFlags: words.filter((w) => !isEnv(w)),
-    env: Object.fromEntries(words.filter(isEnv).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)])),
-  };
 }
