@@ -176,7 +176,7 @@ async function createSsmSource(
   credentials: () => Promise<AwsCredentialIdentityProvider>,
 ): Promise<SsmParts> {
   const [{ SSMClient, GetParametersByPathCommand, GetParametersCommand, PutParameterCommand }, identity, provider] = await Promise.all([
-    import('@aws-sdk/client-ssm'),
+    import('./aws/ssm-sdk.js'),
     env.AWS_REGION || env.AWS_DEFAULT_REGION ? Promise.resolve(undefined) : imds.identity(),
     credentials(),
   ]);

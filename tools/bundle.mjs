@@ -21,6 +21,7 @@
 // taken from import.meta.url (the sandbox, the sd_notify addon, package.json) are the same in all.
 import { build } from 'esbuild';
 import { chmod, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../', import.meta.url));
@@ -30,6 +31,22 @@ const CHUNK = /^chunk-[A-Z0-9]+\.js(\.map)?$/;
 
 // The chunks of an earlier build would otherwise stay beside the new ones.
 for (const name of await readdir(out).catch(() => [])) if (CHUNK.test(name)) await rm(out + name);
+
+// pino's worker-thread transports (pino/lib/transport.js and thread-stream, ~20 KiB read and
+// compiled at every start) are never used: the agent logs to a stream (agent/log.ts). In their
+// place, a transport() that says so.
+const noPinoTransport = {
+  name: 'no-pino-transport',
+  setup(b) {
+    b.onResolve({ filter: /^\.\/(lib\/)?transport$/ }, (a) =>
+      path.resolve(a.resolveDir, a.path) === path.join(root, 'node_modules/pino/lib/transport') ? { path: 'pino-transport', namespace: 'no-pino-transport' } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'no-pino-transport' }, () => ({
+      loader: 'js',
+      contents: "module.exports = function transport() { throw new Error('pino transports are not part of the nixos-ec2-agent bundle (tools/bundle.mjs)'); };",
+    }));
+  },
+};
 
 const result = await build({
   absWorkingDir: root,
@@ -60,6 +77,7 @@ const result = await build({
   legalComments: 'eof',
   logLevel: 'warning',
   metafile: true,
+  plugins: [noPinoTransport],
 });
 // The shebang esbuild kept from cli.ts belongs to the bin only.
 await chmod(out + bundle, 0o644);

@@ -67,7 +67,7 @@ export interface AutoScalingClientOptions {
   readonly requestTimeoutMs?: number;
 }
 
-type Sdk = typeof import('@aws-sdk/client-auto-scaling');
+type Sdk = typeof import('./autoscaling-sdk.js');
 type SdkClient = InstanceType<Sdk['AutoScalingClient']>;
 
 const NO_ACTIVE_ACTION = /No active Lifecycle Action found/i;
@@ -214,7 +214,7 @@ export class SdkAutoScaling implements AutoScaling {
     const fromEnv = this.options.region ?? (env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined);
     const given = this.options.credentials;
     const [sdk, region, credentials] = await Promise.all([
-      import('@aws-sdk/client-auto-scaling'),
+      import('./autoscaling-sdk.js'),
       fromEnv !== undefined ? Promise.resolve(fromEnv) : this.options.imds ? this.options.imds.identity().then((i) => i.region) : Promise.resolve(undefined),
       typeof given === 'function' ? given() : Promise.resolve(given),
     ]);

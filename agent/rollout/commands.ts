@@ -24,7 +24,7 @@ export interface RolloutStore {
   delete(names: readonly string[]): Promise<void>;
 }
 
-export function storeFromClient(client: SSMClient, sdk: typeof import('@aws-sdk/client-ssm')): RolloutStore {
+export function storeFromClient(client: SSMClient, sdk: typeof import('../aws/ssm-sdk.js')): RolloutStore {
   const source = SsmSource.fromClient(client, sdk.GetParametersByPathCommand);
   const wrap = async <T>(what: string, call: () => Promise<T>): Promise<T> => {
     try {
@@ -228,7 +228,7 @@ export async function rolloutCommand(config: Config, flags: RolloutFlags, positi
   if (!VERBS.includes(verb as Verb) || extra.length > 0) {
     throw new InvalidInputError(`expected one of ${VERBS.join('|')}, got ${positionals.length ? positionals.join(' ') : 'nothing'}`, 'rollout');
   }
-  const [sdk, { defaultCredentials }] = await Promise.all([import('@aws-sdk/client-ssm'), import('../aws/credentials.js')]);
+  const [sdk, { defaultCredentials }] = await Promise.all([import('../aws/ssm-sdk.js'), import('../aws/credentials.js')]);
   const client = new sdk.SSMClient({ credentials: await defaultCredentials(), retryMode: 'adaptive', maxAttempts: 5 });
   try {
     const settings = {

@@ -27,13 +27,25 @@ export interface Verdict {
   readonly attempts: number;
 }
 
-/** The HTTP capability a probe needs; `fetch` by default. */
+/** The HTTP capability a probe needs: the status of a GET, redirects not followed. */
 export type HttpGet = (url: string, timeoutMs: number) => Promise<number>;
 
+/**
+ * node:http and node:https, not fetch: the Nix package runs node with --lite-mode
+ * (nix/launch.json), under which V8 has no WebAssembly, and fetch's HTTP parser (undici's
+ * llhttp) is WebAssembly: every probe failed with "WebAssembly is not defined".
+ */
 const defaultHttpGet: HttpGet = async (url, timeoutMs) => {
-  const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: 'manual' });
-  await response.body?.cancel();
-  return response.status;
+  const { get } = url.startsWith('https:') ? await import('node:https') : await import('node:http');
+  const signal = AbortSignal.timeout(timeoutMs);
+  return new Promise((resolve, reject) => {
+    const request = get(url, { signal }, (response) => {
+      response.resume();
+      resolve(response.statusCode ?? 0);
+    });
+    // The timeout's own reason (a TimeoutError), not the request's AbortError.
+    request.on('error', (err) => reject(signal.aborted ? (signal.reason as Error) : err));
+  });
 };
 
 export class HealthChecker {

@@ -4,7 +4,8 @@
 // same IMDSv2 token PUT and user-data GET with curl, a `cp` to configuration.nix, then the same
 // rebuild), against the same emulated IMDS.
 //
-// Each agent run is `converge --once` on a fresh sandboxed root, with user data only (SSM off).
+// Each agent run is `converge --once` on a fresh sandboxed root, with user data only (SSM off),
+// launched as the Nix package's wrapper launches it (nix/launch.json: node's flags, environment).
 // Its nixos-rebuild is a script that records the wall-clock time it started and exits 1, so the
 // interval is spawn → that timestamp, and the pass ends right after.
 import { spawn } from 'node:child_process';
@@ -16,6 +17,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { World } from '../../sandbox/world.js';
 import { bootMachine } from '../../sandbox/standin/install.js';
+import { shippedLaunch, splitLaunchWords, type Launch } from '../support/launch.js';
 import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, table, type BenchResult, type Print } from './common.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
@@ -40,8 +42,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     /** A JSON object merged over the agent's configuration, to measure what a setting costs. */
     'agent-config': { type: 'string' },
     /**
-     * Another build's cli.js (or a `node` flag set, as `--flags=--lite-mode`), timed in the same
-     * interleaved loop: how two builds compare on a loaded machine. Repeatable.
+     * Another build's cli.js (launched as this one), or another launch of this one: `--flags=WORDS`,
+     * node flags and NAME=value environment variables in place of nix/launch.json's (`--flags=`
+     * alone: a plain `node cli.js`), timed in the same interleaved loop: how two builds or two
+     * launches compare on a loaded machine. Repeatable.
      */
     compare: { type: 'string', multiple: true },
   });
@@ -54,17 +58,18 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const curl = onPath('curl');
   if (!curl) throw new Error('boot: curl is not on PATH; the amazon-init baseline needs it');
 
-  const compare = compareTargets(flags.compare);
+  const shipped = shippedLaunch();
+  const compare = compareTargets(flags.compare, shipped);
   const base = await mkdtemp(path.join(tmpdir(), 'nixos-ec2-agent-bench-boot-'));
   const world = await World.start({ userData: Buffer.from(USER_DATA), ssmThroughput: null });
   try {
-    print(`boot: ${runs} run(s) each after ${warmup} warm-up, interleaved; user data only (SSM off); nix parser gate ${nixInstantiate ? 'on (nix-instantiate)' : 'off (nix-instantiate not found)'}`);
+    print(`boot: ${runs} run(s) each after ${warmup} warm-up, interleaved; user data only (SSM off); nix parser gate ${nixInstantiate ? 'on (nix-instantiate)' : 'off (nix-instantiate not found)'}; agent launched as shipped: ${launchLabel(shipped)}`);
     const samples = { node: [] as number[], amazonInit: [] as number[], agent: [] as number[], agentExit: [] as number[], passStart: [] as number[] };
     for (let i = 0; i < warmup + runs; i++) {
       const dir = path.join(base, `run-${i}`);
       const node = await nodeStart();
       const amazonInit = await amazonInitStart(world, path.join(dir, 'amazon-init'));
-      const agent = await agentStart(world, path.join(dir, 'agent'), nixInstantiate !== undefined, cpuProf, overrides);
+      const agent = await agentStart(world, path.join(dir, 'agent'), nixInstantiate !== undefined, cpuProf, overrides, { label: 'shipped', cli: CLI, launch: shipped, samples: [] });
       const others = [];
       for (const [j, target] of compare.entries()) others.push(await agentStart(world, path.join(dir, `compare-${j}`), nixInstantiate !== undefined, cpuProf, overrides, target));
       if (i < warmup) continue;
@@ -181,24 +186,28 @@ async function amazonInitStart(world: World, dir: string): Promise<number> {
 interface CompareTarget {
   readonly label: string;
   readonly cli: string;
-  readonly nodeFlags: readonly string[];
+  readonly launch: Launch;
   readonly samples: number[];
 }
 
-function compareTargets(values: string | boolean | (string | boolean)[] | undefined): CompareTarget[] {
+function launchLabel(launch: Launch): string {
+  return [...Object.entries(launch.env).map(([k, v]) => `${k}=${v}`), 'node', ...launch.nodeFlags].join(' ');
+}
+
+function compareTargets(values: string | boolean | (string | boolean)[] | undefined, shipped: Launch): CompareTarget[] {
   const list = Array.isArray(values) ? values : values === undefined ? [] : [values];
   return list.map((v) => {
-    if (typeof v !== 'string') throw new BenchUsageError('--compare wants a path to a cli.js or --flags=NODE_FLAGS');
+    if (typeof v !== 'string') throw new BenchUsageError('--compare wants a path to a cli.js or --flags=WORDS');
     if (v.startsWith('--flags=')) {
-      const nodeFlags = v.slice('--flags='.length).split(/[ ,]+/).filter(Boolean);
-      return { label: `node ${nodeFlags.join(' ')}`, cli: CLI, nodeFlags, samples: [] };
+      const launch = splitLaunchWords(v.slice('--flags='.length).split(/[ ,]+/).filter(Boolean));
+      return { label: launchLabel(launch), cli: CLI, launch, samples: [] };
     }
     if (!existsSync(v)) throw new BenchUsageError(`--compare: ${v} does not exist`);
-    return { label: v, cli: path.resolve(v), nodeFlags: [], samples: [] };
+    return { label: v, cli: path.resolve(v), launch: shipped, samples: [] };
   });
 }
 
-async function agentStart(world: World, dir: string, parserGate: boolean, cpuProf: string | undefined, overrides: Record<string, unknown>, target?: CompareTarget): Promise<{ launchMs: number; exitMs: number; passStartMs?: number }> {
+async function agentStart(world: World, dir: string, parserGate: boolean, cpuProf: string | undefined, overrides: Record<string, unknown>, target: CompareTarget): Promise<{ launchMs: number; exitMs: number; passStartMs?: number }> {
   const root = path.join(dir, 'root');
   await mkdir(dir, { recursive: true });
   // A first boot: the image's own system is running and nothing has rendered yet.
@@ -221,13 +230,14 @@ async function agentStart(world: World, dir: string, parserGate: boolean, cpuPro
     ...world.env(),
     AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'no-aws-credentials'),
     AWS_CONFIG_FILE: path.join(dir, 'no-aws-config'),
+    ...target.launch.env,
   };
   const log = await open(path.join(dir, 'agent.log'), 'w');
   try {
     const t0 = epochMs();
     const m0 = performance.now();
-    const nodeArgs = [...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', cpuProf] : []), ...(target?.nodeFlags ?? [])];
-    const code = await exitOf(spawn(process.execPath, [...nodeArgs, target?.cli ?? CLI, 'converge', '--once', '--config', configFile], { env, stdio: ['ignore', 'ignore', log.fd] }));
+    const nodeArgs = [...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', cpuProf] : []), ...target.launch.nodeFlags];
+    const code = await exitOf(spawn(process.execPath, [...nodeArgs, target.cli, 'converge', '--once', '--config', configFile], { env, stdio: ['ignore', 'ignore', log.fd] }));
     const exitMs = performance.now() - m0;
     if (!existsSync(stamp)) {
       const tail = (await readFile(path.join(dir, 'agent.log'), 'utf8')).split('\n').slice(-15).join('\n');

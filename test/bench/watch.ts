@@ -15,12 +15,15 @@
 //   one per set of V8 flags weighed for the unit, beside a bare Node process over the same window;
 //   and what each dependency adds to a Node process's RSS when loaded (dependencyCosts).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { build } from 'esbuild';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../../agent/config.js';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { CLI, Instance, LiveLog, type CliResult } from '../support/e2e.js';
+import { shippedLaunch, splitLaunchWords } from '../support/launch.js';
 import { epochMs, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Figure, type Print } from './common.js';
 
 const DEFAULT_INTERVAL_S = 60;
@@ -204,18 +207,19 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 // ---- Idle at the defaults, V8 flags, and what each dependency costs ----
 
 /**
- * The node flags weighed for the bin; the first is what nix/package.nix ships (its makeWrapper
- * line). A word NAME=value is an environment variable (as the unit's Environment= sets it), and
- * NIXOS_EC2_AGENT_BENCH_CLI=PATH runs another build's cli.js, to compare two builds in one run.
+ * The launches weighed for the bin, as words: node flags, and NAME=value environment variables (as
+ * the wrapper or the unit sets them). The first is what ships: nix/launch.json, from which
+ * nix/package.nix writes the wrapper. NIXOS_EC2_AGENT_BENCH_CLI=PATH runs another build's cli.js,
+ * to compare two builds in one run.
  */
+const SHIPPED: readonly string[] = [...Object.entries(shippedLaunch().env).map(([k, v]) => `${k}=${v}`), ...shippedLaunch().nodeFlags];
 const FLAG_SETS: readonly (readonly string[])[] = [
-  ['--lite-mode'],
+  SHIPPED,
   [],
-  ['--lite-mode', '--optimize-for-size', '--single-threaded'],
-  ['--lite-mode', '--max-semi-space-size=1'],
-  ['--lite-mode', 'MALLOC_ARENA_MAX=2'],
+  ['--lite-mode'],
+  [...SHIPPED, '--max-semi-space-size=1'],
+  [...SHIPPED, '--optimize-for-size'],
 ];
-const isEnv = (word: string) => /^[A-Z_][A-Z0-9_]*=/.test(word);
 
 /** CPU time of every live thread of a process, in seconds, from /proc/PID/task/TID/schedstat (nanoseconds). */
 async function cpuSeconds(pid: number): Promise<number> {
@@ -261,8 +265,8 @@ async function startDaemon(flags: readonly string[]): Promise<Daemon> {
     // The sandbox polls every 2 s; these are the agent's own defaults (agent/config.ts).
     config: { ssm: { pollIntervalSeconds: DEFAULT_INTERVAL_S, pollJitter: 1 }, watch: { quietPeriodMs: 2_000 }, lifecycle: { enabled: true }, logLevel: 'info' },
   });
-  const vars = Object.fromEntries(flags.filter(isEnv).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)]));
-  const child = spawn(process.execPath, [...flags.filter((w) => !isEnv(w)), vars.NIXOS_EC2_AGENT_BENCH_CLI ?? process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? CLI, 'run', '--config', inst.sandbox.layout.config], {
+  const { nodeFlags, env: vars } = splitLaunchWords(flags);
+  const child = spawn(process.execPath, [...nodeFlags, vars.NIXOS_EC2_AGENT_BENCH_CLI ?? process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? CLI, 'run', '--config', inst.sandbox.layout.config], {
     env: { ...cleanEnv(process.env), ...inst.sandbox.env, ...vars },
     stdio: ['ignore', 'pipe', 'ignore'],
   });
@@ -328,17 +332,45 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
   }
 }
 
-/** Each dependency as the agent loads it, with the object it makes (a client, a registry). */
-const DEPENDENCIES: readonly { key: string; label: string; code: string }[] = [
-  { key: 'zod', label: 'zod (config, state)', code: "const z = await import('zod/v3'); keep.push(z.z.object({ a: z.z.string() }).parse({ a: 'x' }));" },
-  { key: 'pino', label: 'pino (log)', code: "const { pino } = await import('pino'); keep.push(pino({ level: 'info' }, { write() {} }));" },
-  { key: 'chokidar', label: 'chokidar (local.d watch)', code: "keep.push(await import('chokidar'));" },
-  { key: 'prom_client', label: 'prom-client + a registry', code: "const p = (await import('prom-client')).default; const r = new p.Registry(); new p.Counter({ name: 'x_total', help: 'x', registers: [r] }); keep.push(r);" },
-  { key: 'imds', label: '@aws-sdk/ec2-metadata-service', code: "keep.push(await import('@aws-sdk/ec2-metadata-service'));" },
-  { key: 'ssm', label: '@aws-sdk/client-ssm + client', code: "const s = await import('@aws-sdk/client-ssm'); keep.push(new s.SSMClient({ region: 'us-east-1' }));" },
-  { key: 'autoscaling', label: '@aws-sdk/client-auto-scaling + client', code: "const a = await import('@aws-sdk/client-auto-scaling'); keep.push(new a.AutoScalingClient({ region: 'us-east-1' }));" },
-  { key: 'credentials', label: '@aws-sdk/credential-provider-node', code: "keep.push(await import('@aws-sdk/credential-provider-node'));" },
-];
+/**
+ * Each dependency with the object it makes (a client, a registry); the SDK clients both as whole
+ * packages and as the agent's bundle holds them (agent/aws/ssm-sdk.ts, autoscaling-sdk.ts: only
+ * the operations it sends), bundled here as tools/bundle.mjs bundles them.
+ */
+function dependencies(bundled: { ssm: string; autoscaling: string }): { key: string; label: string; code: string }[] {
+  return [
+    { key: 'zod', label: 'zod (config, state)', code: "const z = await import('zod/v3'); keep.push(z.z.object({ a: z.z.string() }).parse({ a: 'x' }));" },
+    { key: 'pino', label: 'pino (log)', code: "const { pino } = await import('pino'); keep.push(pino({ level: 'info' }, { write() {} }));" },
+    { key: 'chokidar', label: 'chokidar (local.d watch)', code: "keep.push(await import('chokidar'));" },
+    { key: 'prom_client', label: 'prom-client + a registry', code: "const p = (await import('prom-client')).default; const r = new p.Registry(); new p.Counter({ name: 'x_total', help: 'x', registers: [r] }); keep.push(r);" },
+    { key: 'imds', label: '@aws-sdk/ec2-metadata-service (not loaded)', code: "keep.push(await import('@aws-sdk/ec2-metadata-service'));" },
+    { key: 'ssm', label: '@aws-sdk/client-ssm + client, whole package', code: "const s = await import('@aws-sdk/client-ssm'); keep.push(new s.SSMClient({ region: 'us-east-1' }));" },
+    { key: 'ssm_bundled', label: 'SSM client as the agent bundles it', code: `const s = await import(${JSON.stringify(bundled.ssm)}); keep.push(new s.SSMClient({ region: 'us-east-1' }));` },
+    { key: 'autoscaling', label: '@aws-sdk/client-auto-scaling + client, whole package', code: "const a = await import('@aws-sdk/client-auto-scaling'); keep.push(new a.AutoScalingClient({ region: 'us-east-1' }));" },
+    { key: 'autoscaling_bundled', label: 'Auto Scaling client as the agent bundles it', code: `const a = await import(${JSON.stringify(bundled.autoscaling)}); keep.push(new a.AutoScalingClient({ region: 'us-east-1' }));` },
+    { key: 'credentials', label: '@aws-sdk/credential-provider-node', code: "keep.push(await import('@aws-sdk/credential-provider-node'));" },
+  ];
+}
+
+/** agent/aws/ssm-sdk.ts and autoscaling-sdk.ts bundled into DIR with tools/bundle.mjs's settings. */
+async function bundleSdk(dir: string): Promise<{ ssm: string; autoscaling: string }> {
+  await build({
+    absWorkingDir: REPO,
+    entryPoints: { ssm: 'agent/aws/ssm-sdk.ts', autoscaling: 'agent/aws/autoscaling-sdk.ts' },
+    outdir: dir,
+    outExtension: { '.js': '.mjs' },
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    mainFields: ['module', 'main'],
+    minifyWhitespace: true,
+    minifySyntax: true,
+    logLevel: 'warning',
+    banner: { js: "import { createRequire as __bundleRequire } from 'node:module';\nconst require = __bundleRequire(import.meta.url);" },
+  });
+  return { ssm: pathToFileURL(path.join(dir, 'ssm.mjs')).href, autoscaling: pathToFileURL(path.join(dir, 'autoscaling.mjs')).href };
+}
 
 /** RSS after a full GC, before and after loading one dependency, in a fresh `node --expose-gc` each time. */
 function rssDelta(code: string): Promise<number> {
@@ -360,11 +392,16 @@ function rssDelta(code: string): Promise<number> {
 async function dependencyCosts(print: Print, runs: number): Promise<Record<string, Figure>> {
   const figures: Record<string, Figure> = {};
   const rows: Figure[][] = [];
-  for (const dep of DEPENDENCIES) {
-    const deltas: number[] = [];
-    for (let i = 0; i < runs; i++) deltas.push(await rssDelta(dep.code));
-    rows.push([dep.label, round(median(deltas))]);
-    figures[`dep_${dep.key}_rss_mib`] = median(deltas);
+  const dir = await mkdtemp(path.join(tmpdir(), 'nixos-ec2-agent-bench-sdk-'));
+  try {
+    for (const dep of dependencies(await bundleSdk(dir))) {
+      const deltas: number[] = [];
+      for (let i = 0; i < runs; i++) deltas.push(await rssDelta(dep.code));
+      rows.push([dep.label, round(median(deltas))]);
+      figures[`dep_${dep.key}_rss_mib`] = median(deltas);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
   print(`what each dependency adds to a bare Node process's RSS when loaded (after a full GC; median of ${runs}):`);
   print(table(['dependency', 'RSS + MiB'], rows));

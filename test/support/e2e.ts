@@ -11,8 +11,10 @@ import { fileURLToPath } from 'node:url';
 import type { PutParameterRequest } from '../../sandbox/emulators/ssm.js';
 import { cleanEnv, openSandbox, type Sandbox } from '../../sandbox/sandbox.js';
 import type { InstanceSpec } from '../../sandbox/world.js';
+import { shippedLaunch } from './launch.js';
 
 export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+const SHIPPED = shippedLaunch();
 export const NIX_INSTANTIATE = '/usr/bin/nix-instantiate';
 export const AWS_CLI = '/usr/bin/aws';
 
@@ -151,10 +153,13 @@ export class Instance {
     await this.writeConfig();
   }
 
-  /** Starts the agent CLI with the sandbox's configuration; its stderr also goes to agent.log. */
+  /**
+   * Starts the agent CLI with the sandbox's configuration, as the Nix package's wrapper starts it
+   * (node's flags and environment: test/support/launch.ts); its stderr also goes to agent.log.
+   */
   start(args: readonly string[], extraEnv: Record<string, string> = {}): Running {
-    const child = spawn(process.execPath, [CLI, ...args, '--config', this.sandbox.layout.config], {
-      env: { ...cleanEnv(process.env), ...this.sandbox.env, ...extraEnv },
+    const child = spawn(process.execPath, [...SHIPPED.nodeFlags, CLI, ...args, '--config', this.sandbox.layout.config], {
+      env: { ...cleanEnv(process.env), ...SHIPPED.env, ...this.sandbox.env, ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import type { z } from 'zod/v3';
 
 import { ConfigSchema } from '../../agent/config.js';
+import { shippedLaunch } from '../support/launch.js';
 
 // Compiled to dist/test/unit/; the Nix files stay at the repository root.
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -280,9 +281,13 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     const p = pkg();
     assert.match(p.postBuild, /node-gyp\.js rebuild/);
     assert.match(p.postInstall, /build\/Release\/sd_notify\.node "\$packageOut\/build\/Release\/sd_notify\.node"/);
-    // The bin is node with the V8 flags the benchmarks chose, running the package's cli.js.
+    // The bin is node with the flags and environment the benchmarks chose (nix/launch.json, which
+    // the tests and benchmarks launch with too), running the package's cli.js.
     assert.match(p.postInstall, /makeWrapper \/nix\/store\/stub-nodejs\/bin\/node "\$out\/bin\/nixos-ec2-agent"/);
-    assert.match(p.postInstall, /--add-flags "--lite-mode \$packageOut\/dist\/agent\/cli\.js"/);
+    const launch = shippedLaunch();
+    assert.ok(launch.nodeFlags.includes('--lite-mode'), 'the wrapper runs node with --lite-mode');
+    assert.ok(p.postInstall.includes(`--add-flags "${launch.nodeFlags.join(' ')} $packageOut/dist/agent/cli.js"`), p.postInstall);
+    for (const [name, value] of Object.entries(launch.env)) assert.ok(p.postInstall.includes(`--set-default ${name} ${value}`), `the wrapper sets ${name}`);
     for (const unit of ['nixos-ec2-agent.service', 'nixos-ec2-agent-converged.target']) {
       assert.ok(p.postInstall.includes(`-${unit} "$out/lib/systemd/system/${unit}"`), `ships ${unit} for systemd.packages`);
     }
