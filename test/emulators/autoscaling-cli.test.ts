@@ -57,7 +57,7 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
             AWS_CONFIG_FILE: join(home, 'config'),
             AWS_SHARED_CREDENTIALS_FILE: join(home, 'credentials'),
           },
-          timeout: 20_000,
+          timeout: 120_000,
         },
         (error, stdout, stderr) => {
           const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0;

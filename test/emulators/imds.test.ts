@@ -57,7 +57,7 @@ async function get(emulator: ImdsEmulator, path: string, tok?: string): Promise<
 
 function run(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(file, args, { env, timeout: 10_000 }, (err, stdout, stderr) => {
+    execFile(file, args, { env, timeout: 120_000 }, (err, stdout, stderr) => {
       const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
       resolve({ code, stdout, stderr });
     });

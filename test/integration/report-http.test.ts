@@ -50,7 +50,7 @@ function metric(text: string, name: string, labels: Record<string, string> = {})
   return undefined;
 }
 
-describe('the daemon over HTTP', { skip: nix ? false : 'needs /usr/bin/nix-instantiate for the sandbox\'s parser gate', timeout: 60_000 }, () => {
+describe('the daemon over HTTP', { skip: nix ? false : 'needs /usr/bin/nix-instantiate for the sandbox\'s parser gate', timeout: 300_000 }, () => {
   let dir = '';
   let sandbox: Sandbox;
   let url = '';
