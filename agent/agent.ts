@@ -107,6 +107,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     ssmPrefixes: config.ssm.enabled ? config.ssm.prefixes : undefined,
     baseConfiguration: config.local.baseConfiguration,
     modulesDir: config.local.modulesDir,
+    canaryTag: config.rollout.canaryTag,
     // The scheduler's probe (a peek) right before a poll's pass serves that pass.
     reuseMs: 250,
     now: () => clock.now(),

@@ -13,7 +13,7 @@ import type { Clock, Runner } from './ports.js';
 import { renderChannels, renderPlan, type RenderPlan } from './render/render.js';
 import type { RenderWriter } from './render/write.js';
 import type { FailureReporter } from './rollout/reporter.js';
-import { selectDesired, type Selection } from './rollout/select.js';
+import { selectDesired, whoOf, type Selection } from './rollout/select.js';
 import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt, type Realise } from './plan.js';
@@ -159,7 +159,7 @@ export class Reconciler {
     this.record({ instanceId: snapshots.identity.instanceId });
     await this.runUserDataScript(snapshots, log);
 
-    const selection = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, this.deps.clock.now());
+    const selection = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, whoOf(snapshots), this.deps.clock.now());
     const desired = selection.desired;
     this.desired = desired;
     this.selection = selection;

@@ -33,8 +33,13 @@ export interface TakenCandidate {
 
 export interface Who {
   readonly instanceId: string;
-  /** Pinned to the first cohort by something other than SSM (e.g. an instance tag). */
+  /** Pinned to the first cohort by something other than SSM (the canary instance tag). */
   readonly canary?: boolean;
+}
+
+/** Who this instance is to a rollout, from what the sources read. */
+export function whoOf(snapshots: { readonly identity: { readonly instanceId: string }; readonly canary?: boolean }): Who {
+  return { instanceId: snapshots.identity.instanceId, canary: snapshots.canary === true };
 }
 
 export function selectDesired(

@@ -66,6 +66,11 @@ export interface SplitSnapshot {
   readonly problems: readonly string[];
 }
 
+/** Whether any prefix carries a rollout parameter: the sources read the canary tag only then. */
+export function carriesRollout(snapshot: SsmSnapshot): boolean {
+  return snapshot.prefixes.some(({ prefix, parameters }) => parameters.some((p) => p.name.startsWith(`${prefix}/${ROLLOUT}/`)));
+}
+
 /** Splits the walked tree into the stable state and the rollouts it carries. Never throws. */
 export function splitSnapshot(snapshot: SsmSnapshot): SplitSnapshot {
   const rollouts: RolloutSpec[] = [];

@@ -8,6 +8,7 @@ import type { LocalSnapshot } from '../desired/desired.js';
 import { readLocal } from './local.js';
 import type { SsmFetcher } from './revision.js';
 import type { SsmSnapshot } from './ssm.js';
+import { carriesRollout } from '../rollout/spec.js';
 import { interpretUserData, type UserData } from './userdata.js';
 
 export interface Snapshots {
@@ -16,6 +17,8 @@ export interface Snapshots {
   readonly userData: UserData;
   readonly ssm: SsmSnapshot | undefined;
   readonly local: LocalSnapshot;
+  /** The canary tag said "true": this instance takes a rollout's candidate with the first cohort. */
+  readonly canary?: boolean;
   readonly notes: readonly string[];
 }
 
@@ -25,6 +28,12 @@ export interface SourceOptions {
   readonly ssmPrefixes: readonly string[] | undefined;
   readonly baseConfiguration: string;
   readonly modulesDir: string;
+  /**
+   * An instance tag whose value "true" pins the instance to a rollout's first cohort, read from
+   * IMDS (EC2 exposes tags there only with "Allow tags in instance metadata") and only while the
+   * SSM tree carries a rollout: an idle fleet makes no extra call. Absent or null: not read.
+   */
+  readonly canaryTag?: string | null;
   /**
    * A read taken with peek() serves the next read() when it is at most this old, so a look just
    * before a pass (the scheduler's probe) costs the pass nothing. 0: every read() reads.
@@ -97,7 +106,17 @@ export class SourceReader {
       const source = await ssmReady;
       ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
     }
-    return { identity, asg, userData, ssm, local: local.snapshot, notes: local.notes };
+    const pin = ssm ? await this.canary(ssm) : { canary: false };
+    return { identity, asg, userData, ssm, local: local.snapshot, canary: pin.canary, notes: pin.note ? [...local.notes, pin.note] : local.notes };
+  }
+
+  private async canary(ssm: SsmSnapshot): Promise<{ canary: boolean; note?: string }> {
+    const tag = this.options.canaryTag;
+    if (!tag || !carriesRollout(ssm)) return { canary: false };
+    const value = (await this.imds.get(`latest/meta-data/tags/instance/${tag}`))?.trim();
+    if (value === undefined || value === 'false') return { canary: false };
+    if (value === 'true') return { canary: true };
+    return { canary: false, note: `instance tag ${tag}: must be "true" or "false", not ${JSON.stringify(value)}; not a canary` };
   }
 
   /**
