@@ -8,7 +8,8 @@ import type { LocalSnapshot } from '../desired/desired.js';
 import { readLocal } from './local.js';
 import type { SsmFetcher } from './revision.js';
 import type { SsmSnapshot } from './ssm.js';
-import { carriesRollout } from '../rollout/spec.js';
+import { alarmsDue, type AlarmReading } from '../rollout/alarms.js';
+import { carriesRollout, type AlarmState } from '../rollout/spec.js';
 import { interpretUserData, type UserData } from './userdata.js';
 
 export interface Snapshots {
@@ -19,6 +20,8 @@ export interface Snapshots {
   readonly local: LocalSnapshot;
   /** The canary tag said "true": this instance takes a rollout's candidate with the first cohort. */
   readonly canary?: boolean;
+  /** The CloudWatch alarms named by the rollouts under way, as last read; absent when none is. */
+  readonly alarms?: readonly AlarmState[];
   readonly notes: readonly string[];
 }
 
@@ -34,6 +37,8 @@ export interface SourceOptions {
    * SSM tree carries a rollout: an idle fleet makes no extra call. Absent or null: not read.
    */
   readonly canaryTag?: string | null;
+  /** Reads the alarms a rollout under way names (DescribeAlarms, at most once per poll interval). */
+  readonly alarms?: { read(names: readonly string[]): Promise<AlarmReading> };
   /**
    * A read taken with peek() serves the next read() when it is at most this old, so a look just
    * before a pass (the scheduler's probe) costs the pass nothing. 0: every read() reads.
@@ -106,8 +111,21 @@ export class SourceReader {
       const source = await ssmReady;
       ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
     }
-    const pin = ssm ? await this.canary(ssm) : { canary: false };
-    return { identity, asg, userData, ssm, local: local.snapshot, canary: pin.canary, notes: pin.note ? [...local.notes, pin.note] : local.notes };
+    const [pin, alarms] = ssm ? await Promise.all([this.canary(ssm), this.readAlarms(ssm)]) : [{ canary: false }, undefined];
+    const notes = [...local.notes, ...(pin.note ? [pin.note] : []), ...(alarms?.notes ?? [])];
+    return { identity, asg, userData, ssm, local: local.snapshot, canary: pin.canary, ...(alarms ? { alarms: alarms.states } : {}), notes };
+  }
+
+  /** A rollout under way that names alarms: their states, and a note for what could not be read. */
+  private async readAlarms(ssm: SsmSnapshot): Promise<{ states: readonly AlarmState[]; notes: string[] } | undefined> {
+    const watcher = this.options.alarms;
+    const names = watcher ? alarmsDue(ssm, this.now()) : [];
+    if (!watcher || names.length === 0) return undefined;
+    const reading = await watcher.read(names);
+    // Unread alarms halt nothing: the failure records still do, and the note says why.
+    if ('error' in reading) return { states: [], notes: [reading.error] };
+    const missing = names.filter((n) => !reading.alarms.some((a) => a.name === n));
+    return { states: reading.alarms, notes: missing.map((n) => `CloudWatch alarm ${n}, named by a rollout strategy, does not exist`) };
   }
 
   private async canary(ssm: SsmSnapshot): Promise<{ canary: boolean; note?: string }> {
