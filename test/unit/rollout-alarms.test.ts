@@ -3,10 +3,11 @@
 // fleet, and the recorded halt holds after the alarm clears. The SDK path is the real client
 // against the CloudWatch emulator.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { RootFs } from '../../agent/fs.js';
 import { AlarmWatcher, alarmsDue, sdkDescribeAlarms } from '../../agent/rollout/alarms.js';
 import { describeRollout } from '../../agent/rollout/plan.js';
@@ -165,5 +166,30 @@ describe('DescribeAlarms through the SDK client', () => {
       { name: 'web-latency', state: 'INSUFFICIENT_DATA', reason: 'Unchecked: Initial alarm creation' },
     ]);
     assert.equal(emulator.callCounts().DescribeAlarms, 1);
+  });
+});
+
+describe('the bundle', () => {
+  const dir = fileURLToPath(new URL('../../agent/', import.meta.url));
+  const CLOUDWATCH = 'GraniteServiceVersion20100801';
+
+  it('keeps the CloudWatch client in a chunk of its own, outside what the daemon loads at start', async () => {
+    const entry = await readFile(path.join(dir, 'nixos-ec2-agent.js'), 'utf8');
+    const daemon = /run:\{[^}]*?import\("\.\/(chunk-[A-Z0-9]+\.js)"\)\)\.runDaemon/.exec(entry)?.[1];
+    assert.ok(daemon, 'the run command imports the daemon from a chunk');
+    // Everything the daemon's chunk imports statically, transitively: what its start reads.
+    const loaded = new Set<string>(['nixos-ec2-agent.js']);
+    const queue = [daemon];
+    for (let file = queue.pop(); file; file = queue.pop()) {
+      if (loaded.has(file)) continue;
+      loaded.add(file);
+      const text = await readFile(path.join(dir, file), 'utf8');
+      for (const m of text.matchAll(/(?:from|import)\s*"\.\/(chunk-[A-Z0-9]+\.js)"/g)) queue.push(m[1] as string);
+    }
+    for (const file of loaded) assert.ok(!(await readFile(path.join(dir, file), 'utf8')).includes(CLOUDWATCH), `${file} is read at the daemon's start and holds the CloudWatch client`);
+    const chunks = (await readdir(dir)).filter((f) => /^chunk-[A-Z0-9]+\.js$/.test(f));
+    const holding = [];
+    for (const f of chunks) if ((await readFile(path.join(dir, f), 'utf8')).includes(CLOUDWATCH)) holding.push(f);
+    assert.equal(holding.length, 1, `the CloudWatch client is in exactly one chunk: ${holding.join(' ')}`);
   });
 });
