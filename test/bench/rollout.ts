@@ -210,6 +210,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
         strategy_ms: strategyMs,
         good_push_over_strategy: ratio(completedMs, strategyMs),
         good_push_reported_s: ((reportedAt ?? NaN) - goodSchedule.startMs) / 1000,
+        good_push_reported_over_strategy: ratio((reportedAt ?? NaN) - goodSchedule.startMs, strategyMs),
         scaleout_got_stable: scaleOutGotStable ? 1 : 0,
         poll_interval_s: pollMs / 1000,
         throttled,
