@@ -9,6 +9,7 @@ import { ImdsClient, type Imds } from './aws/imds.js';
 import type { AwsCredentialIdentityProvider } from '@smithy/types';
 import type { Config } from './config.js';
 import { RootFs } from './fs.js';
+import { AlarmWatcher, sdkDescribeAlarms } from './rollout/alarms.js';
 import { FailureReporter } from './rollout/reporter.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
@@ -107,6 +108,11 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     ssmPrefixes: config.ssm.enabled ? config.ssm.prefixes : undefined,
     baseConfiguration: config.local.baseConfiguration,
     modulesDir: config.local.modulesDir,
+    canaryTag: config.rollout.canaryTag,
+    alarms: new AlarmWatcher(memo(() => sdkDescribeAlarms({ env, credentials, region: async () => (await imds.identity()).region })), {
+      clock,
+      minIntervalMs: config.ssm.pollIntervalSeconds * 1000,
+    }),
     // The scheduler's probe (a peek) right before a poll's pass serves that pass.
     reuseMs: 250,
     now: () => clock.now(),

@@ -15,7 +15,7 @@ import { readStatusFile, StatusFile } from './report/status-file.js';
 import { ControlClient, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
 import { describeRollout } from './rollout/plan.js';
-import { selectDesired } from './rollout/select.js';
+import { selectDesired, whoOf } from './rollout/select.js';
 import { statusExitCode, type Status, type StatusPhase } from './status.js';
 import { writeFileAtomic } from './fs.js';
 import path from 'node:path';
@@ -92,7 +92,7 @@ export async function render(config: Config, out: string | undefined, json: bool
   const log = stderrLogger(config);
   const agent = await createAgent(config, log, processEdges());
   const snapshots = await agent.sources.read();
-  const { desired } = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, agent.clock.now());
+  const { desired } = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, whoOf(snapshots), agent.clock.now());
   const plan = renderPlan(desired);
   const files = [...plan.parts, plan.configuration];
   if (out) {

@@ -222,6 +222,17 @@ export const ConfigSchema = z.strictObject({
       rebootCommand: argv.default(['systemctl', 'reboot']),
     })
     .default({}),
+
+  rollout: z
+    .strictObject({
+      /**
+       * An instance tag whose value "true" makes the instance a canary: it takes a progressive
+       * rollout's candidate with the first cohort. Read from IMDS, so it needs "Allow tags in
+       * instance metadata", and only while SSM carries a rollout. null: not read.
+       */
+      canaryTag: z.string().min(1).nullable().default('nixos-ec2-agent-canary'),
+    })
+    .default({}),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -15,7 +15,7 @@ import { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
 import type { PassResult } from './reconcile.js';
-import { selectDesired } from './rollout/select.js';
+import { selectDesired, whoOf } from './rollout/select.js';
 import { ControlServer, type ControlOp } from './report/control.js';
 import { PostConvergeHook } from './report/hook.js';
 import { HttpServer } from './report/http.js';
@@ -536,7 +536,7 @@ class DaemonLoop implements Daemon {
   /** The hash of the desired state a pass would select from these sources (a rollout included). */
   private desiredHash(snapshots: Snapshots): string {
     const input = { userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local };
-    return selectDesired(input, { instanceId: snapshots.identity.instanceId }, this.deps.clock.now()).desired.hash;
+    return selectDesired(input, whoOf(snapshots), this.deps.clock.now()).desired.hash;
   }
 
   /** After each pass: a committed generation that changed the kernel is acted on by policy. */

@@ -13,7 +13,8 @@ import type { Clock, Runner } from './ports.js';
 import { renderChannels, renderPlan, type RenderPlan } from './render/render.js';
 import type { RenderWriter } from './render/write.js';
 import type { FailureReporter } from './rollout/reporter.js';
-import { selectDesired, type Selection } from './rollout/select.js';
+import { selectDesired, whoOf, type Selection } from './rollout/select.js';
+import { ALARM_STAGE } from './rollout/spec.js';
 import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt, type Realise } from './plan.js';
@@ -159,11 +160,12 @@ export class Reconciler {
     this.record({ instanceId: snapshots.identity.instanceId });
     await this.runUserDataScript(snapshots, log);
 
-    const selection = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, this.deps.clock.now());
+    const selection = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, whoOf(snapshots), this.deps.clock.now());
     const desired = selection.desired;
     this.desired = desired;
     this.selection = selection;
     if (selection.rejected) await this.reportRollout(selection.rejected.taken, 'validate', selection.rejected.reason);
+    if (selection.alarmed) await this.reportRollout(selection.alarmed.taken, ALARM_STAGE, selection.alarmed.reason);
     const notes = [...snapshots.notes, ...desired.notes];
     for (const note of notes) log.warn({ event: 'source.note' }, note);
     this.record({ rollout: selection.rollouts, desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });

@@ -1,4 +1,4 @@
-// `emulate`: the IMDS, SSM and Auto Scaling emulators on loopback until SIGINT/SIGTERM, with one
+// `emulate`: the IMDS, SSM, Auto Scaling and CloudWatch emulators on loopback until SIGINT/SIGTERM, with one
 // NAME=VALUE line for each endpoint so a shell can `eval` or `export` them.
 import { readWorldFiles, World } from './world.js';
 

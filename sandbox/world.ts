@@ -1,10 +1,11 @@
-// The emulated AWS an instance lives in: IMDS, SSM and Auto Scaling on loopback, wired so the
+// The emulated AWS an instance lives in: IMDS, SSM, Auto Scaling and CloudWatch alarms on loopback, wired so the
 // instance is a member of its group with a launch lifecycle hook, as on a real fleet. Shared by
 // `emulate`, `sandbox` and the end-to-end tests.
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod/v3';
 import type { Clock } from '../agent/ports.js';
 import { AutoScalingEmulator } from './emulators/autoscaling.js';
+import { CloudWatchEmulator } from './emulators/cloudwatch.js';
 import { defaultInstance, ImdsEmulator, type ImdsInstance } from './emulators/imds.js';
 import { SsmEmulator, SsmServiceError, type PutParameterRequest, type SsmThroughput } from './emulators/ssm.js';
 
@@ -43,7 +44,7 @@ export interface WorldOptions {
   readonly userData?: Buffer;
   readonly parameters?: readonly PutParameterRequest[];
   readonly host?: string;
-  readonly ports?: { imds?: number; ssm?: number; autoscaling?: number };
+  readonly ports?: { imds?: number; ssm?: number; autoscaling?: number; cloudwatch?: number };
   readonly clock?: Clock;
   readonly ssmThroughput?: SsmThroughput | null;
 }
@@ -56,6 +57,7 @@ export class World {
     readonly imds: ImdsEmulator,
     readonly ssm: SsmEmulator,
     readonly autoscaling: AutoScalingEmulator,
+    readonly cloudwatch: CloudWatchEmulator,
     readonly instance: ImdsInstance,
     readonly group: string | undefined,
     readonly hook: string | undefined,
@@ -79,6 +81,7 @@ export class World {
     let imds: ImdsEmulator;
     let ssm: SsmEmulator;
     let autoscaling: AutoScalingEmulator;
+    let cloudwatch: CloudWatchEmulator;
     try {
       imds = await ImdsEmulator.start({ instance, host, ...clock, ...(options.ports?.imds ? { port: options.ports.imds } : {}) });
       started.push(imds);
@@ -99,6 +102,14 @@ export class World {
         ...(options.ports?.autoscaling ? { port: options.ports.autoscaling } : {}),
       });
       started.push(autoscaling);
+      cloudwatch = await CloudWatchEmulator.start({
+        region: instance.region,
+        accountId: instance.accountId,
+        host,
+        ...clock,
+        ...(options.ports?.cloudwatch ? { port: options.ports.cloudwatch } : {}),
+      });
+      started.push(cloudwatch);
       if (options.parameters) seedParameters(ssm, options.parameters, '--parameters');
     } catch (err) {
       await closeStarted();
@@ -120,7 +131,7 @@ export class World {
       }
       autoscaling.launchInstance({ instanceId: instance.instanceId, groupName: group, availabilityZone: instance.availabilityZone, instanceType: instance.instanceType });
     }
-    return new World(imds, ssm, autoscaling, instance, group, hook);
+    return new World(imds, ssm, autoscaling, cloudwatch, instance, group, hook);
   }
 
   /** The variables that point the SDK, the AWS CLI and the agent at this world. */
@@ -129,6 +140,7 @@ export class World {
       AWS_EC2_METADATA_SERVICE_ENDPOINT: this.imds.url,
       AWS_ENDPOINT_URL_SSM: this.ssm.url,
       AWS_ENDPOINT_URL_AUTO_SCALING: this.autoscaling.url,
+      AWS_ENDPOINT_URL_CLOUDWATCH: this.cloudwatch.url,
       AWS_REGION: this.instance.region,
       AWS_DEFAULT_REGION: this.instance.region,
     };
@@ -146,7 +158,7 @@ export class World {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.imds.close(), this.ssm.close(), this.autoscaling.close()]);
+    await Promise.all([this.imds.close(), this.ssm.close(), this.autoscaling.close(), this.cloudwatch.close()]);
   }
 }
 

@@ -54,6 +54,8 @@ export interface RolloutFlags {
   readonly bake?: string;
   readonly threshold?: string;
   readonly at?: string;
+  /** Comma-separated CloudWatch alarm names. */
+  readonly alarms?: string;
   readonly reason?: string;
   readonly force?: boolean;
   readonly json?: boolean;
@@ -177,11 +179,12 @@ function strategyFromFlags(flags: RolloutFlags, now: number): Strategy {
     bakeSeconds: number('bake', flags.bake) ?? 1800,
     errorThreshold: number('threshold', flags.threshold) ?? 1,
     startAt: flags.at ?? new Date(now).toISOString(),
+    ...(flags.alarms !== undefined ? { alarms: flags.alarms.split(',').map((a) => a.trim()) } : {}),
   };
   const parsed = Strategy.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const flag = { type: 'strategy', stepPercent: 'step', intervalSeconds: 'interval', bakeSeconds: 'bake', errorThreshold: 'threshold', startAt: 'at' }[String(issue?.path[0])] ?? 'strategy';
+    const flag = { type: 'strategy', stepPercent: 'step', intervalSeconds: 'interval', bakeSeconds: 'bake', errorThreshold: 'threshold', startAt: 'at', alarms: 'alarms' }[String(issue?.path[0])] ?? 'strategy';
     throw new InvalidInputError(issue?.message ?? 'invalid', `--${flag}`);
   }
   return parsed.data;

@@ -2,9 +2,10 @@
 // computes the same schedule from the same strategy and clock, so the fleet needs no coordinator:
 // only the failure records are shared, and they are written only on failure.
 import { createHash } from 'node:crypto';
-import type { RolloutSpec, Strategy } from './spec.js';
+import { ALARM_STAGE, type AlarmState, type RolloutSpec, type Strategy } from './spec.js';
 
 export type RolloutState = 'invalid' | 'staged' | 'progressing' | 'baking' | 'complete' | 'halted';
+export type HaltedBy = 'operator' | 'alarm' | 'failures';
 
 /** A plain value, for status, /status, /metrics and `rollout status`. */
 export interface RolloutStatus {
@@ -13,7 +14,7 @@ export interface RolloutStatus {
   readonly state: RolloutState;
   /** Why it is halted or invalid. */
   readonly reason?: string;
-  readonly haltedBy?: 'operator' | 'failures';
+  readonly haltedBy?: HaltedBy;
   /** What this instance converges to for this prefix. */
   readonly takes: 'stable' | 'candidate';
   /** This instance's place in [0, 1) for this candidate. */
@@ -89,7 +90,7 @@ export function stepOf(strategy: Strategy, position: number): number {
  * a covered cohort while it progresses, everyone once the bake ended. An instance launched during
  * the rollout gets the same answer as any other in its cohort: stable unless its cohort is covered.
  */
-export function decide(spec: RolloutSpec, who: { instanceId: string; canary: boolean }, nowMs: number): RolloutStatus {
+export function decide(spec: RolloutSpec, who: { instanceId: string; canary: boolean; alarms?: readonly AlarmState[] | undefined }, nowMs: number): RolloutStatus {
   const cohort = cohortPosition(who.instanceId, spec.candidateId);
   const base = {
     prefix: spec.prefix,
@@ -124,7 +125,7 @@ export function decide(spec: RolloutSpec, who: { instanceId: string; canary: boo
     percent,
     threshold: strategy.errorThreshold,
   };
-  const halt = haltOf(spec, strategy);
+  const halt = haltOf(spec, strategy, who.alarms);
   if (halt) return { ...base, ...times, state: 'halted', ...halt, takes: 'stable' };
   const state: RolloutState = elapsed < 0 ? 'staged' : nowMs >= schedule.completeMs ? 'complete' : nowMs >= schedule.fullMs ? 'baking' : 'progressing';
   const covered = cohort < percent / 100;
@@ -133,8 +134,24 @@ export function decide(spec: RolloutSpec, who: { instanceId: string; canary: boo
   return { ...base, ...times, state, takes: takes ? 'candidate' : 'stable', ...(next !== undefined ? { nextChangeAt: new Date(next).toISOString() } : {}) };
 }
 
-function haltOf(spec: RolloutSpec, strategy: Strategy): { reason: string; haltedBy: 'operator' | 'failures' } | undefined {
+/** The reason a halt by this alarm gives. */
+export function alarmReason(alarm: AlarmState): string {
+  return `CloudWatch alarm ${alarm.name} is in ALARM${alarm.reason ? `: ${alarm.reason}` : ''}`;
+}
+
+/** The strategy's alarm this instance read in ALARM, if any. */
+export function firingAlarm(strategy: Strategy | undefined, alarms: readonly AlarmState[] | undefined): AlarmState | undefined {
+  const named = strategy?.alarms;
+  return named ? alarms?.find((a) => a.state === 'ALARM' && named.includes(a.name)) : undefined;
+}
+
+function haltOf(spec: RolloutSpec, strategy: Strategy, alarms: readonly AlarmState[] | undefined): { reason: string; haltedBy: HaltedBy } | undefined {
   if (spec.halt !== undefined) return { reason: spec.halt, haltedBy: 'operator' };
+  // An alarm another instance recorded holds after it clears: the halt is the fleet's.
+  const recorded = spec.failures.find((f) => f.stage === ALARM_STAGE);
+  if (recorded) return { reason: recorded.reason, haltedBy: 'alarm' };
+  const firing = firingAlarm(strategy, alarms);
+  if (firing) return { reason: alarmReason(firing), haltedBy: 'alarm' };
   if (spec.failures.length >= strategy.errorThreshold) {
     const first = spec.failures[0];
     const example = first ? `; e.g. ${first.instanceId}: ${first.stage}: ${first.reason}` : '';

@@ -5,8 +5,8 @@ import { buildDesired, type DesiredState, type LocalSnapshot } from '../desired/
 import { InvalidInputError } from '../errors.js';
 import type { SsmSnapshot } from '../sources/ssm.js';
 import type { UserData } from '../sources/userdata.js';
-import { decide, type RolloutStatus } from './plan.js';
-import { ROLLOUT, splitSnapshot } from './spec.js';
+import { alarmReason, decide, firingAlarm, type RolloutStatus } from './plan.js';
+import { ALARM_STAGE, ROLLOUT, splitSnapshot, type AlarmState } from './spec.js';
 
 export interface Selection {
   readonly desired: DesiredState;
@@ -18,6 +18,11 @@ export interface Selection {
    * instance stays on stable, and the failure is recorded against them like a failed build.
    */
   readonly rejected?: { readonly taken: readonly TakenCandidate[]; readonly reason: string };
+  /**
+   * This instance read one of a strategy's alarms in ALARM and no instance has recorded it yet:
+   * recorded like a failure (stage `alarm`), so the whole fleet halts at its next poll.
+   */
+  readonly alarmed?: { readonly taken: readonly TakenCandidate[]; readonly reason: string };
 }
 
 export interface TakenCandidate {
@@ -33,8 +38,15 @@ export interface TakenCandidate {
 
 export interface Who {
   readonly instanceId: string;
-  /** Pinned to the first cohort by something other than SSM (e.g. an instance tag). */
+  /** Pinned to the first cohort by something other than SSM (the canary instance tag). */
   readonly canary?: boolean;
+  /** The CloudWatch alarms the sources read for the rollouts under way. */
+  readonly alarms?: readonly AlarmState[];
+}
+
+/** Who this instance is to a rollout, from what the sources read. */
+export function whoOf(snapshots: { readonly identity: { readonly instanceId: string }; readonly canary?: boolean; readonly alarms?: readonly AlarmState[] }): Who {
+  return { instanceId: snapshots.identity.instanceId, canary: snapshots.canary === true, ...(snapshots.alarms ? { alarms: snapshots.alarms } : {}) };
 }
 
 export function selectDesired(
@@ -45,7 +57,12 @@ export function selectDesired(
   if (!input.ssm) return { desired: buildDesired(input), rollouts: [], taken: [] };
   const split = splitSnapshot(input.ssm);
   const canary = Boolean(who.canary) || split.canary;
-  const rollouts = split.rollouts.map((spec) => decide(spec, { instanceId: who.instanceId, canary }, nowMs));
+  const rollouts = split.rollouts.map((spec) => decide(spec, { instanceId: who.instanceId, canary, alarms: who.alarms }, nowMs));
+  const alarmed = split.rollouts.flatMap((spec, i) => {
+    const firing = rollouts[i]?.haltedBy === 'alarm' && !spec.failures.some((f) => f.stage === ALARM_STAGE) ? firingAlarm(spec.strategy, who.alarms) : undefined;
+    return firing ? [{ taken: { prefix: spec.prefix, candidate: spec.candidateId, record: true }, reason: alarmReason(firing) }] : [];
+  });
+  const alarmedPart = alarmed.length ? { alarmed: { taken: alarmed.map((a) => a.taken), reason: alarmed.map((a) => a.reason).join('; ') } } : {};
   const taking = new Set(rollouts.filter((r) => r.takes === 'candidate').map((r) => r.prefix));
   // Each candidate sits right after its own prefix: it wins over that prefix's stable values, and
   // later (more specific) prefixes still win over it, as they win over the stable values.
@@ -62,12 +79,12 @@ export function selectDesired(
     }));
   const withNotes = (desired: DesiredState) => (split.problems.length ? { ...desired, notes: [...desired.notes, ...split.problems] } : desired);
   try {
-    return { desired: withNotes(buildDesired({ ...input, ssm: { ...split.stable, prefixes } })), rollouts, taken };
+    return { desired: withNotes(buildDesired({ ...input, ssm: { ...split.stable, prefixes } })), rollouts, taken, ...alarmedPart };
   } catch (err) {
     // Stable alone is what an invalid stable state throws on: that is the operator's error as before.
     if (!(err instanceof InvalidInputError) || taken.length === 0) throw err;
     const desired = withNotes(buildDesired({ ...input, ssm: split.stable }));
     const stable = rollouts.map((r) => (taking.has(r.prefix) ? { ...r, takes: 'stable' as const } : r));
-    return { desired, rollouts: stable, taken: [], rejected: { taken, reason: err.message } };
+    return { desired, rollouts: stable, taken: [], rejected: { taken, reason: err.message }, ...alarmedPart };
   }
 }

@@ -4,7 +4,8 @@
 //   <prefix>/rollout/candidate/<rest>      the candidate: options/…, modules/…, secrets/…, system,
 //                                          laid over the prefix's stable parameters
 //   <prefix>/rollout/halt                  present: the operator halted it (its value says why)
-//   <prefix>/rollout/failures/<instance>   written by an instance that failed to converge to the candidate
+//   <prefix>/rollout/failures/<instance>   written by an instance that failed to converge to the candidate,
+//                                          or saw one of the strategy's CloudWatch alarms in ALARM
 //   <prefix>/rollout/canary                "true": this instance takes candidates with the first cohort
 //                                          (usually under the instance's or group's own prefix)
 // Each change is followed by a bump of the prefix's revision parameter, so watchers re-read the tree.
@@ -25,6 +26,11 @@ export const Strategy = z.strictObject({
   /** Failure records for this candidate that halt the rollout. */
   errorThreshold: z.number().int().positive().default(1),
   startAt: z.string().datetime({ offset: true }),
+  /**
+   * CloudWatch alarms (names, as DescribeAlarms takes them: at most 100) that halt the rollout when
+   * one is in ALARM while it progresses or bakes.
+   */
+  alarms: z.array(z.string().min(1).max(255)).min(1).max(100).optional(),
 });
 export type Strategy = z.infer<typeof Strategy>;
 
@@ -35,6 +41,17 @@ export const FailureRecord = z.strictObject({
   at: z.string(),
 });
 export type FailureRecord = z.infer<typeof FailureRecord>;
+
+/** The stage of a failure record that says "an alarm halted it": one such record halts at once. */
+export const ALARM_STAGE = 'alarm';
+
+/** A CloudWatch alarm as DescribeAlarms reports it. */
+export interface AlarmState {
+  readonly name: string;
+  /** OK | ALARM | INSUFFICIENT_DATA */
+  readonly state: string;
+  readonly reason: string;
+}
 
 export interface Failure {
   readonly instanceId: string;
@@ -64,6 +81,11 @@ export interface SplitSnapshot {
   /** Pinned to the first cohort by configuration (`rollout/canary` = true under any prefix). */
   readonly canary: boolean;
   readonly problems: readonly string[];
+}
+
+/** Whether any prefix carries a rollout parameter: the sources read the canary tag only then. */
+export function carriesRollout(snapshot: SsmSnapshot): boolean {
+  return snapshot.prefixes.some(({ prefix, parameters }) => parameters.some((p) => p.name.startsWith(`${prefix}/${ROLLOUT}/`)));
 }
 
 /** Splits the walked tree into the stable state and the rollouts it carries. Never throws. */

@@ -8,6 +8,8 @@ import type { LocalSnapshot } from '../desired/desired.js';
 import { readLocal } from './local.js';
 import type { SsmFetcher } from './revision.js';
 import type { SsmSnapshot } from './ssm.js';
+import { alarmsDue, type AlarmReading } from '../rollout/alarms.js';
+import { carriesRollout, type AlarmState } from '../rollout/spec.js';
 import { interpretUserData, type UserData } from './userdata.js';
 
 export interface Snapshots {
@@ -16,6 +18,10 @@ export interface Snapshots {
   readonly userData: UserData;
   readonly ssm: SsmSnapshot | undefined;
   readonly local: LocalSnapshot;
+  /** The canary tag said "true": this instance takes a rollout's candidate with the first cohort. */
+  readonly canary?: boolean;
+  /** The CloudWatch alarms named by the rollouts under way, as last read; absent when none is. */
+  readonly alarms?: readonly AlarmState[];
   readonly notes: readonly string[];
 }
 
@@ -25,6 +31,14 @@ export interface SourceOptions {
   readonly ssmPrefixes: readonly string[] | undefined;
   readonly baseConfiguration: string;
   readonly modulesDir: string;
+  /**
+   * An instance tag whose value "true" pins the instance to a rollout's first cohort, read from
+   * IMDS (EC2 exposes tags there only with "Allow tags in instance metadata") and only while the
+   * SSM tree carries a rollout: an idle fleet makes no extra call. Absent or null: not read.
+   */
+  readonly canaryTag?: string | null;
+  /** Reads the alarms a rollout under way names (DescribeAlarms, at most once per poll interval). */
+  readonly alarms?: { read(names: readonly string[]): Promise<AlarmReading> };
   /**
    * A read taken with peek() serves the next read() when it is at most this old, so a look just
    * before a pass (the scheduler's probe) costs the pass nothing. 0: every read() reads.
@@ -97,7 +111,30 @@ export class SourceReader {
       const source = await ssmReady;
       ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
     }
-    return { identity, asg, userData, ssm, local: local.snapshot, notes: local.notes };
+    const [pin, alarms] = ssm ? await Promise.all([this.canary(ssm), this.readAlarms(ssm)]) : [{ canary: false }, undefined];
+    const notes = [...local.notes, ...(pin.note ? [pin.note] : []), ...(alarms?.notes ?? [])];
+    return { identity, asg, userData, ssm, local: local.snapshot, canary: pin.canary, ...(alarms ? { alarms: alarms.states } : {}), notes };
+  }
+
+  /** A rollout under way that names alarms: their states, and a note for what could not be read. */
+  private async readAlarms(ssm: SsmSnapshot): Promise<{ states: readonly AlarmState[]; notes: string[] } | undefined> {
+    const watcher = this.options.alarms;
+    const names = watcher ? alarmsDue(ssm, this.now()) : [];
+    if (!watcher || names.length === 0) return undefined;
+    const reading = await watcher.read(names);
+    // Unread alarms halt nothing: the failure records still do, and the note says why.
+    if ('error' in reading) return { states: [], notes: [reading.error] };
+    const missing = names.filter((n) => !reading.alarms.some((a) => a.name === n));
+    return { states: reading.alarms, notes: missing.map((n) => `CloudWatch alarm ${n}, named by a rollout strategy, does not exist`) };
+  }
+
+  private async canary(ssm: SsmSnapshot): Promise<{ canary: boolean; note?: string }> {
+    const tag = this.options.canaryTag;
+    if (!tag || !carriesRollout(ssm)) return { canary: false };
+    const value = (await this.imds.get(`latest/meta-data/tags/instance/${tag}`))?.trim();
+    if (value === undefined || value === 'false') return { canary: false };
+    if (value === 'true') return { canary: true };
+    return { canary: false, note: `instance tag ${tag}: must be "true" or "false", not ${JSON.stringify(value)}; not a canary` };
   }
 
   /**

@@ -276,17 +276,17 @@ const DEFAULT_MESSAGE: Readonly<Record<string, string>> = {
 const AUTHORIZATION =
   /^AWS4-HMAC-SHA256 Credential=[^/\s,]+\/\d{8}\/[a-z0-9-]+\/autoscaling\/aws4_request, ?SignedHeaders=[a-z0-9;-]+, ?Signature=[0-9a-f]{64}$/;
 
-function escapeXml(text: string): string {
+export function escapeXml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => `&${{ '&': 'amp', '<': 'lt', '>': 'gt', '"': 'quot', "'": 'apos' }[c]};`);
 }
 
-type XmlValue = string | number | boolean | undefined | XmlNode | readonly XmlNode[] | readonly string[];
-interface XmlNode {
+export type XmlValue = string | number | boolean | undefined | XmlNode | readonly XmlNode[] | readonly string[];
+export interface XmlNode {
   readonly [name: string]: XmlValue;
 }
 
 /** Members in insertion order; arrays become `<member>` lists; undefined members are left out. */
-function toXml(node: XmlNode): string {
+export function toXml(node: XmlNode): string {
   let out = '';
   for (const [name, value] of Object.entries(node)) {
     if (value === undefined) continue;

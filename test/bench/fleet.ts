@@ -43,7 +43,7 @@ interface Totals {
  * Nothing real in flight: no file request in the libuv pool, no real timer (the SDK's retry waits
  * 0 ms for real; see fleet/ssm.ts). The simulation waits for these before time moves.
  */
-function noFileIo(): boolean {
+export function noFileIo(): boolean {
   return !process.getActiveResourcesInfo().some((r) => r.startsWith('FSReq') || r === 'Timeout');
 }
 

@@ -1,139 +1,229 @@
-// A progressive rollout over a few sandbox daemons sharing one SSM, in real time: a bad push (how
-// much of the fleet it touches, and whether every touched instance ends on stable) and a good push
-// (how long it takes beside the strategy's own duration, and whether an instance launched
-// mid-rollout gets stable). The 10,000-instance figures belong to the fleet simulation; this one
-// runs the real agent, stand-in rebuilds included.
+// `npm run bench -- rollout [--instances N] [--step PCT] [--interval-seconds S] [--bake-seconds B]`:
+// a progressive rollout over the fleet simulation (fleet/instance.ts: N instances of the real agent,
+// its sources, Scheduler and reconcile, on one simulated clock, sharing one account's 40 SSM
+// reads/s), at the agent's default settings (a 600 s poll with full jitter).
+//
+// The run, in simulated time:
+//   launch     the fleet converges to the stable desired state under /nixos/fleet;
+//   bad push   a candidate whose build fails, linear STEP % every S s: how many instances ever
+//              tried it (the blast radius, beside the first step), and whether every one of them
+//              ends on stable once the fleet sees the halt; time runs on to when the strategy would
+//              have covered the whole fleet, so a later cohort taking it would count;
+//   abandon    the operator deletes the rollout;
+//   good push  a candidate that builds, same strategy with a bake of B s: when the whole fleet runs
+//              it and the schedule has ended (complete), beside the strategy's own time; an instance
+//              launched halfway, in the last cohort, must converge first to stable.
+import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { cohortPosition, type RolloutStatus } from '../../agent/rollout/plan.js';
-import { candidateIdOf } from '../../agent/rollout/spec.js';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ConfigSchema } from '../../agent/config.js';
+import { silentLogger } from '../../agent/log.js';
+import type { PassResult } from '../../agent/reconcile.js';
+import { cohortPosition, scheduleOf } from '../../agent/rollout/plan.js';
+import { candidateIdOf, Strategy } from '../../agent/rollout/spec.js';
+import type { Status } from '../../agent/status.js';
+import { VirtualClock } from '../../sandbox/clock.js';
+import { defaultInstance } from '../../sandbox/emulators/imds.js';
 import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
-import { Instance, LiveLog, markerModule, type Running, type StatusJson } from '../support/e2e.js';
-import { intFlag, parseBenchArgs, ratio, round, type BenchResult, type Print } from './common.js';
+import { prng } from '../support/prng.js';
+import { BenchUsageError, intFlag, parseBenchArgs, ratio, round, type BenchResult, type Print } from './common.js';
+import { noFileIo } from './fleet.js';
+import { createInstance, type InstanceOptions, type SimInstance } from './fleet/instance.js';
 
-type Status = StatusJson & { rollout?: RolloutStatus[] };
-
+const READS_PER_SECOND = 40;
+const HOUR_MS = 3_600_000;
 const FLEET = '/nixos/fleet';
-const TZ = `${FLEET}/options/time.timeZone`;
-const BAD = `${FLEET}/rollout/candidate/modules/bad`;
-const GOOD = `${FLEET}/rollout/candidate/options/time.timeZone`;
 const REVISION = `${FLEET}/revision`;
-
-interface Daemon {
-  readonly id: string;
-  readonly inst: Instance;
-  readonly run: Running;
-  readonly log: LiveLog;
-}
+const ROLLOUT = `${FLEET}/rollout/`;
+const BAD = `${ROLLOUT}candidate/options/bench.broken`;
+const GOOD = `${ROLLOUT}candidate/options/bench.release`;
 
 export async function run(args: readonly string[], print: Print): Promise<BenchResult> {
-  const flags = parseBenchArgs('rollout', args, { instances: { type: 'string' }, step: { type: 'string' }, 'interval-seconds': { type: 'string' } });
-  const quick = Boolean(flags.quick);
-  const n = intFlag('instances', flags.instances, quick ? 2 : 6);
-  const step = intFlag('step', flags.step, quick ? 50 : 25);
-  const intervalSeconds = intFlag('interval-seconds', flags['interval-seconds'], quick ? 5 : 10);
-  const bakeSeconds = intervalSeconds;
-  const badId = candidateIdOf([{ name: BAD, version: 1 } as never]);
-  const goodId = candidateIdOf([{ name: GOOD, version: 1 } as never]);
-  // The first instance is in the bad push's first cohort (so the push is caught); the scale-out
-  // is not in the good push's first cohort (so taking stable is the rule at work, not luck).
-  const ids = pickIds(n, (id, i) => (i === 0 ? cohortPosition(id, badId) < step / 100 : true));
-  const [scaleOutId] = pickIds(1, (id) => !ids.includes(id) && cohortPosition(id, goodId) >= Math.min(0.99, 1 - step / 100));
-  const ssm = await SsmEmulator.start({ region: 'us-east-1', throughput: null });
-  ssm.put({ Name: TZ, Value: '"UTC"', Type: 'String' });
-  ssm.put({ Name: REVISION, Value: '0', Type: 'String' });
-  const daemons: Daemon[] = [];
-  const bump = (value: string) => ssm.put({ Name: REVISION, Value: value, Type: 'String', Overwrite: true });
-  const strategy = (startAt: number, interval: number) =>
-    ssm.put({ Name: `${FLEET}/rollout/strategy`, Value: JSON.stringify({ type: 'linear', stepPercent: step, intervalSeconds: interval, bakeSeconds, errorThreshold: 1, startAt: new Date(startAt).toISOString() }), Type: 'String', Overwrite: true });
+  const flags = parseBenchArgs('rollout', args, {
+    instances: { type: 'string' },
+    step: { type: 'string' },
+    'interval-seconds': { type: 'string' },
+    'bake-seconds': { type: 'string' },
+    'rebuild-ms': { type: 'string' },
+    seed: { type: 'string' },
+  });
+  const quick = flags.quick === true;
+  const n = intFlag('instances', flags.instances, quick ? 24 : 500);
+  const step = intFlag('step', flags.step, 25);
+  const intervalSeconds = intFlag('interval-seconds', flags['interval-seconds'], 1_800);
+  const bakeSeconds = intFlag('bake-seconds', flags['bake-seconds'], 1_800);
+  const rebuildMs = intFlag('rebuild-ms', flags['rebuild-ms'], 30_000);
+  const seed = intFlag('seed', flags.seed, 1);
+  if (n > 20_000) throw new BenchUsageError('--instances: at most 20000 in one process');
+  if (step < 1 || step > 100) throw new BenchUsageError('--step: a percentage from 1 to 100');
+  const random = prng(seed);
+  const pollMs = ConfigSchema.parse({}).ssm.pollIntervalSeconds * 1000;
+
+  const log = silentLogger();
+  const wallStart = performance.now();
+  const wall = () => `${round((performance.now() - wallStart) / 1000)} s real`;
+  const clock = new VirtualClock(Date.now());
+  const ssm = await SsmEmulator.start({ clock, throughput: { readsPerSecond: READS_PER_SECOND, burst: READS_PER_SECOND } });
+  const under = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'rollout-bench-'));
+  const instances: SimInstance[] = [];
+  const running: Promise<void>[] = [];
   try {
-    print(`rollout: ${n} sandbox daemon(s), linear ${step}% every ${intervalSeconds} s, bake ${bakeSeconds} s, threshold 1`);
-    for (const id of ids) daemons.push(await start(id, ssm.url));
-    const stable = new Map<string, string>();
-    for (const d of daemons) stable.set(d.id, (await settled(d, () => true)).running?.storePath ?? '');
+    let revision = 0;
+    const bump = () => ssm.put({ Name: REVISION, Type: 'String', Value: String(++revision), Overwrite: true });
+    ssm.put({ Name: `${FLEET}/options/time.timeZone`, Type: 'String', Value: '"UTC"' });
+    bump();
+    const strategyFor = (startMs: number): Strategy =>
+      Strategy.parse({ type: 'linear', stepPercent: step, intervalSeconds, bakeSeconds, errorThreshold: 1, startAt: new Date(startMs).toISOString() });
+    const publish = (name: string, value: string, strategy: Strategy) => {
+      const { Version } = ssm.put({ Name: name, Type: 'String', Value: JSON.stringify(value) });
+      ssm.put({ Name: `${ROLLOUT}strategy`, Type: 'String', Value: JSON.stringify(strategy), Overwrite: true });
+      bump();
+      return candidateIdOf([{ name, version: Version } as never]);
+    };
 
-    // A bad push: the first cohort fails health verification; nobody else may take it.
-    const builds = new Map(daemons.map((d) => [d.id, d.log.builds().length]));
-    ssm.put({ Name: BAD, Value: markerModule('sandbox-fail-unit'), Type: 'String' });
-    strategy(Date.now(), 3600);
-    bump('bad');
-    const halted = await Promise.all(daemons.map((d) => settled(d, (s) => s.rollout?.[0]?.state === 'halted')));
-    const touched = daemons.filter((d) => d.log.builds().length > (builds.get(d.id) ?? 0));
-    const endedOnStable = touched.every((d) => halted[daemons.indexOf(d)]?.running?.storePath === stable.get(d.id));
-    print(`rollout: bad push touched ${touched.length} of ${n} (${touched.map((d) => d.id).join(' ')}); on stable after the halt: ${endedOnStable}`);
-    for (const name of ssm.names().filter((x) => x.startsWith(`${FLEET}/rollout/`))) ssm.delete(name);
-    bump('abandoned');
-    await Promise.all(daemons.map((d) => settled(d, (s) => s.rollout === undefined)));
+    // Who ever started a build of the bad candidate: configuration.nix names the parameters it is made of.
+    const touched = new Set<string>();
+    const firstConverged = new Map<string, { at: number; onCandidate: boolean; hash: string | undefined }>();
+    const onPass = (instance: SimInstance, _reason: string, result: PassResult) => {
+      if (result.outcome === 'converged' && !firstConverged.has(instance.id)) {
+        firstConverged.set(instance.id, { at: clock.now(), onCandidate: onCandidate(instance.agent.reconciler.status), hash: result.desiredHash });
+      }
+    };
+    const options = (i: number): InstanceOptions => {
+      const instanceId = `i-${(0x100000000000000n + BigInt(i)).toString(16).slice(-17)}`;
+      return {
+        clock,
+        ssm,
+        under,
+        imds: defaultInstance({ instanceId, privateIp: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, tags: {}, tagsInMetadata: false }),
+        rebuildMs,
+        random,
+        onPass,
+        log,
+        failBuild: (configuration) => {
+          if (!configuration.includes(`${BAD}@`)) return false;
+          touched.add(instanceId);
+          return true;
+        },
+      };
+    };
+    for (let i = 0; i < n; i += 100) {
+      instances.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => createInstance(options(i + k))))));
+    }
+    const runFor = (ms: number, done?: () => boolean) => clock.run(clock.now() + ms, { resolutionMs: 50, idle: noFileIo, ...(done ? { done } : {}) });
+    const runUntil = (at: number, done?: () => boolean) => runFor(Math.max(0, at - clock.now()), done);
+    const status = (i: SimInstance) => i.agent.reconciler.status;
+    const rolloutState = (i: SimInstance) => status(i).rollout?.[0]?.state;
+    const settled = (i: SimInstance) => status(i).phase === 'idle';
 
-    // A good push, in real time, with an instance launched while it runs.
-    ssm.put({ Name: GOOD, Value: '"Europe/Paris"', Type: 'String' });
-    const startedAt = Date.now();
-    strategy(startedAt, intervalSeconds);
-    bump('good');
-    const scaleOut = await start(scaleOutId ?? 'i-0', ssm.url);
-    const firstPass = await settled(scaleOut, () => true);
-    const scaleOutGotStable = !onCandidate(firstPass);
-    daemons.push(scaleOut);
-    await Promise.all(daemons.map((d) => settled(d, (s) => onCandidate(s) && s.rollout?.[0]?.state === 'complete')));
-    const completedMs = Date.now() - startedAt;
-    const strategyMs = ((Math.ceil(100 / step) - 1) * intervalSeconds + bakeSeconds) * 1000;
-    print(`rollout: good push complete on all ${daemons.length} after ${round(completedMs / 1000)} s (strategy: ${strategyMs / 1000} s); scale-out got stable: ${scaleOutGotStable}`);
+    // ---- launch ----
+    const t0 = clock.now();
+    for (const instance of instances) running.push(clock.sleep(random() * pollMs).then(() => instance.run()));
+    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= pollMs && instances.every((i) => i.runningHash !== undefined));
+    const stable = new Map(instances.map((i) => [i.id, i.runningHash]));
+    const strategy = strategyFor(clock.now());
+    const stepsOf = scheduleOf(strategy).steps;
+    print(`rollout: ${n} instances of the real agent on one simulated clock, ${READS_PER_SECOND} SSM reads/s account-wide, stand-in rebuild ${rebuildMs / 1000} s`);
+    print(`  strategy: linear ${step}% every ${intervalSeconds} s (${stepsOf} steps), bake ${bakeSeconds} s, threshold 1; agent defaults (poll ${pollMs / 1000} s, full jitter)`);
+    print(`  launch: ${[...stable.values()].filter(Boolean).length}/${n} converged to stable after ${round((clock.now() - t0) / 1000)} s simulated (${wall()})`);
+
+    // ---- bad push ----
+    const bad = strategyFor(clock.now());
+    const badSchedule = scheduleOf(bad);
+    const badId = publish(BAD, 'broken', bad);
+    const inFirstStep = instances.filter((i) => cohortPosition(i.id, badId) < step / 100).length;
+    let haltSeenAt: number | undefined;
+    await runFor(6 * HOUR_MS, () => {
+      const done = instances.every((i) => rolloutState(i) === 'halted' && settled(i));
+      if (done) haltSeenAt ??= clock.now();
+      return done;
+    });
+    const failureRecords = ssm.names().filter((x) => x.startsWith(`${ROLLOUT}failures/`)).length;
+    // On to when the strategy would have reached the whole fleet: no later cohort may take it.
+    await runUntil(badSchedule.fullMs + pollMs);
+    const touchedInstances = instances.filter((i) => touched.has(i.id));
+    const endedOnStable = touchedInstances.every((i) => i.runningHash === stable.get(i.id) && !onCandidate(status(i)));
+    const blastRadius = touched.size / n;
+    print(
+      `  bad push: ${touched.size} of ${n} instances tried the candidate (${round(100 * blastRadius)}%; first step ${step}%, ${inFirstStep} instances in it); ` +
+        `${failureRecords} failure record(s) written; the whole fleet saw the halt ${round(((haltSeenAt ?? NaN) - badSchedule.startMs) / 1000)} s after the push; ` +
+        `every touched instance on stable: ${endedOnStable} (${wall()})`,
+    );
+
+    // ---- abandon ----
+    for (const name of ssm.names().filter((x) => x.startsWith(ROLLOUT))) ssm.delete(name);
+    bump();
+    await runFor(6 * HOUR_MS, () => instances.every((i) => !status(i).rollout?.length && settled(i)));
+
+    // ---- good push, and a scale-out halfway through it ----
+    const good = strategyFor(clock.now());
+    const goodSchedule = scheduleOf(good);
+    const strategyMs = goodSchedule.completeMs - goodSchedule.startMs;
+    const goodId = publish(GOOD, 'good', good);
+    // In the last cohort, so taking stable at launch is the rule at work, not luck.
+    let k = n;
+    while (cohortPosition(options(k).imds.instanceId, goodId) < 1 - step / 100) k++;
+    const scaleOut = await createInstance(options(k));
+    const scaleOutAt = goodSchedule.startMs + Math.floor(stepsOf / 2) * intervalSeconds * 1000 + intervalSeconds * 500;
+    running.push(clock.sleep(scaleOutAt - clock.now()).then(() => scaleOut.run()));
+    instances.push(scaleOut);
+    const onCandidateAt = new Map<SimInstance, number>();
+    let reportedAt: number | undefined;
+    await runFor(goodSchedule.completeMs - clock.now() + 6 * HOUR_MS, () => {
+      for (const i of instances) if (!onCandidateAt.has(i) && settled(i) && i.runningHash !== undefined && onCandidate(status(i)) && i.runningHash === status(i).desired?.hash) onCandidateAt.set(i, clock.now());
+      const done = onCandidateAt.size === instances.length && instances.every((i) => rolloutState(i) === 'complete');
+      if (done) reportedAt ??= clock.now();
+      return done;
+    });
+    const allOn = onCandidateAt.size === instances.length;
+    const lastOn = Math.max(...onCandidateAt.values());
+    const completedMs = Math.max(goodSchedule.completeMs, lastOn) - goodSchedule.startMs;
+    const halted = instances.some((i) => rolloutState(i) === 'halted');
+    const completed = allOn && !halted && completedMs <= strategyMs + pollMs;
+    const scaleOutFirst = firstConverged.get(scaleOut.id);
+    const scaleOutGotStable = scaleOutFirst !== undefined && !scaleOutFirst.onCandidate && scaleOutFirst.hash === stable.get(instances[0]?.id ?? '');
+    print(
+      `  good push: ${onCandidateAt.size}/${instances.length} on the candidate, the last ${round((lastOn - goodSchedule.startMs) / 1000)} s after the start; ` +
+        `complete after ${round(completedMs / 1000)} s (strategy ${strategyMs / 1000} s, + one poll ${pollMs / 1000} s allowed); ` +
+        `every instance reported complete after ${round(((reportedAt ?? NaN) - goodSchedule.startMs) / 1000)} s (${wall()})`,
+    );
+    print(
+      `  scale-out: ${scaleOut.id} (cohort ${round(cohortPosition(scaleOut.id, goodId))}) launched ${round((scaleOutAt - goodSchedule.startMs) / 1000)} s in, ` +
+        `first converged to ${scaleOutFirst?.onCandidate ? 'the candidate' : 'stable'}; got stable: ${scaleOutGotStable}`,
+    );
+    const throttled = ssm.throttledCount;
+    print(`  simulated ${round((clock.now() - t0) / HOUR_MS)} h in ${wall()}, ${clock.steps} clock steps; ${throttled} SSM calls throttled`);
     return {
       name: 'rollout',
       figures: {
         instances: n,
-        blast_radius: round(touched.length / n),
         first_step: step / 100,
-        good_push_completed: 1,
+        blast_radius: round(blastRadius),
+        touched: touched.size,
+        first_step_instances: inFirstStep,
+        failure_records: failureRecords,
+        halt_seen_s: ((haltSeenAt ?? NaN) - badSchedule.startMs) / 1000,
+        touched_ended_on_stable: touched.size > 0 && endedOnStable ? 1 : 0,
+        good_push_completed: completed ? 1 : 0,
         good_push_ms: completedMs,
         strategy_ms: strategyMs,
         good_push_over_strategy: ratio(completedMs, strategyMs),
-        touched_ended_on_stable: touched.length > 0 && endedOnStable ? 1 : 0,
+        good_push_reported_s: ((reportedAt ?? NaN) - goodSchedule.startMs) / 1000,
+        good_push_reported_over_strategy: ratio((reportedAt ?? NaN) - goodSchedule.startMs, strategyMs),
         scaleout_got_stable: scaleOutGotStable ? 1 : 0,
+        poll_interval_s: pollMs / 1000,
+        throttled,
       },
     };
   } finally {
-    for (const d of daemons) {
-      if (d.run.child.exitCode === null && d.run.child.signalCode === null) d.run.child.kill('SIGKILL');
-      await d.run.done.catch(() => undefined);
-      await d.inst.close();
-    }
+    for (const i of instances) i.stop();
+    let ended = false;
+    void Promise.allSettled(running).then(() => (ended = true));
+    await clock.run(clock.now() + 6 * HOUR_MS, { idle: noFileIo, done: () => ended });
     await ssm.close();
+    await rm(under, { recursive: true, force: true });
   }
 }
 
-function pickIds(count: number, accept: (id: string, index: number) => boolean): string[] {
-  const out: string[] = [];
-  for (let n = 0; out.length < count && n < 10_000_000; n++) {
-    const id = `i-${n.toString(16).padStart(17, '0')}`;
-    if (accept(id, out.length)) out.push(id);
-  }
-  return out;
-}
-
-async function start(id: string, ssmUrl: string): Promise<Daemon> {
-  const inst = await Instance.launch({ instance: { instanceId: id }, config: { ssm: { pollIntervalSeconds: 0.5, pollJitter: 0 }, http: { listen: null } } });
-  const run = inst.start(['run'], { AWS_ENDPOINT_URL_SSM: ssmUrl });
-  return { id, inst, run, log: new LiveLog(run) };
-}
-
-const onCandidate = (s: Status) => s.desired?.sources.parameters.some((p) => p.name.includes('/rollout/candidate/')) ?? false;
-
-/** The daemon's status once it rests converged (or degraded: back on a good generation) and `check` holds. */
-async function settled(d: Daemon, check: (s: Status) => boolean, timeoutMs = 180_000): Promise<Status> {
-  const file = d.inst.file('run/nixos-ec2-agent/status.json');
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (d.run.child.exitCode !== null) throw new Error(`the daemon of ${d.id} exited ${d.run.child.exitCode}`);
-    if (existsSync(file)) {
-      try {
-        const s = JSON.parse(await readFile(file, 'utf8')) as Status;
-        if (s.firstConvergenceDone && s.phase === 'idle' && s.condition === 'converged' && check(s)) return s;
-      } catch {
-        // Read while being replaced: the next look sees the whole file.
-      }
-    }
-    if (Date.now() > deadline) throw new Error(`${d.id} did not settle within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
+const onCandidate = (s: Status) => s.desired?.sources.parameters.some((p) => p.name.startsWith(`${ROLLOUT}candidate/`)) ?? false;

@@ -32,7 +32,7 @@ export const BENCHMARKS: Readonly<Record<string, BenchEntry>> = {
   },
   rollout: {
     module: './rollout.js',
-    summary: "progressive rollout over sandbox daemons: a bad push's blast radius, a good push's time beside its strategy, a scale-out mid-rollout",
+    summary: "progressive rollout over the fleet simulation (--instances N): a bad push's blast radius beside the first step, a good push's time beside its strategy, a scale-out mid-rollout",
     baselines: { blast_radius: 'first_step', good_push_ms: 'strategy_ms' },
   },
   closure: {

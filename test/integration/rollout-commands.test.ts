@@ -84,6 +84,9 @@ describe('rollout commands', () => {
     assert.doesNotMatch(bad.stderr, /^\s+at /m, 'no stack trace');
     const step = await agent('start', '--step', 'ten');
     assert.match(step.stderr, /--step: "ten" is not a number/);
+    const alarms = await agent('start', '--alarms', 'web-5xx,');
+    assert.equal(alarms.code, 2);
+    assert.match(alarms.stderr, /--alarms: /);
     const verb = await agent('launch');
     assert.equal(verb.code, 2);
     assert.match(verb.stderr, /expected one of start\|status\|halt\|resume\|abandon\|promote, got launch/);
@@ -93,12 +96,13 @@ describe('rollout commands', () => {
   it('start, status, halt, resume, abandon', async () => {
     ssm.put({ Name: `${FLEET}/rollout/candidate/options/services.demo.version`, Value: '"2"', Type: 'String' });
     ssm.put({ Name: `${FLEET}/rollout/failures/i-old`, Value: JSON.stringify({ candidate: 'older', stage: 'build', reason: 'x', at: '' }), Type: 'String' });
-    const start = await agent('start', '--step', '25', '--interval', '600', '--bake', '60', '--threshold', '2');
+    const start = await agent('start', '--step', '25', '--interval', '600', '--bake', '60', '--threshold', '2', '--alarms', 'web-5xx,web-latency');
     assert.equal(start.code, 0, start.stderr);
     assert.match(start.stdout, /wrote \/nixos\/fleet\/rollout\/strategy/);
     assert.match(start.stdout, /wrote \/nixos\/fleet\/revision/);
     assert.match(start.stdout, /progressing at 25% \(step 1\/4, 0\/2 failures/);
     assert.equal(rollout()?.strategy?.stepPercent, 25);
+    assert.deepEqual(rollout()?.strategy?.alarms, ['web-5xx', 'web-latency']);
     assert.equal(ssm.get(`${FLEET}/rollout/failures/i-old`), undefined, 'a restart clears old records');
 
     // Two instances report failures (as the agent's reporter writes them).

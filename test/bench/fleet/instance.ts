@@ -12,6 +12,7 @@ import { parseConfig, type Config, type ConfigInput } from '../../../agent/confi
 import { silentLogger, type Logger } from '../../../agent/log.js';
 import type { Clock, RunRequest, RunResult, Runner } from '../../../agent/ports.js';
 import type { PassResult } from '../../../agent/reconcile.js';
+import { CONFIGURATION_NIX } from '../../../agent/render/render.js';
 import { Scheduler } from '../../../agent/schedule.js';
 import type { ImdsInstance } from '../../../sandbox/emulators/imds.js';
 import type { SsmEmulator } from '../../../sandbox/emulators/ssm.js';
@@ -33,6 +34,11 @@ export interface InstanceOptions {
   readonly onPass?: (instance: SimInstance, reason: string, result: PassResult) => void;
   /** Shared by the fleet: a logger per instance would cost memory and say nothing. */
   readonly log?: Logger;
+  /**
+   * The stand-in `nixos-rebuild build` fails (exit 1) when this holds for the configuration.nix it
+   * builds: how a benchmark makes a pushed desired state a bad one. Absent: every build succeeds.
+   */
+  readonly failBuild?: (configuration: string) => boolean;
 }
 
 export interface SimInstance {
@@ -61,6 +67,7 @@ class StandInRunner implements Runner {
     private readonly machine: FakeMachine,
     private readonly clock: Clock,
     private readonly rebuildMs: number,
+    private readonly failBuild?: (configuration: string) => boolean,
   ) {}
 
   async run(request: RunRequest): Promise<RunResult> {
@@ -75,6 +82,7 @@ class StandInRunner implements Runner {
       } catch {
         return { ...ok(), code: null, signal: 'SIGTERM', aborted: true };
       }
+      if (this.failBuild?.((await this.machine.fs.readText(CONFIGURATION_NIX)) ?? '')) return { ...ok(), code: 1, stderr: 'error: builder failed', tail: ['error: builder failed'] };
       await this.machine.fs.symlinkAtomic(await r.build(), `${BUILD_DIR}/result`);
       return ok();
     }
@@ -120,7 +128,7 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
   const agent = await createAgent(config, log, { clock, runner, imds, ssm: async () => parts, autoscaling: new SimulatedAutoScaling(FLEET_GROUP), env: {} });
   const machine = new FakeMachine(agent.fs);
   await machine.install();
-  standIn = new StandInRunner(machine, clock, options.rebuildMs);
+  standIn = new StandInRunner(machine, clock, options.rebuildMs, options.failBuild);
   const reconciler = agent.reconciler;
   await reconciler.start();
 

@@ -2,7 +2,7 @@
 // adaptive retry strategy, error parsing) against the real SSM emulator's request handler, called
 // in-process rather than over a loopback socket (ten thousand clients × an hour of calls would
 // spend the run in the kernel), with the SDK's own waits moved onto the simulated clock.
-import { GetParametersByPathCommand, GetParametersCommand, SSMClient } from '@aws-sdk/client-ssm';
+import { GetParametersByPathCommand, GetParametersCommand, PutParameterCommand, SSMClient } from '@aws-sdk/client-ssm';
 import { AdaptiveRetryStrategy, DefaultRateLimiter, StandardRetryStrategy } from '@smithy/core/retry';
 import { HttpResponse, type HttpRequest } from '@smithy/core/protocols';
 import type { RetryErrorInfo, RetryStrategyV2, StandardRetryToken } from '@smithy/types';
@@ -134,5 +134,6 @@ export function simulatedSsm(options: { emulator: SsmEmulator; clock: Clock; reg
   return {
     source: SsmSource.fromClient(client, GetParametersByPathCommand),
     getParameters: (input) => client.send(new GetParametersCommand(input)),
+    putParameter: (input) => client.send(new PutParameterCommand(input)),
   };
 }

@@ -1,0 +1,425 @@
+// CloudWatch metric alarms on loopback, over both wire protocols CloudWatch answers: awsQuery
+// (form-encoded `Action=…&Version=2010-08-01` in, namespaced XML out: what the AWS CLI v2 and older
+// botocore send) and awsJson1_0 with AWS query compatibility (`X-Amz-Target:
+// GraniteServiceVersion20100801.<Op>`, JSON in and out, the query error code in
+// `x-amzn-query-error`: what the SDK v3 client sends). It holds what an operator does with alarms
+// and what an agent reads: PutMetricAlarm, DescribeAlarms, SetAlarmState, DeleteAlarms. An alarm is
+// created in INSUFFICIENT_DATA and changes state only by SetAlarmState (no metrics are evaluated).
+import { randomUUID } from 'node:crypto';
+import type http from 'node:http';
+import { type Clock, systemClock } from '../../agent/ports.js';
+import { escapeXml, toXml, type XmlNode } from './autoscaling.js';
+import { type LoggedRequest, listen, readBody, type RunningServer } from './server.js';
+import { TokenBucket } from './token-bucket.js';
+
+export const CLOUDWATCH_XMLNS = 'http://monitoring.amazonaws.com/doc/2010-08-01/';
+export const CLOUDWATCH_API_VERSION = '2010-08-01';
+const TARGET_PREFIX = 'GraniteServiceVersion20100801';
+
+// Documented limits (DescribeAlarms, PutMetricAlarm, SetAlarmState).
+const MAX_ALARM_NAMES = 100;
+const MAX_RECORDS = 100;
+const DEFAULT_RECORDS = 50;
+const MAX_NAME = 255;
+const MAX_STATE_REASON = 1023;
+
+export type AlarmStateValue = 'OK' | 'ALARM' | 'INSUFFICIENT_DATA';
+const STATES: readonly string[] = ['OK', 'ALARM', 'INSUFFICIENT_DATA'];
+const COMPARISONS: readonly string[] = [
+  'GreaterThanOrEqualToThreshold',
+  'GreaterThanThreshold',
+  'LessThanThreshold',
+  'LessThanOrEqualToThreshold',
+  'LessThanLowerOrGreaterThanUpperThreshold',
+  'LessThanLowerThreshold',
+  'GreaterThanUpperThreshold',
+];
+
+export interface MetricAlarm {
+  readonly name: string;
+  readonly description?: string;
+  readonly metricName: string;
+  readonly namespace: string;
+  readonly statistic: string;
+  readonly dimensions: readonly { readonly name: string; readonly value: string }[];
+  readonly period: number;
+  readonly evaluationPeriods: number;
+  readonly threshold: number;
+  readonly comparisonOperator: string;
+  readonly actionsEnabled: boolean;
+  readonly treatMissingData?: string;
+  readonly configurationUpdatedAt: number;
+  state: AlarmStateValue;
+  stateReason: string;
+  stateReasonData?: string;
+  stateUpdatedAt: number;
+}
+
+export interface CloudWatchEmulatorOptions {
+  readonly clock?: Clock;
+  readonly region?: string;
+  readonly accountId?: string;
+  readonly host?: string;
+  readonly port?: number;
+  /** One account-wide bucket for DescribeAlarms, as AWS throttles it per account. Unlimited when absent. */
+  readonly describeThroughput?: { readonly ratePerSecond: number; readonly burst?: number };
+}
+
+class CloudWatchError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status = 400,
+    readonly fault: 'Sender' | 'Receiver' = status >= 500 ? 'Receiver' : 'Sender',
+  ) {
+    super(message);
+  }
+}
+
+/** The JSON protocol names an error by its model shape; the query protocol by its code. */
+const SHAPE: Readonly<Record<string, string>> = {
+  InvalidParameterValue: 'InvalidParameterValueException',
+  InvalidParameterCombination: 'InvalidParameterCombinationException',
+  MissingParameter: 'MissingRequiredParameterException',
+  ResourceNotFound: 'ResourceNotFound',
+  InvalidNextToken: 'InvalidNextToken',
+  InvalidFormat: 'InvalidFormatFault',
+};
+
+// SigV4 as every SDK and the CLI send it (CloudWatch signs as `monitoring`); the signature itself is not checked.
+const AUTHORIZATION =
+  /^AWS4-HMAC-SHA256 Credential=[^/\s,]+\/\d{8}\/[a-z0-9-]+\/monitoring\/aws4_request, ?SignedHeaders=[a-z0-9;-]+, ?Signature=[0-9a-f]{64}$/;
+
+/** One request's parameters, whichever protocol carried them. */
+interface Input {
+  str(name: string): string | undefined;
+  list(name: string): string[];
+  dimensions(): { name: string; value: string }[];
+}
+
+function queryInput(params: URLSearchParams): Input {
+  const members = (name: string) => {
+    const out: string[] = [];
+    for (let i = 1; params.has(`${name}.member.${i}`); i++) out.push(params.get(`${name}.member.${i}`) ?? '');
+    return out;
+  };
+  return {
+    str: (name) => params.get(name) ?? undefined,
+    list: members,
+    dimensions: () => {
+      const out: { name: string; value: string }[] = [];
+      for (let i = 1; params.has(`Dimensions.member.${i}.Name`); i++) out.push({ name: params.get(`Dimensions.member.${i}.Name`) ?? '', value: params.get(`Dimensions.member.${i}.Value`) ?? '' });
+      return out;
+    },
+  };
+}
+
+function jsonInput(body: Record<string, unknown>): Input {
+  return {
+    str: (name) => {
+      const v = body[name];
+      return v === undefined || v === null ? undefined : typeof v === 'string' ? v : String(v);
+    },
+    list: (name) => {
+      const v = body[name];
+      if (v === undefined || v === null) return [];
+      if (!Array.isArray(v)) throw new CloudWatchError('InvalidParameterValue', `${name} must be a list`);
+      return v.map(String);
+    },
+    dimensions: () => {
+      const v = body.Dimensions;
+      if (!Array.isArray(v)) return [];
+      return v.map((d: { Name?: unknown; Value?: unknown }) => ({ name: String(d.Name ?? ''), value: String(d.Value ?? '') }));
+    },
+  };
+}
+
+/** Timestamps: ISO 8601 in XML, epoch seconds in JSON. */
+type Out = string | number | boolean | Date | undefined | Out[] | { [k: string]: Out };
+
+function toXmlValue(v: Out): XmlNode[string] {
+  if (v instanceof Date) return v.toISOString();
+  if (Array.isArray(v)) return v.map((x) => toXmlValue(x)) as readonly XmlNode[];
+  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toXmlValue(x)])) as XmlNode;
+  return v;
+}
+
+function toJsonValue(v: Out): unknown {
+  if (v instanceof Date) return v.getTime() / 1000;
+  if (Array.isArray(v)) return v.map(toJsonValue);
+  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== undefined).map(([k, x]) => [k, toJsonValue(x)]));
+  return v;
+}
+
+export class CloudWatchEmulator {
+  readonly requests: (LoggedRequest & { readonly errorCode?: string })[] = [];
+  private readonly alarms = new Map<string, MetricAlarm>();
+  private readonly calls = new Map<string, number>();
+  private readonly bucket: TokenBucket | undefined;
+  private readonly region: string;
+  private readonly accountId: string;
+
+  private constructor(
+    private readonly server: RunningServer,
+    private readonly clock: Clock,
+    options: CloudWatchEmulatorOptions,
+  ) {
+    this.region = options.region ?? 'us-east-1';
+    this.accountId = options.accountId ?? '123456789012';
+    this.bucket = options.describeThroughput ? new TokenBucket({ ...options.describeThroughput, clock }) : undefined;
+  }
+
+  static async start(options: CloudWatchEmulatorOptions = {}): Promise<CloudWatchEmulator> {
+    const clock = options.clock ?? systemClock;
+    let self: CloudWatchEmulator | undefined;
+    const server = await listen((req, res) => void self?.handle(req, res), { ...(options.host ? { host: options.host } : {}), ...(options.port ? { port: options.port } : {}) });
+    self = new CloudWatchEmulator(server, clock, options);
+    return self;
+  }
+
+  get url(): string {
+    return this.server.url;
+  }
+
+  close(): Promise<void> {
+    return this.server.close();
+  }
+
+  /** An alarm as `put-metric-alarm` makes it, for a test's setup. */
+  putAlarm(name: string, over: Partial<Omit<MetricAlarm, 'name'>> = {}): MetricAlarm {
+    const now = this.clock.now();
+    const alarm: MetricAlarm = {
+      name,
+      metricName: 'HTTPCode_Target_5XX_Count',
+      namespace: 'AWS/ApplicationELB',
+      statistic: 'Sum',
+      dimensions: [],
+      period: 60,
+      evaluationPeriods: 1,
+      threshold: 1,
+      comparisonOperator: 'GreaterThanOrEqualToThreshold',
+      actionsEnabled: true,
+      configurationUpdatedAt: now,
+      state: 'INSUFFICIENT_DATA',
+      stateReason: 'Unchecked: Initial alarm creation',
+      stateUpdatedAt: now,
+      ...over,
+    };
+    this.alarms.set(name, alarm);
+    return alarm;
+  }
+
+  /** What `set-alarm-state` does. */
+  setState(name: string, state: AlarmStateValue, reason: string): void {
+    const alarm = this.alarms.get(name);
+    if (!alarm) throw new CloudWatchError('ResourceNotFound', `Alarm ${name} not found`, 404);
+    if (alarm.state !== state) alarm.stateUpdatedAt = this.clock.now();
+    alarm.state = state;
+    alarm.stateReason = reason;
+  }
+
+  alarm(name: string): MetricAlarm | undefined {
+    return this.alarms.get(name);
+  }
+
+  callCounts(): Record<string, number> {
+    return Object.fromEntries(this.calls);
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const requestId = randomUUID();
+    const path = req.url ?? '/';
+    const target = req.headers['x-amz-target'];
+    const json = typeof target === 'string';
+    let operation: string | undefined;
+    const answer = (status: number, body: string, contentType: string, extra: Record<string, string> = {}, errorCode?: string) => {
+      this.requests.push({ at: this.clock.now(), method: req.method ?? '', path, operation, status, ...(errorCode ? { errorCode } : {}) });
+      res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'x-amzn-requestid': requestId, ...extra });
+      res.end(body);
+    };
+    const fail = (err: CloudWatchError) => {
+      if (json) {
+        const shape = SHAPE[err.code] ?? err.code;
+        answer(err.status, JSON.stringify({ __type: `com.amazonaws.cloudwatch#${shape}`, message: err.message }), 'application/x-amz-json-1.0', { 'x-amzn-query-error': `${err.code};${err.fault}` }, err.code);
+      } else {
+        answer(
+          err.status,
+          `<ErrorResponse xmlns="${CLOUDWATCH_XMLNS}"><Error><Type>${err.fault}</Type><Code>${escapeXml(err.code)}</Code>` +
+            `<Message>${escapeXml(err.message)}</Message></Error><RequestId>${requestId}</RequestId></ErrorResponse>`,
+          'text/xml',
+          {},
+          err.code,
+        );
+      }
+    };
+    try {
+      if (req.method !== 'POST' && !(req.method === 'GET' && !json)) throw new CloudWatchError('InvalidAction', `The HTTP method ${req.method ?? ''} is not supported.`, 405);
+      const raw = (await readBody(req)).toString('utf8');
+      let input: Input;
+      if (json) {
+        const [prefix, op] = target.split('.', 2);
+        operation = op;
+        if (prefix !== TARGET_PREFIX || !op) throw new CloudWatchError('UnknownOperationException', `Unknown operation ${target}`);
+        let body: unknown;
+        try {
+          body = raw.trim() === '' ? {} : JSON.parse(raw);
+        } catch {
+          throw new CloudWatchError('SerializationException', 'Request body is not valid JSON');
+        }
+        if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new CloudWatchError('SerializationException', 'Request body must be a JSON object');
+        input = jsonInput(body as Record<string, unknown>);
+      } else {
+        const params = new URLSearchParams(new URL(path, 'http://localhost').search);
+        for (const [k, v] of new URLSearchParams(raw)) params.set(k, v);
+        operation = params.get('Action') ?? undefined;
+        if (!operation) throw new CloudWatchError('MissingAction', 'The request must contain the parameter Action');
+        const version = params.get('Version');
+        if (version !== CLOUDWATCH_API_VERSION) throw new CloudWatchError('InvalidAction', `Could not find operation ${operation} for version ${version ?? '(none)'}`);
+        input = queryInput(params);
+      }
+      const authorization = req.headers.authorization;
+      if (!authorization) throw new CloudWatchError('MissingAuthenticationToken', 'Request is missing Authentication Token', 403);
+      if (!AUTHORIZATION.test(authorization)) {
+        throw new CloudWatchError('IncompleteSignature', `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters for AWS4-HMAC-SHA256 with scope <date>/<region>/monitoring/aws4_request. Authorization=${authorization}`);
+      }
+      const op = operation as string;
+      const handler = Object.hasOwn(this.handlers, op) ? this.handlers[op] : undefined;
+      if (!handler) throw new CloudWatchError(json ? 'UnknownOperationException' : 'InvalidAction', `Could not find operation ${op} for version ${CLOUDWATCH_API_VERSION}`);
+      this.calls.set(op, (this.calls.get(op) ?? 0) + 1);
+      if (op === 'DescribeAlarms' && this.bucket && !this.bucket.tryTake()) throw new CloudWatchError('Throttling', 'Rate exceeded');
+      const result = handler(input);
+      if (json) {
+        answer(200, JSON.stringify(toJsonValue(result ?? {})), 'application/x-amz-json-1.0');
+      } else {
+        const inner = result === undefined ? '' : `<${operation}Result>${toXml(toXmlValue(result) as XmlNode)}</${operation}Result>`;
+        answer(200, `<${operation}Response xmlns="${CLOUDWATCH_XMLNS}">${inner}<ResponseMetadata><RequestId>${requestId}</RequestId></ResponseMetadata></${operation}Response>`, 'text/xml');
+      }
+    } catch (err) {
+      if (res.headersSent || res.destroyed) return;
+      fail(err instanceof CloudWatchError ? err : new CloudWatchError('InternalFailure', err instanceof Error ? err.message : String(err), 500));
+    }
+  }
+
+  private readonly handlers: Readonly<Record<string, (input: Input) => { [k: string]: Out } | undefined>> = {
+    DescribeAlarms: (input) => {
+      const names = input.list('AlarmNames');
+      const prefix = input.str('AlarmNamePrefix');
+      if (names.length > MAX_ALARM_NAMES) throw new CloudWatchError('InvalidParameterValue', `The collection AlarmNames must not have a size greater than ${MAX_ALARM_NAMES}.`);
+      if (names.length > 0 && prefix !== undefined) throw new CloudWatchError('InvalidParameterCombination', 'AlarmNamePrefix and AlarmNames cannot be specified together.');
+      const state = input.str('StateValue');
+      if (state !== undefined && !STATES.includes(state)) throw new CloudWatchError('InvalidParameterValue', `1 validation error detected: Value '${state}' at 'stateValue' failed to satisfy constraint: Member must satisfy enum value set: [${STATES.join(', ')}]`);
+      const maxRecords = Number(input.str('MaxRecords') ?? DEFAULT_RECORDS);
+      if (!Number.isInteger(maxRecords) || maxRecords < 1 || maxRecords > MAX_RECORDS) throw new CloudWatchError('InvalidParameterValue', `The parameter MaxRecords must be between 1 and ${MAX_RECORDS}.`);
+      const types = input.list('AlarmTypes');
+      // Without AlarmTypes only metric alarms are returned; this emulator holds no composite alarms.
+      const metric = types.length === 0 || types.includes('MetricAlarm');
+      const matching = metric
+        ? [...this.alarms.values()]
+            .filter((a) => (names.length === 0 || names.includes(a.name)) && (prefix === undefined || a.name.startsWith(prefix)) && (state === undefined || a.state === state))
+            .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+        : [];
+      const token = input.str('NextToken');
+      const start = token === undefined ? 0 : Number(Buffer.from(token, 'base64').toString('utf8'));
+      if (!Number.isInteger(start) || start < 0 || start > matching.length) throw new CloudWatchError('InvalidNextToken', 'The service couldn\'t process the NextToken.');
+      const page = matching.slice(start, start + maxRecords);
+      const next = start + maxRecords < matching.length ? Buffer.from(String(start + maxRecords)).toString('base64') : undefined;
+      return { MetricAlarms: page.map((a) => this.describe(a)), CompositeAlarms: [], NextToken: next };
+    },
+    PutMetricAlarm: (input) => {
+      const name = required(input, 'AlarmName');
+      if (name.length > MAX_NAME) throw new CloudWatchError('InvalidParameterValue', `AlarmName must be at most ${MAX_NAME} characters`);
+      const comparison = required(input, 'ComparisonOperator');
+      if (!COMPARISONS.includes(comparison)) throw new CloudWatchError('InvalidParameterValue', `Invalid ComparisonOperator ${comparison}`);
+      const evaluationPeriods = positiveInt(required(input, 'EvaluationPeriods'), 'EvaluationPeriods');
+      const previous = this.alarms.get(name);
+      const now = this.clock.now();
+      const description = input.str('AlarmDescription');
+      const treatMissingData = input.str('TreatMissingData');
+      this.alarms.set(name, {
+        name,
+        ...(description !== undefined ? { description } : {}),
+        metricName: required(input, 'MetricName'),
+        namespace: required(input, 'Namespace'),
+        statistic: input.str('Statistic') ?? input.str('ExtendedStatistic') ?? 'Average',
+        dimensions: input.dimensions(),
+        period: positiveInt(input.str('Period') ?? '60', 'Period'),
+        evaluationPeriods,
+        threshold: Number(required(input, 'Threshold')),
+        comparisonOperator: comparison,
+        actionsEnabled: input.str('ActionsEnabled') !== 'false',
+        ...(treatMissingData !== undefined ? { treatMissingData } : {}),
+        configurationUpdatedAt: now,
+        // An update keeps the alarm's state; a new alarm has not been evaluated yet.
+        state: previous?.state ?? 'INSUFFICIENT_DATA',
+        stateReason: previous?.stateReason ?? 'Unchecked: Initial alarm creation',
+        stateUpdatedAt: previous?.stateUpdatedAt ?? now,
+      });
+      return undefined;
+    },
+    SetAlarmState: (input) => {
+      const name = required(input, 'AlarmName');
+      const state = required(input, 'StateValue');
+      if (!STATES.includes(state)) throw new CloudWatchError('InvalidParameterValue', `1 validation error detected: Value '${state}' at 'stateValue' failed to satisfy constraint: Member must satisfy enum value set: [${STATES.join(', ')}]`);
+      const reason = required(input, 'StateReason');
+      if (reason.length > MAX_STATE_REASON) throw new CloudWatchError('InvalidParameterValue', `StateReason must be at most ${MAX_STATE_REASON} characters`);
+      const data = input.str('StateReasonData');
+      if (data !== undefined) {
+        try {
+          JSON.parse(data);
+        } catch {
+          throw new CloudWatchError('InvalidFormat', 'StateReasonData must be JSON');
+        }
+      }
+      this.setState(name, state as AlarmStateValue, reason);
+      const alarm = this.alarms.get(name);
+      if (alarm && data !== undefined) alarm.stateReasonData = data;
+      return undefined;
+    },
+    DeleteAlarms: (input) => {
+      const names = input.list('AlarmNames');
+      const missing = names.filter((n) => !this.alarms.has(n));
+      if (missing.length) throw new CloudWatchError('ResourceNotFound', `Alarm ${missing.join(', ')} not found`, 404);
+      for (const n of names) this.alarms.delete(n);
+      return undefined;
+    },
+  };
+
+  private describe(a: MetricAlarm): { [k: string]: Out } {
+    return {
+      AlarmName: a.name,
+      AlarmArn: `arn:aws:cloudwatch:${this.region}:${this.accountId}:alarm:${a.name}`,
+      AlarmDescription: a.description,
+      AlarmConfigurationUpdatedTimestamp: new Date(a.configurationUpdatedAt),
+      ActionsEnabled: a.actionsEnabled,
+      OKActions: [],
+      AlarmActions: [],
+      InsufficientDataActions: [],
+      StateValue: a.state,
+      StateReason: a.stateReason,
+      StateReasonData: a.stateReasonData,
+      StateUpdatedTimestamp: new Date(a.stateUpdatedAt),
+      MetricName: a.metricName,
+      Namespace: a.namespace,
+      Statistic: a.statistic,
+      Dimensions: a.dimensions.map((d) => ({ Name: d.name, Value: d.value })),
+      Period: a.period,
+      EvaluationPeriods: a.evaluationPeriods,
+      Threshold: a.threshold,
+      ComparisonOperator: a.comparisonOperator,
+      TreatMissingData: a.treatMissingData,
+      StateTransitionedTimestamp: new Date(a.stateUpdatedAt),
+    };
+  }
+}
+
+function required(input: Input, name: string): string {
+  const value = input.str(name);
+  if (value === undefined || value === '') throw new CloudWatchError('MissingParameter', `The parameter ${name} is required.`);
+  return value;
+}
+
+function positiveInt(text: string, name: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new CloudWatchError('InvalidParameterValue', `The parameter ${name} must be a positive integer.`);
+  return n;
+}

@@ -1,0 +1,128 @@
+// The CloudWatch alarms emulator over both of CloudWatch's wire protocols: the AWS CLI v2 (botocore's
+// awsQuery client), as an operator creates and flips an alarm, and the SDK v3 client (awsJson1_0,
+// query compatible), as the agent reads alarm states during a rollout.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { CloudWatchClient, DescribeAlarmsCommand, SetAlarmStateCommand } from '@aws-sdk/client-cloudwatch';
+import { CloudWatchEmulator } from '../../sandbox/emulators/cloudwatch.js';
+import { ManualClock } from '../support/clock.js';
+
+// The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
+const AWS = '/usr/bin/aws';
+const noCli = existsSync(AWS) ? false : `${AWS} (AWS CLI v2) is not installed`;
+
+describe('CloudWatch emulator', () => {
+  let emulator: CloudWatchEmulator;
+  let clock: ManualClock;
+  let home: string;
+  let sdk: CloudWatchClient;
+
+  before(async () => {
+    clock = new ManualClock(Date.UTC(2026, 0, 1));
+    emulator = await CloudWatchEmulator.start({ clock, region: 'eu-west-1' });
+    home = await mkdtemp(join(tmpdir(), 'cloudwatch-cli-'));
+    sdk = new CloudWatchClient({ region: 'eu-west-1', endpoint: emulator.url, credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' }, maxAttempts: 1 });
+  });
+  after(async () => {
+    sdk?.destroy();
+    await emulator?.close();
+    if (home) await rm(home, { recursive: true, force: true });
+  });
+
+  const aws = (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
+    new Promise((resolve) => {
+      execFile(
+        AWS,
+        ['--endpoint-url', emulator.url, '--output', 'json', 'cloudwatch', ...args],
+        {
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            HOME: home,
+            AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
+            AWS_SECRET_ACCESS_KEY: 'secret',
+            AWS_DEFAULT_REGION: 'eu-west-1',
+            AWS_EC2_METADATA_DISABLED: 'true',
+            AWS_PAGER: '',
+            AWS_CONFIG_FILE: join(home, 'config'),
+            AWS_SHARED_CREDENTIALS_FILE: join(home, 'credentials'),
+          },
+          timeout: 20_000,
+        },
+        (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, stdout, stderr }),
+      );
+    });
+
+  it('the CLI creates an alarm (INSUFFICIENT_DATA until evaluated), sets it to ALARM and reads it back', { skip: noCli }, async () => {
+    const put = await aws(
+      'put-metric-alarm', '--alarm-name', 'web-5xx', '--metric-name', 'HTTPCode_Target_5XX_Count', '--namespace', 'AWS/ApplicationELB',
+      '--statistic', 'Sum', '--period', '60', '--evaluation-periods', '2', '--threshold', '10', '--comparison-operator', 'GreaterThanOrEqualToThreshold',
+      '--dimensions', 'Name=LoadBalancer,Value=app/web/123',
+    );
+    assert.equal(put.code, 0, put.stderr);
+    let r = await aws('describe-alarms', '--alarm-names', 'web-5xx');
+    assert.equal(r.code, 0, r.stderr);
+    let alarms = (JSON.parse(r.stdout) as { MetricAlarms: Record<string, unknown>[] }).MetricAlarms;
+    assert.equal(alarms.length, 1);
+    assert.equal(alarms[0]?.StateValue, 'INSUFFICIENT_DATA');
+    assert.equal(alarms[0]?.EvaluationPeriods, 2);
+    assert.deepEqual(alarms[0]?.Dimensions, [{ Name: 'LoadBalancer', Value: 'app/web/123' }]);
+    assert.equal(alarms[0]?.AlarmArn, 'arn:aws:cloudwatch:eu-west-1:123456789012:alarm:web-5xx');
+
+    const set = await aws('set-alarm-state', '--alarm-name', 'web-5xx', '--state-value', 'ALARM', '--state-reason', 'errors over the threshold');
+    assert.equal(set.code, 0, set.stderr);
+    r = await aws('describe-alarms', '--state-value', 'ALARM');
+    alarms = (JSON.parse(r.stdout) as { MetricAlarms: Record<string, unknown>[] }).MetricAlarms;
+    assert.deepEqual(alarms.map((a) => [a.AlarmName, a.StateValue, a.StateReason]), [['web-5xx', 'ALARM', 'errors over the threshold']]);
+  });
+
+  it('the CLI gets AWS\'s errors: an unknown alarm, a bad state', { skip: noCli }, async () => {
+    const missing = await aws('set-alarm-state', '--alarm-name', 'no-such-alarm', '--state-value', 'OK', '--state-reason', 'x');
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /ResourceNotFound/);
+    emulator.putAlarm('another');
+    const bad = await aws('set-alarm-state', '--alarm-name', 'another', '--state-value', 'BROKEN', '--state-reason', 'x');
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /InvalidParameterValue/);
+  });
+
+  it('the CLI follows NextToken across pages', { skip: noCli }, async () => {
+    for (let i = 0; i < 5; i++) emulator.putAlarm(`paged-${i}`);
+    const r = await aws('describe-alarms', '--alarm-name-prefix', 'paged-', '--page-size', '2');
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual((JSON.parse(r.stdout) as { MetricAlarms: { AlarmName: string }[] }).MetricAlarms.map((a) => a.AlarmName), ['paged-0', 'paged-1', 'paged-2', 'paged-3', 'paged-4']);
+  });
+
+  it('the SDK v3 client (awsJson1_0) reads states by name and sets one', async () => {
+    emulator.putAlarm('sdk-a');
+    emulator.putAlarm('sdk-b');
+    emulator.setState('sdk-b', 'ALARM', 'p99 latency over 2 s');
+    const out = await sdk.send(new DescribeAlarmsCommand({ AlarmNames: ['sdk-a', 'sdk-b', 'sdk-none'] }));
+    assert.deepEqual(out.MetricAlarms?.map((a) => [a.AlarmName, a.StateValue, a.StateReason]), [
+      ['sdk-a', 'INSUFFICIENT_DATA', 'Unchecked: Initial alarm creation'],
+      ['sdk-b', 'ALARM', 'p99 latency over 2 s'],
+    ]);
+    assert.ok(out.MetricAlarms?.[1]?.StateUpdatedTimestamp instanceof Date);
+    assert.equal(out.MetricAlarms?.[1]?.StateUpdatedTimestamp?.getTime(), clock.now());
+    await sdk.send(new SetAlarmStateCommand({ AlarmName: 'sdk-b', StateValue: 'OK', StateReason: 'recovered' }));
+    assert.equal(emulator.alarm('sdk-b')?.state, 'OK');
+  });
+
+  it('the SDK client sees the query error code of an unknown alarm', async () => {
+    await assert.rejects(sdk.send(new SetAlarmStateCommand({ AlarmName: 'sdk-none', StateValue: 'OK', StateReason: 'x' })), (err: Error & { $metadata?: { httpStatusCode?: number } }) => {
+      assert.equal(err.name, 'ResourceNotFound');
+      assert.equal(err.$metadata?.httpStatusCode, 404);
+      return true;
+    });
+  });
+
+  it('refuses an unsigned request', async () => {
+    const res = await fetch(emulator.url, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'Action=DescribeAlarms&Version=2010-08-01' });
+    assert.equal(res.status, 403);
+    assert.match(await res.text(), /<Code>MissingAuthenticationToken<\/Code>/);
+  });
+});

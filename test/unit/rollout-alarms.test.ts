@@ -1,0 +1,195 @@
+// CloudWatch alarms that halt a rollout: read only while a rollout naming them progresses or bakes,
+// at most once per interval; one in ALARM halts with a reason naming it, is recorded once for the
+// fleet, and the recorded halt holds after the alarm clears. The SDK path is the real client
+// against the CloudWatch emulator.
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { RootFs } from '../../agent/fs.js';
+import { AlarmWatcher, alarmsDue, sdkDescribeAlarms } from '../../agent/rollout/alarms.js';
+import { describeRollout } from '../../agent/rollout/plan.js';
+import { selectDesired } from '../../agent/rollout/select.js';
+import { candidateIdOf, type AlarmState } from '../../agent/rollout/spec.js';
+import { SourceReader } from '../../agent/sources/index.js';
+import type { SsmSnapshot } from '../../agent/sources/ssm.js';
+import { CloudWatchEmulator } from '../../sandbox/emulators/cloudwatch.js';
+import { ManualClock } from '../support/clock.js';
+import { NO_LOCAL, param, ssm, userData } from '../support/desired.js';
+
+const FLEET = '/nixos/fleet';
+const START = Date.UTC(2026, 0, 1, 12);
+const MIN = 60_000;
+const candidate = param(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', { version: 4 });
+const candidateId = candidateIdOf([candidate]);
+const strategy = (over: Record<string, unknown> = {}) =>
+  param(`${FLEET}/rollout/strategy`, JSON.stringify({ type: 'linear', stepPercent: 100, intervalSeconds: 600, bakeSeconds: 600, errorThreshold: 3, startAt: new Date(START).toISOString(), alarms: ['web-5xx'], ...over }));
+const snapshot = (extra: ReturnType<typeof param>[] = [], over: Record<string, unknown> = {}): SsmSnapshot =>
+  ssm([FLEET, [param(`${FLEET}/options/services.demo.version`, '"1"'), strategy(over), candidate, ...extra]]);
+const firing: AlarmState[] = [{ name: 'web-5xx', state: 'ALARM', reason: 'Threshold Crossed: 12 errors' }];
+const quiet: AlarmState[] = [{ name: 'web-5xx', state: 'OK', reason: 'fine' }];
+const select = (s: SsmSnapshot, alarms: AlarmState[] | undefined, at = START + MIN) =>
+  selectDesired({ userData: userData(undefined), ssm: s, local: NO_LOCAL }, { instanceId: 'i-0aaaaaaaaaaaaaaa1', ...(alarms ? { alarms } : {}) }, at);
+
+describe('rollout alarms', () => {
+  it('are due only while a rollout naming them progresses or bakes', () => {
+    assert.deepEqual(alarmsDue(snapshot(), START - MIN), [], 'staged');
+    assert.deepEqual(alarmsDue(snapshot(), START + MIN), ['web-5xx'], 'progressing (100 % at once: baking)');
+    assert.deepEqual(alarmsDue(snapshot(), START + 11 * MIN), [], 'complete');
+    assert.deepEqual(alarmsDue(snapshot([param(`${FLEET}/rollout/halt`, 'stop')]), START + MIN), [], 'halted');
+    assert.deepEqual(alarmsDue(snapshot([], { alarms: undefined }), START + MIN), [], 'no alarms named');
+    assert.deepEqual(alarmsDue(ssm([FLEET, [param(`${FLEET}/options/x`, '"1"')]]), START + MIN), [], 'no rollout');
+  });
+
+  it('one in ALARM halts the rollout, naming it, and is to be recorded for the fleet', () => {
+    const s = select(snapshot(), firing);
+    assert.equal(s.rollouts[0]?.state, 'halted');
+    assert.equal(s.rollouts[0]?.haltedBy, 'alarm');
+    assert.equal(s.rollouts[0]?.takes, 'stable');
+    assert.equal(s.rollouts[0]?.reason, 'CloudWatch alarm web-5xx is in ALARM: Threshold Crossed: 12 errors');
+    assert.match(describeRollout(s.rollouts[0] as never), /HALTED \(alarm\): CloudWatch alarm web-5xx is in ALARM/);
+    assert.deepEqual(s.alarmed, { taken: [{ prefix: FLEET, candidate: candidateId, record: true }], reason: 'CloudWatch alarm web-5xx is in ALARM: Threshold Crossed: 12 errors' });
+  });
+
+  it('OK, INSUFFICIENT_DATA, or an alarm the strategy does not name, halt nothing', () => {
+    for (const alarms of [quiet, [{ name: 'web-5xx', state: 'INSUFFICIENT_DATA', reason: '' }], [{ name: 'other', state: 'ALARM', reason: '' }]]) {
+      const s = select(snapshot(), alarms);
+      assert.equal(s.rollouts[0]?.takes, 'candidate', JSON.stringify(alarms));
+      assert.equal(s.alarmed, undefined);
+    }
+  });
+
+  it('a recorded alarm halts every instance, even after the alarm clears, and is not recorded again', () => {
+    const record = param(`${FLEET}/rollout/failures/i-0bbbbbbbbbbbbbbb2`, JSON.stringify({ candidate: candidateId, stage: 'alarm', reason: 'CloudWatch alarm web-5xx is in ALARM: x', at: '' }));
+    for (const alarms of [quiet, firing, undefined]) {
+      const s = select(snapshot([record]), alarms);
+      assert.equal(s.rollouts[0]?.state, 'halted');
+      assert.equal(s.rollouts[0]?.haltedBy, 'alarm');
+      assert.equal(s.rollouts[0]?.reason, 'CloudWatch alarm web-5xx is in ALARM: x');
+      assert.equal(s.alarmed, undefined);
+    }
+  });
+
+  it('the watcher asks at most once per interval, errors included', async () => {
+    const clock = new ManualClock(START);
+    let calls = 0;
+    let fail = false;
+    const watcher = new AlarmWatcher(async () => async (names) => {
+      calls++;
+      if (fail) throw new Error('Throttling: Rate exceeded');
+      return names.map((name) => ({ name, state: 'OK', reason: '' }));
+    }, { clock, minIntervalMs: 600_000 });
+    await watcher.read(['a']);
+    await watcher.read(['a']);
+    clock.advance(599_999);
+    await watcher.read(['a']);
+    assert.equal(calls, 1);
+    await watcher.read(['a', 'b']);
+    assert.equal(calls, 2, 'other names are another question');
+    clock.advance(600_000);
+    fail = true;
+    assert.deepEqual(await watcher.read(['a', 'b']), { error: 'cannot read CloudWatch alarms a, b: Throttling: Rate exceeded' });
+    await watcher.read(['a', 'b']);
+    assert.equal(calls, 3);
+  });
+});
+
+describe('the sources read alarms', () => {
+  async function read(snap: SsmSnapshot, at: number, answer: AlarmState[] | Error) {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-alarms-'));
+    const asked: (readonly string[])[] = [];
+    const imds = {
+      get: async () => undefined,
+      getBytes: async () => undefined,
+      identity: async () => ({ instanceId: 'i-0aaaaaaaaaaaaaaa1', region: 'eu-west-1', accountId: '123456789012', availabilityZone: 'eu-west-1a', instanceType: 't3.micro', amiId: 'ami-1' }),
+    };
+    try {
+      const sources = new SourceReader(imds as never, async () => ({ fetch: async () => snap }), new RootFs(dir), {
+        userData: false,
+        ssmPrefixes: [FLEET],
+        baseConfiguration: '/etc/nixos/base.nix',
+        modulesDir: '/etc/nixos-ec2-agent/local.d',
+        now: () => at,
+        alarms: {
+          read: async (names) => {
+            asked.push(names);
+            return answer instanceof Error ? { error: answer.message } : { alarms: answer };
+          },
+        },
+      });
+      return { snapshots: await sources.read(), asked };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('only while a rollout naming them is under way', async () => {
+    const idle = await read(ssm([FLEET, [param(`${FLEET}/options/x`, '"1"')]]), START + MIN, firing);
+    assert.deepEqual(idle.asked, []);
+    assert.equal(idle.snapshots.alarms, undefined);
+    const rolling = await read(snapshot(), START + MIN, firing);
+    assert.deepEqual(rolling.asked, [['web-5xx']]);
+    assert.deepEqual(rolling.snapshots.alarms, firing);
+  });
+
+  it('a failed read or a missing alarm is a note, and halts nothing', async () => {
+    const failed = await read(snapshot(), START + MIN, new Error('cannot read CloudWatch alarms web-5xx: AccessDenied'));
+    assert.deepEqual(failed.snapshots.alarms, []);
+    assert.deepEqual(failed.snapshots.notes, ['cannot read CloudWatch alarms web-5xx: AccessDenied']);
+    const missing = await read(snapshot(), START + MIN, []);
+    assert.deepEqual(missing.snapshots.notes, ['CloudWatch alarm web-5xx, named by a rollout strategy, does not exist']);
+  });
+});
+
+describe('DescribeAlarms through the SDK client', () => {
+  let emulator: CloudWatchEmulator;
+  before(async () => {
+    emulator = await CloudWatchEmulator.start({ region: 'eu-west-1' });
+  });
+  after(async () => {
+    await emulator?.close();
+  });
+
+  it('reads the named alarms at the endpoint AWS_ENDPOINT_URL_CLOUDWATCH names', async () => {
+    emulator.putAlarm('web-5xx');
+    emulator.putAlarm('web-latency');
+    emulator.setState('web-5xx', 'ALARM', 'Threshold Crossed');
+    const describe = await sdkDescribeAlarms({
+      env: { AWS_ENDPOINT_URL_CLOUDWATCH: emulator.url, AWS_REGION: 'eu-west-1' },
+      region: async () => assert.fail('the region is in the environment'),
+      credentials: async () => async () => ({ accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' }),
+    });
+    assert.deepEqual(await describe(['web-5xx', 'web-latency', 'none']), [
+      { name: 'web-5xx', state: 'ALARM', reason: 'Threshold Crossed' },
+      { name: 'web-latency', state: 'INSUFFICIENT_DATA', reason: 'Unchecked: Initial alarm creation' },
+    ]);
+    assert.equal(emulator.callCounts().DescribeAlarms, 1);
+  });
+});
+
+describe('the bundle', () => {
+  const dir = fileURLToPath(new URL('../../agent/', import.meta.url));
+  const CLOUDWATCH = 'GraniteServiceVersion20100801';
+
+  it('keeps the CloudWatch client in a chunk of its own, outside what the daemon loads at start', async () => {
+    const entry = await readFile(path.join(dir, 'nixos-ec2-agent.js'), 'utf8');
+    const daemon = /run:\{[^}]*?import\("\.\/(chunk-[A-Z0-9]+\.js)"\)\)\.runDaemon/.exec(entry)?.[1];
+    assert.ok(daemon, 'the run command imports the daemon from a chunk');
+    // Everything the daemon's chunk imports statically, transitively: what its start reads.
+    const loaded = new Set<string>(['nixos-ec2-agent.js']);
+    const queue = [daemon];
+    for (let file = queue.pop(); file; file = queue.pop()) {
+      if (loaded.has(file)) continue;
+      loaded.add(file);
+      const text = await readFile(path.join(dir, file), 'utf8');
+      for (const m of text.matchAll(/(?:from|import)\s*"\.\/(chunk-[A-Z0-9]+\.js)"/g)) queue.push(m[1] as string);
+    }
+    for (const file of loaded) assert.ok(!(await readFile(path.join(dir, file), 'utf8')).includes(CLOUDWATCH), `${file} is read at the daemon's start and holds the CloudWatch client`);
+    const chunks = (await readdir(dir)).filter((f) => /^chunk-[A-Z0-9]+\.js$/.test(f));
+    const holding = [];
+    for (const f of chunks) if ((await readFile(path.join(dir, f), 'utf8')).includes(CLOUDWATCH)) holding.push(f);
+    assert.equal(holding.length, 1, `the CloudWatch client is in exactly one chunk: ${holding.join(' ')}`);
+  });
+});
