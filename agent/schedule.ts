@@ -258,7 +258,11 @@ export class Scheduler {
       this.running = undefined;
       this.passAbort = undefined;
       this.throttledPasses = result?.error && isBusy(result.error) ? this.throttledPasses + 1 : 0;
-      this.baseline = result?.desiredHash;
+      // A failed pass may not have read its sources: the desired state it reports is then the one
+      // it selected before, and a probe differing from it is the very change still to apply. Its
+      // retry converges at once instead of settling that change again (more probes, each an SSM
+      // read a throttled account pays for).
+      this.baseline = result?.outcome === 'failed' ? undefined : result?.desiredHash;
       this.lastProbe = undefined;
       for (const w of waiters) w.resolve(result);
     }

@@ -318,6 +318,30 @@ test('a poll whose probe fails converges at once (the pass reports the failure)'
   await h.done;
 });
 
+test('a change whose pass failed on throttling is retried at once when its retry is due, not settled again as if new', async () => {
+  const throttled = new TransientError('Rate exceeded', 'ssm', { code: 'ThrottlingException' });
+  // random() = 0.5: the first throttled retry is due at 5 s (half the 10 s window).
+  const { h, source } = probed({ intervalMs: 60_000, random: () => 0.5 });
+  await settle();
+  h.release({ outcome: 'converged', desiredHash: 'A' });
+  await settle();
+  source.fingerprint = 'B';
+  void h.scheduler.runNow('converge --now');
+  await settle();
+  assert.equal(h.passes.length, 2);
+  // The pass could not read its sources: it reports the desired state it last selected ('A'), not
+  // the one it was asked to converge to.
+  h.release({ outcome: 'failed', error: throttled, desiredHash: 'A' });
+  await settle();
+  const probesBefore = source.probes;
+  await h.clock.advanceAsync(5_000);
+  assert.equal(h.passes.length, 3, 'the retry runs when due, without a quiet period');
+  assert.ok(source.probes - probesBefore <= 1, `${source.probes - probesBefore} probes before the retry: each one is an SSM read the throttled account pays for`);
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
 test('a pass that failed on SSM failing on its side (5xx) is retried as a throttled one: a window from 10 s, doubling', async () => {
   const failing = new TransientError('SSM GetParametersByPath failed: InternalServerError', 'ssm', { code: 'InternalServerError', status: 500 });
   const h = harness({ random: () => 1, maxBackoffMs: 600_000 });
