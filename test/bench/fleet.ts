@@ -31,6 +31,7 @@ import { createInstance, type SimInstance } from './fleet/instance.js';
 const READS_PER_SECOND = 40;
 const HOUR_MS = 3_600_000;
 const TAG = 'nixos-ec2-agent-revision';
+const IDLE_RESOLUTION_MS = 1_000;
 /** What the agent polled with before fleet-scale defaults: the baseline the idle figures are read against. */
 const FORMER_SSM_DEFAULTS = { pollIntervalSeconds: 60, pollJitter: 1, fullRefreshSeconds: 3_600 };
 
@@ -40,11 +41,13 @@ interface Totals {
 }
 
 /**
- * Nothing real in flight: no file request in the libuv pool, no real timer (the SDK's retry waits
- * 0 ms for real; see fleet/ssm.ts). The simulation waits for these before time moves.
+ * Nothing real in flight: no file request in the libuv pool (a FileHandle's close is a CloseReq of
+ * its own), no real timer (the SDK's retry waits 0 ms for real; see fleet/ssm.ts). The simulation
+ * waits for these before time moves: time that moved while a pass waited on its disk would be
+ * counted in its convergence, as much as the machine's load made it.
  */
 function noFileIo(): boolean {
-  return !process.getActiveResourcesInfo().some((r) => r.startsWith('FSReq') || r === 'Timeout');
+  return !process.getActiveResourcesInfo().some((r) => r.startsWith('FSReq') || r === 'CloseReq' || r === 'Timeout');
 }
 
 export async function run(args: readonly string[], print: Print): Promise<BenchResult> {
@@ -53,14 +56,20 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     parameters: { type: 'string' },
     'rebuild-ms': { type: 'string' },
     seed: { type: 'string' },
+    serial: { type: 'boolean' },
   });
   const quick = flags.quick === true;
   const n = intFlag('instances', flags.instances, quick ? 16 : 1000);
   const p = intFlag('parameters', flags.parameters, quick ? 12 : 50);
   const rebuildMs = intFlag('rebuild-ms', flags['rebuild-ms'], 30_000);
   const seed = intFlag('seed', flags.seed, 1);
+  // One instance's work at a time: the same figures from the same seed (the quick run CI makes).
+  const serial = quick || flags.serial === true;
   if (n > 20_000) throw new BenchUsageError('--instances: at most 20000 in one process');
   const random = prng(seed);
+  // A full read: the revision, then /nixos/fleet (P parameters and the revision) in pages of ten,
+  // and one page for each of the other two prefixes.
+  const fullFetchCalls = 1 + Math.ceil((p + 1) / 10) + 2;
   const defaults = ConfigSchema.parse({});
   const intervalMs = defaults.ssm.pollIntervalSeconds * 1000;
   // The idle windows: an hour, or in the smoke test's quick run 20 minutes (scaled to the hour).
@@ -96,7 +105,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       under,
       imds: defaultInstance({ instanceId: `i-${(0x100000000000000n + BigInt(i)).toString(16).slice(-17)}`, privateIp: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, tags: {}, tagsInMetadata: false }),
       rebuildMs,
-      random,
+      // Each instance its own sequence: what one draws does not depend on when the others drew.
+      random: prng((Math.imul(seed, 0x9e3779b1) + i) >>> 0),
       onPass: record,
       log,
     });
@@ -109,18 +119,23 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       const b = totals();
       return { calls: b.calls - a.calls, throttled: b.throttled - a.throttled };
     };
-    const runFor = (ms: number, done?: () => boolean) =>
-      clock.run(clock.now() + ms, { resolutionMs: 50, idle: noFileIo, ...(done ? { done } : {}) });
+    // 50 ms while a change spreads (what the account's token bucket and the SDK's backoff see);
+    // a second at idle, where only the count of calls is measured, not their timing.
+    const runFor = (ms: number, done?: () => boolean, resolutionMs = 50) =>
+      clock.run(clock.now() + ms, { resolutionMs, idle: noFileIo, serial, ...(done ? { done } : {}) });
     const hashes = () => new Set(instances.map((i) => i.runningHash));
     const wall = () => `${round((performance.now() - wallStart) / 1000)} s real`;
 
     // ---- launch ----
+    // A fleet that has been running came up over at least one poll interval, and no faster than the
+    // account could serve its first reads (twice over): the launch is the setting, not a figure.
+    const launchMs = Math.max(intervalMs, (2 * n * fullFetchCalls * 1000) / READS_PER_SECOND);
     const t0 = clock.now();
     for (const instance of instances) {
-      const offset = random() * intervalMs;
+      const offset = random() * launchMs;
       running.push(clock.sleep(offset).then(() => instance.run()));
     }
-    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= intervalMs && instances.every((i) => i.runningHash !== undefined));
+    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= launchMs && instances.every((i) => i.runningHash !== undefined));
     const launched = instances.filter((i) => i.runningHash !== undefined).length;
     print(`fleet: ${n} instances, ${p} parameters, stand-in rebuild ${rebuildMs} ms; time is simulated (one shared virtual clock)`);
     print(`  SSM: the real SDK client per instance → the SSM emulator's request handler in-process (no socket), ${READS_PER_SECOND} GetParameter*/s account-wide`);
@@ -167,7 +182,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       return out;
     };
     const pushed = await changeConvergence('push (Run Command converge --now on every instance)', () => {
-      for (const i of instances) i.convergeNow('converge --now');
+      // Each command lands through the clock, so a serial run takes them one at a time.
+      for (const i of instances) void clock.sleep(1).then(() => i.convergeNow('converge --now'));
     }, 6 * HOUR_MS);
 
     // ---- poll: the change latency at the default settings ----
@@ -176,9 +192,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 
     // ---- idle ----
     const perInstanceHour = (t: Totals) => (t.calls / n) * (HOUR_MS / windowMs);
-    await runFor(intervalMs);
+    await runFor(intervalMs, undefined, IDLE_RESOLUTION_MS);
     let mark = totals();
-    await runFor(windowMs);
+    await runFor(windowMs, undefined, IDLE_RESOLUTION_MS);
     const idleAfter = since(mark);
     print(`  idle window: ${round(perInstanceHour(idleAfter))} SSM calls per instance-hour (${wall()})`);
 
@@ -187,10 +203,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       i.imds.instance.tags[TAG] = '1';
       i.imds.instance.tagsInMetadata = true;
     }
-    await runFor(6 * HOUR_MS, () => instances.every((i) => i.agent.ssm.stats.mode === 'tag'));
-    await runFor(intervalMs);
+    await runFor(6 * HOUR_MS, () => instances.every((i) => i.agent.ssm.stats.mode === 'tag'), IDLE_RESOLUTION_MS);
+    await runFor(intervalMs, undefined, IDLE_RESOLUTION_MS);
     mark = totals();
-    await runFor(windowMs);
+    await runFor(windowMs, undefined, IDLE_RESOLUTION_MS);
     const idleTag = since(mark);
 
     // ---- the baseline: the same agent with the former defaults (60 s polls, hourly full refresh) ----
@@ -202,14 +218,13 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     }
     instances.push(...baseline);
     for (const instance of baseline) running.push(clock.sleep(random() * FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000).then(() => instance.run()));
-    await runFor(quick ? FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000 : FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000);
+    await runFor(quick ? FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000 : FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000, undefined, IDLE_RESOLUTION_MS);
     const baseMark = baseline.reduce((t, i) => t + i.ssmCalls.calls, 0);
-    await runFor(windowMs);
+    await runFor(windowMs, undefined, IDLE_RESOLUTION_MS);
     const baselinePerInstanceHour = ((baseline.reduce((t, i) => t + i.ssmCalls.calls, 0) - baseMark) / baselineN) * (HOUR_MS / windowMs);
     for (const i of baseline) i.stop();
 
     // The full refresh every fullRefreshSeconds is outside an hour's window; its share, amortized.
-    const fullFetchCalls = Math.ceil((p + 1) / 10) + 1 + 1;
     const refreshPerHour = fullFetchCalls / (defaults.ssm.fullRefreshSeconds / 3600);
     const idleCalls = perInstanceHour(idleAfter) + refreshPerHour;
     const idleReadsPerSecond = (idleCalls * n) / 3600;

@@ -7,12 +7,15 @@ import { SimulatedAutoScaling } from './autoscaling.js';
 import { mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import { createAgent, type Agent } from '../../../agent/agent.js';
+import { shortHash } from '../../../agent/desired/desired.js';
 import { BUILD_DIR } from '../../../agent/apply/rebuild.js';
 import { parseConfig, type Config, type ConfigInput } from '../../../agent/config.js';
 import { silentLogger, type Logger } from '../../../agent/log.js';
 import type { Clock, RunRequest, RunResult, Runner } from '../../../agent/ports.js';
 import type { PassResult } from '../../../agent/reconcile.js';
 import { Scheduler } from '../../../agent/schedule.js';
+import { selectDesired } from '../../../agent/rollout/select.js';
+import type { Snapshots } from '../../../agent/sources/index.js';
 import type { ImdsInstance } from '../../../sandbox/emulators/imds.js';
 import type { SsmEmulator } from '../../../sandbox/emulators/ssm.js';
 import { FakeMachine } from '../../support/reconcile-fakes.js';
@@ -112,7 +115,7 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
   });
   const imds = new SimulatedImds(options.imds);
   const ssmCalls: SsmCallCounter = { calls: 0, throttled: 0 };
-  const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, counter: ssmCalls });
+  const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, counter: ssmCalls, random: options.random });
   const log = options.log ?? silentLogger();
   let standIn: StandInRunner | undefined;
   // The runner is handed in before the agent's root exists; the stand-in machine lives in it.
@@ -124,11 +127,28 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
   const reconciler = agent.reconciler;
   await reconciler.start();
 
-  // As daemon.ts wires its Scheduler.
+  // As the daemon (agent/loop.ts) wires its Scheduler.
+  const desiredHash = (snapshots: Snapshots) =>
+    selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, clock.now()).desired.hash;
+  let fullCheckAt = Number.NEGATIVE_INFINITY;
+  // While a pass builds: the revision answers cheaply; without a change there, the sources are read
+  // whole at most once per poll interval.
+  const newerDesired = async (signal: AbortSignal | undefined, now: boolean): Promise<string | undefined> => {
+    const cheap = config.ssm.enabled ? await agent.ssm.changed(signal) : undefined;
+    if (cheap !== undefined) return cheap;
+    const building = reconciler.status.desired?.hash;
+    if (building === undefined || reconciler.status.phase !== 'building') return undefined;
+    const at = clock.now();
+    if (!now && at - fullCheckAt < config.ssm.pollIntervalSeconds * 1000) return undefined;
+    fullCheckAt = at;
+    const hash = desiredHash(await agent.sources.read(signal));
+    return hash === building ? undefined : `desired state ${shortHash(hash)} differs from the one building (${shortHash(building)})`;
+  };
   const scheduler = new Scheduler(clock, {
     intervalMs: config.ssm.pollIntervalSeconds * 1000,
     jitter: config.ssm.pollJitter,
     quietPeriodMs: config.watch.quietPeriodMs,
+    maxSettleMs: config.watch.maxSettleSeconds * 1000,
     maxBackoffMs: config.ssm.maxBackoffSeconds * 1000,
     cancelCheckMs: config.watch.cancelCheckSeconds * 1000,
     random: options.random,
@@ -137,7 +157,8 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
     tickMs: config.ssm.pollIntervalSeconds * 1000,
     throttleLevel: () => agent.ssm.throttleLevel,
     cancellable: () => reconciler.status.phase === 'building',
-    changed: async (signal) => (config.ssm.enabled ? agent.ssm.changed(signal) : undefined),
+    changed: (signal) => newerDesired(signal, false),
+    probe: async (signal) => desiredHash(await agent.sources.peek(signal)),
   });
 
   const instance: SimInstance = {
@@ -150,8 +171,16 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
       return reconciler.status.running?.desiredHash;
     },
     convergeNow(reason) {
-      agent.ssm.invalidate(reason);
-      void scheduler.runNow(reason);
+      // As the daemon answers `converge` on its control socket.
+      void (async () => {
+        if (scheduler.state.running) {
+          const newer = await newerDesired(undefined, true).catch(() => undefined);
+          if (newer === undefined) await scheduler.exclusive(async () => undefined);
+        }
+        agent.ssm.invalidate(reason);
+        agent.sources.forget();
+        await scheduler.runNow(reason);
+      })();
     },
     run: () =>
       scheduler.run(async (reason, signal) => {
