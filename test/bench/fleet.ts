@@ -26,7 +26,7 @@ import { defaultInstance } from '../../sandbox/emulators/imds.js';
 import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
 import { BenchUsageError, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Print } from './common.js';
 import { prng } from '../support/prng.js';
-import { createInstance, type SimInstance } from './fleet/instance.js';
+import { createInstance, type RealIo, type SimInstance } from './fleet/instance.js';
 
 const READS_PER_SECOND = 40;
 const HOUR_MS = 3_600_000;
@@ -57,6 +57,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     'rebuild-ms': { type: 'string' },
     seed: { type: 'string' },
     serial: { type: 'boolean' },
+    'imds-http': { type: 'string' },
   });
   const quick = flags.quick === true;
   const n = intFlag('instances', flags.instances, quick ? 16 : 1000);
@@ -65,6 +66,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const seed = intFlag('seed', flags.seed, 1);
   // One instance's work at a time: the same figures from the same seed (the quick run CI makes).
   const serial = quick || flags.serial === true;
+  // The first instances read IMDS over HTTP from emulator servers of their own (see fleet/instance.ts).
+  const imdsHttp = flags['imds-http'] === undefined ? (quick ? 2 : 0) : Number(flags['imds-http']);
+  if (!Number.isInteger(imdsHttp) || imdsHttp < 0) throw new BenchUsageError(`--imds-http wants a count of instances, not ${String(flags['imds-http'])}`);
   if (n > 20_000) throw new BenchUsageError('--instances: at most 20000 in one process');
   const random = prng(seed);
   // A full read: the revision, then /nixos/fleet (P parameters and the revision) in pages of ten,
@@ -82,6 +86,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   // tmpfs when there is one: each instance writes its configuration and state atomically (fsync).
   const under = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'fleet-bench-'));
   const instances: SimInstance[] = [];
+  const realIo: RealIo = { inFlight: 0 };
+  const settled = () => realIo.inFlight === 0 && noFileIo();
   const running: Promise<void>[] = [];
   try {
     let version = 0;
@@ -109,6 +115,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       random: prng((Math.imul(seed, 0x9e3779b1) + i) >>> 0),
       onPass: record,
       log,
+      ...(i < imdsHttp ? { imdsOverHttp: { realIo } } : {}),
     });
     // Built a hundred at a time: each waits mostly on its root's files.
     for (let i = 0; i < n; i += 100) {
@@ -122,7 +129,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     // 50 ms while a change spreads (what the account's token bucket and the SDK's backoff see);
     // a second at idle, where only the count of calls is measured, not their timing.
     const runFor = (ms: number, done?: () => boolean, resolutionMs = 50) =>
-      clock.run(clock.now() + ms, { resolutionMs, idle: noFileIo, serial, ...(done ? { done } : {}) });
+      clock.run(clock.now() + ms, { resolutionMs, idle: settled, serial, ...(done ? { done } : {}) });
     const hashes = () => new Set(instances.map((i) => i.runningHash));
     const wall = () => `${round((performance.now() - wallStart) / 1000)} s real`;
 
@@ -139,6 +146,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     const launched = instances.filter((i) => i.runningHash !== undefined).length;
     print(`fleet: ${n} instances, ${p} parameters, stand-in rebuild ${rebuildMs} ms; time is simulated (one shared virtual clock)`);
     print(`  SSM: the real SDK client per instance → the SSM emulator's request handler in-process (no socket), ${READS_PER_SECOND} GetParameter*/s account-wide`);
+    print(
+      `  IMDS: ${Math.min(imdsHttp, n)} instance(s) through the agent's ImdsClient → an IMDS emulator server over HTTP; ` +
+        `${n - Math.min(imdsHttp, n)} answered in-process from the emulator's instance description (a stand-in: no HTTP, no tokens); Auto Scaling in-process`,
+    );
     print(`  defaults: poll ${defaults.ssm.pollIntervalSeconds} s (jitter ${defaults.ssm.pollJitter}), full refresh ${defaults.ssm.fullRefreshSeconds} s, SDK maxAttempts ${defaults.ssm.maxAttempts} (adaptive)`);
     print(`  launch: ${launched}/${n} converged after ${round((clock.now() - t0) / 1000)} s simulated (${wall()})`);
 
@@ -200,8 +211,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 
     // ---- with the revision tag in instance metadata ----
     for (const i of instances) {
-      i.imds.instance.tags[TAG] = '1';
-      i.imds.instance.tagsInMetadata = true;
+      i.tagInMetadata(TAG, '1');
     }
     await runFor(6 * HOUR_MS, () => instances.every((i) => i.agent.ssm.stats.mode === 'tag'), IDLE_RESOLUTION_MS);
     await runFor(intervalMs, undefined, IDLE_RESOLUTION_MS);
@@ -286,8 +296,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     for (const i of instances) i.stop();
     let ended = false;
     void Promise.allSettled(running).then(() => (ended = true));
-    await clock.run(clock.now() + 6 * HOUR_MS, { idle: noFileIo, done: () => ended });
+    await clock.run(clock.now() + 6 * HOUR_MS, { idle: settled, done: () => ended });
     await ssm.close();
+    await Promise.all(instances.map((i) => i.imdsServer?.close()));
     await rm(under, { recursive: true, force: true });
   }
 }

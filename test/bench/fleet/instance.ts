@@ -7,6 +7,7 @@ import { SimulatedAutoScaling } from './autoscaling.js';
 import { mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import { createAgent, type Agent } from '../../../agent/agent.js';
+import { ImdsClient, type Imds } from '../../../agent/aws/imds.js';
 import { shortHash } from '../../../agent/desired/desired.js';
 import { BUILD_DIR } from '../../../agent/apply/rebuild.js';
 import { parseConfig, type Config, type ConfigInput } from '../../../agent/config.js';
@@ -16,7 +17,7 @@ import type { PassResult } from '../../../agent/reconcile.js';
 import { Scheduler } from '../../../agent/schedule.js';
 import { selectDesired } from '../../../agent/rollout/select.js';
 import type { Snapshots } from '../../../agent/sources/index.js';
-import type { ImdsInstance } from '../../../sandbox/emulators/imds.js';
+import { ImdsEmulator, type ImdsInstance } from '../../../sandbox/emulators/imds.js';
 import type { SsmEmulator } from '../../../sandbox/emulators/ssm.js';
 import { FakeMachine } from '../../support/reconcile-fakes.js';
 import { SimulatedImds } from './imds.js';
@@ -36,13 +37,29 @@ export interface InstanceOptions {
   readonly onPass?: (instance: SimInstance, reason: string, result: PassResult) => void;
   /** Shared by the fleet: a logger per instance would cost memory and say nothing. */
   readonly log?: Logger;
+  /**
+   * Serve this instance's metadata from an IMDS emulator server of its own, read by the agent's
+   * real ImdsClient over HTTP on 127.0.0.1, instead of in-process. Its requests are counted in
+   * `realIo`, which the simulation waits on before time moves.
+   */
+  readonly imdsOverHttp?: { readonly realIo: RealIo };
+}
+
+/** Requests in flight outside the simulated clock (sockets), for the driver to wait on. */
+export interface RealIo {
+  inFlight: number;
 }
 
 export interface SimInstance {
   readonly id: string;
   readonly agent: Agent;
   readonly config: Config;
+  /** The instance description its metadata is served from (in-process, or by `imdsServer`). */
   readonly imds: SimulatedImds;
+  /** With `imdsOverHttp`: the emulator server the agent reads over HTTP; closed by the caller. */
+  readonly imdsServer: ImdsEmulator | undefined;
+  /** Sets an instance tag, as `aws ec2 create-tags` does, and allows tags in instance metadata. */
+  tagInMetadata(key: string, value: string): void;
   readonly ssmCalls: SsmCallCounter;
   /** The desired state the running system was built from. */
   readonly runningHash: string | undefined;
@@ -97,6 +114,39 @@ class StandInRunner implements Runner {
   }
 }
 
+/**
+ * The agent's ImdsClient, as createAgent builds it, against `url`; each call counts in `io` while
+ * it waits on the network, not while its retry backoff sleeps on the simulated clock (time must
+ * move for that sleep to end).
+ */
+function overHttp(url: string, config: Config, clock: Clock, random: () => number, io: RealIo): Imds {
+  const sleeping: Clock = {
+    now: () => clock.now(),
+    sleep: async (ms, signal) => {
+      io.inFlight--;
+      try {
+        await clock.sleep(ms, signal);
+      } finally {
+        io.inFlight++;
+      }
+    },
+  };
+  const client = new ImdsClient({ clock: sleeping, env: {}, endpoint: url, timeoutMs: config.imds.timeoutMs, retries: config.imds.retries, random });
+  const track = async <T>(request: () => Promise<T>): Promise<T> => {
+    io.inFlight++;
+    try {
+      return await request();
+    } finally {
+      io.inFlight--;
+    }
+  };
+  return {
+    get: (path) => track(() => client.get(path)),
+    getBytes: (path) => track(() => client.getBytes(path)),
+    identity: () => track(() => client.identity()),
+  };
+}
+
 /** The Auto Scaling group every simulated instance belongs to (the `{asg}` of its SSM prefixes). */
 export const FLEET_GROUP = 'fleet';
 
@@ -114,13 +164,15 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
     root,
   });
   const imds = new SimulatedImds(options.imds);
+  const imdsServer = options.imdsOverHttp ? await ImdsEmulator.start({ instance: options.imds, clock, host: '127.0.0.1' }) : undefined;
+  const agentImds: Imds = imdsServer && options.imdsOverHttp ? overHttp(imdsServer.url, config, clock, options.random, options.imdsOverHttp.realIo) : imds;
   const ssmCalls: SsmCallCounter = { calls: 0, throttled: 0 };
   const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, counter: ssmCalls, random: options.random });
   const log = options.log ?? silentLogger();
   let standIn: StandInRunner | undefined;
   // The runner is handed in before the agent's root exists; the stand-in machine lives in it.
   const runner: Runner = { run: (request) => (standIn as StandInRunner).run(request) };
-  const agent = await createAgent(config, log, { clock, runner, imds, ssm: async () => parts, autoscaling: new SimulatedAutoScaling(FLEET_GROUP), env: {} });
+  const agent = await createAgent(config, log, { clock, runner, imds: agentImds, ssm: async () => parts, autoscaling: new SimulatedAutoScaling(FLEET_GROUP), env: {} });
   const machine = new FakeMachine(agent.fs);
   await machine.install();
   standIn = new StandInRunner(machine, clock, options.rebuildMs);
@@ -167,6 +219,13 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
     config,
     imds,
     ssmCalls,
+    imdsServer,
+    tagInMetadata(key, value) {
+      imds.instance.tags[key] = value;
+      imds.instance.tagsInMetadata = true;
+      imdsServer?.setTag(key, value);
+      imdsServer?.setTagsInMetadata(true);
+    },
     get runningHash() {
       return reconciler.status.running?.desiredHash;
     },
