@@ -1,10 +1,20 @@
-// `npm run bench -- fleet [--instances N] [--parameters P] [--rebuild-ms R]`: N instances of the
-// real agent (sources, SSM change detection, Scheduler, Reconciler; see fleet/instance.ts) in one
-// process on one simulated clock, sharing one account's SSM read throughput (40 GetParameter*
-// calls a second, the emulator's token bucket answering ThrottlingException as AWS does).
+// `npm run bench -- fleet [--instances N] [--parameters P] [--rebuild-ms R] [--seed S] [--serial]
+// [--imds-http K]`: N instances of the real agent (sources, SSM change detection, Scheduler,
+// Reconciler; see fleet/instance.ts) in one process on one simulated clock, sharing one account's
+// SSM read throughput (40 GetParameter* calls a second, the emulator's token bucket answering
+// ThrottlingException as AWS does).
+//
+// What is real and what stands in: each instance's SSM client is the SDK's (its adaptive retry
+// included), calling the SSM emulator's request handler in-process. IMDS is the emulator's own
+// instance description answered in-process (no HTTP, no session tokens) for all but the first K
+// instances (2 in the quick run, 0 otherwise), which read it through the agent's ImdsClient from an
+// IMDS emulator server each, over HTTP: ten thousand servers would cost three sockets an instance,
+// and IMDS has no account-wide limit to measure. Auto Scaling is an in-process stand-in naming the
+// group. The rebuild is a stand-in that takes R ms of simulated time.
 //
 // The run, in simulated time:
-//   launch   the instances start over one poll interval (as a fleet that has been running) and
+//   launch   the instances start over one poll interval, or over twice the time the account needs
+//            for their first reads when that is longer (as a fleet that has been running), and
 //            converge to P parameters under /nixos/fleet, with its revision parameter;
 //   push     P parameters change, the revision is bumped, and SSM Run Command runs
 //            `converge --now` on every instance at once: time until all converged, beside the
@@ -14,6 +24,8 @@
 //   tag      the revision tag appears in instance metadata: an hour of polling with it;
 //   baseline up to 100 fresh instances with the former defaults (60 s polls, hourly full
 //            refresh): their idle hour, the figure the idle calls are read against.
+// Every random choice (launch offsets, poll jitter, the SDK's retry jitter) comes from --seed; the
+// quick run (and --serial) also wakes one instance at a time, so it gives the same figures each time.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -117,9 +129,11 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       log,
       ...(i < imdsHttp ? { imdsOverHttp: { realIo } } : {}),
     });
-    // Built a hundred at a time: each waits mostly on its root's files.
-    for (let i = 0; i < n; i += 100) {
-      instances.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => createInstance(common(i + k))))));
+    // Built a hundred at a time (each waits mostly on its root's files); one at a time in a serial
+    // run, so whatever an instance sets going while it is built queues in the same order each time.
+    const batch = serial ? 1 : 100;
+    for (let i = 0; i < n; i += batch) {
+      instances.push(...(await Promise.all(Array.from({ length: Math.min(batch, n - i) }, (_, k) => createInstance(common(i + k))))));
     }
     const totals = (): Totals => instances.reduce((t, i) => ({ calls: t.calls + i.ssmCalls.calls, throttled: t.throttled + i.ssmCalls.throttled }), { calls: 0, throttled: 0 });
     const since = (a: Totals): Totals => {
