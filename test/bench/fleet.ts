@@ -111,7 +111,11 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     push();
 
     const passes = new Map<SimInstance, { at: number; result: PassResult }[]>();
+    // What the phase in hand watches for, told after each pass: a fleet-wide check at every clock
+    // step would cost the run N × steps.
+    let afterPass: ((instance: SimInstance) => void) | undefined;
     const record = (instance: SimInstance, _reason: string, result: PassResult) => {
+      afterPass?.(instance);
       let list = passes.get(instance);
       if (!list) passes.set(instance, (list = []));
       if (result.outcome !== 'unchanged') list.push({ at: clock.now(), result });
@@ -156,7 +160,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       const offset = random() * launchMs;
       running.push(clock.sleep(offset).then(() => instance.run()));
     }
-    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= launchMs && instances.every((i) => i.runningHash !== undefined));
+    const up = new Set<SimInstance>();
+    afterPass = (i) => i.runningHash !== undefined && up.add(i);
+    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= launchMs && up.size === n);
     const launched = instances.filter((i) => i.runningHash !== undefined).length;
     print(`fleet: ${n} instances, ${p} parameters, stand-in rebuild ${rebuildMs} ms; time is simulated (one shared virtual clock)`);
     print(`  SSM: the real SDK client per instance → the SSM emulator's request handler in-process (no socket), ${READS_PER_SECOND} GetParameter*/s account-wide`);
@@ -177,10 +183,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       trigger?.();
       const convergedAt = new Map<SimInstance, number>();
       const isNew = (i: SimInstance) => i.runningHash !== undefined && !before.has(i.runningHash);
-      await runFor(capMs, () => {
-        for (const i of instances) if (!convergedAt.has(i) && isNew(i)) convergedAt.set(i, clock.now());
-        return convergedAt.size === instances.length;
-      });
+      afterPass = (i) => !convergedAt.has(i) && isNew(i) && convergedAt.set(i, clock.now());
+      await runFor(capMs, () => convergedAt.size === instances.length);
       const used = since(startTotals);
       const times = [...convergedAt.values()].map((t) => (t - start) / 1000);
       const successful = instances.map((i) => i.ssmCalls.calls - i.ssmCalls.throttled - (callsAtStart.get(i) ?? 0));
@@ -227,7 +231,10 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     for (const i of instances) {
       i.tagInMetadata(TAG, '1');
     }
-    await runFor(6 * HOUR_MS, () => instances.every((i) => i.agent.ssm.stats.mode === 'tag'), IDLE_RESOLUTION_MS);
+    const tagged = new Set<SimInstance>();
+    afterPass = (i) => i.agent.ssm.stats.mode === 'tag' && tagged.add(i);
+    await runFor(6 * HOUR_MS, () => tagged.size === n, IDLE_RESOLUTION_MS);
+    afterPass = undefined;
     await runFor(intervalMs, undefined, IDLE_RESOLUTION_MS);
     mark = totals();
     await runFor(windowMs, undefined, IDLE_RESOLUTION_MS);
