@@ -44,6 +44,7 @@ const READS_PER_SECOND = 40;
 const HOUR_MS = 3_600_000;
 const TAG = 'nixos-ec2-agent-revision';
 const IDLE_RESOLUTION_MS = 1_000;
+const SIMULATION_EPOCH = Date.UTC(2026, 0, 1);
 /** What the agent polled with before fleet-scale defaults: the baseline the idle figures are read against. */
 const FORMER_SSM_DEFAULTS = { pollIntervalSeconds: 60, pollJitter: 1, fullRefreshSeconds: 3_600 };
 
@@ -93,7 +94,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 
   const log = silentLogger();
   const wallStart = performance.now();
-  const clock = new VirtualClock(Date.now());
+  // A fixed start: the SDK's rate limiter counts in whole seconds of this clock and the token bucket
+  // refills in fractions of them, so a start that moved with the real time would move the run.
+  const clock = new VirtualClock(SIMULATION_EPOCH);
   const ssm = await SsmEmulator.start({ clock, throughput: { readsPerSecond: READS_PER_SECOND, burst: READS_PER_SECOND } });
   // tmpfs when there is one: each instance writes its configuration and state atomically (fsync).
   const under = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'fleet-bench-'));
