@@ -91,18 +91,17 @@ export function nextPollDelay(intervalMs: number, jitter: number, random: () => 
 
 /** The first window a pass that failed on throttling is retried within (doubling each time). */
 export const THROTTLED_RETRY_BASE_MS = 10_000;
-/** The widest such window: a retry more than a couple of minutes out leaves the account's reads unused. */
-export const THROTTLED_RETRY_MAX_MS = 120_000;
 
 /**
  * The wait before retrying a pass that failed on throttling (`level` in a row): its change is
  * still to be applied, so it is not put off to the next poll. Full jitter over a window that
- * starts at THROTTLED_RETRY_BASE_MS and doubles, capped at THROTTLED_RETRY_MAX_MS, one poll
- * interval and max, so the instances that lost a round spread over the account's throughput and
- * none is starved by a window far wider than the others'.
+ * starts at THROTTLED_RETRY_BASE_MS and doubles, capped at one poll interval and max. The window
+ * grows until the fleet's retries fit the account's throughput: a fixed cap narrower than that
+ * (two minutes held ten thousand instances at 80 passes a second, each retried up to ten times by
+ * the SDK, against 40 reads a second) turns the fleet's wait into throttled calls.
  */
 export function throttledRetryDelay(intervalMs: number, random: () => number, level: number, maxMs = Number.POSITIVE_INFINITY): number {
-  return random() * Math.min(maxMs, intervalMs, THROTTLED_RETRY_MAX_MS, THROTTLED_RETRY_BASE_MS * 2 ** Math.min(Math.max(0, level - 1), 30));
+  return random() * Math.min(maxMs, intervalMs, THROTTLED_RETRY_BASE_MS * 2 ** Math.min(Math.max(0, level - 1), 30));
 }
 
 export class Scheduler {
@@ -258,7 +257,11 @@ export class Scheduler {
       this.running = undefined;
       this.passAbort = undefined;
       this.throttledPasses = result?.error && isBusy(result.error) ? this.throttledPasses + 1 : 0;
-      this.baseline = result?.desiredHash;
+      // A failed pass may not have read its sources: the desired state it reports is then the one
+      // it selected before, and a probe differing from it is the very change still to apply. Its
+      // retry converges at once instead of settling that change again (more probes, each an SSM
+      // read a throttled account pays for).
+      this.baseline = result?.outcome === 'failed' ? undefined : result?.desiredHash;
       this.lastProbe = undefined;
       for (const w of waiters) w.resolve(result);
     }

@@ -21,6 +21,12 @@ export interface RunOptions {
   readonly idle?: () => boolean;
   /** Stops early, before time passes `until`, once this returns true (checked between steps). */
   readonly done?: () => boolean;
+  /**
+   * Wakes one sleeper per step (resolution ignored) and lets everything it sets off settle before
+   * the next: outside work (file I/O) cannot interleave two sleepers' continuations in an order the
+   * machine chooses, so a run driven by seeded choices is the same each time. Slower: for small runs.
+   */
+  readonly serial?: boolean;
 }
 
 /** Lets promise continuations and I/O callbacks that are already due run. */
@@ -88,6 +94,10 @@ export class VirtualClock implements Clock {
       if (next === undefined || next.deadline > until) break;
       this.#steps++;
       this.#now = Math.max(this.#now, next.deadline);
+      if (options.serial) {
+        this.#pop().resolve?.();
+        continue;
+      }
       const horizon = this.#now + resolution;
       while (this.#heap.length > 0 && (this.#heap[0] as Sleeper).deadline <= horizon) {
         this.#pop().resolve?.();

@@ -1,10 +1,20 @@
-// `npm run bench -- fleet [--instances N] [--parameters P] [--rebuild-ms R]`: N instances of the
-// real agent (sources, SSM change detection, Scheduler, Reconciler; see fleet/instance.ts) in one
-// process on one simulated clock, sharing one account's SSM read throughput (40 GetParameter*
-// calls a second, the emulator's token bucket answering ThrottlingException as AWS does).
+// `npm run bench -- fleet [--instances N] [--parameters P] [--rebuild-ms R] [--seed S] [--serial]
+// [--imds-http K]`: N instances of the real agent (sources, SSM change detection, Scheduler,
+// Reconciler; see fleet/instance.ts) in one process on one simulated clock, sharing one account's
+// SSM read throughput (40 GetParameter* calls a second, the emulator's token bucket answering
+// ThrottlingException as AWS does).
+//
+// What is real and what stands in: each instance's SSM client is the SDK's (its adaptive retry
+// included), calling the SSM emulator's request handler in-process. IMDS is the emulator's own
+// instance description answered in-process (no HTTP, no session tokens) for all but the first K
+// instances (2 in the quick run, 0 otherwise), which read it through the agent's ImdsClient from an
+// IMDS emulator server each, over HTTP: ten thousand servers would cost three sockets an instance,
+// and IMDS has no account-wide limit to measure. Auto Scaling is an in-process stand-in naming the
+// group. The rebuild is a stand-in that takes R ms of simulated time.
 //
 // The run, in simulated time:
-//   launch   the instances start over one poll interval (as a fleet that has been running) and
+//   launch   the instances start over one poll interval, or over twice the time the account needs
+//            for their first reads when that is longer (as a fleet that has been running), and
 //            converge to P parameters under /nixos/fleet, with its revision parameter;
 //   push     P parameters change, the revision is bumped, and SSM Run Command runs
 //            `converge --now` on every instance at once: time until all converged, beside the
@@ -14,6 +24,8 @@
 //   tag      the revision tag appears in instance metadata: an hour of polling with it;
 //   baseline up to 100 fresh instances with the former defaults (60 s polls, hourly full
 //            refresh): their idle hour, the figure the idle calls are read against.
+// Every random choice (launch offsets, poll jitter, the SDK's retry jitter) comes from --seed; the
+// quick run (and --serial) also wakes one instance at a time, so it gives the same figures each time.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -26,11 +38,13 @@ import { defaultInstance } from '../../sandbox/emulators/imds.js';
 import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
 import { BenchUsageError, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Print } from './common.js';
 import { prng } from '../support/prng.js';
-import { createInstance, type SimInstance } from './fleet/instance.js';
+import { createInstance, type RealIo, type SimInstance } from './fleet/instance.js';
 
 const READS_PER_SECOND = 40;
 const HOUR_MS = 3_600_000;
 const TAG = 'nixos-ec2-agent-revision';
+const IDLE_RESOLUTION_MS = 1_000;
+const SIMULATION_EPOCH = Date.UTC(2026, 0, 1);
 /** What the agent polled with before fleet-scale defaults: the baseline the idle figures are read against. */
 const FORMER_SSM_DEFAULTS = { pollIntervalSeconds: 60, pollJitter: 1, fullRefreshSeconds: 3_600 };
 
@@ -40,11 +54,13 @@ interface Totals {
 }
 
 /**
- * Nothing real in flight: no file request in the libuv pool, no real timer (the SDK's retry waits
- * 0 ms for real; see fleet/ssm.ts). The simulation waits for these before time moves.
+ * Nothing real in flight: no file request in the libuv pool (a FileHandle's close is a CloseReq of
+ * its own), no real timer (the SDK's retry waits 0 ms for real; see fleet/ssm.ts). The simulation
+ * waits for these before time moves: time that moved while a pass waited on its disk would be
+ * counted in its convergence, as much as the machine's load made it.
  */
 export function noFileIo(): boolean {
-  return !process.getActiveResourcesInfo().some((r) => r.startsWith('FSReq') || r === 'Timeout');
+  return !process.getActiveResourcesInfo().some((r) => r.startsWith('FSReq') || r === 'CloseReq' || r === 'Timeout');
 }
 
 export async function run(args: readonly string[], print: Print): Promise<BenchResult> {
@@ -53,14 +69,24 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     parameters: { type: 'string' },
     'rebuild-ms': { type: 'string' },
     seed: { type: 'string' },
+    serial: { type: 'boolean' },
+    'imds-http': { type: 'string' },
   });
   const quick = flags.quick === true;
   const n = intFlag('instances', flags.instances, quick ? 16 : 1000);
   const p = intFlag('parameters', flags.parameters, quick ? 12 : 50);
   const rebuildMs = intFlag('rebuild-ms', flags['rebuild-ms'], 30_000);
   const seed = intFlag('seed', flags.seed, 1);
+  // One instance's work at a time: the same figures from the same seed (the quick run CI makes).
+  const serial = quick || flags.serial === true;
+  // The first instances read IMDS over HTTP from emulator servers of their own (see fleet/instance.ts).
+  const imdsHttp = flags['imds-http'] === undefined ? (quick ? 2 : 0) : Number(flags['imds-http']);
+  if (!Number.isInteger(imdsHttp) || imdsHttp < 0) throw new BenchUsageError(`--imds-http wants a count of instances, not ${String(flags['imds-http'])}`);
   if (n > 20_000) throw new BenchUsageError('--instances: at most 20000 in one process');
   const random = prng(seed);
+  // A full read: the revision, then /nixos/fleet (P parameters and the revision) in pages of ten,
+  // and one page for each of the other two prefixes.
+  const fullFetchCalls = 1 + Math.ceil((p + 1) / 10) + 2;
   const defaults = ConfigSchema.parse({});
   const intervalMs = defaults.ssm.pollIntervalSeconds * 1000;
   // The idle windows: an hour, or in the smoke test's quick run 20 minutes (scaled to the hour).
@@ -68,11 +94,15 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 
   const log = silentLogger();
   const wallStart = performance.now();
-  const clock = new VirtualClock(Date.now());
+  // A fixed start: the SDK's rate limiter counts in whole seconds of this clock and the token bucket
+  // refills in fractions of them, so a start that moved with the real time would move the run.
+  const clock = new VirtualClock(SIMULATION_EPOCH);
   const ssm = await SsmEmulator.start({ clock, throughput: { readsPerSecond: READS_PER_SECOND, burst: READS_PER_SECOND } });
   // tmpfs when there is one: each instance writes its configuration and state atomically (fsync).
   const under = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'fleet-bench-'));
   const instances: SimInstance[] = [];
+  const realIo: RealIo = { inFlight: 0 };
+  const settled = () => realIo.inFlight === 0 && noFileIo();
   const running: Promise<void>[] = [];
   try {
     let version = 0;
@@ -84,7 +114,11 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     push();
 
     const passes = new Map<SimInstance, { at: number; result: PassResult }[]>();
+    // What the phase in hand watches for, told after each pass: a fleet-wide check at every clock
+    // step would cost the run N × steps.
+    let afterPass: ((instance: SimInstance) => void) | undefined;
     const record = (instance: SimInstance, _reason: string, result: PassResult) => {
+      afterPass?.(instance);
       let list = passes.get(instance);
       if (!list) passes.set(instance, (list = []));
       if (result.outcome !== 'unchanged') list.push({ at: clock.now(), result });
@@ -96,34 +130,49 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       under,
       imds: defaultInstance({ instanceId: `i-${(0x100000000000000n + BigInt(i)).toString(16).slice(-17)}`, privateIp: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, tags: {}, tagsInMetadata: false }),
       rebuildMs,
-      random,
+      // Each instance its own sequence: what one draws does not depend on when the others drew.
+      random: prng((Math.imul(seed, 0x9e3779b1) + i) >>> 0),
       onPass: record,
       log,
+      ...(i < imdsHttp ? { imdsOverHttp: { realIo } } : {}),
     });
-    // Built a hundred at a time: each waits mostly on its root's files.
-    for (let i = 0; i < n; i += 100) {
-      instances.push(...(await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => createInstance(common(i + k))))));
+    // Built a hundred at a time (each waits mostly on its root's files); one at a time in a serial
+    // run, so whatever an instance sets going while it is built queues in the same order each time.
+    const batch = serial ? 1 : 100;
+    for (let i = 0; i < n; i += batch) {
+      instances.push(...(await Promise.all(Array.from({ length: Math.min(batch, n - i) }, (_, k) => createInstance(common(i + k))))));
     }
     const totals = (): Totals => instances.reduce((t, i) => ({ calls: t.calls + i.ssmCalls.calls, throttled: t.throttled + i.ssmCalls.throttled }), { calls: 0, throttled: 0 });
     const since = (a: Totals): Totals => {
       const b = totals();
       return { calls: b.calls - a.calls, throttled: b.throttled - a.throttled };
     };
-    const runFor = (ms: number, done?: () => boolean) =>
-      clock.run(clock.now() + ms, { resolutionMs: 50, idle: noFileIo, ...(done ? { done } : {}) });
+    // 50 ms while a change spreads (what the account's token bucket and the SDK's backoff see);
+    // a second at idle, where only the count of calls is measured, not their timing.
+    const runFor = (ms: number, done?: () => boolean, resolutionMs = 50) =>
+      clock.run(clock.now() + ms, { resolutionMs, idle: settled, serial, ...(done ? { done } : {}) });
     const hashes = () => new Set(instances.map((i) => i.runningHash));
     const wall = () => `${round((performance.now() - wallStart) / 1000)} s real`;
 
     // ---- launch ----
+    // A fleet that has been running came up over at least one poll interval, and no faster than the
+    // account could serve its first reads (twice over): the launch is the setting, not a figure.
+    const launchMs = Math.max(intervalMs, (2 * n * fullFetchCalls * 1000) / READS_PER_SECOND);
     const t0 = clock.now();
     for (const instance of instances) {
-      const offset = random() * intervalMs;
+      const offset = random() * launchMs;
       running.push(clock.sleep(offset).then(() => instance.run()));
     }
-    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= intervalMs && instances.every((i) => i.runningHash !== undefined));
+    const up = new Set<SimInstance>();
+    afterPass = (i) => i.runningHash !== undefined && up.add(i);
+    await runFor(6 * HOUR_MS, () => clock.now() - t0 >= launchMs && up.size === n);
     const launched = instances.filter((i) => i.runningHash !== undefined).length;
     print(`fleet: ${n} instances, ${p} parameters, stand-in rebuild ${rebuildMs} ms; time is simulated (one shared virtual clock)`);
     print(`  SSM: the real SDK client per instance → the SSM emulator's request handler in-process (no socket), ${READS_PER_SECOND} GetParameter*/s account-wide`);
+    print(
+      `  IMDS: ${Math.min(imdsHttp, n)} instance(s) through the agent's ImdsClient → an IMDS emulator server over HTTP; ` +
+        `${n - Math.min(imdsHttp, n)} answered in-process from the emulator's instance description (a stand-in: no HTTP, no tokens); Auto Scaling in-process`,
+    );
     print(`  defaults: poll ${defaults.ssm.pollIntervalSeconds} s (jitter ${defaults.ssm.pollJitter}), full refresh ${defaults.ssm.fullRefreshSeconds} s, SDK maxAttempts ${defaults.ssm.maxAttempts} (adaptive)`);
     print(`  launch: ${launched}/${n} converged after ${round((clock.now() - t0) / 1000)} s simulated (${wall()})`);
 
@@ -137,10 +186,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       trigger?.();
       const convergedAt = new Map<SimInstance, number>();
       const isNew = (i: SimInstance) => i.runningHash !== undefined && !before.has(i.runningHash);
-      await runFor(capMs, () => {
-        for (const i of instances) if (!convergedAt.has(i) && isNew(i)) convergedAt.set(i, clock.now());
-        return convergedAt.size === instances.length;
-      });
+      afterPass = (i) => !convergedAt.has(i) && isNew(i) && convergedAt.set(i, clock.now());
+      await runFor(capMs, () => convergedAt.size === instances.length);
       const used = since(startTotals);
       const times = [...convergedAt.values()].map((t) => (t - start) / 1000);
       const successful = instances.map((i) => i.ssmCalls.calls - i.ssmCalls.throttled - (callsAtStart.get(i) ?? 0));
@@ -167,7 +214,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       return out;
     };
     const pushed = await changeConvergence('push (Run Command converge --now on every instance)', () => {
-      for (const i of instances) i.convergeNow('converge --now');
+      // Each command lands through the clock, so a serial run takes them one at a time.
+      for (const i of instances) void clock.sleep(1).then(() => i.convergeNow('converge --now'));
     }, 6 * HOUR_MS);
 
     // ---- poll: the change latency at the default settings ----
@@ -176,21 +224,23 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 
     // ---- idle ----
     const perInstanceHour = (t: Totals) => (t.calls / n) * (HOUR_MS / windowMs);
-    await runFor(intervalMs);
+    await runFor(intervalMs, undefined, IDLE_RESOLUTION_MS);
     let mark = totals();
-    await runFor(windowMs);
+    await runFor(windowMs, undefined, IDLE_RESOLUTION_MS);
     const idleAfter = since(mark);
     print(`  idle window: ${round(perInstanceHour(idleAfter))} SSM calls per instance-hour (${wall()})`);
 
     // ---- with the revision tag in instance metadata ----
     for (const i of instances) {
-      i.imds.instance.tags[TAG] = '1';
-      i.imds.instance.tagsInMetadata = true;
+      i.tagInMetadata(TAG, '1');
     }
-    await runFor(6 * HOUR_MS, () => instances.every((i) => i.agent.ssm.stats.mode === 'tag'));
-    await runFor(intervalMs);
+    const tagged = new Set<SimInstance>();
+    afterPass = (i) => i.agent.ssm.stats.mode === 'tag' && tagged.add(i);
+    await runFor(6 * HOUR_MS, () => tagged.size === n, IDLE_RESOLUTION_MS);
+    afterPass = undefined;
+    await runFor(intervalMs, undefined, IDLE_RESOLUTION_MS);
     mark = totals();
-    await runFor(windowMs);
+    await runFor(windowMs, undefined, IDLE_RESOLUTION_MS);
     const idleTag = since(mark);
 
     // ---- the baseline: the same agent with the former defaults (60 s polls, hourly full refresh) ----
@@ -202,14 +252,13 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     }
     instances.push(...baseline);
     for (const instance of baseline) running.push(clock.sleep(random() * FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000).then(() => instance.run()));
-    await runFor(quick ? FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000 : FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000);
+    await runFor(quick ? FORMER_SSM_DEFAULTS.pollIntervalSeconds * 1000 : FORMER_SSM_DEFAULTS.fullRefreshSeconds * 1000, undefined, IDLE_RESOLUTION_MS);
     const baseMark = baseline.reduce((t, i) => t + i.ssmCalls.calls, 0);
-    await runFor(windowMs);
+    await runFor(windowMs, undefined, IDLE_RESOLUTION_MS);
     const baselinePerInstanceHour = ((baseline.reduce((t, i) => t + i.ssmCalls.calls, 0) - baseMark) / baselineN) * (HOUR_MS / windowMs);
     for (const i of baseline) i.stop();
 
     // The full refresh every fullRefreshSeconds is outside an hour's window; its share, amortized.
-    const fullFetchCalls = Math.ceil((p + 1) / 10) + 1 + 1;
     const refreshPerHour = fullFetchCalls / (defaults.ssm.fullRefreshSeconds / 3600);
     const idleCalls = perInstanceHour(idleAfter) + refreshPerHour;
     const idleReadsPerSecond = (idleCalls * n) / 3600;
@@ -271,8 +320,9 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     for (const i of instances) i.stop();
     let ended = false;
     void Promise.allSettled(running).then(() => (ended = true));
-    await clock.run(clock.now() + 6 * HOUR_MS, { idle: noFileIo, done: () => ended });
+    await clock.run(clock.now() + 6 * HOUR_MS, { idle: settled, done: () => ended });
     await ssm.close();
+    await Promise.all(instances.map((i) => i.imdsServer?.close()));
     await rm(under, { recursive: true, force: true });
   }
 }

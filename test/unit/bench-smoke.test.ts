@@ -53,6 +53,17 @@ describe('benchmarks, quick mode', () => {
     assert.ok(f.idle_calls_per_instance_hour < f.idle_calls_per_instance_hour_before);
   });
 
+  it('fleet: a quick run is the same from the same seed, and differs from another seed', { timeout: 180_000 }, async () => {
+    const last = async (seed: string) => {
+      const { code, stdout, stderr } = await bench(['fleet', '--quick', '--instances', '8', '--seed', seed]);
+      assert.equal(code, 0, `exit ${code}; stderr:\n${stderr}`);
+      return stdout.trim().split('\n').at(-1) ?? '';
+    };
+    const first = await last('7');
+    assert.equal(await last('7'), first, 'two runs from seed 7');
+    assert.notEqual(await last('8'), first, 'seed 8 makes other choices');
+  });
+
   it('refuses an unknown benchmark with exit 2 and lists the known ones', async () => {
     const { code, stderr } = await bench(['no-such-benchmark']);
     assert.equal(code, 2);

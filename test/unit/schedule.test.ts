@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { TransientError } from '../../agent/errors.js';
 import type { PassResult } from '../../agent/reconcile.js';
-import { nextPollDelay, Scheduler, THROTTLED_RETRY_BASE_MS, THROTTLED_RETRY_MAX_MS, throttledRetryDelay, type ScheduleOptions } from '../../agent/schedule.js';
+import { nextPollDelay, Scheduler, THROTTLED_RETRY_BASE_MS, throttledRetryDelay, type ScheduleOptions } from '../../agent/schedule.js';
 import { ManualClock, settle } from '../support/clock.js';
 
 test('an unthrottled poll waits uniformly within interval × [1 − j/2, 1 + j/2]', () => {
@@ -215,7 +215,7 @@ test('a pass that failed on throttling is retried within a window that doubles f
 test('throttled retries spread over their window: a throttled fleet does not retry in step', () => {
   assert.equal(throttledRetryDelay(600_000, () => 0, 1), 0);
   assert.equal(throttledRetryDelay(600_000, () => 1, 1), THROTTLED_RETRY_BASE_MS);
-  assert.equal(throttledRetryDelay(600_000, () => 1, 30), THROTTLED_RETRY_MAX_MS);
+  assert.equal(throttledRetryDelay(600_000, () => 1, 30), 600_000, 'at most one poll interval');
   assert.equal(throttledRetryDelay(60_000, () => 1, 30), 60_000, 'never longer than one poll interval');
   assert.equal(throttledRetryDelay(600_000, () => 1, 30, 90_000), 90_000);
   const delays = Array.from({ length: 1000 }, () => throttledRetryDelay(600_000, Math.random, 4));
@@ -313,6 +313,30 @@ test('a poll whose probe fails converges at once (the pass reports the failure)'
   await h.clock.advanceAsync(2_000);
   assert.equal(h.passes.length, 2);
   assert.equal(h.passes[1]!.reason, 'poll');
+  h.scheduler.stop();
+  h.release();
+  await h.done;
+});
+
+test('a change whose pass failed on throttling is retried at once when its retry is due, not settled again as if new', async () => {
+  const throttled = new TransientError('Rate exceeded', 'ssm', { code: 'ThrottlingException' });
+  // random() = 0.5: the first throttled retry is due at 5 s (half the 10 s window).
+  const { h, source } = probed({ intervalMs: 60_000, random: () => 0.5 });
+  await settle();
+  h.release({ outcome: 'converged', desiredHash: 'A' });
+  await settle();
+  source.fingerprint = 'B';
+  void h.scheduler.runNow('converge --now');
+  await settle();
+  assert.equal(h.passes.length, 2);
+  // The pass could not read its sources: it reports the desired state it last selected ('A'), not
+  // the one it was asked to converge to.
+  h.release({ outcome: 'failed', error: throttled, desiredHash: 'A' });
+  await settle();
+  const probesBefore = source.probes;
+  await h.clock.advanceAsync(5_000);
+  assert.equal(h.passes.length, 3, 'the retry runs when due, without a quiet period');
+  assert.ok(source.probes - probesBefore <= 1, `${source.probes - probesBefore} probes before the retry: each one is an SSM read the throttled account pays for`);
   h.scheduler.stop();
   h.release();
   await h.done;

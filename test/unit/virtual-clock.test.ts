@@ -87,3 +87,23 @@ test('run stops early once done() says so', async () => {
   assert.equal(n, 3);
   assert.equal(clock.now(), 3_000);
 });
+
+test('serial: sleepers due at once wake one at a time, each after the outside work the one before started', async () => {
+  const clock = new VirtualClock(0);
+  let inFlight = 0;
+  const order: string[] = [];
+  // Each sleeper starts real work whose length is the reverse of its wake order: run together,
+  // they would finish last-woken first.
+  for (const [name, ms] of [['a', 30], ['b', 20], ['c', 10]] as const) {
+    void clock.sleep(100).then(() => {
+      inFlight++;
+      setTimeout(() => {
+        inFlight--;
+        order.push(name);
+      }, ms);
+    });
+  }
+  await clock.run(1_000, { serial: true, resolutionMs: 50, idle: () => inFlight === 0 });
+  assert.deepEqual(order, ['a', 'b', 'c']);
+  assert.equal(clock.steps, 3);
+});

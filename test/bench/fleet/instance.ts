@@ -7,6 +7,8 @@ import { SimulatedAutoScaling } from './autoscaling.js';
 import { mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import { createAgent, type Agent } from '../../../agent/agent.js';
+import { ImdsClient, type Imds } from '../../../agent/aws/imds.js';
+import { shortHash } from '../../../agent/desired/desired.js';
 import { BUILD_DIR } from '../../../agent/apply/rebuild.js';
 import { parseConfig, type Config, type ConfigInput } from '../../../agent/config.js';
 import { silentLogger, type Logger } from '../../../agent/log.js';
@@ -14,7 +16,9 @@ import type { Clock, RunRequest, RunResult, Runner } from '../../../agent/ports.
 import type { PassResult } from '../../../agent/reconcile.js';
 import { CONFIGURATION_NIX } from '../../../agent/render/render.js';
 import { Scheduler } from '../../../agent/schedule.js';
-import type { ImdsInstance } from '../../../sandbox/emulators/imds.js';
+import { selectDesired } from '../../../agent/rollout/select.js';
+import type { Snapshots } from '../../../agent/sources/index.js';
+import { ImdsEmulator, type ImdsInstance } from '../../../sandbox/emulators/imds.js';
 import type { SsmEmulator } from '../../../sandbox/emulators/ssm.js';
 import { FakeMachine } from '../../support/reconcile-fakes.js';
 import { SimulatedImds } from './imds.js';
@@ -39,13 +43,29 @@ export interface InstanceOptions {
    * builds: how a benchmark makes a pushed desired state a bad one. Absent: every build succeeds.
    */
   readonly failBuild?: (configuration: string) => boolean;
+  /**
+   * Serve this instance's metadata from an IMDS emulator server of its own, read by the agent's
+   * real ImdsClient over HTTP on 127.0.0.1, instead of in-process. Its requests are counted in
+   * `realIo`, which the simulation waits on before time moves.
+   */
+  readonly imdsOverHttp?: { readonly realIo: RealIo };
+}
+
+/** Requests in flight outside the simulated clock (sockets), for the driver to wait on. */
+export interface RealIo {
+  inFlight: number;
 }
 
 export interface SimInstance {
   readonly id: string;
   readonly agent: Agent;
   readonly config: Config;
+  /** The instance description its metadata is served from (in-process, or by `imdsServer`). */
   readonly imds: SimulatedImds;
+  /** With `imdsOverHttp`: the emulator server the agent reads over HTTP; closed by the caller. */
+  readonly imdsServer: ImdsEmulator | undefined;
+  /** Sets an instance tag, as `aws ec2 create-tags` does, and allows tags in instance metadata. */
+  tagInMetadata(key: string, value: string): void;
   readonly ssmCalls: SsmCallCounter;
   /** The desired state the running system was built from. */
   readonly runningHash: string | undefined;
@@ -102,6 +122,39 @@ class StandInRunner implements Runner {
   }
 }
 
+/**
+ * The agent's ImdsClient, as createAgent builds it, against `url`; each call counts in `io` while
+ * it waits on the network, not while its retry backoff sleeps on the simulated clock (time must
+ * move for that sleep to end).
+ */
+function overHttp(url: string, config: Config, clock: Clock, random: () => number, io: RealIo): Imds {
+  const sleeping: Clock = {
+    now: () => clock.now(),
+    sleep: async (ms, signal) => {
+      io.inFlight--;
+      try {
+        await clock.sleep(ms, signal);
+      } finally {
+        io.inFlight++;
+      }
+    },
+  };
+  const client = new ImdsClient({ clock: sleeping, env: {}, endpoint: url, timeoutMs: config.imds.timeoutMs, retries: config.imds.retries, random });
+  const track = async <T>(request: () => Promise<T>): Promise<T> => {
+    io.inFlight++;
+    try {
+      return await request();
+    } finally {
+      io.inFlight--;
+    }
+  };
+  return {
+    get: (path) => track(() => client.get(path)),
+    getBytes: (path) => track(() => client.getBytes(path)),
+    identity: () => track(() => client.identity()),
+  };
+}
+
 /** The Auto Scaling group every simulated instance belongs to (the `{asg}` of its SSM prefixes). */
 export const FLEET_GROUP = 'fleet';
 
@@ -119,24 +172,43 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
     root,
   });
   const imds = new SimulatedImds(options.imds);
+  const imdsServer = options.imdsOverHttp ? await ImdsEmulator.start({ instance: options.imds, clock, host: '127.0.0.1' }) : undefined;
+  const agentImds: Imds = imdsServer && options.imdsOverHttp ? overHttp(imdsServer.url, config, clock, options.random, options.imdsOverHttp.realIo) : imds;
   const ssmCalls: SsmCallCounter = { calls: 0, throttled: 0 };
-  const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, counter: ssmCalls });
+  const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, counter: ssmCalls, random: options.random });
   const log = options.log ?? silentLogger();
   let standIn: StandInRunner | undefined;
   // The runner is handed in before the agent's root exists; the stand-in machine lives in it.
   const runner: Runner = { run: (request) => (standIn as StandInRunner).run(request) };
-  const agent = await createAgent(config, log, { clock, runner, imds, ssm: async () => parts, autoscaling: new SimulatedAutoScaling(FLEET_GROUP), env: {} });
+  const agent = await createAgent(config, log, { clock, runner, imds: agentImds, ssm: async () => parts, autoscaling: new SimulatedAutoScaling(FLEET_GROUP), env: {} });
   const machine = new FakeMachine(agent.fs);
   await machine.install();
   standIn = new StandInRunner(machine, clock, options.rebuildMs, options.failBuild);
   const reconciler = agent.reconciler;
   await reconciler.start();
 
-  // As daemon.ts wires its Scheduler.
+  // As the daemon (agent/loop.ts) wires its Scheduler.
+  const desiredHash = (snapshots: Snapshots) =>
+    selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, clock.now()).desired.hash;
+  let fullCheckAt = Number.NEGATIVE_INFINITY;
+  // While a pass builds: the revision answers cheaply; without a change there, the sources are read
+  // whole at most once per poll interval.
+  const newerDesired = async (signal: AbortSignal | undefined, now: boolean): Promise<string | undefined> => {
+    const cheap = config.ssm.enabled ? await agent.ssm.changed(signal) : undefined;
+    if (cheap !== undefined) return cheap;
+    const building = reconciler.status.desired?.hash;
+    if (building === undefined || reconciler.status.phase !== 'building') return undefined;
+    const at = clock.now();
+    if (!now && at - fullCheckAt < config.ssm.pollIntervalSeconds * 1000) return undefined;
+    fullCheckAt = at;
+    const hash = desiredHash(await agent.sources.read(signal));
+    return hash === building ? undefined : `desired state ${shortHash(hash)} differs from the one building (${shortHash(building)})`;
+  };
   const scheduler = new Scheduler(clock, {
     intervalMs: config.ssm.pollIntervalSeconds * 1000,
     jitter: config.ssm.pollJitter,
     quietPeriodMs: config.watch.quietPeriodMs,
+    maxSettleMs: config.watch.maxSettleSeconds * 1000,
     maxBackoffMs: config.ssm.maxBackoffSeconds * 1000,
     cancelCheckMs: config.watch.cancelCheckSeconds * 1000,
     random: options.random,
@@ -145,7 +217,8 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
     tickMs: config.ssm.pollIntervalSeconds * 1000,
     throttleLevel: () => agent.ssm.throttleLevel,
     cancellable: () => reconciler.status.phase === 'building',
-    changed: async (signal) => (config.ssm.enabled ? agent.ssm.changed(signal) : undefined),
+    changed: (signal) => newerDesired(signal, false),
+    probe: async (signal) => desiredHash(await agent.sources.peek(signal)),
   });
 
   const instance: SimInstance = {
@@ -154,12 +227,27 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
     config,
     imds,
     ssmCalls,
+    imdsServer,
+    tagInMetadata(key, value) {
+      imds.instance.tags[key] = value;
+      imds.instance.tagsInMetadata = true;
+      imdsServer?.setTag(key, value);
+      imdsServer?.setTagsInMetadata(true);
+    },
     get runningHash() {
       return reconciler.status.running?.desiredHash;
     },
     convergeNow(reason) {
-      agent.ssm.invalidate(reason);
-      void scheduler.runNow(reason);
+      // As the daemon answers `converge` on its control socket.
+      void (async () => {
+        if (scheduler.state.running) {
+          const newer = await newerDesired(undefined, true).catch(() => undefined);
+          if (newer === undefined) await scheduler.exclusive(async () => undefined);
+        }
+        agent.ssm.invalidate(reason);
+        agent.sources.forget();
+        await scheduler.runNow(reason);
+      })();
     },
     run: () =>
       scheduler.run(async (reason, signal) => {
