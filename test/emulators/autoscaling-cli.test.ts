@@ -1,27 +1,18 @@
 // The Auto Scaling emulator through the real AWS CLI (botocore's awsQuery client): what an operator
 // or a lifecycle script on the instance would run against it.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { awsCli, noAwsCli } from '../support/aws-cli.js';
 import { AutoScalingEmulator, LAUNCHING } from '../../sandbox/emulators/autoscaling.js';
 import { ManualClock } from '../support/clock.js';
 
-// The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
-const AWS = '/usr/bin/aws';
-const skip = existsSync(AWS) ? false : `${AWS} (AWS CLI v2) is not installed`;
+const skip = noAwsCli;
 
 const GROUP = 'web-asg';
 const HOOK = 'launch-hook';
-
-interface CliResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
 
 describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
   let emulator: AutoScalingEmulator;
@@ -40,31 +31,7 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     if (home) await rm(home, { recursive: true, force: true });
   });
 
-  const aws = (...args: string[]): Promise<CliResult> =>
-    new Promise((resolve) => {
-      execFile(
-        AWS,
-        ['--endpoint-url', emulator.url, '--output', 'json', 'autoscaling', ...args],
-        {
-          env: {
-            PATH: process.env.PATH ?? '/usr/bin:/bin',
-            HOME: home,
-            AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
-            AWS_SECRET_ACCESS_KEY: 'secret',
-            AWS_DEFAULT_REGION: 'eu-west-1',
-            AWS_EC2_METADATA_DISABLED: 'true',
-            AWS_PAGER: '',
-            AWS_CONFIG_FILE: join(home, 'config'),
-            AWS_SHARED_CREDENTIALS_FILE: join(home, 'credentials'),
-          },
-          timeout: 120_000,
-        },
-        (error, stdout, stderr) => {
-          const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0;
-          resolve({ code, stdout, stderr });
-        },
-      );
-    });
+  const aws = (...args: string[]) => awsCli(emulator.url, home, 'autoscaling', args);
 
   it('describe-auto-scaling-instances shows an instance held by the launch hook', async () => {
     emulator.launchInstance({ instanceId: 'i-0aaaaaaaaaaaaaaa1', groupName: GROUP, availabilityZone: 'eu-west-1a', instanceType: 't3.small' });

@@ -2,19 +2,16 @@
 // awsQuery client), as an operator creates and flips an alarm, and the SDK v3 client (awsJson1_0,
 // query compatible), as the agent reads alarm states during a rollout.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { awsCli, noAwsCli } from '../support/aws-cli.js';
 import { CloudWatchClient, DescribeAlarmsCommand, SetAlarmStateCommand } from '@aws-sdk/client-cloudwatch';
 import { CloudWatchEmulator } from '../../sandbox/emulators/cloudwatch.js';
 import { ManualClock } from '../support/clock.js';
 
-// The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
-const AWS = '/usr/bin/aws';
-const noCli = existsSync(AWS) ? false : `${AWS} (AWS CLI v2) is not installed`;
+const noCli = noAwsCli;
 
 describe('CloudWatch emulator', () => {
   let emulator: CloudWatchEmulator;
@@ -34,28 +31,7 @@ describe('CloudWatch emulator', () => {
     if (home) await rm(home, { recursive: true, force: true });
   });
 
-  const aws = (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
-    new Promise((resolve) => {
-      execFile(
-        AWS,
-        ['--endpoint-url', emulator.url, '--output', 'json', 'cloudwatch', ...args],
-        {
-          env: {
-            PATH: process.env.PATH ?? '/usr/bin:/bin',
-            HOME: home,
-            AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
-            AWS_SECRET_ACCESS_KEY: 'secret',
-            AWS_DEFAULT_REGION: 'eu-west-1',
-            AWS_EC2_METADATA_DISABLED: 'true',
-            AWS_PAGER: '',
-            AWS_CONFIG_FILE: join(home, 'config'),
-            AWS_SHARED_CREDENTIALS_FILE: join(home, 'credentials'),
-          },
-          timeout: 20_000,
-        },
-        (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, stdout, stderr }),
-      );
-    });
+  const aws = (...args: string[]) => awsCli(emulator.url, home, 'cloudwatch', args);
 
   it('the CLI creates an alarm (INSUFFICIENT_DATA until evaluated), sets it to ALARM and reads it back', { skip: noCli }, async () => {
     const put = await aws(

@@ -1,23 +1,14 @@
 // The SSM emulator through the real AWS CLI (botocore's awsJson1_1 client): how an operator pushes
 // configuration to a fleet, and reads it back.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { awsCli, noAwsCli } from '../support/aws-cli.js';
 import { SsmEmulator } from '../../sandbox/emulators/ssm.js';
 
-// The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH.
-const AWS = '/usr/bin/aws';
-const skip = existsSync(AWS) ? false : `${AWS} (AWS CLI v2) is not installed`;
-
-interface CliResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+const skip = noAwsCli;
 
 describe('SSM emulator through the AWS CLI', { skip }, () => {
   let emulator: SsmEmulator;
@@ -32,31 +23,7 @@ describe('SSM emulator through the AWS CLI', { skip }, () => {
     if (home) await rm(home, { recursive: true, force: true });
   });
 
-  const aws = (...args: string[]): Promise<CliResult> =>
-    new Promise((resolve) => {
-      execFile(
-        AWS,
-        ['--endpoint-url', emulator.url, '--output', 'json', 'ssm', ...args],
-        {
-          env: {
-            PATH: process.env.PATH ?? '/usr/bin:/bin',
-            HOME: home,
-            AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
-            AWS_SECRET_ACCESS_KEY: 'secret',
-            AWS_DEFAULT_REGION: 'eu-west-1',
-            AWS_EC2_METADATA_DISABLED: 'true',
-            AWS_PAGER: '',
-            AWS_CONFIG_FILE: join(home, 'config'),
-            AWS_SHARED_CREDENTIALS_FILE: join(home, 'credentials'),
-          },
-          timeout: 120_000,
-        },
-        (error, stdout, stderr) => {
-          const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0;
-          resolve({ code, stdout, stderr });
-        },
-      );
-    });
+  const aws = (...args: string[]) => awsCli(emulator.url, home, 'ssm', args);
 
   it('put-parameter creates, refuses to replace without --overwrite, then versions', async () => {
     const created = await aws('put-parameter', '--name', '/nixos/fleet/options/time.timeZone', '--value', '"UTC"', '--type', 'String');
