@@ -1,14 +1,12 @@
 // The real AWS CLI against an emulator, with nothing from the machine's own AWS configuration.
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { AWS_CLI, hasAwsCli } from './e2e.js';
 
-/** The Debian AWS CLI v2; a pyenv shim may put a different `aws` first on PATH. */
-export const AWS_CLI = '/usr/bin/aws';
-/** A test's skip reason where the CLI is missing, else false. */
-export const noAwsCli: string | false = existsSync(AWS_CLI) ? false : `${AWS_CLI} (AWS CLI v2) is not installed`;
+/** A test's skip reason where the Debian AWS CLI v2 is missing, else false. */
+export const noAwsCli: string | false = hasAwsCli ? false : `${AWS_CLI} (AWS CLI v2) is not installed`;
 
-export interface CliResult {
+export interface AwsCliResult {
   readonly code: number;
   readonly stdout: string;
   readonly stderr: string;
@@ -19,7 +17,7 @@ export interface CliResult {
  * credential files under `home`, and no instance metadata. The timeout is headroom for a loaded
  * machine (the CLI's Python start alone takes seconds there).
  */
-export function awsCli(endpoint: string, home: string, service: string, args: readonly string[]): Promise<CliResult> {
+export function awsCli(endpoint: string, home: string, service: string, args: readonly string[]): Promise<AwsCliResult> {
   return new Promise((resolve) => {
     execFile(
       AWS_CLI,

@@ -16,6 +16,7 @@ import { shippedLaunch } from './launch.js';
 export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 const SHIPPED = shippedLaunch();
 export const NIX_INSTANTIATE = '/usr/bin/nix-instantiate';
+/** The Debian AWS CLI v2, by path: a pyenv shim may put a different `aws` first on PATH. */
 export const AWS_CLI = '/usr/bin/aws';
 
 export const hasNix = existsSync(NIX_INSTANTIATE);
