@@ -11,6 +11,12 @@ export interface WriteOptions {
   readonly mode?: number;
   /** Mode for directories created on the way. */
   readonly dirMode?: number;
+  /**
+   * false for runtime files under /run: the rename alone keeps readers from ever seeing half a
+   * file, and the fsyncs only guard against a power loss, which /run (a tmpfs) does not survive
+   * anyway. Default true.
+   */
+  readonly durable?: boolean;
 }
 
 export class RootFs {
@@ -130,7 +136,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
     await handle.writeFile(data);
     // The umask may have narrowed the mode; a secret's must be exact, a config's readable.
     await handle.chmod(mode);
-    await handle.sync();
+    if (options.durable !== false) await handle.sync();
   } catch (err) {
     await handle.close();
     await fsp.rm(tmp, { force: true });
@@ -143,7 +149,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
     await fsp.rm(tmp, { force: true });
     throw err;
   }
-  await fsyncDir(dir);
+  if (options.durable !== false) await fsyncDir(dir);
 }
 
 /**

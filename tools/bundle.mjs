@@ -48,6 +48,29 @@ const noPinoTransport = {
   },
 };
 
+// Two built-ins pino's modules require at load for almost nothing, each several modules of Node's
+// own JavaScript compiled at every start (no code cache for them under the wrapper's V8 flags;
+// `npm run bench -- boot`): worker_threads in pino/lib/tools.js, for `isMainThread` (the agent
+// logs from its main thread only: it starts no worker), and assert in sonic-boom, for two checks of
+// its options. In their place, the same answers.
+const lighterPinoBuiltins = {
+  name: 'lighter-pino-builtins',
+  setup(b) {
+    const stubs = {
+      worker_threads: { from: 'node_modules/pino/lib/', contents: 'module.exports = { isMainThread: true };' },
+      assert: {
+        from: 'node_modules/sonic-boom/',
+        contents: 'module.exports = function assert(ok, message) { if (!ok) throw new Error(message); };',
+      },
+    };
+    b.onResolve({ filter: /^(worker_threads|assert)$/ }, (a) => {
+      const stub = stubs[a.path];
+      return `${a.resolveDir}/`.startsWith(path.join(root, stub.from)) ? { path: a.path, namespace: 'lighter-pino-builtins' } : undefined;
+    });
+    b.onLoad({ filter: /.*/, namespace: 'lighter-pino-builtins' }, (a) => ({ loader: 'js', contents: stubs[a.path].contents }));
+  },
+};
+
 const result = await build({
   absWorkingDir: root,
   entryPoints: { 'nixos-ec2-agent': 'agent/cli.ts' },
@@ -77,7 +100,7 @@ const result = await build({
   legalComments: 'eof',
   logLevel: 'warning',
   metafile: true,
-  plugins: [noPinoTransport],
+  plugins: [noPinoTransport, lighterPinoBuiltins],
 });
 // The shebang esbuild kept from cli.ts belongs to the bin only.
 await chmod(out + bundle, 0o644);

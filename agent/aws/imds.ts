@@ -1,8 +1,8 @@
 // IMDSv2, and nothing else: no silent fall back to IMDSv1.
 //
 // `@aws-sdk/ec2-metadata-service`'s MetadataService falls short in four ways that matter on every
-// instance of a fleet, so this client sends its requests through the SDK stack it is built on
-// (NodeHttpHandler + HttpRequest) itself:
+// instance of a fleet, so this client sends its requests with node:http itself, as the SDK's own
+// instance-credentials reader does (@smithy/credential-provider-imds, remoteProvider/httpRequest):
 // - it builds a new HTTP handler, so a new connection, inside every `request()`; here one
 //   keep-alive agent keeps one idle socket, so the termination checks every few seconds reuse it
 //   instead of paying a TCP handshake each time (measured by `npm run bench -- watch`, idle CPU);
@@ -12,10 +12,10 @@
 // - its token errors lose the status code, and a 403 switches it to IMDSv1 for good; here the PUT
 //   is ours, a 403 (IMDS disabled) fails at once with that reason, and it always runs with a
 //   timeout (it has none by default).
-import { HttpRequest } from '@smithy/core/protocols';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { Agent } from 'node:http';
-import type { Readable } from 'node:stream';
+// Nothing of the SDK's HTTP stack is loaded for it: IMDS is read first thing at boot, and that stack
+// (its protocols, schemas, node:https and TLS) is ~100 KiB that an instance whose SSM reads are off
+// would compile only for this (`npm run bench -- boot`).
+import { Agent, request } from 'node:http';
 import { ImdsDisabledError, InvalidInputError, TransientError } from '../errors.js';
 import type { Clock } from '../ports.js';
 
@@ -69,7 +69,9 @@ class HttpStatusError extends Error {
 
 export class ImdsClient implements Imds {
   readonly endpoint: string;
-  private readonly handler: NodeHttpHandler;
+  private readonly url: URL;
+  private readonly agent: Agent;
+  private readonly timeoutMs: number;
   private readonly retries: number;
   private readonly backoffBaseMs: number;
   private readonly random: () => number;
@@ -81,12 +83,17 @@ export class ImdsClient implements Imds {
   constructor(private readonly options: ImdsOptions) {
     const env = options.env;
     this.endpoint = (options.endpoint ?? env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, '');
-    const timeout = options.timeoutMs ?? 1_000;
+    this.url = new URL(this.endpoint);
+    // IMDS is plain HTTP on a link-local (or IPv6 ULA) address; there is no TLS endpoint to reach.
+    if (this.url.protocol !== 'http:') {
+      const where = options.endpoint !== undefined ? 'imds.endpoint' : 'AWS_EC2_METADATA_SERVICE_ENDPOINT';
+      throw new InvalidInputError(`the IMDS endpoint must be http://, not ${this.url.protocol}//`, where);
+    }
+    this.timeoutMs = options.timeoutMs ?? 1_000;
     // A socket the server closed while idle is dropped by the agent; one closed in the same instant
     // as a request goes out fails that request as a connection error, which the retries absorb.
     // Free sockets are unref'd by Node, so the kept one never holds a stopping process open.
-    const httpAgent = new Agent({ keepAlive: true, maxFreeSockets: 1 });
-    this.handler = new NodeHttpHandler({ httpAgent, requestTimeout: timeout, connectionTimeout: timeout, throwOnRequestTimeout: true });
+    this.agent = new Agent({ keepAlive: true, maxFreeSockets: 1 });
     this.retries = options.retries ?? 5;
     this.backoffBaseMs = options.backoffBaseMs ?? 200;
     this.random = options.random ?? Math.random;
@@ -210,19 +217,34 @@ export class ImdsClient implements Imds {
     return value;
   }
 
-  private async send(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): Promise<Response> {
-    const url = new URL(this.endpoint);
-    const request = new HttpRequest({
-      method,
-      protocol: url.protocol,
-      hostname: url.hostname.replace(/^\[|\]$/g, ''),
-      port: url.port ? Number(url.port) : undefined,
-      path: `${url.pathname.replace(/\/+$/, '')}/${path.replace(/^\/+/, '')}`,
-      headers,
+  /**
+   * One request, the whole of it (connect, send, answer, body) bounded by the timeout: a server
+   * that accepts and never answers, or answers slowly, fails as a timeout the retries absorb.
+   */
+  private send(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): Promise<Response> {
+    const signal = AbortSignal.timeout(this.timeoutMs);
+    return new Promise((resolve, reject) => {
+      const fail = (err: Error) => reject(signal.aborted ? new Error(`no answer within ${this.timeoutMs} ms`) : err);
+      const req = request(
+        {
+          agent: this.agent,
+          method,
+          hostname: this.url.hostname.replace(/^\[|\]$/g, ''),
+          port: this.url.port || 80,
+          path: `${this.url.pathname.replace(/\/+$/, '')}/${path.replace(/^\/+/, '')}`,
+          headers,
+          signal,
+        },
+        (response) => {
+          const chunks: Buffer[] = [];
+          response.on('data', (chunk: Buffer) => chunks.push(chunk));
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) }));
+          response.on('error', fail);
+        },
+      );
+      req.on('error', fail);
+      req.end();
     });
-    const { response } = await this.handler.handle(request);
-    const body = await collect(response.body as Readable | undefined);
-    return { status: response.statusCode, body };
   }
 
   private async backoff(attempt: number): Promise<void> {
@@ -236,13 +258,6 @@ function disabled(path: string): ImdsDisabledError {
     'IMDS answered 403 Forbidden: the instance metadata endpoint is disabled (HttpEndpoint=disabled); enable it with aws ec2 modify-instance-metadata-options',
     { path },
   );
-}
-
-async function collect(body: Readable | undefined): Promise<Buffer> {
-  if (!body) return Buffer.alloc(0);
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array));
-  return Buffer.concat(chunks);
 }
 
 function describe(err: unknown): string {

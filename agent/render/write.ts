@@ -20,15 +20,18 @@ export class RenderWriter {
   /** Writes the parts and checks every file with the Nix parser. Switches nothing. */
   async prepare(plan: RenderPlan): Promise<void> {
     await this.fs.mkdirp(plan.dir);
-    for (const part of plan.parts) await this.fs.writeAtomic(part.path, part.text);
+    // configuration.nix is checked as a copy in the render directory, in the same parser call as
+    // the parts: one process start, not two, on the boot path. The files are independent, so they
+    // are written side by side: on the boot path their flushes are time the instance waits on.
+    const candidate = `${plan.dir}/configuration.nix`;
+    await Promise.all([
+      ...plan.parts.map((part) => this.fs.writeAtomic(part.path, part.text)),
+      ...(this.parser ? [this.fs.writeAtomic(candidate, plan.configuration.text)] : []),
+    ]);
     if (!this.parser) {
       this.log.warn({ event: 'validate.skipped' }, 'nix-instantiate is not available; rendered files were not parsed');
       return;
     }
-    // configuration.nix is checked as a copy in the render directory, in the same parser call as
-    // the parts: one process start, not two, on the boot path.
-    const candidate = `${plan.dir}/configuration.nix`;
-    await this.fs.writeAtomic(candidate, plan.configuration.text);
     const sources = new Map<string, string>([[this.fs.resolve(candidate), 'configuration.nix']]);
     const files: string[] = [this.fs.resolve(candidate)];
     for (const f of [...plan.parts, ...plan.imported]) {
@@ -86,9 +89,8 @@ export class RenderWriter {
     await this.fs.mkdirp('/run/nixos-ec2-agent', 0o755);
     await this.fs.mkdirp(SECRETS_DIR, 0o700);
     await chmod(this.fs.resolve(SECRETS_DIR), 0o700);
-    for (const s of secrets) {
-      await this.fs.writeAtomic(`${SECRETS_DIR}/${s.name}`, s.value.reveal(), { mode: 0o400, dirMode: 0o700 });
-    }
+    // In /run, as status.json: the rename is what matters, a disk flush would guard nothing.
+    await Promise.all(secrets.map((s) => this.fs.writeAtomic(`${SECRETS_DIR}/${s.name}`, s.value.reveal(), { mode: 0o400, dirMode: 0o700, durable: false })));
   }
 
   /** Removes the secret files of parameters that disappeared. */

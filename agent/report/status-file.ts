@@ -32,7 +32,8 @@ export class StatusFile {
     this.pending = undefined;
     if (!status) return;
     try {
-      await this.fs.writeAtomic(STATUS_FILE, `${JSON.stringify(status, null, 2)}\n`, { mode: 0o644 });
+      // Rewritten at every step of a pass, in /run: atomic, but not worth a disk flush each time.
+      await this.fs.writeAtomic(STATUS_FILE, `${JSON.stringify(status, null, 2)}\n`, { mode: 0o644, durable: false });
     } catch (err) {
       this.onError(err as Error);
     }

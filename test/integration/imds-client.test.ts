@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { ImdsClient } from '../../agent/aws/imds.js';
-import { ImdsDisabledError, TransientError } from '../../agent/errors.js';
+import { ImdsDisabledError, InvalidInputError, TransientError } from '../../agent/errors.js';
 import { systemClock } from '../../agent/ports.js';
 import { defaultInstance, ImdsEmulator } from '../../sandbox/emulators/imds.js';
 
@@ -147,6 +147,13 @@ describe('ImdsClient against the IMDS emulator', () => {
     emulator.setUserData('{ }\n');
     assert.equal((await imds.getBytes('latest/user-data'))?.toString(), '{ }\n');
     assert.equal(requestsSince(start).length, 2);
+  });
+
+  it('refuses an https:// endpoint, which IMDS never has, naming the setting', () => {
+    assert.throws(
+      () => new ImdsClient({ clock: systemClock, env: { AWS_EC2_METADATA_SERVICE_ENDPOINT: 'https://169.254.169.254' } }),
+      (err: unknown) => err instanceof InvalidInputError && /must be http:\/\//.test(err.message) && err.where === 'AWS_EC2_METADATA_SERVICE_ENDPOINT',
+    );
   });
 
   it('answers undefined for an item that is not set (404), without retrying', async () => {

@@ -1,0 +1,47 @@
+// What the agent loads before it launches nixos-rebuild on a first boot is time every instance waits
+// on (`npm run bench -- boot`), more so under the wrapper's V8 flags, with which Node compiles its
+// own built-in modules without their code cache. These stay off that path: the SDK's HTTP stack
+// (IMDS is read with node:http; node:https and TLS come only with it), zlib (gzip'd user data
+// only), and worker_threads and assert (required by pino and sonic-boom for nothing the agent uses;
+// tools/bundle.mjs). A preload records Node's loaded built-ins at the moment nixos-rebuild is spawned.
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { withInstance } from '../support/e2e.js';
+
+const PRELOAD = `
+import { writeFileSync } from 'node:fs';
+import { ChildProcess } from 'node:child_process';
+const before = new Set(process.moduleLoadList);
+const spawn = ChildProcess.prototype.spawn;
+ChildProcess.prototype.spawn = function (options) {
+  if (String(options.file).endsWith('nixos-rebuild')) {
+    const loaded = process.moduleLoadList.filter((m) => !before.has(m) && m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length));
+    writeFileSync(process.env.BOOT_PATH_RECORD, JSON.stringify(loaded));
+  }
+  return spawn.call(this, options);
+};
+`;
+
+const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'worker_threads', 'assert', 'http2'];
+
+describe('the boot path', () => {
+  test('a first convergence launches nixos-rebuild without loading the SDK HTTP stack, zlib, worker_threads or assert', async () => {
+    await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "boot-path";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
+      const preload = path.join(i.dir, 'record-builtins.mjs');
+      const record = path.join(i.dir, 'builtins.json');
+      await writeFile(preload, PRELOAD);
+      const result = await i.run(['converge', '--once', '--json'], { NODE_OPTIONS: `--import ${preload}`, BOOT_PATH_RECORD: record });
+      assert.equal(result.code, 0, result.stderr);
+      const loaded = JSON.parse(await readFile(record, 'utf8')) as string[];
+      // The check can see what it looks for: the agent's own HTTP client is there.
+      assert.ok(loaded.includes('http'), loaded.join(' '));
+      assert.deepEqual(
+        NOT_ON_THE_BOOT_PATH.filter((m) => loaded.includes(m)),
+        [],
+        `loaded before nixos-rebuild: ${loaded.join(' ')}`,
+      );
+    });
+  });
+});
