@@ -1,6 +1,6 @@
 // The agent's configuration: one JSON file (the NixOS module writes it), every field optional with
 // a documented default. Parsed once at the edge; nothing past here sees raw JSON.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from './sha256.js';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod/v3';
@@ -249,7 +249,7 @@ const MAX_SOCKET_PATH = 107;
 export function controlSocketPath(config: Pick<Config, 'root' | 'controlSocket'>): string {
   const full = path.join(path.resolve(config.root), config.controlSocket);
   if (Buffer.byteLength(full) <= MAX_SOCKET_PATH) return full;
-  const id = createHash('sha256').update(full).digest('hex').slice(0, 20);
+  const id = sha256Hex(full).slice(0, 20);
   return `/tmp/nixos-ec2-agent-${id}/${path.basename(config.controlSocket)}`;
 }
 export type ConfigInput = z.input<typeof ConfigSchema>;

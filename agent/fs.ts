@@ -1,7 +1,6 @@
 // Every file the agent writes goes through here: under `root`, and atomically (temp file, fsync,
 // rename, fsync of the directory), so a crash or SIGKILL at any point leaves either the old file or
 // the new one, never half of either.
-import { randomBytes } from 'node:crypto';
 import { constants, type Dirent } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -157,7 +156,15 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
  * so that a later start can tell a dead writer's leftover from a live one's write in flight.
  */
 function temporaryBeside(file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${randomHex12()}`);
+}
+
+/**
+ * 48 random bits: the pid already tells writers in different processes apart, and O_EXCL refuses
+ * a name in use, so this needs no cryptographic source (node:crypto stays off the boot path).
+ */
+function randomHex12(): string {
+  return Math.floor(Math.random() * 2 ** 48).toString(16).padStart(12, '0');
 }
 
 const TEMPORARY = /^\..+\.tmp-(\d+)-[0-9a-f]{12}$/;

@@ -86,8 +86,11 @@ const result = await build({
   // copying and the larger text measured ~10 % slower to start).
   mainFields: ['module', 'main'],
   // The CommonJS dependencies (pino, prom-client) call require() for Node's built-ins; an ES
-  // module has no require of its own.
-  banner: { js: "import { createRequire as __bundleRequire } from 'node:module';\nconst require = __bundleRequire(import.meta.url);" },
+  // module has no require of its own. Built-ins come straight from the runtime: node:module (and
+  // its source-map support) would otherwise be compiled at every start for createRequire alone.
+  banner: {
+    js: "let __bundleRequire;\nconst require = (id) => process.getBuiltinModule(id) ?? (__bundleRequire ??= process.getBuiltinModule('node:module').createRequire(import.meta.url))(id);",
+  },
   // Start-up compiles the whole text (V8 pre-parses what it does not run yet): the fewer bytes,
   // the sooner the first line runs. Identifiers keep their names: error classes name themselves
   // (errors.ts) and logs name them, and esbuild's keepNames, which would keep them under renaming,
@@ -109,9 +112,10 @@ await writeFile(
   `${out}cli.js`,
   [
     '#!/usr/bin/env node',
-    '// Written by tools/bundle.mjs: the compile cache first, then the bundled agent.',
-    "import module from 'node:module';",
-    'module.enableCompileCache?.();',
+    '// Written by tools/bundle.mjs: the compile cache first, then the bundled agent. Node 20 has no',
+    '// compile cache: there node:module is not even loaded, its compilation being time every start',
+    "// pays under the wrapper's V8 flags.",
+    "if (Number(process.versions.node.split('.')[0]) >= 22) process.getBuiltinModule('node:module').enableCompileCache?.();",
     `await import('./${bundle}');`,
     '',
   ].join('\n'),

@@ -6,7 +6,7 @@
 // does not match its signature) before a byte of a NAR is fetched. Never `--no-check-sigs`, never
 // a substituter marked trusted (sources/system.ts refuses `trusted=`).
 import { nixBase32 } from '../nix-base32.js';
-import { createPublicKey, verify, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { access, constants, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ApplyFailedError } from '../errors.js';
@@ -240,6 +240,8 @@ function keyName(key: string): string {
  * key's name: not signed by the key; one that does not verify: the .narinfo was altered.
  */
 export function checkSignatures(infos: readonly PathInfo[], trustedPublicKeys: readonly string[]): void {
+  // node:crypto only when a closure is checked, off the boot path of an instance that builds (sha256.ts).
+  const { createPublicKey, verify } = process.getBuiltinModule('node:crypto');
   const keys = new Map<string, KeyObject>();
   for (const k of trustedPublicKeys) {
     const raw = Buffer.from(k.slice(k.indexOf(':') + 1), 'base64');

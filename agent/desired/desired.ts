@@ -1,7 +1,7 @@
 // Pure: snapshots of the sources → one DesiredState, or an error naming the first bad input.
 // All-or-nothing: any invalid part rejects the whole desired state, and the running
 // configuration stays.
-import { createHash } from 'node:crypto';
+import { sha256Hash } from '../sha256.js';
 import { InvalidInputError } from '../errors.js';
 import type { Json } from '../render/nix.js';
 import { parseOptionPath } from '../render/nix.js';
@@ -81,7 +81,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
   let system: SystemClosure | undefined;
   // Fed as it goes, one line per input, rather than from one JSON document of them all: a fleet's
   // 10,000 parameters should not cost a second copy of themselves.
-  const digest = createHash('sha256').update(`v${RENDER_VERSION}\nuser-data ${input.userData.digest}\n`);
+  const digest = sha256Hash().update(`v${RENDER_VERSION}\nuser-data ${input.userData.digest}\n`);
 
   if (input.userData.kind === 'ignored') notes.push(input.userData.reason);
   for (const skipped of input.ssm?.skipped ?? []) notes.push(`SSM prefix ${skipped.prefix} skipped: ${skipped.reason}`);
@@ -150,7 +150,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
   }
 
   digest.update(`local ${JSON.stringify({ base: input.local.baseConfiguration ?? null, modules: input.local.modules })}\n`);
-  const hash = digest.digest('hex');
+  const hash = digest.hex();
 
   const ud = input.userData;
   const udSystem = ud.kind === 'nix' ? systemFromUserData(ud.text) : undefined;

@@ -1,7 +1,7 @@
 // Pure: where an instance stands in a rollout, and whether it takes the candidate. Every instance
 // computes the same schedule from the same strategy and clock, so the fleet needs no coordinator:
 // only the failure records are shared, and they are written only on failure.
-import { createHash } from 'node:crypto';
+import { sha256Hash } from '../sha256.js';
 import { ALARM_STAGE, type AlarmState, type RolloutSpec, type Strategy } from './spec.js';
 
 export type RolloutState = 'invalid' | 'staged' | 'progressing' | 'baking' | 'complete' | 'halted';
@@ -34,9 +34,9 @@ export interface RolloutStatus {
 
 /** A stable place in [0, 1) for (instance, candidate): a new candidate reshuffles the fleet. */
 export function cohortPosition(instanceId: string, candidateId: string): number {
-  const digest = createHash('sha256').update(`${instanceId}\n${candidateId}`).digest();
+  const digest = sha256Hash().update(`${instanceId}\n${candidateId}`).digest();
   // 48 bits fit a double exactly.
-  return digest.readUIntBE(0, 6) / 2 ** 48;
+  return Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).readUIntBE(0, 6) / 2 ** 48;
 }
 
 /** The percentage covered after `step` intervals (step 0 is the first cohort). */

@@ -10,7 +10,7 @@
 //                                          (usually under the instance's or group's own prefix)
 // Each change is followed by a bump of the prefix's revision parameter, so watchers re-read the tree.
 // Parsed here, at the edge, with zod: nothing past this module sees raw parameter text.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../sha256.js';
 import { z } from 'zod/v3';
 import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
 
@@ -150,7 +150,7 @@ function parseRollout(prefix: string, mine: readonly SsmParameter[], byRel: Map<
 /** Names and versions only: a new version of any candidate parameter is a new candidate. */
 export function candidateIdOf(candidate: readonly SsmParameter[]): string {
   const lines = candidate.map((p) => `${p.name} ${p.version}`).sort();
-  return createHash('sha256').update(lines.join('\n')).digest('hex').slice(0, 16);
+  return sha256Hex(lines.join('\n')).slice(0, 16);
 }
 
 function text(p: SsmParameter): string {

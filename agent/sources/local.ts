@@ -1,12 +1,12 @@
 // Local inputs the render reads: the image's base configuration and the drop-in directory of
 // modules. Only their names and digests enter the desired state; Nix reads the files themselves.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../sha256.js';
 import type { RootFs } from '../fs.js';
 import type { LocalFile, LocalSnapshot } from '../desired/desired.js';
 
 export async function readLocal(fs: RootFs, baseConfiguration: string, modulesDir: string): Promise<{ snapshot: LocalSnapshot; notes: string[] }> {
   const notes: string[] = [];
-  const digest = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+  const digest = (bytes: Buffer) => sha256Hex(bytes);
   const base = await fs.read(baseConfiguration);
   const modules: LocalFile[] = [];
   for (const name of await fs.list(modulesDir)) {

@@ -2,7 +2,7 @@
 // unpacked (bounded), a `#!` script runs once per instance id rather than at every boot
 // (nixpkgs#41826), and bad bytes are an error that names the source rather than a broken
 // configuration.nix.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../sha256.js';
 import { InvalidInputError } from '../errors.js';
 import { firstInvalidUtf8 } from '../utf8.js';
 
@@ -23,7 +23,7 @@ export type UserData =
 const WHERE = 'user data';
 
 export function digestOf(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
+  return sha256Hex(bytes);
 }
 
 /** Classifies raw user data bytes (undefined: the instance has none). */

@@ -4,7 +4,7 @@
 // rendered parts, state): their directories are watched with everything else in them ignored, so a
 // file that does not exist yet is seen when it appears. A change is reported only when a file's
 // content differs from what was last seen, so an editor's save-by-rename or a touch is not a pass.
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../sha256.js';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FSWatcher } from 'chokidar';
@@ -108,7 +108,7 @@ export class LocalWatcher {
 
 async function digestOf(file: string): Promise<string | undefined> {
   try {
-    return createHash('sha256').update(await readFile(file)).digest('hex');
+    return sha256Hex(await readFile(file));
   } catch {
     return undefined;
   }

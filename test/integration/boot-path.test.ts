@@ -2,8 +2,9 @@
 // on (`npm run bench -- boot`), more so under the wrapper's V8 flags, with which Node compiles its
 // own built-in modules without their code cache. These stay off that path: the SDK's HTTP stack
 // (IMDS is read with node:http; node:https and TLS come only with it), zlib (gzip'd user data
-// only), and worker_threads and assert (required by pino and sonic-boom for nothing the agent uses;
-// tools/bundle.mjs). A preload records Node's loaded built-ins at the moment nixos-rebuild is spawned.
+// only), worker_threads and assert (required by pino and sonic-boom for nothing the agent uses),
+// node:module (the bundle takes built-ins from process.getBuiltinModule; tools/bundle.mjs) and
+// node:crypto (digests are agent/sha256.ts; signatures are checked only for a closure). A preload records Node's loaded built-ins at the moment nixos-rebuild is spawned.
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -24,10 +25,10 @@ ChildProcess.prototype.spawn = function (options) {
 };
 `;
 
-const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'worker_threads', 'assert', 'http2'];
+const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'worker_threads', 'assert', 'http2', 'crypto', 'module'];
 
 describe('the boot path', () => {
-  test('a first convergence launches nixos-rebuild without loading the SDK HTTP stack, zlib, worker_threads or assert', async () => {
+  test('a first convergence launches nixos-rebuild without loading the SDK HTTP stack, zlib, worker_threads, assert, node:module or node:crypto', async () => {
     await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "boot-path";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
       const preload = path.join(i.dir, 'record-builtins.mjs');
       const record = path.join(i.dir, 'builtins.json');
