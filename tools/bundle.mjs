@@ -71,6 +71,24 @@ const lighterPinoBuiltins = {
   },
 };
 
+// Node 22's node:http carries lazy getters for undici's WebSocket, CloseEvent and MessageEvent, and
+// an ES module import of a built-in reads every export: `import … from 'node:http'` loads undici,
+// which compiles its HTTP parser as WebAssembly as it loads. Under the wrapper's --lite-mode (no
+// WebAssembly) the process died at its first HTTP import on Node 22, the Nix package's runtime.
+// The bundle takes node:http from process.getBuiltinModule instead, reading these names only (a
+// name the code imports and this list lacks fails the build).
+const HTTP_EXPORTS = ['Agent', 'ClientRequest', 'IncomingMessage', 'OutgoingMessage', 'Server', 'ServerResponse', 'METHODS', 'STATUS_CODES', 'createServer', 'get', 'request', 'validateHeaderName', 'validateHeaderValue'];
+const httpWithoutWebSocket = {
+  name: 'http-without-websocket',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?http$/ }, (a) => (a.kind === 'require-call' ? undefined : { path: 'node:http', namespace: 'http-without-websocket' }));
+    b.onLoad({ filter: /.*/, namespace: 'http-without-websocket' }, () => ({
+      loader: 'js',
+      contents: `const http = process.getBuiltinModule('node:http');\nexport default http;\nexport const { ${HTTP_EXPORTS.join(', ')} } = http;\n`,
+    }));
+  },
+};
+
 const result = await build({
   absWorkingDir: root,
   entryPoints: { 'nixos-ec2-agent': 'agent/cli.ts' },
@@ -103,7 +121,7 @@ const result = await build({
   legalComments: 'eof',
   logLevel: 'warning',
   metafile: true,
-  plugins: [noPinoTransport, lighterPinoBuiltins],
+  plugins: [noPinoTransport, lighterPinoBuiltins, httpWithoutWebSocket],
 });
 // The shebang esbuild kept from cli.ts belongs to the bin only.
 await chmod(out + bundle, 0o644);

@@ -25,7 +25,9 @@ ChildProcess.prototype.spawn = function (options) {
 };
 `;
 
-const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'worker_threads', 'assert', 'http2', 'crypto', 'module'];
+// On Node >= 22 node:util loads worker_threads itself, and the bin loads node:module for the compile cache.
+const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
+const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'assert', 'http2', 'crypto', ...(NODE_MAJOR >= 22 ? [] : ['worker_threads', 'module'])];
 
 describe('the boot path', () => {
   test('a first convergence launches nixos-rebuild without loading the SDK HTTP stack, zlib, worker_threads, assert, node:module or node:crypto', async () => {
