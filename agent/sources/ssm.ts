@@ -40,7 +40,7 @@ export type GetParametersByPath = (input: {
   WithDecryption: boolean;
   MaxResults: number;
   NextToken?: string;
-}) => Promise<{
+}, signal?: AbortSignal) => Promise<{
   Parameters?: { Name?: string; Type?: string; Value?: string; Version?: number; LastModifiedDate?: Date }[];
   NextToken?: string;
 }>;
@@ -89,7 +89,7 @@ export class SsmSource {
             WithDecryption: true,
             MaxResults: 10,
             ...(nextToken ? { NextToken: nextToken } : {}),
-          });
+          }, signal);
         } catch (err) {
           throw mapSsmError(err, filled.path);
         }
