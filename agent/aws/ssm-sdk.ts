@@ -22,9 +22,14 @@ export function inOneAttempt<I extends object, O extends MetadataBearer>(command
 export interface PatienceOptions {
   readonly clock: Clock;
   readonly random: () => number;
-  /** A call fails once SSM has been busy this long without an answer. */
+  /** The longest a call waits on a busy account in all before it fails. */
   readonly maxWaitMs: number;
 }
+
+/** The least a call waits on a busy account before it fails: about what the SDK's attempts took. */
+export const MIN_PATIENCE_MS = 30_000;
+/** A call waits on a busy account for this many of the windows its client was at when it began. */
+const PATIENCE_WINDOWS = 8;
 
 /** The window a busy call waits in at level 0; it doubles with each whole level. */
 export const BUSY_BASE_MS = 1_000;
@@ -50,7 +55,15 @@ export class Patience {
 
   constructor(private readonly options: PatienceOptions) {}
 
+  /**
+   * `call` until it is answered, or fails otherwise than busy, or has waited its patience out: at
+   * least MIN_PATIENCE_MS, more the busier the account has been (PATIENCE_WINDOWS of the client's
+   * window), at most maxWaitMs. An account that refuses everything fails a pass about as soon as
+   * the SDK's own attempts did, so that it is reported; a congested one, where answers keep coming
+   * between the refusals, is waited out rather than costing the fetch's pages over again.
+   */
   async call<T>(call: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const patience = Math.min(this.options.maxWaitMs, Math.max(MIN_PATIENCE_MS, PATIENCE_WINDOWS * BUSY_BASE_MS * 2 ** this.level));
     let waited = 0;
     for (;;) {
       signal?.throwIfAborted();
@@ -59,7 +72,7 @@ export class Patience {
         this.level = Math.max(0, this.level - BUSY_STEP_DOWN);
         return answer;
       } catch (err) {
-        const left = this.options.maxWaitMs - waited;
+        const left = patience - waited;
         if (left <= 0 || !isBusy(err)) throw err;
         this.level = Math.min(this.level + BUSY_STEP_UP, 30);
         const wait = Math.min(left, 1 + this.options.random() * Math.min(BUSY_MAX_WINDOW_MS, BUSY_BASE_MS * 2 ** this.level));

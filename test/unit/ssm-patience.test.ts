@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { GetParametersCommand, SSMClient } from '@aws-sdk/client-ssm';
 import { HttpResponse, type HttpRequest } from '@smithy/core/protocols';
 import { ConfiguredRetryStrategy } from '@smithy/core/retry';
-import { BUSY_BASE_MS, Patience, ssmParts } from '../../agent/aws/ssm-sdk.js';
+import { BUSY_BASE_MS, MIN_PATIENCE_MS, Patience, ssmParts } from '../../agent/aws/ssm-sdk.js';
 import type { Clock } from '../../agent/ports.js';
 
 const PLACES = { 'instance-id': 'i-0123456789abcdef0', region: 'eu-west-1', asg: undefined };
@@ -96,16 +96,32 @@ describe('the agent on a busy SSM account', () => {
 describe('Patience', () => {
   const busy = () => Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException', $metadata: { httpStatusCode: 400 } });
 
-  it('gives up once SSM has been busy for maxWaitMs in all, and throws what SSM said', async () => {
+  it('gives up on an account that refuses everything about as soon as the SDK did, and throws what SSM said', async () => {
     const { clock, sleeps } = recordingClock();
-    const patience = new Patience({ clock, random: () => 1, maxWaitMs: 10_000 });
+    const patience = new Patience({ clock, random: () => 1, maxWaitMs: 900_000 });
     let calls = 0;
     await assert.rejects(patience.call(async () => {
       calls++;
       throw busy();
     }), { name: 'ThrottlingException' });
-    assert.equal(sleeps.reduce((a, b) => a + b, 0), 10_000, 'the last wait is cut to what is left');
+    assert.equal(sleeps.reduce((a, b) => a + b, 0), MIN_PATIENCE_MS, 'the last wait is cut to what is left');
     assert.equal(calls, sleeps.length + 1);
+  });
+
+  it('waits longer the busier its account has been, up to maxWaitMs', async () => {
+    const { clock, sleeps } = recordingClock();
+    const patience = new Patience({ clock, random: () => 1, maxWaitMs: 900_000 });
+    const waits: number[] = [];
+    for (let k = 0; k < 6; k++) {
+      sleeps.length = 0;
+      await assert.rejects(patience.call(async () => {
+        throw busy();
+      }));
+      waits.push(Math.round(sleeps.reduce((a, b) => a + b, 0)));
+    }
+    assert.equal(waits[0], MIN_PATIENCE_MS);
+    for (let k = 1; k < waits.length; k++) assert.ok(waits[k]! > waits[k - 1]! || waits[k] === 900_000, `longer each time: ${waits.join(', ')}`);
+    assert.equal(waits.at(-1), 900_000, `at most maxWaitMs: ${waits.join(', ')}`);
   });
 
   it('throws any other error at once, without waiting', async () => {
