@@ -171,10 +171,9 @@ export const SSM_REQUEST_TIMEOUT_MS = 10_000;
 /**
  * The SSM client, imported only when SSM is on: it is the heaviest module on the boot path. The
  * region comes from the environment when set, else from IMDS; credentials from the SDK's default
- * chain (IMDS role credentials on EC2). Throttling backs off with the SDK's adaptive retry, whose
- * client-side rate limiter keeps a fleet polling one account from stampeding; a page still
- * throttled after it waits up to `ssm.maxBackoffSeconds` in all (agent/sources/ssm.ts), and the
- * revision read is sent once (its caller backs off instead: agent/schedule.ts).
+ * chain (IMDS role credentials on EC2). The reads wait a busy account out with the agent's own
+ * backoff, one attempt at a time (agent/aws/ssm-sdk.ts), so that a fleet sharing the account's
+ * throughput spreads out; the SDK's adaptive retry is left to the one write.
  */
 async function createSsmSource(
   config: Config,

@@ -1,6 +1,6 @@
 // The SSM Parameter Store source: every parameter under an ordered list of path prefixes, with
-// placeholders filled from IMDS. Full paging, the SDK's adaptive retry for throttling and 5xx,
-// SecureStrings decrypted into `Secret`s the moment they arrive.
+// placeholders filled from IMDS. Full paging (each page retried on throttling and 5xx by whatever
+// `getByPath` is: agent/aws/ssm-sdk.ts), SecureStrings decrypted into `Secret`s the moment they arrive.
 import type { SSMClient } from '@aws-sdk/client-ssm';
 import { InvalidInputError, TransientError } from '../errors.js';
 import { Secret } from '../secret.js';
