@@ -22,7 +22,6 @@ import { LifecycleReporter } from './report/lifecycle.js';
 import { STATUS_FILE } from './report/status-file.js';
 import { SourceReader } from './sources/index.js';
 import { WatchedSsm, type SsmParts } from './sources/revision.js';
-import { SsmSource } from './sources/ssm.js';
 import { STATE_DIR, StateStore } from './state.js';
 import type { Status } from './status.js';
 import { HealthChecker } from './verify/health.js';
@@ -89,7 +88,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     });
   // Edges that bring their own clients (a fleet simulation) never load the credential chain.
   const credentials = memo(edges.credentials ?? defaultCredentials);
-  const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, imds, env, credentials)));
+  const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, clock, imds, env, credentials)));
   const ssm = new WatchedSsm(ssmParts, {
     clock,
     imds,
@@ -172,16 +171,18 @@ export const SSM_REQUEST_TIMEOUT_MS = 10_000;
 /**
  * The SSM client, imported only when SSM is on: it is the heaviest module on the boot path. The
  * region comes from the environment when set, else from IMDS; credentials from the SDK's default
- * chain (IMDS role credentials on EC2). Throttling backs off with the SDK's adaptive retry, whose
- * client-side rate limiter keeps a fleet polling one account from stampeding.
+ * chain (IMDS role credentials on EC2). The reads wait a busy account out with the agent's own
+ * backoff, one attempt at a time (agent/aws/ssm-sdk.ts), so that a fleet sharing the account's
+ * throughput spreads out; the SDK's adaptive retry is left to the one write.
  */
 async function createSsmSource(
   config: Config,
+  clock: Clock,
   imds: Imds,
   env: NodeJS.ProcessEnv,
   credentials: () => Promise<AwsCredentialIdentityProvider>,
 ): Promise<SsmParts> {
-  const [{ SSMClient, GetParametersByPathCommand, GetParametersCommand, PutParameterCommand }, identity, provider] = await Promise.all([
+  const [{ SSMClient, ssmParts }, identity, provider] = await Promise.all([
     import('./aws/ssm-sdk.js'),
     env.AWS_REGION || env.AWS_DEFAULT_REGION ? Promise.resolve(undefined) : imds.identity(),
     credentials(),
@@ -197,11 +198,7 @@ async function createSsmSource(
     // answers would hold the pass (and SIGTERM) for good.
     requestHandler: { requestTimeout: SSM_REQUEST_TIMEOUT_MS, connectionTimeout: Math.min(SSM_REQUEST_TIMEOUT_MS, 3_000), throwOnRequestTimeout: true },
   });
-  return {
-    source: SsmSource.fromClient(client, GetParametersByPathCommand),
-    getParameters: (input) => client.send(new GetParametersCommand(input)),
-    putParameter: (input) => client.send(new PutParameterCommand(input)),
-  };
+  return ssmParts(client, { clock, random: Math.random, maxWaitMs: config.ssm.maxBackoffSeconds * 1000 });
 }
 
 /**

@@ -18,8 +18,11 @@ export interface SsmFetcher {
   fetch(prefixes: readonly string[], values: Placeholders, signal?: AbortSignal): Promise<SsmSnapshot>;
 }
 
-/** SSM GetParameters: the one cheap read. */
-export type GetParameters = (input: { Names: string[] }) => Promise<{
+/**
+ * SSM GetParameters: the one cheap read, in one attempt. `patient`: a read the fetch of the whole
+ * tree begins with, which waits out a busy account as the tree's pages do (agent/aws/ssm-sdk.ts).
+ */
+export type GetParameters = (input: { Names: string[] }, options?: { readonly patient?: boolean; readonly signal?: AbortSignal }) => Promise<{
   Parameters?: { Name?: string; Version?: number }[];
   InvalidParameters?: string[];
 }>;
@@ -134,7 +137,7 @@ export class WatchedSsm implements SsmFetcher {
       else return { ...cache.snapshot, calls: this.cheapChecks - checksAtStart };
     }
     // The revision is read before the tree, so a bump during the fetch is seen next time.
-    mark ??= await this.mark(filled, undefined, signal);
+    mark ??= await this.mark(filled, undefined, signal, true);
     const parts = await this.getParts();
     let snapshot: SsmSnapshot;
     try {
@@ -179,9 +182,11 @@ export class WatchedSsm implements SsmFetcher {
 
   /**
    * The current revision. `previous` 'full' skips the GetParameters call: no revision parameter
-   * existed at the last full fetch, which will show one when it appears.
+   * existed at the last full fetch, which will show one when it appears. `patient` before a fetch of
+   * the whole tree: that fetch is due whatever the answer, and failing it on throttling would only
+   * start it over.
    */
-  private async mark(filled: readonly string[], previous: RevisionMode | undefined, signal?: AbortSignal): Promise<RevisionMark> {
+  private async mark(filled: readonly string[], previous: RevisionMode | undefined, signal?: AbortSignal, patient = false): Promise<RevisionMark> {
     const { tag, parameter } = this.options;
     if (tag) {
       const value = await this.options.imds.get(`latest/meta-data/tags/instance/${tag}`);
@@ -199,7 +204,7 @@ export class WatchedSsm implements SsmFetcher {
       this.cheapChecks++;
       let answer;
       try {
-        answer = await parts.getParameters({ Names: batch });
+        answer = await parts.getParameters({ Names: batch }, { patient, ...(signal ? { signal } : {}) });
       } catch (err) {
         const mapped = mapSsmError(err, batch.join(','));
         this.noteError(mapped);

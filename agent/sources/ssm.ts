@@ -1,6 +1,6 @@
 // The SSM Parameter Store source: every parameter under an ordered list of path prefixes, with
-// placeholders filled from IMDS. Full paging, the SDK's adaptive retry for throttling and 5xx,
-// SecureStrings decrypted into `Secret`s the moment they arrive.
+// placeholders filled from IMDS. Full paging (each page retried on throttling and 5xx by whatever
+// `getByPath` is: agent/aws/ssm-sdk.ts), SecureStrings decrypted into `Secret`s the moment they arrive.
 import type { SSMClient } from '@aws-sdk/client-ssm';
 import { InvalidInputError, TransientError } from '../errors.js';
 import { Secret } from '../secret.js';
@@ -40,7 +40,7 @@ export type GetParametersByPath = (input: {
   WithDecryption: boolean;
   MaxResults: number;
   NextToken?: string;
-}) => Promise<{
+}, signal?: AbortSignal) => Promise<{
   Parameters?: { Name?: string; Type?: string; Value?: string; Version?: number; LastModifiedDate?: Date }[];
   NextToken?: string;
 }>;
@@ -89,7 +89,7 @@ export class SsmSource {
             WithDecryption: true,
             MaxResults: 10,
             ...(nextToken ? { NextToken: nextToken } : {}),
-          });
+          }, signal);
         } catch (err) {
           throw mapSsmError(err, filled.path);
         }

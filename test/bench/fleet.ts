@@ -4,8 +4,10 @@
 // SSM read throughput (40 GetParameter* calls a second, the emulator's token bucket answering
 // ThrottlingException as AWS does).
 //
-// What is real and what stands in: each instance's SSM client is the SDK's (its adaptive retry
-// included), calling the SSM emulator's request handler in-process. IMDS is the emulator's own
+// What is real and what stands in: each instance's SSM client is the SDK's, built into the agent's
+// SSM parts as createAgent builds them (one attempt a call, the agent's own backoff on a busy
+// account; the SDK's adaptive retry for the one write), calling the SSM emulator's request handler
+// in-process. IMDS is the emulator's own
 // instance description answered in-process (no HTTP, no session tokens) for all but the first K
 // instances (2 in the quick run, 0 otherwise), which read it through the agent's ImdsClient from an
 // IMDS emulator server each, over HTTP: ten thousand servers would cost three sockets an instance,
@@ -173,7 +175,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       `  IMDS: ${Math.min(imdsHttp, n)} instance(s) through the agent's ImdsClient → an IMDS emulator server over HTTP; ` +
         `${n - Math.min(imdsHttp, n)} answered in-process from the emulator's instance description (a stand-in: no HTTP, no tokens); Auto Scaling in-process`,
     );
-    print(`  defaults: poll ${defaults.ssm.pollIntervalSeconds} s (jitter ${defaults.ssm.pollJitter}), full refresh ${defaults.ssm.fullRefreshSeconds} s, SDK maxAttempts ${defaults.ssm.maxAttempts} (adaptive)`);
+    print(`  defaults: poll ${defaults.ssm.pollIntervalSeconds} s (jitter ${defaults.ssm.pollJitter}), full refresh ${defaults.ssm.fullRefreshSeconds} s, reads one attempt each, a busy account waited out for up to ${defaults.ssm.maxBackoffSeconds} s`);
     print(`  launch: ${launched}/${n} converged after ${round((clock.now() - t0) / 1000)} s simulated (${wall()})`);
 
     // ---- push: converge --now through SSM Run Command ----

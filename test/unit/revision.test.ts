@@ -17,6 +17,8 @@ class FakeSsm {
   treeCalls = 0;
   getCalls = 0;
   throttleNext = 0;
+  /** Whether each GetParameters call was asked to wait a busy account out. */
+  readonly patient: boolean[] = [];
 
   put(name: string, value: string): void {
     const prev = this.params.get(name);
@@ -48,8 +50,9 @@ class FakeSsm {
     },
   };
 
-  readonly getParameters: GetParameters = async ({ Names }) => {
+  readonly getParameters: GetParameters = async ({ Names }, options) => {
     this.getCalls++;
+    this.patient.push(options?.patient === true);
     this.maybeThrottle();
     assert.ok(Names.length <= 10, 'GetParameters takes at most 10 names');
     const Parameters = Names.filter((n) => this.params.has(n)).map((n) => ({ Name: n, Version: this.params.get(n)!.version }));
@@ -98,6 +101,17 @@ test('with a revision parameter, an idle poll costs one GetParameters call and n
   assert.equal(ssm.treeCalls, 3, 'no tree fetch while the revision is unchanged');
   assert.equal(ssm.getCalls, 11);
   assert.equal(watched.stats.mode, 'parameter');
+});
+
+test('the revision read a whole fetch begins with may wait out a busy account; a poll or a check may not', async () => {
+  const { ssm, watched } = setup();
+  ssm.put('/nixos/fleet/revision', 'r1');
+  await watched.fetch(PREFIXES, VALUES);
+  await watched.fetch(PREFIXES, VALUES);
+  await watched.changed();
+  watched.invalidate('converge --now');
+  await watched.fetch(PREFIXES, VALUES);
+  assert.deepEqual(ssm.patient, [true, false, false, true]);
 });
 
 test('a bumped revision parameter fetches the whole tree, with the change in it', async () => {

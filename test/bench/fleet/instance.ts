@@ -175,7 +175,7 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
   const imdsServer = options.imdsOverHttp ? await ImdsEmulator.start({ instance: options.imds, clock, host: '127.0.0.1' }) : undefined;
   const agentImds: Imds = imdsServer && options.imdsOverHttp ? overHttp(imdsServer.url, config, clock, options.random, options.imdsOverHttp.realIo) : imds;
   const ssmCalls: SsmCallCounter = { calls: 0, throttled: 0 };
-  const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, counter: ssmCalls, random: options.random });
+  const parts = simulatedSsm({ emulator: options.ssm, clock, region: options.imds.region, maxAttempts: config.ssm.maxAttempts, maxWaitMs: config.ssm.maxBackoffSeconds * 1000, counter: ssmCalls, random: options.random });
   const log = options.log ?? silentLogger();
   let standIn: StandInRunner | undefined;
   // The runner is handed in before the agent's root exists; the stand-in machine lives in it.

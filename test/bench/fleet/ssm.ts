@@ -2,14 +2,14 @@
 // adaptive retry strategy, error parsing) against the real SSM emulator's request handler, called
 // in-process rather than over a loopback socket (ten thousand clients × an hour of calls would
 // spend the run in the kernel), with the SDK's own waits moved onto the simulated clock.
-import { GetParametersByPathCommand, GetParametersCommand, PutParameterCommand, SSMClient } from '@aws-sdk/client-ssm';
+import { SSMClient } from '@aws-sdk/client-ssm';
 import { AdaptiveRetryStrategy, DefaultRateLimiter, StandardRetryStrategy } from '@smithy/core/retry';
 import { HttpResponse, type HttpRequest } from '@smithy/core/protocols';
 import type { RetryErrorInfo, RetryStrategyV2, StandardRetryToken } from '@smithy/types';
 import type http from 'node:http';
 import type { Clock } from '../../../agent/ports.js';
 import type { SsmParts } from '../../../agent/sources/revision.js';
-import { SsmSource } from '../../../agent/sources/ssm.js';
+import { ssmParts } from '../../../agent/aws/ssm-sdk.js';
 import type { SsmEmulator } from '../../../sandbox/emulators/ssm.js';
 
 /** What one instance's SSM client sent: every attempt, as the account's throttle sees it. */
@@ -148,7 +148,7 @@ export function simulatedAdaptiveRetry(clock: Clock, maxAttempts: number, random
 }
 
 /** One instance's SSM parts, as createAgent's SDK path builds them, on the in-process wire. */
-export function simulatedSsm(options: { emulator: SsmEmulator; clock: Clock; region: string; maxAttempts: number; counter: SsmCallCounter; random: () => number }): SsmParts {
+export function simulatedSsm(options: { emulator: SsmEmulator; clock: Clock; region: string; maxAttempts: number; maxWaitMs: number; counter: SsmCallCounter; random: () => number }): SsmParts {
   const client = new SSMClient({
     region: options.region,
     endpoint: 'http://ssm.simulated',
@@ -157,9 +157,5 @@ export function simulatedSsm(options: { emulator: SsmEmulator; clock: Clock; reg
     retryStrategy: simulatedAdaptiveRetry(options.clock, options.maxAttempts, options.random),
     requestHandler: inProcessHandler(options.emulator, options.counter) as unknown as NonNullable<ConstructorParameters<typeof SSMClient>[0]>['requestHandler'],
   });
-  return {
-    source: SsmSource.fromClient(client, GetParametersByPathCommand),
-    getParameters: (input) => client.send(new GetParametersCommand(input)),
-    putParameter: (input) => client.send(new PutParameterCommand(input)),
-  };
+  return ssmParts(client, { clock: options.clock, random: options.random, maxWaitMs: options.maxWaitMs });
 }
