@@ -165,7 +165,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
   return { config, fs, store, imds, reconciler, sources, runner, clock, ssm, autoscaling, groups };
 }
 
-/** Per SSM request attempt; the SDK retries within `ssm.maxAttempts`. */
+/** Per SSM request: a read that times out fails its pass, which the scheduler retries; a write is retried by the SDK within `ssm.maxAttempts`. */
 export const SSM_REQUEST_TIMEOUT_MS = 10_000;
 
 /**

@@ -77,7 +77,10 @@ export const ConfigSchema = z.strictObject({
       fullRefreshSeconds: seconds(86_400),
       /** Throttled polls back off exponentially (full jitter) up to this wait. */
       maxBackoffSeconds: seconds(900),
-      /** The SDK's attempts per call (throttling and 5xx are retried with its backoff). */
+      /**
+       * The SDK's attempts per call for what keeps its retry (PutParameter, the rollout commands'
+       * reads); the agent's own reads are sent once and wait a busy account out (aws/ssm-sdk.ts).
+       */
       maxAttempts: z.number().int().min(1).default(10),
     })
     .default({}),
