@@ -11,6 +11,15 @@ import { hasNix, Instance, LiveLog, waitFor, type StatusJson } from '../support/
 
 type Status = StatusJson & { rollout?: RolloutStatus[] };
 
+/** Waits for the instance to be idle and converged with a status that passes `check`. */
+function settledOn(inst: Instance) {
+  return (what: string, check: (s: Status) => boolean) =>
+    waitFor(what, async () => {
+      const s = await inst.statusFile<Status>();
+      return s && s.phase === 'idle' && s.condition === 'converged' && check(s) ? s : undefined;
+    }, 120_000);
+}
+
 const TZ = '/nixos/fleet/options/time.timeZone';
 const CANDIDATE = '/nixos/fleet/rollout/candidate/options/time.timeZone';
 
@@ -30,18 +39,9 @@ describe('the daemon during a rollout', () => {
       ],
       config: { ssm: { pollIntervalSeconds: 0.5, pollJitter: 0 }, http: { listen: '127.0.0.1:0' } },
     });
-    const run = inst.start(['run']);
+    const run = inst.daemon(t);
     const log = new LiveLog(run);
-    t.after(async () => {
-      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
-      await run.done.catch(() => undefined);
-      await inst.close();
-    });
-    const settled = (what: string, check: (s: Status) => boolean) =>
-      waitFor(what, async () => {
-        const s = await inst.statusFile<Status>();
-        return s && s.phase === 'idle' && s.condition === 'converged' && check(s) ? s : undefined;
-      }, 120_000);
+    const settled = settledOn(inst);
 
     await settled('the candidate, baking', (s) => onCandidate(s) && s.rollout?.[0]?.state === 'baking');
     const polls = log.of('pass.start').length;
@@ -87,17 +87,8 @@ describe('the daemon during a rollout', () => {
       instance: { instanceId, tags: { 'nixos-ec2-agent-canary': 'true' }, tagsInMetadata: true },
       config: { ssm: { pollIntervalSeconds: 0.5, pollJitter: 0 }, http: { listen: null } },
     });
-    const run = inst.start(['run']);
-    t.after(async () => {
-      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
-      await run.done.catch(() => undefined);
-      await inst.close();
-    });
-    const settled = (what: string, check: (s: Status) => boolean) =>
-      waitFor(what, async () => {
-        const s = await inst.statusFile<Status>();
-        return s && s.phase === 'idle' && s.condition === 'converged' && check(s) ? s : undefined;
-      }, 120_000);
+    inst.daemon(t);
+    const settled = settledOn(inst);
 
     const pinned = await settled('the candidate, as a canary', (s) => onCandidate(s));
     assert.equal(pinned.rollout?.[0]?.canary, true);
@@ -125,17 +116,8 @@ describe('the daemon during a rollout', () => {
     });
     inst.world.cloudwatch.putAlarm('web-5xx');
     inst.world.cloudwatch.setState('web-5xx', 'OK', 'fine');
-    const run = inst.start(['run']);
-    t.after(async () => {
-      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
-      await run.done.catch(() => undefined);
-      await inst.close();
-    });
-    const settled = (what: string, check: (s: Status) => boolean) =>
-      waitFor(what, async () => {
-        const s = await inst.statusFile<Status>();
-        return s && s.phase === 'idle' && s.condition === 'converged' && check(s) ? s : undefined;
-      }, 120_000);
+    const run = inst.daemon(t);
+    const settled = settledOn(inst);
 
     await settled('the candidate, baking', (s) => onCandidate(s) && s.rollout?.[0]?.state === 'baking');
     assert.ok((inst.world.cloudwatch.callCounts().DescribeAlarms ?? 0) >= 1, 'the alarm is read while the rollout is under way');

@@ -29,13 +29,8 @@ const hasParam = (name: string) => (s: StatusJson) => s.desired?.sources.paramet
 
 async function daemon(t: { after: (fn: () => Promise<void>) => void }, options: Parameters<typeof Instance.launch>[0] = {}): Promise<{ inst: Instance; run: Running; log: LiveLog }> {
   const inst = await Instance.launch({ ...options, config: { ...DAEMON_CONFIG, ...(options.config ?? {}) } });
-  const run = inst.start(['run']);
+  const run = inst.daemon(t);
   const log = new LiveLog(run);
-  t.after(async () => {
-    if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
-    await run.done.catch(() => undefined);
-    await inst.close();
-  });
   await converged(inst, 'the first convergence');
   return { inst, run, log };
 }

@@ -180,6 +180,17 @@ export class Instance {
     return { child, done };
   }
 
+  /** `run` as a daemon for one test: killed if still running, and the instance closed, when the test ends. */
+  daemon(t: { after(fn: () => Promise<void>): void }): Running {
+    const run = this.start(['run']);
+    t.after(async () => {
+      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
+      await run.done.catch(() => undefined);
+      await this.close();
+    });
+    return run;
+  }
+
   run(args: readonly string[], extraEnv: Record<string, string> = {}): Promise<CliResult> {
     return this.start(args, extraEnv).done;
   }
