@@ -4,6 +4,13 @@
 // same IMDSv2 token PUT and user-data GET with curl, a `cp` to configuration.nix, then the same
 // rebuild), against the same emulated IMDS.
 //
+// Beside those, the floor: boot-floor.ts, the least a Node program can do on the same path (IMDSv2
+// user data, one file written, the Nix parser, the rebuild), launched with the agent's flags: what
+// is left above it is the agent's own.
+//
+// Every timed process gets the environment the systemd unit gives the agent: this one's, without
+// Node's own variables (unitEnv).
+//
 // Each agent run is `converge --once` on a fresh sandboxed root, with user data only (SSM off),
 // launched as the Nix package's wrapper launches it (nix/launch.json: node's flags, environment).
 // Its nixos-rebuild is a script that records the wall-clock time it started and exits 1, so the
@@ -18,10 +25,11 @@ import { cleanEnv } from '../../sandbox/sandbox.js';
 import { World } from '../../sandbox/world.js';
 import { bootMachine } from '../../sandbox/standin/install.js';
 import { shippedLaunch, splitLaunchWords, type Launch } from '../support/launch.js';
-import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, table, type BenchResult, type Print } from './common.js';
+import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, table, unitEnv, type BenchResult, type Print } from './common.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const CLI = process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+const FLOOR = fileURLToPath(new URL('./boot-floor.js', import.meta.url));
 const TARGET_OVER_NODE = 2.5;
 
 /** What a first boot's user data might hold: a small Nix module, as amazon-init takes it. */
@@ -64,10 +72,12 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   const world = await World.start({ userData: Buffer.from(USER_DATA), ssmThroughput: null });
   try {
     print(`boot: ${runs} run(s) each after ${warmup} warm-up, interleaved; user data only (SSM off); nix parser gate ${nixInstantiate ? 'on (nix-instantiate)' : 'off (nix-instantiate not found)'}; agent launched as shipped: ${launchLabel(shipped)}`);
-    const samples = { node: [] as number[], amazonInit: [] as number[], agent: [] as number[], agentExit: [] as number[], passStart: [] as number[] };
+    print(`  timed with the unit's environment: Node's own variables (NODE_EXTRA_CA_CERTS, NODE_OPTIONS, …) left out`);
+    const samples = { node: [] as number[], floor: [] as number[], amazonInit: [] as number[], agent: [] as number[], agentExit: [] as number[], passStart: [] as number[] };
     for (let i = 0; i < warmup + runs; i++) {
       const dir = path.join(base, `run-${i}`);
       const node = await nodeStart();
+      const floor = await floorStart(world, path.join(dir, 'floor'), shipped, nixInstantiate);
       const amazonInit = await amazonInitStart(world, path.join(dir, 'amazon-init'));
       const agent = await agentStart(world, path.join(dir, 'agent'), nixInstantiate !== undefined, cpuProf, overrides, { label: 'shipped', cli: CLI, launch: shipped, samples: [] });
       const others = [];
@@ -75,15 +85,18 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       if (i < warmup) continue;
       others.forEach((o, j) => (compare[j] as CompareTarget).samples.push(o.launchMs));
       samples.node.push(node);
+      samples.floor.push(floor);
       samples.amazonInit.push(amazonInit);
       samples.agent.push(agent.launchMs);
       samples.agentExit.push(agent.exitMs);
       if (agent.passStartMs !== undefined) samples.passStart.push(agent.passStartMs);
     }
     const node = median(samples.node);
+    const floor = median(samples.floor);
     const amazonInit = median(samples.amazonInit);
     const agent = median(samples.agent);
     print(`  node -e 0 (spawn → exit)              ${spread(samples.node)}`);
+    print(`  floor: least Node program (→ rebuild) ${spread(samples.floor)}`);
     print(`  amazon-init equivalent (→ rebuild)    ${spread(samples.amazonInit)}`);
     print(`  agent converge --once (→ rebuild)     ${spread(samples.agent)}`);
     if (samples.passStart.length === samples.agent.length) {
@@ -93,7 +106,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     }
     print(`  agent converge --once (→ exit)        ${spread(samples.agentExit)}`);
     const met = agent <= TARGET_OVER_NODE * node;
-    print(`  agent / node -e 0 = ${ratio(agent, node)} (target ≤ ${TARGET_OVER_NODE}: ${met ? 'met' : 'missed'}); agent / amazon-init = ${ratio(agent, amazonInit)}`);
+    print(`  agent / node -e 0 = ${ratio(agent, node)} (target ≤ ${TARGET_OVER_NODE}: ${met ? 'met' : 'missed'}); floor / node -e 0 = ${ratio(floor, node)}; agent / floor = ${ratio(agent, floor)}; agent / amazon-init = ${ratio(agent, amazonInit)}`);
 
     const compared: Record<string, number> = {};
     compare.forEach((c, j) => {
@@ -107,6 +120,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
       figures: {
         runs,
         node_ms: node,
+        floor_ms: floor,
         amazon_init_ms: amazonInit,
         agent_ms: agent,
         ...(samples.passStart.length === samples.agent.length
@@ -114,6 +128,8 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
           : {}),
         agent_exit_ms: median(samples.agentExit),
         agent_over_node: ratio(agent, node),
+        floor_over_node: ratio(floor, node),
+        agent_over_floor: ratio(agent, floor),
         agent_over_amazon_init: ratio(agent, amazonInit),
         target_over_node: TARGET_OVER_NODE,
         target: met ? 'met' : 'missed',
@@ -131,10 +147,21 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
 function nodeStart(): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
+    const child = spawn(process.execPath, ['-e', '0'], { env: unitEnv(), stdio: 'ignore' });
     child.on('error', reject);
     child.on('exit', () => resolve(performance.now() - t0));
   });
+}
+
+/** spawn → rebuild launched of boot-floor.js, launched as the agent is. */
+async function floorStart(world: World, dir: string, launch: Launch, nixInstantiate: string | undefined): Promise<number> {
+  await mkdir(dir, { recursive: true });
+  const { script, stamp } = await recorder(dir);
+  const args = [...launch.nodeFlags, FLOOR, world.imds.url, path.join(dir, 'configuration.nix'), script, ...(nixInstantiate ? [nixInstantiate] : [])];
+  const t0 = epochMs();
+  const code = await exitOf(spawn(process.execPath, args, { env: { ...unitEnv(), ...launch.env }, stdio: ['ignore', 'ignore', 'inherit'] }));
+  if (code !== 1) throw new Error(`boot: the floor program exited ${code}, not the recorder's 1`);
+  return (await readStamp(stamp, 'the floor program')) - t0;
 }
 
 /** A script standing in for nixos-rebuild: it records when it started (epoch seconds, µs) and fails. */
@@ -226,7 +253,7 @@ async function agentStart(world: World, dir: string, parserGate: boolean, cpuPro
     }),
   );
   const env = {
-    ...cleanEnv(process.env),
+    ...cleanEnv(unitEnv()),
     ...world.env(),
     AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'no-aws-credentials'),
     AWS_CONFIG_FILE: path.join(dir, 'no-aws-config'),
@@ -286,7 +313,7 @@ async function breakdown(print: Print, runs: number, nixInstantiate: string | un
   const cliHelp: number[] = [];
   for (let i = 0; i < runs; i++) {
     const t0 = performance.now();
-    await exitOf(spawn(process.execPath, [CLI, '--help'], { stdio: 'ignore' }));
+    await exitOf(spawn(process.execPath, [CLI, '--help'], { env: unitEnv(), stdio: 'ignore' }));
     cliHelp.push(performance.now() - t0);
   }
   rows.push(['node agent/cli.js --help (spawn → exit)', median(cliHelp), NaN]);
@@ -301,7 +328,7 @@ async function breakdown(print: Print, runs: number, nixInstantiate: string | un
         await exitOf(spawn(nixInstantiate, ['--parse', '--', file], { stdio: 'ignore' }));
         parse.push(performance.now() - t0);
       }
-      rows.push(['nix-instantiate --parse (one call; a pass makes two)', median(parse), NaN]);
+      rows.push(['nix-instantiate --parse (one call, as a pass makes)', median(parse), NaN]);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -319,7 +346,7 @@ function importTime(specifier: string): Promise<{ wallMs: number; cpuMs: number 
     'process.stdout.write(JSON.stringify({ wallMs: performance.now() - t, cpuMs: (u.user + u.system) / 1000 }));',
   ].join(' ');
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: REPO, env: unitEnv(), stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
     child.on('error', reject);

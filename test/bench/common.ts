@@ -116,3 +116,16 @@ export function table(header: readonly string[], rows: readonly (readonly Figure
 export function epochMs(): number {
   return performance.timeOrigin + performance.now();
 }
+
+/**
+ * The environment a timed Node process gets: this one's without Node's own variables, as the
+ * systemd unit runs the agent (nix/launch.json sets none). A developer's or CI machine's
+ * NODE_EXTRA_CA_CERTS alone makes Node 20 read and parse a CA bundle before the first line runs
+ * (~35 ms here, more than a bare `node -e 0` takes without it), and NODE_OPTIONS may load anything:
+ * either would be measured in the agent and in its baseline alike, and hide the agent's own cost.
+ */
+export function unitEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !k.startsWith('NODE_')) out[k] = v;
+  return out;
+}

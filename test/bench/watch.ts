@@ -24,7 +24,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { CLI, Instance, LiveLog, type CliResult } from '../support/e2e.js';
 import { shippedLaunch, splitLaunchWords } from '../support/launch.js';
-import { epochMs, intFlag, median, parseBenchArgs, ratio, round, table, type BenchResult, type Figure, type Print } from './common.js';
+import { epochMs, intFlag, median, parseBenchArgs, ratio, round, table, unitEnv, type BenchResult, type Figure, type Print } from './common.js';
 
 const DEFAULT_INTERVAL_S = 60;
 const RSS_TARGET_MIB = 55;
@@ -161,7 +161,7 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     // Without a revision, each poll reads the whole tree: one GetParametersByPath page per prefix at least.
     const fullFetchCalls = 3;
 
-    const baseline = spawn(process.execPath, ['-e', 'setInterval(()=>{},1000)'], { stdio: 'ignore' });
+    const baseline = spawn(process.execPath, ['-e', 'setInterval(()=>{},1000)'], { env: unitEnv(), stdio: 'ignore' });
     await sleep(500);
     const base = await idleUsage(baseline.pid!, windowMs);
     baseline.kill('SIGKILL');
@@ -267,7 +267,7 @@ async function startDaemon(flags: readonly string[]): Promise<Daemon> {
   });
   const { nodeFlags, env: vars } = splitLaunchWords(flags);
   const child = spawn(process.execPath, [...nodeFlags, vars.NIXOS_EC2_AGENT_BENCH_CLI ?? process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? CLI, 'run', '--config', inst.sandbox.layout.config], {
-    env: { ...cleanEnv(process.env), ...inst.sandbox.env, ...vars },
+    env: { ...cleanEnv(unitEnv()), ...inst.sandbox.env, ...vars },
     stdio: ['ignore', 'pipe', 'ignore'],
   });
   const done = new Promise<CliResult>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout: '', stderr: '' })));
@@ -292,7 +292,7 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
   const windowMs = quick ? 2_000 : 60_000;
   const sets = quick ? FLAG_SETS.slice(0, 1) : FLAG_SETS;
   const daemons: Daemon[] = [];
-  const baseline = spawn(process.execPath, ['-e', 'setInterval(()=>{},1000)'], { stdio: 'ignore' });
+  const baseline = spawn(process.execPath, ['-e', 'setInterval(()=>{},1000)'], { env: unitEnv(), stdio: 'ignore' });
   try {
     for (const flags of sets) daemons.push(await startDaemon(flags));
     for (const d of daemons) await until(`the first convergence (${d.flags.join(' ') || 'no flags'})`, () => (d.log.of('pass.end').length >= 1 ? true : undefined), 120_000);
