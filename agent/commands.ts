@@ -56,6 +56,8 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
     },
   });
   const reconciler = agent.reconciler;
+  // IMDS (and SSM) answer while the start writes and fsyncs its local files.
+  agent.sources.prefetch();
   await reconciler.start();
   // Its waits must not hold the command open once the pass is done.
   lifecycle = createLifecycleReporter(agent, log, { clock: realClock({ unref: true }) });

@@ -382,6 +382,8 @@ class DaemonLoop implements Daemon {
       onStatus: (status) => this.post({ kind: 'status', status }),
       onProgress: () => this.deps.watchdog.alive(),
     });
+    // The first pass's remote reads go out while the reconciler loads and recovers its state.
+    agent.sources.prefetch();
     await agent.reconciler.start();
     const kernel = new KernelPolicy({
       policy: config.kernel.policy,

@@ -44,13 +44,33 @@ export interface SourceOptions {
    * before a pass (the scheduler's probe) costs the pass nothing. 0: every read() reads.
    */
   readonly reuseMs?: number;
+  /**
+   * A read of the instance's remote sources started with prefetch() serves the first read() that
+   * begins at most this long after it started. Default 10 s: a start that recovered without
+   * activating anything, not one that rolled back.
+   */
+  readonly prefetchMaxAgeMs?: number;
   readonly now?: () => number;
 }
+
+/** What a read asks of the network (IMDS, SSM, CloudWatch), apart from the local files. */
+interface Remote {
+  readonly identity: InstanceIdentity;
+  readonly asg: string | undefined;
+  readonly userData: UserData;
+  readonly ssm: SsmSnapshot | undefined;
+  readonly canary: boolean;
+  readonly alarms: readonly AlarmState[] | undefined;
+  readonly notes: readonly string[];
+}
+
+const DEFAULT_PREFETCH_MAX_AGE_MS = 10_000;
 
 export { ASG_TAG };
 
 export class SourceReader {
   private kept: { at: number; read: { snapshots: Snapshots } | { error: unknown } } | undefined;
+  private early: { at: number; remote: Promise<Remote> } | undefined;
 
   constructor(
     private readonly imds: Imds,
@@ -87,9 +107,24 @@ export class SourceReader {
     return this.readAll(signal);
   }
 
+  /**
+   * Starts reading the remote sources (IMDS, SSM) for the first pass while the agent still loads
+   * its state and recovers: on a first boot those round trips would otherwise wait until the
+   * start's local writes are done. The local files are read by the pass itself (the start may
+   * write base.nix). The pass takes the outcome, a failure too, so an IMDS that is turned off is
+   * still asked once; a prefetch no pass takes is dropped.
+   */
+  prefetch(): void {
+    const remote = this.readRemote();
+    // Taken (and reported) by the pass; never an unhandled rejection if no pass comes.
+    remote.catch(() => undefined);
+    this.early = { at: this.now(), remote };
+  }
+
   /** A request to read everything again (converge --now, SIGHUP) is not answered from a peek. */
   forget(): void {
     this.kept = undefined;
+    this.early = undefined;
   }
 
   private now(): number {
@@ -97,13 +132,24 @@ export class SourceReader {
   }
 
   private async readAll(signal?: AbortSignal): Promise<Snapshots> {
+    const early = this.early;
+    this.early = undefined;
+    const fresh = early !== undefined && this.now() - early.at <= (this.options.prefetchMaxAgeMs ?? DEFAULT_PREFETCH_MAX_AGE_MS);
+    const [remote, local] = await Promise.all([
+      fresh ? untilAborted(early.remote, signal) : this.readRemote(signal),
+      readLocal(this.fs, this.options.baseConfiguration, this.options.modulesDir),
+    ]);
+    const { identity, asg, userData, ssm, canary, alarms } = remote;
+    return { identity, asg, userData, ssm, local: local.snapshot, canary, ...(alarms ? { alarms } : {}), notes: [...local.notes, ...remote.notes] };
+  }
+
+  private async readRemote(signal?: AbortSignal): Promise<Remote> {
     const ssmReady = this.options.ssmPrefixes ? this.ssm() : undefined;
     // Read alongside: each waits on the network, none depends on another but SSM on identity.
-    const [identity, asg, userDataRaw, local] = await Promise.all([
+    const [identity, asg, userDataRaw] = await Promise.all([
       this.imds.identity(),
       this.group(),
       this.options.userData ? this.imds.getBytes('latest/user-data') : Promise.resolve(undefined),
-      readLocal(this.fs, this.options.baseConfiguration, this.options.modulesDir),
     ]);
     const userData = interpretUserData(userDataRaw);
     let ssm: SsmSnapshot | undefined;
@@ -112,8 +158,8 @@ export class SourceReader {
       ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
     }
     const [pin, alarms] = ssm ? await Promise.all([this.canary(ssm), this.readAlarms(ssm)]) : [{ canary: false }, undefined];
-    const notes = [...local.notes, ...(pin.note ? [pin.note] : []), ...(alarms?.notes ?? [])];
-    return { identity, asg, userData, ssm, local: local.snapshot, canary: pin.canary, ...(alarms ? { alarms: alarms.states } : {}), notes };
+    const notes = [...(pin.note ? [pin.note] : []), ...(alarms?.notes ?? [])];
+    return { identity, asg, userData, ssm, canary: pin.canary, alarms: alarms?.states, notes };
   }
 
   /** A rollout under way that names alarms: their states, and a note for what could not be read. */
@@ -152,4 +198,18 @@ export class SourceReader {
       throw new TransientError(`cannot resolve {asg} in SSM prefix ${prefix}: the instance's tags are not in IMDS and ${(err as Error).message}`, 'sources', { prefix }, { cause: err });
     }
   }
+}
+
+/** The pass stops waiting when its signal fires; the read it waited on goes on, unobserved. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => (signal.removeEventListener('abort', onAbort), resolve(value)),
+      (err: unknown) => (signal.removeEventListener('abort', onAbort), reject(err as Error)),
+    );
+  });
 }

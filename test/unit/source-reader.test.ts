@@ -32,7 +32,7 @@ async function reader(options: { group?: () => Promise<string | undefined>; now?
     { userData: true, ssmPrefixes: PREFIXES, baseConfiguration: '/etc/nixos/base.nix', modulesDir: '/etc/nixos-ec2-agent/local.d', ...(options.reuseMs !== undefined ? { reuseMs: options.reuseMs } : {}), ...(options.now ? { now: options.now } : {}) },
     options.group ? { group: options.group } : undefined,
   );
-  return { sources, fetches, done: () => rm(dir, { recursive: true, force: true }) };
+  return { sources, fetches, dir, done: () => rm(dir, { recursive: true, force: true }) };
 }
 
 test('{asg} comes from the group locator when a prefix names it', async () => {
@@ -93,6 +93,62 @@ test('a failed peek fails the read right after it, without reading again', async
     now += 1;
     await assert.rejects(r.sources.read(), /Auto Scaling is down/);
     assert.equal(looks, 2, 'once only');
+  } finally {
+    await r.done();
+  }
+});
+
+test('a prefetch serves the first read: its remote reads, once; the local files are read by the read', async () => {
+  let now = 1_000;
+  const r = await reader({ group: async () => 'web', now: () => now, reuseMs: 0 });
+  try {
+    r.sources.prefetch();
+    // The start adopts the image's configuration after the prefetch began: the pass still sees it.
+    const fs = new RootFs(r.dir);
+    await fs.writeAtomic('/etc/nixos/base.nix', '{ ... }: { }\n');
+    now += 100;
+    const first = await r.sources.read();
+    assert.equal(r.fetches.length, 1, 'the read took the prefetched SSM snapshot');
+    assert.equal(first.asg, 'web');
+    assert.ok(first.local.baseConfiguration, 'base.nix, written after the prefetch, is in the snapshot');
+    await r.sources.read();
+    assert.equal(r.fetches.length, 2, 'only the first read');
+  } finally {
+    await r.done();
+  }
+});
+
+test('a failed prefetch fails the first read without asking again; a stale or forgotten one is dropped', async () => {
+  let now = 1_000;
+  let looks = 0;
+  let down = true;
+  const r = await reader({ group: async () => (looks++, down ? Promise.reject(new Error('IMDS is off')) : 'web'), now: () => now });
+  try {
+    r.sources.prefetch();
+    await assert.rejects(r.sources.read(), /IMDS is off/);
+    assert.equal(looks, 1, 'the read reported the prefetch');
+    down = false;
+    r.sources.prefetch();
+    now += 10_001;
+    await r.sources.read();
+    assert.equal(looks, 3, 'a prefetch older than 10 s is read again');
+    r.sources.prefetch();
+    r.sources.forget();
+    await r.sources.read();
+    assert.equal(looks, 5, 'forget() drops it');
+  } finally {
+    await r.done();
+  }
+});
+
+test('a read waiting on a prefetch stops with its signal', async () => {
+  const r = await reader({ group: () => new Promise<string>(() => undefined) });
+  try {
+    r.sources.prefetch();
+    const stop = new AbortController();
+    const read = r.sources.read(stop.signal);
+    stop.abort(new Error('stopping'));
+    await assert.rejects(read, /stopping/);
   } finally {
     await r.done();
   }
