@@ -34,58 +34,82 @@ interface Command {
 
 export class UsageError extends Error {}
 
+/**
+ * V8 flags for the agent's own run (NIXOS_EC2_AGENT_V8_FLAGS, which the Nix package's wrapper sets
+ * from nix/launch.json), set once a command's modules are loaded rather than on node's command
+ * line. Any V8 flag there makes V8 refuse the code cache Node ships for its own modules, so
+ * child_process, http, net and fs/promises were compiled from source at every start; set after
+ * they are loaded, the flags cost the start nothing. `--no-opt --no-sparkplug` keep the idle
+ * daemon about as small as --lite-mode did (`npm run bench -- watch`): no optimised or baseline
+ * machine code, nor the compiler memory that makes it.
+ */
+let lateV8FlagsSet = false;
+function lateV8Flags(): void {
+  const flags = process.env.NIXOS_EC2_AGENT_V8_FLAGS?.trim();
+  if (lateV8FlagsSet || !flags) return;
+  lateV8FlagsSet = true;
+  process.getBuiltinModule('node:v8').setFlagsFromString(flags);
+}
+
+/** A command's module, loaded with everything it imports; the late V8 flags apply from then on. */
+async function load<T>(module: Promise<T>): Promise<T> {
+  const loaded = await module;
+  lateV8Flags();
+  return loaded;
+}
+
 const commands: Record<string, Command> = {
   run: {
     summary: 'the daemon: converge at start, keep converging while sources change',
     usage: 'run [--config FILE] [--root DIR]',
     options: common,
-    run: async (v) => (await import('./daemon.js')).runDaemon(await config(v), { reload: () => config(v) }),
+    run: async (v) => (await load(import('./daemon.js'))).runDaemon(await config(v), { reload: () => config(v) }),
   },
   converge: {
     summary: 'one pass of the loop (--once), or ask the running daemon to converge now (--now)',
     usage: 'converge --once|--now [--config FILE] [--root DIR] [--json]',
     options: { ...common, once: { type: 'boolean' }, now: { type: 'boolean' } },
     run: async (v) => {
-      if (v.now) return (await import('./commands.js')).control(await config(v), 'converge', Boolean(v.json));
+      if (v.now) return (await load(import('./commands.js'))).control(await config(v), 'converge', Boolean(v.json));
       if (!v.once) throw new UsageError('converge needs --once (one pass here) or --now (ask the running daemon)');
-      return (await import('./commands.js')).convergeOnce(await config(v), Boolean(v.json));
+      return (await load(import('./commands.js'))).convergeOnce(await config(v), Boolean(v.json));
     },
   },
   render: {
     summary: 'fetch the sources and show (or write to DIR) what would be rendered; switches nothing',
     usage: 'render [--config FILE] [--root DIR] [--out DIR] [--json]',
     options: { ...common, out: { type: 'string' } },
-    run: async (v) => (await import('./commands.js')).render(await config(v), v.out as string | undefined, Boolean(v.json)),
+    run: async (v) => (await load(import('./commands.js'))).render(await config(v), v.out as string | undefined, Boolean(v.json)),
   },
   status: {
     summary: "the agent's state; --wait blocks until the first convergence has ended (exit 0 converged, 1 failed, 2 degraded)",
     usage: 'status [--json] [--wait] [--config FILE] [--root DIR]',
     options: { ...common, wait: { type: 'boolean' } },
-    run: async (v) => (await import('./commands.js')).status(await config(v), Boolean(v.json), Boolean(v.wait)),
+    run: async (v) => (await load(import('./commands.js'))).status(await config(v), Boolean(v.json), Boolean(v.wait)),
   },
   generations: {
     summary: "the system's generations, each with what built it",
     usage: 'generations [--json] [--config FILE] [--root DIR]',
     options: common,
-    run: async (v) => (await import('./commands.js')).generations(await config(v), Boolean(v.json)),
+    run: async (v) => (await load(import('./commands.js'))).generations(await config(v), Boolean(v.json)),
   },
   rollback: {
     summary: 'switch to the previous good generation and hold there until the sources change',
     usage: 'rollback [--config FILE] [--root DIR] [--json]',
     options: common,
-    run: async (v) => (await import('./commands.js')).control(await config(v), 'rollback', Boolean(v.json)),
+    run: async (v) => (await load(import('./commands.js'))).control(await config(v), 'rollback', Boolean(v.json)),
   },
   suspend: {
     summary: 'pause convergence on this instance (shown in status)',
     usage: 'suspend [--config FILE] [--root DIR] [--json]',
     options: common,
-    run: async (v) => (await import('./commands.js')).control(await config(v), 'suspend', Boolean(v.json)),
+    run: async (v) => (await load(import('./commands.js'))).control(await config(v), 'suspend', Boolean(v.json)),
   },
   resume: {
     summary: 'resume convergence on this instance',
     usage: 'resume [--config FILE] [--root DIR] [--json]',
     options: common,
-    run: async (v) => (await import('./commands.js')).control(await config(v), 'resume', Boolean(v.json)),
+    run: async (v) => (await load(import('./commands.js'))).control(await config(v), 'resume', Boolean(v.json)),
   },
   rollout: {
     summary: 'progressive rollout of a candidate desired state across the fleet, through SSM',
@@ -107,7 +131,7 @@ const commands: Record<string, Command> = {
       reason: { type: 'string' },
       force: { type: 'boolean' },
     },
-    run: async (v, positionals) => (await import('./rollout/commands.js')).rolloutCommand(await config(v), v, positionals),
+    run: async (v, positionals) => (await load(import('./rollout/commands.js'))).rolloutCommand(await config(v), v, positionals),
   },
   'check-config': {
     summary: 'validate a configuration file; exit 2 naming each bad field',

@@ -83,24 +83,24 @@ buildNpmPackage {
     install -Dm444 ${../systemd/nixos-ec2-agent.service} "$out/lib/systemd/system/nixos-ec2-agent.service"
     install -Dm444 ${../systemd/nixos-ec2-agent-converged.target} "$out/lib/systemd/system/nixos-ec2-agent-converged.target"
 
-    # node runs the bin with the flags and environment of launch.json:
-    # - --lite-mode (which NODE_OPTIONS refuses): measured by `npm run bench -- watch`, it cuts the
-    #   idle daemon's resident memory by ~7 MiB, for a slower start and slower CPU-bound work such
-    #   as rendering thousands of parameters, which runs once per change. It takes WebAssembly
-    #   away (V8 runs no compiled code), hence the agent's HTTP probes use node:http, not fetch.
-    # - --no-expose-wasm: says so up front; otherwise V8 prints a plain-text warning on stderr at
-    #   every start, a line in the journal that is not JSON.
-    # - env (none now): what the wrapper sets with --set-default.
+    # node runs the bin with the flags and environment of launch.json, chosen by measuring
+    # (`npm run bench -- boot` and `-- watch`):
+    # - no flags on node's command line: any V8 flag there makes V8 refuse the code cache Node
+    #   ships for its own modules, which every start then compiles from source (~10 ms).
+    # - NIXOS_EC2_AGENT_V8_FLAGS="--no-opt --no-sparkplug", which the agent sets once its modules
+    #   are loaded (agent/cli.ts): no optimised or baseline machine code, nor the compiler memory
+    #   behind it, keeps the idle daemon ~5 MiB smaller, about what --lite-mode saved (which, on
+    #   the command line, also cost the code cache and took WebAssembly away).
     # Weighed and left out, as no better than the spread between runs: --optimize-for-size,
-    # --single-threaded, --max-semi-space-size=1, MALLOC_ARENA_MAX=2, UV_THREADPOOL_SIZE=2 (=1 was
-    # slower); a V8 startup snapshot of the agent (node --snapshot-blob) started faster and held
-    # 8 MiB more at idle (README.md).
+    # --single-threaded(-gc), --max-semi-space-size=1, MALLOC_ARENA_MAX=2, UV_THREADPOOL_SIZE=2
+    # (=1 was slower); a V8 startup snapshot of the agent (node --snapshot-blob) started faster and
+    # held 8 MiB more at idle (README.md).
     # --suffix, not --prefix: a unit's own PATH (the NixOS module puts the system's
     # nixos-rebuild, nix and systemd there) must win over these fallbacks.
     rm "$out/bin/nixos-ec2-agent"
     makeWrapper ${nodejs_22}/bin/node "$out/bin/nixos-ec2-agent" \
-      --add-flags "${builtins.concatStringsSep " " launch.nodeFlags} $packageOut/dist/agent/cli.js" \
-      ${builtins.concatStringsSep " " (map (name: "--set-default ${name} ${launch.env.${name}}") (builtins.attrNames launch.env))} \
+      --add-flags "${builtins.concatStringsSep " " (launch.nodeFlags ++ [ "$packageOut/dist/agent/cli.js" ])}" \
+      ${builtins.concatStringsSep " " (map (name: "--set-default ${name} ${lib.escapeShellArg launch.env.${name}}") (builtins.attrNames launch.env))} \
       --suffix PATH : ${
         lib.makeBinPath [
           nixos-rebuild-ng

@@ -73,10 +73,11 @@ const lighterPinoBuiltins = {
 
 // Node 22's node:http carries lazy getters for undici's WebSocket, CloseEvent and MessageEvent, and
 // an ES module import of a built-in reads every export: `import … from 'node:http'` loads undici,
-// which compiles its HTTP parser as WebAssembly as it loads. Under the wrapper's --lite-mode (no
-// WebAssembly) the process died at its first HTTP import on Node 22, the Nix package's runtime.
-// The bundle takes node:http from process.getBuiltinModule instead, reading these names only (a
-// name the code imports and this list lacks fails the build).
+// which compiles its HTTP parser as WebAssembly as it loads: time at every start on Node 22, the
+// Nix package's runtime, and under --lite-mode or --jitless (no WebAssembly; the wrapper once ran
+// node with --lite-mode) the process died at its first HTTP import. The bundle takes node:http from
+// process.getBuiltinModule instead, reading these names only (a name the code imports and this
+// list lacks fails the build).
 const HTTP_EXPORTS = ['Agent', 'ClientRequest', 'IncomingMessage', 'OutgoingMessage', 'Server', 'ServerResponse', 'METHODS', 'STATUS_CODES', 'createServer', 'get', 'request', 'validateHeaderName', 'validateHeaderValue'];
 const httpWithoutWebSocket = {
   name: 'http-without-websocket',

@@ -31,9 +31,9 @@ export interface Verdict {
 export type HttpGet = (url: string, timeoutMs: number) => Promise<number>;
 
 /**
- * node:http and node:https, not fetch: the Nix package runs node with --lite-mode
- * (nix/launch.json), under which V8 has no WebAssembly, and fetch's HTTP parser (undici's
- * llhttp) is WebAssembly: every probe failed with "WebAssembly is not defined".
+ * node:http and node:https, not fetch: fetch loads undici, whose HTTP parser (llhttp) is
+ * WebAssembly, compiled at its first use, and absent under V8 flags a launch may carry
+ * (--lite-mode, --jitless): every probe then failed with "WebAssembly is not defined".
  */
 const defaultHttpGet: HttpGet = async (url, timeoutMs) => {
   const { get } = url.startsWith('https:') ? await import('node:https') : await import('node:http');

@@ -7,7 +7,7 @@
 //   node [flags] boot-floor.js IMDS_URL FILE REBUILD [NIX_INSTANTIATE]
 //
 // Built-ins only, each taken from the runtime (node:http as the agent's bundle takes it: an ES
-// module import of it loads undici on Node 22, which --lite-mode cannot run).
+// module import of it loads undici on Node 22).
 const http = process.getBuiltinModule('node:http');
 const { spawn } = process.getBuiltinModule('node:child_process');
 const { writeFile } = process.getBuiltinModule('node:fs/promises');

@@ -216,9 +216,11 @@ const SHIPPED: readonly string[] = [...Object.entries(shippedLaunch().env).map((
 const FLAG_SETS: readonly (readonly string[])[] = [
   SHIPPED,
   [],
-  ['--lite-mode'],
-  [...SHIPPED, '--max-semi-space-size=1'],
-  [...SHIPPED, '--optimize-for-size'],
+  // V8 flags on node's command line (the wrapper's before): Node's code cache for its own modules
+  // is refused at every start.
+  ['--lite-mode', '--no-expose-wasm'],
+  ['NIXOS_EC2_AGENT_V8_FLAGS=--no-opt --no-sparkplug --optimize-for-size'],
+  ['--single-threaded-gc', ...SHIPPED],
 ];
 
 /** CPU time of every live thread of a process, in seconds, from /proc/PID/task/TID/schedstat (nanoseconds). */

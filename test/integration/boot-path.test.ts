@@ -1,6 +1,6 @@
 // What the agent loads before it launches nixos-rebuild on a first boot is time every instance waits
-// on (`npm run bench -- boot`), more so under the wrapper's V8 flags, with which Node compiles its
-// own built-in modules without their code cache. These stay off that path: the SDK's HTTP stack
+// on (`npm run bench -- boot`), more so when V8 flags are on node's command line, with which Node
+// compiles its own built-in modules without their code cache. These stay off that path: the SDK's HTTP stack
 // (IMDS is read with node:http; node:https and TLS come only with it), zlib (gzip'd user data
 // only), worker_threads and assert (required by pino and sonic-boom for nothing the agent uses),
 // node:module (the bundle takes built-ins from process.getBuiltinModule; tools/bundle.mjs) and
@@ -10,6 +10,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { withInstance } from '../support/e2e.js';
+import { shippedLaunch } from '../support/launch.js';
 
 const PRELOAD = `
 import { writeFileSync } from 'node:fs';
@@ -22,6 +23,19 @@ ChildProcess.prototype.spawn = function (options) {
     writeFileSync(process.env.BOOT_PATH_RECORD, JSON.stringify(loaded));
   }
   return spawn.call(this, options);
+};
+`;
+
+// Records what is loaded when the agent sets the launch's late V8 flags (agent/cli.ts): it imports
+// neither child_process nor http itself, so what it finds, the agent loaded.
+const FLAGS_PRELOAD = `
+import { writeFileSync } from 'node:fs';
+import v8 from 'node:v8';
+const set = v8.setFlagsFromString;
+v8.setFlagsFromString = function (flags) {
+  const loaded = process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length));
+  writeFileSync(process.env.V8_FLAGS_RECORD, JSON.stringify({ flags, loaded }));
+  return set.call(this, flags);
 };
 `;
 
@@ -47,4 +61,23 @@ describe('the boot path', () => {
       );
     });
   });
+
+  // Any V8 flag on node's command line makes V8 refuse the code cache of Node's own modules, so the
+  // wrapper's flags wait until the command has loaded its modules and their built-ins.
+  test("the launch's V8 flags are set once the command's modules and their built-ins are loaded", async () => {
+    const flags = shippedLaunch().env.NIXOS_EC2_AGENT_V8_FLAGS;
+    assert.ok(flags, 'nix/launch.json sets NIXOS_EC2_AGENT_V8_FLAGS');
+    await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "late-flags";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
+      const preload = path.join(i.dir, 'record-flags.mjs');
+      const record = path.join(i.dir, 'flags.json');
+      await writeFile(preload, FLAGS_PRELOAD);
+      const result = await i.run(['converge', '--once', '--json'], { NODE_OPTIONS: `--import ${preload}`, V8_FLAGS_RECORD: record });
+      assert.equal(result.code, 0, result.stderr);
+      const seen = JSON.parse(await readFile(record, 'utf8')) as { flags: string; loaded: string[] };
+      assert.equal(seen.flags, flags);
+      for (const m of ['child_process', 'http', 'fs/promises']) assert.ok(seen.loaded.includes(m), `${m} loaded before the flags: ${seen.loaded.join(' ')}`);
+      assert.equal(shippedLaunch().nodeFlags.length, 0, "no V8 flag on node's command line");
+    });
+  });
 });
+

@@ -1,7 +1,8 @@
 // An HTTP health probe, end to end, with the agent launched as the Nix package launches it
-// (test/support/launch.ts: node's flags from nix/launch.json). Under --lite-mode V8 has no
-// WebAssembly, so a probe made with fetch (whose HTTP parser is WebAssembly) failed on every
-// pass and every switch was rolled back; a probe must answer the way the service does.
+// (test/support/launch.ts: node's flags and environment from nix/launch.json). When the wrapper ran
+// node with --lite-mode, V8 had no WebAssembly, so a probe made with fetch (whose HTTP parser is
+// WebAssembly) failed on every pass and every switch was rolled back; a probe must answer the way
+// the service does.
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';

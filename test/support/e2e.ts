@@ -462,7 +462,7 @@ export async function terminate(running: Running, graceMs = 15_000): Promise<Cli
 /**
  * Polls `check` every `intervalMs` until it returns a value, or fails after `timeoutMs`. The
  * default is headroom, not an expectation: a passing wait ends at its event, and on a loaded
- * 2-core machine several daemons' first passes under --lite-mode take far longer than alone.
+ * 2-core machine several daemons' first passes, interpreted (nix/launch.json), take far longer than alone.
  */
 export async function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 120_000, intervalMs = 5): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -1,7 +1,7 @@
 // How the Nix package's wrapper starts the agent: node's flags and the environment it sets, from
 // nix/launch.json (nix/package.nix writes the wrapper from the same file). The end-to-end harness
 // and the benchmarks launch the bin the same way, so they test and measure what ships: a flag that
-// breaks something (--lite-mode takes WebAssembly, so fetch, away) breaks the tests too.
+// breaks something (--lite-mode, once shipped, took WebAssembly, so fetch, away) breaks the tests too.
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 

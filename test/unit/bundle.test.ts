@@ -14,8 +14,9 @@ async function bundleFiles(): Promise<{ name: string; text: string }[]> {
 
 describe('the bundle', () => {
   // Node 22 (the Nix package's runtime) gives node:http lazy getters for undici's WebSocket; an ES
-  // module import of it reads them, and undici's WebAssembly parser then kills the process under
-  // the wrapper's --lite-mode. tools/bundle.mjs takes node:http from process.getBuiltinModule.
+  // module import of it reads them and loads undici at every start, whose WebAssembly parser kills
+  // the process under --lite-mode or --jitless. tools/bundle.mjs takes node:http from
+  // process.getBuiltinModule.
   test('never imports node:http as an ES module, statically or dynamically', async () => {
     const files = await bundleFiles();
     const esmHttp = /\bfrom\s*["'](node:)?http["']|\bimport\s*\(\s*["'](node:)?http["']\s*\)|\bimport\s*["'](node:)?http["']/;

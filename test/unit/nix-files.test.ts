@@ -237,6 +237,9 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
           importJSON = p: builtins.fromJSON (builtins.readFile p);
           fileContents = p: builtins.head (builtins.match "([^\\n]*)\\n?" (builtins.readFile p));
           makeBinPath = ps: builtins.concatStringsSep ":" (map (p: p + "/bin") ps);
+          # nixpkgs' own, from lib/strings.nix.
+          escapeShellArg = arg: let string = toString arg; in
+            if builtins.match "[[:alnum:],._+:@%/-]+" string == null then "'" + builtins.replaceStrings [ "'" ] [ "'\\\\''" ] string + "'" else string;
           licenses.mit = "mit";
           platforms.linux = [ "x86_64-linux" ];
           fileset = {
@@ -285,9 +288,12 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     // the tests and benchmarks launch with too), running the package's cli.js.
     assert.match(p.postInstall, /makeWrapper \/nix\/store\/stub-nodejs\/bin\/node "\$out\/bin\/nixos-ec2-agent"/);
     const launch = shippedLaunch();
-    assert.ok(launch.nodeFlags.includes('--lite-mode'), 'the wrapper runs node with --lite-mode');
-    assert.ok(p.postInstall.includes(`--add-flags "${launch.nodeFlags.join(' ')} $packageOut/dist/agent/cli.js"`), p.postInstall);
-    for (const [name, value] of Object.entries(launch.env)) assert.ok(p.postInstall.includes(`--set-default ${name} ${value}`), `the wrapper sets ${name}`);
+    assert.ok(launch.env.NIXOS_EC2_AGENT_V8_FLAGS?.includes('--no-opt'), 'the agent turns V8\'s optimising compiler off once loaded');
+    assert.ok(p.postInstall.includes(`--add-flags "${[...launch.nodeFlags, '$packageOut/dist/agent/cli.js'].join(' ')}"`), p.postInstall);
+    for (const [name, value] of Object.entries(launch.env)) {
+      const word = /^[A-Za-z0-9,._+:@%/-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
+      assert.ok(p.postInstall.includes(`--set-default ${name} ${word}`), `the wrapper sets ${name}: ${p.postInstall}`);
+    }
     for (const unit of ['nixos-ec2-agent.service', 'nixos-ec2-agent-converged.target']) {
       assert.ok(p.postInstall.includes(`-${unit} "$out/lib/systemd/system/${unit}"`), `ships ${unit} for systemd.packages`);
     }
