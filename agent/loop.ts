@@ -10,12 +10,11 @@
 import { createAgent, createLifecycleReporter, type Agent, type AgentEdges } from './agent.js';
 import { KernelPolicy } from './apply/kernel.js';
 import { controlSocketPath, type Config } from './config.js';
-import { shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
+import { desiredHashOf, NewerDesired } from './newer.js';
 import type { PassResult } from './reconcile.js';
-import { selectDesired, whoOf } from './rollout/select.js';
 import { ControlServer, type ControlOp } from './report/control.js';
 import { PostConvergeHook } from './report/hook.js';
 import { HttpServer } from './report/http.js';
@@ -26,7 +25,7 @@ import { StatusFile } from './report/status-file.js';
 import type { Watchdog } from './report/watchdog.js';
 import { ProcessRunner } from './runner.js';
 import { Scheduler, type ScheduleOptions } from './schedule.js';
-import { ASG_TAG, type Snapshots } from './sources/index.js';
+import { ASG_TAG } from './sources/index.js';
 import { imdsMonitors, LeavingWatch, type LeavingNotice } from './sources/leaving.js';
 import { LocalWatcher } from './sources/watch.js';
 import type { Status, StatusPhase } from './status.js';
@@ -111,8 +110,7 @@ class DaemonLoop implements Daemon {
   private reloading = false;
   private leavingNotice: LeavingNotice | undefined;
   private kernelWaitUntil: number | undefined;
-  /** When the sources were last read whole to look for a newer desired state during a build. */
-  private fullCheckAt = Number.NEGATIVE_INFINITY;
+  private readonly newer: NewerDesired;
 
   private readonly fs: RootFs;
   private readonly runner: Runner;
@@ -152,14 +150,15 @@ class DaemonLoop implements Daemon {
         return running;
       },
     };
+    this.newer = new NewerDesired(() => this.parts, clock);
     this.scheduler = new Scheduler(clock, {
       ...(timings(config) as Pick<ScheduleOptions, 'intervalMs' | 'jitter' | 'quietPeriodMs'>),
       throttleLevel: () => this.parts.agent.ssm.throttleLevel,
       // Only a build can be cancelled: nothing has been activated yet.
       cancellable: () => this.reconciler.status.phase === 'building',
-      changed: (signal) => this.newerDesired(signal, false),
+      changed: (signal) => this.newer.check(signal, false),
       // What a pass would converge to, read as the pass reads it: polls see pushes through it.
-      probe: async (signal) => this.desiredHash(await this.parts.agent.sources.peek(signal)),
+      probe: async (signal) => desiredHashOf(await this.parts.agent.sources.peek(signal), clock.now()),
     });
     this.control = new ControlServer(controlSocketPath(config), (op) => new Promise((reply) => this.post({ kind: 'control', op, reply })));
   }
@@ -279,7 +278,7 @@ class DaemonLoop implements Daemon {
           if (this.scheduler.state.running) {
             // A build of what the sources still say is let finish: only a newer desired state
             // cancels it (runNow below). Otherwise the next pass starts when this one ends.
-            const newer = await this.newerDesired(undefined, true).catch(() => undefined);
+            const newer = await this.newer.check(undefined, true).catch(() => undefined);
             if (newer === undefined) await this.scheduler.exclusive(async () => undefined);
           }
           // An operator asking means: read everything again, whatever the revision says.
@@ -515,30 +514,6 @@ class DaemonLoop implements Daemon {
     const tracked = work.catch((err: unknown) => this.deps.log.error({ event: 'loop.error', err: (err as Error).message }, `daemon: ${(err as Error).message}`));
     this.inFlight.add(tracked);
     void tracked.finally(() => this.inFlight.delete(tracked));
-  }
-
-  /**
-   * While a pass builds: has the desired state moved on from the one it builds? The revision (tag
-   * or parameter) answers cheaply; without one, the sources are read whole and the desired hash
-   * compared, at most once per poll interval (`now`: at once), the price a poll pays anyway.
-   */
-  private async newerDesired(signal: AbortSignal | undefined, now: boolean): Promise<string | undefined> {
-    const { agent, config } = this.parts;
-    const cheap = config.ssm.enabled ? await agent.ssm.changed(signal) : undefined;
-    if (cheap !== undefined) return cheap;
-    const building = agent.reconciler.status.desired?.hash;
-    if (building === undefined || agent.reconciler.status.phase !== 'building') return undefined;
-    const at = this.deps.clock.now();
-    if (!now && at - this.fullCheckAt < config.ssm.pollIntervalSeconds * 1000) return undefined;
-    this.fullCheckAt = at;
-    const hash = this.desiredHash(await agent.sources.read(signal));
-    return hash === building ? undefined : `desired state ${shortHash(hash)} differs from the one building (${shortHash(building)})`;
-  }
-
-  /** The hash of the desired state a pass would select from these sources (a rollout included). */
-  private desiredHash(snapshots: Snapshots): string {
-    const input = { userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local };
-    return selectDesired(input, whoOf(snapshots), this.deps.clock.now()).desired.hash;
   }
 
   /** After each pass: a committed generation that changed the kernel is acted on by policy. */

@@ -8,7 +8,6 @@ import { mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
 import { createAgent, type Agent } from '../../../agent/agent.js';
 import { ImdsClient, type Imds } from '../../../agent/aws/imds.js';
-import { shortHash } from '../../../agent/desired/desired.js';
 import { BUILD_DIR } from '../../../agent/apply/rebuild.js';
 import { parseConfig, type Config, type ConfigInput } from '../../../agent/config.js';
 import { silentLogger, type Logger } from '../../../agent/log.js';
@@ -16,8 +15,7 @@ import type { Clock, RunRequest, RunResult, Runner } from '../../../agent/ports.
 import type { PassResult } from '../../../agent/reconcile.js';
 import { CONFIGURATION_NIX } from '../../../agent/render/render.js';
 import { Scheduler } from '../../../agent/schedule.js';
-import { selectDesired } from '../../../agent/rollout/select.js';
-import type { Snapshots } from '../../../agent/sources/index.js';
+import { desiredHashOf, NewerDesired } from '../../../agent/newer.js';
 import { ImdsEmulator, type ImdsInstance } from '../../../sandbox/emulators/imds.js';
 import type { SsmEmulator } from '../../../sandbox/emulators/ssm.js';
 import { FakeMachine } from '../../support/reconcile-fakes.js';
@@ -188,22 +186,7 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
   await reconciler.start();
 
   // As the daemon (agent/loop.ts) wires its Scheduler.
-  const desiredHash = (snapshots: Snapshots) =>
-    selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, { instanceId: snapshots.identity.instanceId }, clock.now()).desired.hash;
-  let fullCheckAt = Number.NEGATIVE_INFINITY;
-  // While a pass builds: the revision answers cheaply; without a change there, the sources are read
-  // whole at most once per poll interval.
-  const newerDesired = async (signal: AbortSignal | undefined, now: boolean): Promise<string | undefined> => {
-    const cheap = config.ssm.enabled ? await agent.ssm.changed(signal) : undefined;
-    if (cheap !== undefined) return cheap;
-    const building = reconciler.status.desired?.hash;
-    if (building === undefined || reconciler.status.phase !== 'building') return undefined;
-    const at = clock.now();
-    if (!now && at - fullCheckAt < config.ssm.pollIntervalSeconds * 1000) return undefined;
-    fullCheckAt = at;
-    const hash = desiredHash(await agent.sources.read(signal));
-    return hash === building ? undefined : `desired state ${shortHash(hash)} differs from the one building (${shortHash(building)})`;
-  };
+  const newer = new NewerDesired(() => ({ agent, config }), clock);
   const scheduler = new Scheduler(clock, {
     intervalMs: config.ssm.pollIntervalSeconds * 1000,
     jitter: config.ssm.pollJitter,
@@ -217,8 +200,8 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
     tickMs: config.ssm.pollIntervalSeconds * 1000,
     throttleLevel: () => agent.ssm.throttleLevel,
     cancellable: () => reconciler.status.phase === 'building',
-    changed: (signal) => newerDesired(signal, false),
-    probe: async (signal) => desiredHash(await agent.sources.peek(signal)),
+    changed: (signal) => newer.check(signal, false),
+    probe: async (signal) => desiredHashOf(await agent.sources.peek(signal), clock.now()),
   });
 
   const instance: SimInstance = {
@@ -241,8 +224,8 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
       // As the daemon answers `converge` on its control socket.
       void (async () => {
         if (scheduler.state.running) {
-          const newer = await newerDesired(undefined, true).catch(() => undefined);
-          if (newer === undefined) await scheduler.exclusive(async () => undefined);
+          const changed = await newer.check(undefined, true).catch(() => undefined);
+          if (changed === undefined) await scheduler.exclusive(async () => undefined);
         }
         agent.ssm.invalidate(reason);
         agent.sources.forget();
