@@ -20,7 +20,7 @@ const spawn = ChildProcess.prototype.spawn;
 ChildProcess.prototype.spawn = function (options) {
   if (String(options.file).endsWith('nixos-rebuild')) {
     const loaded = process.moduleLoadList.filter((m) => !before.has(m) && m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length));
-    writeFileSync(process.env.BOOT_PATH_RECORD, JSON.stringify(loaded));
+    writeFileSync(process.env.RECORD, JSON.stringify(loaded));
   }
   return spawn.call(this, options);
 };
@@ -34,7 +34,7 @@ import v8 from 'node:v8';
 const set = v8.setFlagsFromString;
 v8.setFlagsFromString = function (flags) {
   const loaded = process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length));
-  writeFileSync(process.env.V8_FLAGS_RECORD, JSON.stringify({ flags, loaded }));
+  writeFileSync(process.env.RECORD, JSON.stringify({ flags, loaded }));
   return set.call(this, flags);
 };
 `;
@@ -43,23 +43,33 @@ v8.setFlagsFromString = function (flags) {
 const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
 const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'assert', 'http2', 'crypto', ...(NODE_MAJOR >= 22 ? [] : ['worker_threads', 'module'])];
 
+/**
+ * A first `converge --once` with `preload` imported first; what the preload wrote to the file named
+ * by $RECORD, parsed.
+ */
+async function recordFirstConvergence<T>(hostName: string, preload: string): Promise<T> {
+  let seen: T | undefined;
+  await withInstance({ userData: `{ ... }:\n{\n  networking.hostName = "${hostName}";\n}\n`, config: { ssm: { enabled: false } } }, async (i) => {
+    const file = path.join(i.dir, 'record-preload.mjs');
+    const record = path.join(i.dir, 'record.json');
+    await writeFile(file, preload);
+    const result = await i.run(['converge', '--once', '--json'], { NODE_OPTIONS: `--import ${file}`, RECORD: record });
+    assert.equal(result.code, 0, result.stderr);
+    seen = JSON.parse(await readFile(record, 'utf8')) as T;
+  });
+  return seen as T;
+}
+
 describe('the boot path', () => {
   test('a first convergence launches nixos-rebuild without loading the SDK HTTP stack, zlib, worker_threads, assert, node:module or node:crypto', async () => {
-    await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "boot-path";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
-      const preload = path.join(i.dir, 'record-builtins.mjs');
-      const record = path.join(i.dir, 'builtins.json');
-      await writeFile(preload, PRELOAD);
-      const result = await i.run(['converge', '--once', '--json'], { NODE_OPTIONS: `--import ${preload}`, BOOT_PATH_RECORD: record });
-      assert.equal(result.code, 0, result.stderr);
-      const loaded = JSON.parse(await readFile(record, 'utf8')) as string[];
-      // The check can see what it looks for: the agent's own HTTP client is there.
-      assert.ok(loaded.includes('http'), loaded.join(' '));
-      assert.deepEqual(
-        NOT_ON_THE_BOOT_PATH.filter((m) => loaded.includes(m)),
-        [],
-        `loaded before nixos-rebuild: ${loaded.join(' ')}`,
-      );
-    });
+    const loaded = await recordFirstConvergence<string[]>('boot-path', PRELOAD);
+    // The check can see what it looks for: the agent's own HTTP client is there.
+    assert.ok(loaded.includes('http'), loaded.join(' '));
+    assert.deepEqual(
+      NOT_ON_THE_BOOT_PATH.filter((m) => loaded.includes(m)),
+      [],
+      `loaded before nixos-rebuild: ${loaded.join(' ')}`,
+    );
   });
 
   // Any V8 flag on node's command line makes V8 refuse the code cache of Node's own modules, so the
@@ -67,17 +77,9 @@ describe('the boot path', () => {
   test("the launch's V8 flags are set once the command's modules and their built-ins are loaded", async () => {
     const flags = shippedLaunch().env.NIXOS_EC2_AGENT_V8_FLAGS;
     assert.ok(flags, 'nix/launch.json sets NIXOS_EC2_AGENT_V8_FLAGS');
-    await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "late-flags";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
-      const preload = path.join(i.dir, 'record-flags.mjs');
-      const record = path.join(i.dir, 'flags.json');
-      await writeFile(preload, FLAGS_PRELOAD);
-      const result = await i.run(['converge', '--once', '--json'], { NODE_OPTIONS: `--import ${preload}`, V8_FLAGS_RECORD: record });
-      assert.equal(result.code, 0, result.stderr);
-      const seen = JSON.parse(await readFile(record, 'utf8')) as { flags: string; loaded: string[] };
-      assert.equal(seen.flags, flags);
-      for (const m of ['child_process', 'http', 'fs/promises']) assert.ok(seen.loaded.includes(m), `${m} loaded before the flags: ${seen.loaded.join(' ')}`);
-      assert.equal(shippedLaunch().nodeFlags.length, 0, "no V8 flag on node's command line");
-    });
+    const seen = await recordFirstConvergence<{ flags: string; loaded: string[] }>('late-flags', FLAGS_PRELOAD);
+    assert.equal(seen.flags, flags);
+    for (const m of ['child_process', 'http', 'fs/promises']) assert.ok(seen.loaded.includes(m), `${m} loaded before the flags: ${seen.loaded.join(' ')}`);
+    assert.equal(shippedLaunch().nodeFlags.length, 0, "no V8 flag on node's command line");
   });
 });
-
