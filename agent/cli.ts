@@ -48,8 +48,18 @@ function lateV8Flags(): void {
   const flags = process.env.NIXOS_EC2_AGENT_V8_FLAGS?.trim();
   if (lateV8FlagsSet || !flags) return;
   lateV8FlagsSet = true;
-  process.getBuiltinModule('node:v8').setFlagsFromString(flags);
+  const words = flags.split(/\s+/);
+  // V8 takes anything, and some words end the process (`--help` prints every option and exits 0)
+  // or print plain text on stdout, where a command's --json output goes: only --name[=value] words
+  // reach it, and none when one is refused.
+  const refused = words.find((w) => !V8_FLAG.test(w) || /^--help\b/.test(w));
+  if (refused !== undefined) {
+    process.emitWarning(`NIXOS_EC2_AGENT_V8_FLAGS: ${JSON.stringify(refused)} is not a V8 flag (--name or --name=value); none of its flags were set`);
+    return;
+  }
+  process.getBuiltinModule('node:v8').setFlagsFromString(words.join(' '));
 }
+const V8_FLAG = /^--[a-z][a-z0-9_-]*(=[A-Za-z0-9_.:+-]+)?$/;
 
 /** A command's module, loaded with everything it imports; the late V8 flags apply from then on. */
 async function load<T>(module: Promise<T>): Promise<T> {

@@ -82,4 +82,18 @@ describe('the boot path', () => {
     for (const m of ['child_process', 'http', 'fs/promises']) assert.ok(seen.loaded.includes(m), `${m} loaded before the flags: ${seen.loaded.join(' ')}`);
     assert.equal(shippedLaunch().nodeFlags.length, 0, "no V8 flag on node's command line");
   });
+
+  test('a launch whose V8 flags hold a word that is not a flag: one warning line, no flag set, the command runs', async () => {
+    await withInstance({ config: { ssm: { enabled: false } } }, async (i) => {
+      // --help would have V8 print every option and end the process with 0.
+      const result = await i.run(['status', '--json'], { NIXOS_EC2_AGENT_V8_FLAGS: '--no-opt --help' });
+      assert.equal(result.code, 1, 'the agent never ran here: status says so');
+      assert.doesNotThrow(() => JSON.parse(result.stdout), `stdout is the status alone: ${result.stdout.slice(0, 200)}`);
+      const warnings = result.stderr.split('\n').filter((l) => l.includes('NIXOS_EC2_AGENT_V8_FLAGS'));
+      assert.equal(warnings.length, 1, result.stderr);
+      const line = JSON.parse(warnings[0] as string) as { level: number; event: string; msg: string };
+      assert.equal(line.event, 'runtime.warning');
+      assert.match(line.msg, /"--help" is not a V8 flag/);
+    });
+  });
 });
