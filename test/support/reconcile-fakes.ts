@@ -42,6 +42,8 @@ export function storePathOf(desiredHash: string): string {
 /** A root whose writes fail with an errno while `failWrites` is set (a full disk, a read-only directory). */
 export class FaultyFs extends RootFs {
   failWrites: 'ENOSPC' | 'EACCES' | 'EIO' | undefined;
+  /** With failWrites: only writes to this path fail. */
+  failWritesTo: string | undefined;
   /** Reads of this path fail with the errno. */
   failRead: { readonly path: string; readonly code: 'EACCES' | 'EIO' } | undefined;
   /** The agent "dies" (Killed) at this write from now, counting from 1; every write counts. */
@@ -62,7 +64,7 @@ export class FaultyFs extends RootFs {
       this.killAtWrite = undefined;
       throw new Killed(`killed before writing ${systemPath}`);
     }
-    if (this.failWrites) {
+    if (this.failWrites && (this.failWritesTo === undefined || this.failWritesTo === systemPath)) {
       const file = this.resolve(systemPath);
       throw Object.assign(new Error(`${this.failWrites}: write failed, open '${file}'`), { code: this.failWrites, path: file, syscall: 'open', errno: -28 });
     }

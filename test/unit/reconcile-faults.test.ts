@@ -44,6 +44,24 @@ describe('write errors under the root', () => {
     });
   }
 
+  it('ENOSPC replacing configuration.nix after the journal entry: the old one stays, the entry ends, nothing is built', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    w.sources.set('options/networking.hostName', '"web-1"');
+    assert.equal((await agent.converge('test')).outcome, 'converged');
+    const good = await w.fs.readText(CONFIGURATION_NIX);
+    w.machine.calls.length = 0;
+    w.sources.set('options/networking.hostName', '"web-2"');
+    w.fs.failWrites = 'ENOSPC';
+    w.fs.failWritesTo = CONFIGURATION_NIX;
+    const failed = await agent.converge('poll');
+    assert.equal(failed.outcome, 'failed');
+    assert.match(failed.error?.message ?? '', /ENOSPC/);
+    assert.equal((await stateOf(w)).journal.phase, 'idle', 'a restart finds nothing half done');
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), good);
+    assert.deepEqual(w.machine.calls, [], 'nothing built or switched');
+  });
+
   it('an unreadable state file (EACCES, EIO) is an error, never set aside as corrupt', async () => {
     const w = await setup();
     const agent = await w.agent();

@@ -23,6 +23,21 @@ async function convergeTo(w: World, agent: Awaited<ReturnType<World['agent']>>, 
 }
 
 describe('Reconciler passes', () => {
+  it("a first start saves no state before the pass; a start killed then finds the same last good; the pass's journal saves it", async () => {
+    const w = await setup();
+    const first = await w.agent();
+    assert.equal(first.durable.lastGood?.storePath, IMAGE_SYSTEM);
+    assert.equal(await w.fs.readText(STATE_FILE), undefined, 'no disk flush for state the image already tells');
+    const again = await w.agent();
+    assert.equal(again.durable.lastGood?.storePath, IMAGE_SYSTEM);
+    w.sources.set('options/networking.hostName', '"web-1"');
+    w.machine.kill = 'build';
+    await assert.rejects(again.converge('start'), Killed);
+    const saved = await stateOf(w);
+    assert.equal(saved.journal.phase, 'building', 'a build with no channels to update is journaled as building at once');
+    assert.equal(saved.lastGood?.storePath, IMAGE_SYSTEM);
+  });
+
   it('converges: build, test, verify, then profile + boot; the image system is the first good one', async () => {
     const w = await setup();
     const agent = await w.agent();
