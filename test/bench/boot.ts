@@ -47,6 +47,12 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
     keep: { type: 'boolean' },
     /** Profiles each agent run with `node --cpu-prof` into DIR (the timings then include the profiler). */
     'cpu-prof': { type: 'string' },
+    /**
+     * Every disk flush (fsync, fdatasync) of the agent's runs takes this much longer, injected with
+     * strace: a root on a slower disk than this machine's (EBS), where what the boot path flushes
+     * counts. The agent runs under strace, so only the agent's runs compare with each other.
+     */
+    'flush-ms': { type: 'string' },
     /** A JSON object merged over the agent's configuration, to measure what a setting costs. */
     'agent-config': { type: 'string' },
     /**
@@ -59,6 +65,11 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   });
   const overrides = parseOverrides(flags['agent-config']);
   const cpuProf = typeof flags['cpu-prof'] === 'string' ? path.resolve(flags['cpu-prof']) : undefined;
+  const flushMs = flags['flush-ms'] === undefined ? undefined : Number(flags['flush-ms']);
+  if (flushMs !== undefined && !(flushMs >= 0 && flushMs <= 1000)) throw new BenchUsageError('--flush-ms wants milliseconds from 0 to 1000');
+  const strace = flushMs === undefined ? undefined : onPath('strace');
+  if (flushMs !== undefined && !strace) throw new BenchUsageError('--flush-ms needs strace on PATH (apt-get install strace)');
+  const how: AgentRun = { ...(cpuProf ? { cpuProf } : {}), ...(strace && flushMs !== undefined ? { flush: { strace, ms: flushMs } } : {}) };
   const quick = Boolean(flags.quick);
   const runs = intFlag('runs', flags.runs, quick ? 1 : 7);
   const warmup = quick ? 0 : 1;
@@ -73,15 +84,16 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
   try {
     print(`boot: ${runs} run(s) each after ${warmup} warm-up, interleaved; user data only (SSM off); nix parser gate ${nixInstantiate ? 'on (nix-instantiate)' : 'off (nix-instantiate not found)'}; agent launched as shipped: ${launchLabel(shipped)}`);
     print(`  timed with the unit's environment: Node's own variables (NODE_EXTRA_CA_CERTS, NODE_OPTIONS, …) left out`);
+    if (how.flush) print(`  every disk flush of the agent's runs ${how.flush.ms} ms longer (strace; compare the agent's runs with each other only)`);
     const samples = { node: [] as number[], floor: [] as number[], amazonInit: [] as number[], agent: [] as number[], agentExit: [] as number[], passStart: [] as number[] };
     for (let i = 0; i < warmup + runs; i++) {
       const dir = path.join(base, `run-${i}`);
       const node = await nodeStart();
       const floor = await floorStart(world, path.join(dir, 'floor'), shipped, nixInstantiate);
       const amazonInit = await amazonInitStart(world, path.join(dir, 'amazon-init'));
-      const agent = await agentStart(world, path.join(dir, 'agent'), nixInstantiate !== undefined, cpuProf, overrides, { label: 'shipped', cli: CLI, launch: shipped, samples: [] });
+      const agent = await agentStart(world, path.join(dir, 'agent'), nixInstantiate !== undefined, how, overrides, { label: 'shipped', cli: CLI, launch: shipped, samples: [] });
       const others = [];
-      for (const [j, target] of compare.entries()) others.push(await agentStart(world, path.join(dir, `compare-${j}`), nixInstantiate !== undefined, cpuProf, overrides, target));
+      for (const [j, target] of compare.entries()) others.push(await agentStart(world, path.join(dir, `compare-${j}`), nixInstantiate !== undefined, how, overrides, target));
       if (i < warmup) continue;
       others.forEach((o, j) => (compare[j] as CompareTarget).samples.push(o.launchMs));
       samples.node.push(node);
@@ -234,7 +246,13 @@ function compareTargets(values: string | boolean | (string | boolean)[] | undefi
   });
 }
 
-async function agentStart(world: World, dir: string, parserGate: boolean, cpuProf: string | undefined, overrides: Record<string, unknown>, target: CompareTarget): Promise<{ launchMs: number; exitMs: number; passStartMs?: number }> {
+/** How the agent's runs are launched beyond the build and launch compared: profiled, or on a slow disk. */
+interface AgentRun {
+  readonly cpuProf?: string;
+  readonly flush?: { readonly strace: string; readonly ms: number };
+}
+
+async function agentStart(world: World, dir: string, parserGate: boolean, how: AgentRun, overrides: Record<string, unknown>, target: CompareTarget): Promise<{ launchMs: number; exitMs: number; passStartMs?: number }> {
   const root = path.join(dir, 'root');
   await mkdir(dir, { recursive: true });
   // A first boot: the image's own system is running and nothing has rendered yet.
@@ -263,8 +281,13 @@ async function agentStart(world: World, dir: string, parserGate: boolean, cpuPro
   try {
     const t0 = epochMs();
     const m0 = performance.now();
-    const nodeArgs = [...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', cpuProf] : []), ...target.launch.nodeFlags];
-    const code = await exitOf(spawn(process.execPath, [...nodeArgs, target.cli, 'converge', '--once', '--config', configFile], { env, stdio: ['ignore', 'ignore', log.fd] }));
+    const nodeArgs = [...(how.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', how.cpuProf] : []), ...target.launch.nodeFlags];
+    const command = [process.execPath, ...nodeArgs, target.cli, 'converge', '--once', '--config', configFile];
+    // --seccomp-bpf: only the flushes stop the traced process; every other call runs untouched.
+    const slowed = how.flush
+      ? [how.flush.strace, '-f', '-qq', '--seccomp-bpf', '-o', '/dev/null', '-e', 'trace=fsync,fdatasync', '-e', `inject=fsync,fdatasync:delay_exit=${Math.round(how.flush.ms * 1000)}`, ...command]
+      : command;
+    const code = await exitOf(spawn(slowed[0] as string, slowed.slice(1), { env, stdio: ['ignore', 'ignore', log.fd] }));
     const exitMs = performance.now() - m0;
     if (!existsSync(stamp)) {
       const tail = (await readFile(path.join(dir, 'agent.log'), 'utf8')).split('\n').slice(-15).join('\n');

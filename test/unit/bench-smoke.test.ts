@@ -3,12 +3,18 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { describe, it } from 'node:test';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median, parseResultLine, ratio, resultLine, table } from '../bench/common.js';
 import { BENCHMARKS } from '../bench/run.js';
 
 const RUN = fileURLToPath(new URL('../bench/run.js', import.meta.url));
 const WELL_FORMED = /^RESULT name=([a-z][a-z0-9_-]*)( [a-z][a-z0-9_]*=[^\s=]+)+$/;
+
+function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => dir !== '' && existsSync(path.join(dir, command)));
+}
 
 function bench(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -62,6 +68,16 @@ describe('benchmarks, quick mode', () => {
     const first = await last('7');
     assert.equal(await last('7'), first, 'two runs from seed 7');
     assert.notEqual(await last('8'), first, 'seed 8 makes other choices');
+  });
+
+  it('boot --flush-ms runs the agent on a slowed disk, and refuses a value out of range with exit 2', { timeout: 300_000, skip: onPath('strace') ? false : 'strace is not on PATH' }, async () => {
+    const { code, stdout, stderr } = await bench(['boot', '--quick', '--flush-ms', '1']);
+    assert.equal(code, 0, `exit ${code}; stderr:\n${stderr}`);
+    assert.match(stdout, /every disk flush of the agent's runs 1 ms longer/);
+    assert.ok(parseResultLine(stdout.trim().split('\n').at(-1) ?? ''), stdout);
+    const bad = await bench(['boot', '--quick', '--flush-ms', 'soon']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--flush-ms wants milliseconds/);
   });
 
   it('refuses an unknown benchmark with exit 2 and lists the known ones', async () => {
