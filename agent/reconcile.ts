@@ -193,20 +193,24 @@ export class Reconciler {
 
     this.step({ step: 'rendering', desiredHash: desired.hash });
     const plan = renderPlan(desired);
+    // The entry that lets a restart put configuration.nix back, written while the parser runs (a
+    // restart that finds it with configuration.nix untouched puts back the same text). A build that
+    // needs no channel update first is journaled as building at once (recovered as rendered is).
+    const buildsNext = step.realise !== 'switch' && !this.channelsDue(desired);
+    let journaled = false;
     try {
-      await this.deps.writer.prepare(plan);
+      await this.deps.writer.prepare(plan, async () => {
+        await this.journal(buildsNext ? 'building' : 'rendered', desired.hash);
+        journaled = true;
+      });
     } catch (err) {
+      if (journaled && !(err instanceof TransientError && err.source === 'fs')) await this.journal('idle');
       if (err instanceof InvalidInputError) {
         await this.recordFailure(desired.hash, 'validate', err.message);
         await this.reportRollout(selection.taken, 'validate', err.message);
       }
       throw err;
     }
-    // The entry that lets a restart put configuration.nix back. A build that needs no channel update
-    // first is journaled as building at once (recovered the same way as rendered): one state write
-    // and two disk flushes fewer between the parser and the rebuild.
-    const buildsNext = step.realise !== 'switch' && !this.channelsDue(desired);
-    await this.journal(buildsNext ? 'building' : 'rendered', desired.hash);
     await this.deps.writer.commit(plan);
     await this.deps.writer.writeSecrets(desired.secrets);
 

@@ -17,8 +17,12 @@ export class RenderWriter {
     private readonly log: Logger,
   ) {}
 
-  /** Writes the parts and checks every file with the Nix parser. Switches nothing. */
-  async prepare(plan: RenderPlan): Promise<void> {
+  /**
+   * Writes the parts and checks every file with the Nix parser. Switches nothing. `alongside` runs
+   * while the parser does (its process start is most of a check's time); both are waited for,
+   * whatever either does.
+   */
+  async prepare(plan: RenderPlan, alongside?: () => Promise<void>): Promise<void> {
     await this.fs.mkdirp(plan.dir);
     // configuration.nix is checked as a copy in the render directory, in the same parser call as
     // the parts: one process start, not two, on the boot path. The files are independent, so they
@@ -30,6 +34,7 @@ export class RenderWriter {
     ]);
     if (!this.parser) {
       this.log.warn({ event: 'validate.skipped' }, 'nix-instantiate is not available; rendered files were not parsed');
+      await alongside?.();
       return;
     }
     const sources = new Map<string, string>([[this.fs.resolve(candidate), 'configuration.nix']]);
@@ -39,7 +44,10 @@ export class RenderWriter {
       sources.set(real, f.source);
       files.push(real);
     }
-    const errors = await this.parser.check(files);
+    const [checked, beside] = await Promise.allSettled([this.parser.check(files), alongside?.()]);
+    if (checked.status === 'rejected') throw checked.reason;
+    if (beside.status === 'rejected') throw beside.reason;
+    const errors = checked.value;
     if (errors.length > 0) {
       const first = errors[0] as NixSyntaxError;
       const source = sources.get(first.file) ?? first.file;

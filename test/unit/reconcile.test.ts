@@ -251,6 +251,8 @@ describe('Reconciler passes', () => {
     assert.equal(await w.fs.readText(CONFIGURATION_NIX), config);
     assert.equal(await w.fs.exists(`${SECRETS_DIR}/token`), false);
     assert.equal(await w.machine.running(), a.system);
+    // The journal entry written while the parser ran is ended: a restart finds nothing to recover.
+    assert.equal((await stateOf(w)).journal.phase, 'idle');
   });
 
   it('does nothing while suspended, remembers it across a restart, and converges after resume', async () => {
