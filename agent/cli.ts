@@ -5,6 +5,7 @@
 // fast; `emulate` and `sandbox` hand over to the sandbox, a program of its own (sandbox/) that the
 // agent never imports.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { Config } from './config.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -61,9 +62,20 @@ function lateV8Flags(): void {
 }
 const V8_FLAG = /^--[a-z][a-z0-9_-]*(=[A-Za-z0-9_.:+-]+)?$/;
 
-/** A command's module, loaded with everything it imports; the late V8 flags apply from then on. */
-async function load<T>(module: Promise<T>): Promise<T> {
+/**
+ * The built-ins the SSM client (the AWS SDK: SigV4, its HTTPS handler, its streams) loads on the
+ * first pass. With SSM on they are loaded anyway; loaded before the late flags, they come from the
+ * code cache too.
+ */
+const SSM_BUILTINS = ['node:https', 'node:crypto', 'node:zlib', 'node:stream/web'] as const;
+
+/**
+ * A command's module, loaded with everything it imports (and what the configured sources will
+ * load); the late V8 flags apply from then on.
+ */
+async function load<T>(module: Promise<T>, config?: Config): Promise<T> {
   const loaded = await module;
+  if (config?.ssm.enabled) for (const id of SSM_BUILTINS) process.getBuiltinModule(id);
   lateV8Flags();
   return loaded;
 }
@@ -73,7 +85,10 @@ const commands: Record<string, Command> = {
     summary: 'the daemon: converge at start, keep converging while sources change',
     usage: 'run [--config FILE] [--root DIR]',
     options: common,
-    run: async (v) => (await load(import('./daemon.js'))).runDaemon(await config(v), { reload: () => config(v) }),
+    run: async (v) => {
+      const configured = await config(v);
+      return (await load(import('./daemon.js'), configured)).runDaemon(configured, { reload: () => config(v) });
+    },
   },
   converge: {
     summary: 'one pass of the loop (--once), or ask the running daemon to converge now (--now)',
@@ -82,7 +97,8 @@ const commands: Record<string, Command> = {
     run: async (v) => {
       if (v.now) return (await load(import('./commands.js'))).control(await config(v), 'converge', Boolean(v.json));
       if (!v.once) throw new UsageError('converge needs --once (one pass here) or --now (ask the running daemon)');
-      return (await load(import('./commands.js'))).convergeOnce(await config(v), Boolean(v.json));
+      const configured = await config(v);
+      return (await load(import('./commands.js'), configured)).convergeOnce(configured, Boolean(v.json));
     },
   },
   render: {

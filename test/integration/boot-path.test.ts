@@ -47,9 +47,9 @@ const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'assert', 'http2', 'crypto
  * A first `converge --once` with `preload` imported first; what the preload wrote to the file named
  * by $RECORD, parsed.
  */
-async function recordFirstConvergence<T>(hostName: string, preload: string): Promise<T> {
+async function recordFirstConvergence<T>(hostName: string, preload: string, ssm = false): Promise<T> {
   let seen: T | undefined;
-  await withInstance({ userData: `{ ... }:\n{\n  networking.hostName = "${hostName}";\n}\n`, config: { ssm: { enabled: false } } }, async (i) => {
+  await withInstance({ userData: `{ ... }:\n{\n  networking.hostName = "${hostName}";\n}\n`, config: { ssm: { enabled: ssm } } }, async (i) => {
     const file = path.join(i.dir, 'record-preload.mjs');
     const record = path.join(i.dir, 'record.json');
     await writeFile(file, preload);
@@ -73,13 +73,18 @@ describe('the boot path', () => {
   });
 
   // Any V8 flag on node's command line makes V8 refuse the code cache of Node's own modules, so the
-  // wrapper's flags wait until the command has loaded its modules and their built-ins.
+  // wrapper's flags wait until the command has loaded its modules and their built-ins, and those
+  // the SSM client will load.
   test("the launch's V8 flags are set once the command's modules and their built-ins are loaded", async () => {
     const flags = shippedLaunch().env.NIXOS_EC2_AGENT_V8_FLAGS;
     assert.ok(flags, 'nix/launch.json sets NIXOS_EC2_AGENT_V8_FLAGS');
     const seen = await recordFirstConvergence<{ flags: string; loaded: string[] }>('late-flags', FLAGS_PRELOAD);
     assert.equal(seen.flags, flags);
     for (const m of ['child_process', 'http', 'fs/promises']) assert.ok(seen.loaded.includes(m), `${m} loaded before the flags: ${seen.loaded.join(' ')}`);
+    assert.ok(!seen.loaded.includes('tls'), 'without SSM, no TLS');
+    // With SSM on, what its client loads on the first pass is loaded before the flags too.
+    const withSsm = await recordFirstConvergence<{ flags: string; loaded: string[] }>('late-flags-ssm', FLAGS_PRELOAD, true);
+    for (const m of ['https', 'tls', 'crypto', 'zlib']) assert.ok(withSsm.loaded.includes(m), `${m} loaded before the flags: ${withSsm.loaded.join(' ')}`);
     assert.equal(shippedLaunch().nodeFlags.length, 0, "no V8 flag on node's command line");
   });
 
