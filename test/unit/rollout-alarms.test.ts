@@ -175,7 +175,7 @@ describe('the bundle', () => {
 
   it('keeps the CloudWatch client in a chunk of its own, outside what the daemon loads at start', async () => {
     const entry = await readFile(path.join(dir, 'nixos-ec2-agent.js'), 'utf8');
-    const daemon = /run:\{[^}]*?import\("\.\/(chunk-[A-Z0-9]+\.js)"\)+\.runDaemon/.exec(entry)?.[1];
+    const daemon = /run:\{[^}]*?import\("\.\/(chunk-[A-Z0-9]+\.js)"[^;]*?\.runDaemon/.exec(entry)?.[1];
     assert.ok(daemon, 'the run command imports the daemon from a chunk');
     // Everything the daemon's chunk imports statically, transitively: what its start reads.
     const loaded = new Set<string>(['nixos-ec2-agent.js']);
