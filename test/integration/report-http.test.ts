@@ -120,7 +120,13 @@ describe('the daemon over HTTP', { skip: nix ? false : 'needs /usr/bin/nix-insta
     assert.ok(status.body.includes('/nixos/fleet/secrets/api-token'), 'the secret parameter is named in the sources');
     assert.ok(!status.body.includes(DEMO_SECRET), 'its value is not');
 
-    const metrics = await get(`${url}/metrics`);
+    // The loop counts a pass when it hears the pass's result, just after the status the pass ended
+    // with (which readiness answers from): wait for the count, not for luck.
+    let metrics = await get(`${url}/metrics`);
+    for (const deadline = Date.now() + 30_000; (metric(metrics.body, 'nixos_ec2_agent_converge_passes_total', { outcome: 'converged' }) ?? 0) < 1 && Date.now() < deadline; ) {
+      await sleep(20);
+      metrics = await get(`${url}/metrics`);
+    }
     assert.equal(metrics.status, 200);
     assert.match(metrics.contentType, /^text\/plain; version=0\.0\.4/);
     assert.equal(metric(metrics.body, 'nixos_ec2_agent_converge_passes_total', { outcome: 'converged' }), 1);
