@@ -25,7 +25,7 @@ import { cleanEnv } from '../../sandbox/sandbox.js';
 import { World } from '../../sandbox/world.js';
 import { bootMachine } from '../../sandbox/standin/install.js';
 import { shippedLaunch, splitLaunchWords, type Launch } from '../support/launch.js';
-import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, table, unitEnv, type BenchResult, type Print } from './common.js';
+import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, onPath, table, unitEnv, type BenchResult, type Print } from './common.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const CLI = process.env.NIXOS_EC2_AGENT_BENCH_CLI ?? fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
@@ -410,15 +410,6 @@ function exitOf(child: ReturnType<typeof spawn>): Promise<number> {
     child.on('error', reject);
     child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
   });
-}
-
-function onPath(command: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
-    if (!dir) continue;
-    const candidate = path.join(dir, command);
-    if (existsSync(candidate)) return candidate;
-  }
-  return undefined;
 }
 
 function shq(s: string): string {

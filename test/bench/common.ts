@@ -1,6 +1,8 @@
 // What every benchmark shares: its calling convention, the statistics, the one `RESULT` line a
-// script reads, and the table `npm run bench` prints. Figures are reported, never asserted: a
+// script reads, the table `npm run bench` prints, and how a timed process is launched. Figures are reported, never asserted: a
 // machine's speed is not a property of the code.
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 /** A figure: a number (rounded when printed) or a short word; never a value with spaces. */
@@ -128,4 +130,14 @@ export function unitEnv(env: NodeJS.ProcessEnv = process.env): Record<string, st
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) if (v !== undefined && !k.startsWith('NODE_')) out[k] = v;
   return out;
+}
+
+/** Where `command` is on PATH, as a shell would find it; undefined when it is not. */
+export function onPath(command: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, command);
+    if (existsSync(candidate)) return candidate;
+  }
+  return undefined;
 }

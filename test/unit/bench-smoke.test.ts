@@ -3,18 +3,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { describe, it } from 'node:test';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, parseResultLine, ratio, resultLine, table } from '../bench/common.js';
+import { median, onPath, parseResultLine, ratio, resultLine, table } from '../bench/common.js';
 import { BENCHMARKS } from '../bench/run.js';
 
 const RUN = fileURLToPath(new URL('../bench/run.js', import.meta.url));
 const WELL_FORMED = /^RESULT name=([a-z][a-z0-9_-]*)( [a-z][a-z0-9_]*=[^\s=]+)+$/;
-
-function onPath(command: string): boolean {
-  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => dir !== '' && existsSync(path.join(dir, command)));
-}
 
 function bench(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
