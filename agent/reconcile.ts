@@ -196,7 +196,8 @@ export class Reconciler {
     // The entry that lets a restart put configuration.nix back, written while the parser runs (a
     // restart that finds it with configuration.nix untouched puts back the same text). A build that
     // needs no channel update first is journaled as building at once (recovered as rendered is).
-    const buildsNext = step.realise !== 'switch' && !this.channelsDue(desired);
+    const channels = this.channelsDue(desired);
+    const buildsNext = step.realise !== 'switch' && channels === undefined;
     let journaled = false;
     try {
       await this.deps.writer.prepare(plan, async () => {
@@ -215,7 +216,7 @@ export class Reconciler {
     await this.deps.writer.writeSecrets(desired.secrets);
 
     try {
-      return await this.apply(desired, step.realise, plan, log, signal);
+      return await this.apply(desired, step.realise, plan, channels, log, signal);
     } catch (err) {
       // A cancellation is the pass signal's own reason, whatever step it stopped.
       const cancelled = signal?.aborted === true && err === signal.reason;
@@ -230,8 +231,8 @@ export class Reconciler {
     return channels !== undefined && digestOf(Buffer.from(channels)) !== this.state.channelsDigest ? channels : undefined;
   }
 
-  private async apply(desired: DesiredState, realise: Realise, plan: RenderPlan, log: Logger, signal?: AbortSignal): Promise<PassResult> {
-    const channels = this.channelsDue(desired);
+  /** `channels`: the channels file to apply first (channelsDue), if any. */
+  private async apply(desired: DesiredState, realise: Realise, plan: RenderPlan, channels: string | undefined, log: Logger, signal?: AbortSignal): Promise<PassResult> {
     if (channels !== undefined) {
       this.step({ step: 'updating-channels', desiredHash: desired.hash });
       await this.deps.rebuilder.updateChannels(channels, signal);
