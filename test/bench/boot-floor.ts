@@ -2,7 +2,9 @@
 // beside the agent: what Node, its built-ins under the wrapper's flags, and the Nix parser cost
 // before anything of the agent's own runs. It reads user data over IMDSv2, writes it as
 // configuration.nix, parses it with the real Nix parser (when given one) and launches the rebuild:
-// no configuration, no logging, no state, no recovery, no fsync.
+// no configuration, no logging, no state, no recovery, no fsync. The parser starts first and waits
+// on stdin (Nix parses stdin before the files named), as the agent's does on a first boot: its
+// start overlaps the reads.
 //
 //   node [flags] boot-floor.js IMDS_URL FILE REBUILD [NIX_INSTANTIATE]
 //
@@ -26,15 +28,20 @@ function send(method: string, path: string, headers: Record<string, string>): Pr
   });
 }
 
-function exited(command: string, args: string[]): Promise<number> {
+/** The program's exit code, once `stdin` (when given) has been written and closed. */
+function exited(command: string, args: string[], stdin?: Promise<string>): Promise<number> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: 'ignore' });
+    const child = spawn(command, args, { stdio: [stdin ? 'pipe' : 'ignore', 'ignore', 'ignore'] });
     child.on('error', reject);
     child.on('exit', (code) => resolve(code ?? 1));
+    void stdin?.then((text) => child.stdin?.end(text));
   });
 }
 
+let parse: (stdin: string) => void = () => undefined;
+const parsed = nixInstantiate ? exited(nixInstantiate, ['--parse', '--store', 'dummy://', '-', '--', file], new Promise((r) => (parse = r))) : Promise.resolve(0);
 const token = (await send('PUT', 'latest/api/token', { 'x-aws-ec2-metadata-token-ttl-seconds': '21600' })).toString('utf8');
 await writeFile(file, await send('GET', 'latest/user-data', { 'x-aws-ec2-metadata-token': token }));
-if (nixInstantiate && (await exited(nixInstantiate, ['--parse', '--store', 'dummy://', '--', file])) !== 0) throw new Error(`${file} does not parse`);
+parse('null');
+if ((await parsed) !== 0) throw new Error(`${file} does not parse`);
 process.exitCode = await exited(rebuild, ['build']);

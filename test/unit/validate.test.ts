@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { chmod, symlink, writeFile } from 'node:fs/promises';
+import { existsSync, readdirSync } from 'node:fs';
+import { chmod, mkdir, readdir, readlink, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { TransientError } from '../../agent/errors.js';
@@ -211,5 +211,178 @@ describe('NixParser', () => {
     await new NixParser(runner).check(['/a.nix', '/b.nix']);
     assert.deepEqual(requests[0]?.args, ['--parse', '--store', 'dummy://', '--', '/a.nix', '/b.nix']);
     assert.equal(requests[0]?.command, 'nix-instantiate');
+  });
+});
+
+/**
+ * A runner whose standby process (the request with `-` among its args) waits for its stdin and
+ * answers with `answer`, called with what it was given and what its slots pointed to then.
+ */
+class StandbyRunner implements Runner {
+  readonly requests: RunRequest[] = [];
+  readonly given: { stdin: string; links: (string | undefined)[] }[] = [];
+  constructor(private readonly answer: (stdin: string, links: (string | undefined)[], slots: string[]) => Partial<RunResult> = () => ({})) {}
+  async run(request: RunRequest): Promise<RunResult> {
+    this.requests.push(request);
+    if (!request.args.includes('-') || typeof request.stdin === 'string' || request.stdin === undefined) return fakeResult({});
+    const stdin = await request.stdin;
+    const slots = request.args.slice(request.args.indexOf('--') + 1);
+    const links = await Promise.all(slots.map((s) => readlink(s).catch(() => undefined)));
+    this.given.push({ stdin, links });
+    return fakeResult(this.answer(stdin, links, slots));
+  }
+}
+
+/** Waits until `check` holds, yielding to the event loop between looks; fails after a minute. */
+async function until(check: () => boolean): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('timed out waiting for the standby parser');
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+describe('NixParser on standby', () => {
+  it('starts the parser at standby(), before the files exist, and gives it the files at check()', async () => {
+    await withTempDir(async (dir) => {
+      const runner = new StandbyRunner();
+      const parser = new NixParser(runner, { standbyDir: join(dir, 'run'), standbySlots: 4 });
+      parser.standby();
+      await until(() => runner.requests.length === 1);
+      const started = runner.requests[0] as RunRequest;
+      assert.deepEqual(started.args.slice(0, 5), ['--parse', '--store', 'dummy://', '-', '--']);
+      const slots = started.args.slice(5);
+      assert.equal(slots.length, 4);
+      const [slotDir] = await readdir(join(dir, 'run'));
+      assert.match(slotDir ?? '', /^\.parser\.tmp-\d+-[0-9a-f]{12}$/);
+      assert.equal((await stat(join(dir, 'run', slotDir as string))).mode & 0o777, 0o700);
+      // Nothing to parse yet: stdin is still open and no slot points anywhere.
+      assert.equal(runner.given.length, 0);
+
+      const files = await writeFiles(dir, { 'a.nix': GOOD, 'b.nix': GOOD });
+      assert.deepEqual(await parser.check(files), []);
+      assert.equal(runner.requests.length, 1, 'the standby answered for both files: no other parser');
+      assert.equal(runner.given[0]?.stdin, 'null\n');
+      const [first, second, ...rest] = runner.given[0]?.links ?? [];
+      assert.deepEqual([first, second], files);
+      for (const other of rest) assert.equal(other, join(dir, 'run', slotDir as string, 'empty.nix'));
+      // Used once: the next check starts its own.
+      assert.deepEqual(await parser.check(files), []);
+      assert.deepEqual(runner.requests[1]?.args, ['--parse', '--store', 'dummy://', '--', ...files]);
+      await until(() => existsSync(join(dir, 'run', slotDir as string)) === false);
+    });
+  });
+
+  it('names a file from the path Nix read through its slot, and parses the files after it itself', async () => {
+    await withTempDir(async (dir) => {
+      const files = ['/etc/nixos/a.nix', '/etc/nixos/b.nix', '/etc/nixos/c.nix'];
+      const runner = new StandbyRunner(() => ({ code: 1, stderr: "error: syntax error, unexpected ';'\n\n       at /etc/nixos/b.nix:3:25:\n" }));
+      const parser = new NixParser(runner, { standbyDir: dir });
+      parser.standby();
+      assert.deepEqual(await parser.check(files), [{ file: '/etc/nixos/b.nix', line: 3, column: 25, message: "syntax error, unexpected ';'" }]);
+      assert.equal(runner.requests.length, 2);
+      assert.deepEqual(runner.requests[1]?.args, ['--parse', '--store', 'dummy://', '--', '/etc/nixos/c.nix']);
+
+      // A Nix that named the slot rather than the file behind it: the slot says which file.
+      const bySlot = new StandbyRunner((_stdin, _links, slots) => ({ code: 1, stderr: `error: syntax error, unexpected ';'\n\n       at ${slots[0]}:1:3:\n` }));
+      const second = new NixParser(bySlot, { standbyDir: dir });
+      second.standby();
+      assert.deepEqual(await second.check(files), [{ file: '/etc/nixos/a.nix', line: 1, column: 3, message: "syntax error, unexpected ';'" }]);
+      assert.deepEqual(bySlot.requests.slice(1).map((r) => r.args.slice(4)), [['/etc/nixos/b.nix', '/etc/nixos/c.nix']]);
+    });
+  });
+
+  it('parses the files past its slots itself', async () => {
+    await withTempDir(async (dir) => {
+      const files = ['/a.nix', '/b.nix', '/c.nix', '/d.nix', '/e.nix'];
+      const runner = new StandbyRunner();
+      const parser = new NixParser(runner, { standbyDir: dir, standbySlots: 2 });
+      parser.standby();
+      assert.deepEqual(await parser.check(files), []);
+      assert.deepEqual(runner.given[0]?.links, ['/a.nix', '/b.nix']);
+      assert.deepEqual(runner.requests.slice(1).map((r) => r.args.slice(4)), [['/c.nix', '/d.nix', '/e.nix']]);
+    });
+  });
+
+  it('parses the files itself when the standby process gave no verdict', async () => {
+    // Nix answers SIGTERM with `error: interrupted by the user` and exit 1: not a verdict.
+    for (const ended of [{ timedOut: true, code: null, signal: 'SIGKILL' }, { timedOut: true, code: 1, stderr: 'error: interrupted by the user\n' }, { code: 127, stderr: 'nix-instantiate: spawn ENOENT\n' }, { code: null, signal: 'SIGSEGV' }] satisfies Partial<RunResult>[]) {
+      await withTempDir(async (dir) => {
+        const runner = new StandbyRunner(() => ended);
+        const parser = new NixParser(runner, { standbyDir: dir });
+        parser.standby();
+        assert.deepEqual(await parser.check(['/a.nix']), []);
+        assert.deepEqual(runner.requests[1]?.args, ['--parse', '--store', 'dummy://', '--', '/a.nix'], JSON.stringify(ended));
+      });
+    }
+  });
+
+  it('parses the files itself when the slots cannot be made', async () => {
+    await withTempDir(async (dir) => {
+      const runner = new StandbyRunner();
+      const parser = new NixParser(runner, { standbyDir: join(dir, 'run') });
+      parser.standby();
+      await until(() => runner.requests.length === 1);
+      const slots = (runner.requests[0] as RunRequest).args.slice(5);
+      // A slot taken already: the symlink cannot be made.
+      await writeFile(slots[0] as string, 'null\n');
+      assert.deepEqual(await parser.check(['/a.nix']), []);
+      await until(() => runner.given.length === 1);
+      assert.equal(runner.given[0]?.stdin, '', 'the standby is ended with an empty stdin');
+      assert.deepEqual(runner.requests[1]?.args, ['--parse', '--store', 'dummy://', '--', '/a.nix']);
+    });
+  });
+
+  it('release() ends a standby no check took; without a directory there is none', async () => {
+    await withTempDir(async (dir) => {
+      const runner = new StandbyRunner(() => ({ code: 1, stderr: 'error: syntax error, unexpected end of file\n' }));
+      const parser = new NixParser(runner, { standbyDir: join(dir, 'run') });
+      parser.standby();
+      parser.standby();
+      parser.release();
+      await until(() => runner.given.length === 1);
+      assert.equal(runner.requests.length, 1, 'one standby at a time');
+      assert.deepEqual(runner.given[0], { stdin: '', links: Array(8).fill(undefined) });
+      await until(() => existsSync(join(dir, 'run')) && readdirSync(join(dir, 'run')).length === 0);
+      // A check after the release starts its own parser.
+      assert.deepEqual(await new NixParser(runner).check([]), []);
+      const none = new StandbyRunner();
+      const without = new NixParser(none);
+      without.standby();
+      assert.deepEqual(await without.check(['/a.nix']), []);
+      assert.deepEqual(none.requests.map((r) => r.args.includes('-')), [false]);
+    });
+  });
+
+  it('gives the verdicts a cold check gives, with the real parser started before the files were written', nix, async () => {
+    await withTempDir(async (dir) => {
+      const run = join(dir, 'run');
+      await mkdir(run);
+      const parser = new NixParser(new CountingRunner(), { standbyDir: run, standbySlots: 4 });
+      parser.standby();
+      const files = await writeFiles(dir, {
+        '1.nix': GOOD,
+        '2.nix': '{ a = 1; a = 2; }\n',
+        '3.nix': GOOD,
+        'target.nix': BROKEN,
+        '5.nix': '"unterminated\n',
+        '6.nix': GOOD,
+      });
+      const link = join(dir, 'link.nix');
+      await symlink(files[3] as string, link);
+      const checked = [files[0], files[1], files[2], link, join(dir, 'missing.nix'), files[4], files[5]] as string[];
+      const cold = await new NixParser(new ProcessRunner(process.env)).check(checked);
+      assert.deepEqual(
+        cold.map((e) => [e.file, e.line, e.column]),
+        [
+          [files[1], 1, 10],
+          [link, 3, 25],
+          [join(dir, 'missing.nix'), 0, 0],
+          [files[4], 1, 2],
+        ],
+      );
+      assert.deepEqual(await parser.check(checked), cold);
+      await until(() => readdirSync(run).length === 0);
+    });
   });
 });
