@@ -97,8 +97,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     fullRefreshMs: config.ssm.fullRefreshSeconds * 1000,
   });
 
-  // The standby parser's links live in the agent's run directory (root's, on a tmpfs).
-  let parser: NixParser | undefined = new NixParser(runner, { command: config.rebuild.nixInstantiate, standbyDir: fs.resolve(path.dirname(STATUS_FILE)) });
+  let parser: NixParser | undefined = new NixParser(runner, { command: config.rebuild.nixInstantiate });
   if (config.rebuild.validate === 'if-available' && !(await parser.available())) parser = undefined;
 
   const autoscaling = edges.autoscaling ?? new SdkAutoScaling({ env, imds, credentials });

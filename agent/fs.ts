@@ -152,18 +152,6 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
 }
 
 /**
- * A new directory under `parent` (made 0755 if absent) of temporaryBeside's naming, mode 0700: only
- * its maker writes in it (mkdir refuses a name that exists), and a later start removes what a killed
- * maker left (removeTemporaries).
- */
-export async function privateTemporaryDir(parent: string, name: string): Promise<string> {
-  await fsp.mkdir(parent, { recursive: true, mode: 0o755 });
-  const dir = temporaryBeside(path.join(parent, name));
-  await fsp.mkdir(dir, { mode: 0o700 });
-  return dir;
-}
-
-/**
  * `.NAME.tmp-PID-RANDOM` beside `file`: hidden, never matching a `*.nix` glob, and naming its writer
  * so that a later start can tell a dead writer's leftover from a live one's write in flight.
  */

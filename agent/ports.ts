@@ -53,11 +53,7 @@ export interface RunRequest {
   readonly signal?: AbortSignal;
   /** Called for each complete line of output, as it arrives. */
   readonly onLine?: (stream: OutputStream, line: string) => void;
-  /**
-   * Given to the process once it is known: a promise lets a program start (and load) before its
-   * input exists. Written when it resolves; a rejection ends stdin empty.
-   */
-  readonly stdin?: string | PromiseLike<string>;
+  readonly stdin?: string;
 }
 
 export interface RunResult {

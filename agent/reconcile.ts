@@ -26,7 +26,7 @@ import type { HealthChecker, Verdict } from './verify/health.js';
 export interface Sources {
   read(signal?: AbortSignal): Promise<Snapshots>;
 }
-export type Writer = Pick<RenderWriter, 'adoptImageConfiguration' | 'prepare' | 'commit' | 'writeSecrets' | 'pruneSecrets' | 'restore' | 'currentConfiguration' | 'gc' | 'standby' | 'release'>;
+export type Writer = Pick<RenderWriter, 'adoptImageConfiguration' | 'prepare' | 'commit' | 'writeSecrets' | 'pruneSecrets' | 'restore' | 'currentConfiguration' | 'gc'>;
 export type RebuildSteps = Pick<Rebuilder, 'build' | 'activate' | 'setProfile' | 'switchGeneration' | 'switchLegacy' | 'updateChannels'>;
 export type Health = Pick<HealthChecker, 'verify'>;
 export type Closures = Pick<ClosureRealiser, 'realise' | 'pinRoots'>;
@@ -85,19 +85,15 @@ export class Reconciler {
 
   /** Loads the durable state and finishes whatever a killed agent left half done. */
   async start(): Promise<void> {
+    // Before anything watches the local files: the agent's own copy of the image's configuration
+    // to base.nix is not a change to converge on.
+    await this.deps.writer.adoptImageConfiguration(this.deps.config.local.baseConfiguration);
     const loaded = await this.deps.store.load();
     this.state = loaded.state;
     if (loaded.problem) {
       this.startProblem = loaded.problem;
       this.deps.log.error({ event: 'state.corrupt', problem: loaded.problem }, loaded.problem);
     }
-    // Nothing converged yet (a first boot): the first pass renders, and the parser it will need
-    // starts now, alongside the rest of the start and the sources' reads. The pass releases it if
-    // it renders nothing.
-    if (!this.state.running && !this.state.suspended) this.deps.writer.standby();
-    // Before anything watches the local files: the agent's own copy of the image's configuration
-    // to base.nix is not a change to converge on.
-    await this.deps.writer.adoptImageConfiguration(this.deps.config.local.baseConfiguration);
     if (!this.state.lastGood) {
       // The image booted this system: it is the first good generation by definition. Not saved
       // here: the pass's first journal entry (or its end) saves it, and a start killed before then
@@ -130,9 +126,6 @@ export class Reconciler {
       if (err instanceof TransientError && err.source === 'fs') await this.failWrite(err, log);
       result = { outcome: err.kind === 'invalid-input' ? 'invalid-input' : 'failed', error: err, ...(this.desired ? { desiredHash: this.desired.hash } : {}) };
       log.error({ event: 'pass.error', err: err.toJSON() }, err.message);
-    } finally {
-      // A parser started for a render this pass did not make.
-      this.deps.writer.release();
     }
     const durationMs = this.deps.clock.now() - started;
     await this.finish(result, durationMs).catch((caught: unknown) => {

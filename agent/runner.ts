@@ -118,12 +118,10 @@ export class ProcessRunner implements Runner {
       child.once('error', (err) => finish(null, null, err));
       child.once('close', (code, signal) => finish(code, signal));
       if (request.stdin !== undefined && child.stdin) {
-        const stdin = child.stdin;
-        // A program that exits without reading its input makes the write fail (EPIPE): its exit is
-        // what is reported.
-        stdin.on('error', () => undefined);
-        if (typeof request.stdin === 'string') stdin.end(request.stdin);
-        else Promise.resolve(request.stdin).then((text) => stdin.end(text), () => stdin.end());
+        // A program that exits, or closes its stdin, before reading all of it makes the write fail
+        // (EPIPE): its exit is what is reported, and the agent must not die of it.
+        child.stdin.on('error', () => undefined);
+        child.stdin.end(request.stdin);
       }
     });
   }

@@ -1,9 +1,7 @@
 // The gate every rendered file passes before anything is switched: the real Nix parser, run through
 // the Runner. Parsing never evaluates, so hostile text is safe to hand to it.
-import { rm, symlink, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { TransientError } from '../errors.js';
-import { privateTemporaryDir } from '../fs.js';
 import type { RunResult, Runner } from '../ports.js';
 
 export interface NixSyntaxError {
@@ -32,30 +30,6 @@ export interface NixParserOptions {
   readonly command?: string;
   /** Per call to the parser; default 30 s. */
   readonly timeoutMs?: number;
-  /**
-   * A root-owned directory (a real path) where standby() makes its private one; without it,
-   * standby() does nothing.
-   */
-  readonly standbyDir?: string;
-  /** How many files a standby parser takes; default 8. */
-  readonly standbySlots?: number;
-  /** How long a standby parser waits to be used before it ends; default 60 s. */
-  readonly standbyMs?: number;
-}
-
-/**
- * A parser started before its files exist, so that its start (nearly all of a check's time: the
- * dynamic loading of Nix's libraries) overlaps the agent's own. It is `nix-instantiate --parse -
- * SLOT...`: Nix parses stdin first, then each file named (nix-instantiate.cc reads stdin before the
- * files), so stdin is the gate. When the files are known each slot becomes a symlink to one, which
- * Nix follows before reading (resolveExprPath, "so that relative path references work"), naming
- * the real file in its errors; then `null` goes to stdin. Used once.
- */
-interface Standby {
-  readonly dir: string;
-  readonly slots: readonly string[];
-  readonly open: (stdin: string) => void;
-  readonly result: Promise<RunResult>;
 }
 
 /**
@@ -66,8 +40,6 @@ const STORE_ARGS = ['--store', 'dummy://'] as const;
 /** Keeps each command line far below the kernel's argument limits. */
 const MAX_ARGS_CHARS = 64 * 1024;
 const DEFAULT_TIMEOUT_MS = 30_000;
-const DEFAULT_STANDBY_SLOTS = 8;
-const DEFAULT_STANDBY_MS = 60_000;
 
 // Nix prints no colour when stderr is not a terminal, but a wrapper may force it.
 const ANSI = /\u001b\[[0-9;?]*[ -/]*[@-~]/g;
@@ -93,77 +65,13 @@ function parseFailure(stderr: string): ParsedFailure {
 export class NixParser {
   private readonly command: string;
   private readonly timeoutMs: number;
-  private standing: Promise<Standby | undefined> | undefined;
 
   constructor(
     private readonly runner: Runner,
-    private readonly options: NixParserOptions = {},
+    options: NixParserOptions = {},
   ) {
     this.command = options.command ?? 'nix-instantiate';
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  }
-
-  /**
-   * Starts a parser for the next check() to use, when a check is about to come (a first boot's
-   * render). Anything that goes wrong with it only leaves that check to start its own.
-   */
-  standby(): void {
-    if (this.standing || this.options.standbyDir === undefined) return;
-    this.standing = this.startStandby(this.options.standbyDir).catch(() => undefined);
-  }
-
-  /** Ends a standby parser that no check took (it parses an empty stdin, fails, and exits). */
-  release(): void {
-    const standing = this.standing;
-    this.standing = undefined;
-    void standing?.then((s) => s?.open(''));
-  }
-
-  private async startStandby(parent: string): Promise<Standby> {
-    const dir = await privateTemporaryDir(parent, 'parser');
-    const count = this.options.standbySlots ?? DEFAULT_STANDBY_SLOTS;
-    const slots = Array.from({ length: count }, (_, i) => join(dir, `${i}.nix`));
-    let open: (stdin: string) => void = () => undefined;
-    const stdin = new Promise<string>((resolve) => (open = resolve));
-    // Its wait for stdin counts against its timeout: past it the process is gone, and a check that
-    // takes it then starts its own.
-    const result = this.runner.run({
-      command: this.command,
-      args: ['--parse', ...STORE_ARGS, '-', '--', ...slots],
-      timeoutMs: (this.options.standbyMs ?? DEFAULT_STANDBY_MS) + this.timeoutMs,
-      stdin,
-    });
-    void result.finally(() => rm(dir, { recursive: true, force: true })).catch(() => undefined);
-    return { dir, slots, open, result };
-  }
-
-  /** The standby parser, once: undefined when there is none or it did not start. */
-  private async takeStandby(): Promise<Standby | undefined> {
-    const standing = this.standing;
-    this.standing = undefined;
-    return standing;
-  }
-
-  /**
-   * The first files (as many as it has slots) through the standby parser: its result when it gave
-   * a verdict, undefined when it gave none (it ended, or could not be pointed at the files): the
-   * caller then parses them itself.
-   */
-  private async parseOnStandby(standby: Standby, absolute: readonly string[]): Promise<{ result: RunResult; slots: readonly string[] } | undefined> {
-    try {
-      const empty = join(standby.dir, 'empty.nix');
-      if (absolute.length < standby.slots.length) await writeFile(empty, 'null\n', { mode: 0o600 });
-      await Promise.all(standby.slots.map((slot, i) => symlink(absolute[i] ?? empty, slot)));
-    } catch {
-      standby.open('');
-      return undefined;
-    }
-    standby.open('null\n');
-    const result = await standby.result;
-    if (result.timedOut || result.aborted) return undefined;
-    const saidError = /^error:/m.test(result.stderr.replace(ANSI, ''));
-    if (result.code !== 0 && !(result.code === 1 && saidError)) return undefined;
-    return { result, slots: standby.slots };
   }
 
   /**
@@ -175,33 +83,18 @@ export class NixParser {
   async check(files: readonly string[]): Promise<NixSyntaxError[]> {
     const errors: NixSyntaxError[] = [];
     let start = 0;
-    let standby = files.length > 0 ? await this.takeStandby() : undefined;
     while (start < files.length) {
-      let batch = takeBatch(files, start);
-      let absolute = batch.map((f) => resolve(f));
-      let result: RunResult | undefined;
-      let slots: readonly string[] = [];
-      if (standby) {
-        const taken = standby;
-        standby = undefined;
-        if (absolute.length > taken.slots.length) {
-          batch = batch.slice(0, taken.slots.length);
-          absolute = absolute.slice(0, taken.slots.length);
-        }
-        const verdict = await this.parseOnStandby(taken, absolute);
-        if (verdict) ({ result, slots } = verdict);
-      }
-      result ??= await this.parse(absolute);
+      const batch = takeBatch(files, start);
+      const absolute = batch.map((f) => resolve(f));
+      const result = await this.parse(absolute);
       if (result.code === 0) {
         start += batch.length;
         continue;
       }
       const failure = parseFailure(result.stderr);
       // Nix names a file by the path it read: the one given, unless the name was a symlink or a
-      // directory it resolved (a standby's slot: the file it points to). When it names none of
-      // ours, the batch is checked one file at a time.
-      const named = failure.path === undefined ? -1 : absolute.indexOf(failure.path);
-      const index = named >= 0 || failure.path === undefined ? named : slots.indexOf(failure.path);
+      // directory it resolved. When it names none of ours, the batch is checked one file at a time.
+      const index = failure.path === undefined ? -1 : absolute.indexOf(failure.path);
       if (index >= 0) {
         errors.push({ file: batch[index] as string, line: failure.line, column: failure.column, message: failure.message });
         start += index + 1;

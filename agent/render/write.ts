@@ -13,19 +13,9 @@ export class RenderWriter {
   constructor(
     private readonly fs: RootFs,
     /** Undefined only when validation is configured `if-available` and Nix is absent. */
-    private readonly parser: (Pick<NixParser, 'check'> & Partial<Pick<NixParser, 'standby' | 'release'>>) | undefined,
+    private readonly parser: Pick<NixParser, 'check'> | undefined,
     private readonly log: Logger,
   ) {}
-
-  /** A render is about to come: the parser starts now, and its start overlaps what comes first. */
-  standby(): void {
-    this.parser?.standby?.();
-  }
-
-  /** No render came: the parser started for it ends. */
-  release(): void {
-    this.parser?.release?.();
-  }
 
   /**
    * Writes the parts and checks every file with the Nix parser. Switches nothing. `alongside` runs

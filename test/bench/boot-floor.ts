@@ -2,9 +2,7 @@
 // beside the agent: what Node, its built-ins under the wrapper's flags, and the Nix parser cost
 // before anything of the agent's own runs. It reads user data over IMDSv2, writes it as
 // configuration.nix, parses it with the real Nix parser (when given one) and launches the rebuild:
-// no configuration, no logging, no state, no recovery, no fsync. The parser starts first and waits
-// on stdin (Nix parses stdin before the files named), as the agent's does on a first boot: its
-// start overlaps the reads.
+// no configuration, no logging, no state, no recovery, no fsync.
 //
 //   node [flags] boot-floor.js IMDS_URL FILE REBUILD [NIX_INSTANTIATE]
 //
@@ -28,20 +26,15 @@ function send(method: string, path: string, headers: Record<string, string>): Pr
   });
 }
 
-/** The program's exit code, once `stdin` (when given) has been written and closed. */
-function exited(command: string, args: string[], stdin?: Promise<string>): Promise<number> {
+function exited(command: string, args: string[]): Promise<number> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: [stdin ? 'pipe' : 'ignore', 'ignore', 'ignore'] });
+    const child = spawn(command, args, { stdio: 'ignore' });
     child.on('error', reject);
     child.on('exit', (code) => resolve(code ?? 1));
-    void stdin?.then((text) => child.stdin?.end(text));
   });
 }
 
-let parse: (stdin: string) => void = () => undefined;
-const parsed = nixInstantiate ? exited(nixInstantiate, ['--parse', '--store', 'dummy://', '-', '--', file], new Promise((r) => (parse = r))) : Promise.resolve(0);
 const token = (await send('PUT', 'latest/api/token', { 'x-aws-ec2-metadata-token-ttl-seconds': '21600' })).toString('utf8');
 await writeFile(file, await send('GET', 'latest/user-data', { 'x-aws-ec2-metadata-token': token }));
-parse('null');
-if ((await parsed) !== 0) throw new Error(`${file} does not parse`);
+if (nixInstantiate && (await exited(nixInstantiate, ['--parse', '--store', 'dummy://', '--', file])) !== 0) throw new Error(`${file} does not parse`);
 process.exitCode = await exited(rebuild, ['build']);

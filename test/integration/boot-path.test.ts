@@ -11,9 +11,6 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { withInstance } from '../support/e2e.js';
 import { shippedLaunch } from '../support/launch.js';
-import { NIX_MISSING, nixAvailable } from '../support/nix.js';
-
-const nixPresent = nixAvailable() ? {} : { skip: NIX_MISSING };
 
 const PRELOAD = `
 import { writeFileSync } from 'node:fs';
@@ -42,21 +39,6 @@ v8.setFlagsFromString = function (flags) {
 };
 `;
 
-// Records each Nix parser the agent starts before nixos-rebuild: its arguments, and whether the
-// render directory existed then.
-const PARSER_PRELOAD = `
-import { existsSync, writeFileSync } from 'node:fs';
-import { ChildProcess } from 'node:child_process';
-const parsers = [];
-const spawn = ChildProcess.prototype.spawn;
-ChildProcess.prototype.spawn = function (options) {
-  const file = String(options.file);
-  if (file.endsWith('nix-instantiate')) parsers.push({ args: options.args.slice(1), rendered: existsSync(process.env.ROOT + '/etc/nixos/ec2-agent') });
-  if (file.endsWith('nixos-rebuild') && !existsSync(process.env.RECORD)) writeFileSync(process.env.RECORD, JSON.stringify(parsers));
-  return spawn.call(this, options);
-};
-`;
-
 // On Node >= 22 node:util loads worker_threads itself, and the bin loads node:module for the compile cache.
 const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
 const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'assert', 'http2', 'crypto', ...(NODE_MAJOR >= 22 ? [] : ['worker_threads', 'module'])];
@@ -71,7 +53,7 @@ async function recordFirstConvergence<T>(hostName: string, preload: string, ssm 
     const file = path.join(i.dir, 'record-preload.mjs');
     const record = path.join(i.dir, 'record.json');
     await writeFile(file, preload);
-    const result = await i.run(['converge', '--once', '--json'], { NODE_OPTIONS: `--import ${file}`, RECORD: record, ROOT: i.root });
+    const result = await i.run(['converge', '--once', '--json'], { NODE_OPTIONS: `--import ${file}`, RECORD: record });
     assert.equal(result.code, 0, result.stderr);
     seen = JSON.parse(await readFile(record, 'utf8')) as T;
   });
@@ -104,18 +86,6 @@ describe('the boot path', () => {
     const withSsm = await recordFirstConvergence<{ flags: string; loaded: string[] }>('late-flags-ssm', FLAGS_PRELOAD, true);
     for (const m of ['https', 'tls', 'crypto', 'zlib']) assert.ok(withSsm.loaded.includes(m), `${m} loaded before the flags: ${withSsm.loaded.join(' ')}`);
     assert.equal(shippedLaunch().nodeFlags.length, 0, "no V8 flag on node's command line");
-  });
-
-  // The parser's start is nearly all the time a check takes (loading Nix's libraries), so on a first
-  // boot it starts with the agent, and the render hands it the files.
-  test('a first convergence starts the Nix parser before anything is rendered, and starts no other before nixos-rebuild', nixPresent, async () => {
-    const started = await recordFirstConvergence<{ args: string[]; rendered: boolean }[]>('boot-parser', PARSER_PRELOAD);
-    // The sandbox validates `if-available`: a `--version` first asks whether Nix runs at all.
-    const parsers = started.filter((p) => p.args[0] === '--parse');
-    assert.equal(parsers.length, 1, JSON.stringify(started));
-    const [parser] = parsers as [{ args: string[]; rendered: boolean }];
-    assert.equal(parser.rendered, false, 'started before the render directory existed');
-    assert.deepEqual(parser.args.slice(0, 5), ['--parse', '--store', 'dummy://', '-', '--']);
   });
 
   test('a launch whose V8 flags hold a word that is not a flag: one warning line, no flag set, the command runs', async () => {

@@ -210,13 +210,9 @@ export class FakeSources {
     return { prefixes: [{ prefix: '/nixos/fleet', parameters: this.parameters }], skipped: [], calls: 1 };
   }
 
-  /** Thrown by every read while set (IMDS not answering). */
-  fail: Error | undefined = undefined;
-
   readonly reader = {
     read: async (): Promise<Snapshots> => {
       this.reads++;
-      if (this.fail) throw this.fail;
       return {
         identity: { instanceId: 'i-0123456789abcdef0', region: 'us-east-1', availabilityZone: 'us-east-1a', instanceType: 't3.micro', amiId: 'ami-1', accountId: '123456789012' },
         asg: 'web',
@@ -232,19 +228,8 @@ export class FakeSources {
 /** The Nix parser gate, answering from a table: file path suffix → error. */
 export class FakeParser {
   readonly errors = new Map<string, Omit<NixSyntaxError, 'file'>>();
-  /** What became of each parser started on standby, in order. */
-  readonly standbys: ('waiting' | 'used' | 'released')[] = [];
-
-  standby(): void {
-    if (this.standbys.at(-1) !== 'waiting') this.standbys.push('waiting');
-  }
-
-  release(): void {
-    if (this.standbys.at(-1) === 'waiting') this.standbys[this.standbys.length - 1] = 'released';
-  }
 
   async check(files: readonly string[]): Promise<NixSyntaxError[]> {
-    if (this.standbys.at(-1) === 'waiting' && files.length > 0) this.standbys[this.standbys.length - 1] = 'used';
     const out: NixSyntaxError[] = [];
     for (const file of files) {
       for (const [suffix, e] of this.errors) if (file.endsWith(suffix)) out.push({ file, ...e });

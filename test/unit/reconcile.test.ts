@@ -6,7 +6,6 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { TransientError } from '../../agent/errors.js';
 import { CONFIGURATION_NIX, SECRETS_DIR } from '../../agent/render/render.js';
 import { LAST_GOOD_CONFIGURATION, STATE_DIR, STATE_FILE } from '../../agent/state.js';
 import { IMAGE_CONFIGURATION, IMAGE_SYSTEM, Killed, storePathOf, stateOf, worldPerTest, type World } from '../support/reconcile-fakes.js';
@@ -37,29 +36,6 @@ describe('Reconciler passes', () => {
     const saved = await stateOf(w);
     assert.equal(saved.journal.phase, 'building', 'a build with no channels to update is journaled as building at once');
     assert.equal(saved.lastGood?.storePath, IMAGE_SYSTEM);
-  });
-
-  it("starts the parser at a first start, for the first pass's render; a start with a converged state does not", async () => {
-    const w = await setup();
-    const agent = await w.agent();
-    assert.deepEqual(w.parser.standbys, ['waiting'], 'started before the pass');
-    await convergeTo(w, agent, 'a');
-    assert.deepEqual(w.parser.standbys, ['used']);
-    // A restart that finds the state converged starts none: a pass then renders only on a change.
-    await w.agent();
-    assert.deepEqual(w.parser.standbys, ['used']);
-  });
-
-  it('ends the parser started at a first start when the first pass renders nothing', async () => {
-    const w = await setup();
-    const agent = await w.agent();
-    w.sources.fail = new TransientError('IMDS is not answering', 'imds');
-    assert.equal((await agent.converge('start')).outcome, 'failed');
-    assert.deepEqual(w.parser.standbys, ['released']);
-    // Suspended before its first convergence: a restart renders nothing, and starts nothing.
-    await agent.suspend('operator');
-    await w.agent();
-    assert.deepEqual(w.parser.standbys, ['released']);
   });
 
   it('converges: build, test, verify, then profile + boot; the image system is the first good one', async () => {
