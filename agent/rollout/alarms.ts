@@ -1,10 +1,12 @@
 // CloudWatch alarms that halt a rollout (the strategy's `alarms`). Read with DescribeAlarms only
-// while a rollout naming them progresses or bakes, at most once per poll interval per instance; an
-// idle fleet, or a rollout without alarms, never loads the CloudWatch client. The first instance
-// that sees one in ALARM records it like a failure (stage `alarm`), so the halt holds for the whole
-// fleet, and after the alarm clears, until the operator resumes or abandons.
+// while a rollout naming them progresses or bakes, at most once per poll interval per instance, and
+// less often while CloudWatch says it is busy; an idle fleet, or a rollout without alarms, never
+// loads the CloudWatch client. The first instance that sees one in ALARM records it like a failure
+// (stage `alarm`), so the halt holds for the whole fleet, and after the alarm clears, until the
+// operator resumes or abandons.
 import type { AwsCredentialIdentityProvider } from '@smithy/types';
 import type { Clock } from '../ports.js';
+import { isBusy } from '../sources/revision.js';
 import type { SsmSnapshot } from '../sources/ssm.js';
 import { decide } from './plan.js';
 import { splitSnapshot, type AlarmState } from './spec.js';
@@ -26,12 +28,22 @@ export function alarmsDue(snapshot: SsmSnapshot, nowMs: number): string[] {
   return [...names].sort();
 }
 
+/** A busy answer doubles the wait between reads, up to this many doublings (16 poll intervals). */
+export const MAX_ALARM_BACKOFF = 4;
+
 /**
  * One DescribeAlarms answer (or its error) serves every read of the same names for `minIntervalMs`:
  * however often the sources are read, an instance asks CloudWatch at most once per poll interval.
+ *
+ * CloudWatch limits DescribeAlarms per account and Region (9 a second by default), and a fleet of
+ * ten thousand at the default poll asks about 17: each busy answer (throttled, or a 5xx) doubles
+ * this instance's wait before it asks again, and each answer halves it back. The fleet's calls
+ * settle around what the account lets through instead of twice that, with no instance knowing the
+ * fleet's size: an alarm needs one instance to see it, and its record halts everyone.
  */
 export class AlarmWatcher {
   private last: { key: string; at: number; reading: AlarmReading } | undefined;
+  private busy = 0;
   calls = 0;
 
   constructor(
@@ -44,16 +56,23 @@ export class AlarmWatcher {
     const key = names.join('\n');
     const now = this.options.clock.now();
     const last = this.last;
-    if (last && last.key === key && now - last.at < this.options.minIntervalMs) return last.reading;
+    if (last && last.key === key && now - last.at < this.intervalMs) return last.reading;
     let reading: AlarmReading;
     this.calls++;
     try {
       reading = { alarms: await (await this.describe())(names) };
+      this.busy = Math.max(0, this.busy - 1);
     } catch (err) {
+      if (isBusy(err)) this.busy = Math.min(MAX_ALARM_BACKOFF, this.busy + 1);
       reading = { error: `cannot read CloudWatch alarms ${names.join(', ')}: ${(err as Error).message}` };
     }
     this.last = { key, at: now, reading };
     return reading;
+  }
+
+  /** How long one answer serves: the poll interval, doubled for each busy answer not yet undone. */
+  get intervalMs(): number {
+    return this.options.minIntervalMs * 2 ** this.busy;
   }
 }
 
@@ -81,8 +100,9 @@ export async function sdkDescribeAlarms(options: {
     credentials,
     region,
     ...(endpoint ? { endpoint } : {}),
-    maxAttempts: 3,
-    retryMode: 'adaptive',
+    // One attempt: the next poll is the retry, and a throttled call retried at once is one more
+    // call against the account's limit (AlarmWatcher waits longer instead).
+    maxAttempts: 1,
     requestHandler: { requestTimeout: REQUEST_TIMEOUT_MS, connectionTimeout: 3_000, throwOnRequestTimeout: true },
   });
   return async (names) => {

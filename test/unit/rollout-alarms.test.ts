@@ -16,7 +16,9 @@ import { candidateIdOf, type AlarmState } from '../../agent/rollout/spec.js';
 import { SourceReader } from '../../agent/sources/index.js';
 import type { SsmSnapshot } from '../../agent/sources/ssm.js';
 import { CloudWatchEmulator } from '../../sandbox/emulators/cloudwatch.js';
+import { TokenBucket } from '../../sandbox/emulators/token-bucket.js';
 import { ManualClock } from '../support/clock.js';
+import { prng } from '../support/prng.js';
 import { NO_LOCAL, param, ssm, userData } from '../support/desired.js';
 
 const FLEET = '/nixos/fleet';
@@ -96,6 +98,87 @@ describe('rollout alarms', () => {
   });
 });
 
+describe('the watcher on a busy CloudWatch', () => {
+  const answers = (clock: ManualClock, script: (string | undefined)[]) => {
+    let call = 0;
+    const watcher = new AlarmWatcher(async () => async (names) => {
+      const error = script[call++];
+      if (error) throw Object.assign(new Error(error === 'Throttling' ? 'Rate exceeded' : error), { name: error, $metadata: { httpStatusCode: error === 'InternalFailure' ? 500 : 400 } });
+      return names.map((name) => ({ name, state: 'OK', reason: '' }));
+    }, { clock, minIntervalMs: 600_000 });
+    /** Reads until the watcher asks CloudWatch; returns how long that took. */
+    const nextCall = async () => {
+      const before = watcher.calls;
+      const t0 = clock.now();
+      while (watcher.calls === before) {
+        clock.advance(60_000);
+        await watcher.read(['web-5xx']);
+      }
+      return clock.now() - t0;
+    };
+    return { watcher, nextCall };
+  };
+
+  it('each busy answer doubles the wait before it asks again, up to 16 intervals; each answer halves it', async () => {
+    const clock = new ManualClock(START);
+    const { watcher, nextCall } = answers(clock, ['Throttling', 'Throttling', 'InternalFailure', 'Throttling', 'Throttling', 'Throttling', undefined, undefined]);
+    await watcher.read(['web-5xx']);
+    assert.equal(watcher.calls, 1);
+    const waits = [];
+    for (let i = 0; i < 7; i++) waits.push((await nextCall()) / 600_000);
+    assert.deepEqual(waits, [2, 4, 8, 16, 16, 16, 8]);
+    assert.equal(watcher.intervalMs, 4 * 600_000);
+  });
+
+  it('an error that is not CloudWatch being busy (refused, not found) does not widen it', async () => {
+    const clock = new ManualClock(START);
+    const { watcher, nextCall } = answers(clock, ['AccessDenied', 'AccessDenied']);
+    await watcher.read(['web-5xx']);
+    assert.deepEqual([await nextCall(), await nextCall()], [600_000, 600_000]);
+  });
+
+  it("a fleet asking more than the account's limit settles near it, and keeps reading alarms", async () => {
+    // 2,000 instances polling every 60 s (jittered) against a DescribeAlarms limit of 9 a second:
+    // without the backoff they ask ~22 a second over the last hour, 60 % of it refused. Simulated
+    // over two hours on one clock, every instance a watcher.
+    const clock = new ManualClock(START);
+    const random = prng(18);
+    const bucket = new TokenBucket({ ratePerSecond: 9, clock });
+    const interval = 60_000;
+    const watchers = Array.from({ length: 2_000 }, () => new AlarmWatcher(async () => async (names) => {
+      if (!bucket.tryTake()) throw Object.assign(new Error('Rate exceeded'), { name: 'Throttling' });
+      return names.map((name) => ({ name, state: 'ALARM', reason: '' }));
+    }, { clock, minIntervalMs: interval }));
+    const next = watchers.map(() => START + random() * interval);
+    let asked = 0;
+    let answered = 0;
+    const lastHour: { asked: number; answered: number } = { asked: 0, answered: 0 };
+    const end = START + 2 * 3_600_000;
+    for (let t = START; t < end; t += 1_000) {
+      clock.advance(t - clock.now());
+      for (const [i, w] of watchers.entries()) {
+        if ((next[i] as number) > t) continue;
+        next[i] = t + interval * (0.5 + random());
+        const before = w.calls;
+        const reading = await w.read(['web-5xx']);
+        if (w.calls === before) continue;
+        asked++;
+        if ('alarms' in reading) answered++;
+        if (t >= end - 3_600_000) {
+          lastHour.asked++;
+          if ('alarms' in reading) lastHour.answered++;
+        }
+      }
+    }
+    const askedPerSecond = lastHour.asked / 3_600;
+    const answeredPerSecond = lastHour.answered / 3_600;
+    // Seed 18: ~10.2 asked a second and ~8.2 answered.
+    assert.ok(askedPerSecond < 13, `asked ${askedPerSecond.toFixed(1)}/s over the last hour (${asked} in all)`);
+    assert.ok(lastHour.answered / lastHour.asked > 0.7, `${lastHour.answered} of ${lastHour.asked} answered over the last hour`);
+    assert.ok(answeredPerSecond > 7, `answered ${answeredPerSecond.toFixed(1)}/s over the last hour (${answered} in all): the alarm is still seen`);
+  });
+});
+
 describe('the sources read alarms', () => {
   async function read(snap: SsmSnapshot, at: number, answer: AlarmState[] | Error) {
     const dir = await mkdtemp(path.join(tmpdir(), 'nea-alarms-'));
@@ -166,6 +249,31 @@ describe('DescribeAlarms through the SDK client', () => {
       { name: 'web-latency', state: 'INSUFFICIENT_DATA', reason: 'Unchecked: Initial alarm creation' },
     ]);
     assert.equal(emulator.callCounts().DescribeAlarms, 1);
+  });
+
+  it('a throttled call is one request, not retried, and CloudWatch counts as busy to the watcher', async () => {
+    const clock = new ManualClock(START);
+    // One call's worth, refilled only when the clock moves: the second call is refused.
+    const throttled = await CloudWatchEmulator.start({ region: 'eu-west-1', clock, describeThroughput: { ratePerSecond: 1, burst: 1 } });
+    try {
+      throttled.putAlarm('web-5xx');
+      const describe = await sdkDescribeAlarms({
+        env: { AWS_ENDPOINT_URL_CLOUDWATCH: throttled.url, AWS_REGION: 'eu-west-1' },
+        region: async () => 'eu-west-1',
+        credentials: async () => async () => ({ accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' }),
+      });
+      const watcher = new AlarmWatcher(async () => describe, { clock, minIntervalMs: 600_000 });
+      assert.ok('alarms' in (await watcher.read(['web-5xx'])));
+      clock.advance(600_000);
+      // The bucket refilled one token over those 600 s; take it, so the watcher's call is refused.
+      assert.deepEqual(await describe(['web-5xx']), [{ name: 'web-5xx', state: 'INSUFFICIENT_DATA', reason: 'Unchecked: Initial alarm creation' }]);
+      const refused = await watcher.read(['web-5xx']);
+      assert.match('error' in refused ? refused.error : '', /Rate exceeded/);
+      assert.equal(throttled.callCounts().DescribeAlarms, 3, 'the refused call was sent once');
+      assert.equal(watcher.intervalMs, 1_200_000);
+    } finally {
+      await throttled.close();
+    }
   });
 });
 
