@@ -24,7 +24,7 @@ import type { Notify } from './report/notify.js';
 import { StatusFile } from './report/status-file.js';
 import type { Watchdog } from './report/watchdog.js';
 import { ProcessRunner } from './runner.js';
-import { Scheduler, type ScheduleOptions } from './schedule.js';
+import { scheduleTimings, Scheduler } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
 import { imdsMonitors, LeavingWatch, type LeavingNotice } from './sources/leaving.js';
 import { LocalWatcher } from './sources/watch.js';
@@ -152,7 +152,7 @@ class DaemonLoop implements Daemon {
     };
     this.newer = new NewerDesired(() => this.parts, clock);
     this.scheduler = new Scheduler(clock, {
-      ...(timings(config) as Pick<ScheduleOptions, 'intervalMs' | 'jitter' | 'quietPeriodMs'>),
+      ...scheduleTimings(config),
       throttleLevel: () => this.parts.agent.ssm.throttleLevel,
       // Only a build can be cancelled: nothing has been activated yet.
       cancellable: () => this.reconciler.status.phase === 'building',
@@ -361,7 +361,7 @@ class DaemonLoop implements Daemon {
       this.parts = parts;
       if (this.leavingNotice) parts.agent.reconciler.setLeaving(this.leavingNotice.detail);
       log.level = parts.config.logLevel;
-      this.scheduler.reconfigure(timings(parts.config));
+      this.scheduler.reconfigure(scheduleTimings(parts.config));
       this.spawn(this.startParts(parts));
       log.info({ event: 'reload', root: parts.config.root }, 'SIGHUP: configuration reloaded (http.listen and controlSocket apply at restart)');
     }
@@ -559,13 +559,3 @@ class DaemonLoop implements Daemon {
   }
 }
 
-function timings(c: Config): Partial<ScheduleOptions> {
-  return {
-    intervalMs: c.ssm.pollIntervalSeconds * 1000,
-    jitter: c.ssm.pollJitter,
-    quietPeriodMs: c.watch.quietPeriodMs,
-    maxSettleMs: c.watch.maxSettleSeconds * 1000,
-    maxBackoffMs: c.ssm.maxBackoffSeconds * 1000,
-    cancelCheckMs: c.watch.cancelCheckSeconds * 1000,
-  };
-}

@@ -8,6 +8,7 @@
 // verification never see the signal. Throttled polls back off exponentially with full jitter, so
 // a fleet sharing one account's SSM throughput spreads out instead of retrying in step. While the
 // instance is leaving (Auto Scaling termination, spot interruption) no new pass starts.
+import type { Config } from './config.js';
 import { TransientError } from './errors.js';
 import type { Clock } from './ports.js';
 import type { PassResult } from './reconcile.js';
@@ -40,6 +41,18 @@ export interface ScheduleOptions {
   readonly changed?: (signal: AbortSignal) => Promise<string | undefined>;
   /** How often `changed` is asked while a pass is cancellable. */
   readonly cancelCheckMs?: number;
+}
+
+/** The scheduler's timings from the agent's configuration (the daemon's, and the fleet simulation's). */
+export function scheduleTimings(c: Config): Pick<ScheduleOptions, 'intervalMs' | 'jitter' | 'quietPeriodMs' | 'maxSettleMs' | 'maxBackoffMs' | 'cancelCheckMs'> {
+  return {
+    intervalMs: c.ssm.pollIntervalSeconds * 1000,
+    jitter: c.ssm.pollJitter,
+    quietPeriodMs: c.watch.quietPeriodMs,
+    maxSettleMs: c.watch.maxSettleSeconds * 1000,
+    maxBackoffMs: c.ssm.maxBackoffSeconds * 1000,
+    cancelCheckMs: c.watch.cancelCheckSeconds * 1000,
+  };
 }
 
 export type Pass = (reason: string, signal: AbortSignal) => Promise<PassResult>;

@@ -14,7 +14,7 @@ import { silentLogger, type Logger } from '../../../agent/log.js';
 import type { Clock, RunRequest, RunResult, Runner } from '../../../agent/ports.js';
 import type { PassResult } from '../../../agent/reconcile.js';
 import { CONFIGURATION_NIX } from '../../../agent/render/render.js';
-import { Scheduler } from '../../../agent/schedule.js';
+import { scheduleTimings, Scheduler } from '../../../agent/schedule.js';
 import { desiredHashOf, NewerDesired } from '../../../agent/newer.js';
 import { ImdsEmulator, type ImdsInstance } from '../../../sandbox/emulators/imds.js';
 import type { SsmEmulator } from '../../../sandbox/emulators/ssm.js';
@@ -188,12 +188,7 @@ export async function createInstance(options: InstanceOptions): Promise<SimInsta
   // As the daemon (agent/loop.ts) wires its Scheduler.
   const newer = new NewerDesired(() => ({ agent, config }), clock);
   const scheduler = new Scheduler(clock, {
-    intervalMs: config.ssm.pollIntervalSeconds * 1000,
-    jitter: config.ssm.pollJitter,
-    quietPeriodMs: config.watch.quietPeriodMs,
-    maxSettleMs: config.watch.maxSettleSeconds * 1000,
-    maxBackoffMs: config.ssm.maxBackoffSeconds * 1000,
-    cancelCheckMs: config.watch.cancelCheckSeconds * 1000,
+    ...scheduleTimings(config),
     random: options.random,
     // The daemon wakes every 5 s to feed systemd's watchdog; nothing here watches, so the loop
     // sleeps straight to its next poll (fewer simulated steps, the same SSM calls).
