@@ -29,7 +29,7 @@ export function alarmsDue(snapshot: SsmSnapshot, nowMs: number): string[] {
 }
 
 /** A busy answer doubles the wait between reads, up to this many doublings (16 poll intervals). */
-export const MAX_ALARM_BACKOFF = 4;
+const MAX_ALARM_BACKOFF = 4;
 
 /**
  * One DescribeAlarms answer (or its error) serves every read of the same names for `minIntervalMs`:
