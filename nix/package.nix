@@ -91,6 +91,10 @@ buildNpmPackage {
     #   are loaded (agent/cli.ts): no optimised or baseline machine code, nor the compiler memory
     #   behind it, keeps the idle daemon ~5 MiB smaller, about what --lite-mode saved (which, on
     #   the command line, also cost the code cache and took WebAssembly away).
+    # - NODE_COMPILE_CACHE=/var/cache/nixos-ec2-agent/compile-cache: Node 22 keeps the code it
+    #   compiles for the agent there, root's (the unit's CacheDirectory), across restarts and
+    #   reboots. Not Node's default, /tmp/node-compile-cache: any user can make that directory first
+    #   and fill it with code cache for a root process to run.
     # Weighed and left out, as no better than the spread between runs: --optimize-for-size,
     # --single-threaded(-gc), --max-semi-space-size=1, MALLOC_ARENA_MAX=2, UV_THREADPOOL_SIZE=2
     # (=1 was slower); a V8 startup snapshot of the agent (node --snapshot-blob) started faster and

@@ -5,9 +5,9 @@
 //
 // What it writes, in dist/agent/:
 // - nixos-ec2-agent.js, the bundle of agent/cli.ts, and its chunks, chunk-HASH.js;
-// - cli.js, the bin, over tsc's compiled cli.ts: it turns on Node's compile cache where the
-//   runtime has it (Node >= 22.1) and then imports the bundle, so the bundle itself is compiled
-//   with the cache on (a module cannot enable the cache for its own compilation).
+// - cli.js, the bin, over tsc's compiled cli.ts: it imports the bundle. Node's compile cache (Node
+//   >= 22.1) is on only where NODE_COMPILE_CACHE names its directory, as the Nix package's wrapper
+//   does (nix/launch.json): never Node's default, a directory under the world-writable /tmp.
 // The other files tsc wrote under dist/agent stay: the sandbox imports agent modules from there.
 //
 // Left out of the bundle: the sandbox (dist/sandbox), a program of its own that cli.ts loads by a
@@ -131,10 +131,10 @@ await writeFile(
   `${out}cli.js`,
   [
     '#!/usr/bin/env node',
-    '// Written by tools/bundle.mjs: the compile cache first, then the bundled agent. Node 20 has no',
-    '// compile cache: there node:module is not even loaded, its compilation being time every start',
-    "// pays under the wrapper's V8 flags.",
-    "if (Number(process.versions.node.split('.')[0]) >= 22) process.getBuiltinModule('node:module').enableCompileCache?.();",
+    '// Written by tools/bundle.mjs: the bundled agent. Node >= 22.1 keeps its compile cache where',
+    '// NODE_COMPILE_CACHE says (the Nix package: /var/cache/nixos-ec2-agent), and only there: its',
+    "// default, /tmp/node-compile-cache, is a directory anyone on the machine can make first and fill",
+    '// with code for a root process to run (Node takes a directory that exists, whoever owns it).',
     `await import('./${bundle}');`,
     '',
   ].join('\n'),

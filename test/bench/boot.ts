@@ -230,7 +230,8 @@ interface CompareTarget {
 }
 
 function launchLabel(launch: Launch): string {
-  return [...Object.entries(launch.env).map(([k, v]) => `${k}=${v}`), 'node', ...launch.nodeFlags].join(' ');
+  // The compile cache's directory is a private one per run (test/support/launch.ts).
+  return [...Object.entries(launch.env).map(([k, v]) => `${k}=${k === 'NODE_COMPILE_CACHE' ? '(a private directory)' : v}`), 'node', ...launch.nodeFlags].join(' ');
 }
 
 function compareTargets(values: string | boolean | (string | boolean)[] | undefined, shipped: Launch): CompareTarget[] {

@@ -6,7 +6,8 @@
 // node:module (the bundle takes built-ins from process.getBuiltinModule; tools/bundle.mjs) and
 // node:crypto (digests are agent/sha256.ts; signatures are checked only for a closure). A preload records Node's loaded built-ins at the moment nixos-rebuild is spawned.
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { withInstance } from '../support/e2e.js';
@@ -39,9 +40,9 @@ v8.setFlagsFromString = function (flags) {
 };
 `;
 
-// On Node >= 22 node:util loads worker_threads itself, and the bin loads node:module for the compile cache.
+// On Node >= 22 node:util loads worker_threads itself.
 const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
-const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'assert', 'http2', 'crypto', ...(NODE_MAJOR >= 22 ? [] : ['worker_threads', 'module'])];
+const NOT_ON_THE_BOOT_PATH = ['https', 'tls', 'zlib', 'assert', 'http2', 'crypto', 'module', ...(NODE_MAJOR >= 22 ? [] : ['worker_threads'])];
 
 /**
  * A first `converge --once` with `preload` imported first; what the preload wrote to the file named
@@ -86,6 +87,24 @@ describe('the boot path', () => {
     const withSsm = await recordFirstConvergence<{ flags: string; loaded: string[] }>('late-flags-ssm', FLAGS_PRELOAD, true);
     for (const m of ['https', 'tls', 'crypto', 'zlib']) assert.ok(withSsm.loaded.includes(m), `${m} loaded before the flags: ${withSsm.loaded.join(' ')}`);
     assert.equal(shippedLaunch().nodeFlags.length, 0, "no V8 flag on node's command line");
+  });
+
+  test("keeps Node's compile cache where the launch names it, never in Node's default under the temporary directory", { skip: NODE_MAJOR >= 22 ? false : 'Node < 22 has no compile cache' }, async () => {
+    const cache = shippedLaunch().env.NODE_COMPILE_CACHE as string;
+    const tmp = await mkdtemp(path.join(tmpdir(), 'boot-path-tmp-'));
+    try {
+      await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "compile-cache";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
+        const withCache = await i.run(['converge', '--once', '--json'], { TMPDIR: tmp });
+        assert.equal(withCache.code, 0, withCache.stderr);
+        // Without the variable (a run outside the package's wrapper): no cache at all.
+        const without = await i.run(['status', '--json'], { TMPDIR: tmp, NODE_COMPILE_CACHE: '' });
+        assert.equal(without.code, 0, without.stderr);
+      });
+      assert.ok((await readdir(cache)).some((d) => d.startsWith(`v${process.versions.node}-`)), `the cache is in ${cache}`);
+      assert.deepEqual(await readdir(tmp), [], "nothing in the temporary directory (Node's default is node-compile-cache there)");
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
   });
 
   test('a launch whose V8 flags hold a word that is not a flag: one warning line, no flag set, the command runs', async () => {

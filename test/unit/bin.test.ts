@@ -2,7 +2,8 @@
 // only as `node dist/agent/cli.js`.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
@@ -15,6 +16,16 @@ describe('the bin', () => {
   it('is executable, with a node shebang', () => {
     assert.ok((statSync(bin).mode & 0o111) !== 0, `${bin} has an execute bit`);
     assert.match(readFileSync(bin, 'utf8').split('\n')[0] ?? '', /^#!\/usr\/bin\/env node$/);
+  });
+
+  // Node's default directory for it, /tmp/node-compile-cache, is one any user can make first and
+  // fill with code for the root agent to run: the cache is on only where NODE_COMPILE_CACHE names a
+  // directory (the package's wrapper: root's /var/cache/nixos-ec2-agent).
+  it("never turns Node's compile cache on in its default directory", () => {
+    const dist = path.dirname(bin);
+    for (const file of readdirSync(dist).filter((f) => f.endsWith('.js'))) {
+      assert.doesNotMatch(readFileSync(path.join(dist, file), 'utf8'), /enableCompileCache/, file);
+    }
   });
 
   it('runs directly and prints its help', () => {

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import type { z } from 'zod/v3';
 
 import { ConfigSchema } from '../../agent/config.js';
-import { shippedLaunch } from '../support/launch.js';
+import { launchFile } from '../support/launch.js';
 
 // Compiled to dist/test/unit/; the Nix files stay at the repository root.
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -287,8 +287,10 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     // The bin is node with the flags and environment the benchmarks chose (nix/launch.json, which
     // the tests and benchmarks launch with too), running the package's cli.js.
     assert.match(p.postInstall, /makeWrapper \/nix\/store\/stub-nodejs\/bin\/node "\$out\/bin\/nixos-ec2-agent"/);
-    const launch = shippedLaunch();
+    const launch = launchFile();
     assert.ok(launch.env.NIXOS_EC2_AGENT_V8_FLAGS?.includes('--no-opt'), 'the agent turns V8\'s optimising compiler off once loaded');
+    // Node's compile cache in root's directory (the unit's CacheDirectory), never its /tmp default.
+    assert.equal(launch.env.NODE_COMPILE_CACHE, '/var/cache/nixos-ec2-agent/compile-cache');
     assert.ok(p.postInstall.includes(`--add-flags "${[...launch.nodeFlags, '$packageOut/dist/agent/cli.js'].join(' ')}"`), p.postInstall);
     for (const [name, value] of Object.entries(launch.env)) {
       const word = /^[A-Za-z0-9,._+:@%/-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
@@ -404,6 +406,8 @@ describe('nix/module.nix, applied to a stub lib', { skip: nixSkip }, () => {
     assert.match(s.serviceConfig.ExecReload, /kill -HUP \$MAINPID$/);
     assert.equal(s.serviceConfig.RuntimeDirectory, 'nixos-ec2-agent');
     assert.equal(s.serviceConfig.StateDirectory, 'nixos-ec2-agent');
+    assert.equal(s.serviceConfig.CacheDirectory, 'nixos-ec2-agent', "the compile cache's directory, root's");
+    assert.equal(s.serviceConfig.CacheDirectoryMode, '0700');
     assert.deepEqual(s.wantedBy, ['multi-user.target']);
     assert.ok(s.after.includes('network-online.target') && s.wants.includes('network-online.target'));
     // After multi-user.target (as amazon-init); `before` units wait for the converged target.

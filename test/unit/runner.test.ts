@@ -26,3 +26,11 @@ describe('ProcessRunner stdin', () => {
     assert.equal(result.aborted, true);
   });
 });
+
+describe('ProcessRunner environment', () => {
+  it("keeps the agent's own launch settings (its compile cache, its V8 flags) from the programs it starts", async () => {
+    const runner = new ProcessRunner({ ...process.env, NODE_COMPILE_CACHE: '/var/cache/nixos-ec2-agent/compile-cache', NIXOS_EC2_AGENT_V8_FLAGS: '--no-opt', KEPT: 'yes' });
+    const result = await runner.run({ command: 'sh', args: ['-c', 'echo "${NODE_COMPILE_CACHE-unset} ${NIXOS_EC2_AGENT_V8_FLAGS-unset} ${KEPT-unset}"'], timeoutMs: 60_000 });
+    assert.equal(result.stdout, 'unset unset yes\n');
+  });
+});
