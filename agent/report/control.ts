@@ -1,7 +1,7 @@
 // The local control socket: `status`, `converge --now`, `rollback`, `suspend`, `resume` reach the
 // running daemon here. A unix stream socket, mode 0600 in a root-only directory: only root can
 // change what the instance runs. One JSON line in, one JSON line out.
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -10,6 +10,21 @@ const OPS = new Set<string>(['status', 'converge', 'rollback', 'suspend', 'resum
 const MAX_REQUEST = 4096;
 
 export type ControlHandler = (op: ControlOp) => Promise<unknown>;
+
+/**
+ * The socket's directory must be this user's or root's and writable by no one else: in a directory
+ * another user controls, they could put a socket of their own in the daemon's place, and commands
+ * would take its answers (a sandbox whose root is too deep for a socket path gets one under /tmp,
+ * whose name anyone can work out from the root).
+ */
+async function checkSocketDirectory(dir: string): Promise<void> {
+  const st = await lstat(dir);
+  const uid = process.getuid?.();
+  const owner = uid === undefined || st.uid === uid || st.uid === 0;
+  if (!st.isDirectory() || !owner || (st.mode & 0o022) !== 0) {
+    throw new Error(`${dir}, the control socket's directory, is ${st.isDirectory() ? `owned by uid ${st.uid} with mode ${(st.mode & 0o7777).toString(8)}` : 'not a directory'}: it must be root's or this user's, writable by no one else`);
+  }
+}
 
 export class ControlServer {
   private server: net.Server | undefined;
@@ -21,6 +36,7 @@ export class ControlServer {
 
   async start(): Promise<void> {
     await mkdir(path.dirname(this.socketPath), { recursive: true, mode: 0o755 });
+    await checkSocketDirectory(path.dirname(this.socketPath));
     // A socket left by a killed agent would make listen fail with EADDRINUSE.
     await rm(this.socketPath, { force: true });
     const server = net.createServer((socket) => this.serve(socket));
@@ -82,7 +98,11 @@ export class ControlClient {
     private readonly timeoutMs = 600_000,
   ) {}
 
-  request(op: ControlOp): Promise<unknown> {
+  async request(op: ControlOp): Promise<unknown> {
+    // A directory that is not there holds no daemon: connecting says so (ENOENT), as before.
+    await checkSocketDirectory(path.dirname(this.socketPath)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
     return new Promise((resolve, reject) => {
       const socket = net.createConnection(this.socketPath);
       let data = '';

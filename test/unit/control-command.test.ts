@@ -2,7 +2,7 @@
 // a daemon that is there but cannot be reached, or a caller who may not use its socket, gets exit
 // 2 and the state is left alone (the daemon would overwrite it).
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { control, unreachable } from '../../agent/commands.js';
 import { parseConfig } from '../../agent/config.js';
 import { RootFs } from '../../agent/fs.js';
-import { ControlClient } from '../../agent/report/control.js';
+import { ControlClient, ControlServer } from '../../agent/report/control.js';
 import { STATE_FILE } from '../../agent/state.js';
 
 describe('control commands', () => {
@@ -53,4 +53,47 @@ describe('control commands', () => {
       assert.equal(await new RootFs(root).exists(STATE_FILE), false);
     });
   }
+});
+
+describe("the control socket's directory", () => {
+  // Another user's directory, or one anyone may write, could hold a socket of theirs in the
+  // daemon's place: the daemon does not listen there, and commands do not ask there.
+  it("must be root's or this user's, writable by no one else, for the daemon and for commands", async (t) => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-control-dir-'));
+    try {
+      const open = path.join(dir, 'open');
+      await mkdir(open);
+      await chmod(open, 0o777);
+      const cases: [string, string][] = [[open, 'mode 777']];
+      if (process.getuid?.() === 0) {
+        const theirs = path.join(dir, 'theirs');
+        await mkdir(theirs, { mode: 0o755 });
+        await chown(theirs, 65534, 65534);
+        cases.push([theirs, 'owned by uid 65534']);
+      } else {
+        t.diagnostic('not root: the other-owner case needs chown');
+      }
+      for (const [where, why] of cases) {
+        const socket = path.join(where, 'ctl.sock');
+        const server = new ControlServer(socket, async () => ({ ok: true }));
+        // Stopped whatever happens: a server that did listen would hold the test open.
+        await assert.rejects(server.start().finally(() => server.stop()), (err: Error) => err.message.includes(where) && err.message.includes(why));
+        await assert.rejects(new ControlClient(socket).request('status'), (err: Error) => err.message.includes(where));
+        const root = path.join(dir, `root-${path.basename(where)}`);
+        assert.equal(await control(parseConfig({ root }), 'suspend', true, new ControlClient(socket)), 2, 'refused, nothing changed');
+        assert.equal(await new RootFs(root).exists(STATE_FILE), false);
+      }
+      // Its own directory: it listens and answers.
+      const own = path.join(dir, 'own');
+      const server = new ControlServer(path.join(own, 'ctl.sock'), async (op) => ({ ok: true, op }));
+      await server.start();
+      try {
+        assert.deepEqual(await new ControlClient(path.join(own, 'ctl.sock')).request('status'), { ok: true, op: 'status' });
+      } finally {
+        await server.stop();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
