@@ -24,7 +24,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { World } from '../../sandbox/world.js';
 import { bootMachine } from '../../sandbox/standin/install.js';
-import { shippedLaunch, splitLaunchWords, type Launch } from '../support/launch.js';
+import { shippedLaunch, shownWords, splitLaunchWords, type Launch } from '../support/launch.js';
 import { BenchUsageError, epochMs, intFlag, median, parseBenchArgs, ratio, round, spread, onPath, table, unitEnv, type BenchResult, type Print } from './common.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
@@ -230,8 +230,7 @@ interface CompareTarget {
 }
 
 function launchLabel(launch: Launch): string {
-  // The compile cache's directory is a private one per run (test/support/launch.ts).
-  return [...Object.entries(launch.env).map(([k, v]) => `${k}=${k === 'NODE_COMPILE_CACHE' ? '(a private directory)' : v}`), 'node', ...launch.nodeFlags].join(' ');
+  return [...shownWords(Object.entries(launch.env).map(([k, v]) => `${k}=${v}`)), 'node', ...launch.nodeFlags].join(' ');
 }
 
 function compareTargets(values: string | boolean | (string | boolean)[] | undefined, shipped: Launch): CompareTarget[] {

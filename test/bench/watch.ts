@@ -23,7 +23,7 @@ import { parseConfig } from '../../agent/config.js';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cleanEnv } from '../../sandbox/sandbox.js';
 import { CLI, Instance, LiveLog, type CliResult } from '../support/e2e.js';
-import { shippedLaunch, splitLaunchWords } from '../support/launch.js';
+import { shippedLaunch, shownWords, splitLaunchWords } from '../support/launch.js';
 import { epochMs, intFlag, median, parseBenchArgs, ratio, round, table, unitEnv, type BenchResult, type Figure, type Print } from './common.js';
 
 const DEFAULT_INTERVAL_S = 60;
@@ -213,11 +213,6 @@ export async function run(args: readonly string[], print: Print): Promise<BenchR
  * to compare two builds in one run.
  */
 const SHIPPED: readonly string[] = [...Object.entries(shippedLaunch().env).map(([k, v]) => `${k}=${v}`), ...shippedLaunch().nodeFlags];
-/** A launch's words as printed: the compile cache's directory (a private one per run) is left out. */
-function shown(flags: readonly string[]): string {
-  return flags.filter((f) => !f.startsWith('NODE_COMPILE_CACHE=')).join(' ');
-}
-
 const FLAG_SETS: readonly (readonly string[])[] = [
   SHIPPED,
   [],
@@ -314,7 +309,7 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
   const baseline = spawn(process.execPath, ['-e', 'setInterval(()=>{},1000)'], { env: unitEnv(), stdio: 'ignore' });
   try {
     for (const flags of sets) daemons.push(await startDaemon(flags));
-    for (const d of daemons) await until(`the first convergence (${shown(d.flags) || 'no flags'})`, () => (d.log.of('pass.end').length >= 1 ? true : undefined), 120_000);
+    for (const d of daemons) await until(`the first convergence (${shownWords(d.flags).join(' ') || 'no flags'})`, () => (d.log.of('pass.end').length >= 1 ? true : undefined), 120_000);
     // V8 collects the start's garbage some 20 s after the allocation rate drops (its memory
     // reducer); that one-off is not the idle cost, so the window starts after it.
     await sleep(quick ? 1_000 : 30_000);
@@ -326,8 +321,8 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
     const figures: Record<string, Figure> = { baseline_idle_rss_mib: base.rssMiB, baseline_idle_anon_mib: base.anonMiB, baseline_idle_cpu_percent: base.cpuPercent };
     daemons.forEach((d, i) => {
       const u = idle[i] as Sample;
-      rows.push([`agent run ${shown(d.flags) || '(no flags)'}`, round(u.rssMiB), round(u.anonMiB), round(u.cpuPercent), ratio(u.rssMiB, base.rssMiB), d.log.of('pass.end').length]);
-      const named = d.flags.filter((f) => !f.startsWith('NODE_COMPILE_CACHE='));
+      rows.push([`agent run ${shownWords(d.flags).join(' ') || '(no flags)'}`, round(u.rssMiB), round(u.anonMiB), round(u.cpuPercent), ratio(u.rssMiB, base.rssMiB), d.log.of('pass.end').length]);
+      const named = shownWords(d.flags);
       const key = named.length === 0 ? 'no_flags' : named.map((f) => f.replace(/^--/, '').toLowerCase().replace(/[^a-z0-9]+/g, '_')).join('_');
       figures[`idle_${key}_rss_mib`] = u.rssMiB;
       figures[`idle_${key}_anon_mib`] = u.anonMiB;
@@ -338,7 +333,7 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
     print('  (passes: since start, the first included; a poll that finds nothing changed is a pass)');
     print('  (anonymous: what memory pressure cannot take back without swap; the rest is file-backed, mostly Node\'s own binary)');
     const shipped = idle[0] as Sample;
-    print(`  shipped flags (${shown(sets[0] ?? []) || 'none'}): RSS ${round(shipped.rssMiB)} MiB, ${round(shipped.anonMiB)} of it anonymous (target ≤ ${RSS_TARGET_MIB}: ${shipped.rssMiB <= RSS_TARGET_MIB ? 'met' : 'missed'}), CPU ${round(shipped.cpuPercent)} % (target ≤ ${CPU_TARGET_PERCENT}: ${shipped.cpuPercent <= CPU_TARGET_PERCENT ? 'met' : 'missed'})`);
+    print(`  shipped flags (${shownWords(sets[0] ?? []).join(' ') || 'none'}): RSS ${round(shipped.rssMiB)} MiB, ${round(shipped.anonMiB)} of it anonymous (target ≤ ${RSS_TARGET_MIB}: ${shipped.rssMiB <= RSS_TARGET_MIB ? 'met' : 'missed'}), CPU ${round(shipped.cpuPercent)} % (target ≤ ${CPU_TARGET_PERCENT}: ${shipped.cpuPercent <= CPU_TARGET_PERCENT ? 'met' : 'missed'})`);
     figures.idle_rss_over_target = ratio(shipped.rssMiB, RSS_TARGET_MIB);
     figures.idle_cpu_over_target = ratio(shipped.cpuPercent, CPU_TARGET_PERCENT);
     figures.idle_rss_target_mib = RSS_TARGET_MIB;

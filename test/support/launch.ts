@@ -40,6 +40,11 @@ function testCompileCache(): string {
   return compileCache;
 }
 
+/** A launch's words as a benchmark prints them: the compile cache's directory, a private one per run, left out. */
+export function shownWords(words: readonly string[]): string[] {
+  return words.filter((w) => !w.startsWith('NODE_COMPILE_CACHE='));
+}
+
 /** Words of a launch, as a benchmark takes them: NAME=value is an environment variable, the rest node flags. */
 export function splitLaunchWords(words: readonly string[]): Launch {
   const isEnv = (w: string) => /^[A-Z_][A-Z0-9_]*=/.test(w);
