@@ -238,6 +238,8 @@ function describeEnd(durable: StatusDurable | undefined, last: PassEnd, leaving:
     cancelled: leaving ? `build cancelled: the instance is leaving (${leaving})` : 'build cancelled by a newer desired state',
   }[last.outcome];
   const phase: StatusPhase = leaving ? 'stopping' : durable?.suspended ? 'suspended' : last.outcome === 'held' ? 'held' : 'idle';
+  // A pass that began before the notice and ended after it: the leaving is still the news.
+  if (leaving && last.outcome !== 'cancelled') return { phase, message: `the instance is leaving (${leaving}); no new rebuild starts (the last pass: ${message})` };
   return { phase, message };
 }
 

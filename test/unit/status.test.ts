@@ -77,6 +77,12 @@ const rows: Row[] = [
   ],
   ['cancelled by a newer desired state', {}, { ...afterConverged, lastPass: { outcome: 'cancelled', at: NOW, durationMs: 1, desiredHash: B } }, { phase: 'idle', message: 'build cancelled by a newer desired state' }],
   ['cancelled: the instance is leaving', {}, { ...afterConverged, leaving: 'termination', lastPass: { outcome: 'cancelled', at: NOW, durationMs: 1, desiredHash: B } }, { phase: 'stopping', message: 'build cancelled: the instance is leaving (termination)' }],
+  [
+    'a pass that ends after the instance began leaving',
+    {},
+    { ...afterConverged, leaving: 'Terminated', lastPass: { ...converged, outcome: 'unchanged' } },
+    { phase: 'stopping', message: 'the instance is leaving (Terminated); no new rebuild starts (the last pass: converged to desired aaaaaaaaaaaa; nothing changed)' },
+  ],
   ['a pass ended while suspended', { suspended: { since: NOW } }, { ...afterConverged, lastPass: { outcome: 'suspended', at: NOW, durationMs: 0 } }, { phase: 'suspended', message: 'suspended: convergence paused', suspended: { since: new Date(NOW).toISOString() } }],
   ['the first pass reports a corrupt state file', {}, { ...afterConverged, lastPass: { ...converged, startProblem: 'state.json was unreadable' } }, { reasons: ['state.json was unreadable'] }],
   ['an error wins over the start problem', {}, { ...afterConverged, lastPass: { ...failedBuild, startProblem: 'state.json was unreadable' } }, { reasons: ['nixos-rebuild build exited with 1'] }],
