@@ -44,12 +44,11 @@ async function until<T>(what: string, check: () => T | undefined, timeoutMs = 60
 
 /** Resident set (KiB → MiB) and CPU seconds (user + system) of a process, from /proc. */
 async function usage(pid: number): Promise<{ rssMiB: number; cpuS: number }> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  const { rssMiB } = await resident(pid);
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]);
-  return { rssMiB: rssKiB / 1024, cpuS: ticks / 100 };
+  return { rssMiB, cpuS: ticks / 100 };
 }
 
 async function idleUsage(pid: number, windowMs: number): Promise<{ rssMiB: number; cpuPercent: number }> {
