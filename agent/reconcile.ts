@@ -27,7 +27,7 @@ export interface Sources {
   read(signal?: AbortSignal): Promise<Snapshots>;
 }
 export type Writer = Pick<RenderWriter, 'adoptImageConfiguration' | 'prepare' | 'commit' | 'writeSecrets' | 'pruneSecrets' | 'restore' | 'currentConfiguration' | 'gc'>;
-export type RebuildSteps = Pick<Rebuilder, 'build' | 'activate' | 'setProfile' | 'switchGeneration' | 'switchLegacy' | 'updateChannels'>;
+export type RebuildSteps = Pick<Rebuilder, 'build' | 'startBuild' | 'activate' | 'setProfile' | 'switchGeneration' | 'switchLegacy' | 'updateChannels'>;
 export type Health = Pick<HealthChecker, 'verify'>;
 export type Closures = Pick<ClosureRealiser, 'realise' | 'pinRoots'>;
 export type DurableStore = Pick<StateStore, 'load' | 'save' | 'lastGoodConfiguration' | 'saveUserDataScript'>;
@@ -192,31 +192,44 @@ export class Reconciler {
     }
 
     this.step({ step: 'rendering', desiredHash: desired.hash });
-    const plan = renderPlan(desired);
+    const plan = renderPlan(desired, this.deps.fs.root);
     // The entry that lets a restart put configuration.nix back, written while the parser runs (a
     // restart that finds it with configuration.nix untouched puts back the same text). A build that
     // needs no channel update first is journaled as building at once (recovered as rendered is).
     const channels = this.channelsDue(desired);
     const buildsNext = step.realise !== 'switch' && channels === undefined;
+    // That build starts as soon as the files are written, from the copy the parser checks, while
+    // the parser runs: a build switches nothing, and nothing is switched before the parser's verdict
+    // (activation waits for it). A verdict against the text stops the build.
+    const early = step.realise === 'build' && channels === undefined ? new EarlyBuild() : undefined;
     let journaled = false;
     try {
-      await this.deps.writer.prepare(plan, async () => {
-        await this.journal(buildsNext ? 'building' : 'rendered', desired.hash);
-        journaled = true;
-      });
-    } catch (err) {
-      if (journaled && !(err instanceof TransientError && err.source === 'fs')) await this.journal('idle');
-      if (err instanceof InvalidInputError) {
-        await this.recordFailure(desired.hash, 'validate', err.message);
-        await this.reportRollout(selection.taken, 'validate', err.message);
+      try {
+        await this.deps.writer.prepare(plan, {
+          ...(early ? { launch: (checked: string) => early.start((s) => this.deps.rebuilder.startBuild(s, checked), signal) } : {}),
+          alongside: async () => {
+            await this.journal(buildsNext ? 'building' : 'rendered', desired.hash);
+            journaled = true;
+          },
+        });
+      } catch (err) {
+        await early?.stop();
+        if (journaled && !(err instanceof TransientError && err.source === 'fs')) await this.journal('idle');
+        if (err instanceof InvalidInputError) {
+          await this.recordFailure(desired.hash, 'validate', err.message);
+          await this.reportRollout(selection.taken, 'validate', err.message);
+        }
+        throw err;
       }
+      await this.deps.writer.commit(plan);
+      await this.deps.writer.writeSecrets(desired.secrets);
+    } catch (err) {
+      await early?.stop();
       throw err;
     }
-    await this.deps.writer.commit(plan);
-    await this.deps.writer.writeSecrets(desired.secrets);
 
     try {
-      return await this.apply(desired, step.realise, plan, channels, log, signal);
+      return await this.apply(desired, step.realise, plan, channels, log, signal, early?.result);
     } catch (err) {
       // A cancellation is the pass signal's own reason, whatever step it stopped.
       const cancelled = signal?.aborted === true && err === signal.reason;
@@ -231,8 +244,11 @@ export class Reconciler {
     return channels !== undefined && digestOf(Buffer.from(channels)) !== this.state.channelsDigest ? channels : undefined;
   }
 
-  /** `channels`: the channels file to apply first (channelsDue), if any. */
-  private async apply(desired: DesiredState, realise: Realise, plan: RenderPlan, channels: string | undefined, log: Logger, signal?: AbortSignal): Promise<PassResult> {
+  /**
+   * `channels`: the channels file to apply first (channelsDue), if any. `built`: the build already
+   * under way (EarlyBuild), if any.
+   */
+  private async apply(desired: DesiredState, realise: Realise, plan: RenderPlan, channels: string | undefined, log: Logger, signal?: AbortSignal, built?: Promise<string>): Promise<PassResult> {
     if (channels !== undefined) {
       this.step({ step: 'updating-channels', desiredHash: desired.hash });
       await this.deps.rebuilder.updateChannels(channels, signal);
@@ -252,7 +268,7 @@ export class Reconciler {
       const generations = await listGenerations(this.deps.fs);
       const next = Math.max(0, ...generations.map((g) => g.number)) + 1;
       this.step({ step: 'building', desiredHash: desired.hash, generation: next });
-      storePath = realise === 'substitute' ? await this.realiseClosure(desired, signal) : await this.deps.rebuilder.build(signal);
+      storePath = realise === 'substitute' ? await this.realiseClosure(desired, signal) : await (built ?? this.deps.rebuilder.build(signal));
       // Recorded before activation: `generations` names what built it even if the agent dies next.
       this.recordBuild(storePath, desired);
       await this.journal('activating', desired.hash, storePath);
@@ -623,3 +639,37 @@ function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
 
+/**
+ * A build begun before the parser's verdict. Its outcome is kept (so a failure that comes first is
+ * never unhandled) until the pass takes it; `stop` ends it when the pass goes no further, and waits
+ * until its process is gone, so no build of a refused text outlives the pass.
+ */
+class EarlyBuild {
+  private readonly stopper = new AbortController();
+  private running: Promise<string> | undefined;
+
+  /** Resolves once the build's process has started. */
+  async start(build: (signal: AbortSignal) => Promise<{ done: Promise<string> }>, passSignal: AbortSignal | undefined): Promise<void> {
+    const signal = passSignal ? AbortSignal.any([passSignal, this.stopper.signal]) : this.stopper.signal;
+    const launched = build(signal);
+    const running = launched.then((b) => b.done);
+    this.running = running;
+    running.catch(() => undefined);
+    // A build that could not even start fails the pass where any build's failure does: in apply.
+    await launched.then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+
+  /** The build's store path; undefined when none was started (the pass builds then). */
+  get result(): Promise<string> | undefined {
+    return this.running;
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.stopper.abort(new Error('the pass went no further than the parser'));
+    await this.running.catch(() => undefined);
+  }
+}

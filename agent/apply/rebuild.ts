@@ -32,14 +32,28 @@ export class Rebuilder {
     private readonly log: Logger,
   ) {}
 
-  /** `nixos-rebuild build`: the new system's store path. Nothing is switched. */
-  async build(signal?: AbortSignal): Promise<string> {
+  /**
+   * `nixos-rebuild build`: the new system's store path. Nothing is switched. `configuration`: the
+   * file to build, by default configuration.nix; a copy of the same text builds the same system
+   * (the only use nixpkgs makes of the path itself, `system.copySystemConfiguration`, copies the file
+   * by its name, configuration.nix: nixos/modules/system/activation/top-level.nix).
+   */
+  async build(signal?: AbortSignal, configuration: string = CONFIGURATION_NIX): Promise<string> {
+    return (await this.startBuild(signal, configuration)).done;
+  }
+
+  /** `build`, resolved once nixos-rebuild has been started; `done` is the build's outcome. */
+  async startBuild(signal?: AbortSignal, configuration: string = CONFIGURATION_NIX): Promise<{ done: Promise<string> }> {
     await this.fs.mkdirp(BUILD_DIR);
     const cwd = this.fs.resolve(BUILD_DIR);
-    await this.step('build', this.options.nixosRebuild, ['build', ...this.configArgs()], this.options.buildTimeoutMs, { cwd, signal });
-    const storePath = await this.fs.readlink(`${BUILD_DIR}/result`);
-    if (!storePath) throw new ApplyFailedError('nixos-rebuild build left no result link', 'build');
-    return storePath;
+    // The Runner starts the process before step's first await.
+    const ran = this.step('build', this.options.nixosRebuild, ['build', ...this.configArgs(configuration)], this.options.buildTimeoutMs, { cwd, signal });
+    const done = ran.then(async () => {
+      const storePath = await this.fs.readlink(`${BUILD_DIR}/result`);
+      if (!storePath) throw new ApplyFailedError('nixos-rebuild build left no result link', 'build');
+      return storePath;
+    });
+    return { done };
   }
 
   /** `nixos-rebuild switch`, the legacy one-step order (configured `rebuild.mode = switch`). */
@@ -104,8 +118,8 @@ export class Rebuilder {
     }
   }
 
-  private configArgs(): string[] {
-    return ['-I', `nixos-config=${this.fs.resolve(CONFIGURATION_NIX)}`, ...this.options.extraArgs];
+  private configArgs(configuration: string = CONFIGURATION_NIX): string[] {
+    return ['-I', `nixos-config=${this.fs.resolve(configuration)}`, ...this.options.extraArgs];
   }
 
   private async step(

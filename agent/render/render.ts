@@ -33,7 +33,11 @@ export interface RenderPlan {
   readonly imported: readonly { path: string; source: string }[];
 }
 
-export function renderPlan(desired: DesiredState): RenderPlan {
+/**
+ * `root`: where the target system's `/` is (`/` on an instance, a directory in the sandbox); the
+ * imports name files under it by absolute path.
+ */
+export function renderPlan(desired: DesiredState, root = '/'): RenderPlan {
   const dir = `${RENDER_ROOT}/${shortHash(desired.hash)}`;
   const parts: RenderedFile[] = [];
 
@@ -72,12 +76,12 @@ export function renderPlan(desired: DesiredState): RenderPlan {
   const imports: string[] = [];
   const base = desired.local.baseConfiguration;
   if (base) {
-    imports.push(`    ${importPath(base.path)} ${nixComment('the image\'s base configuration')}`);
+    imports.push(`    ${importPath(base.path, root)} ${nixComment('the image\'s base configuration')}`);
     imported.push({ path: base.path, source: `base configuration ${base.path}` });
   }
-  for (const part of parts) imports.push(`    ${importPath(part.path)} ${nixComment(part.source)}`);
+  for (const part of parts) imports.push(`    ${importPath(part.path, root)} ${nixComment(part.source)}`);
   for (const local of desired.local.modules) {
-    imports.push(`    ${importPath(local.path)} ${nixComment('local module')}`);
+    imports.push(`    ${importPath(local.path, root)} ${nixComment('local module')}`);
     imported.push({ path: local.path, source: `local module ${local.path}` });
   }
 
@@ -105,14 +109,15 @@ export function renderPlan(desired: DesiredState): RenderPlan {
 }
 
 /**
- * A Nix expression for a file, relative to /etc/nixos (so a sandbox root works like `/`): a path
- * literal when the relative path is plain, else `./. + "/…"`, which Nix resolves the same way.
+ * A Nix expression for a file under `root`, by absolute path: a path literal when the path is plain,
+ * else `/. + "/…"`, which Nix resolves the same way. Absolute, not relative to /etc/nixos, so that
+ * configuration.nix means the same wherever a copy of it lies: the build reads the copy the parser
+ * checks in the render's directory, before configuration.nix itself is replaced.
  */
-export function importPath(target: string): string {
-  const rel = path.posix.relative(NIXOS_DIR, target);
-  const literal = rel.startsWith('..') ? rel : `./${rel}`;
-  if (/^(\.\.?\/)+[A-Za-z0-9._+-]+(\/[A-Za-z0-9._+-]+)*$/.test(literal) && !literal.endsWith('/')) return literal;
-  return `(./. + ${nixString(`/${rel}`)})`;
+export function importPath(target: string, root = '/'): string {
+  const absolute = path.posix.join(root, target);
+  if (/^(\/[A-Za-z0-9._+-]+)+$/.test(absolute)) return absolute;
+  return `(/. + ${nixString(absolute)})`;
 }
 
 /** The channels file amazon-init writes from `###` lines. */

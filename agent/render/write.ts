@@ -18,11 +18,15 @@ export class RenderWriter {
   ) {}
 
   /**
-   * Writes the parts and checks every file with the Nix parser. Switches nothing. `alongside` runs
-   * while the parser does (its process start is most of a check's time); both are waited for,
-   * whatever either does.
+   * Writes the parts and checks every file with the Nix parser. Switches nothing.
+   * - `launch` is awaited once the files are written and before the parser starts, given the copy
+   *   of configuration.nix the parser checks (`<render dir>/configuration.nix`, the same text, which
+   *   imports by absolute path); it is not called when nothing is parsed.
+   * - `alongside` runs while the parser does (its process start is most of a check's time).
+   * Both the parser and `alongside` are waited for, whatever either does.
    */
-  async prepare(plan: RenderPlan, alongside?: () => Promise<void>): Promise<void> {
+  async prepare(plan: RenderPlan, hooks: { launch?: (checked: string) => Promise<void>; alongside?: () => Promise<void> } = {}): Promise<void> {
+    const { launch, alongside } = hooks;
     await this.fs.mkdirp(plan.dir);
     // configuration.nix is checked as a copy in the render directory, in the same parser call as
     // the parts: one process start, not two, on the boot path. The files are independent, so they
@@ -44,6 +48,7 @@ export class RenderWriter {
       sources.set(real, f.source);
       files.push(real);
     }
+    await launch?.(candidate);
     const [checked, beside] = await Promise.allSettled([this.parser.check(files), alongside?.()]);
     if (checked.status === 'rejected') throw checked.reason;
     if (beside.status === 'rejected') throw beside.reason;

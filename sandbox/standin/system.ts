@@ -185,15 +185,23 @@ export interface SystemPlan {
   readonly activationFails: boolean;
   readonly failBuild: boolean;
   readonly hang: boolean;
-  /** Files of the configuration by their path relative to the configuration's common directory. */
+  /**
+   * Files of the configuration: the entry as `configuration.nix`, the files it reaches under
+   * `imports/`, by their path relative to their common directory.
+   */
   readonly files: ReadonlyMap<string, Buffer>;
   readonly markerFile: (marker: string) => string | undefined;
 }
 
 export function planSystem(layout: Layout, config: Configuration): SystemPlan {
-  const base = commonDir(config.files.map((f) => f.path));
+  // Where the entry lies is no part of the system, as with Nix: a copy of configuration.nix that
+  // imports the same files builds the same system (copySystemConfiguration takes its content).
+  const reached = config.files.filter((f) => f.path !== config.entry);
+  const base = reached.length > 0 ? commonDir(reached.map((f) => f.path)) : dirname(config.entry);
   const files = new Map<string, Buffer>();
-  for (const f of config.files) files.set(relative(base, f.path), f.content);
+  const entry = config.files.find((f) => f.path === config.entry);
+  if (entry) files.set('configuration.nix', entry.content);
+  for (const f of reached) files.set(join('imports', relative(base, f.path)), f.content);
   const texts = config.files.map((f) => f.content.toString('utf8'));
   const markers = findMarkers(texts);
   let hostname = 'sandbox';
@@ -205,8 +213,7 @@ export function planSystem(layout: Layout, config: Configuration): SystemPlan {
     }
   }
   const fingerprint = JSON.stringify({
-    format: 1,
-    entry: relative(base, config.entry),
+    format: 2,
     files: [...files.entries()].map(([rel, content]) => [rel, createHash('sha256').update(content).digest('hex')]).sort(),
   });
   const name = `nixos-system-${hostname}-${NIXOS_VERSION}`;

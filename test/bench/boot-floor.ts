@@ -1,8 +1,9 @@
 // The least a Node program can do to be the agent's boot path, for `npm run bench -- boot` to print
-// beside the agent: what Node, its built-ins under the wrapper's flags, and the Nix parser cost
-// before anything of the agent's own runs. It reads user data over IMDSv2, writes it as
-// configuration.nix, parses it with the real Nix parser (when given one) and launches the rebuild:
-// no configuration, no logging, no state, no recovery, no fsync.
+// beside the agent: what Node and its built-ins under the wrapper's flags cost before anything of
+// the agent's own runs. It reads user data over IMDSv2, writes it as configuration.nix, and launches
+// the rebuild with the real Nix parser (when given one) beside it, as the agent does (the build
+// switches nothing; only activation waits for the parser): no configuration, no logging, no state,
+// no recovery, no fsync.
 //
 //   node [flags] boot-floor.js IMDS_URL FILE REBUILD [NIX_INSTANTIATE]
 //
@@ -36,5 +37,6 @@ function exited(command: string, args: string[]): Promise<number> {
 
 const token = (await send('PUT', 'latest/api/token', { 'x-aws-ec2-metadata-token-ttl-seconds': '21600' })).toString('utf8');
 await writeFile(file, await send('GET', 'latest/user-data', { 'x-aws-ec2-metadata-token': token }));
-if (nixInstantiate && (await exited(nixInstantiate, ['--parse', '--store', 'dummy://', '--', file])) !== 0) throw new Error(`${file} does not parse`);
-process.exitCode = await exited(rebuild, ['build']);
+const [parsed, built] = await Promise.all([nixInstantiate ? exited(nixInstantiate, ['--parse', '--store', 'dummy://', '--', file]) : 0, exited(rebuild, ['build'])]);
+if (parsed !== 0) throw new Error(`${file} does not parse`);
+process.exitCode = built;

@@ -5,8 +5,8 @@
 // rebuild), against the same emulated IMDS.
 //
 // Beside those, the floor: boot-floor.ts, the least a Node program can do on the same path (IMDSv2
-// user data, one file written, the Nix parser, the rebuild), launched with the agent's flags: what
-// is left above it is the agent's own.
+// user data, one file written, the rebuild launched with the Nix parser beside it), launched with the
+// agent's flags: what is left above it is the agent's own.
 //
 // Every timed process gets the environment the systemd unit gives the agent: this one's, without
 // Node's own variables (unitEnv).

@@ -78,6 +78,12 @@ export class FakeMachine {
   readonly failActivate = new Set<string>();
   readonly unhealthy = new Set<string>();
   verifyCount = 0;
+  /**
+   * Each build: the file it was given, how many checks the parser had answered when it began (the
+   * world wires its FakeParser to `parserAnswers`), and whether its signal was aborted.
+   */
+  readonly builds: { configuration: string; parserAnswers: number; aborted: boolean }[] = [];
+  parserAnswers: () => number = () => 0;
   /** Builds wait for their signal to abort and throw its reason, as the real Rebuilder does. */
   hangBuild = false;
   /** The call at which the agent "dies" (e.g. `build`, `activate test:after`, `setProfile`, `verify#2`). */
@@ -109,16 +115,19 @@ export class FakeMachine {
     }
   }
 
-  private async desiredHash(): Promise<string> {
-    const text = (await this.fs.readText(CONFIGURATION_NIX)) ?? '';
+  private async desiredHash(configuration = CONFIGURATION_NIX): Promise<string> {
+    const text = (await this.fs.readText(configuration)) ?? '';
     const hash = /Desired state ([0-9a-f]{64})/.exec(text)?.[1];
     if (!hash) throw new ApplyFailedError('configuration.nix is not one the agent rendered', 'build');
     return hash;
   }
 
   readonly rebuilder = {
-    build: async (signal?: AbortSignal): Promise<string> => {
+    build: async (signal?: AbortSignal, configuration = CONFIGURATION_NIX): Promise<string> => {
       this.calls.push('build');
+      const build = { configuration, parserAnswers: this.parserAnswers(), aborted: false };
+      this.builds.push(build);
+      signal?.addEventListener('abort', () => (build.aborted = true), { once: true });
       this.checkKill('build');
       if (this.hangBuild) {
         await new Promise<void>((_, reject) => {
@@ -126,9 +135,14 @@ export class FakeMachine {
           signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
         });
       }
-      const hash = await this.desiredHash();
+      const hash = await this.desiredHash(configuration);
       if (this.failBuild.has(hash)) throw new ApplyFailedError('nixos-rebuild build exited with 1', 'build', { exitCode: 1, tail: ['error: builder failed'] });
       return storePathOf(hash);
+    },
+    startBuild: async (signal?: AbortSignal, configuration = CONFIGURATION_NIX): Promise<{ done: Promise<string> }> => {
+      const done = this.rebuilder.build(signal, configuration);
+      done.catch(() => undefined);
+      return { done };
     },
     activate: async (storePath: string, action: Activation): Promise<{ rebootRequired: boolean }> => {
       this.calls.push(`activate ${action} ${storePath}`);
@@ -228,8 +242,12 @@ export class FakeSources {
 /** The Nix parser gate, answering from a table: file path suffix → error. */
 export class FakeParser {
   readonly errors = new Map<string, Omit<NixSyntaxError, 'file'>>();
+  /** Checks answered so far; like the real parser's process, each answers on a later turn of the loop. */
+  answers = 0;
 
   async check(files: readonly string[]): Promise<NixSyntaxError[]> {
+    await new Promise((resolve) => setImmediate(resolve));
+    this.answers++;
     const out: NixSyntaxError[] = [];
     for (const file of files) {
       for (const [suffix, e] of this.errors) if (file.endsWith(suffix)) out.push({ file, ...e });
@@ -271,6 +289,7 @@ export async function world(): Promise<World> {
   await machine.install();
   const sources = new FakeSources();
   const parser = new FakeParser();
+  machine.parserAnswers = () => parser.answers;
   const runner = new FakeRunner();
   const statuses: Status[] = [];
   return {

@@ -44,7 +44,7 @@ describe('write errors under the root', () => {
     });
   }
 
-  it('ENOSPC replacing configuration.nix after the journal entry: the old one stays, the entry ends, nothing is built', async () => {
+  it('ENOSPC replacing configuration.nix after the journal entry: the old one stays, the entry ends, the build begun beside the parser is stopped, nothing switched', async () => {
     const w = await setup();
     const agent = await w.agent();
     w.sources.set('options/networking.hostName', '"web-1"');
@@ -54,12 +54,14 @@ describe('write errors under the root', () => {
     w.sources.set('options/networking.hostName', '"web-2"');
     w.fs.failWrites = 'ENOSPC';
     w.fs.failWritesTo = CONFIGURATION_NIX;
+    w.machine.hangBuild = true;
     const failed = await agent.converge('poll');
     assert.equal(failed.outcome, 'failed');
     assert.match(failed.error?.message ?? '', /ENOSPC/);
     assert.equal((await stateOf(w)).journal.phase, 'idle', 'a restart finds nothing half done');
     assert.equal(await w.fs.readText(CONFIGURATION_NIX), good);
-    assert.deepEqual(w.machine.calls, [], 'nothing built or switched');
+    assert.deepEqual(w.machine.calls, ['build'], 'nothing switched');
+    assert.equal(w.machine.builds.at(-1)?.aborted, true, 'the build was stopped before the pass ended');
   });
 
   it('an unreadable state file (EACCES, EIO) is an error, never set aside as corrupt', async () => {

@@ -62,6 +62,39 @@ describe('Reconciler passes', () => {
     assert.equal(agent.status.running?.storePath, system);
   });
 
+  it('starts the build before the parser checks, from the copy it checks; activation waits for the verdict', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    w.sources.set('options/networking.hostName', '"web-1"');
+    const result = await agent.converge('start');
+    assert.equal(result.outcome, 'converged');
+    const hash = w.sources.desiredHash();
+    assert.equal(w.machine.builds.length, 1);
+    const [build] = w.machine.builds;
+    assert.equal(build?.parserAnswers, w.parser.answers - 1, 'the build waited for the parser');
+    assert.equal(build?.configuration, `/etc/nixos/ec2-agent/${hash.slice(0, 12)}/configuration.nix`);
+    assert.equal(await w.fs.readText(build?.configuration ?? ''), await w.fs.readText(CONFIGURATION_NIX), 'the copy built is configuration.nix');
+    assert.equal(await w.machine.running(), storePathOf(hash));
+  });
+
+  for (const [what, arrange] of [
+    ['the legacy `nixos-rebuild switch` order', (_w: World) => ({ config: { rebuild: { mode: 'switch' as const } }, calls: ['switchLegacy'] })],
+    ['a channel update first', (w: World) => ((w.sources.userDataText = '### https://nixos.org/channels/nixos-24.05 nixos\n{ ... }: { }\n'), { config: {}, calls: ['updateChannels', 'build'] })],
+  ] as const) {
+    it(`builds only after the verdict with ${what}`, async () => {
+      const w = await setup();
+      const { config, calls } = arrange(w);
+      const agent = await w.agent(config);
+      w.sources.set('options/networking.hostName', '"web-1"');
+      assert.equal((await agent.converge('start')).outcome, 'converged');
+      assert.deepEqual(w.machine.calls.slice(0, calls.length).map((c) => c.split(' ')[0]), calls);
+      for (const build of w.machine.builds) {
+        assert.equal(build.parserAnswers, w.parser.answers, 'the build began before the verdict');
+        assert.equal(build.configuration, CONFIGURATION_NIX);
+      }
+    });
+  }
+
   it('does nothing when the desired hash equals the running one', async () => {
     const w = await setup();
     const agent = await w.agent();
@@ -244,10 +277,13 @@ describe('Reconciler passes', () => {
     w.sources.set('secrets/token', 'never-written', 'SecureString');
     w.parser.errors.set('/modules/web.nix', { line: 1, column: 11, message: 'syntax error, unexpected end of file' });
     w.machine.calls.length = 0;
+    w.machine.hangBuild = true;
     const result = await agent.converge('poll');
     assert.equal(result.outcome, 'invalid-input');
     assert.match(result.error?.message ?? '', /SSM parameter \/nixos\/fleet\/modules\/web \(version 1\).*line 1, column 11/);
-    assert.deepEqual(w.machine.calls, []);
+    // The build begun beside the parser was stopped, and the pass waited for it; nothing switched.
+    assert.deepEqual(w.machine.calls, ['build']);
+    assert.equal(w.machine.builds.at(-1)?.aborted, true);
     assert.equal(await w.fs.readText(CONFIGURATION_NIX), config);
     assert.equal(await w.fs.exists(`${SECRETS_DIR}/token`), false);
     assert.equal(await w.machine.running(), a.system);

@@ -17,11 +17,12 @@ import {
   renderChannels,
   renderPlan,
 } from '../../agent/render/render.js';
+import { nixString } from '../../agent/render/nix.js';
 import { NixParser } from '../../agent/render/validate.js';
 import { RenderWriter } from '../../agent/render/write.js';
 import { ProcessRunner } from '../../agent/runner.js';
 import { desired, param, ssm } from '../support/desired.js';
-import { NIX_MISSING, nixAvailable } from '../support/nix.js';
+import { evalNixJson, NIX_MISSING, nixAvailable } from '../support/nix.js';
 
 const FLEET = '/nixos/fleet';
 const HAVE_NIX = nixAvailable();
@@ -50,22 +51,26 @@ async function tempRoot(): Promise<{ dir: string; fs: RootFs }> {
 }
 
 describe('renderPlan', () => {
-  it('imports the base configuration, every part and every local module, relative to /etc/nixos', () => {
+  it('imports the base configuration, every part and every local module, by absolute path under the root', () => {
     const d = sample();
     const plan = renderPlan(d);
     assert.equal(plan.configuration.path, CONFIGURATION_NIX);
     assert.ok(plan.configuration.text.startsWith(`${HEADER}\n`));
     assert.equal(plan.dir, `/etc/nixos/ec2-agent/${d.hash.slice(0, 12)}`);
     const short = d.hash.slice(0, 12);
-    const imports = [...plan.configuration.text.matchAll(/^ {4}(\S+)/gm)].map((m) => m[1]);
-    assert.deepEqual(imports, [
-      './base.nix',
-      `./ec2-agent/${short}/user-data.nix`,
-      `./ec2-agent/${short}/options.nix`,
-      `./ec2-agent/${short}/secrets.nix`,
-      `./ec2-agent/${short}/modules/web.nix`,
-      '../nixos-ec2-agent/local.d/site.nix',
+    const imports = (p: typeof plan) => [...p.configuration.text.matchAll(/^ {4}(\S+)/gm)].map((m) => m[1]);
+    assert.deepEqual(imports(plan), [
+      '/etc/nixos/base.nix',
+      `/etc/nixos/ec2-agent/${short}/user-data.nix`,
+      `/etc/nixos/ec2-agent/${short}/options.nix`,
+      `/etc/nixos/ec2-agent/${short}/secrets.nix`,
+      `/etc/nixos/ec2-agent/${short}/modules/web.nix`,
+      '/etc/nixos-ec2-agent/local.d/site.nix',
     ]);
+    // Under a sandbox root, the same files there; the plan's own paths stay the system's.
+    const sandboxed = renderPlan(d, '/srv/sandbox/root');
+    assert.deepEqual(imports(sandboxed), imports(plan).map((i) => `/srv/sandbox/root${i}`));
+    assert.deepEqual(sandboxed.parts.map((p) => p.path), plan.parts.map((p) => p.path));
     assert.deepEqual(
       plan.parts.map((p) => p.path),
       [`${plan.dir}/user-data.nix`, `${plan.dir}/options.nix`, `${plan.dir}/secrets.nix`, `${plan.dir}/modules/web.nix`],
@@ -93,10 +98,12 @@ describe('renderPlan', () => {
     assert.deepEqual(plan.parts.map((p) => path.basename(p.path)), ['secrets.nix']);
   });
 
-  it('writes imports that cannot be path literals as ./. + "…"', () => {
-    assert.equal(importPath('/etc/nixos/base.nix'), './base.nix');
-    assert.equal(importPath('/etc/nixos/with space.nix'), '(./. + "/with space.nix")');
-    assert.equal(importPath('/etc/nixos/x${y}.nix'), '(./. + "/x\\${y}.nix")');
+  it('writes imports that cannot be path literals as /. + "…"', () => {
+    assert.equal(importPath('/etc/nixos/base.nix'), '/etc/nixos/base.nix');
+    assert.equal(importPath('/etc/nixos/base.nix', '/tmp/root/'), '/tmp/root/etc/nixos/base.nix');
+    assert.equal(importPath('/etc/nixos/with space.nix'), '(/. + "/etc/nixos/with space.nix")');
+    assert.equal(importPath('/etc/nixos/x${y}.nix'), '(/. + "/etc/nixos/x\\${y}.nix")');
+    assert.equal(importPath('/etc/nixos/base.nix', '/tmp/a root'), '(/. + "/tmp/a root/etc/nixos/base.nix")');
   });
 
   it('renders amazon-init\'s channels file from ### lines', () => {
@@ -130,6 +137,34 @@ describe('RenderWriter', () => {
       await rm(root, { recursive: true, force: true });
     }
   });
+
+  for (const rootName of ['root', 'a root with ${odd} "names"']) {
+    it(`configuration.nix and the copy the parser checks import the same files, as Nix evaluates them (${rootName})`, { skip: HAVE_NIX ? false : NIX_MISSING }, async () => {
+      const top = await mkdtemp(path.join(tmpdir(), 'render-copy-'));
+      try {
+        const root = path.join(top, rootName);
+        const rootFs = new RootFs(root);
+        await rootFs.writeAtomic('/etc/nixos/base.nix', '{ ... }: { }\n');
+        await rootFs.writeAtomic('/etc/nixos-ec2-agent/local.d/site.nix', '{ ... }: { }\n');
+        const plan = renderPlan(sample(), rootFs.root);
+        let checked: string | undefined;
+        const writer = new RenderWriter(rootFs, parser, silentLogger());
+        await writer.prepare(plan, {
+          launch: async (copy) => {
+            checked = copy;
+          },
+        });
+        assert.equal(checked, `${plan.dir}/configuration.nix`);
+        await writer.commit(plan);
+        const importsOf = (file: string) => evalNixJson(`map toString ((import ${nixString(file)}) { }).imports`);
+        const fromCopy = await importsOf(rootFs.resolve(checked));
+        assert.deepEqual(fromCopy, await importsOf(rootFs.resolve(CONFIGURATION_NIX)));
+        assert.deepEqual(fromCopy, [...plan.imported.slice(0, 1), ...plan.parts, ...plan.imported.slice(1)].map((f) => rootFs.resolve(f.path)));
+      } finally {
+        await rm(top, { recursive: true, force: true });
+      }
+    });
+  }
 
   it(
     'rejects a module that does not parse, naming the SSM parameter, version, line and column, and leaves configuration.nix alone',
