@@ -44,6 +44,9 @@ export class Rebuilder {
 
   /** `build`, resolved once nixos-rebuild has been started; `done` is the build's outcome. */
   async startBuild(signal?: AbortSignal, configuration: string = CONFIGURATION_NIX): Promise<{ done: Promise<string> }> {
+    // The agent's state directory is root's alone (0700, as the state store makes it); on a first
+    // start the build may be the first to need it.
+    await this.fs.mkdirp(path.posix.dirname(BUILD_DIR), 0o700);
     await this.fs.mkdirp(BUILD_DIR);
     const cwd = this.fs.resolve(BUILD_DIR);
     // The Runner starts the process before step's first await.

@@ -24,16 +24,17 @@ describe('converge --once end to end', { concurrency: true }, () => {
 
       // configuration.nix imports the image's base configuration and every rendered part.
       const configuration = await i.configuration();
-      const imports = [...configuration.matchAll(/^\s*(\.\/[^\s#]+)/gm)].map((m) => m[1] as string);
-      assert.ok(imports.includes('./base.nix'), configuration);
+      const imports = [...configuration.matchAll(/^\s*(\/[^\s#]+)/gm)].map((m) => m[1] as string);
+      assert.ok(imports.includes(i.file('etc/nixos/base.nix')), configuration);
       assert.ok(imports.some((p) => /user-data\.nix$/.test(p)), configuration);
       assert.ok(imports.some((p) => /options\.nix$/.test(p)), configuration);
       assert.ok(imports.some((p) => /modules\/motd\.nix$/.test(p)), configuration);
       for (const p of imports) {
-        const text = await readFile(path.join(i.root, 'etc/nixos', p), 'utf8');
+        assert.ok(p.startsWith(i.file('etc/nixos/')), `${p} is not under the instance's root`);
+        const text = await readFile(p, 'utf8');
         assert.ok(text.length > 0, `${p} is empty`);
       }
-      assert.match(await i.read(`etc/nixos/${imports.find((p) => p.endsWith('user-data.nix'))}`), /services\.nginx\.enable = true/);
+      assert.match(await readFile(imports.find((p) => p.endsWith('user-data.nix')) ?? '', 'utf8'), /services\.nginx\.enable = true/);
 
       const gens = await i.generations();
       assert.deepEqual(gens.map((g) => g.number), [1, 2]);
@@ -87,9 +88,9 @@ describe('converge --once end to end', { concurrency: true }, () => {
       const result = await i.converge();
       assert.equal(result.code, 0, result.stderr);
       const configuration = await i.configuration();
-      const part = /(\.\/ec2-agent\/\S+\/user-data\.nix)/.exec(configuration)?.[1];
-      assert.ok(part, configuration);
-      assert.match(await i.read(`etc/nixos/${part}`), /services\.nginx\.enable = true/);
+      const part = /^\s*(\/\S+\/ec2-agent\/\S+\/user-data\.nix)/m.exec(configuration)?.[1];
+      assert.ok(part?.startsWith(i.file('etc/nixos/')), configuration);
+      assert.match(await readFile(part ?? '', 'utf8'), /services\.nginx\.enable = true/);
     });
   });
 
@@ -122,7 +123,8 @@ describe('converge --once end to end', { concurrency: true }, () => {
   });
 
   describe('invalid user data: exit 2, nothing written or switched, the error names the source', { concurrency: true }, () => {
-    const cases: { name: string; data: Buffer; expect: RegExp; skip?: string }[] = [
+    // `buildBegins`: a text that reaches the parser has its build started beside it, and stopped.
+    const cases: { name: string; data: Buffer; expect: RegExp; buildBegins?: true; skip?: string }[] = [
       { name: 'not UTF-8', data: Buffer.from([0x7b, 0x20, 0xff, 0xfe, 0x7d, 0x0a]), expect: /user data: not valid UTF-8\b.*\bbyte 2\b/ },
       { name: 'too big once unpacked', data: gzipSync(Buffer.from(`{ ... }: { }\n${'# padding\n'.repeat(3000)}`)), expect: /user data: .*16384-byte limit/ },
       {
@@ -130,6 +132,7 @@ describe('converge --once end to end', { concurrency: true }, () => {
         data: Buffer.from('{ config, ... }:\n{\n  services.nginx.enable = true\n  networking.hostName = "x";\n}\n'),
         // `true networking.hostName` is an application; the `=` after it is the error.
         expect: /user data: does not parse as Nix: line 4, column 23/,
+        buildBegins: true,
         ...(hasNix ? {} : { skip: 'nix-instantiate is not installed: the parser gate is skipped' }),
       },
     ];
@@ -142,6 +145,7 @@ describe('converge --once end to end', { concurrency: true }, () => {
           const running = await i.running();
           const links = await i.generationLinks();
           const steps = await i.steps();
+          const builds = await i.steps('build');
 
           i.world.imds.setUserData(c.data);
           const bad = await i.converge();
@@ -153,7 +157,9 @@ describe('converge --once end to end', { concurrency: true }, () => {
           assert.equal(await i.read('etc/nixos/configuration.nix'), configuration, 'configuration.nix is byte-identical');
           assert.equal(await i.running(), running);
           assert.deepEqual(await i.generationLinks(), links);
-          assert.equal(await i.steps(), steps, 'no rebuild step was started');
+          const buildsBegun = (await i.steps('build')) - builds;
+          assert.equal((await i.steps()) - steps, buildsBegun, 'no step but a build was started');
+          assert.equal(buildsBegun, c.buildBegins ? 1 : 0);
         });
       });
     }

@@ -172,9 +172,9 @@ describe(`${AGENTS} agents in one process`, { timeout: 600_000 }, () => {
     // Each rendered its own instance's parameter, under its own root.
     for (const [i, m] of members.entries()) {
       const configuration = await readFile(path.join(m.root, 'etc/nixos/configuration.nix'), 'utf8');
-      const options = /\.\/(ec2-agent\/[0-9a-f]+\/options\.nix)/.exec(configuration)?.[1];
-      assert.ok(options, `${m.id}: configuration.nix imports no options.nix`);
-      const text = await readFile(path.join(m.root, 'etc/nixos', options), 'utf8');
+      const options = /^\s*(\/\S+\/ec2-agent\/[0-9a-f]+\/options\.nix)/m.exec(configuration)?.[1];
+      assert.ok(options?.startsWith(path.join(m.root, 'etc/nixos/')), `${m.id}: configuration.nix imports no options.nix of its own root`);
+      const text = await readFile(options ?? '', 'utf8');
       assert.match(text, new RegExp(`"host-${i}"`), m.id);
       assert.doesNotMatch(text, new RegExp(`"host-(?!${i}")`), m.id);
     }

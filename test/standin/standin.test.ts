@@ -120,7 +120,7 @@ describe('nixos-rebuild build', () => {
     assert.equal(await readlink(join(m.cwd, 'result')), path);
     assert.deepEqual(
       (await readdir(join(path, 'configuration'), { recursive: true })).filter((f) => f.endsWith('.nix')).sort(),
-      ['configuration.nix', 'ec2-agent/default.nix', 'ec2-agent/user-data.nix', 'hosts/web.nix'],
+      ['configuration.nix', 'imports/ec2-agent/default.nix', 'imports/ec2-agent/user-data.nix', 'imports/hosts/web.nix'],
     );
     assert.equal(await readFile(join(path, 'kernel'), 'utf8'), '6.6.0');
     assert.equal(await readFile(join(path, 'failed-units'), 'utf8'), '');
@@ -156,6 +156,21 @@ describe('nixos-rebuild build', () => {
     const built = await m.run(m.tools.nixosRebuild, ['build', '-I', `nixos-config=${config}`]);
     assert.equal(built.code, 0, built.stderr);
     assert.equal(await readFile(join(lastLine(built.stdout), 'kernel'), 'utf8'), '6.12.1');
+  });
+
+  test('a copy of configuration.nix that imports by absolute path builds the same system, wherever it lies', async () => {
+    const m = await machine();
+    await m.write('parts/user-data.nix', '{ services.nginx.enable = true; }\n');
+    const text = MAIN(join(m.root, 'etc/nixos/parts/user-data.nix'));
+    await m.write('configuration.nix', text);
+    const copy = await m.write('ec2-agent/abc/configuration.nix', text);
+    const fromMain = lastLine((await m.run(m.tools.nixosRebuild, ['build'])).stdout);
+    const fromCopy = await m.run(m.tools.nixosRebuild, ['build', '-I', `nixos-config=${copy}`]);
+    assert.equal(fromCopy.code, 0, fromCopy.stderr);
+    assert.equal(lastLine(fromCopy.stdout), fromMain);
+    // A copy that differs does not.
+    const other = await m.write('ec2-agent/def/configuration.nix', `${text}# another\n`);
+    assert.notEqual(lastLine((await m.run(m.tools.nixosRebuild, ['build', '-I', `nixos-config=${other}`])).stdout), fromMain);
   });
 
   test('sandbox-kernel-<version> changes kernel, initrd and kernel-modules', async () => {

@@ -14,6 +14,7 @@ import { loadConfig } from '../../agent/config.js';
 import { parseJson } from '../../agent/desired/json.js';
 import { InvalidInputError } from '../../agent/errors.js';
 import { nixString, type Json } from '../../agent/render/nix.js';
+import type { DesiredState } from '../../agent/desired/desired.js';
 import { renderPlan, type RenderPlan } from '../../agent/render/render.js';
 import { NixParser } from '../../agent/render/validate.js';
 import { ProcessRunner } from '../../agent/runner.js';
@@ -68,7 +69,7 @@ function attempt<T>(fn: () => T): { ok: T } | { rejected: InvalidInputError } {
 type Outcome =
   | { readonly kind: 'reject'; readonly error: InvalidInputError }
   | { readonly kind: 'note' }
-  | { readonly kind: 'render'; readonly plan: RenderPlan }
+  | { readonly kind: 'render'; readonly plan: RenderPlan; readonly desired: DesiredState }
   /** Anything but an InvalidInputError: a bug. */
   | { readonly kind: 'crash'; readonly error: unknown };
 
@@ -88,7 +89,7 @@ function outcomeOf(c: ParameterCase): Outcome {
     assert.ok(d.notes.some((n) => n.includes(c.name)), `${label(c)}: neither read nor noted`);
     return { kind: 'note' };
   }
-  return { kind: 'render', plan };
+  return { kind: 'render', plan, desired: d };
 }
 
 const outcomes = new Map(parameters.map((c) => [c, outcomeOf(c)]));
@@ -163,11 +164,11 @@ describe('the hostile corpus', () => {
   });
 
   it('leaves configuration.nix importing exactly the rendered parts, whatever the input', nix, async () => {
-    const plans = [...outcomes.values()].flatMap((o) => (o.kind === 'render' ? [o.plan] : []));
     await withTempDir(async (dir) => {
+      // Each rendered for a root of its own, and written there as /etc/nixos/configuration.nix.
+      const plans = [...outcomes.values()].flatMap((o) => (o.kind === 'render' ? [o.desired] : [])).map((d, i) => renderPlan(d, join(dir, `r${i}`)));
       const entries: string[] = [];
       for (const [i, plan] of plans.entries()) {
-        // Each under its own root, as /etc/nixos/configuration.nix: imports are relative to it.
         const file = join(dir, `r${i}`, plan.configuration.path);
         await mkdir(dirname(file), { recursive: true });
         await writeFile(file, plan.configuration.text);
