@@ -95,7 +95,8 @@ export async function render(config: Config, out: string | undefined, json: bool
   const agent = await createAgent(config, log, processEdges());
   const snapshots = await agent.sources.read();
   const { desired } = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, whoOf(snapshots), agent.clock.now());
-  const plan = renderPlan(desired, path.resolve(config.root));
+  // Written to DIR, the files import each other there: a tree that can be built as it lies.
+  const plan = renderPlan(desired, path.resolve(out ?? config.root));
   const files = [...plan.parts, plan.configuration];
   if (out) {
     for (const f of files) await writeFileAtomic(path.join(out, f.path), f.text);

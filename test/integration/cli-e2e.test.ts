@@ -3,6 +3,7 @@
 // `emulate` with the AWS CLI, and `sandbox --once` run twice on one directory.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -69,6 +70,10 @@ describe('the command line', { concurrency: true }, () => {
       const written = (await readdir(out, { recursive: true })).map(String);
       assert.ok(written.some((f) => f.endsWith('configuration.nix')), written.join(', '));
       assert.ok(written.some((f) => f.endsWith('user-data.nix')), written.join(', '));
+      // The tree written imports its own files, as configuration.nix would on the instance.
+      const imports = [...(await readFile(path.join(out, 'etc/nixos/configuration.nix'), 'utf8')).matchAll(/^\s*(\/\S+\.nix)/gm)].map((m) => m[1] as string);
+      assert.ok(imports.some((f) => f === path.join(out, 'etc/nixos/ec2-agent', path.basename(path.dirname(f)), 'user-data.nix')), imports.join(', '));
+      for (const f of imports.filter((f) => f.includes('/ec2-agent/'))) assert.ok(existsSync(f), `${f} was not written`);
       const json = await i.run(['render', '--json']);
       assert.equal(json.code, 0, json.stderr);
       const rendered = parseJson(json.stdout, 'render --json', json) as { desiredHash: string; files: { path: string; text: string }[] };
