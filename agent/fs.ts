@@ -62,6 +62,18 @@ export class RootFs {
     await writeFileAtomic(this.resolve(systemPath), data, options);
   }
 
+  /**
+   * Makes what earlier writes left in the page cache durable: each file (the one now at its path),
+   * then each of `dirs` and each file's directory, once. For writes made with `durable: false` that
+   * something must find on disk after a power loss only from a later point on (configuration.nix
+   * naming them), so that their flushes need not come before what can go on without them.
+   */
+  async sync(files: readonly string[], dirs: readonly string[] = []): Promise<void> {
+    await Promise.all(files.map((f) => fsyncFile(this.resolve(f))));
+    const all = new Set([...dirs.map((d) => this.resolve(d)), ...files.map((f) => path.dirname(this.resolve(f)))]);
+    await Promise.all([...all].map((d) => fsyncDir(d)));
+  }
+
   async list(systemPath: string): Promise<string[]> {
     try {
       return (await fsp.readdir(this.resolve(systemPath))).sort();
@@ -183,6 +195,16 @@ function isAlive(pid: number): boolean {
   } catch (err) {
     // EPERM: it exists, as another user's process.
     return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+// Linux flushes a file's data and metadata through any descriptor of it, a read-only one too.
+async function fsyncFile(file: string): Promise<void> {
+  const handle = await fsp.open(file, constants.O_RDONLY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 

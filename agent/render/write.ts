@@ -2,6 +2,7 @@
 // configuration.nix as the single commit point. Secrets go to a root-only tmpfs directory and
 // never into a rendered file.
 import { chmod } from 'node:fs/promises';
+import path from 'node:path';
 import { InvalidInputError } from '../errors.js';
 import type { RootFs } from '../fs.js';
 import type { Logger } from '../log.js';
@@ -10,6 +11,9 @@ import type { NixParser, NixSyntaxError } from './validate.js';
 import { CONFIGURATION_NIX, HEADER, PREVIOUS_CONFIGURATION, RENDER_ROOT, SECRETS_DIR, type RenderPlan } from './render.js';
 
 export class RenderWriter {
+  /** The adopted base configuration and its flush, until a prepare has seen the flush succeed. */
+  private adopted: { readonly path: string; readonly flush: Promise<void> } | undefined;
+
   constructor(
     private readonly fs: RootFs,
     /** Undefined only when validation is configured `if-available` and Nix is absent. */
@@ -30,15 +34,24 @@ export class RenderWriter {
     await this.fs.mkdirp(plan.dir);
     // configuration.nix is checked as a copy in the render directory, in the same parser call as
     // the parts: one process start, not two, on the boot path. The files are independent, so they
-    // are written side by side: on the boot path their flushes are time the instance waits on.
+    // are written side by side. They are flushed to disk while the parser and the build run, not
+    // before: nothing on disk names them until the commit, which comes after prepare. The copy is
+    // never named by anything, and never flushed.
     const candidate = `${plan.dir}/configuration.nix`;
     await Promise.all([
-      ...plan.parts.map((part) => this.fs.writeAtomic(part.path, part.text)),
-      ...(this.parser ? [this.fs.writeAtomic(candidate, plan.configuration.text)] : []),
+      ...plan.parts.map((part) => this.fs.writeAtomic(part.path, part.text, { durable: false })),
+      ...(this.parser ? [this.fs.writeAtomic(candidate, plan.configuration.text, { durable: false })] : []),
     ]);
+    // The render directory's own entry too: the commit flushes only /etc/nixos.
+    // A base configuration whose flush failed is flushed again.
+    const adopted = this.adopted;
+    const durable = async () => {
+      await Promise.all([this.fs.sync(plan.parts.map((part) => part.path), [path.posix.dirname(plan.dir)]), adopted?.flush.catch(() => this.fs.sync([adopted.path]))]);
+      if (this.adopted === adopted) this.adopted = undefined;
+    };
     if (!this.parser) {
       this.log.warn({ event: 'validate.skipped' }, 'nix-instantiate is not available; rendered files were not parsed');
-      await alongside?.();
+      await settleAll([durable(), alongside?.()]);
       return;
     }
     const sources = new Map<string, string>([[this.fs.resolve(candidate), 'configuration.nix']]);
@@ -49,10 +62,7 @@ export class RenderWriter {
       files.push(real);
     }
     await launch?.(candidate);
-    const [checked, beside] = await Promise.allSettled([this.parser.check(files), alongside?.()]);
-    if (checked.status === 'rejected') throw checked.reason;
-    if (beside.status === 'rejected') throw beside.reason;
-    const errors = checked.value;
+    const [errors] = await settleAll([this.parser.check(files), alongside?.(), durable()]);
     if (errors.length > 0) {
       const first = errors[0] as NixSyntaxError;
       const source = sources.get(first.file) ?? first.file;
@@ -72,7 +82,11 @@ export class RenderWriter {
   async adoptImageConfiguration(basePath: string): Promise<boolean> {
     const current = await this.fs.readText(CONFIGURATION_NIX);
     if (current === undefined || current.startsWith(HEADER) || (await this.fs.exists(basePath))) return false;
-    await this.fs.writeAtomic(basePath, current);
+    // Visible at once, flushed while the start goes on; the first prepare waits for the flush.
+    await this.fs.writeAtomic(basePath, current, { durable: false });
+    const flush = this.fs.sync([basePath]);
+    flush.catch(() => undefined);
+    this.adopted = { path: basePath, flush };
     this.log.info({ event: 'render.adopted', path: basePath }, `kept the image's configuration.nix as ${basePath}`);
     return true;
   }
@@ -126,4 +140,11 @@ export class RenderWriter {
       if (/^[0-9a-f]{12}$/.test(name) && !keep.has(name)) await this.fs.remove(`${RENDER_ROOT}/${name}`);
     }
   }
+}
+
+/** Waits for every promise, whatever each does; then the first rejection, if any, is thrown. */
+async function settleAll<T extends readonly unknown[]>(promises: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(promises);
+  for (const s of settled) if (s.status === 'rejected') throw s.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
 }

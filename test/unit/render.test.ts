@@ -266,6 +266,47 @@ describe('RenderWriter', () => {
     }
   });
 
+  it('flushes what configuration.nix will name before prepare resolves, after the build is launched; an adopted base configuration too, again if its flush failed', async () => {
+    const root = await mkdtemp(path.join(tmpdir(), 'render-durable-'));
+    // Records the order of writes, launches and flushes; the first flush of base.nix fails.
+    const events: string[] = [];
+    let failBase = true;
+    class RecordingFs extends RootFs {
+      override async writeAtomic(p: string, data: string | Uint8Array, options?: Parameters<RootFs['writeAtomic']>[2]): Promise<void> {
+        events.push(`write ${p}${options?.durable === false ? '' : ' durable'}`);
+        await super.writeAtomic(p, data, options);
+      }
+      override async sync(files: readonly string[], dirs: readonly string[] = []): Promise<void> {
+        if (failBase && files.includes('/etc/nixos/base.nix')) {
+          failBase = false;
+          throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+        }
+        await super.sync(files, dirs);
+        events.push(`sync ${[...files, ...dirs].join(' ')}`);
+      }
+    }
+    try {
+      const rootFs = new RecordingFs(root);
+      await rootFs.writeAtomic(CONFIGURATION_NIX, '{ ... }: { }\n');
+      await rootFs.writeAtomic('/etc/nixos-ec2-agent/local.d/site.nix', '{ ... }: { }\n');
+      const passing = { check: async () => [] };
+      const writer = new RenderWriter(rootFs, passing, silentLogger());
+      assert.equal(await writer.adoptImageConfiguration('/etc/nixos/base.nix'), true);
+      events.length = 0;
+      const plan = renderPlan(sample(), rootFs.root);
+      await writer.prepare(plan, { launch: async () => void events.push('launch') });
+      const parts = plan.parts.map((p) => p.path);
+      for (const p of parts) assert.ok(events.includes(`write ${p}`), `${p} written without a flush of its own: ${events.join('; ')}`);
+      const launch = events.indexOf('launch');
+      const synced = events.findIndex((e) => e.startsWith(`sync ${parts.join(' ')} /etc/nixos/ec2-agent`));
+      assert.ok(launch >= 0 && synced > launch, `flushed after the launch: ${events.join('; ')}`);
+      assert.ok(events.includes('sync /etc/nixos/base.nix'), `the base configuration flushed again: ${events.join('; ')}`);
+      assert.equal(failBase, false);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
   it("adopts the image's own configuration.nix as the base configuration, once", async () => {
     const { dir: root, fs: rootFs } = await tempRoot();
     try {
