@@ -42,11 +42,14 @@ export class RenderWriter {
       ...plan.parts.map((part) => this.fs.writeAtomic(part.path, part.text, { durable: false })),
       ...(this.parser ? [this.fs.writeAtomic(candidate, plan.configuration.text, { durable: false })] : []),
     ]);
-    // The render directory's own entry too: the commit flushes only /etc/nixos.
-    // A base configuration whose flush failed is flushed again.
     const adopted = this.adopted;
     const durable = async () => {
-      await Promise.all([this.fs.sync(plan.parts.map((part) => part.path), [path.posix.dirname(plan.dir)]), adopted?.flush.catch(() => this.fs.sync([adopted.path]))]);
+      await Promise.all([
+        // The render directory's own entry too: the commit flushes only /etc/nixos.
+        this.fs.sync(plan.parts.map((part) => part.path), [path.posix.dirname(plan.dir)]),
+        // A base configuration whose flush failed is flushed again.
+        adopted?.flush.catch(() => this.fs.sync([adopted.path])),
+      ]);
       if (this.adopted === adopted) this.adopted = undefined;
     };
     if (!this.parser) {
