@@ -1,7 +1,7 @@
 // Builds the real edges from a Config: the one place (with cli.ts) that wires. Everything here is
 // per call, nothing global, so several agents can live in one process.
 import path from 'node:path';
-import { ClosureRealiser } from './apply/closure.js';
+import { ClosureRealiser, GC_ROOTS } from './apply/closure.js';
 import { Rebuilder } from './apply/rebuild.js';
 import { GroupLocator, SdkAutoScaling, type AutoScaling } from './aws/autoscaling.js';
 import { defaultCredentials } from './aws/credentials.js';
@@ -33,6 +33,8 @@ const WRITTEN_DIRS = [
   { path: STATE_DIR, recursive: true },
   { path: path.dirname(STATUS_FILE), recursive: true },
   { path: path.dirname(CHANNELS_FILE) },
+  // The prebuilt closure's roots, pinned by replacing a symlink.
+  { path: GC_ROOTS },
 ];
 
 /** What the composition root hands in: time and the environment are never taken from the process here. */
@@ -73,7 +75,9 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
   const { clock, env } = edges;
   const runner = edges.runner ?? new ProcessRunner(env);
   const fs = new RootFs(config.root);
-  await fs.removeTemporaries(WRITTEN_DIRS).then(
+  // The base configuration may be configured outside /etc/nixos.
+  const baseDir = path.dirname(config.local.baseConfiguration);
+  await fs.removeTemporaries(WRITTEN_DIRS.some((d) => d.path === baseDir) ? WRITTEN_DIRS : [...WRITTEN_DIRS, { path: baseDir }]).then(
     (files) => files.length > 0 && log.info({ event: 'temporaries.removed', files }, `removed ${files.length} temporary files left by a killed run`),
     (err: Error) => log.warn({ event: 'temporaries.failed', err: err.message }, 'cannot remove temporary files left by a killed run'),
   );
