@@ -199,8 +199,8 @@ function isAlive(pid: number): boolean {
 }
 
 // Linux flushes a file's data and metadata through any descriptor of it, a read-only one too.
-async function fsyncFile(file: string): Promise<void> {
-  const handle = await fsp.open(file, constants.O_RDONLY);
+async function fsyncPath(file: string, flags: number): Promise<void> {
+  const handle = await fsp.open(file, flags);
   try {
     await handle.sync();
   } finally {
@@ -208,13 +208,12 @@ async function fsyncFile(file: string): Promise<void> {
   }
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await fsp.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+function fsyncFile(file: string): Promise<void> {
+  return fsyncPath(file, constants.O_RDONLY);
+}
+
+export function fsyncDir(dir: string): Promise<void> {
+  return fsyncPath(dir, constants.O_RDONLY | constants.O_DIRECTORY);
 }
 
 export function isNotFound(err: unknown): boolean {
