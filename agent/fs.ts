@@ -58,6 +58,11 @@ export class RootFs {
     await fsp.mkdir(this.resolve(systemPath), { recursive: true, mode });
   }
 
+  /** A new directory under `parent` (which must exist), named PREFIX and six random characters, 0700; its path under root. */
+  async uniqueDir(parent: string, prefix: string): Promise<string> {
+    return path.posix.join(parent, path.basename(await fsp.mkdtemp(path.join(this.resolve(parent), prefix))));
+  }
+
   async writeAtomic(systemPath: string, data: string | Uint8Array, options: WriteOptions = {}): Promise<void> {
     await writeFileAtomic(this.resolve(systemPath), data, options);
   }

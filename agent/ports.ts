@@ -72,4 +72,10 @@ export interface RunResult {
 /** Runs programs. The only way the agent starts a process. */
 export interface Runner {
   run(request: RunRequest): Promise<RunResult>;
+  /**
+   * Stops every process group with a process working in `dir` or below (SIGTERM, SIGKILL after a
+   * grace): what an earlier agent started there and left running. Resolves with those groups' ids.
+   * Absent where no process outlives its agent (a simulation's runner).
+   */
+  stopWithin?(dir: string): Promise<number[]>;
 }

@@ -1,6 +1,7 @@
 // The real Runner: each command in its own process group, so a timeout or an abort kills the
 // command and everything it started (nix-build forks builders; a hung build must not linger).
 import { spawn } from 'node:child_process';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
 import { childEnv } from './env.js';
 import type { OutputStream, RunRequest, RunResult, Runner } from './ports.js';
@@ -125,5 +126,44 @@ export class ProcessRunner implements Runner {
       }
     });
   }
+
+  /**
+   * Finds the groups in /proc by each process's working directory: a build runs in a directory of
+   * its own (Rebuilder.startBuild), and everything it forks (nix-build, its builders) works there
+   * too. The agent's own group is never one of them.
+   */
+  async stopWithin(dir: string): Promise<number[]> {
+    const own = await processGroup('self');
+    const pids = (await readdir('/proc').catch(() => [] as string[])).filter((name) => /^\d+$/.test(name));
+    const groups = new Set<number>();
+    await Promise.all(
+      pids.map(async (pid) => {
+        const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => undefined);
+        if (cwd === undefined || (cwd !== dir && !cwd.startsWith(`${dir}/`))) return;
+        const group = await processGroup(pid);
+        if (group !== undefined && group > 1 && group !== own) groups.add(group);
+      }),
+    );
+    const signal = (sig: NodeJS.Signals) => {
+      for (const group of groups) {
+        try {
+          process.kill(-group, sig);
+        } catch {
+          // Gone already.
+        }
+      }
+    };
+    signal('SIGTERM');
+    if (groups.size > 0) setTimeout(() => signal('SIGKILL'), this.killGraceMs).unref();
+    return [...groups];
+  }
+}
+
+/** A process's group id, from /proc/PID/stat (the field after the state, past the parenthesised name). */
+async function processGroup(pid: string): Promise<number | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  if (stat === undefined) return undefined;
+  const group = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+  return Number.isInteger(group) ? group : undefined;
 }
 

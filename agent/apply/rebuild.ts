@@ -9,6 +9,7 @@ import type { RunResult, Runner } from '../ports.js';
 import { CHANNELS_FILE, CONFIGURATION_NIX } from '../render/render.js';
 
 export const SYSTEM_PROFILE = '/nix/var/nix/profiles/system';
+/** Each build runs in a directory of its own under this one (Rebuilder.startBuild). */
 export const BUILD_DIR = '/var/lib/nixos-ec2-agent/build';
 /** switch-to-configuration holds this (flock) while it runs (pkgs/by-name/sw/switch-to-configuration-ng). */
 export const SWITCH_LOCK = '/run/nixos/switch-to-configuration.lock';
@@ -42,21 +43,41 @@ export class Rebuilder {
     return (await this.startBuild(signal, configuration)).done;
   }
 
-  /** `build`, resolved once nixos-rebuild has been started; `done` is the build's outcome. */
+  /**
+   * `build`, resolved once nixos-rebuild has been started; `done` is the build's outcome.
+   *
+   * nixos-rebuild build leaves its `result` link in its working directory, so each build gets a
+   * directory of its own, and its store path is read from there: the unit's KillMode=process lets a
+   * build outlive an agent that was restarted, and such a build finishing later must never hand the
+   * next agent's pass its system (an older desired state) to activate. What earlier builds left is
+   * removed first: anything still running there is an earlier agent's build, stopped (two builds
+   * at once would double the memory of an instance that may have little), and the links go, which
+   * keeps the newest build's result a GC root until the next one (activated systems are rooted by
+   * their profile generations).
+   */
   async startBuild(signal?: AbortSignal, configuration: string = CONFIGURATION_NIX): Promise<{ done: Promise<string> }> {
     // The agent's state directory is root's alone (0700, as the state store makes it); on a first
     // start the build may be the first to need it.
-    await this.fs.mkdirp(path.posix.dirname(BUILD_DIR), 0o700);
-    await this.fs.mkdirp(BUILD_DIR);
-    const cwd = this.fs.resolve(BUILD_DIR);
+    const [earlier] = await Promise.all([this.fs.list(BUILD_DIR), this.fs.mkdirp(BUILD_DIR, 0o700)]);
+    if (earlier.length > 0) await this.clearEarlierBuilds(earlier);
+    const dir = await this.fs.uniqueDir(BUILD_DIR, 'run-');
     // The Runner starts the process before step's first await.
-    const ran = this.step('build', this.options.nixosRebuild, ['build', ...this.configArgs(configuration)], this.options.buildTimeoutMs, { cwd, signal });
+    const ran = this.step('build', this.options.nixosRebuild, ['build', ...this.configArgs(configuration)], this.options.buildTimeoutMs, { cwd: this.fs.resolve(dir), signal });
     const done = ran.then(async () => {
-      const storePath = await this.fs.readlink(`${BUILD_DIR}/result`);
+      const storePath = await this.fs.readlink(`${dir}/result`);
       if (!storePath) throw new ApplyFailedError('nixos-rebuild build left no result link', 'build');
       return storePath;
     });
     return { done };
+  }
+
+  /** `names`: what BUILD_DIR holds before a build starts; no build of this agent is running then. */
+  private async clearEarlierBuilds(names: readonly string[]): Promise<void> {
+    const stopped = (await this.runner.stopWithin?.(this.fs.resolve(BUILD_DIR))) ?? [];
+    if (stopped.length > 0) {
+      this.log.warn({ event: 'build.stray-stopped', processGroups: stopped }, `stopped ${stopped.length} build process group(s) an earlier agent left running in ${BUILD_DIR}`);
+    }
+    await Promise.all(names.map((name) => this.fs.remove(path.posix.join(BUILD_DIR, name))));
   }
 
   /** `nixos-rebuild switch`, the legacy one-step order (configured `rebuild.mode = switch`). */

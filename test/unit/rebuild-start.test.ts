@@ -1,8 +1,12 @@
 // Rebuilder.startBuild: resolves once nixos-rebuild has been started, not when it ends, so a pass can
-// start the build before the parser's verdict; builds the file it is given; and on a first start
-// makes the agent's state directory root's alone, whoever gets there first.
+// start the build before the parser's verdict; builds the file it is given; on a first start makes
+// the agent's state directory root's alone, whoever gets there first; runs each build in a
+// directory of its own, so that a build an earlier agent left running can never hand this one its
+// result, and stops such a build.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -10,10 +14,15 @@ import { BUILD_DIR, Rebuilder } from '../../agent/apply/rebuild.js';
 import { RootFs } from '../../agent/fs.js';
 import { silentLogger } from '../../agent/log.js';
 import type { RunRequest, RunResult, Runner } from '../../agent/ports.js';
+import { ProcessRunner } from '../../agent/runner.js';
 
-/** Holds every run until released; records what it was asked. */
+/** Holds every run until released; records what it was asked. Finds strays as the real runner does. */
 class HeldRunner implements Runner {
   readonly requests: RunRequest[] = [];
+  private readonly real = new ProcessRunner({}, 60_000);
+  stopWithin(dir: string): Promise<number[]> {
+    return this.real.stopWithin(dir);
+  }
   private release: (() => void) | undefined;
   run(request: RunRequest): Promise<RunResult> {
     this.requests.push(request);
@@ -36,12 +45,86 @@ describe('Rebuilder.startBuild', () => {
       const { done } = await rebuilder.startBuild(undefined, '/etc/nixos/ec2-agent/abc/configuration.nix');
       assert.equal(runner.requests.length, 1, 'nixos-rebuild was started');
       assert.deepEqual(runner.requests[0]?.args, ['build', '-I', `nixos-config=${fs.resolve('/etc/nixos/ec2-agent/abc/configuration.nix')}`]);
-      assert.equal(runner.requests[0]?.cwd, fs.resolve(BUILD_DIR));
+      const cwd = runner.requests[0]?.cwd ?? '';
+      assert.equal(path.dirname(cwd), fs.resolve(BUILD_DIR), 'a directory of its own under the build directory');
       assert.equal((await stat(fs.resolve(path.dirname(BUILD_DIR)))).mode & 0o777, 0o700, "the state directory is root's alone");
 
-      await fs.symlinkAtomic('/nix/store/00000000000000000000000000000000-nixos-system', `${BUILD_DIR}/result`);
+      await fs.symlinkAtomic('/nix/store/00000000000000000000000000000000-nixos-system', `/${path.relative(dir, cwd)}/result`);
       runner.finish();
       assert.equal(await done, '/nix/store/00000000000000000000000000000000-nixos-system');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("reads its own build's result, whatever a build an earlier agent left running writes", { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'rebuild-start-'));
+    try {
+      const fs = new RootFs(dir);
+      const runner = new HeldRunner();
+      const rebuilder = new Rebuilder(runner, fs, { nixosRebuild: 'nixos-rebuild', nixEnv: 'nix-env', nixChannel: 'nix-channel', extraArgs: [], buildTimeoutMs: 60_000, activateTimeoutMs: 60_000 }, silentLogger());
+      const { done } = await rebuilder.startBuild();
+      const cwd = runner.requests[0]?.cwd ?? '';
+      await fs.symlinkAtomic('/nix/store/11111111111111111111111111111111-nixos-system-new', `/${path.relative(dir, cwd)}/result`);
+      // An earlier agent's build, started where builds ran before each had a directory of its own,
+      // ends just after this one and leaves its link.
+      await fs.symlinkAtomic('/nix/store/00000000000000000000000000000000-nixos-system-old', `${BUILD_DIR}/result`);
+      runner.finish();
+      assert.equal(await done, '/nix/store/11111111111111111111111111111111-nixos-system-new');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('stops a build an earlier agent left running and removes what earlier builds left', { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'rebuild-start-'));
+    let stray: ReturnType<typeof spawn> | undefined;
+    try {
+      const fs = new RootFs(dir);
+      // The earlier agent's build: its own process group (the runner's), working in its directory.
+      const earlier = fs.resolve(`${BUILD_DIR}/run-earlier`);
+      await mkdir(earlier, { recursive: true });
+      await writeFile(path.join(earlier, 'stamp'), '');
+      stray = spawn('sleep', ['600'], { cwd: earlier, detached: true, stdio: 'ignore' });
+      const exited = new Promise<NodeJS.Signals | null>((resolve) => stray?.once('exit', (_code, signal) => resolve(signal)));
+      await new Promise<void>((resolve, reject) => {
+        stray?.once('spawn', resolve);
+        stray?.once('error', reject);
+      });
+      await fs.symlinkAtomic('/nix/store/00000000000000000000000000000000-nixos-system-old', `${BUILD_DIR}/result`);
+
+      const runner = new HeldRunner();
+      const rebuilder = new Rebuilder(runner, fs, { nixosRebuild: 'nixos-rebuild', nixEnv: 'nix-env', nixChannel: 'nix-channel', extraArgs: [], buildTimeoutMs: 60_000, activateTimeoutMs: 60_000 }, silentLogger());
+      const { done } = await rebuilder.startBuild();
+      assert.equal(await exited, 'SIGTERM', "the earlier agent's build was stopped");
+      const cwd = runner.requests[0]?.cwd ?? '';
+      assert.deepEqual(await readdir(fs.resolve(BUILD_DIR)), [path.basename(cwd)], 'only the new build is left in the build directory');
+      assert.equal(existsSync(earlier), false);
+      runner.finish();
+      await assert.rejects(done, /left no result link/);
+    } finally {
+      if (stray?.exitCode === null && stray.signalCode === null) stray.kill('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a second build removes the first one's directory and stops nothing of its own", { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'rebuild-start-'));
+    try {
+      const fs = new RootFs(dir);
+      const runner = new HeldRunner();
+      const rebuilder = new Rebuilder(runner, fs, { nixosRebuild: 'nixos-rebuild', nixEnv: 'nix-env', nixChannel: 'nix-channel', extraArgs: [], buildTimeoutMs: 60_000, activateTimeoutMs: 60_000 }, silentLogger());
+      const first = await rebuilder.startBuild();
+      const firstDir = runner.requests[0]?.cwd ?? '';
+      await fs.symlinkAtomic('/nix/store/11111111111111111111111111111111-nixos-system', `/${path.relative(dir, firstDir)}/result`);
+      runner.finish();
+      await first.done;
+      const second = await rebuilder.startBuild();
+      const secondDir = runner.requests[1]?.cwd ?? '';
+      assert.notEqual(secondDir, firstDir);
+      assert.deepEqual(await readdir(fs.resolve(BUILD_DIR)), [path.basename(secondDir)]);
+      runner.finish();
+      await assert.rejects(second.done, /left no result link/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -101,7 +101,9 @@ class StandInRunner implements Runner {
         return { ...ok(), code: null, signal: 'SIGTERM', aborted: true };
       }
       if (this.failBuild?.((await this.machine.fs.readText(CONFIGURATION_NIX)) ?? '')) return { ...ok(), code: 1, stderr: 'error: builder failed', tail: ['error: builder failed'] };
-      await this.machine.fs.symlinkAtomic(await r.build(), `${BUILD_DIR}/result`);
+      // nixos-rebuild leaves `result` in its working directory, one of its own under BUILD_DIR.
+      if (!request.cwd?.startsWith(this.machine.fs.resolve(BUILD_DIR))) throw new Error(`a build outside ${BUILD_DIR}: ${request.cwd}`);
+      await this.machine.fs.symlinkAtomic(await r.build(), `/${path.relative(this.machine.fs.root, request.cwd)}/result`);
       return ok();
     }
     if (name === 'switch-to-configuration') {
