@@ -85,8 +85,13 @@ buildNpmPackage {
 
     # node runs the bin with the flags and environment of launch.json, chosen by measuring
     # (`npm run bench -- boot` and `-- watch`):
-    # - no flags on node's command line: any V8 flag there makes V8 refuse the code cache Node
+    # - no V8 flag on node's command line: any V8 flag there makes V8 refuse the code cache Node
     #   ships for its own modules, which every start then compiles from source (~10 ms).
+    # - --preserve-symlinks, one of Node's own options: the module loader takes each chunk's path
+    #   as it is instead of resolving it through realpath (the package holds no symlinks). On Node
+    #   22 those realpath walks alone made node:path's character loop hot enough for V8 to compile
+    #   it with its optimising compiler before the agent turns that off, which brought ~5 MiB of
+    #   the compiler's own machine code into the idle daemon's resident memory.
     # - NIXOS_EC2_AGENT_V8_FLAGS="--no-opt --no-sparkplug", which the agent sets once its modules
     #   are loaded (agent/cli.ts): no optimised or baseline machine code, nor the compiler memory
     #   behind it, keeps the idle daemon ~5 MiB smaller, about what --lite-mode saved (which, on

@@ -219,6 +219,9 @@ const FLAG_SETS: readonly (readonly string[])[] = [
   // is refused at every start.
   ['--lite-mode', '--no-expose-wasm'],
   ['NIXOS_EC2_AGENT_V8_FLAGS=--no-opt --no-sparkplug --optimize-for-size'],
+  // The shipped launch without --preserve-symlinks: on Node 22 the loader's realpath walks made
+  // node:path hot enough for V8's optimising compiler before the late flags turned it off.
+  SHIPPED.filter((w) => w !== '--preserve-symlinks'),
   ['--single-threaded-gc', ...SHIPPED],
 ];
 
