@@ -1,6 +1,9 @@
 // The bundle as tools/bundle.mjs writes it (`npm test` bundles before it tests).
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
@@ -22,5 +25,32 @@ describe('the bundle', () => {
     const esmHttp = /\bfrom\s*["'](node:)?http["']|\bimport\s*\(\s*["'](node:)?http["']\s*\)|\bimport\s*["'](node:)?http["']/;
     assert.deepEqual(files.filter((f) => esmHttp.test(f.text)).map((f) => f.name), []);
     assert.ok(files.some((f) => f.text.includes('process.getBuiltinModule("node:http")')), 'node:http comes from process.getBuiltinModule');
+  });
+
+  // tools/bundle.mjs drops the 24 methods zod v3 binds to every schema as it is made.
+  test("zod's schemas bind none of their methods to themselves, and the bundled agent still checks its configuration with them", { timeout: 60_000 }, async () => {
+    const files = await bundleFiles();
+    const zod = files.filter((f) => f.text.includes('vendor:"zod"'));
+    assert.equal(zod.length, 1, 'one chunk holds zod');
+    assert.ok((zod[0] as { text: string }).text.includes('this.spa=this.safeParseAsync'), "zod's constructor is there");
+    assert.doesNotMatch((zod[0] as { text: string }).text, /this\.(\w+)=this\.\1\.bind\(this\)/);
+
+    const dir = await mkdtemp(path.join(tmpdir(), 'bundle-zod-'));
+    try {
+      const checkConfig = (config: unknown) =>
+        new Promise<{ code: number | null; out: string }>((resolve) => {
+          const file = path.join(dir, 'agent.json');
+          void writeFile(file, JSON.stringify(config)).then(() =>
+            execFile(process.execPath, [path.join(OUT, 'cli.js'), 'check-config', file], (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, out: stdout + stderr })),
+          );
+        });
+      const good = await checkConfig({ ssm: { pollIntervalSeconds: 30, prefixes: ['/nixos/fleet/'] }, logLevel: 'debug' });
+      assert.equal(good.code, 0, good.out);
+      const bad = await checkConfig({ ssm: { pollIntervalSeconds: 'often' } });
+      assert.equal(bad.code, 2, bad.out);
+      assert.match(bad.out, /pollIntervalSeconds/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
