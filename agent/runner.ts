@@ -128,24 +128,16 @@ export class ProcessRunner implements Runner {
   }
 
   /**
-   * Finds the groups in /proc by each process's working directory: a build runs in a directory of
-   * its own (Rebuilder.startBuild), and everything it forks (nix-build, its builders) works there
-   * too. The agent's own group is never one of them.
+   * A build's process group is found in /proc by its leader, the nixos-rebuild the runner started:
+   * its working directory is at or below `dir` (a build runs in a directory of its own,
+   * Rebuilder.startBuild) and its arguments name the configuration (`-I nixos-config=…`), which
+   * no shell an operator opened there has. The group is looked up again before SIGKILL, so a group
+   * id reused in between is never hit.
    */
   async stopWithin(dir: string): Promise<number[]> {
-    const own = await processGroup('self');
-    const pids = (await readdir('/proc').catch(() => [] as string[])).filter((name) => /^\d+$/.test(name));
-    const groups = new Set<number>();
-    await Promise.all(
-      pids.map(async (pid) => {
-        const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => undefined);
-        if (cwd === undefined || (cwd !== dir && !cwd.startsWith(`${dir}/`))) return;
-        const group = await processGroup(pid);
-        if (group !== undefined && group > 1 && group !== own) groups.add(group);
-      }),
-    );
-    const signal = (sig: NodeJS.Signals) => {
-      for (const group of groups) {
+    const groups = await buildGroupsWithin(dir);
+    const signal = (sig: NodeJS.Signals, which: Iterable<number>) => {
+      for (const group of which) {
         try {
           process.kill(-group, sig);
         } catch {
@@ -153,10 +145,30 @@ export class ProcessRunner implements Runner {
         }
       }
     };
-    signal('SIGTERM');
-    if (groups.size > 0) setTimeout(() => signal('SIGKILL'), this.killGraceMs).unref();
-    return [...groups];
+    signal('SIGTERM', groups);
+    if (groups.length > 0) {
+      setTimeout(() => {
+        void buildGroupsWithin(dir).then((left) => signal('SIGKILL', left.filter((g) => groups.includes(g))));
+      }, this.killGraceMs).unref();
+    }
+    return groups;
   }
+}
+
+async function buildGroupsWithin(dir: string): Promise<number[]> {
+  const own = await processGroup('self');
+  const pids = (await readdir('/proc').catch(() => [] as string[])).filter((name) => /^\d+$/.test(name));
+  const found = await Promise.all(
+    pids.map(async (pid) => {
+      const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => undefined);
+      if (cwd === undefined || (cwd !== dir && !cwd.startsWith(`${dir}/`))) return undefined;
+      const group = await processGroup(pid);
+      if (group === undefined || group !== Number(pid) || group === own) return undefined;
+      const args = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+      return args.some((a) => a.startsWith('nixos-config=')) ? group : undefined;
+    }),
+  );
+  return found.filter((g): g is number => g !== undefined);
 }
 
 /** A process's group id, from /proc/PID/stat (the field after the state, past the parenthesised name). */

@@ -20,8 +20,11 @@ import { ProcessRunner } from '../../agent/runner.js';
 class HeldRunner implements Runner {
   readonly requests: RunRequest[] = [];
   private readonly real = new ProcessRunner({}, 60_000);
-  stopWithin(dir: string): Promise<number[]> {
-    return this.real.stopWithin(dir);
+  readonly stopped: number[] = [];
+  async stopWithin(dir: string): Promise<number[]> {
+    const groups = await this.real.stopWithin(dir);
+    this.stopped.push(...groups);
+    return groups;
   }
   private release: (() => void) | undefined;
   run(request: RunRequest): Promise<RunResult> {
@@ -76,34 +79,42 @@ describe('Rebuilder.startBuild', () => {
     }
   });
 
-  it('stops a build an earlier agent left running and removes what earlier builds left', { timeout: 60_000 }, async () => {
+  it('stops a build an earlier agent left running, and nothing else, and removes what earlier builds left', { timeout: 60_000 }, async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'rebuild-start-'));
-    let stray: ReturnType<typeof spawn> | undefined;
+    const children: ReturnType<typeof spawn>[] = [];
+    // A process of its own group (as the runner starts each step), working in `cwd`.
+    const start = async (cwd: string, args: string[]) => {
+      const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', ...args], { cwd, detached: true, stdio: 'ignore' });
+      children.push(child);
+      await new Promise<void>((resolve, reject) => {
+        child.once('spawn', resolve);
+        child.once('error', reject);
+      });
+      return { child, exited: new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal))) };
+    };
     try {
       const fs = new RootFs(dir);
-      // The earlier agent's build: its own process group (the runner's), working in its directory.
       const earlier = fs.resolve(`${BUILD_DIR}/run-earlier`);
       await mkdir(earlier, { recursive: true });
       await writeFile(path.join(earlier, 'stamp'), '');
-      stray = spawn('sleep', ['600'], { cwd: earlier, detached: true, stdio: 'ignore' });
-      const exited = new Promise<NodeJS.Signals | null>((resolve) => stray?.once('exit', (_code, signal) => resolve(signal)));
-      await new Promise<void>((resolve, reject) => {
-        stray?.once('spawn', resolve);
-        stray?.once('error', reject);
-      });
+      // The earlier agent's build, as its runner started it, and a shell an operator opened there.
+      const stray = await start(earlier, ['build', '-I', `nixos-config=${fs.resolve('/etc/nixos/configuration.nix')}`]);
+      const operator = await start(earlier, []);
       await fs.symlinkAtomic('/nix/store/00000000000000000000000000000000-nixos-system-old', `${BUILD_DIR}/result`);
 
       const runner = new HeldRunner();
       const rebuilder = new Rebuilder(runner, fs, { nixosRebuild: 'nixos-rebuild', nixEnv: 'nix-env', nixChannel: 'nix-channel', extraArgs: [], buildTimeoutMs: 60_000, activateTimeoutMs: 60_000 }, silentLogger());
       const { done } = await rebuilder.startBuild();
-      assert.equal(await exited, 'SIGTERM', "the earlier agent's build was stopped");
+      assert.deepEqual(runner.stopped, [stray.child.pid], "the earlier agent's build's group, and not the operator's");
+      assert.equal(await stray.exited, 'SIGTERM', "the earlier agent's build was stopped");
+      assert.equal(operator.child.exitCode ?? operator.child.signalCode, null);
       const cwd = runner.requests[0]?.cwd ?? '';
       assert.deepEqual(await readdir(fs.resolve(BUILD_DIR)), [path.basename(cwd)], 'only the new build is left in the build directory');
       assert.equal(existsSync(earlier), false);
       runner.finish();
       await assert.rejects(done, /left no result link/);
     } finally {
-      if (stray?.exitCode === null && stray.signalCode === null) stray.kill('SIGKILL');
+      for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await rm(dir, { recursive: true, force: true });
     }
   });
