@@ -1,9 +1,13 @@
 // A SecureString value. It serialises, prints and inspects as a placeholder, so a secret cannot
 // reach a log line, status output or an error message by accident: only `reveal()` yields it, and
 // only the secrets writer calls that.
-import { inspect } from 'node:util';
-
 const REDACTED = '[redacted]';
+
+/**
+ * util.inspect.custom, which Node defines as this registry symbol (docs, util.inspect.custom): an
+ * ES module import of node:util would read all of its exports, lazy getters included, at every start.
+ */
+const INSPECT = Symbol.for('nodejs.util.inspect.custom');
 
 export class Secret {
   readonly #value: string;
@@ -24,7 +28,7 @@ export class Secret {
     return REDACTED;
   }
 
-  [inspect.custom](): string {
+  [INSPECT](): string {
     return REDACTED;
   }
 }
