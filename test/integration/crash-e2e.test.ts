@@ -4,10 +4,10 @@
 // corrupt state file: set aside, reported, and convergence goes on.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { Instance, killTree, markerModule, unparsableNixFiles, waitFor, type DurableStateJson } from '../support/e2e.js';
+import { Instance, isAlive, killTree, markerModule, unparsableNixFiles, waitFor, type DurableStateJson } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
 const SLOW_PROBE = [{ name: 'slow', command: { argv: ['sleep', '4'], timeoutMs: 10_000 } }];
@@ -72,6 +72,20 @@ if (process.argv.includes('switch-to-configuration') && fs.existsSync(${JSON.str
   }
 }
 
+/** The pid of a process group leader at work under `dir` with a `nixos-config=` argument: a build the agent started. */
+async function buildLeaderWithin(dir: string): Promise<number | undefined> {
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const cwd = await readlink(`/proc/${name}/cwd`).catch(() => '');
+    if (!cwd.startsWith(`${dir}/`)) continue;
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    const group = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+    const args = (await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (group === Number(name) && args.some((a) => a.startsWith('nixos-config='))) return group;
+  }
+  return undefined;
+}
+
 /** What must hold after any recovery: one consistent, parseable, good system. */
 async function assertConsistent(i: Instance): Promise<DurableStateJson> {
   const state = await i.durableState();
@@ -114,6 +128,43 @@ describe('killed and restarted at each phase', { concurrency: true }, () => {
       const state = await assertConsistent(i);
       assert.notEqual(state.lastGood?.storePath, goodRunning);
       assert.match(await i.configuration(), /modules\/slow\.nix/);
+    });
+  });
+
+  // The unit's KillMode=process: a stop, a restart or a crash ends the agent alone, and the build it
+  // had started runs on. The next agent's build stops it; its result is never taken for the new one.
+  test('building, the agent alone killed: the next build stops the one left running and builds what the sources say now', async () => {
+    await withGoodInstance({}, async (i) => {
+      i.put('/nixos/fleet/modules/slow', markerModule('sandbox-hang'));
+      const run = i.start(['converge', '--once', '--json']);
+      const builds = i.file('var/lib/nixos-ec2-agent/build');
+      let stray: number | undefined;
+      try {
+        // Killed once the build has printed its last line and hangs: a build writing to the pipe of
+        // an agent that is gone dies of it, as nix-build does at its next line of output.
+        let output = '';
+        run.child.stderr?.on('data', (c: Buffer) => (output += c.toString('utf8')));
+        await waitFor('the build to hang', async () => (output.includes("building '") ? true : undefined), 45_000, 2);
+        stray = await waitFor('the build process', () => buildLeaderWithin(builds), 45_000, 2);
+        process.kill(run.child.pid as number, 'SIGKILL');
+        assert.equal((await run.done).signal, 'SIGKILL');
+        assert.ok(isAlive(stray), 'the build outlived its agent');
+
+        i.put('/nixos/fleet/modules/slow', '{ ... }:\n{\n  users.motd = "fixed";\n}\n');
+        const again = await i.converge();
+        assert.equal(again.code, 0, again.stderr);
+        assert.equal(again.status.lastResult?.outcome, 'converged');
+        const stopped = (await i.logEvents()).find((e) => e.event === 'build.stray-stopped');
+        assert.deepEqual(stopped?.processGroups, [stray], 'the build the killed agent left was stopped');
+        await waitFor('the stopped build to end', async () => (isAlive(stray as number) ? undefined : true), 60_000, 10);
+        assert.equal((await readdir(builds)).length, 1, "one build's directory is left: the last one");
+        const state = await assertConsistent(i);
+        assert.equal(state.running?.storePath, await i.running());
+        assert.match(await i.configuration(), /modules\/slow\.nix/);
+      } finally {
+        if (stray !== undefined && isAlive(stray)) process.kill(-stray, 'SIGKILL');
+        if (run.child.exitCode === null && run.child.signalCode === null) await killTree(run.child.pid as number);
+      }
     });
   });
 

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { temporaryWriter } from '../../agent/fs.js';
-import { hasNix, Instance, killTree, LiveLog, markerModule, NIX_INSTANTIATE, waitFor, type DurableStateJson, type Running } from './e2e.js';
+import { hasNix, Instance, isAlive, killTree, LiveLog, markerModule, NIX_INSTANTIATE, waitFor, type DurableStateJson, type Running } from './e2e.js';
 
 import { prng } from './prng.js';
 
@@ -92,20 +92,11 @@ async function temporaries(root: string): Promise<{ agent: string[]; other: stri
     const writer = temporaryWriter(base);
     // A live writer's file is a write in flight (the running daemon rewrites status.json often).
     if (writer !== undefined) {
-      if (!alive(writer)) agent.push(name);
+      if (!isAlive(writer)) agent.push(name);
     }
     else if (/\.tmp(-|$)/.test(base)) other.push(name);
   }
   return { agent, other };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**

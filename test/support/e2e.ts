@@ -421,6 +421,16 @@ export async function processesMentioning(text: string): Promise<ProcInfo[]> {
  * SIGKILLs a process and every descendant (they run in their own process groups), as systemd does
  * to a crashed unit's control group. Each is stopped first, so none can start another unseen.
  */
+/** Whether a process `pid` exists (signal 0). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export async function killTree(pid: number): Promise<void> {
   const victims = new Set<number>([pid]);
   const signal = (p: number, sig: NodeJS.Signals) => {
