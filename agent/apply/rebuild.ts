@@ -48,8 +48,9 @@ export class Rebuilder {
    *
    * nixos-rebuild build leaves its `result` link in its working directory, so each build gets a
    * directory of its own, and its store path is read from there: the unit's KillMode=process lets a
-   * build outlive an agent that was restarted, and such a build finishing later must never hand the
-   * next agent's pass its system (an older desired state) to activate. What earlier builds left is
+   * build outlive an agent that was restarted (until its next line of output finds the agent's pipe
+   * gone: a long silent step can run for minutes), and such a build finishing later must never hand
+   * the next agent's pass its system (an older desired state) to activate. What earlier builds left is
    * removed first: anything still running there is an earlier agent's build, stopped (two builds
    * at once would double the memory of an instance that may have little), and the links go, which
    * keeps the newest build's result a GC root until the next one (activated systems are rooted by
