@@ -73,9 +73,9 @@ export interface RunResult {
 export interface Runner {
   run(request: RunRequest): Promise<RunResult>;
   /**
-   * Stops every process group with a process working in `dir` or below (SIGTERM, SIGKILL after a
-   * grace): what an earlier agent started there and left running. Resolves with those groups' ids.
-   * Absent where no process outlives its agent (a simulation's runner).
+   * Stops every build an earlier agent started in `dir` or below and left running: its whole
+   * process group, SIGTERM, then SIGKILL after a grace. Resolves with those groups' ids. Absent
+   * where no process outlives its agent (a simulation's runner).
    */
   stopWithin?(dir: string): Promise<number[]>;
 }
