@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { Instance, isAlive, killTree, markerModule, unparsableNixFiles, waitFor, type DurableStateJson } from '../support/e2e.js';
+import { Instance, isAlive, killTree, processes, markerModule, unparsableNixFiles, waitFor, type DurableStateJson } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
 const SLOW_PROBE = [{ name: 'slow', command: { argv: ['sleep', '4'], timeoutMs: 10_000 } }];
@@ -74,14 +74,9 @@ if (process.argv.includes('switch-to-configuration') && fs.existsSync(${JSON.str
 
 /** The pid of a process group leader at work under `dir` with a `nixos-config=` argument: a build the agent started. */
 async function buildLeaderWithin(dir: string): Promise<number | undefined> {
-  for (const name of await readdir('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    const cwd = await readlink(`/proc/${name}/cwd`).catch(() => '');
-    if (!cwd.startsWith(`${dir}/`)) continue;
-    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
-    const group = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
-    const args = (await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (group === Number(name) && args.some((a) => a.startsWith('nixos-config='))) return group;
+  for (const p of await processes()) {
+    if (p.pgid !== p.pid || !/(^| )nixos-config=/.test(p.cmdline)) continue;
+    if ((await readlink(`/proc/${p.pid}/cwd`).catch(() => '')).startsWith(`${dir}/`)) return p.pid;
   }
   return undefined;
 }

@@ -391,6 +391,9 @@ export function parseJson(text: string, what: string, context?: CliResult): unkn
 interface ProcInfo {
   readonly pid: number;
   readonly ppid: number;
+  /** Its process group. */
+  readonly pgid: number;
+  /** The arguments, joined by spaces. */
   readonly cmdline: string;
 }
 
@@ -404,7 +407,7 @@ export async function processes(): Promise<ProcInfo[]> {
       // The command name is in parentheses and may hold spaces: fields resume after the last ')'.
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       const cmdline = (await readFile(`/proc/${name}/cmdline`, 'utf8')).split('\0').join(' ').trim();
-      out.push({ pid: Number(name), ppid: Number(fields[1]), cmdline });
+      out.push({ pid: Number(name), ppid: Number(fields[1]), pgid: Number(fields[2]), cmdline });
     } catch {
       // It ended while being read.
     }
@@ -417,10 +420,6 @@ export async function processesMentioning(text: string): Promise<ProcInfo[]> {
   return (await processes()).filter((p) => p.pid !== process.pid && p.cmdline.includes(text));
 }
 
-/**
- * SIGKILLs a process and every descendant (they run in their own process groups), as systemd does
- * to a crashed unit's control group. Each is stopped first, so none can start another unseen.
- */
 /** Whether a process `pid` exists (signal 0). */
 export function isAlive(pid: number): boolean {
   try {
@@ -431,6 +430,10 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * SIGKILLs a process and every descendant (they run in their own process groups), as systemd does
+ * to a crashed unit's control group. Each is stopped first, so none can start another unseen.
+ */
 export async function killTree(pid: number): Promise<void> {
   const victims = new Set<number>([pid]);
   const signal = (p: number, sig: NodeJS.Signals) => {
