@@ -140,16 +140,7 @@ class DaemonLoop implements Daemon {
     // Metrics are only worth their cost when something can scrape them.
     this.metrics = config.http.listen !== null ? new AgentMetrics({ clock }) : undefined;
     this.phases = new PhaseTimer(clock);
-    // prom-client loads once the first rebuild has been launched: from then on the main thread
-    // only waits on the child, so the import (see report/metrics.ts) costs the boot path nothing.
-    const inner = deps.edges?.runner ?? new ProcessRunner(deps.env);
-    this.runner = {
-      run: (request) => {
-        const running = inner.run(request);
-        if (this.metrics && !this.metrics.loaded && (this.phase === 'building' || this.phase === 'activating')) this.loadMetrics();
-        return running;
-      },
-    };
+    this.runner = deps.edges?.runner ?? new ProcessRunner(deps.env);
     this.newer = new NewerDesired(() => this.parts, clock);
     this.scheduler = new Scheduler(clock, {
       ...scheduleTimings(config),
@@ -232,7 +223,6 @@ class DaemonLoop implements Daemon {
     const hook = new PostConvergeHook(this.runner, this.parts.config.postConvergeCommand, this.deps.log, (run) => this.metrics?.recordHook(run.outcome, run.durationMs));
     this.hooks = this.hooks.then(() => hook.run(result, status));
     if (durationMs === undefined) return;
-    if (this.metrics && !this.metrics.loaded) this.loadMetrics();
     if (!this.ready) {
       this.ready = true;
       notify.ready(status.message);
@@ -552,10 +542,6 @@ class DaemonLoop implements Daemon {
       }
       if (!this.ready) this.extendStart();
     }
-  }
-
-  private loadMetrics(): void {
-    this.metrics?.load().catch((err: unknown) => this.deps.log.error({ event: 'metrics.load-failed', err: (err as Error).message }, `cannot load metrics: ${(err as Error).message}`));
   }
 }
 

@@ -3,13 +3,12 @@
 // Everything is fed from the Status stream (`observe`) and the pass results (`recordPass`): the
 // reconciler knows nothing of metrics.
 //
-// prom-client is imported lazily. Measured on the project's machines, `import('prom-client')`
-// costs 60–150 ms, about as much as `node -e 0` itself, and the daemon's boot path (start → first
-// rebuild launched) must stay short. So the recorder below starts empty and cheap, keeps what it
-// is told, and loads prom-client only when `load()` is called: the daemon calls it once the first
-// rebuild has been launched (the main thread then only waits on the child) or the first pass has
-// ended, whichever comes first; a scrape before that loads it on demand. Loading is CPU work on
-// the main thread, so doing it "in parallel" with the first pass would still delay the launch.
+// prom-client is imported at the first scrape, and not before. Measured on the project's machines,
+// `import('prom-client')` costs 60–150 ms, about as much as `node -e 0` itself, and once loaded it
+// stays: its modules, the cluster, perf_hooks and worker_threads built-ins it requires, and the
+// registry (~2.5 MiB of an idle daemon's resident memory on Node 22, `npm run bench -- watch`).
+// Many fleets never scrape an instance. Until then the recorder below keeps what it is told as
+// plain values (MetricsTally): exact, and as small after a year as after a minute.
 import { readFile } from 'node:fs/promises';
 import type * as Prom from 'prom-client';
 import type { AgentError } from '../errors.js';
@@ -27,8 +26,95 @@ const RESTING: ReadonlySet<StatusPhase> = new Set<StatusPhase>(['idle', 'held', 
 const REBUILD_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600];
 const PHASE_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600];
 const PASS_BUCKETS = [0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600];
-/** Before prom-client is loaded, at most this many counted events are kept (gauges keep only the latest Status). */
-const MAX_PENDING = 1000;
+type Labels = Readonly<Record<string, string>>;
+/** The agent's counters and histograms, by name. */
+type CounterName = 'passes' | 'rollbacks' | 'fetchErrors' | 'hookRuns' | 'lifecycleCompletions' | 'lifecycleHeartbeats';
+type HistogramName = 'passDuration' | 'phaseDuration' | 'rebuildDuration' | 'hookDuration';
+const BUCKETS: Readonly<Record<HistogramName, readonly number[]>> = {
+  passDuration: PASS_BUCKETS,
+  phaseDuration: PHASE_BUCKETS,
+  rebuildDuration: REBUILD_BUCKETS,
+  hookDuration: PASS_BUCKETS,
+};
+
+/** Where counts and observations go: the tally until prom-client is loaded, its metrics after. */
+interface Sink {
+  inc(name: CounterName, labels?: Labels, by?: number): void;
+  observe(name: HistogramName, labels: Labels, value: number): void;
+}
+
+/**
+ * The bucket a histogram puts `value` in, as prom-client finds it (lib/histogram.js `findBound`):
+ * the first upper bound at or above it, or `bounds.length` for +Inf.
+ */
+export function bucketOf(bounds: readonly number[], value: number): number {
+  const i = bounds.findIndex((bound) => value <= bound);
+  return i === -1 ? bounds.length : i;
+}
+
+/**
+ * Counts and observations before prom-client is loaded: each counter's total, and each histogram's
+ * count and sum in every bucket, for each label set. Label values are small closed sets, so it
+ * holds a few hundred numbers however long the daemon runs unscraped.
+ */
+export class MetricsTally implements Sink {
+  private counters = new Map<string, { name: CounterName; labels: Labels; total: number }>();
+  private histograms = new Map<string, { name: HistogramName; labels: Labels; counts: number[]; sums: number[] }>();
+
+  inc(name: CounterName, labels: Labels = {}, by = 1): void {
+    const key = seriesKey(name, labels);
+    const counter = this.counters.get(key);
+    if (counter) counter.total += by;
+    else this.counters.set(key, { name, labels, total: by });
+  }
+
+  observe(name: HistogramName, labels: Labels, value: number): void {
+    // prom-client refuses these too.
+    if (!Number.isFinite(value)) return;
+    const key = seriesKey(name, labels);
+    let h = this.histograms.get(key);
+    if (!h) {
+      const n = BUCKETS[name].length + 1;
+      h = { name, labels, counts: new Array<number>(n).fill(0), sums: new Array<number>(n).fill(0) };
+      this.histograms.set(key, h);
+    }
+    const i = bucketOf(BUCKETS[name], value);
+    h.counts[i] = (h.counts[i] as number) + 1;
+    h.sums[i] = (h.sums[i] as number) + value;
+  }
+
+  /**
+   * Hands everything kept to `sink` and forgets it. A bucket's observations go as that many of
+   * their mean, which lies in the same bucket: every bucket's count, and the sum up to rounding,
+   * come out as they were observed.
+   */
+  drainInto(sink: Sink): void {
+    for (const c of this.counters.values()) sink.inc(c.name, c.labels, c.total);
+    for (const h of this.histograms.values()) {
+      const bounds = BUCKETS[h.name];
+      h.counts.forEach((count, i) => {
+        if (count === 0) return;
+        const value = withinBucket(bounds, i, (h.sums[i] as number) / count);
+        for (let k = 0; k < count; k++) sink.observe(h.name, h.labels, value);
+      });
+    }
+    this.counters = new Map();
+    this.histograms = new Map();
+  }
+}
+
+function seriesKey(name: string, labels: Labels): string {
+  return [name, ...Object.entries(labels).flat()].join('\0');
+}
+
+/** `value` moved into bucket `i` of `bounds` if rounding took it out: (bounds[i-1], bounds[i]]. */
+function withinBucket(bounds: readonly number[], i: number, value: number): number {
+  const upper = bounds[i] ?? Infinity;
+  const lower = bounds[i - 1] ?? -Infinity;
+  if (value > upper) return upper;
+  if (value <= lower) return lower + Math.max(Number.MIN_VALUE, Math.abs(lower) * Number.EPSILON);
+  return value;
+}
 
 export type HookOutcome = 'ok' | 'failed' | 'timed-out';
 export type LifecycleResult = 'CONTINUE' | 'ABANDON';
@@ -73,8 +159,6 @@ export function fetchErrorOf(error: AgentError | undefined): { source: string; c
   return { source, code: code.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64) };
 }
 
-type Op = (m: PromMetrics) => void;
-
 export interface MetricsOptions {
   readonly clock: Clock;
   /** The agent's version for build_info; read from the package's package.json when absent. */
@@ -91,9 +175,8 @@ export class AgentMetrics {
   private readonly phases: PhaseTimer;
   private prom: PromMetrics | undefined;
   private loading: Promise<PromMetrics> | undefined;
-  private pending: Op[] = [];
+  private readonly tally = new MetricsTally();
   private latest: Status | undefined;
-  private dropped = 0;
   private lastPhase: StatusPhase | undefined;
 
   constructor(private readonly options: MetricsOptions) {
@@ -104,15 +187,21 @@ export class AgentMetrics {
     return this.prom !== undefined;
   }
 
+  private get sink(): Sink {
+    return this.prom ?? this.tally;
+  }
+
   /** Feed every Status; returns the phase that ended, if any, so the caller can log it. */
   observe(status: Status): PhaseEnd | undefined {
     const ended = this.phases.observe(status);
     this.latest = status;
     if (ended) {
-      const { phase, durationMs } = ended;
-      this.record((m) => m.phaseEnded(phase, durationMs));
+      const seconds = ended.durationMs / 1000;
+      this.sink.observe('phaseDuration', { phase: ended.phase }, seconds);
+      if (ended.phase === 'building') this.sink.observe('rebuildDuration', { step: 'build' }, seconds);
+      if (ended.phase === 'activating') this.sink.observe('rebuildDuration', { step: 'activate' }, seconds);
     }
-    if (status.phase === 'rolling-back' && this.lastPhase !== 'rolling-back') this.record((m) => m.rollbacks.inc());
+    if (status.phase === 'rolling-back' && this.lastPhase !== 'rolling-back') this.sink.inc('rollbacks');
     this.lastPhase = status.phase;
     this.prom?.setStatus(status);
     return ended;
@@ -121,31 +210,27 @@ export class AgentMetrics {
   /** One converge pass ended. */
   recordPass(result: PassResult, durationMs: number): void {
     const fetch = fetchErrorOf(result.error);
-    this.record((m) => {
-      m.passes.inc({ outcome: result.outcome });
-      m.passDuration.observe({ outcome: result.outcome }, durationMs / 1000);
-      if (fetch) m.fetchErrors.inc(fetch);
-    });
+    this.sink.inc('passes', { outcome: result.outcome });
+    this.sink.observe('passDuration', { outcome: result.outcome }, durationMs / 1000);
+    if (fetch) this.sink.inc('fetchErrors', fetch);
   }
 
   recordHook(outcome: HookOutcome, durationMs: number): void {
-    this.record((m) => {
-      m.hookRuns.inc({ result: outcome });
-      m.hookDuration.observe(durationMs / 1000);
-    });
+    this.sink.inc('hookRuns', { result: outcome });
+    this.sink.observe('hookDuration', {}, durationMs / 1000);
   }
 
   /** For the Auto Scaling lifecycle reporter: the launch hook was completed with this result. */
   lifecycleCompleted(result: LifecycleResult): void {
-    this.record((m) => m.lifecycleCompletions.inc({ result }));
+    this.sink.inc('lifecycleCompletions', { result });
   }
 
   /** For the Auto Scaling lifecycle reporter: a heartbeat was sent. */
   heartbeat(): void {
-    this.record((m) => m.lifecycleHeartbeats.inc());
+    this.sink.inc('lifecycleHeartbeats');
   }
 
-  /** Imports prom-client and creates the metrics; idempotent. */
+  /** Imports prom-client and creates the metrics from the tally; idempotent. */
   load(): Promise<void> {
     this.loading ??= (async () => {
       const [prom, version] = await Promise.all([
@@ -153,9 +238,7 @@ export class AgentMetrics {
         this.options.version !== undefined ? Promise.resolve(this.options.version) : packageVersion(),
       ]);
       const metrics = new PromMetrics(prom, version);
-      for (const op of this.pending) op(metrics);
-      this.pending = [];
-      if (this.dropped) metrics.droppedEvents.inc(this.dropped);
+      this.tally.drainInto(metrics);
       if (this.latest) metrics.setStatus(this.latest);
       this.prom = metrics;
       return metrics;
@@ -169,29 +252,13 @@ export class AgentMetrics {
     const prom = this.prom as PromMetrics;
     return { contentType: prom.registry.contentType, body: await prom.registry.metrics() };
   }
-
-  private record(op: Op): void {
-    if (this.prom) {
-      op(this.prom);
-      return;
-    }
-    if (this.pending.length >= MAX_PENDING) {
-      this.dropped++;
-      return;
-    }
-    this.pending.push(op);
-  }
 }
 
 /** The prom-client side: one Registry, every metric registered in it alone. */
-class PromMetrics {
+class PromMetrics implements Sink {
   readonly registry: Prom.Registry;
-  readonly passes: Prom.Counter<'outcome'>;
-  readonly passDuration: Prom.Histogram<'outcome'>;
-  readonly phaseDuration: Prom.Histogram<'phase'>;
-  readonly rebuildDuration: Prom.Histogram<'step'>;
-  readonly rollbacks: Prom.Counter;
-  readonly fetchErrors: Prom.Counter<'source' | 'code'>;
+  private readonly counters: Record<CounterName, Prom.Counter>;
+  private readonly histograms: Record<HistogramName, Prom.Histogram>;
   readonly lastSuccess: Prom.Gauge;
   readonly runningGeneration: Prom.Gauge;
   readonly desiredInfo: Prom.Gauge<'hash'>;
@@ -205,11 +272,6 @@ class PromMetrics {
   readonly rolloutInfo: Prom.Gauge<'prefix' | 'candidate' | 'state' | 'takes' | 'reason'>;
   readonly rolloutPercent: Prom.Gauge<'prefix'>;
   readonly rolloutFailures: Prom.Gauge<'prefix'>;
-  readonly hookRuns: Prom.Counter<'result'>;
-  readonly hookDuration: Prom.Histogram;
-  readonly lifecycleCompletions: Prom.Counter<'result'>;
-  readonly lifecycleHeartbeats: Prom.Counter;
-  readonly droppedEvents: Prom.Counter;
   private desiredHash: string | undefined;
   private running: { hash: string; store_path: string } | undefined;
 
@@ -219,13 +281,24 @@ class PromMetrics {
     const registers = [registry];
     const n = (name: string) => `${METRIC_PREFIX}${name}`;
 
-    this.passes = new prom.Counter({ name: n('converge_passes_total'), help: 'Converge passes, by outcome.', labelNames: ['outcome'], registers });
-    for (const outcome of OUTCOMES) this.passes.inc({ outcome }, 0);
-    this.passDuration = new prom.Histogram({ name: n('converge_pass_duration_seconds'), help: 'How long a converge pass took, by outcome.', labelNames: ['outcome'], buckets: PASS_BUCKETS, registers });
-    this.phaseDuration = new prom.Histogram({ name: n('phase_duration_seconds'), help: 'How long each phase of a pass took (fetching, rendering, building, activating, verifying, committing, rolling-back).', labelNames: ['phase'], buckets: PHASE_BUCKETS, registers });
-    this.rebuildDuration = new prom.Histogram({ name: n('rebuild_duration_seconds'), help: 'How long the rebuild steps took: build (nixos-rebuild build) and activate (switch-to-configuration test, or nixos-rebuild switch).', labelNames: ['step'], buckets: REBUILD_BUCKETS, registers });
-    this.rollbacks = new prom.Counter({ name: n('rollbacks_total'), help: 'Rollbacks to the last good generation (after a failed activation or verification, or asked by an operator).', registers });
-    this.fetchErrors = new prom.Counter({ name: n('source_fetch_errors_total'), help: 'Passes that failed to read a source, by source (imds, ssm) and error code.', labelNames: ['source', 'code'], registers });
+    const counter = (name: string, help: string, labelNames: readonly string[] = []) => new prom.Counter({ name: n(name), help, labelNames, registers });
+    const histogram = (name: string, help: string, buckets: readonly number[], labelNames: readonly string[] = []) =>
+      new prom.Histogram({ name: n(name), help, labelNames, buckets: [...buckets], registers });
+    this.counters = {
+      passes: counter('converge_passes_total', 'Converge passes, by outcome.', ['outcome']),
+      rollbacks: counter('rollbacks_total', 'Rollbacks to the last good generation (after a failed activation or verification, or asked by an operator).'),
+      fetchErrors: counter('source_fetch_errors_total', 'Passes that failed to read a source, by source (imds, ssm) and error code.', ['source', 'code']),
+      hookRuns: counter('post_converge_command_runs_total', 'Runs of the post-convergence command, by result (ok, failed, timed-out).', ['result']),
+      lifecycleCompletions: counter('lifecycle_hook_completions_total', 'Auto Scaling launch lifecycle hook completions, by result (CONTINUE, ABANDON).', ['result']),
+      lifecycleHeartbeats: counter('lifecycle_hook_heartbeats_total', 'Auto Scaling lifecycle hook heartbeats sent.'),
+    };
+    for (const outcome of OUTCOMES) this.counters.passes.inc({ outcome }, 0);
+    this.histograms = {
+      passDuration: histogram('converge_pass_duration_seconds', 'How long a converge pass took, by outcome.', BUCKETS.passDuration, ['outcome']),
+      phaseDuration: histogram('phase_duration_seconds', 'How long each phase of a pass took (fetching, rendering, building, activating, verifying, committing, rolling-back).', BUCKETS.phaseDuration, ['phase']),
+      rebuildDuration: histogram('rebuild_duration_seconds', 'How long the rebuild steps took: build (nixos-rebuild build) and activate (switch-to-configuration test, or nixos-rebuild switch).', BUCKETS.rebuildDuration, ['step']),
+      hookDuration: histogram('post_converge_command_duration_seconds', 'How long the post-convergence command ran.', BUCKETS.hookDuration),
+    };
     this.lastSuccess = new prom.Gauge({ name: n('last_success_timestamp_seconds'), help: 'When a pass last ended converged (Unix time).', registers });
     this.runningGeneration = new prom.Gauge({ name: n('running_generation'), help: 'The system profile generation number of the running system.', registers });
     this.desiredInfo = new prom.Gauge({ name: n('desired_info'), help: 'The desired state last read from the sources (value 1).', labelNames: ['hash'], registers });
@@ -239,11 +312,6 @@ class PromMetrics {
     this.rolloutInfo = new prom.Gauge({ name: n('rollout_info'), help: 'Each progressive rollout in the sources (value 1): its state (staged, progressing, baking, complete, halted, invalid), why it halted, and whether this instance takes the candidate.', labelNames: ['prefix', 'candidate', 'state', 'takes', 'reason'], registers });
     this.rolloutPercent = new prom.Gauge({ name: n('rollout_percent'), help: 'The share of the fleet a rollout covers now, by its schedule.', labelNames: ['prefix'], registers });
     this.rolloutFailures = new prom.Gauge({ name: n('rollout_failures'), help: 'Failure records against a rollout\'s candidate, as this instance last read them.', labelNames: ['prefix'], registers });
-    this.hookRuns = new prom.Counter({ name: n('post_converge_command_runs_total'), help: 'Runs of the post-convergence command, by result (ok, failed, timed-out).', labelNames: ['result'], registers });
-    this.hookDuration = new prom.Histogram({ name: n('post_converge_command_duration_seconds'), help: 'How long the post-convergence command ran.', buckets: PASS_BUCKETS, registers });
-    this.lifecycleCompletions = new prom.Counter({ name: n('lifecycle_hook_completions_total'), help: 'Auto Scaling launch lifecycle hook completions, by result (CONTINUE, ABANDON).', labelNames: ['result'], registers });
-    this.lifecycleHeartbeats = new prom.Counter({ name: n('lifecycle_hook_heartbeats_total'), help: 'Auto Scaling lifecycle hook heartbeats sent.', registers });
-    this.droppedEvents = new prom.Counter({ name: n('metrics_dropped_events_total'), help: 'Events not counted because too many arrived before the metrics were loaded.', registers });
     new prom.Gauge({ name: n('build_info'), help: 'The agent\'s version (value 1).', labelNames: ['version', 'node_version'], registers }).set({ version, node_version: process.version }, 1);
     new prom.Gauge({ name: n('start_time_seconds'), help: 'When the agent process started (Unix time).', registers }).set(Math.round((Date.now() - performance.now()) / 1000));
     // The one process metric worth its cost; prom-client's default collectors add an event-loop
@@ -258,11 +326,12 @@ class PromMetrics {
     });
   }
 
-  phaseEnded(phase: StatusPhase, durationMs: number): void {
-    const seconds = durationMs / 1000;
-    this.phaseDuration.observe({ phase }, seconds);
-    if (phase === 'building') this.rebuildDuration.observe({ step: 'build' }, seconds);
-    if (phase === 'activating') this.rebuildDuration.observe({ step: 'activate' }, seconds);
+  inc(name: CounterName, labels: Labels = {}, by = 1): void {
+    this.counters[name].inc(labels, by);
+  }
+
+  observe(name: HistogramName, labels: Labels, value: number): void {
+    this.histograms[name].observe(labels, value);
   }
 
   setStatus(s: Status): void {

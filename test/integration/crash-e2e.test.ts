@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import { LiveDaemon } from '../support/daemon.js';
 import { Instance, isAlive, killTree, processes, markerModule, unparsableNixFiles, waitFor, type DurableStateJson } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
@@ -128,40 +129,55 @@ describe('killed and restarted at each phase', { concurrency: true }, () => {
 
   // The unit's KillMode=process: a stop, a restart or a crash ends the agent alone, and the build it
   // had started runs on. The next agent's build stops it; its result is never taken for the new one.
-  test('building, the agent alone killed: the next build stops the one left running and builds what the sources say now', async () => {
-    await withGoodInstance({}, async (i) => {
-      i.put('/nixos/fleet/modules/slow', markerModule('sandbox-hang'));
-      const run = i.start(['converge', '--once', '--json']);
-      const builds = i.file('var/lib/nixos-ec2-agent/build');
-      let stray: number | undefined;
-      try {
-        // Killed once the build has printed its last line and hangs: a build writing to the pipe of
-        // an agent that is gone dies of it, as nix-build does at its next line of output.
-        let output = '';
-        run.child.stderr?.on('data', (c: Buffer) => (output += c.toString('utf8')));
-        await waitFor('the build to hang', async () => (output.includes("building '") ? true : undefined), 45_000, 2);
-        stray = await waitFor('the build process', () => buildLeaderWithin(builds), 45_000, 2);
-        process.kill(run.child.pid as number, 'SIGKILL');
-        assert.equal((await run.done).signal, 'SIGKILL');
-        assert.ok(isAlive(stray), 'the build outlived its agent');
+  // Once restarted as `converge --once`, and once as the unit restarts it: the daemon.
+  for (const restart of ['converge --once', 'run'] as const) {
+    test(`building, the agent alone killed: the next build (${restart}) stops the one left running and builds what the sources say now`, async () => {
+      await withGoodInstance({}, async (i) => {
+        i.put('/nixos/fleet/modules/slow', markerModule('sandbox-hang'));
+        const run = i.start(['converge', '--once', '--json']);
+        const builds = i.file('var/lib/nixos-ec2-agent/build');
+        let stray: number | undefined;
+        try {
+          // Killed once the build has printed its last line and hangs: a build writing to the pipe of
+          // an agent that is gone dies of it, as nix-build does at its next line of output.
+          let output = '';
+          run.child.stderr?.on('data', (c: Buffer) => (output += c.toString('utf8')));
+          await waitFor('the build to hang', async () => (output.includes("building '") ? true : undefined), 45_000, 2);
+          stray = await waitFor('the build process', () => buildLeaderWithin(builds), 45_000, 2);
+          process.kill(run.child.pid as number, 'SIGKILL');
+          assert.equal((await run.done).signal, 'SIGKILL');
+          assert.ok(isAlive(stray), 'the build outlived its agent');
 
-        i.put('/nixos/fleet/modules/slow', '{ ... }:\n{\n  users.motd = "fixed";\n}\n');
-        const again = await i.converge();
-        assert.equal(again.code, 0, again.stderr);
-        assert.equal(again.status.lastResult?.outcome, 'converged');
-        const stopped = (await i.logEvents()).find((e) => e.event === 'build.stray-stopped');
-        assert.deepEqual(stopped?.processGroups, [stray], 'the build the killed agent left was stopped');
-        await waitFor('the stopped build to end', async () => (isAlive(stray as number) ? undefined : true), 60_000, 10);
-        assert.equal((await readdir(builds)).length, 1, "one build's directory is left: the last one");
-        const state = await assertConsistent(i);
-        assert.equal(state.running?.storePath, await i.running());
-        assert.match(await i.configuration(), /modules\/slow\.nix/);
-      } finally {
-        if (stray !== undefined && isAlive(stray)) process.kill(-stray, 'SIGKILL');
-        if (run.child.exitCode === null && run.child.signalCode === null) await killTree(run.child.pid as number);
-      }
+          i.put('/nixos/fleet/modules/slow', '{ ... }:\n{\n  users.motd = "fixed";\n}\n');
+          let events: readonly Record<string, unknown>[];
+          if (restart === 'run') {
+            const daemon = LiveDaemon.start(i);
+            try {
+              assert.equal((await daemon.passAfter(0)).outcome, 'converged');
+            } finally {
+              await daemon.stop();
+            }
+            events = daemon.log.events;
+          } else {
+            const again = await i.converge();
+            assert.equal(again.code, 0, again.stderr);
+            assert.equal(again.status.lastResult?.outcome, 'converged');
+            events = await i.logEvents();
+          }
+          const stopped = events.find((e) => e.event === 'build.stray-stopped');
+          assert.deepEqual(stopped?.processGroups, [stray], 'the build the killed agent left was stopped');
+          await waitFor('the stopped build to end', async () => (isAlive(stray as number) ? undefined : true), 60_000, 10);
+          assert.equal((await readdir(builds)).length, 1, "one build's directory is left: the last one");
+          const state = await assertConsistent(i);
+          assert.equal(state.running?.storePath, await i.running());
+          assert.match(await i.configuration(), /modules\/slow\.nix/);
+        } finally {
+          if (stray !== undefined && isAlive(stray)) process.kill(-stray, 'SIGKILL');
+          if (run.child.exitCode === null && run.child.signalCode === null) await killTree(run.child.pid as number);
+        }
+      });
     });
-  });
+  }
 
   test('activating: finished or rolled back, never half done', async () => {
     await withGoodInstance({}, async (i, goodRunning) => {

@@ -15,8 +15,9 @@ export class LiveDaemon {
     void run.done.then(() => (this.exited = true));
   }
 
-  static start(i: Instance): LiveDaemon {
-    return new LiveDaemon(i, i.start(['run']));
+  /** `run` on `i`, with `env` added to the agent's environment. */
+  static start(i: Instance, env: Record<string, string> = {}): LiveDaemon {
+    return new LiveDaemon(i, i.start(['run'], env));
   }
 
   get alive(): boolean {
@@ -58,16 +59,16 @@ export class LiveDaemon {
 
 /** A fresh instance whose daemon has ended its first pass converged; stopped and removed after. */
 export async function withDaemon(
-  options: InstanceOptions & { beforeStart?: (i: Instance) => Promise<void> },
+  options: InstanceOptions & { beforeStart?: (i: Instance) => Promise<void>; env?: Record<string, string> },
   body: (d: LiveDaemon, i: Instance) => Promise<void>,
 ): Promise<void> {
-  const { beforeStart, ...launch } = options;
+  const { beforeStart, env, ...launch } = options;
   const i = await Instance.launch({
     ...launch,
     config: deepMerge({ ssm: { pollIntervalSeconds: 3600 }, watch: { quietPeriodMs: 50 } }, options.config ?? {}),
   });
   await beforeStart?.(i);
-  const d = LiveDaemon.start(i);
+  const d = LiveDaemon.start(i, env);
   try {
     const first = await d.passAfter(0);
     if (first.outcome !== 'converged') throw new Error(`the first pass ended ${String(first.outcome)}: ${JSON.stringify(first)}`);

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
 import { ApplyFailedError, ImdsDisabledError, InvalidInputError, TransientError } from '../../agent/errors.js';
 import { mapSsmError } from '../../agent/sources/ssm.js';
-import { AgentMetrics, fetchErrorOf, PhaseTimer } from '../../agent/report/metrics.js';
+import { AgentMetrics, fetchErrorOf, MetricsTally, PhaseTimer } from '../../agent/report/metrics.js';
 import { startingStatus, type Status } from '../../agent/status.js';
 import { ManualClock } from '../support/clock.js';
 
@@ -199,7 +200,7 @@ describe('AgentMetrics', () => {
     assert.equal(value(samples, 'nixos_ec2_agent_lifecycle_hook_heartbeats_total'), 2);
   });
 
-  it('loads prom-client only when asked, keeping what it was told before', async () => {
+  it('loads prom-client only when asked, having kept everything it was told before', async () => {
     let imports = 0;
     const metrics = new AgentMetrics({
       clock: new ManualClock(0),
@@ -209,6 +210,8 @@ describe('AgentMetrics', () => {
         return import('prom-client');
       },
     });
+    // A day of polls at the default interval, unscraped: nothing is dropped.
+    for (let k = 0; k < 1_440; k++) metrics.recordPass({ outcome: 'unchanged' }, 50);
     metrics.recordPass({ outcome: 'converged' }, 1);
     metrics.observe(status({ condition: 'failed', noGoodGeneration: true }));
     assert.equal(imports, 0);
@@ -217,7 +220,70 @@ describe('AgentMetrics', () => {
     assert.equal(imports, 1, 'loaded once');
     const { samples } = await scrape(metrics);
     assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'converged' }), 1);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'unchanged' }), 1_440);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_pass_duration_seconds_bucket', { outcome: 'unchanged', le: '0.1' }), 1_440);
     assert.equal(value(samples, 'nixos_ec2_agent_no_good_generation'), 1);
+  });
+
+  it('exports the same counts and buckets, and sums up to rounding, whether prom-client was loaded before the events or after', async () => {
+    const outcome = fc.constantFrom('converged', 'unchanged', 'failed', 'rolled-back');
+    // Durations on and beside the buckets' bounds, and far past the last.
+    const ms = fc.oneof(fc.integer({ min: 0, max: 4_000_000 }), fc.constantFrom(...[0.01, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600].flatMap((s) => [s * 1000, s * 1000 + 1])));
+    const event = fc.oneof(
+      fc.record({ kind: fc.constant('pass' as const), outcome, ms, imds: fc.boolean() }),
+      fc.record({ kind: fc.constant('hook' as const), result: fc.constantFrom('ok' as const, 'failed' as const, 'timed-out' as const), ms }),
+      fc.record({ kind: fc.constant('phase' as const), phase: fc.constantFrom('fetching' as const, 'building' as const, 'activating' as const, 'rolling-back' as const, 'idle' as const), ms }),
+      fc.record({ kind: fc.constant('lifecycle' as const), result: fc.constantFrom('CONTINUE' as const, 'ABANDON' as const) }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(event, { maxLength: 200 }), async (events) => {
+        const feed = (metrics: AgentMetrics, clock: ManualClock) => {
+          for (const e of events) {
+            if (e.kind === 'pass') metrics.recordPass({ outcome: e.outcome, ...(e.imds ? { error: new TransientError('IMDS answered 503', 'imds', { status: 503 }) } : {}) }, e.ms);
+            else if (e.kind === 'hook') metrics.recordHook(e.result, e.ms);
+            else if (e.kind === 'lifecycle') (metrics.lifecycleCompleted(e.result), metrics.heartbeat());
+            else {
+              metrics.observe(status({ phase: e.phase }));
+              clock.advance(e.ms);
+            }
+          }
+        };
+        const [early, late] = [new ManualClock(0), new ManualClock(0)];
+        const loadedFirst = new AgentMetrics({ clock: early, version: 'test' });
+        await loadedFirst.load();
+        feed(loadedFirst, early);
+        const tallied = new AgentMetrics({ clock: late, version: 'test' });
+        feed(tallied, late);
+        const [a, b] = [(await scrape(loadedFirst)).samples, (await scrape(tallied)).samples];
+        const key = (s: Sample) => `${s.name}${JSON.stringify(Object.entries(s.labels).sort())}`;
+        const other = new Map(b.map((s) => [key(s), s.value]));
+        assert.deepEqual([...other.keys()].sort(), a.map(key).sort(), 'the same series');
+        for (const s of a) {
+          const v = other.get(key(s)) as number;
+          if (s.name.endsWith('_sum')) assert.ok(Math.abs(v - s.value) <= 1e-9 * Math.max(1, Math.abs(s.value)), `${key(s)}: ${v} against ${s.value}`);
+          else if (!/_(start_time_seconds|resident_memory_bytes)$/.test(s.name)) assert.equal(v, s.value, key(s));
+        }
+      }),
+      { numRuns: 150 },
+    );
+  });
+
+  it('replays each bucket into the same bucket, rounding notwithstanding', () => {
+    const nextUp = (x: number) => {
+      const bits = new BigUint64Array(new Float64Array([x]).buffer);
+      bits[0] = (bits[0] as bigint) + 1n;
+      return new Float64Array(bits.buffer)[0] as number;
+    };
+    const tally = new MetricsTally();
+    // 0.1 + 0.1 + 0.1 is 0.30000000000000004, whose third is above 0.1; seven of the next number
+    // above 0.1 add up to a mean at 0.1, the bound below them.
+    for (let k = 0; k < 3; k++) tally.observe('passDuration', { outcome: 'at' }, 0.1);
+    for (let k = 0; k < 7; k++) tally.observe('passDuration', { outcome: 'above' }, nextUp(0.1));
+    const replayed: { outcome: string; value: number }[] = [];
+    tally.drainInto({ inc: () => {}, observe: (_name, labels, v) => replayed.push({ outcome: labels.outcome as string, value: v }) });
+    assert.equal(replayed.length, 10);
+    for (const r of replayed) assert.ok(r.outcome === 'at' ? r.value <= 0.1 : r.value > 0.1, JSON.stringify(r));
+    tally.drainInto({ inc: () => assert.fail('drained'), observe: () => assert.fail('drained') });
   });
 
   it('keeps each agent in its own registry, never the global one', async () => {
