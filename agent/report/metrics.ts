@@ -6,7 +6,7 @@
 // prom-client is imported at the first scrape, and not before. Measured on the project's machines,
 // `import('prom-client')` costs 60–150 ms, about as much as `node -e 0` itself, and once loaded it
 // stays: its modules, the cluster, perf_hooks and worker_threads built-ins it requires, and the
-// registry (~2.5 MiB of an idle daemon's resident memory on Node 22, `npm run bench -- watch`).
+// registry (~2 MiB of an idle daemon's resident memory, `npm run bench -- watch`).
 // Many fleets never scrape an instance. Until then the recorder below keeps what it is told as
 // plain values (MetricsTally): exact, and as small after a year as after a minute.
 import { readFile } from 'node:fs/promises';

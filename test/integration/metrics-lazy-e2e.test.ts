@@ -1,5 +1,5 @@
 // prom-client stays unloaded in a daemon nobody scrapes (agent/report/metrics.ts): its modules and
-// registry are ~2.5 MiB of an idle daemon's resident memory. Its default-metrics modules require
+// registry are ~2 MiB of an idle daemon's resident memory. Its default-metrics modules require
 // node:perf_hooks when prom-client loads, and nothing else in the agent does, so a preload that
 // records the built-ins the bundle asks process.getBuiltinModule for sees when it loads.
 import assert from 'node:assert/strict';
