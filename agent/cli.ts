@@ -63,11 +63,14 @@ function lateV8Flags(): void {
 const V8_FLAG = /^--[a-z][a-z0-9_-]*(=[A-Za-z0-9_.:+-]+)?$/;
 
 /**
- * The built-ins the SSM client (the AWS SDK: SigV4, its HTTPS handler, its streams) loads on the
- * first pass. With SSM on they are loaded anyway; loaded before the late flags, they come from the
- * code cache too.
+ * What the SSM client (the AWS SDK: SigV4, its HTTPS handler, its checksums) loads on the first
+ * pass: these built-ins, and Node's web streams and Web Crypto, which load at the first read of the
+ * globals the SDK's stream checks and request ids read. With SSM on they are loaded anyway; loaded
+ * before the late flags, they come from the code cache too. Nothing more: node:stream/web, once on
+ * this list, brought Node's compression, encoding and transform streams, which the SDK never reads.
  */
-const SSM_BUILTINS = ['node:https', 'node:crypto', 'node:zlib', 'node:stream/web'] as const;
+const SSM_BUILTINS = ['node:https', 'node:crypto', 'node:zlib', 'node:process'] as const;
+const SSM_GLOBALS = ['ReadableStream', 'crypto'] as const;
 
 /**
  * A command's module, loaded with everything it imports (and what the configured sources will
@@ -75,7 +78,10 @@ const SSM_BUILTINS = ['node:https', 'node:crypto', 'node:zlib', 'node:stream/web
  */
 async function load<T>(module: Promise<T>, config?: Config): Promise<T> {
   const loaded = await module;
-  if (config?.ssm.enabled) for (const id of SSM_BUILTINS) process.getBuiltinModule(id);
+  if (config?.ssm.enabled) {
+    for (const id of SSM_BUILTINS) process.getBuiltinModule(id);
+    for (const name of SSM_GLOBALS) void (globalThis as Record<string, unknown>)[name];
+  }
   lateV8Flags();
   return loaded;
 }

@@ -71,21 +71,34 @@ const lighterPinoBuiltins = {
   },
 };
 
-// Node 22's node:http carries lazy getters for undici's WebSocket, CloseEvent and MessageEvent, and
-// an ES module import of a built-in reads every export: `import … from 'node:http'` loads undici,
-// which compiles its HTTP parser as WebAssembly as it loads: time at every start on Node 22, the
-// Nix package's runtime, and under --lite-mode or --jitless (no WebAssembly; the wrapper once ran
-// node with --lite-mode) the process died at its first HTTP import. The bundle takes node:http from
-// process.getBuiltinModule instead, reading these names only (a name the code imports and this
-// list lacks fails the build).
-const HTTP_EXPORTS = ['Agent', 'ClientRequest', 'IncomingMessage', 'OutgoingMessage', 'Server', 'ServerResponse', 'METHODS', 'STATUS_CODES', 'createServer', 'get', 'request', 'validateHeaderName', 'validateHeaderValue'];
-const httpWithoutWebSocket = {
-  name: 'http-without-websocket',
+// An ES module import of a built-in reads every one of its exports as Node makes the module's
+// facade, and some exports are lazy getters that load more of Node:
+// - node:http (Node 22) has undici's WebSocket, CloseEvent and MessageEvent: `import … from
+//   'node:http'` loaded undici, which compiles its HTTP parser as WebAssembly as it loads, at every
+//   start on Node 22, the Nix package's runtime; under --lite-mode or --jitless (no WebAssembly;
+//   the wrapper once ran node with --lite-mode) the process died at its first HTTP import;
+// - node:process has `report` and `finalization`, node:util `parseArgs`, `MIMEType` and, on
+//   Node 22, what brings worker_threads and util's diff: imported by the AWS SDK (its user agent,
+//   the credential chain's process provider), they loaded Node's diagnostic report, worker_threads
+//   and a dozen more of Node's modules into the idle daemon, compiled after the late V8 flags
+//   (agent/cli.ts) without their code cache;
+// - node:net has `BlockList` and `SocketAddress`.
+// The bundle takes these built-ins from process.getBuiltinModule instead, reading only the names
+// listed (a name the code imports and its list lacks fails the build).
+const FACADES = {
+  http: ['Agent', 'ClientRequest', 'IncomingMessage', 'OutgoingMessage', 'Server', 'ServerResponse', 'METHODS', 'STATUS_CODES', 'createServer', 'get', 'request', 'validateHeaderName', 'validateHeaderValue'],
+  process: ['env', 'versions'],
+  util: ['promisify'],
+  net: [],
+};
+const builtinFacades = {
+  name: 'builtin-facades',
   setup(b) {
-    b.onResolve({ filter: /^(node:)?http$/ }, (a) => (a.kind === 'require-call' ? undefined : { path: 'node:http', namespace: 'http-without-websocket' }));
-    b.onLoad({ filter: /.*/, namespace: 'http-without-websocket' }, () => ({
+    const names = Object.keys(FACADES).join('|');
+    b.onResolve({ filter: new RegExp(`^(node:)?(${names})$`) }, (a) => (a.kind === 'require-call' ? undefined : { path: a.path.replace(/^node:/, ''), namespace: 'builtin-facades' }));
+    b.onLoad({ filter: /.*/, namespace: 'builtin-facades' }, (a) => ({
       loader: 'js',
-      contents: `const http = process.getBuiltinModule('node:http');\nexport default http;\nexport const { ${HTTP_EXPORTS.join(', ')} } = http;\n`,
+      contents: `const m = process.getBuiltinModule('node:${a.path}');\nexport default m;\n${FACADES[a.path].length ? `export const { ${FACADES[a.path].join(', ')} } = m;\n` : ''}`,
     }));
   },
 };
@@ -141,7 +154,7 @@ const result = await build({
   legalComments: 'eof',
   logLevel: 'warning',
   metafile: true,
-  plugins: [noPinoTransport, lighterPinoBuiltins, httpWithoutWebSocket, zodUnbound],
+  plugins: [noPinoTransport, lighterPinoBuiltins, builtinFacades, zodUnbound],
 });
 // The shebang esbuild kept from cli.ts belongs to the bin only.
 await chmod(out + bundle, 0o644);

@@ -30,15 +30,21 @@ ChildProcess.prototype.spawn = function (options) {
 
 // Records what is loaded when the agent sets the launch's late V8 flags (agent/cli.ts): it imports
 // neither child_process nor http itself, so what it finds, the agent loaded.
+// At exit it adds what was loaded after the flags: Node's modules compiled without their code cache.
 const FLAGS_PRELOAD = `
 import { writeFileSync } from 'node:fs';
 import v8 from 'node:v8';
 const set = v8.setFlagsFromString;
+const builtins = () => process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length));
+let seen;
 v8.setFlagsFromString = function (flags) {
-  const loaded = process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length));
-  writeFileSync(process.env.RECORD, JSON.stringify({ flags, loaded }));
+  seen = { flags, loaded: builtins() };
+  writeFileSync(process.env.RECORD, JSON.stringify(seen));
   return set.call(this, flags);
 };
+process.on('exit', () => {
+  if (seen) writeFileSync(process.env.RECORD, JSON.stringify({ ...seen, after: builtins().filter((m) => !seen.loaded.includes(m)) }));
+});
 `;
 
 // On Node >= 22 node:util loads worker_threads itself.
@@ -85,8 +91,12 @@ describe('the boot path', () => {
     for (const m of ['child_process', 'http', 'fs/promises']) assert.ok(seen.loaded.includes(m), `${m} loaded before the flags: ${seen.loaded.join(' ')}`);
     assert.ok(!seen.loaded.includes('tls'), 'without SSM, no TLS');
     // With SSM on, what its client loads on the first pass is loaded before the flags too.
-    const withSsm = await recordFirstConvergence<{ flags: string; loaded: string[] }>('late-flags-ssm', FLAGS_PRELOAD, true);
+    const withSsm = await recordFirstConvergence<{ flags: string; loaded: string[]; after: string[] }>('late-flags-ssm', FLAGS_PRELOAD, true);
     for (const m of ['https', 'tls', 'crypto', 'zlib']) assert.ok(withSsm.loaded.includes(m), `${m} loaded before the flags: ${withSsm.loaded.join(' ')}`);
+    // Nothing of Node's was left to compile without its cache: not Node's web streams nor Web Crypto,
+    // which the SDK reaches through globals, nor what an ES module import of node:process or
+    // node:util would read (the diagnostic report, worker_threads; tools/bundle.mjs).
+    assert.deepEqual(withSsm.after, [], 'loaded after the flags');
     // Node's own options there are fine (they leave V8's flags, and so its code caches, alone).
     const v8Options = new Set([...execFileSync(process.execPath, ['--v8-options'], { encoding: 'utf8' }).matchAll(/^ {2}--([a-z0-9-]+)/gm)].map((m) => m[1]));
     assert.ok(v8Options.has('lite-mode'), 'V8 lists its options');

@@ -16,16 +16,19 @@ async function bundleFiles(): Promise<{ name: string; text: string }[]> {
 }
 
 describe('the bundle', () => {
-  // Node 22 (the Nix package's runtime) gives node:http lazy getters for undici's WebSocket; an ES
-  // module import of it reads them and loads undici at every start, whose WebAssembly parser kills
-  // the process under --lite-mode or --jitless. tools/bundle.mjs takes node:http from
-  // process.getBuiltinModule.
-  test('never imports node:http as an ES module, statically or dynamically', async () => {
-    const files = await bundleFiles();
-    const esmHttp = /\bfrom\s*["'](node:)?http["']|\bimport\s*\(\s*["'](node:)?http["']\s*\)|\bimport\s*["'](node:)?http["']/;
-    assert.deepEqual(files.filter((f) => esmHttp.test(f.text)).map((f) => f.name), []);
-    assert.ok(files.some((f) => f.text.includes('process.getBuiltinModule("node:http")')), 'node:http comes from process.getBuiltinModule');
-  });
+  // An ES module import of a built-in reads all its exports, and some are lazy getters that load
+  // more of Node: node:http's undici WebSocket on Node 22 (whose WebAssembly parser killed the
+  // process under --lite-mode or --jitless), node:process's diagnostic report, node:util's (on Node
+  // 22) worker_threads. tools/bundle.mjs takes these from process.getBuiltinModule.
+  for (const builtin of ['http', 'process', 'util', 'net']) {
+    test(`never imports node:${builtin} as an ES module, statically or dynamically`, async () => {
+      const files = await bundleFiles();
+      const b = `["'](node:)?${builtin}["']`;
+      const esm = new RegExp(`\\bfrom\\s*${b}|\\bimport\\s*\\(\\s*${b}\\s*\\)|\\bimport\\s*${b}`);
+      assert.deepEqual(files.filter((f) => esm.test(f.text)).map((f) => f.name), []);
+      assert.ok(files.some((f) => f.text.includes(`process.getBuiltinModule("node:${builtin}")`) || f.text.includes(`process.getBuiltinModule('node:${builtin}')`)), `node:${builtin} comes from process.getBuiltinModule`);
+    });
+  }
 
   // tools/bundle.mjs drops the 24 methods zod v3 binds to every schema as it is made.
   test("zod's schemas bind none of their methods to themselves, and the bundled agent still checks its configuration with them", { timeout: 60_000 }, async () => {
