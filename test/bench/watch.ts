@@ -225,6 +225,24 @@ const FLAG_SETS: readonly (readonly string[])[] = [
   ['--single-threaded-gc', ...SHIPPED],
 ];
 
+/**
+ * The least a Node process holds that does what the idle agent needs of Node itself, and nothing of
+ * its own JavaScript: the built-ins it loads (HTTPS and TLS with their root certificates, as SSM
+ * needs on an instance; child processes, one spawned; node:http and a socket server listening, as
+ * the HTTP surface and the control socket; Node's web streams and Web Crypto, which the SDK reads;
+ * an ISO timestamp, which loads ICU's time zone data), idle beside the daemons. Whatever the agent
+ * holds above it is its own code and data, the SDK, pino and zod included.
+ */
+const BUILTINS_FLOOR = `
+for (const m of ['node:http', 'node:https', 'node:crypto', 'node:zlib', 'node:child_process', 'node:fs/promises', 'node:net', 'node:os', 'node:dns']) process.getBuiltinModule(m);
+void globalThis.ReadableStream; void globalThis.crypto;
+process.getBuiltinModule('node:net').createServer(() => {}).listen(process.argv[1]);
+process.getBuiltinModule('node:http').createServer(() => {}).listen(0, '127.0.0.1');
+new Date().toISOString();
+process.getBuiltinModule('node:child_process').spawnSync('true');
+setInterval(() => {}, 1000);
+`;
+
 /** CPU time of every live thread of a process, in seconds, from /proc/PID/task/TID/schedstat (nanoseconds). */
 async function cpuSeconds(pid: number): Promise<number> {
   let ns = 0;
@@ -309,18 +327,29 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
   const sets = quick ? FLAG_SETS.slice(0, 1) : FLAG_SETS;
   const daemons: Daemon[] = [];
   const baseline = spawn(process.execPath, ['-e', 'setInterval(()=>{},1000)'], { env: unitEnv(), stdio: 'ignore' });
+  const floorSocket = path.join(tmpdir(), `nixos-ec2-agent-bench-floor-${process.pid}.sock`);
+  const floor = spawn(process.execPath, ['-e', BUILTINS_FLOOR, floorSocket], { env: unitEnv(), stdio: 'ignore' });
   try {
     for (const flags of sets) daemons.push(await startDaemon(flags));
     for (const d of daemons) await until(`the first convergence (${shownWords(d.flags).join(' ') || 'no flags'})`, () => (d.log.of('pass.end').length >= 1 ? true : undefined), 120_000);
     // V8 collects the start's garbage some 20 s after the allocation rate drops (its memory
     // reducer); that one-off is not the idle cost, so the window starts after it.
     await sleep(quick ? 1_000 : 30_000);
-    const pids = [baseline.pid!, ...daemons.map((d) => d.child.pid!)];
-    const [base, ...idle] = await sampleTogether(pids, windowMs);
-    if (!base) throw new Error('watch: no baseline sample');
+    const pids = [baseline.pid!, floor.pid!, ...daemons.map((d) => d.child.pid!)];
+    const [base, builtins, ...idle] = await sampleTogether(pids, windowMs);
+    if (!base || !builtins) throw new Error('watch: no baseline sample');
     print(`idle at the defaults: poll every ${DEFAULT_INTERVAL_S} s (jittered), launch hook reporting on; ${windowMs / 1000} s window, every process sampled over the same window`);
-    const rows: Figure[][] = [['bare node (setInterval 1 s)', round(base.rssMiB), round(base.anonMiB), round(base.cpuPercent), 1, NaN]];
-    const figures: Record<string, Figure> = { baseline_idle_rss_mib: base.rssMiB, baseline_idle_anon_mib: base.anonMiB, baseline_idle_cpu_percent: base.cpuPercent };
+    const rows: Figure[][] = [
+      ['bare node (setInterval 1 s)', round(base.rssMiB), round(base.anonMiB), round(base.cpuPercent), 1, NaN],
+      ["node with the agent's built-ins only (HTTPS, child processes, a socket server)", round(builtins.rssMiB), round(builtins.anonMiB), round(builtins.cpuPercent), ratio(builtins.rssMiB, base.rssMiB), NaN],
+    ];
+    const figures: Record<string, Figure> = {
+      baseline_idle_rss_mib: base.rssMiB,
+      baseline_idle_anon_mib: base.anonMiB,
+      baseline_idle_cpu_percent: base.cpuPercent,
+      builtins_floor_idle_rss_mib: builtins.rssMiB,
+      builtins_floor_idle_anon_mib: builtins.anonMiB,
+    };
     daemons.forEach((d, i) => {
       const u = idle[i] as Sample;
       rows.push([`agent run ${shownWords(d.flags).join(' ') || '(no flags)'}`, round(u.rssMiB), round(u.anonMiB), round(u.cpuPercent), ratio(u.rssMiB, base.rssMiB), d.log.of('pass.end').length]);
@@ -336,6 +365,8 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
     print('  (anonymous: what memory pressure cannot take back without swap; the rest is file-backed, mostly Node\'s own binary)');
     const shipped = idle[0] as Sample;
     print(`  shipped flags (${shownWords(sets[0] ?? []).join(' ') || 'none'}): RSS ${round(shipped.rssMiB)} MiB, ${round(shipped.anonMiB)} of it anonymous (target ≤ ${RSS_TARGET_MIB}: ${shipped.rssMiB <= RSS_TARGET_MIB ? 'met' : 'missed'}), CPU ${round(shipped.cpuPercent)} % (target ≤ ${CPU_TARGET_PERCENT}: ${shipped.cpuPercent <= CPU_TARGET_PERCENT ? 'met' : 'missed'})`);
+    print(`  above node with its built-ins only: ${round(shipped.rssMiB - builtins.rssMiB)} MiB (${round(shipped.anonMiB - builtins.anonMiB)} anonymous), the agent's own code and data`);
+    figures.idle_over_builtins_floor_mib = shipped.rssMiB - builtins.rssMiB;
     figures.idle_rss_over_target = ratio(shipped.rssMiB, RSS_TARGET_MIB);
     figures.idle_cpu_over_target = ratio(shipped.cpuPercent, CPU_TARGET_PERCENT);
     figures.idle_rss_target_mib = RSS_TARGET_MIB;
@@ -347,6 +378,8 @@ async function idleAtDefaults(print: Print, quick: boolean): Promise<Record<stri
     return figures;
   } finally {
     baseline.kill('SIGKILL');
+    floor.kill('SIGKILL');
+    await rm(floorSocket, { force: true });
     await Promise.all(daemons.map(stopDaemon));
   }
 }
