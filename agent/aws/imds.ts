@@ -107,11 +107,7 @@ export class ImdsClient implements Imds {
 
   /** A binary item (user data), byte for byte. Every request carries a token: there is no IMDSv1 path. */
   async getBytes(path: string): Promise<Buffer | undefined> {
-    return this.withRetries(path, async (token) => {
-      const response = await this.send('GET', path, { 'x-aws-ec2-metadata-token': token });
-      if (response.status !== 200) throw new HttpStatusError(response.status);
-      return response.body;
-    });
+    return this.withRetries(path, (token) => this.send('GET', path, { 'x-aws-ec2-metadata-token': token }));
   }
 
   identity(): Promise<InstanceIdentity> {
@@ -151,9 +147,11 @@ export class ImdsClient implements Imds {
   /**
    * One read, with the retry policy of cloud-init's Ec2 datasource: 401 drops the token and
    * tries again; 403 is IMDS turned off (fail now); 404 is "not set"; other 4xx are final;
-   * connection errors, timeouts, 429 and 5xx back off and retry until the budget is spent.
+   * connection errors, timeouts, 429 and 5xx back off and retry until the budget is spent. A status
+   * is an answer, not an error: the termination check reads a 404 every few seconds, and making an
+   * Error (its stack trace) for each was a tenth of the idle daemon's CPU.
    */
-  private async withRetries<T>(path: string, read: (token: string) => Promise<T>): Promise<T | undefined> {
+  private async withRetries(path: string, read: (token: string) => Promise<Response>): Promise<Buffer | undefined> {
     let lastProblem = '';
     for (let attempt = 0; attempt <= this.retries; attempt++) {
       if (attempt > 0) await this.backoff(attempt);
@@ -165,25 +163,27 @@ export class ImdsClient implements Imds {
         lastProblem = `token: ${describe(err)}`;
         continue;
       }
+      let response: Response;
       try {
-        return await read(token);
+        response = await read(token);
       } catch (err) {
-        if (err instanceof HttpStatusError) {
-          if (err.status === 404) return undefined;
-          if (err.status === 401) {
-            this.token = undefined;
-            lastProblem = `${path}: 401 (token refused)`;
-            continue;
-          }
-          if (err.status === 403) throw disabled(path);
-          if (err.status === 429 || err.status >= 500) {
-            lastProblem = `${path}: HTTP ${err.status}`;
-            continue;
-          }
-          throw new TransientError(`IMDS answered ${err.status} for ${path}`, 'imds', { path, status: err.status });
-        }
         lastProblem = `${path}: ${describe(err)}`;
+        continue;
       }
+      const { status } = response;
+      if (status === 200) return response.body;
+      if (status === 404) return undefined;
+      if (status === 401) {
+        this.token = undefined;
+        lastProblem = `${path}: 401 (token refused)`;
+        continue;
+      }
+      if (status === 403) throw disabled(path);
+      if (status === 429 || status >= 500) {
+        lastProblem = `${path}: HTTP ${status}`;
+        continue;
+      }
+      throw new TransientError(`IMDS answered ${status} for ${path}`, 'imds', { path, status });
     }
     throw new TransientError(`IMDS unreachable after ${this.retries + 1} attempts (${lastProblem})`, 'imds', {
       path,
@@ -219,12 +219,13 @@ export class ImdsClient implements Imds {
 
   /**
    * One request, the whole of it (connect, send, answer, body) bounded by the timeout: a server
-   * that accepts and never answers, or answers slowly, fails as a timeout the retries absorb.
+   * that accepts and never answers, or answers slowly, fails as a timeout the retries absorb. The
+   * bound is a timer cleared with the answer: an AbortSignal.timeout would still fire a second
+   * later, making a DOMException and an abort event for every request, a termination check every
+   * few seconds included.
    */
   private send(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): Promise<Response> {
-    const signal = AbortSignal.timeout(this.timeoutMs);
     return new Promise((resolve, reject) => {
-      const fail = (err: Error) => reject(signal.aborted ? new Error(`no answer within ${this.timeoutMs} ms`) : err);
       const req = request(
         {
           agent: this.agent,
@@ -233,15 +234,29 @@ export class ImdsClient implements Imds {
           port: this.url.port || 80,
           path: `${this.url.pathname.replace(/\/+$/, '')}/${path.replace(/^\/+/, '')}`,
           headers,
-          signal,
         },
         (response) => {
           const chunks: Buffer[] = [];
           response.on('data', (chunk: Buffer) => chunks.push(chunk));
-          response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) }));
+          response.on('end', () => {
+            clearTimeout(timer);
+            resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) });
+          });
+          // A connection lost mid-body ends in an error here (ECONNRESET, "aborted").
           response.on('error', fail);
         },
       );
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        req.destroy();
+      }, this.timeoutMs);
+      // As AbortSignal.timeout's: a request in flight keeps the process alive by its socket alone.
+      timer.unref();
+      const fail = (err: Error): void => {
+        clearTimeout(timer);
+        reject(timedOut ? new Error(`no answer within ${this.timeoutMs} ms`) : err);
+      };
       req.on('error', fail);
       req.end();
     });

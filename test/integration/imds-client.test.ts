@@ -213,4 +213,33 @@ describe('ImdsClient connections', () => {
       await new Promise((resolve) => server.close(resolve));
     }
   });
+  // The timeout bounds the whole answer, its body too, and a lost connection mid-body fails the read
+  // (to be retried) rather than leaving it waiting for an end that never comes.
+  for (const how of ['stalls', 'is cut'] as const) {
+    it(`retries an answer whose body ${how} after its headers`, async () => {
+      let gets = 0;
+      const server = createServer((req, res) => {
+        if (req.method === 'PUT') return res.end('token-1');
+        gets++;
+        if (gets > 1) return res.end('i-0123');
+        res.writeHead(200, { 'content-length': '6' });
+        res.write('i-0');
+        if (how === 'is cut') res.socket?.destroy();
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      try {
+        const imds = new ImdsClient({
+          clock: systemClock,
+          env: { AWS_EC2_METADATA_SERVICE_ENDPOINT: `http://127.0.0.1:${(server.address() as AddressInfo).port}` },
+          backoffBaseMs: 1,
+          timeoutMs: 1_000,
+        });
+        assert.equal(await imds.get('latest/meta-data/instance-id'), 'i-0123');
+        assert.equal(gets, 2);
+      } finally {
+        server.closeAllConnections();
+        await new Promise((resolve) => server.close(resolve));
+      }
+    });
+  }
 });
