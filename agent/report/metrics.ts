@@ -37,6 +37,9 @@ const BUCKETS: Readonly<Record<HistogramName, readonly number[]>> = {
   hookDuration: PASS_BUCKETS,
 };
 
+/** Observations handed to prom-client in one turn of the event loop: ~15 ms. */
+const REPLAY_SLICE = 10_000;
+
 /** Where counts and observations go: the tally until prom-client is loaded, its metrics after. */
 interface Sink {
   inc(name: CounterName, labels?: Labels, by?: number): void;
@@ -84,22 +87,38 @@ export class MetricsTally implements Sink {
   }
 
   /**
-   * Hands everything kept to `sink` and forgets it. A bucket's observations go as that many of
-   * their mean, which lies in the same bucket: every bucket's count, and the sum up to rounding,
-   * come out as they were observed.
+   * Hands what is kept to `sink` and forgets it: every counter, and up to `budget` observations;
+   * true once nothing is left. A bucket's observations go as that many of their mean, which lies in
+   * the same bucket: every bucket's count, and the sum up to rounding, come out as they were
+   * observed.
    */
-  drainInto(sink: Sink): void {
-    for (const c of this.counters.values()) sink.inc(c.name, c.labels, c.total);
-    for (const h of this.histograms.values()) {
-      const bounds = BUCKETS[h.name];
-      h.counts.forEach((count, i) => {
-        if (count === 0) return;
-        const value = withinBucket(bounds, i, (h.sums[i] as number) / count);
-        for (let k = 0; k < count; k++) sink.observe(h.name, h.labels, value);
-      });
+  drainInto(sink: Sink, budget = Infinity): boolean {
+    for (const [key, c] of this.counters) {
+      sink.inc(c.name, c.labels, c.total);
+      this.counters.delete(key);
     }
-    this.counters = new Map();
-    this.histograms = new Map();
+    let left = budget;
+    for (const [key, h] of this.histograms) {
+      const bounds = BUCKETS[h.name];
+      for (let i = 0; i < h.counts.length; i++) {
+        const count = h.counts[i] as number;
+        if (count === 0) continue;
+        if (left === 0) return false;
+        const value = withinBucket(bounds, i, (h.sums[i] as number) / count);
+        const n = Math.min(count, left);
+        for (let k = 0; k < n; k++) sink.observe(h.name, h.labels, value);
+        left -= n;
+        if (n < count) {
+          h.counts[i] = count - n;
+          h.sums[i] = (h.sums[i] as number) - n * value;
+          return false;
+        }
+        h.counts[i] = 0;
+        h.sums[i] = 0;
+      }
+      this.histograms.delete(key);
+    }
+    return true;
   }
 }
 
@@ -238,6 +257,11 @@ export class AgentMetrics {
         this.options.version !== undefined ? Promise.resolve(this.options.version) : packageVersion(),
       ]);
       const metrics = new PromMetrics(prom, version);
+      // A daemon left unscraped for months has millions of observations to hand over (~1.5 µs
+      // each): they go in slices, so that the first scrape never holds the event loop, and with it
+      // the health checks and the watchdog, for long. What arrives meanwhile joins the tally, and
+      // goes over in the same turn as the switch.
+      while (!this.tally.drainInto(metrics, REPLAY_SLICE)) await new Promise((resolve) => setImmediate(resolve));
       this.tally.drainInto(metrics);
       if (this.latest) metrics.setStatus(this.latest);
       this.prom = metrics;

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { ApplyFailedError, ImdsDisabledError, InvalidInputError, TransientError } from '../../agent/errors.js';
 import { mapSsmError } from '../../agent/sources/ssm.js';
-import { AgentMetrics, fetchErrorOf, MetricsTally, PhaseTimer } from '../../agent/report/metrics.js';
+import { AgentMetrics, bucketOf, fetchErrorOf, MetricsTally, PhaseTimer } from '../../agent/report/metrics.js';
 import { startingStatus, type Status } from '../../agent/status.js';
 import { ManualClock } from '../support/clock.js';
 
@@ -265,6 +265,76 @@ describe('AgentMetrics', () => {
         }
       }),
       { numRuns: 150 },
+    );
+  });
+
+  it('hands a long unscraped run over in slices, the event loop turning between them, and counts what arrives meanwhile', async () => {
+    const prom = await import('prom-client');
+    const metrics = new AgentMetrics({ clock: new ManualClock(0), version: 'test', importPromClient: async () => prom });
+    for (let k = 0; k < 100_000; k++) metrics.recordPass({ outcome: 'unchanged' }, 50);
+    let turns = 0;
+    let loading = true;
+    const turn = () => {
+      if (!loading) return;
+      turns++;
+      if (turns === 2) metrics.recordPass({ outcome: 'converged' }, 1);
+      setImmediate(turn);
+    };
+    setImmediate(turn);
+    await metrics.load();
+    loading = false;
+    // 100,000 observations in slices of 10,000: the loop turns between every two.
+    assert.ok(turns >= 9, `the event loop turned ${turns} times while they were handed over`);
+    const { samples } = await scrape(metrics);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'unchanged' }), 100_000);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_pass_duration_seconds_bucket', { outcome: 'unchanged', le: '0.1' }), 100_000);
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_passes_total', { outcome: 'converged' }), 1, 'the pass recorded during the hand-over');
+    assert.equal(value(samples, 'nixos_ec2_agent_converge_pass_duration_seconds_count', { outcome: 'converged' }), 1);
+  });
+
+  it('hands over in slices of any size what it was told, and what it is told between them, as a sink told directly would hold it', () => {
+    // Each series' count and sum per bucket, as prom-client keeps them.
+    const bounds = [0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600];
+    const held = () => {
+      const series = new Map<string, { counts: number[]; sum: number }>();
+      const sink = {
+        inc: () => {},
+        observe: (_name: string, labels: Readonly<Record<string, string>>, v: number) => {
+          const key = labels.outcome as string;
+          const s = series.get(key) ?? { counts: new Array<number>(bounds.length + 1).fill(0), sum: 0 };
+          s.counts[bucketOf(bounds, v)]! += 1;
+          s.sum += v;
+          series.set(key, s);
+        },
+      };
+      return { series, sink };
+    };
+    const observation = fc.record({ outcome: fc.constantFrom('a', 'b'), seconds: fc.oneof(fc.double({ min: 0, max: 5000, noNaN: true }), fc.constantFrom(...bounds)) });
+    fc.assert(
+      fc.property(fc.array(observation, { maxLength: 60 }), fc.array(fc.tuple(fc.integer({ min: 1, max: 7 }), fc.array(observation, { maxLength: 5 })), { maxLength: 30 }), (before, slices) => {
+        const direct = held();
+        const sliced = held();
+        const tally = new MetricsTally();
+        for (const o of before) {
+          tally.observe('passDuration', { outcome: o.outcome }, o.seconds);
+          direct.sink.observe('passDuration', { outcome: o.outcome }, o.seconds);
+        }
+        for (const [budget, meanwhile] of slices) {
+          tally.drainInto(sliced.sink, budget);
+          for (const o of meanwhile) {
+            tally.observe('passDuration', { outcome: o.outcome }, o.seconds);
+            direct.sink.observe('passDuration', { outcome: o.outcome }, o.seconds);
+          }
+        }
+        assert.equal(tally.drainInto(sliced.sink), true);
+        assert.deepEqual([...sliced.series.keys()].sort(), [...direct.series.keys()].sort());
+        for (const [key, d] of direct.series) {
+          const s = sliced.series.get(key)!;
+          assert.deepEqual(s.counts, d.counts, `${key}: counts per bucket`);
+          assert.ok(Math.abs(s.sum - d.sum) <= 1e-9 * Math.max(1, d.sum), `${key}: ${s.sum} against ${d.sum}`);
+        }
+      }),
+      { numRuns: 300 },
     );
   });
 
