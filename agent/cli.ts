@@ -63,11 +63,13 @@ function lateV8Flags(): void {
 const V8_FLAG = /^--[a-z][a-z0-9_-]*(=[A-Za-z0-9_.:+-]+)?$/;
 
 /**
- * What the SSM client (the AWS SDK: SigV4, its HTTPS handler, its checksums) loads on the first
- * pass: these built-ins, and Node's web streams and Web Crypto, which load at the first read of the
- * globals the SDK's stream checks and request ids read. With SSM on they are loaded anyway; loaded
- * before the late flags, they come from the code cache too. Nothing more: node:stream/web, once on
- * this list, brought Node's compression, encoding and transform streams, which the SDK never reads.
+ * What the SSM client (the AWS SDK: SigV4, its HTTPS handler, its checksums, its user agent) loads
+ * on the first pass: these built-ins (node:process through the bundle's facade for the SDK's
+ * import of it, tools/bundle.mjs), and Node's web streams and Web Crypto, which load at the first
+ * read of the globals the SDK's stream checks and request ids read. With SSM on they are loaded
+ * anyway; loaded before the late flags, they come from the code cache too. Nothing more:
+ * node:stream/web, once on this list, brought Node's compression, encoding and transform streams,
+ * which the SDK never reads.
  */
 const SSM_BUILTINS = ['node:https', 'node:crypto', 'node:zlib', 'node:process'] as const;
 const SSM_GLOBALS = ['ReadableStream', 'crypto'] as const;

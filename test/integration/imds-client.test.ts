@@ -213,6 +213,7 @@ describe('ImdsClient connections', () => {
       await new Promise((resolve) => server.close(resolve));
     }
   });
+
   // The timeout bounds the whole answer, its body too, and a lost connection mid-body fails the read
   // (to be retried) rather than leaving it waiting for an end that never comes.
   for (const how of ['stalls', 'is cut'] as const) {
