@@ -4,7 +4,7 @@
 // or invalid input, nothing switched). Imports are lazy per command so the daemon's start stays
 // fast; `emulate` and `sandbox` hand over to the sandbox, a program of its own (sandbox/) that the
 // agent never imports.
-import type { ParseArgsConfig } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { Config } from './config.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -259,9 +259,7 @@ export async function main(argv: string[], debug = false): Promise<number> {
   }
   let parsed;
   try {
-    // From the built-in itself: an ES module import of node:util reads every one of its exports,
-    // whose lazy getters load assert's diff, the terminal colours and stderr's stream at every start.
-    parsed = process.getBuiltinModule('node:util').parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config' || name === 'rollout', strict: true });
+    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: name === 'check-config' || name === 'rollout', strict: true });
   } catch (err) {
     process.stderr.write(`nixos-ec2-agent ${name}: ${oneLine(err, false)}\nusage: nixos-ec2-agent ${command.usage}\n`);
     return 2;

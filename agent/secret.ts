@@ -1,13 +1,9 @@
 // A SecureString value. It serialises, prints and inspects as a placeholder, so a secret cannot
 // reach a log line, status output or an error message by accident: only `reveal()` yields it, and
 // only the secrets writer calls that.
-const REDACTED = '[redacted]';
+import { inspect } from 'node:util';
 
-/**
- * util.inspect.custom, which Node defines as this registry symbol (docs, util.inspect.custom): an
- * ES module import of node:util would read all of its exports, lazy getters included, at every start.
- */
-const INSPECT = Symbol.for('nodejs.util.inspect.custom');
+const REDACTED = '[redacted]';
 
 export class Secret {
   readonly #value: string;
@@ -28,7 +24,7 @@ export class Secret {
     return REDACTED;
   }
 
-  [INSPECT](): string {
+  [inspect.custom](): string {
     return REDACTED;
   }
 }

@@ -77,18 +77,18 @@ const lighterPinoBuiltins = {
 //   'node:http'` loaded undici, which compiles its HTTP parser as WebAssembly as it loads, at every
 //   start on Node 22, the Nix package's runtime; under --lite-mode or --jitless (no WebAssembly;
 //   the wrapper once ran node with --lite-mode) the process died at its first HTTP import;
-// - node:process has `report` and `finalization`, node:util `parseArgs`, `MIMEType` and, on
-//   Node 22, what brings worker_threads and util's diff: imported by the AWS SDK (its user agent,
-//   the credential chain's process provider), they loaded Node's diagnostic report, worker_threads
-//   and a dozen more of Node's modules into the idle daemon, compiled after the late V8 flags
-//   (agent/cli.ts) without their code cache;
+// - node:process has `report` and `finalization`, node:util `MIMEType` and, on Node 22, what
+//   brings worker_threads, util's diff and the terminal colours: imported by the AWS SDK (its user
+//   agent, the credential chain's process provider) and by the agent itself (parseArgs, inspect),
+//   they loaded Node's diagnostic report, worker_threads and a dozen more of Node's modules, at
+//   every start or after the late V8 flags (agent/cli.ts) without their code cache;
 // - node:net has `BlockList` and `SocketAddress`.
 // The bundle takes these built-ins from process.getBuiltinModule instead, reading only the names
 // listed (a name the code imports and its list lacks fails the build).
 const FACADES = {
   http: ['Agent', 'ClientRequest', 'IncomingMessage', 'OutgoingMessage', 'Server', 'ServerResponse', 'METHODS', 'STATUS_CODES', 'createServer', 'get', 'request', 'validateHeaderName', 'validateHeaderValue'],
   process: ['env', 'versions'],
-  util: ['promisify'],
+  util: ['inspect', 'parseArgs', 'promisify'],
   net: [],
 };
 const builtinFacades = {
