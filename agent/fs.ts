@@ -192,7 +192,8 @@ export function temporaryWriter(name: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
-function isAlive(pid: number): boolean {
+/** Whether process `pid` exists (another user's counts). */
+export function isAlive(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);

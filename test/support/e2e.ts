@@ -12,6 +12,7 @@ import type { PutParameterRequest } from '../../sandbox/emulators/ssm.js';
 import { cleanEnv, openSandbox, type Sandbox } from '../../sandbox/sandbox.js';
 import type { InstanceSpec } from '../../sandbox/world.js';
 import { shippedLaunch } from './launch.js';
+export { isAlive } from '../../agent/fs.js';
 
 export const CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
 const SHIPPED = shippedLaunch();
@@ -421,14 +422,6 @@ export async function processesMentioning(text: string): Promise<ProcInfo[]> {
 }
 
 /** Whether a process `pid` exists (signal 0). */
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * SIGKILLs a process and every descendant (they run in their own process groups), as systemd does
