@@ -22,7 +22,7 @@ import type { LifecycleReporter } from './report/lifecycle.js';
 import { AgentMetrics, PhaseTimer } from './report/metrics.js';
 import type { Notify } from './report/notify.js';
 import { StatusFile } from './report/status-file.js';
-import type { Watchdog } from './report/watchdog.js';
+import { watchedRunner, type Watchdog } from './report/watchdog.js';
 import { ProcessRunner } from './runner.js';
 import { scheduleTimings, Scheduler } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
@@ -140,7 +140,8 @@ class DaemonLoop implements Daemon {
     // Metrics are only worth their cost when something can scrape them.
     this.metrics = config.http.listen !== null ? new AgentMetrics({ clock }) : undefined;
     this.phases = new PhaseTimer(clock);
-    this.runner = deps.edges?.runner ?? new ProcessRunner(deps.env);
+    // A pass waits on its children (a build may take an hour) without a step of the loop between.
+    this.runner = watchedRunner(deps.edges?.runner ?? new ProcessRunner(deps.env), deps.watchdog, clock);
     this.newer = new NewerDesired(() => this.parts, clock);
     this.scheduler = new Scheduler(clock, {
       ...scheduleTimings(config),

@@ -4,7 +4,7 @@
 // looking healthy forever. Instead the loop calls alive() as it goes, and the timer pings only
 // when that heartbeat is younger than the watchdog interval, so a stuck loop stops the pings and
 // systemd's WatchdogSec= restarts the agent.
-import type { Clock } from '../ports.js';
+import type { Clock, Runner } from '../ports.js';
 import type { Notify } from './notify.js';
 
 export interface IntervalScheduler {
@@ -52,6 +52,8 @@ export class Watchdog {
   readonly #clock: Clock;
   readonly #scheduler: IntervalScheduler;
   #lastBeat: number | undefined;
+  /** The deadlines of work that ends on its own (see busyUntil). */
+  readonly #busy = new Set<{ readonly deadline: number }>();
   #handle: unknown;
   #running = false;
 
@@ -68,6 +70,21 @@ export class Watchdog {
   /** The loop's heartbeat: call it whenever the loop makes progress. */
   alive(): void {
     this.#lastBeat = this.#clock.now();
+  }
+
+  /**
+   * Work the loop waits on that ends on its own by `deadline` (a child process under its timeout):
+   * a build may run for an hour without a step of the loop in between, and is progress all along.
+   * Past the deadline it no longer counts, so a wait that outlives its own bound stops the pings.
+   * Returns the release, to call when the work has ended.
+   */
+  busyUntil(deadline: number): () => void {
+    const token = { deadline };
+    this.#busy.add(token);
+    return () => {
+      // The loop has its answer and goes on: that is progress too.
+      if (this.#busy.delete(token)) this.alive();
+    };
   }
 
   /** Starts pinging (a no-op when systemd asked for no watchdog, or when already started). */
@@ -91,7 +108,33 @@ export class Watchdog {
 
   #tick(): void {
     if (this.intervalUsec === undefined || this.#lastBeat === undefined) return;
-    const sinceBeatMs = this.#clock.now() - this.#lastBeat;
-    if (sinceBeatMs * 1000 < this.intervalUsec) this.#notify.watchdog();
+    const now = this.#clock.now();
+    const sinceBeatMs = now - this.#lastBeat;
+    const busy = [...this.#busy].some((b) => now < b.deadline);
+    if (sinceBeatMs * 1000 < this.intervalUsec || busy) this.#notify.watchdog();
   }
+}
+
+/**
+ * After its timeout a child's process group is sent SIGTERM, and SIGKILL a few seconds later
+ * (runner.ts): the run ends within this margin of its timeout.
+ */
+const CHILD_EXIT_GRACE_MS = 15_000;
+
+/**
+ * The runner the loop's work uses, each child counted as progress while it runs within its
+ * timeout (every command the agent runs has one; one without a timeout is not counted).
+ */
+export function watchedRunner(runner: Runner, watchdog: Watchdog, clock: Clock): Runner {
+  return {
+    async run(request) {
+      const release = request.timeoutMs !== undefined ? watchdog.busyUntil(clock.now() + request.timeoutMs + CHILD_EXIT_GRACE_MS) : undefined;
+      try {
+        return await runner.run(request);
+      } finally {
+        release?.();
+      }
+    },
+    ...(runner.stopWithin ? { stopWithin: (dir: string) => runner.stopWithin!(dir) } : {}),
+  };
 }
