@@ -225,6 +225,8 @@ class DaemonLoop implements Daemon {
     this.hooks = this.hooks.then(() => hook.run(result, status));
     if (durationMs === undefined) return;
     if (!this.ready) {
+      // A first build cancelled by a newer desired state has not ended the first convergence.
+      if (!status.firstConvergenceDone) return;
       this.ready = true;
       notify.ready(status.message);
     } else if (notify.enabled) {

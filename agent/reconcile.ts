@@ -598,6 +598,7 @@ export class Reconciler {
       // A good convergence clears it; otherwise it holds until a healthy generation runs again.
       noGoodGeneration: converged ? false : this.facts.noGoodGeneration || !onGood,
       ...(converged ? { lastSuccessAt: now } : {}),
+      firstConvergencePending: result.outcome === 'cancelled' && (this.facts.lastPass === undefined || this.facts.firstConvergencePending === true),
     });
     this.startProblem = undefined;
     await this.save();

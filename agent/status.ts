@@ -119,6 +119,11 @@ export interface StatusFacts {
   readonly lastSuccessAt?: number;
   /** Why the instance is leaving (Auto Scaling termination, spot interruption), while it is. */
   readonly leaving?: string;
+  /**
+   * Every pass that ended so far was cancelled (a newer desired state, the instance leaving, a
+   * stop): nothing was tried to its end, so the first convergence goes on with the next pass.
+   */
+  readonly firstConvergencePending?: boolean;
 }
 
 /** The part of the durable state the status shows. */
@@ -145,7 +150,7 @@ export function deriveStatus(durable: StatusDurable | undefined, facts: StatusFa
     updatedAt: iso(now),
     phase,
     condition: condition(facts),
-    firstConvergenceDone: last !== undefined,
+    firstConvergenceDone: last !== undefined && facts.firstConvergencePending !== true,
     message,
     ...(facts.instanceId !== undefined ? { instanceId: facts.instanceId } : {}),
     ...(facts.desired ? { desired: facts.desired } : {}),
@@ -169,7 +174,7 @@ export function deriveStatus(durable: StatusDurable | undefined, facts: StatusFa
 function condition(facts: StatusFacts): Condition {
   const { activity, lastPass } = facts;
   if (activity.kind === 'pass' && activity.step.step !== 'fetching' && activity.step.step !== 'user-data-script') return 'converging';
-  if (!lastPass) return 'converging';
+  if (!lastPass || facts.firstConvergencePending) return 'converging';
   if (lastPass.outcome === 'converged' || lastPass.outcome === 'unchanged') return 'converged';
   return facts.noGoodGeneration ? 'failed' : 'degraded';
 }

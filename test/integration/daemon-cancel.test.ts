@@ -12,7 +12,7 @@ import { silentLogger } from '../../agent/log.js';
 import { startDaemon, type Daemon } from '../../agent/loop.js';
 import { realClock } from '../../agent/ports.js';
 import { ControlClient } from '../../agent/report/control.js';
-import { createNotify } from '../../agent/report/notify.js';
+import { createNotify, type Notify } from '../../agent/report/notify.js';
 import { Watchdog } from '../../agent/report/watchdog.js';
 import type { Outcome, Status } from '../../agent/status.js';
 import { bootMachine, installStandins } from '../../sandbox/standin/install.js';
@@ -45,7 +45,7 @@ describe('a hung build', { timeout: 240_000 }, () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function start(buildTimeoutSeconds: number): Promise<Running> {
+  async function start(buildTimeoutSeconds: number, notify: Notify = createNotify({})): Promise<Running> {
     const dir = await mkdtemp(path.join(tmpdir(), 'nea-cancel-'));
     cleanups.push(() => rm(dir, { recursive: true, force: true }));
     const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
@@ -71,7 +71,6 @@ describe('a hung build', { timeout: 240_000 }, () => {
     });
     const clock = realClock();
     const env = world.env();
-    const notify = createNotify({});
     const statuses: Status[] = [];
     const daemon = await startDaemon(config, {
       log: silentLogger(),
@@ -99,6 +98,22 @@ describe('a hung build', { timeout: 240_000 }, () => {
     assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
     const configuration = await readFile(path.join(r.root, 'etc/nixos/configuration.nix'), 'utf8');
     assert.match(configuration, new RegExp(`Desired state ${r.daemon.status.desired?.hash}`));
+  });
+
+  it('cancelled on a first boot, does not end the first convergence: READY=1 and the launch decision wait for the pass that follows', async () => {
+    const ready: Status[] = [];
+    let r: Running | undefined;
+    const notify: Notify = { enabled: false, send() {}, ready: () => ready.push(r!.daemon.status), status() {}, watchdog() {}, extendTimeout() {}, stopping() {}, reloading() {} };
+    r = await start(120, notify);
+    await waitFor('the hung build', () => r!.daemon.status.phase === 'building');
+    const hung = r.daemon.status.desired?.hash;
+    r.world.ssm.load([{ Name: MODULE, Value: markerModule('fixed'), Type: 'String', Overwrite: true }]);
+    await waitFor('the fixed module converged', () => r!.daemon.status.condition === 'converged' && r!.daemon.status.desired?.hash !== hung);
+    assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
+    const first = r.statuses.find((s) => s.firstConvergenceDone);
+    assert.equal(first?.lastResult?.outcome, 'converged', `the first convergence ended ${first?.lastResult?.outcome}: ${first?.message}`);
+    assert.ok(r.statuses.filter((s) => s.lastResult?.outcome === 'cancelled').every((s) => s.condition === 'converging'), 'converging while the cancelled build is followed by the next pass');
+    assert.deepEqual(ready.map((s) => s.lastResult?.outcome), ['converged'], 'READY=1 once, when the first convergence ended');
   });
 
   it('is not cancelled by converge --now when the sources still say the same', async () => {
