@@ -332,7 +332,7 @@ class DaemonLoop implements Daemon {
       return undefined;
     }
     try {
-      const parts = await this.buildParts(next);
+      const parts = await this.buildParts(next, this.parts.agent.reconciler);
       // The old parts stop before the new ones start: one configuration at a time talks to AWS.
       await this.stopParts(this.parts);
       return parts;
@@ -364,7 +364,8 @@ class DaemonLoop implements Daemon {
     else void this.scheduler.runNow('SIGHUP');
   }
 
-  private async buildParts(config: Config): Promise<Parts> {
+  /** `previous`: the reconciler the new parts replace (SIGHUP), whose status they carry on. */
+  private async buildParts(config: Config, previous?: Agent['reconciler']): Promise<Parts> {
     const { log, clock, env } = this.deps;
     const agent = await createAgent(config, log, {
       ...this.deps.edges,
@@ -376,6 +377,7 @@ class DaemonLoop implements Daemon {
     });
     // The first pass's remote reads go out while the reconciler loads and recovers its state.
     agent.sources.prefetch();
+    if (previous) agent.reconciler.carryOver(previous);
     await agent.reconciler.start();
     const kernel = new KernelPolicy({
       policy: config.kernel.policy,

@@ -83,6 +83,17 @@ export class Reconciler {
     return this.state;
   }
 
+  /**
+   * Takes over what the reconciler this one replaces recorded (SIGHUP builds every part again, in
+   * the same process): the last pass, what runs, whether a good generation does. Those facts are
+   * not in the durable state; without them a reload would read as a fresh start. Before start().
+   */
+  carryOver(previous: Reconciler): void {
+    this.facts = { ...previous.facts, pid: this.facts.pid };
+    this.desired = previous.desired;
+    this.selection = previous.selection;
+  }
+
   /** Loads the durable state and finishes whatever a killed agent left half done. */
   async start(): Promise<void> {
     // Before anything watches the local files: the agent's own copy of the image's configuration

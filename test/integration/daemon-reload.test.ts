@@ -101,6 +101,36 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     }
   });
 
+  it('SIGHUP keeps what the status knows: a converged agent stays converged and ready through the reload', async () => {
+    const statuses: Status[] = [];
+    const clock = realClock();
+    const notify = createNotify({});
+    const daemon = await startDaemon(config(first, { termination: { enabled: false } }), {
+      log: silentLogger(),
+      clock,
+      env: {},
+      notify,
+      watchdog: new Watchdog(notify, {}, clock),
+      reload: async () => config(first, { termination: { enabled: false } }),
+      onStatus: (s) => statuses.push(s),
+    });
+    try {
+      await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      assert.equal(daemon.status.condition, 'converged', daemon.status.message);
+      const before = statuses.length;
+      const passes = () => statuses.slice(before).filter((s) => s.lastResult !== undefined && s.lastResult.at !== statuses[before - 1]!.lastResult?.at);
+      daemon.signal('SIGHUP');
+      await waitFor('the pass after the reload', () => passes().length > 0);
+      const after = statuses.slice(before);
+      const lost = after.filter((s) => !s.firstConvergenceDone || s.condition !== 'converged');
+      assert.deepEqual(lost.map((s) => `${s.condition} firstConvergenceDone=${s.firstConvergenceDone}: ${s.message}`), [], 'status --wait, /readyz and status.json went back to the start');
+      assert.equal(passes()[0]?.lastResult?.outcome, 'unchanged');
+    } finally {
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+    }
+  });
+
   it('a write error under the root fails the pass naming path and errno, and SIGTERM still stops the daemon', async () => {
     // A fresh machine, with a file where the agent's render directory goes: every write under it
     // fails (ENOTDIR).
