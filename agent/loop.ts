@@ -247,18 +247,19 @@ class DaemonLoop implements Daemon {
   }
 
   private onLeaving(notice: LeavingNotice | undefined): void {
-    const { log, notify } = this.deps;
+    const { log } = this.deps;
     this.leavingNotice = notice;
+    // systemd hears of it through STATUS= alone: it takes STOPPING=1 as the service's own stop,
+    // kills it TimeoutStopSec later and ignores READY=1 meanwhile, and the agent keeps running
+    // (health checks, an instance that stays after all) until it is told to stop.
     if (notice) {
       log.warn({ event: 'leaving', kind: notice.kind, detail: notice.detail }, `${notice.detail}: no new rebuild starts`);
       this.scheduler.block(notice.detail);
       this.reconciler.setLeaving(notice.detail);
-      notify.stopping(`leaving: ${notice.detail}`);
     } else {
       log.info({ event: 'leaving.ended' }, 'the instance is no longer leaving; convergence resumes');
       this.reconciler.setLeaving(undefined);
       this.scheduler.unblock();
-      if (notify.enabled) notify.send({ READY: 1 });
     }
   }
 

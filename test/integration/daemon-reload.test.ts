@@ -12,7 +12,7 @@ import { runDaemon } from '../../agent/daemon.js';
 import { silentLogger } from '../../agent/log.js';
 import { startDaemon } from '../../agent/loop.js';
 import { realClock } from '../../agent/ports.js';
-import { createNotify } from '../../agent/report/notify.js';
+import { createNotify, type Notify } from '../../agent/report/notify.js';
 import { Watchdog } from '../../agent/report/watchdog.js';
 import type { Status } from '../../agent/status.js';
 import { defaultInstance, ImdsEmulator } from '../../sandbox/emulators/imds.js';
@@ -129,6 +129,45 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
       daemon.signal('SIGTERM');
       assert.equal(await daemon.done, 0);
     }
+  });
+
+  it('a spot notice that comes and goes is no shutdown: STOPPING=1 only on SIGTERM, READY=1 once', async () => {
+    const sent: string[] = [];
+    const notify: Notify = {
+      enabled: true,
+      send: (fields) => sent.push(Object.keys(fields).join(',')),
+      ready: () => sent.push('READY'),
+      status() {},
+      watchdog() {},
+      extendTimeout() {},
+      stopping: () => sent.push('STOPPING'),
+      reloading() {},
+    };
+    const statuses: Status[] = [];
+    const clock = realClock();
+    const daemon = await startDaemon(config(first), {
+      log: silentLogger(),
+      clock,
+      env: {},
+      notify,
+      watchdog: new Watchdog(notify, {}, clock),
+      onStatus: (s) => statuses.push(s),
+    });
+    try {
+      await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      first.setSpotInstanceAction({ action: 'stop', time: new Date(Date.now() + 120_000).toISOString() });
+      await waitFor('the spot notice', () => daemon.status.phase === 'stopping');
+      first.setSpotInstanceAction(undefined);
+      await waitFor('the notice withdrawn', () => daemon.status.phase !== 'stopping');
+      // systemd takes STOPPING=1 from a running service as the start of its stop: TimeoutStopSec
+      // later it kills an agent that was never asked to stop, and ignores READY=1 meanwhile.
+      assert.deepEqual(sent.filter((m) => /STOPPING|READY/.test(m)), ['READY'], sent.join(' | '));
+    } finally {
+      first.setSpotInstanceAction(undefined);
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+    }
+    assert.deepEqual(sent.filter((m) => /STOPPING|READY/.test(m)), ['READY', 'STOPPING'], sent.join(' | '));
   });
 
   it('a write error under the root fails the pass naming path and errno, and SIGTERM still stops the daemon', async () => {
