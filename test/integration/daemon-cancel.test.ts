@@ -113,6 +113,8 @@ describe('a hung build', { timeout: 240_000 }, () => {
     const first = r.statuses.find((s) => s.firstConvergenceDone);
     assert.equal(first?.lastResult?.outcome, 'converged', `the first convergence ended ${first?.lastResult?.outcome}: ${first?.message}`);
     assert.ok(r.statuses.filter((s) => s.lastResult?.outcome === 'cancelled').every((s) => s.condition === 'converging'), 'converging while the cancelled build is followed by the next pass');
+    // The status turns converged as the pass ends; READY=1 follows from the loop's own handler.
+    await waitFor('READY=1', () => ready.length > 0);
     assert.deepEqual(ready.map((s) => s.lastResult?.outcome), ['converged'], 'READY=1 once, when the first convergence ended');
   });
 
