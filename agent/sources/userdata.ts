@@ -68,7 +68,11 @@ export function parseChannels(text: string): Channel[] {
   const channels: Channel[] = [];
   text.split('\n').forEach((line, index) => {
     if (!line.startsWith('###')) return;
-    const fields = line.slice(3).trim().split(/\s+/).filter(Boolean);
+    const after = line.slice(3).trim();
+    // amazon-init writes what follows `###` to /root/.nix-channels, and nix-channel skips a line
+    // starting with `#` there: a `####` banner is a comment, not a malformed channel.
+    if (after.startsWith('#')) return;
+    const fields = after.split(/\s+/).filter(Boolean);
     if (fields.length === 0) return;
     const [url, name, ...rest] = fields;
     if (url === undefined || name === undefined || rest.length > 0) {

@@ -80,6 +80,15 @@ describe('interpretUserData', () => {
     assert.deepEqual(parseChannels('###\n{ }\n'), []);
   });
 
+  it('takes #### lines as comments, as nix-channel reads the line amazon-init writes for them', () => {
+    // amazon-init strips `###` and writes the rest to /root/.nix-channels; nix-channel skips a line
+    // that then starts with `#`, so a `####` banner in user data names no channel and breaks nothing.
+    const text = '#### Web servers ####\n####\n### # was: https://example.com/old old\n### https://nixos.org/channels/nixos-24.05 nixos\n{ ... }: { }\n';
+    const ud = interpretUserData(Buffer.from(text));
+    assert.ok(ud.kind === 'nix');
+    assert.deepEqual(ud.channels, [{ url: 'https://nixos.org/channels/nixos-24.05', name: 'nixos' }]);
+  });
+
   it('unpacks gzip\'d user data before classifying it', () => {
     const text = '{ ... }:\n{\n  networking.hostName = "web-1";\n}\n';
     const plain = interpretUserData(Buffer.from(text));
