@@ -53,10 +53,14 @@ export class LocalWatcher {
     // A directory that does not exist yet could not be watched; the drop-in directory is ours to make.
     await mkdir(path.resolve(modulesDir), { recursive: true, mode: 0o755 });
     const baseDir = path.dirname(path.resolve(baseConfiguration));
-    const dirs = [...new Set([baseDir, path.resolve(modulesDir)])];
-    const watcher = watch(dirs, {
+    // The drop-in directory is watched through its parent: a watch on the directory itself dies
+    // with it, so one that a tool removes and makes again (or swaps in by a rename) would go unseen.
+    const dropIn = path.resolve(modulesDir);
+    const dirs = [...new Set([baseDir, path.dirname(dropIn), dropIn])];
+    const watcher = watch([...new Set([baseDir, path.dirname(dropIn)])], {
       ignoreInitial: true,
-      depth: 0,
+      // One level below the drop-in directory's parent; any other directory is ignored below.
+      depth: 1,
       persistent: true,
       // inotify unless asked: no timer runs while nothing changes.
       usePolling: this.options.usePolling === true,

@@ -70,6 +70,33 @@ test('changes to inputs trigger; the agent\'s own files and same-content rewrite
   assert.equal(watcher.stats.changes, 3);
 });
 
+test('keeps watching a drop-in directory that is removed and made again, or swapped in by a rename', async (t) => {
+  const root = await mkdtemp(path.join(tmpdir(), 'nea-watch-'));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const base = path.join(root, 'etc/nixos/base.nix');
+  await mkdir(path.dirname(base), { recursive: true });
+  const dropin = path.join(root, 'etc/nixos-ec2-agent/local.d');
+  const reasons: string[] = [];
+  const watcher = new LocalWatcher({ baseConfiguration: base, modulesDir: dropin, onChange: (r) => reasons.push(r) });
+  await watcher.start();
+  t.after(() => watcher.stop());
+
+  // A tool that replaces the directory rather than the files in it.
+  await rm(dropin, { recursive: true });
+  await sleep(200);
+  await mkdir(dropin);
+  await sleep(200);
+  await writeFile(path.join(dropin, 'web.nix'), '{ ... }: { services.nginx.enable = true; }\n');
+  await until('the module in the directory made again', () => reasons.some((r) => /added .*web\.nix$/.test(r)));
+
+  const staging = `${dropin}.new`;
+  await mkdir(staging);
+  await writeFile(path.join(staging, 'db.nix'), '{ ... }: { services.postgresql.enable = true; }\n');
+  await rm(dropin, { recursive: true });
+  await rename(staging, dropin);
+  await until('the module in the directory renamed in', () => reasons.some((r) => /added .*db\.nix$/.test(r)));
+});
+
 test('the watcher uses inotify, not polling, unless asked or forced by CHOKIDAR_USEPOLLING, and says which', async (t) => {
   const root = await mkdtemp(path.join(tmpdir(), 'nea-watch-'));
   t.after(() => rm(root, { recursive: true, force: true }));
