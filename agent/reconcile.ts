@@ -10,7 +10,7 @@ import { AgentError, ApplyFailedError, InvalidInputError, isAgentError, Transien
 import type { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
-import { renderChannels, renderPlan, type RenderPlan } from './render/render.js';
+import { RENDER_ROOT, renderChannels, renderPlan, type RenderPlan } from './render/render.js';
 import type { RenderWriter } from './render/write.js';
 import type { FailureReporter } from './rollout/reporter.js';
 import { selectDesired, whoOf, type Selection } from './rollout/select.js';
@@ -477,7 +477,9 @@ export class Reconciler {
   /** The activated system is running: verify it and make it permanent, or roll back. */
   private async finishInterrupted(desiredHash: string, storePath: string, log: Logger): Promise<void> {
     try {
-      await this.verifyAndCommit(desiredHash, storePath, undefined, log, this.deps.config.rebuild.mode === 'safe');
+      // The render configuration.nix imports is the desired state's own directory (renderPlan): named
+      // as the last good's, or the commit's gc removes it from under configuration.nix.
+      await this.verifyAndCommit(desiredHash, storePath, `${RENDER_ROOT}/${shortHash(desiredHash)}`, log, this.deps.config.rebuild.mode === 'safe');
     } catch (err) {
       if (!(err instanceof ApplyFailedError)) throw err;
       await this.rollbackTo(err.message, log);

@@ -406,6 +406,24 @@ describe('Reconciler recovery from the journal', () => {
     assert.deepEqual(w.machine.calls, []);
   });
 
+  it('activating, then finished by the restart: the render configuration.nix imports is kept', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = w.sources.desiredHash();
+    w.machine.kill = 'activate test:after';
+    await assert.rejects(agent.converge('poll'), Killed);
+
+    const restarted = await w.agent();
+    assert.equal(restarted.durable.lastGood?.storePath, storePathOf(b));
+    assert.equal(restarted.durable.lastGood?.renderDir, `/etc/nixos/ec2-agent/${b.slice(0, 12)}`);
+    const config = (await w.fs.readText(CONFIGURATION_NIX)) ?? '';
+    const imports = [...config.matchAll(/^\s+(\/\S+\.nix) #/gm)].map((m) => m[1]!);
+    assert.ok(imports.length > 0, config);
+    for (const file of imports) assert.ok(await w.fs.exists(path.relative(w.dir, file).replace(/^/, '/')), `configuration.nix imports ${file}, which is gone`);
+  });
+
   it('activating, the new system unhealthy: rolls back to the last good generation', async () => {
     const w = await setup();
     const agent = await w.agent();
