@@ -10,7 +10,7 @@ import { AgentError, ApplyFailedError, InvalidInputError, isAgentError, Transien
 import type { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
-import { RENDER_ROOT, renderChannels, renderPlan, type RenderPlan } from './render/render.js';
+import { PREVIOUS_CONFIGURATION, RENDER_ROOT, renderChannels, renderPlan, type RenderPlan } from './render/render.js';
 import type { RenderWriter } from './render/write.js';
 import type { FailureReporter } from './rollout/reporter.js';
 import { selectDesired, whoOf, type Selection } from './rollout/select.js';
@@ -329,8 +329,10 @@ export class Reconciler {
     }
     const configuration = await this.deps.writer.currentConfiguration();
     if (previousGood && previousGood.storePath !== storePath) {
-      // Kept with it, so an operator's rollback puts the matching configuration.nix back.
-      const previousConfiguration = await this.deps.store.lastGoodConfiguration(this.state);
+      // Kept with it, so an operator's rollback puts the matching configuration.nix back. The image's
+      // system has none saved: its configuration.nix is the one this pass's commit replaced (every
+      // failure before put the last good one back), which the commit kept beside the parts.
+      const previousConfiguration = (await this.deps.store.lastGoodConfiguration(this.state)) ?? (await this.deps.fs.readText(PREVIOUS_CONFIGURATION));
       this.state.previousGood = { ...previousGood, ...(previousConfiguration !== undefined ? { configuration: previousConfiguration } : {}) };
     }
     this.state.lastGood = { storePath, desiredHash, ...(renderDir ? { renderDir } : {}), ...(configuration !== undefined ? { configuration } : {}), at: now };

@@ -339,6 +339,15 @@ describe('Reconciler passes', () => {
     assert.equal(await w.machine.running(), c.system);
     assert.equal(restarted.status.held, undefined);
   });
+  it("an operator's rollback to the image's own system puts the image's configuration.nix back", async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    await convergeTo(w, agent, 'a');
+    assert.equal((await agent.rollback()).outcome, 'rolled-back');
+    assert.equal(await w.machine.running(), IMAGE_SYSTEM);
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), IMAGE_CONFIGURATION, 'configuration.nix does not match the system rolled back to');
+    assert.equal(await w.fs.readText(LAST_GOOD_CONFIGURATION), IMAGE_CONFIGURATION);
+  });
 });
 
 describe('Reconciler recovery from the journal', () => {
