@@ -480,8 +480,11 @@ export class Reconciler {
   private async finishInterrupted(desiredHash: string, storePath: string, log: Logger): Promise<void> {
     try {
       // The render configuration.nix imports is the desired state's own directory (renderPlan): named
-      // as the last good's, or the commit's gc removes it from under configuration.nix.
-      await this.verifyAndCommit(desiredHash, storePath, `${RENDER_ROOT}/${shortHash(desiredHash)}`, log, this.deps.config.rebuild.mode === 'safe');
+      // as the last good's, or the commit's gc removes it from under configuration.nix. The boot
+      // default is always made again: the journal cannot tell nixos-rebuild switch's order from the
+      // safe one (a prebuilt closure takes it under rebuild.mode = switch too), and `nix-env --set`
+      // to the newest generation's path and `switch-to-configuration boot` are idempotent.
+      await this.verifyAndCommit(desiredHash, storePath, `${RENDER_ROOT}/${shortHash(desiredHash)}`, log, true);
     } catch (err) {
       if (!(err instanceof ApplyFailedError)) throw err;
       await this.rollbackTo(err.message, log);

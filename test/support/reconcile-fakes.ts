@@ -14,7 +14,7 @@ import { ApplyFailedError } from '../../agent/errors.js';
 import { RootFs } from '../../agent/fs.js';
 import { silentLogger } from '../../agent/log.js';
 import type { RunRequest, RunResult, Runner } from '../../agent/ports.js';
-import { Reconciler } from '../../agent/reconcile.js';
+import { Reconciler, type ReconcilerDeps } from '../../agent/reconcile.js';
 import { CONFIGURATION_NIX } from '../../agent/render/render.js';
 import type { NixSyntaxError } from '../../agent/render/validate.js';
 import { RenderWriter } from '../../agent/render/write.js';
@@ -278,7 +278,7 @@ export interface World {
   readonly runner: FakeRunner;
   readonly statuses: Status[];
   /** A new Reconciler over the same root, as after a restart; `start()` already called. */
-  agent(config?: ConfigInput): Promise<Reconciler>;
+  agent(config?: ConfigInput, extra?: Pick<ReconcilerDeps, 'closures'>): Promise<Reconciler>;
 }
 
 export async function world(): Promise<World> {
@@ -301,7 +301,7 @@ export async function world(): Promise<World> {
     parser,
     runner,
     statuses,
-    agent: async (config: ConfigInput = {}) => {
+    agent: async (config: ConfigInput = {}, extra: Pick<ReconcilerDeps, 'closures'> = {}) => {
       const log = silentLogger();
       const reconciler = new Reconciler({
         config: parseConfig({ ...config, root: dir }),
@@ -315,6 +315,7 @@ export async function world(): Promise<World> {
         health: machine.health,
         store: new StateStore(fs, () => clock.now()),
         onStatus: (s) => statuses.push(s),
+        ...extra,
       });
       await reconciler.start();
       return reconciler;

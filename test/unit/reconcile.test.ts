@@ -491,6 +491,25 @@ describe('Reconciler recovery from the journal', () => {
     assert.deepEqual(await w.machine.profile(), { generation: 3, storePath: b });
   });
 
+  it('a prebuilt closure under rebuild.mode = switch, activated: the restart makes it the boot default', async () => {
+    const w = await setup();
+    // The closure takes the safe order whatever the mode: `test`, verify, then profile and `boot`.
+    const closure = '/nix/store/cccccccccccccccccccccccccccccccc-nixos-system-prebuilt';
+    const closures = { realise: async () => ({ storePath: closure, substituted: 0, narBytes: 0, downloadBytes: 0 }), pinRoots: async () => {} };
+    const config = { rebuild: { mode: 'switch' as const } };
+    const agent = await w.agent(config, { closures });
+    w.sources.set('system', JSON.stringify({ storePath: closure, substituter: 'https://cache.example.org', trustedPublicKeys: [`ci-1:${Buffer.alloc(32).toString('base64')}`] }));
+    w.machine.kill = 'activate test:after';
+    await assert.rejects(agent.converge('start'), Killed);
+    assert.equal(await w.machine.running(), closure);
+
+    w.machine.calls.length = 0;
+    const restarted = await w.agent(config, { closures });
+    assert.deepEqual(w.machine.calls, [`verify ${closure}`, `setProfile ${closure}`, `activate boot ${closure}`]);
+    assert.equal(restarted.durable.lastGood?.storePath, closure);
+    assert.deepEqual(await w.machine.profile(), { generation: 2, storePath: closure }, 'the verified closure is not what the instance boots');
+  });
+
   it('rolling-back: finishes the rollback to the last good generation', async () => {
     const w = await setup();
     const agent = await w.agent();
