@@ -509,18 +509,22 @@ export class Reconciler {
     const targetConfiguration = target.configuration ?? (await this.deps.fs.readText(LEGACY_PREVIOUS_GOOD_CONFIGURATION));
     this.state.lastGood = { ...target, ...(targetConfiguration !== undefined ? { configuration: targetConfiguration } : {}) };
     this.state.previousGood = current ? { ...current, ...(currentConfiguration !== undefined ? { configuration: currentConfiguration } : {}) } : undefined;
+    // Held on what the sources said when the operator rolled back: without a pass in this process,
+    // that is the desired state of the generation rolled back from, not the one rolled back to.
+    // Saved with the rollback's journal entry, so that a restart which finishes the rollback holds
+    // there too instead of converging straight back.
+    const heldBefore = this.state.held;
+    const heldHash = this.desired?.hash ?? current?.desiredHash ?? target.desiredHash ?? '';
+    this.state.held = { desiredHash: heldHash, since: this.deps.clock.now() };
     try {
       await this.rollbackTo('operator rollback', log);
     } catch (err) {
       if (!isAgentError(err)) throw err;
+      this.state.held = heldBefore;
       await this.finish({ outcome: 'failed', error: err }, 0);
       return { outcome: 'failed', error: err };
     }
     this.state.running = target.desiredHash ? { desiredHash: target.desiredHash, storePath: target.storePath, at: this.deps.clock.now() } : undefined;
-    // Held on what the sources said when the operator rolled back: without a pass in this process,
-    // that is the desired state of the generation rolled back from, not the one rolled back to.
-    const heldHash = this.desired?.hash ?? current?.desiredHash ?? this.state.running?.desiredHash ?? '';
-    this.state.held = { desiredHash: heldHash, since: this.deps.clock.now() };
     this.record({});
     await this.finish({ outcome: 'rolled-back' }, 0);
     return { outcome: 'rolled-back' };

@@ -339,6 +339,26 @@ describe('Reconciler passes', () => {
     assert.equal(await w.machine.running(), c.system);
     assert.equal(restarted.status.held, undefined);
   });
+  it("an operator's rollback interrupted and finished by the restart still holds", async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    const b = await convergeTo(w, agent, 'b');
+    // Dies verifying A, switched back to.
+    w.machine.verifyCount = 0;
+    w.machine.kill = 'verify#1';
+    await assert.rejects(agent.rollback(), Killed);
+    assert.equal((await stateOf(w)).journal.phase, 'rolling-back');
+
+    const restarted = await w.agent();
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal(restarted.status.held?.desiredHash, b.hash);
+    w.machine.calls.length = 0;
+    assert.equal((await restarted.converge('start')).outcome, 'held', 'the restart undid the rollback');
+    assert.deepEqual(w.machine.calls, []);
+    assert.equal(await w.machine.running(), a.system);
+  });
+
   it("an operator's rollback to the image's own system puts the image's configuration.nix back", async () => {
     const w = await setup();
     const agent = await w.agent();
