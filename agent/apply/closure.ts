@@ -142,6 +142,9 @@ export class ClosureRealiser {
       ...(signal ? { signal } : {}),
       ...(this.options.env ? { env: this.options.env } : {}),
     });
+    // Cancelled (a newer desired state, the instance leaving, a stop): the signal's reason is the one
+    // value that says so to the reconciler, as the Rebuilder throws it; anything else is a failure.
+    if (result.aborted && signal?.aborted) throw signal.reason;
     if (result.aborted) throw new ApplyFailedError('nix-store --check-validity cancelled by a newer desired state', 'build', { exitCode: result.code, reasons: ['cancelled'] });
     if (result.code !== 0 || result.timedOut) {
       const tail = result.stderr.split('\n').filter(Boolean).slice(-10);
@@ -162,6 +165,7 @@ export class ClosureRealiser {
     if (!verdict.ok && this.options.gcWhenShort) {
       this.log.warn({ event: 'closure.gc', reason: verdict.summary }, `collecting garbage first: ${verdict.summary}`);
       const gc = await this.runner.run({ command: this.options.nixStore, args: [...this.storeArgs(), '--gc'], timeoutMs: this.options.timeoutMs, ...(signal ? { signal } : {}), ...(this.options.env ? { env: this.options.env } : {}) });
+      if (gc.aborted && signal?.aborted) throw signal.reason;
       if (gc.aborted) throw new ApplyFailedError('nix-store --gc cancelled by a newer desired state', 'build', { exitCode: gc.code, reasons: ['cancelled'] });
       // A failed collection may still have freed something: the space is looked at again either way.
       const ended = gc.timedOut ? 'timed out' : gc.code === 0 ? undefined : gc.code === null ? `was killed by ${gc.signal}` : `exited with ${gc.code}`;
@@ -203,6 +207,7 @@ export class ClosureRealiser {
     log.info({ event: 'step.end', exitCode: result.code, timedOut: result.timedOut, durationMs: result.durationMs }, 'step ended');
     if (result.code === 0 && !result.timedOut && !result.aborted) return result;
     const tail = result.stderr.split('\n').filter(Boolean).slice(-10);
+    if (result.aborted && signal?.aborted) throw signal.reason;
     if (result.aborted) {
       throw new ApplyFailedError(`nix ${args[0]} cancelled by a newer desired state`, 'build', { exitCode: result.code, tail, reasons: ['cancelled'] });
     }

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { describe, it } from 'node:test';
+import { ClosureRealiser } from '../../agent/apply/closure.js';
 import { Rebuilder } from '../../agent/apply/rebuild.js';
 import { TransientError } from '../../agent/errors.js';
 import { silentLogger } from '../../agent/log.js';
@@ -194,5 +195,31 @@ describe('cancellation', () => {
     const aborted: Runner = { run: async () => ({ code: null, signal: 'SIGTERM', timedOut: false, aborted: true, stdout: '', stderr: '', tail: [], durationMs: 1 }) };
     const rebuilder = new Rebuilder(aborted, w.fs, { nixosRebuild: 'nixos-rebuild', nixEnv: 'nix-env', nixChannel: 'nix-channel', extraArgs: [], buildTimeoutMs: 1_000, activateTimeoutMs: 1_000 }, silentLogger());
     await assert.rejects(rebuilder.build(abort.signal), (err) => err === reason);
+  });
+
+  it('so does the ClosureRealiser, at each of its steps', async () => {
+    const w = await setup();
+    const reason = new TransientError('cancelled: stopping', 'schedule');
+    const abort = new AbortController();
+    abort.abort(reason);
+    const closure = {
+      storePath: '/nix/store/bkgy8w862c7biafa6hv6ikiz1qqp1rba-nixos-system-test',
+      substituter: 'https://cache.example.org',
+      trustedPublicKeys: ['ci-1:FPxFZ1JZyohdbqGffdLqJQSjrRgXHYEP4jLDDMfAXvg='],
+      from: 'user-data' as const,
+    };
+    // Each step in turn answers (all paths missing, none signed) until the one that is aborted.
+    for (let abortedAt = 0; abortedAt < 2; abortedAt++) {
+      let calls = 0;
+      const runner: Runner = {
+        run: async (request) => {
+          if (calls++ === abortedAt) return { code: null, signal: 'SIGTERM', timedOut: false, aborted: true, stdout: '', stderr: '', tail: [], durationMs: 1 };
+          const stdout = request.command === 'nix-store' ? `${closure.storePath}\n` : JSON.stringify([{ path: closure.storePath, narHash: 'sha256:0', narSize: 1, references: [], signatures: [] }]);
+          return { code: 0, signal: null, timedOut: false, aborted: false, stdout, stderr: '', tail: [], durationMs: 1 };
+        },
+      };
+      const realiser = new ClosureRealiser(runner, w.fs, { nix: 'nix', nixStore: 'nix-store', timeoutMs: 1_000, reserveBytes: 0, gcWhenShort: false }, silentLogger());
+      await assert.rejects(realiser.realise(closure, abort.signal), (err) => err === reason, `step ${abortedAt}`);
+    }
   });
 });
