@@ -187,16 +187,19 @@ export class Reconciler {
     const running = await runningSystem(this.deps.fs);
     const step = planPass(passSituation(this.state, desired.hash, running, this.deps.clock.now(), { closure: desired.system !== undefined, mode: this.deps.config.rebuild.mode }));
     log.debug({ event: 'pass.plan', step }, `next step: ${step.kind}`);
+    if (step.kind === 'unchanged' || step.kind === 'hold-rollback' || (step.kind === 'hold-failed' && step.stage !== 'validate')) {
+      // /run is a tmpfs: after a reboot the running system's secrets are gone until written again.
+      // A hold finds them as the held desired state's pass left them (a failure past the parser and
+      // a rollback leave them as they were), so they are written back the same way; a desired state
+      // the parser refused never wrote any.
+      await this.deps.writer.writeSecrets(desired.secrets);
+    }
     if (step.kind === 'hold-rollback') return { outcome: 'held', desiredHash: desired.hash };
     if (step.kind === 'suspended' || step.kind === 'fetch') throw new Error(`a pass with its sources read cannot plan ${step.kind}`);
     if (step.releaseHold) {
       delete this.state.held;
     }
-    if (step.kind === 'unchanged') {
-      // /run is a tmpfs: after a reboot the running system's secrets are gone until written again.
-      await this.deps.writer.writeSecrets(desired.secrets);
-      return { outcome: 'unchanged', desiredHash: desired.hash };
-    }
+    if (step.kind === 'unchanged') return { outcome: 'unchanged', desiredHash: desired.hash };
     if (step.kind === 'hold-failed') {
       log.info({ event: 'pass.held', desiredHash: desired.hash, retryAt: iso(step.retryAt) }, `desired ${short} failed before (${step.reason}); not retried before ${iso(step.retryAt)}`);
       return { outcome: 'held', desiredHash: desired.hash, error: new ApplyFailedError(step.reason, step.stage as ApplyFailedError['stage']) };

@@ -165,6 +165,31 @@ describe('Reconciler passes', () => {
     assert.equal(await w.machine.running(), c.system);
   });
 
+  it('writes the secrets again after a reboot while it holds a failed desired state or an operator\'s rollback', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    w.sources.set('secrets/token', 's3cret', 'SecureString');
+    await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    w.machine.failBuild.add(w.sources.desiredHash());
+    assert.equal((await agent.converge('poll')).outcome, 'failed');
+    assert.equal(await w.fs.readText(`${SECRETS_DIR}/token`), 's3cret');
+
+    // A reboot empties /run.
+    await w.fs.remove('/run/nixos-ec2-agent');
+    const rebooted = await w.agent();
+    assert.equal((await rebooted.converge('start')).outcome, 'held');
+    assert.equal(await w.fs.readText(`${SECRETS_DIR}/token`), 's3cret', 'the running system lost its secrets');
+
+    w.machine.failBuild.clear();
+    await convergeTo(w, rebooted, 'c');
+    assert.equal((await rebooted.rollback()).outcome, 'rolled-back');
+    await w.fs.remove('/run/nixos-ec2-agent');
+    const again = await w.agent();
+    assert.equal((await again.converge('start')).outcome, 'held');
+    assert.equal(await w.fs.readText(`${SECRETS_DIR}/token`), 's3cret', 'the rolled-back system lost its secrets');
+  });
+
   it('caps the failure backoff at maxBackoffSeconds', async () => {
     const w = await setup();
     const agent = await w.agent({ retry: { failedBackoffSeconds: 600, maxBackoffSeconds: 1000 } });
@@ -286,6 +311,8 @@ describe('Reconciler passes', () => {
     assert.equal(w.machine.builds.at(-1)?.aborted, true);
     assert.equal(await w.fs.readText(CONFIGURATION_NIX), config);
     assert.equal(await w.fs.exists(`${SECRETS_DIR}/token`), false);
+    assert.equal((await agent.converge('poll')).outcome, 'held');
+    assert.equal(await w.fs.exists(`${SECRETS_DIR}/token`), false, 'a hold on the refused desired state wrote its secrets');
     assert.equal(await w.machine.running(), a.system);
     // The journal entry written while the parser ran is ended: a restart finds nothing to recover.
     assert.equal((await stateOf(w)).journal.phase, 'idle');
