@@ -51,6 +51,11 @@ export interface AgentEdges {
   readonly credentials?: () => Promise<AwsCredentialIdentityProvider>;
   readonly onStatus?: (status: Status) => void;
   readonly onProgress?: () => void;
+  /**
+   * What waits on a busy SSM account sleep on (minutes, with no step of the loop between): the
+   * daemon's counts those sleeps as progress for systemd's watchdog. `clock` when absent.
+   */
+  readonly waitClock?: Clock;
 }
 
 export interface Agent {
@@ -92,7 +97,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     });
   // Edges that bring their own clients (a fleet simulation) never load the credential chain.
   const credentials = memo(edges.credentials ?? defaultCredentials);
-  const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, clock, imds, env, credentials)));
+  const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, edges.waitClock ?? clock, imds, env, credentials)));
   const ssm = new WatchedSsm(ssmParts, {
     clock,
     imds,

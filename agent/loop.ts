@@ -22,7 +22,7 @@ import type { LifecycleReporter } from './report/lifecycle.js';
 import { AgentMetrics, PhaseTimer } from './report/metrics.js';
 import type { Notify } from './report/notify.js';
 import { StatusFile } from './report/status-file.js';
-import { watchedRunner, type Watchdog } from './report/watchdog.js';
+import { watchedClock, watchedRunner, type Watchdog } from './report/watchdog.js';
 import { ProcessRunner } from './runner.js';
 import { scheduleTimings, Scheduler } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
@@ -375,6 +375,7 @@ class DaemonLoop implements Daemon {
       runner: this.runner,
       onStatus: (status) => this.post({ kind: 'status', status }),
       onProgress: () => this.deps.watchdog.alive(),
+      waitClock: watchedClock(clock, this.deps.watchdog),
     });
     // The first pass's remote reads go out while the reconciler loads and recovers its state.
     agent.sources.prefetch();

@@ -138,3 +138,26 @@ export function watchedRunner(runner: Runner, watchdog: Watchdog, clock: Clock):
     ...(runner.stopWithin ? { stopWithin: (dir: string) => runner.stopWithin!(dir) } : {}),
   };
 }
+
+/** Timers run late on a loaded machine: a sleep counts as progress for this long past its end. */
+const SLEEP_LATE_MS = 5_000;
+
+/**
+ * A clock whose sleeps count as progress until they are due. For the waits a pass makes on a busy
+ * SSM account (the client's patience, agent/aws/ssm-sdk.ts): each up to five minutes, minutes in
+ * all, without a step of the loop in between. Only for waits that a pass or a call makes and that
+ * end: a background loop's sleeps through it would keep the pings going for a wedged daemon.
+ */
+export function watchedClock(clock: Clock, watchdog: Watchdog): Clock {
+  return {
+    now: () => clock.now(),
+    async sleep(ms, signal) {
+      const release = watchdog.busyUntil(clock.now() + Math.max(0, ms) + SLEEP_LATE_MS);
+      try {
+        await clock.sleep(ms, signal);
+      } finally {
+        release();
+      }
+    },
+  };
+}

@@ -97,4 +97,61 @@ describe('the watchdog during a long build', { timeout: 120_000 }, () => {
     assert.ok(endedAt! - buildingAt! >= (BUILD_TIMEOUT_S - 1) * 1000, 'the build ran until its timeout');
     assert.ok(Math.max(...gaps) < WATCHDOG_MS, `a gap of ${Math.max(...gaps)} ms between pings would have had systemd kill the agent mid-build: ${gaps.join(', ')}`);
   });
+  it('is pinged while the first pass waits out a throttling SSM account', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-watchdog-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
+    cleanups.push(() => world.close());
+    // Every SSM call is refused as throttled: the fetch waits on the account, a wait that grows
+    // to minutes at a fleet's scale, with no step of the loop in between.
+    world.ssm.injectFault({ code: 'ThrottlingException', message: 'Rate exceeded', times: Infinity });
+    const root = path.join(dir, 'root');
+    const tools = await installStandins({ binDir: path.join(dir, 'bin'), root });
+    await bootMachine(root);
+    const config = parseConfig({
+      root,
+      logLevel: 'error',
+      rebuild: { nixosRebuild: tools.nixosRebuild, nixEnv: tools.nixEnv, nixChannel: tools.nixChannel, validate: 'if-available' },
+      imds: { retries: 2, timeoutMs: 5_000 },
+      ssm: { pollIntervalSeconds: 3_600, pollJitter: 0 },
+      http: { listen: null },
+      controlSocket: '/run/ctl.sock',
+      lifecycle: { enabled: false },
+      termination: { enabled: false },
+    });
+    const clock = realClock();
+    const pings: number[] = [];
+    const notify: Notify = {
+      enabled: false,
+      send() {},
+      ready() {},
+      status() {},
+      watchdog: () => pings.push(Date.now()),
+      extendTimeout() {},
+      stopping() {},
+      reloading() {},
+    };
+    const daemon = await startDaemon(config, {
+      log: silentLogger(),
+      clock,
+      env: world.env(),
+      notify,
+      watchdog: new Watchdog(notify, { WATCHDOG_USEC: String(WATCHDOG_MS * 1000) }, clock),
+      edges: { credentials: async () => async () => CREDENTIALS },
+    });
+    cleanups.push(async () => {
+      daemon.signal('SIGTERM');
+      await daemon.done;
+    });
+
+    // Three watchdog intervals of refusals, the pass still fetching all along.
+    const refusals = () => world.ssm.requests.filter((r) => r.errorCode === 'ThrottlingException').length;
+    await waitFor('the first refusal', () => refusals() > 0);
+    const from = Date.now();
+    await waitFor('three watchdog intervals of refusals', () => Date.now() - from > 3 * WATCHDOG_MS && refusals() > 3);
+    assert.equal(daemon.status.lastResult, undefined, 'the first pass is still waiting on SSM');
+    const during = [from, ...pings.filter((t) => t > from), Date.now()];
+    const gaps = during.slice(1).map((t, i) => t - during[i]!);
+    assert.ok(Math.max(...gaps) < WATCHDOG_MS, `a gap of ${Math.max(...gaps)} ms between pings would have had systemd kill the agent while it waited on SSM: ${gaps.join(', ')}`);
+  });
 });

@@ -12,9 +12,9 @@ import { randomBytes } from 'node:crypto';
 
 import { childEnv } from '../../agent/env.js';
 import { createNotify, NotifyError, type NativeSend, type Notify } from '../../agent/report/notify.js';
-import { Watchdog, watchdogIntervalUsec } from '../../agent/report/watchdog.js';
-import { systemClock } from '../../agent/ports.js';
-import { ManualClock } from '../support/clock.js';
+import { Watchdog, watchdogIntervalUsec, watchedClock, watchedRunner } from '../../agent/report/watchdog.js';
+import { systemClock, type Clock, type RunResult } from '../../agent/ports.js';
+import { ManualClock, settle } from '../support/clock.js';
 
 // Compiled to dist/test/unit/; the listener and the addon stay at the package root.
 const LISTENER = fileURLToPath(new URL('../../../test/support/dgram-listener.py', import.meta.url));
@@ -401,6 +401,54 @@ describe('Watchdog', () => {
 
     dog.stop();
     assert.equal(scheduler.intervals.size, 0);
+  });
+
+  it('counts a watched sleep or child as progress until it is due, and no longer', async () => {
+    const clock = new ManualClock(0);
+    const scheduler = new ManualScheduler();
+    const notify = new RecordingNotify();
+    const dog = new Watchdog(notify, { WATCHDOG_USEC: '10000000' }, clock, scheduler);
+    dog.start();
+    const step = async (ms: number) => {
+      clock.advance(ms);
+      await settle();
+      scheduler.fire();
+    };
+
+    // A five-minute wait on a busy account: longer than WatchdogSec, with no beat of the loop.
+    const before = notify.pings;
+    const slept = watchedClock(clock, dog).sleep(300_000);
+    for (let i = 0; i < 59; i++) await step(5_000);
+    assert.equal(notify.pings, before + 59, 'pinged all through the wait');
+    await step(5_000);
+    await slept;
+    const woken = notify.pings;
+    // Its end is the loop going on: fresh for one more WatchdogSec, then stale.
+    for (let i = 0; i < 4; i++) await step(5_000);
+    assert.equal(notify.pings, woken + 1);
+
+    // A wait that never ends (a lost promise behind the sleep) counts until it was due, and a few
+    // seconds more for a late timer: after that the loop is wedged.
+    dog.alive();
+    const never: Clock = { now: () => clock.now(), sleep: () => new Promise<void>(() => {}) };
+    void watchedClock(never, dog).sleep(60_000);
+    const at = notify.pings;
+    for (let i = 0; i < 12; i++) await step(5_000);
+    assert.equal(notify.pings, at + 12, 'pinged until the sleep was due, and its late margin');
+    for (let i = 0; i < 4; i++) await step(5_000);
+    assert.equal(notify.pings, at + 12, 'then no more');
+
+    // A child within its timeout, the same.
+    dog.alive();
+    let exit!: (r: RunResult) => void;
+    const runner = watchedRunner({ run: () => new Promise<RunResult>((resolve) => (exit = resolve)) }, dog, clock);
+    const run = runner.run({ command: 'nixos-rebuild', args: ['build'], timeoutMs: 3_600_000 });
+    const building = notify.pings;
+    for (let i = 0; i < 100; i++) await step(5_000);
+    assert.equal(notify.pings, building + 100, 'pinged all through a build longer than WatchdogSec');
+    exit({ code: 0, signal: null, stdout: '', stderr: '', tail: [], timedOut: false, aborted: false, durationMs: 500_000 });
+    await run;
+    dog.stop();
   });
 
   it('start is idempotent and stop ends the pings', () => {
