@@ -114,6 +114,12 @@ export class Reconciler {
       if (good) this.state.lastGood = { storePath: good, at: this.deps.clock.now() };
     }
     await this.recover();
+    const noGood = this.state.noGoodGeneration;
+    if (noGood) {
+      // Still true only while the system the rollback left runs (an operator may have switched since).
+      if (noGood.storePath === (await runningSystem(this.deps.fs))) this.record({ noGoodGeneration: true });
+      else delete this.state.noGoodGeneration;
+    }
     const required = this.state.rebootRequired;
     if (required && (await bootedSystem(this.deps.fs)) === required.storePath) {
       // Booted into the generation that needed it: the reboot happened.
@@ -340,6 +346,7 @@ export class Reconciler {
     }
     this.state.lastGood = { storePath, desiredHash, ...(renderDir ? { renderDir } : {}), ...(configuration !== undefined ? { configuration } : {}), at: now };
     this.state.running = { desiredHash, storePath, at: now };
+    delete this.state.noGoodGeneration;
     delete this.state.failed[desiredHash];
     await this.deps.closures?.pinRoots({ current: storePath, lastGood: storePath });
     await this.journal('idle');
@@ -394,6 +401,8 @@ export class Reconciler {
     const target = this.state.lastGood;
     await this.journal('rolling-back', undefined, target?.storePath, reason);
     if (!target) {
+      const running = await runningSystem(this.deps.fs);
+      this.state.noGoodGeneration = { since: this.deps.clock.now(), ...(running !== undefined ? { storePath: running } : {}) };
       this.record({ noGoodGeneration: true });
       throw new ApplyFailedError(`${reason}; and there is no recorded good generation to roll back to`, 'rollback');
     }
@@ -408,6 +417,8 @@ export class Reconciler {
     await this.restoreConfiguration();
     this.step({ step: 'verifying-rollback', storePath: target.storePath });
     const verdict = await this.verify();
+    if (verdict.healthy) delete this.state.noGoodGeneration;
+    else this.state.noGoodGeneration = { since: this.deps.clock.now(), storePath: target.storePath };
     this.record({ noGoodGeneration: !verdict.healthy });
     if (verdict.healthy) {
       this.state.running = this.state.running?.storePath === target.storePath ? this.state.running : undefined;
@@ -608,6 +619,7 @@ export class Reconciler {
     const converged = result.outcome === 'converged' || result.outcome === 'unchanged';
     const onGood = running !== undefined && running === this.state.lastGood?.storePath;
     const reasons = result.error?.context.reasons as string[] | undefined;
+    if (converged) delete this.state.noGoodGeneration;
     this.record({
       activity: { kind: 'ended' },
       lastPass: {

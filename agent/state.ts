@@ -66,6 +66,12 @@ const StateSchema = z.object({
   /** Set by `rollback`: hold on the last good generation until the sources change. */
   held: z.object({ desiredHash: z.string(), since: z.number() }).optional(),
   rebootRequired: z.object({ since: z.number(), storePath: z.string() }).optional(),
+  /**
+   * A rollback found its target unhealthy too (or had none): no good generation runs. Kept so a
+   * restarted agent still says so (/healthz, Auto Scaling) while that system runs, rather than
+   * taking it for the last good one; a healthy verdict or a convergence ends it.
+   */
+  noGoodGeneration: z.object({ since: z.number(), storePath: z.string().optional() }).optional(),
 });
 
 export type DurableState = z.infer<typeof StateSchema>;

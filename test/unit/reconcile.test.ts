@@ -271,6 +271,20 @@ describe('Reconciler passes', () => {
     assert.equal(await w.machine.running(), a.system);
     assert.equal(agent.status.noGoodGeneration, true);
     assert.equal(agent.status.condition, 'failed');
+
+    // A restart still says so while that system runs: the held pass does not take it for good.
+    const restarted = await w.agent();
+    assert.equal(restarted.status.noGoodGeneration, true, 'known at start');
+    assert.equal((await restarted.converge('poll')).outcome, 'held');
+    assert.equal(restarted.status.noGoodGeneration, true, 'after the held pass');
+    assert.equal(restarted.status.condition, 'failed');
+
+    // A convergence ends it, for good.
+    w.machine.unhealthy.clear();
+    w.sources.set('options/networking.hostName', '"c"');
+    assert.equal((await restarted.converge('poll')).outcome, 'converged');
+    assert.equal(restarted.status.noGoodGeneration, false);
+    assert.equal((await w.agent()).status.noGoodGeneration, false, 'and after another restart');
   });
 
   it('rejects invalid input with outcome invalid-input, writing and switching nothing', async () => {
