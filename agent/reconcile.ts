@@ -163,12 +163,19 @@ export class Reconciler {
     const bestEffort = async (what: string, step: () => Promise<unknown>) => {
       await step().catch((e: unknown) => log.warn({ event: 'pass.cleanup-failed', what, err: (e as Error).message }, `after a write error, cannot ${what}: ${(e as Error).message}`));
     };
-    if (this.state.journal.phase === 'rendered' || this.state.journal.phase === 'building') {
+    const phase = this.state.journal.phase;
+    if (phase === 'rendered' || phase === 'building') {
       await bestEffort('restore configuration.nix', () => this.restoreConfiguration());
       await bestEffort('end the journal entry', () => this.journal('idle'));
     }
+    if (phase === 'activating' || phase === 'verifying') {
+      // The new system runs, unverified. The entry on disk says activating or verifying, from which a
+      // restart rolls back; so does this, now, with its own entries only if the disk takes them.
+      await bestEffort('roll back to the last good generation', () => this.rollbackTo(err.message, log, 'best-effort'));
+    }
     const desired = this.desired;
-    if (desired) await bestEffort('remember the failure', () => this.recordFailure(desired.hash, 'render', err.message));
+    const stage = phase === 'activating' || phase === 'verifying' ? 'verify' : 'render';
+    if (desired) await bestEffort('remember the failure', () => this.recordFailure(desired.hash, stage, err.message));
   }
 
   private async pass(log: Logger, signal?: AbortSignal): Promise<PassResult> {
@@ -396,10 +403,19 @@ export class Reconciler {
     if (taken.length && instanceId) await this.deps.rollout?.report(taken, instanceId, { stage, reason });
   }
 
-  /** Activates the recorded last good generation again, never merely "the previous number". */
-  private async rollbackTo(reason: string, log: Logger): Promise<void> {
+  /**
+   * Activates the recorded last good generation again, never merely "the previous number".
+   * `journal`: 'best-effort' when the disk already refused a write and the entry on it already
+   * leads a restart to this same rollback; the rollback then goes on whether its entries are saved.
+   */
+  private async rollbackTo(reason: string, log: Logger, journal: 'required' | 'best-effort' = 'required'): Promise<void> {
+    const entry = (phase: DurableState['journal']['phase'], storePath?: string) =>
+      this.journal(phase, undefined, storePath, phase === 'idle' ? undefined : reason).catch((e: unknown) => {
+        if (journal === 'required') throw e;
+        log.warn({ event: 'rollback.journal-failed', phase, err: (e as Error).message }, `cannot save the journal entry ${phase}: ${(e as Error).message}`);
+      });
     const target = this.state.lastGood;
-    await this.journal('rolling-back', undefined, target?.storePath, reason);
+    await entry('rolling-back', target?.storePath);
     if (!target) {
       const running = await runningSystem(this.deps.fs);
       this.state.noGoodGeneration = { since: this.deps.clock.now(), ...(running !== undefined ? { storePath: running } : {}) };
@@ -423,7 +439,7 @@ export class Reconciler {
     if (verdict.healthy) {
       this.state.running = this.state.running?.storePath === target.storePath ? this.state.running : undefined;
     }
-    await this.journal('idle');
+    await entry('idle');
     log.warn({ event: 'rollback.end', to: target.storePath, healthy: verdict.healthy }, `rolled back to ${target.storePath} (${verdict.healthy ? 'healthy' : 'still unhealthy'})`);
   }
 

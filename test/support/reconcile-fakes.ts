@@ -88,6 +88,8 @@ export class FakeMachine {
   hangBuild = false;
   /** The call at which the agent "dies" (e.g. `build`, `activate test:after`, `setProfile`, `verify#2`). */
   kill: string | undefined;
+  /** Told of every call `kill` could name, as it is reached: to change the machine under the agent. */
+  onCall: ((call: string) => void) | undefined;
 
   constructor(readonly fs: RootFs) {}
 
@@ -109,6 +111,7 @@ export class FakeMachine {
   }
 
   private checkKill(call: string): void {
+    this.onCall?.(call);
     if (this.kill === call) {
       this.kill = undefined;
       throw new Killed(`killed at ${call}`);

@@ -65,6 +65,38 @@ describe('write errors under the root', () => {
     assert.equal(w.machine.builds.at(-1)?.aborted, true, 'the build was stopped before the pass ended');
   });
 
+  it('ENOSPC saving the state once the new system is activated: rolls back at once to the last good generation, unverified nothing kept', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    w.sources.set('options/networking.hostName', '"web-1"');
+    assert.equal((await agent.converge('test')).outcome, 'converged');
+    const good = await w.machine.running();
+    const goodConfig = await w.fs.readText(CONFIGURATION_NIX);
+    w.sources.set('options/networking.hostName', '"web-2"');
+    const candidate = storePathOf(w.sources.desiredHash());
+    // The disk fills as the new system is activated: the journal's next entry cannot be saved.
+    w.machine.onCall = (call) => {
+      if (call !== 'activate test:after') return;
+      w.fs.failWrites = 'ENOSPC';
+      w.fs.failWritesTo = STATE_FILE;
+    };
+    w.machine.calls.length = 0;
+    const failed = await agent.converge('poll');
+    assert.equal(failed.outcome, 'failed');
+    assert.match(failed.error?.message ?? '', /ENOSPC/);
+    assert.equal(await w.machine.running(), good, 'back on the last good generation, not left on the unverified one');
+    assert.deepEqual(w.machine.calls.slice(0, 2), ['build', `activate test ${candidate}`]);
+    assert.ok(w.machine.calls.includes(`activate switch ${good}`), w.machine.calls.join(', '));
+    assert.equal(await w.fs.readText(CONFIGURATION_NIX), goodConfig);
+    assert.equal((await stateOf(w)).journal.phase, 'activating', 'on disk, the entry a restart rolls back from');
+
+    // The disk is back: the failure is remembered and waits its backoff; a restart finds the same.
+    w.fs.failWrites = undefined;
+    w.machine.onCall = undefined;
+    assert.equal((await agent.converge('poll')).outcome, 'held');
+    assert.equal(await w.machine.running(), good);
+  });
+
   it('an unreadable state file (EACCES, EIO) is an error, never set aside as corrupt', async () => {
     const w = await setup();
     const agent = await w.agent();
