@@ -45,17 +45,30 @@ export type GetParametersByPath = (input: {
   NextToken?: string;
 }>;
 
-export function fillPrefix(template: string, values: Placeholders): { path?: string; missing?: string } {
+/**
+ * What a parameter path may hold between its slashes (SSM's naming rules). An Auto Scaling group's
+ * name may hold far more (spaces, colons, any letter): such a group can have no parameters of its
+ * own, and a path with it in would fail every read with a ValidationException.
+ */
+const PATH_SEGMENT = /^[a-zA-Z0-9_.-]+$/;
+
+export function fillPrefix(template: string, values: Placeholders): { path?: string; missing?: string; unusable?: string } {
   let missing: string | undefined;
+  let unusable: string | undefined;
   const path = template.replace(/\{([a-z-]+)\}/g, (whole, key: string) => {
     const value = (values as unknown as Record<string, string | undefined>)[key];
     if (value === undefined) {
       missing ??= key;
       return whole;
     }
+    if (!PATH_SEGMENT.test(value)) {
+      unusable ??= `{${key}} is ${JSON.stringify(value)}, which an SSM parameter path cannot hold (only a-z, A-Z, 0-9, _ . -)`;
+      return whole;
+    }
     return value;
   });
   if (missing !== undefined) return { missing };
+  if (unusable !== undefined) return { unusable };
   return { path: path.replace(/\/+$/, '') };
 }
 
@@ -73,7 +86,7 @@ export class SsmSource {
     for (const template of prefixes) {
       const filled = fillPrefix(template, values);
       if (filled.path === undefined) {
-        skipped.push({ prefix: template, reason: `{${filled.missing}} is not known for this instance` });
+        skipped.push({ prefix: template, reason: filled.unusable ?? `{${filled.missing}} is not known for this instance` });
         continue;
       }
       const parameters: SsmParameter[] = [];

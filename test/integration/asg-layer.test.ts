@@ -41,6 +41,19 @@ describe('the Auto Scaling layer without tags in instance metadata', { concurren
     });
   });
 
+  test('a group whose name an SSM path cannot hold skips the layer, noting why, and converges', opts, async () => {
+    const fleet = { Name: '/nixos/fleet/options/environment.variables.FLEET', Value: '"fleet"', Type: 'String' as const };
+    await withInstance({ parameters: [fleet], instance: { autoScaling: { group: 'web fleet: blue' } } }, async (inst) => {
+      const { code, status, stderr } = await inst.converge();
+      assert.equal(code, 0, stderr.slice(-2000));
+      assert.equal(status.lastResult?.outcome, 'converged');
+      assert.ok(status.desired?.sources.parameters.some((p) => p.name === fleet.Name), JSON.stringify(status.desired));
+      assert.ok(status.desired?.notes.some((n) => /\/nixos\/asg\/\{asg\} skipped.*"web fleet: blue".*cannot hold/.test(n)), JSON.stringify(status.desired?.notes));
+      const paths = inst.world.ssm.requests.map((r) => (r.input as { Path?: string } | undefined)?.Path).filter(Boolean);
+      assert.ok(!paths.some((p) => p!.startsWith('/nixos/asg')), `no read of an impossible path: ${paths.join(', ')}`);
+    });
+  });
+
   test('an instance in no group skips the layer and notes it', opts, async () => {
     await withInstance({ parameters: [ASG_OPTION], instance: { autoScaling: null } }, async (inst) => {
       const { code, status, stderr } = await inst.converge();
