@@ -7,8 +7,10 @@ import { controlSocketPath, type Config } from './config.js';
 import { shortHash } from './desired/desired.js';
 import { RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
-import { realClock } from './ports.js';
+import { realClock, type Runner } from './ports.js';
 import { renderPlan } from './render/render.js';
+import { NixParser } from './render/validate.js';
+import { InvalidInputError } from './errors.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
 import { readStatusFile, StatusFile } from './report/status-file.js';
@@ -101,19 +103,35 @@ export async function render(config: Config, out: string | undefined, json: bool
   if (out) {
     for (const f of files) await writeFileAtomic(path.join(out, f.path), f.text);
   }
-  // The parser gate, exactly as a converge would run it, but on a scratch root.
+  // The parser gate a converge runs, on the same texts: what a pass would refuse, render refuses.
+  const imported = await Promise.all(plan.imported.map(async (f) => ({ source: f.source, text: (await agent.fs.readText(f.path)) ?? '' })));
+  const { errors, skipped } = await parseRendered(config, agent.runner, [...files, ...imported]);
+  const notes = skipped ? [...desired.notes, skipped] : desired.notes;
   if (json) {
     process.stdout.write(
-      `${JSON.stringify({ desiredHash: desired.hash, notes: desired.notes, files: files.map((f) => ({ path: f.path, source: f.source, text: f.text })), secrets: desired.secrets.map((s) => ({ name: s.name, path: `/run/nixos-ec2-agent/secrets/${s.name}`, from: s.from })) }, null, 2)}\n`,
+      `${JSON.stringify({ desiredHash: desired.hash, notes, files: files.map((f) => ({ path: f.path, source: f.source, text: f.text })), secrets: desired.secrets.map((s) => ({ name: s.name, path: `/run/nixos-ec2-agent/secrets/${s.name}`, from: s.from })), parseErrors: errors }, null, 2)}\n`,
     );
   } else {
     process.stdout.write(`# desired state ${desired.hash}\n`);
-    for (const note of desired.notes) process.stdout.write(`# note: ${note}\n`);
+    for (const note of notes) process.stdout.write(`# note: ${note}\n`);
     for (const f of files) process.stdout.write(`\n### ${f.path}  (${f.source})\n${f.text}`);
     for (const s of desired.secrets) process.stdout.write(`\n### /run/nixos-ec2-agent/secrets/${s.name}  (SecureString ${s.from.name}, value not shown)\n`);
     if (out) process.stdout.write(`\nwritten under ${out}\n`);
   }
+  const first = errors[0];
+  if (first) throw new InvalidInputError(`does not parse as Nix: line ${first.line}, column ${first.column}: ${first.message}${errors.length > 1 ? ` (and ${errors.length - 1} more)` : ''}`, first.source);
   return 0;
+}
+
+/**
+ * Each text through the Nix parser, as the pass's gate (render/write.ts) checks the files it wrote;
+ * given on stdin, so nothing is written. Skipped, and said so, where a pass would skip it.
+ */
+async function parseRendered(config: Config, runner: Runner, texts: readonly { source: string; text: string }[]): Promise<{ errors: { source: string; line: number; column: number; message: string }[]; skipped?: string }> {
+  const parser = new NixParser(runner, { command: config.rebuild.nixInstantiate });
+  if (config.rebuild.validate === 'if-available' && !(await parser.available())) return { errors: [], skipped: `${config.rebuild.nixInstantiate} is not available: nothing was parsed` };
+  const verdicts = await Promise.all(texts.map((t) => parser.checkText(t.text, t.source)));
+  return { errors: verdicts.filter((v) => v !== undefined).map((v) => ({ source: v.file, line: v.line, column: v.column, message: v.message })) };
 }
 
 export async function status(config: Config, json: boolean, wait: boolean): Promise<number> {

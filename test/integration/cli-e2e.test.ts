@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { cleanEnv } from '../../sandbox/sandbox.js';
-import { AWS_CLI, CLI, hasAwsCli, markerModule, parseJson, terminate, type CliResult, type StatusJson, withInstance } from '../support/e2e.js';
+import { AWS_CLI, CLI, hasAwsCli, hasNix, markerModule, parseJson, terminate, type CliResult, type StatusJson, withInstance } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
 const COMMANDS = ['run', 'converge', 'render', 'status', 'generations', 'rollback', 'suspend', 'resume', 'emulate', 'sandbox'];
@@ -83,6 +83,30 @@ describe('the command line', { concurrency: true }, () => {
       assert.equal(await i.running(), running);
       assert.deepEqual(await i.generationLinks(), ['system-1-link']);
       assert.equal(await i.steps(), 0, 'no rebuild step');
+    });
+  });
+
+  test('render refuses, exit 2, what the parser gate of a pass would refuse, naming where', { skip: hasNix ? false : 'nix-instantiate is not installed' }, async () => {
+    await withInstance({ parameters: [FLEET_TZ, { Name: '/nixos/fleet/modules/broken', Value: '{ ... }: { services.nginx.enable = ; }', Type: 'String' }] }, async (i) => {
+      const before = await i.configuration();
+      const printed = await i.run(['render']);
+      assert.equal(printed.code, 2, printed.stderr);
+      assert.match(printed.stdout, /services\.nginx\.enable = ;/, 'the render is still shown');
+      const lines = printed.stderr.trim().split('\n').filter((l) => !l.startsWith('{'));
+      assert.equal(lines.length, 1, printed.stderr);
+      assert.match(lines[0]!, /^nixos-ec2-agent render: .*\/nixos\/fleet\/modules\/broken.*: does not parse as Nix: line 1, column \d+: /);
+      const json = await i.run(['render', '--json']);
+      assert.equal(json.code, 2, json.stderr);
+      const rendered = parseJson(json.stdout, 'render --json', json) as { parseErrors: { source: string; line: number }[] };
+      assert.equal(rendered.parseErrors.length, 1, JSON.stringify(rendered.parseErrors));
+      assert.match(rendered.parseErrors[0]!.source, /\/nixos\/fleet\/modules\/broken/);
+      assert.equal(await i.configuration(), before, 'configuration.nix is unchanged');
+      assert.equal(await i.steps(), 0, 'no rebuild step');
+
+      i.put('/nixos/fleet/modules/broken', '{ ... }: { services.nginx.enable = true; }');
+      const fixed = await i.run(['render', '--json']);
+      assert.equal(fixed.code, 0, fixed.stderr);
+      assert.deepEqual((parseJson(fixed.stdout, 'render --json', fixed) as { parseErrors: unknown[] }).parseErrors, []);
     });
   });
 
