@@ -8,6 +8,13 @@ import { firstInvalidUtf8 } from '../utf8.js';
 
 /** EC2's limit on user data, before base64. */
 export const USER_DATA_LIMIT = 16 * 1024;
+/**
+ * The most gzip'd user data unpacks to. Packing is how user data holds more than EC2's 16 KiB
+ * (as with cloud-init), and Nix text packs four to eight times: 1 MiB leaves room for any real
+ * configuration, and stops a gzip bomb (16 KiB of it unpacks to 16 MiB and more) long before it
+ * costs an instance its memory.
+ */
+export const UNPACKED_USER_DATA_LIMIT = 1024 * 1024;
 
 export interface Channel {
   readonly url: string;
@@ -99,11 +106,11 @@ function gunzipBounded(bytes: Buffer): Buffer {
     // time an instance waits on for nothing (`npm run bench -- boot`).
     const { gunzipSync } = process.getBuiltinModule('node:zlib');
     // One byte over the limit is enough to know it is too big; a gzip bomb stops there.
-    return gunzipSync(bytes, { maxOutputLength: USER_DATA_LIMIT });
+    return gunzipSync(bytes, { maxOutputLength: UNPACKED_USER_DATA_LIMIT });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ERR_BUFFER_TOO_LARGE' || /maxOutputLength|buffer/i.test(String((err as Error).message))) {
-      throw new InvalidInputError(`unpacks to over EC2's ${USER_DATA_LIMIT}-byte limit`, WHERE);
+      throw new InvalidInputError(`unpacks to over ${UNPACKED_USER_DATA_LIMIT} bytes, the most gzip'd user data may hold`, WHERE);
     }
     throw new InvalidInputError(`gzip data does not unpack: ${(err as Error).message}`, WHERE);
   }

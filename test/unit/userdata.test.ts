@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { InvalidInputError } from '../../agent/errors.js';
-import { USER_DATA_LIMIT, interpretUserData, parseChannels } from '../../agent/sources/userdata.js';
+import { UNPACKED_USER_DATA_LIMIT, USER_DATA_LIMIT, interpretUserData, parseChannels } from '../../agent/sources/userdata.js';
 
 function rejects(fn: () => unknown, pattern: RegExp): InvalidInputError {
   try {
@@ -120,11 +120,23 @@ describe('interpretUserData', () => {
     rejects(() => interpretUserData(Buffer.alloc(USER_DATA_LIMIT + 1, 0x20)), /16384/);
   });
 
-  it('bounds a gzip bomb: unpacking past 16 KiB is a clear error', () => {
+  it("unpacks gzip'd user data past EC2's 16 KiB, which is what packing it is for", () => {
+    // A configuration of ~150 KiB, as an image builder might pack it into the 16 KiB EC2 allows.
+    const hosts = Array.from({ length: 2_500 }, (_, i) => `  networking.hosts."10.0.${i >> 8}.${i & 255}" = [ "host-${i}.internal" ];`).join('\n');
+    const text = `{ ... }:\n{\n${hosts}\n}\n`;
+    const packed = gzipSync(Buffer.from(text), { level: 9 });
+    assert.ok(Buffer.byteLength(text) > 4 * USER_DATA_LIMIT && packed.length <= USER_DATA_LIMIT, `${Buffer.byteLength(text)} bytes packed to ${packed.length}`);
+    const read = interpretUserData(packed);
+    assert.ok(read.kind === 'nix');
+    assert.equal(read.text, text);
+  });
+
+  it('bounds a gzip bomb: unpacking past 1 MiB is a clear error', () => {
     const bomb = gzipSync(Buffer.alloc(8 * 1024 * 1024, 0x61));
     assert.ok(bomb.length < USER_DATA_LIMIT, 'the packed bomb itself fits in user data');
-    rejects(() => interpretUserData(bomb), /unpacks to over .*16384/);
-    rejects(() => interpretUserData(gzipSync(Buffer.alloc(USER_DATA_LIMIT + 1, 0x61))), /unpacks to over/);
+    rejects(() => interpretUserData(bomb), new RegExp(`unpacks to over ${UNPACKED_USER_DATA_LIMIT} bytes`));
+    rejects(() => interpretUserData(gzipSync(Buffer.alloc(UNPACKED_USER_DATA_LIMIT + 1, 0x61))), /unpacks to over/);
+    assert.equal(interpretUserData(gzipSync(Buffer.from(`{ }\n# ${'a'.repeat(UNPACKED_USER_DATA_LIMIT - 7)}\n`))).kind, 'nix', 'exactly 1 MiB unpacks');
   });
 
   it('rejects gzip data that does not unpack', () => {
