@@ -152,8 +152,16 @@ export async function status(config: Config, json: boolean, wait: boolean): Prom
   return statusExitCode(current);
 }
 
+/**
+ * How long `status` waits for the daemon, which answers it from memory at once. The client's own
+ * wait is a rebuild's (`converge --now`): a daemon that takes the connection and says nothing
+ * (stopped, or its loop wedged until the watchdog restarts it) would hold `status` ten minutes,
+ * where status.json says the same.
+ */
+const STATUS_ANSWER_MS = 5_000;
+
 async function fetchStatus(config: Config, fs: RootFs): Promise<Status | undefined> {
-  const client = new ControlClient(controlSocketPath(config));
+  const client = new ControlClient(controlSocketPath(config), STATUS_ANSWER_MS);
   const live = await client.request('status').catch(() => undefined);
   if (live && typeof live === 'object' && 'status' in live) return (live as { status: Status }).status;
   return readStatusFile(fs);

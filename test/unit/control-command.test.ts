@@ -7,11 +7,13 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { control, unreachable } from '../../agent/commands.js';
-import { parseConfig } from '../../agent/config.js';
+import { control, status, unreachable } from '../../agent/commands.js';
+import { controlSocketPath, parseConfig } from '../../agent/config.js';
 import { RootFs } from '../../agent/fs.js';
 import { ControlClient, ControlServer } from '../../agent/report/control.js';
+import { readStatusFile } from '../../agent/report/status-file.js';
 import { STATE_FILE } from '../../agent/state.js';
+import { statusExitCode } from '../../agent/status.js';
 
 describe('control commands', () => {
   let dir: string;
@@ -93,6 +95,32 @@ describe("the control socket's directory", () => {
         await server.stop();
       }
     } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('status', () => {
+  // The daemon answers `status` from memory at once; one that takes the connection and says
+  // nothing (stopped, or its loop wedged until the watchdog restarts it) must not hold the command.
+  it('a daemon that accepts and never answers: status.json is shown, within seconds', { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-status-'));
+    const config = parseConfig({ root: dir });
+    const noDaemon = { request: async () => Promise.reject(Object.assign(new Error('connect ENOENT'), { code: 'ENOENT' })) };
+    assert.equal(await control(config, 'suspend', true, noDaemon), 0);
+    const socket = controlSocketPath(config);
+    await mkdir(path.dirname(socket), { recursive: true, mode: 0o755 });
+    const held: net.Socket[] = [];
+    const wedged = net.createServer((c) => void held.push(c));
+    await new Promise<void>((resolve) => wedged.listen(socket, resolve));
+    try {
+      const started = Date.now();
+      const code = await status(config, true, false);
+      assert.ok(Date.now() - started < 30_000, `took ${Date.now() - started} ms`);
+      assert.equal(code, statusExitCode((await readStatusFile(new RootFs(dir)))!));
+    } finally {
+      for (const c of held) c.destroy();
+      wedged.close();
       await rm(dir, { recursive: true, force: true });
     }
   });
