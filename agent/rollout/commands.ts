@@ -8,7 +8,7 @@ import { InvalidInputError } from '../errors.js';
 import { Secret } from '../secret.js';
 import { mapSsmError, SsmSource, type SsmParameter } from '../sources/ssm.js';
 import { cohortPosition, decide, describeRollout, percentAtStep, scheduleOf, stepOf, type RolloutStatus } from './plan.js';
-import { ROLLOUT, splitSnapshot, Strategy, type RolloutSpec } from './spec.js';
+import { ALARM_STAGE, ROLLOUT, splitSnapshot, Strategy, type RolloutSpec } from './spec.js';
 
 export interface RolloutSettings {
   /** Where the rollout lives when --prefix is not given: the first configured prefix without placeholders. */
@@ -120,12 +120,16 @@ export async function runRollout(verb: Verb, flags: RolloutFlags, settings: Roll
       await put(`${base}/halt`, flags.reason?.trim() || `halted by an operator at ${new Date(now).toISOString()}`);
       await bump();
       break;
-    case 'resume':
-      needRollout(spec, base);
+    case 'resume': {
+      const rollout = needRollout(spec, base);
+      // Written before the halt goes, so that no instance reads the old schedule without the halt.
+      const resumed = resumedStrategy(rollout, tree, now);
+      if (resumed) await put(`${base}/strategy`, JSON.stringify(resumed));
       // The failure records go too: they would halt it again at once.
       await remove(tree.filter(bookkeeping).map((p) => p.name));
       await bump();
       break;
+    }
     case 'abandon':
       needRollout(spec, base);
       await remove(tree.filter((p) => p.name !== `${base}/canary`).map((p) => p.name));
@@ -163,6 +167,38 @@ function checkPrefix(prefix: string): string {
 function needRollout(spec: RolloutSpec | undefined, base: string): RolloutSpec {
   if (!spec) throw new InvalidInputError(`no rollout here (no strategy and no candidate)`, base);
   return spec;
+}
+
+/**
+ * The strategy with its schedule moved on by the time the rollout stood halted. The schedule is a
+ * function of the clock, which ran on during the halt: resumed as it was, a rollout halted longer
+ * than its remaining steps and bake would be complete at once, every instance taking the candidate
+ * in the same poll. Undefined: nothing to move (not halted, halted before it started, or when it
+ * halted is not known).
+ */
+function resumedStrategy(spec: RolloutSpec, tree: readonly SsmParameter[], now: number): Strategy | undefined {
+  const strategy = spec.strategy;
+  if (!strategy || spec.problem) return undefined;
+  const since = haltedSince(spec, strategy, tree);
+  if (since === undefined) return undefined;
+  const { startMs } = scheduleOf(strategy);
+  const halted = now - Math.max(since, startMs);
+  if (halted <= 0) return undefined;
+  return { ...strategy, startAt: new Date(startMs + halted).toISOString() };
+}
+
+/** When the halt began: the operator's halt written, an alarm recorded, or the threshold's record. */
+function haltedSince(spec: RolloutSpec, strategy: Strategy, tree: readonly SsmParameter[]): number | undefined {
+  const base = `${spec.prefix}/${ROLLOUT}`;
+  const times: number[] = [];
+  const halt = tree.find((p) => p.name === `${base}/halt`)?.lastModified;
+  if (halt !== undefined) times.push(halt);
+  const recorded = spec.failures.map((f) => ({ stage: f.stage, at: Date.parse(f.at) })).filter((f) => Number.isFinite(f.at));
+  for (const f of recorded) if (f.stage === ALARM_STAGE) times.push(f.at);
+  const byTime = recorded.map((f) => f.at).sort((a, b) => a - b);
+  const threshold = byTime[strategy.errorThreshold - 1];
+  if (threshold !== undefined) times.push(threshold);
+  return times.length ? Math.min(...times) : undefined;
 }
 
 function strategyFromFlags(flags: RolloutFlags, now: number): Strategy {

@@ -3,8 +3,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { cohortPosition, currentPercent, decide, describeRollout, scheduleOf, stepCount, stepOf } from '../../agent/rollout/plan.js';
+import { runRollout, type RolloutStore } from '../../agent/rollout/commands.js';
 import { selectDesired } from '../../agent/rollout/select.js';
 import { candidateIdOf, splitSnapshot, type RolloutSpec, type Strategy } from '../../agent/rollout/spec.js';
+import type { SsmParameter } from '../../agent/sources/ssm.js';
 import { desired, NO_LOCAL, param, ssm, userData } from '../support/desired.js';
 
 const FLEET = '/nixos/fleet';
@@ -248,5 +250,56 @@ describe('selectDesired', () => {
   it('the canary pin by configuration takes the candidate at the start', () => {
     const s = selectDesired(input(snapshot([])), { instanceId: uncovered, canary: true }, START);
     assert.equal(s.rollouts[0]?.takes, 'candidate');
+  });
+});
+
+describe('rollout commands', () => {
+  /** SSM as the commands see it: a map, each write a new version at the clock's time. */
+  function store(clock: { now: number }) {
+    const params = new Map<string, SsmParameter>();
+    const s: RolloutStore = {
+      list: async (prefix) => [...params.values()].filter((p) => p.name.startsWith(`${prefix}/`)),
+      put: async (name, value, type) => void params.set(name, param(name, value, { type, version: (params.get(name)?.version ?? 0) + 1, lastModified: clock.now })),
+      delete: async (names) => void names.forEach((n) => params.delete(n)),
+    };
+    return { params, store: s };
+  }
+  const settings = { prefix: FLEET, revisionParameter: 'revision' };
+  const quiet = () => undefined;
+
+  it('resume continues where the halt stopped the schedule, instead of jumping ahead by the time halted', async () => {
+    const clock = { now: START };
+    const { params, store: s } = store(clock);
+    await s.put(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', 'String');
+    assert.equal(await runRollout('start', { step: '10', interval: '600', bake: '1800' }, settings, s, clock.now, quiet), 0);
+    clock.now = START + 15 * MIN;
+    assert.equal(await runRollout('halt', { reason: 'p99 latency' }, settings, s, clock.now, quiet), 0);
+    // Overnight, far past when the schedule would have completed.
+    clock.now = START + 12 * 60 * MIN;
+    assert.equal(await runRollout('resume', {}, settings, s, clock.now, quiet), 0);
+    const rollout = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0];
+    assert.ok(rollout);
+    const state = decide(rollout, { instanceId: '', canary: false }, clock.now);
+    assert.equal(state.state, 'progressing');
+    assert.equal(state.percent, 20, 'the share it had reached when halted');
+  });
+
+  it('a halt by failure records counts from the record that reached the threshold', async () => {
+    const clock = { now: START };
+    const { params, store: s } = store(clock);
+    await s.put(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', 'String');
+    await runRollout('start', { step: '10', interval: '600', bake: '1800', threshold: '2' }, settings, s, clock.now, quiet);
+    const candidate = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0]?.candidateId ?? '';
+    const fail = (id: string, at: number) => s.put(`${FLEET}/rollout/failures/${id}`, JSON.stringify({ candidate, stage: 'verify', reason: 'unit failed', at: new Date(at).toISOString() }), 'String');
+    await fail('i-a', START + 5 * MIN);
+    await fail('i-b', START + 25 * MIN);
+    clock.now = START + 24 * 60 * MIN;
+    await runRollout('resume', {}, settings, s, clock.now, quiet);
+    const rollout = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0];
+    assert.ok(rollout);
+    const state = decide(rollout, { instanceId: '', canary: false }, clock.now);
+    assert.equal(state.state, 'progressing');
+    assert.equal(state.percent, 30);
+    assert.equal(state.failures, 0, 'the records are gone');
   });
 });
