@@ -174,6 +174,8 @@ const commands: Record<string, Command> = {
     run: async (_v, positionals) => {
       const file = positionals[0];
       if (!file) throw new UsageError('check-config needs a FILE');
+      // `check-config *.json` would otherwise call the first one valid and never read the rest.
+      if (positionals.length > 1) throw new UsageError(`check-config takes one FILE, got ${positionals.length}`);
       const { loadConfig } = await import('./config.js');
       await loadConfig(file);
       process.stdout.write(`${file}: valid\n`);

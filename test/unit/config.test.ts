@@ -169,6 +169,11 @@ describe('loadConfig and check-config', () => {
 
     const missing = spawnSync(process.execPath, [CLI, 'check-config'], { encoding: 'utf8' });
     assert.equal(missing.status, 2, 'no FILE is bad usage');
+    // A second file would otherwise go unchecked while the first one is called valid.
+    const two = spawnSync(process.execPath, [CLI, 'check-config', good, bad], { encoding: 'utf8' });
+    assert.equal(two.status, 2, 'two FILEs are bad usage');
+    assert.equal(two.stdout, '');
+    assert.match(two.stderr, /check-config takes one FILE/);
     const notJson = path.join(dir, 'cc-not.json');
     await writeFile(notJson, 'nope');
     assert.equal(spawnSync(process.execPath, [CLI, 'check-config', notJson], { encoding: 'utf8' }).status, 2);
