@@ -9,7 +9,15 @@ import { InvalidInputError } from './errors.js';
 import { JsonNumber, type Json } from './render/nix.js';
 import { firstInvalidUtf8 } from './utf8.js';
 
-const seconds = (def: number) => z.number().positive().default(def);
+/**
+ * Node's timers hold at most 2^31 − 1 ms (about 24.8 days); asked for longer, one fires after 1 ms
+ * (TimeoutOverflowWarning): a build time limit of 30 days would end every build as it starts.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1_000);
+const timerSeconds = () => z.number().max(MAX_TIMER_SECONDS, `at most ${MAX_TIMER_SECONDS} seconds (about 24 days), the longest a timer holds`);
+const timerMs = () => z.number().int().max(MAX_TIMER_MS, `at most ${MAX_TIMER_MS} ms (about 24 days), the longest a timer holds`);
+const seconds = (def: number) => timerSeconds().positive().default(def);
 const argv = z.array(z.string().min(1)).min(1);
 
 const HttpProbe = z.strictObject({
@@ -17,14 +25,14 @@ const HttpProbe = z.strictObject({
   http: z.strictObject({
     url: z.string().url(),
     expectStatus: z.number().int().min(100).max(599).default(200),
-    timeoutMs: z.number().int().positive().default(2_000),
+    timeoutMs: timerMs().positive().default(2_000),
   }),
 });
 const CommandProbe = z.strictObject({
   name: z.string().min(1),
   command: z.strictObject({
     argv,
-    timeoutMs: z.number().int().positive().default(10_000),
+    timeoutMs: timerMs().positive().default(10_000),
   }),
 });
 
@@ -36,7 +44,7 @@ export const ConfigSchema = z.strictObject({
   imds: z
     .strictObject({
       /** Per HTTP attempt; the SDK's own client has none. */
-      timeoutMs: z.number().int().positive().default(1_000),
+      timeoutMs: timerMs().positive().default(1_000),
       retries: z.number().int().min(0).default(5),
       /** Endpoint override; otherwise AWS_EC2_METADATA_SERVICE_ENDPOINT, then 169.254.169.254. */
       endpoint: z.string().url().optional(),
@@ -134,7 +142,7 @@ export const ConfigSchema = z.strictObject({
       systemctl: z.string().default('systemctl'),
       checkFailedUnits: z.boolean().default(true),
       /** Failed checks are retried until this long after activation, then the verdict is unhealthy. */
-      graceSeconds: z.number().min(0).default(60),
+      graceSeconds: timerSeconds().min(0).default(60),
       intervalSeconds: seconds(5),
       probes: z.array(z.union([HttpProbe, CommandProbe])).default([]),
     })
@@ -154,7 +162,7 @@ export const ConfigSchema = z.strictObject({
        * A change opens a settle window: changes are gathered until this long passes with none
        * (SSM pushes seen by polling, local files, a newer state during a build), then converged once.
        */
-      quietPeriodMs: z.number().int().min(0).default(2_000),
+      quietPeriodMs: timerMs().min(0).default(2_000),
       /** The settle window's bound: a stream of changes that never pauses still converges this often. */
       maxSettleSeconds: seconds(60),
       /**
@@ -184,7 +192,7 @@ export const ConfigSchema = z.strictObject({
       /** Launch hook to complete; null discovers it with DescribeLifecycleHooks. */
       hookName: z.string().nullable().default(null),
       /** Heartbeat every this often while converging; null = a third of the hook's timeout. */
-      heartbeatSeconds: z.number().positive().nullable().default(null),
+      heartbeatSeconds: timerSeconds().positive().nullable().default(null),
       /** ABANDON when no good convergence is reached within this. */
       budgetSeconds: seconds(3_600),
       /** SetInstanceHealth Unhealthy when no good generation can run. */

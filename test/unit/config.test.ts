@@ -79,6 +79,20 @@ describe('parseConfig', () => {
     }
   });
 
+  it('rejects a time longer than a Node timer holds, which would fire after 1 ms', () => {
+    const cases: [unknown, RegExp][] = [
+      [{ rebuild: { buildTimeoutSeconds: 3_000_000 } }, /rebuild\.buildTimeoutSeconds: at most 2147483 seconds/],
+      [{ health: { intervalSeconds: 1e400 } }, /health\.intervalSeconds: at most/],
+      [{ health: { graceSeconds: 3_000_000 } }, /health\.graceSeconds: at most/],
+      [{ lifecycle: { heartbeatSeconds: 3_000_000 } }, /lifecycle\.heartbeatSeconds: at most/],
+      [{ imds: { timeoutMs: 2 ** 31 } }, /imds\.timeoutMs: at most 2147483647 ms/],
+      [{ health: { probes: [{ name: 'p', http: { url: 'http://x/', timeoutMs: 2 ** 31 } }] } }, /health\.probes\.0/],
+      [{ watch: { quietPeriodMs: 2 ** 31 } }, /watch\.quietPeriodMs: at most/],
+    ];
+    for (const [value, pattern] of cases) assert.match(rejected(value).message, pattern, JSON.stringify(value));
+    assert.equal(parseConfig({ rebuild: { buildTimeoutSeconds: 2_147_483 } }).rebuild.buildTimeoutSeconds, 2_147_483);
+  });
+
   it('names every bad field, not only the first', () => {
     const err = rejected({ root: 1, rebuild: { mode: 'x' } });
     assert.match(err.message, /root/);
