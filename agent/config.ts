@@ -269,12 +269,22 @@ export type ConfigInput = z.input<typeof ConfigSchema>;
 export function parseConfig(value: unknown, where = 'configuration'): Config {
   const result = ConfigSchema.safeParse(value);
   if (result.success) return result.data;
-  const problems = result.error.issues.flatMap((issue) => {
-    const at = (path: readonly (string | number)[]) => (path.length ? path.join('.') : '(top level)');
+  const at = (path: readonly (string | number)[]) => (path.length ? path.join('.') : '(top level)');
+  const describe = (issue: z.ZodIssue): string[] => {
     // Each unknown field by its own path: `ssm.prefix: unknown field "prefix"`.
     if (issue.code === 'unrecognized_keys') return issue.keys.map((key) => `${at([...issue.path, key])}: unknown field "${key}"`);
+    // A probe is an http or a command one, and zod says only "Invalid input" at the probe: the
+    // alternative with the fewest problems is the one meant, and its problems name the field.
+    if (issue.code === 'invalid_union') {
+      const alternatives = issue.unionErrors.map((e) => e.issues.flatMap(describe));
+      const fewest = Math.min(...alternatives.map((a) => a.length));
+      const closest = alternatives.filter((a) => a.length === fewest);
+      if (closest.length === 1) return closest[0]!;
+      if (closest.length > 1) return [closest.map((a) => a.join(', ')).join(' or ')];
+    }
     return [`${at(issue.path)}: ${issue.message}`];
-  });
+  };
+  const problems = result.error.issues.flatMap(describe);
   throw new InvalidInputError(problems.join('; '), where, { problems });
 }
 

@@ -93,6 +93,12 @@ describe('parseConfig', () => {
     assert.equal(parseConfig({ rebuild: { buildTimeoutSeconds: 2_147_483 } }).rebuild.buildTimeoutSeconds, 2_147_483);
   });
 
+  it('names the field inside a probe, not only the probe', () => {
+    assert.match(rejected({ health: { probes: [{ name: 'p', command: { argv: ['true'], timeoutMs: '5' } }] } }).message, /health\.probes\.0\.command\.timeoutMs: Expected number/);
+    assert.match(rejected({ health: { probes: [{ name: 'p', http: { url: 'nope' } }] } }).message, /health\.probes\.0\.http\.url: Invalid url/);
+    assert.match(rejected({ health: { probes: [{ name: 'p' }] } }).message, /health\.probes\.0\.http: Required or health\.probes\.0\.command: Required/);
+  });
+
   it('names every bad field, not only the first', () => {
     const err = rejected({ root: 1, rebuild: { mode: 'x' } });
     assert.match(err.message, /root/);
