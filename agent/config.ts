@@ -176,7 +176,11 @@ export const ConfigSchema = z.strictObject({
   http: z
     .strictObject({
       /** host:port for /healthz, /readyz, /status, /metrics; null turns it off. */
-      listen: z.string().nullable().default('0.0.0.0:9731'),
+      listen: z
+        .string()
+        .refine(isListen, 'not host:port (e.g. 0.0.0.0:9731, [::]:9731, 127.0.0.1:0)')
+        .nullable()
+        .default('0.0.0.0:9731'),
     })
     .default({}),
 
@@ -247,6 +251,16 @@ export const ConfigSchema = z.strictObject({
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
+
+/**
+ * What report/http.ts's parseListen takes: `host:port`, `[v6]:port` or `:port`. Checked here too, so
+ * that check-config (and the NixOS build that runs it) refuses what the daemon would refuse at its
+ * start; not imported from there, which would load node:http for every command.
+ */
+function isListen(listen: string): boolean {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(listen.trim());
+  return m !== null && Number(m[3]) <= 65535;
+}
 
 /** sun_path holds 108 bytes on Linux, the terminating NUL included. */
 const MAX_SOCKET_PATH = 107;

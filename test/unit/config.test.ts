@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { loadConfig, parseConfig } from '../../agent/config.js';
 import { InvalidInputError } from '../../agent/errors.js';
+import { parseListen } from '../../agent/report/http.js';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../agent/cli.js');
 
@@ -97,6 +98,17 @@ describe('parseConfig', () => {
     assert.match(rejected({ health: { probes: [{ name: 'p', command: { argv: ['true'], timeoutMs: '5' } }] } }).message, /health\.probes\.0\.command\.timeoutMs: Expected number/);
     assert.match(rejected({ health: { probes: [{ name: 'p', http: { url: 'nope' } }] } }).message, /health\.probes\.0\.http\.url: Invalid url/);
     assert.match(rejected({ health: { probes: [{ name: 'p' }] } }).message, /health\.probes\.0\.http: Required or health\.probes\.0\.command: Required/);
+  });
+
+  it('takes http.listen exactly as the HTTP server reads it, so a bad one fails check-config, not the start', () => {
+    for (const good of ['0.0.0.0:9731', '[::1]:80', ':9731', '127.0.0.1:0', ' 0.0.0.0:9731 ']) {
+      assert.equal(parseConfig({ http: { listen: good } }).http.listen, good);
+      assert.doesNotThrow(() => parseListen(good), good);
+    }
+    for (const bad of ['9731', 'localhost', 'host:99999', '::1:80', 'a:b', 'nonsense', '']) {
+      assert.match(rejected({ http: { listen: bad } }).message, /^configuration: http\.listen: /, bad);
+      assert.throws(() => parseListen(bad), bad);
+    }
   });
 
   it('names every bad field, not only the first', () => {
