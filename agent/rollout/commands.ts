@@ -261,6 +261,9 @@ function describeReport(report: RolloutReport): string[] {
   return lines;
 }
 
+/** Per SSM request, as the agent's own (agent.ts): each attempt of the SDK's retry gets this long. */
+const REQUEST_TIMEOUT_MS = 10_000;
+
 /** The command line's entry: the SDK client with the default credentials chain, region from the environment or profile. */
 export async function rolloutCommand(config: Config, flags: RolloutFlags, positionals: readonly string[]): Promise<number> {
   const [verb, ...extra] = positionals;
@@ -268,7 +271,14 @@ export async function rolloutCommand(config: Config, flags: RolloutFlags, positi
     throw new InvalidInputError(`expected one of ${VERBS.join('|')}, got ${positionals.length ? positionals.join(' ') : 'nothing'}`, 'rollout');
   }
   const [sdk, { defaultCredentials }] = await Promise.all([import('../aws/ssm-sdk.js'), import('../aws/credentials.js')]);
-  const client = new sdk.SSMClient({ credentials: await defaultCredentials(), retryMode: 'adaptive', maxAttempts: 5 });
+  const client = new sdk.SSMClient({
+    credentials: await defaultCredentials(),
+    retryMode: 'adaptive',
+    maxAttempts: 5,
+    // The SDK waits forever for an answer by default: an endpoint that accepts and never answers
+    // (a proxy, a firewall that drops) would hold the command for good.
+    requestHandler: { requestTimeout: REQUEST_TIMEOUT_MS, connectionTimeout: 3_000, throwOnRequestTimeout: true },
+  });
   try {
     const settings = {
       prefix: config.ssm.prefixes.find((p) => !p.includes('{')) ?? '/nixos/fleet',

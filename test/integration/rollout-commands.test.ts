@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
@@ -154,6 +155,24 @@ describe('rollout commands', () => {
     assert.equal(ssm.get(`${FLEET}/secrets/token`)?.Type, 'SecureString');
     assert.equal(ssm.get(`${FLEET}/secrets/token`)?.Value, 's3cret');
     assert.deepEqual(ssm.names().filter((n) => n.includes('/rollout/')), []);
+  });
+
+  it('an SSM endpoint that takes the connection and never answers: exit 1 in one line, no hang', { timeout: 150_000 }, async () => {
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+      const ended = await new Promise<Result & { hung: boolean }>((resolve) => {
+        execFile(process.execPath, [CLI, 'rollout', 'status'], { env: { ...env(), AWS_ENDPOINT_URL_SSM: url }, timeout: 120_000 }, (error, stdout, stderr) => {
+          resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, stdout, stderr, hung: error?.killed === true });
+        });
+      });
+      assert.equal(ended.hung, false, 'still running after 120 s');
+      assert.equal(ended.code, 1, ended.stderr);
+      assert.match(lastLine(ended.stderr), /^nixos-ec2-agent rollout: SSM GetParametersByPath \/nixos\/fleet\/rollout/);
+    } finally {
+      silent.close();
+    }
   });
 
   it('the same rollout with the plain AWS CLI, read back by `rollout status`', { skip: hasAwsCli ? false : `${AWS_CLI} is not installed` }, async () => {
