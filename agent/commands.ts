@@ -20,6 +20,7 @@ import { describeRollout } from './rollout/plan.js';
 import { selectDesired, whoOf } from './rollout/select.js';
 import { statusExitCode, type Status, type StatusPhase } from './status.js';
 import { writeFileAtomic } from './fs.js';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 
 /** Phases of a pass before it launches nixos-rebuild. */
@@ -93,6 +94,7 @@ export async function convergeOnce(config: Config, json: boolean): Promise<numbe
 }
 
 export async function render(config: Config, out: string | undefined, json: boolean): Promise<number> {
+  if (out !== undefined) await checkOutDir(out);
   const log = stderrLogger(config);
   const agent = await createAgent(config, log, processEdges());
   const snapshots = await agent.sources.read();
@@ -132,6 +134,21 @@ async function parseRendered(config: Config, runner: Runner, texts: readonly { s
   if (config.rebuild.validate === 'if-available' && !(await parser.available())) return { errors: [], skipped: `${config.rebuild.nixInstantiate} is not available: nothing was parsed` };
   const verdicts = await Promise.all(texts.map((t) => parser.checkText(t.text, t.source)));
   return { errors: verdicts.filter((v) => v !== undefined).map((v) => ({ source: v.file, line: v.line, column: v.column, message: v.message })) };
+}
+
+/**
+ * `render --out DIR` where DIR cannot be a directory is bad usage, known before the sources are
+ * read; found only at the first write, it was an unexpected error (exit 1) after the network.
+ */
+async function checkOutDir(out: string): Promise<void> {
+  let st;
+  try {
+    st = await stat(out);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new InvalidInputError(`cannot use ${out}: ${(err as Error).message}`, '--out');
+  }
+  if (!st.isDirectory()) throw new InvalidInputError(`${out} is not a directory`, '--out');
 }
 
 export async function status(config: Config, json: boolean, wait: boolean): Promise<number> {
