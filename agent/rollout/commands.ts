@@ -35,7 +35,10 @@ export function storeFromClient(client: SSMClient, sdk: typeof import('../aws/ss
   };
   return {
     list: async (path) => (await source.fetch([path], { 'instance-id': '', region: '', asg: undefined })).prefixes[0]?.parameters ?? [],
-    put: (name, value, type) => wrap(name, async () => void (await client.send(new sdk.PutParameterCommand({ Name: name, Value: value, Type: type, Overwrite: true })))),
+    // Intelligent-Tiering: SSM takes Standard where the value fits in its 4 KB, Advanced where it
+    // does not. Without a tier, a candidate module over 4 KB (published as Advanced) could not be
+    // promoted, and promote stopped with the stable parameters half copied.
+    put: (name, value, type) => wrap(name, async () => void (await client.send(new sdk.PutParameterCommand({ Name: name, Value: value, Type: type, Overwrite: true, Tier: 'Intelligent-Tiering' })))),
     delete: async (names) => {
       // DeleteParameters takes at most 10 names.
       for (let i = 0; i < names.length; i += 10) {

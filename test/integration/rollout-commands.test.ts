@@ -157,6 +157,18 @@ describe('rollout commands', () => {
     assert.deepEqual(ssm.names().filter((n) => n.includes('/rollout/')), []);
   });
 
+  it('promote copies a candidate larger than a Standard parameter holds', async () => {
+    const module = `{ ... }: {\n${'  # padding\n'.repeat(500)}}\n`;
+    ssm.put({ Name: `${FLEET}/rollout/candidate/modules/big`, Value: module, Type: 'String', Tier: 'Advanced' });
+    const past = new Date(Date.now() - 3 * 3600_000).toISOString();
+    const start = await agent('start', '--step', '50', '--interval', '60', '--bake', '60', '--at', past);
+    assert.equal(start.code, 0, start.stderr);
+    const promote = await agent('promote');
+    assert.equal(promote.code, 0, promote.stderr);
+    assert.equal(ssm.get(`${FLEET}/modules/big`)?.Value, module);
+    assert.deepEqual(ssm.names().filter((n) => n.includes('/rollout/')), []);
+  });
+
   it('an SSM endpoint that takes the connection and never answers: exit 1 in one line, no hang', { timeout: 150_000 }, async () => {
     const silent = net.createServer(() => undefined);
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
