@@ -277,7 +277,8 @@ export async function rolloutCommand(config: Config, flags: RolloutFlags, positi
   const client = new sdk.SSMClient({
     credentials: await defaultCredentials(),
     retryMode: 'adaptive',
-    maxAttempts: 5,
+    // ssm.maxAttempts, as the configuration says of the rollout commands' reads.
+    maxAttempts: config.ssm.maxAttempts,
     // The SDK waits forever for an answer by default: an endpoint that accepts and never answers
     // (a proxy, a firewall that drops) would hold the command for good.
     requestHandler: { requestTimeout: REQUEST_TIMEOUT_MS, connectionTimeout: 3_000, throwOnRequestTimeout: true },

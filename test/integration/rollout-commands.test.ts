@@ -2,7 +2,7 @@
 // default credentials chain, and the same rollout driven with the plain AWS CLI.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -174,8 +174,11 @@ describe('rollout commands', () => {
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
     try {
       const url = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+      // Two attempts of 10 s each, rather than the default ten.
+      const config = join(home, 'two-attempts.json');
+      await writeFile(config, JSON.stringify({ ssm: { maxAttempts: 2 } }));
       const ended = await new Promise<Result & { hung: boolean }>((resolve) => {
-        execFile(process.execPath, [CLI, 'rollout', 'status'], { env: { ...env(), AWS_ENDPOINT_URL_SSM: url }, timeout: 120_000 }, (error, stdout, stderr) => {
+        execFile(process.execPath, [CLI, 'rollout', 'status', '--config', config], { env: { ...env(), AWS_ENDPOINT_URL_SSM: url }, timeout: 120_000 }, (error, stdout, stderr) => {
           resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, stdout, stderr, hung: error?.killed === true });
         });
       });
