@@ -112,6 +112,16 @@ export async function runRollout(verb: Verb, flags: RolloutFlags, settings: Roll
       if (!spec || spec.candidate.length === 0) {
         throw new InvalidInputError(`nothing under ${base}/candidate/: publish the candidate first (e.g. aws ssm put-parameter --name ${base}/candidate/options/…)`, 'rollout start');
       }
+      // A second start would begin the schedule again: the instances of every later cohort back to
+      // stable, a rebuild each, then forward again. As AppConfig refuses a second deployment of a
+      // profile while one is in progress, this asks for --force (or abandon or promote first).
+      const under = spec.strategy && !spec.problem ? decide(spec, { instanceId: '', canary: false }, now) : undefined;
+      if (under && under.state !== 'staged' && !flags.force) {
+        throw new InvalidInputError(
+          `a rollout is already ${under.state} (at ${under.percent}%): promote or abandon it first, or pass --force to begin it again from its first step`,
+          'rollout start',
+        );
+      }
       const strategy = strategyFromFlags(flags, now);
       await remove(tree.filter(bookkeeping).map((p) => p.name));
       await put(`${base}/strategy`, JSON.stringify(strategy));

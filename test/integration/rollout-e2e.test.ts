@@ -125,8 +125,9 @@ describe('progressive rollout across sandbox agents', { timeout: 600_000 }, () =
     assert.equal(scaleOut.code, 0, scaleOut.stderr);
     assert.equal(onCandidate(scaleOut.status), false, 'an instance launched mid-rollout gets stable');
 
-    // The same candidate, started four hours ago: past every step and the bake.
-    await operator('start', '--step', String(STEP), '--interval', '3600', '--bake', '60', '--threshold', '1', '--at', new Date(Date.now() - 4 * 3600_000).toISOString());
+    // The same candidate, started again as if four hours ago: past every step and the bake. Under
+    // way already, it takes --force.
+    await operator('start', '--force', '--step', String(STEP), '--interval', '3600', '--bake', '60', '--threshold', '1', '--at', new Date(Date.now() - 4 * 3600_000).toISOString());
     for (const id of [a, b, c, d]) {
       const r = await converge(id);
       assert.equal(r.code, 0, r.stderr);

@@ -1,6 +1,7 @@
 // The rollout's pure parts: parsing what operators publish, the schedule, cohorts, halts, the bake,
 // and the desired state an instance picks from them.
 import assert from 'node:assert/strict';
+import { InvalidInputError } from '../../agent/errors.js';
 import { describe, it } from 'node:test';
 import { cohortPosition, currentPercent, decide, describeRollout, scheduleOf, stepCount, stepOf } from '../../agent/rollout/plan.js';
 import { runRollout, type RolloutStore } from '../../agent/rollout/commands.js';
@@ -282,6 +283,24 @@ describe('rollout commands', () => {
     const state = decide(rollout, { instanceId: '', canary: false }, clock.now);
     assert.equal(state.state, 'progressing');
     assert.equal(state.percent, 20, 'the share it had reached when halted');
+  });
+
+  it('start refuses a rollout already under way, unless forced to begin it again', async () => {
+    const clock = { now: START };
+    const { params, store: s } = store(clock);
+    await s.put(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', 'String');
+    assert.equal(await runRollout('start', { step: '10', interval: '600', bake: '1800' }, settings, s, clock.now, quiet), 0);
+    clock.now = START + 25 * MIN;
+    const before = JSON.stringify([...params.values()].map((p) => [p.name, p.version]));
+    await assert.rejects(runRollout('start', { step: '10', interval: '600', bake: '1800' }, settings, s, clock.now, quiet), (err: Error) => {
+      assert.ok(err instanceof InvalidInputError);
+      assert.match(err.message, /^rollout start: a rollout is already progressing \(at 30%\).*--force/);
+      return true;
+    });
+    assert.equal(JSON.stringify([...params.values()].map((p) => [p.name, p.version])), before, 'nothing written');
+    assert.equal(await runRollout('start', { step: '10', interval: '600', bake: '1800', force: true }, settings, s, clock.now, quiet), 0);
+    const rollout = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0];
+    assert.equal(rollout && decide(rollout, { instanceId: '', canary: false }, clock.now).percent, 10, 'begun again');
   });
 
   it('a halt by failure records counts from the record that reached the threshold', async () => {
