@@ -149,7 +149,7 @@ const commands: Record<string, Command> = {
     summary: 'progressive rollout of a candidate desired state across the fleet, through SSM',
     usage:
       'rollout start|status|halt|resume|abandon|promote [--prefix PATH] [--json] [--config FILE]\n' +
-      '  start:   [--strategy linear|exponential] [--step PERCENT] [--interval SECONDS] [--bake SECONDS] [--threshold FAILURES] [--at ISO-TIME] [--alarms NAME,…]\n' +
+      '  start:   [--strategy linear|exponential] [--step PERCENT] [--interval SECONDS] [--bake SECONDS] [--threshold FAILURES] [--at ISO-TIME] [--alarms NAME,…] [--force]   (--force: begin again one already under way)\n' +
       '  halt:    [--reason TEXT]\n' +
       '  promote: [--force]   (copies the candidate over the stable parameters; without --force only once complete)',
     options: {
