@@ -257,7 +257,7 @@ export async function control(config: Config, op: ControlOp, json: boolean, clie
     }
     if (op === 'rollback') {
       const result = await agent.reconciler.rollback();
-      answer = { ok: result.outcome === 'rolled-back', outcome: result.outcome, status: agent.reconciler.status };
+      answer = { ok: result.outcome === 'rolled-back', outcome: result.outcome, ...(result.refused && result.error ? { error: result.error.message } : {}), status: agent.reconciler.status };
     } else if (op === 'suspend') {
       await agent.reconciler.suspend('cli');
       answer = { ok: true, status: agent.reconciler.status };

@@ -287,8 +287,8 @@ class DaemonLoop implements Daemon {
         }
         case 'rollback': {
           const result = await this.scheduler.exclusive(() => this.reconciler.rollback());
-          this.post({ kind: 'pass-finished', result, durationMs: undefined });
-          return { ok: result.outcome === 'rolled-back', outcome: result.outcome, status: this.reconciler.status };
+          if (!result.refused) this.post({ kind: 'pass-finished', result, durationMs: undefined });
+          return { ok: result.outcome === 'rolled-back', outcome: result.outcome, ...(result.refused && result.error ? { error: result.error.message } : {}), status: this.reconciler.status };
         }
         case 'suspend':
           await this.scheduler.exclusive(() => this.reconciler.suspend('control socket'));

@@ -57,6 +57,8 @@ export interface PassResult {
   readonly outcome: Outcome;
   readonly desiredHash?: string;
   readonly error?: AgentError;
+  /** A request refused before anything was tried (a rollback with nowhere to go): no pass to record. */
+  readonly refused?: true;
 }
 
 /** Where an earlier agent kept the previous good configuration.nix, before state.json carried it. */
@@ -528,9 +530,11 @@ export class Reconciler {
     const target = this.state.previousGood ?? this.state.lastGood;
     const runningNow = await runningSystem(this.deps.fs);
     if (!target || target.storePath === runningNow) {
+      // Refused, nothing tried: the status stays as it was. Recorded as a failed pass, a request
+      // that changed nothing turned /readyz away and left `status` degraded until the next pass.
       const err = new ApplyFailedError('there is no previous good generation to roll back to', 'rollback');
-      await this.finish({ outcome: 'failed', error: err }, 0);
-      return { outcome: 'failed', error: err };
+      log.warn({ event: 'rollback.refused', err: err.message }, err.message);
+      return { outcome: 'failed', error: err, refused: true };
     }
     const current = this.state.lastGood;
     // The configuration.nix of each travels with it, so the one restored matches the system that

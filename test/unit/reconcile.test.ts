@@ -352,6 +352,21 @@ describe('Reconciler passes', () => {
     assert.equal((await restarted.converge('resume')).outcome, 'converged');
   });
 
+  it('refuses a rollback with nowhere to go, leaving the status as it was', async () => {
+    const w = await setup();
+    // The image's own system runs, and is the only good generation there is.
+    const agent = await w.agent();
+    const before = agent.status;
+    w.machine.calls.length = 0;
+    const refused = await agent.rollback();
+    assert.equal(refused.outcome, 'failed');
+    assert.equal(refused.refused, true);
+    assert.match(refused.error?.message ?? '', /no previous good generation/);
+    assert.deepEqual(w.machine.calls, [], 'nothing tried');
+    assert.equal(agent.status.condition, before.condition, '/readyz and status stay as they were');
+    assert.equal(agent.status.lastResult, undefined, 'no pass recorded');
+  });
+
   it("after an operator's rollback, holds until the desired hash changes", async () => {
     const w = await setup();
     const agent = await w.agent();
