@@ -47,7 +47,11 @@ export const ConfigSchema = z.strictObject({
       timeoutMs: timerMs().positive().default(1_000),
       retries: z.number().int().min(0).default(5),
       /** Endpoint override; otherwise AWS_EC2_METADATA_SERVICE_ENDPOINT, then 169.254.169.254. */
-      endpoint: z.string().url().optional(),
+      endpoint: z
+        .string()
+        .url()
+        .refine((u) => /^https?:\/\//i.test(u), 'an http:// or https:// URL (IMDS is HTTP)')
+        .optional(),
     })
     .default({}),
 
@@ -188,7 +192,10 @@ export const ConfigSchema = z.strictObject({
    * Root-only unix socket for `status`, `converge --now`, `rollback`, `suspend`, `resume`, under
    * `root`. Where root makes the path too long for a unix socket, see controlSocketPath.
    */
-  controlSocket: z.string().default('/run/nixos-ec2-agent/control.sock'),
+  controlSocket: z
+    .string()
+    .regex(/^\/(?:.*\/)?[^/]+$/, 'an absolute path to the socket file (e.g. /run/nixos-ec2-agent/control.sock)')
+    .default('/run/nixos-ec2-agent/control.sock'),
 
   lifecycle: z
     .strictObject({

@@ -111,6 +111,15 @@ describe('parseConfig', () => {
     }
   });
 
+  it('refuses a control socket and an IMDS endpoint the daemon could not use', () => {
+    for (const bad of ['', 'control.sock', '/run/nixos-ec2-agent/', '/']) {
+      assert.match(rejected({ controlSocket: bad }).message, /^configuration: controlSocket: an absolute path to the socket file/, JSON.stringify(bad));
+    }
+    assert.equal(parseConfig({ controlSocket: '/run/ctl.sock' }).controlSocket, '/run/ctl.sock');
+    for (const bad of ['ftp://169.254.169.254', 'file:///etc/passwd']) assert.match(rejected({ imds: { endpoint: bad } }).message, /imds\.endpoint: an http:\/\/ or https:\/\/ URL/, bad);
+    for (const good of ['http://169.254.169.254', 'http://[fd00:ec2::254]', 'http://127.0.0.1:1338/']) assert.equal(parseConfig({ imds: { endpoint: good } }).imds.endpoint, good);
+  });
+
   it('names every bad field, not only the first', () => {
     const err = rejected({ root: 1, rebuild: { mode: 'x' } });
     assert.match(err.message, /root/);
