@@ -6,7 +6,7 @@
 // heartbeats a hook that is done. Every call is best effort: a failure is logged, counted and
 // tried again at the next status change or tick; it never stops the agent.
 import { z } from 'zod/v3';
-import type { ActionOutcome, AutoScaling, LifecycleResult } from '../aws/autoscaling.js';
+import type { ActionOutcome, AutoScaling, LifecycleHook, LifecycleResult } from '../aws/autoscaling.js';
 import { LAUNCHING } from '../aws/autoscaling.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
@@ -18,6 +18,13 @@ export { LIFECYCLE_FILE };
 
 /** PutLifecycleHook's documented default, for a hook whose timeout the service did not give. */
 const DEFAULT_HEARTBEAT_TIMEOUT_S = 3_600;
+/**
+ * How long heartbeats can keep a lifecycle action waiting, as LifecycleHook.GlobalTimeout documents
+ * it: 100 times the heartbeat timeout or 48 hours, whichever is smaller. After that the hook's
+ * DefaultResult applies, whatever the heartbeats say.
+ */
+const GLOBAL_TIMEOUT_FACTOR = 100;
+const GLOBAL_TIMEOUT_MAX_S = 172_800;
 const DEFAULT_RETRY_MS = 30_000;
 const MIN_WAIT_MS = 100;
 /**
@@ -86,6 +93,8 @@ export class LifecycleReporter {
   /** Set once the first Auto Scaling call may be made. */
   private engaged = false;
   private heartbeatTimeoutS: number | undefined;
+  /** The shortest GlobalTimeout of the hooks, once described. */
+  private globalTimeoutS: number | undefined;
   private nextBeatAt: number | undefined;
   /** When a failed step should be tried again; undefined when nothing failed. */
   private retryAt: number | undefined;
@@ -183,7 +192,7 @@ export class LifecycleReporter {
     if (this.retryAt !== undefined) times.push(this.retryAt);
     const r = this.record;
     if (r && !r.settled && !r.decision && !this.status?.firstConvergenceDone) {
-      times.push(r.since + this.options.config.budgetSeconds * 1000);
+      times.push(this.budgetEndsAt(r));
       if (!this.engaged) times.push(this.firstCallAt(r));
       if (this.nextBeatAt !== undefined) times.push(this.nextBeatAt);
     }
@@ -328,11 +337,30 @@ export class LifecycleReporter {
         reason: s.condition === 'converged' ? 'the first convergence converged' : 'the first convergence ended on a good generation',
       };
     }
-    const budgetMs = this.options.config.budgetSeconds * 1000;
-    if (this.options.clock.now() >= record.since + budgetMs) {
-      return { result: 'ABANDON', reason: `no good convergence within the ${this.options.config.budgetSeconds} s launch budget` };
+    const endsAt = this.budgetEndsAt(record);
+    if (this.options.clock.now() >= endsAt) {
+      const budgetS = this.options.config.budgetSeconds;
+      const cut = endsAt < record.since + budgetS * 1000;
+      return {
+        result: 'ABANDON',
+        reason: cut
+          ? `no good convergence before the launch hook's ${this.globalTimeoutS} s global timeout (the ${budgetS} s launch budget outlasts it)`
+          : `no good convergence within the ${budgetS} s launch budget`,
+      };
     }
     return undefined;
+  }
+
+  /**
+   * The budget, or sooner when the hook's global timeout would end the wait first: decided then, the
+   * result is the agent's rather than the hook's DefaultResult. The action began at launch, before
+   * `since`, but less than one heartbeat timeout before (or it would be gone by the first heartbeat),
+   * so deciding that much early still finds it.
+   */
+  private budgetEndsAt(record: Persisted): number {
+    const budget = record.since + this.options.config.budgetSeconds * 1000;
+    if (this.globalTimeoutS === undefined) return budget;
+    return Math.min(budget, record.since + (this.globalTimeoutS - (this.heartbeatTimeoutS ?? 0)) * 1000);
   }
 
   private async resolveHooks(group: string, attempt: (op: string, fn: () => Promise<void>) => Promise<boolean>): Promise<boolean> {
@@ -344,6 +372,7 @@ export class LifecycleReporter {
         await attempt('describe-hooks', async () => {
           const found = (await this.options.autoscaling.describeLifecycleHooks(group)).find((h) => h.name === hookName);
           this.heartbeatTimeoutS = found?.heartbeatTimeout ?? DEFAULT_HEARTBEAT_TIMEOUT_S;
+          if (found) this.globalTimeoutS = globalTimeoutOf(found);
         });
       }
       return true;
@@ -354,6 +383,7 @@ export class LifecycleReporter {
       this.hookNames = launching.map((h) => h.name);
       const timeouts = launching.map((h) => h.heartbeatTimeout ?? DEFAULT_HEARTBEAT_TIMEOUT_S);
       this.heartbeatTimeoutS = timeouts.length ? Math.min(...timeouts) : undefined;
+      this.globalTimeoutS = launching.length ? Math.min(...launching.map(globalTimeoutOf)) : undefined;
     });
   }
 
@@ -459,6 +489,11 @@ export class LifecycleReporter {
     const context = typeof (error as { toJSON?: unknown }).toJSON === 'function' ? (error as unknown as { toJSON(): unknown }).toJSON() : error.message;
     this.options.log.warn({ event: 'lifecycle.error', op, err: context }, `Auto Scaling ${op} failed (tried again later): ${error.message}`);
   }
+}
+
+/** The hook's GlobalTimeout as the service gives it, or as AWS documents it is derived. */
+function globalTimeoutOf(hook: LifecycleHook): number {
+  return hook.globalTimeout ?? Math.min(GLOBAL_TIMEOUT_FACTOR * (hook.heartbeatTimeout ?? DEFAULT_HEARTBEAT_TIMEOUT_S), GLOBAL_TIMEOUT_MAX_S);
 }
 
 /**

@@ -239,6 +239,27 @@ describe('LifecycleReporter', () => {
     assert.equal(asg.ops('heartbeat').length, 9);
   });
 
+  it("ABANDONs before the hook's global timeout ends the wait, when that comes before the budget", async () => {
+    // LifecycleHook.GlobalTimeout: heartbeats keep an action waiting at most 100 × HeartbeatTimeout
+    // (or 48 h); then the DefaultResult applies. 30 s → 3000 s, shorter than the 3600 s budget.
+    asg.hooks = [{ name: HOOK, transition: LAUNCHING, heartbeatTimeout: 30, globalTimeout: 3_000 }];
+    const r = reporter();
+    const start = clock.now();
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(2_969_000);
+    await settle();
+    assert.deepEqual(asg.ops('complete'), []);
+    // One heartbeat timeout early: the action began at launch, before the agent.
+    await clock.advanceAsync(1_000);
+    await until('the ABANDON', () => asg.ops('complete').length === 1);
+    const [complete] = asg.ops('complete');
+    assert.equal(complete?.result, 'ABANDON');
+    assert.equal(complete.at - start, 2_970_000, `completed at ${(complete.at - start) / 1000} s`);
+    assert.match(r.view().decision?.reason ?? '', /global timeout/);
+  });
+
   it('heartbeats every third of the hook timeout by default, and stops once completed', async () => {
     asg.hooks = [{ name: HOOK, transition: LAUNCHING, heartbeatTimeout: 90 }];
     const r = reporter();
