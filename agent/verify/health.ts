@@ -81,21 +81,27 @@ export class HealthChecker {
   }
 
   private async failedUnits(): Promise<CheckResult> {
+    // A service that crashes and has Restart= with a RestartSec long enough never reaches its start
+    // limit (5 starts in 10 s by default), so it is never `failed`: it waits in the `auto-restart`
+    // sub-state between its crashes. Listed too, it keeps the verdict from passing until it stays up.
     const result = await this.runner.run({
       command: this.options.systemctl,
-      args: ['list-units', '--state=failed', '--no-legend', '--plain', '--no-pager'],
+      args: ['list-units', '--state=failed,auto-restart', '--no-legend', '--plain', '--no-pager'],
       timeoutMs: 30_000,
     });
     if (result.code !== 0) {
       return { name: 'systemd', ok: false, detail: `systemctl exited with ${result.code}: ${result.tail.slice(-1)[0] ?? ''}` };
     }
-    const units = result.stdout
+    // UNIT LOAD ACTIVE SUB DESCRIPTION
+    const rows = result.stdout
       .split('\n')
-      .map((l) => l.trim().split(/\s+/)[0] ?? '')
-      .filter((u) => u !== '');
-    return units.length === 0
-      ? { name: 'systemd', ok: true, detail: 'no failed units' }
-      : { name: 'systemd', ok: false, detail: `failed units: ${units.join(', ')}` };
+      .map((l) => l.trim().split(/\s+/))
+      .filter((f) => (f[0] ?? '') !== '');
+    const restarting = rows.filter((f) => f[3]?.startsWith('auto-restart')).map((f) => f[0] as string);
+    const failed = rows.filter((f) => !f[3]?.startsWith('auto-restart')).map((f) => f[0] as string);
+    if (rows.length === 0) return { name: 'systemd', ok: true, detail: 'no failed units' };
+    const detail = [failed.length ? `failed units: ${failed.join(', ')}` : '', restarting.length ? `restarting after a failure: ${restarting.join(', ')}` : ''].filter(Boolean).join('; ');
+    return { name: 'systemd', ok: false, detail };
   }
 
   private async http(name: string, probe: { url: string; expectStatus: number; timeoutMs: number }): Promise<CheckResult> {

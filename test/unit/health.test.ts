@@ -1,0 +1,60 @@
+// Health verification's reading of systemd: failed units, and services waiting to be restarted
+// after a crash, as `systemctl list-units` prints them; retried within the grace window.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { RunRequest, RunResult, Runner } from '../../agent/ports.js';
+import { HealthChecker } from '../../agent/verify/health.js';
+import { ManualClock } from '../support/clock.js';
+
+/** A systemctl that prints, for each call in turn, the next of `listings` (the last one after). */
+function systemctl(listings: readonly string[]): Runner & { readonly requests: RunRequest[] } {
+  const requests: RunRequest[] = [];
+  return {
+    requests,
+    async run(request) {
+      requests.push(request);
+      const stdout = listings[Math.min(requests.length - 1, listings.length - 1)] ?? '';
+      const result: RunResult = { code: 0, signal: null, timedOut: false, aborted: false, stdout, stderr: '', tail: [], durationMs: 1 };
+      return result;
+    },
+  };
+}
+
+const options = { systemctl: 'systemctl', checkFailedUnits: true, graceMs: 60_000, intervalMs: 5_000, probes: [] };
+// As systemd 255's `systemctl list-units --state=failed,auto-restart --no-legend --plain` prints them.
+const CRASHING = 'app.service loaded activating auto-restart My app\n';
+const FAILED = 'db.service loaded failed failed Database\n';
+
+describe('HealthChecker, systemd units', () => {
+  it('asks for failed units and services waiting to restart after a crash, and names each', async () => {
+    const runner = systemctl([CRASHING + FAILED]);
+    const [check] = await new HealthChecker(runner, new ManualClock(0), options).checkOnce();
+    assert.deepEqual(runner.requests[0]?.args, ['list-units', '--state=failed,auto-restart', '--no-legend', '--plain', '--no-pager']);
+    assert.equal(check?.ok, false);
+    assert.equal(check?.detail, 'failed units: db.service; restarting after a failure: app.service');
+  });
+
+  it('a service that keeps crashing between restarts is unhealthy at the end of the grace window', async () => {
+    const clock = new ManualClock(0);
+    const verdict = new HealthChecker(systemctl([CRASHING]), clock, options).verify();
+    for (let i = 0; i < 20; i++) {
+      await new Promise((r) => setImmediate(r));
+      clock.advance(5_000);
+    }
+    const v = await verdict;
+    assert.equal(v.healthy, false);
+    assert.deepEqual(v.reasons, ['systemd: restarting after a failure: app.service']);
+  });
+
+  it('one that comes up after a restart is healthy once it has', async () => {
+    const clock = new ManualClock(0);
+    const verdict = new HealthChecker(systemctl([CRASHING, CRASHING, '']), clock, options).verify();
+    for (let i = 0; i < 5; i++) {
+      await new Promise((r) => setImmediate(r));
+      clock.advance(5_000);
+    }
+    const v = await verdict;
+    assert.equal(v.healthy, true);
+    assert.equal(v.attempts, 3);
+  });
+});
