@@ -1095,7 +1095,7 @@ function optionalTags(input: Json): { Key: string; Value: string }[] | undefined
 
 const FILTER_KEY = /^(tag:.+|Name|Type|KeyId|Path|Label|Tier|DataType)$/;
 
-/** ParameterFilters, validated as GetParametersByPath (Type, KeyId, Label, tag:) or DescribeParameters allow them. */
+/** ParameterFilters, validated as GetParametersByPath (Type, KeyId, Label) or DescribeParameters (all but Label) allow them. */
 function parseFilters(raw: unknown, mode: 'byPath' | 'describe'): Filter[] {
   if (raw === undefined || raw === null) return [];
   if (!Array.isArray(raw) || !raw.every(isObject)) throw serialization('ParameterFilters', 'a list of ParameterStringFilter');
@@ -1111,7 +1111,9 @@ function parseFilters(raw: unknown, mode: 'byPath' | 'describe'): Filter[] {
       );
     }
     const allowed = mode === 'byPath' ? ['Type', 'KeyId', 'Label'] : ['Path', 'Name', 'Type', 'KeyId', 'Tier', 'DataType'];
-    if (!key.startsWith('tag:') && !allowed.includes(key)) {
+    // Tag filters are DescribeParameters' only: for GetParametersByPath "the following patterns listed
+    // for Key aren't valid: tag, DataType, Name, Path, and Tier" (botocore model, ParameterStringFilter.Key).
+    if ((mode === 'byPath' || !key.startsWith('tag:')) && !allowed.includes(key)) {
       throw new SsmServiceError(
         'InvalidFilterKey',
         `The following filter key is not valid: ${key}. Valid filter keys include: [${allowed.join(', ')}].`,

@@ -290,6 +290,19 @@ describe('SSM emulator over the SDK v3 SSMClient', () => {
     assert.equal(byName.name, 'InvalidFilterKey');
   });
 
+  it('refuses tag filters on GetParametersByPath, which only DescribeParameters takes', async () => {
+    // ParameterStringFilter.Key: "For GetParametersByPath, the following patterns listed for Key
+    // aren't valid: tag, DataType, Name, Path, and Tier."
+    await client.send(new PutParameterCommand({ Name: '/tagged/p', Value: 'v', Type: 'String', Tags: [{ Key: 'team', Value: 'ops' }] }));
+    const byTag = await failure(
+      client.send(new GetParametersByPathCommand({ Path: '/tagged', ParameterFilters: [{ Key: 'tag:team', Values: ['ops'] }] })),
+    );
+    assert.equal(byTag.name, 'InvalidFilterKey');
+    assert.equal(byTag.$metadata.httpStatusCode, 400);
+    const described = await client.send(new DescribeParametersCommand({ ParameterFilters: [{ Key: 'tag:team', Values: ['ops'] }] }));
+    assert.deepEqual(described.Parameters?.map((p) => p.Name), ['/tagged/p']);
+  });
+
   it("enforces AWS's naming rules", async () => {
     const put = (Name: string) => failure(client.send(new PutParameterCommand({ Name, Value: 'v', Type: 'String' })));
 
