@@ -148,7 +148,8 @@ const DEFAULT_KMS_KEY = 'alias/aws/ssm';
 // "Parameter hierarchies are limited to a maximum depth of fifteen levels" (PutParameter, Name).
 const MAX_DEPTH = 15;
 // "The reported maximum length of 2048 characters for a parameter name includes 1037 characters
-// reserved for internal use": 1011 are left for the name (PutParameter, Name).
+// reserved for internal use": 1011 are left, and "this count of 1011 characters includes the
+// characters in the ARN that precede the name you specify" (PutParameter, Name).
 const MAX_NAME_LENGTH = 1011;
 // "Standard parameters have a value limit of 4 KB. Advanced parameters have a value limit of 8 KB."
 const STANDARD_VALUE_LIMIT = 4096;
@@ -552,7 +553,7 @@ export class SsmEmulator {
   // ---- operations ----
 
   private putParameter(input: Json, user: string): { Version: number; Tier: 'Standard' | 'Advanced' } {
-    const name = validateName(requiredString(input, 'Name', 1, 2048));
+    const name = validateName(requiredString(input, 'Name', 1, 2048), (n) => this.arn(n).length);
     const value = requiredString(input, 'Value', 1);
     const type = optionalEnum(input, 'Type', TYPES);
     const overwrite = optionalBoolean(input, 'Overwrite') ?? false;
@@ -977,10 +978,10 @@ function compareNames(a: string, b: string): number {
  * prefix rule; AWS answers AccessDeniedException "No access to reserved parameter name" for a
  * `/aws…` path and ValidationException otherwise (as reported by Terraform users, and by moto).
  */
-function validateName(raw: string): string {
+function validateName(raw: string, arnLength: (name: string) => number): string {
   const name = raw.trim();
   if (name === '') throw oneError("Value null at 'name' failed to satisfy constraint: Member must not be null");
-  if (name.length > MAX_NAME_LENGTH) {
+  if (arnLength(name) > MAX_NAME_LENGTH) {
     throw oneError(`Value '${name}' at 'name' failed to satisfy constraint: Member must have length less than or equal to ${MAX_NAME_LENGTH}`);
   }
   const lower = name.toLowerCase();

@@ -332,6 +332,14 @@ describe('SSM emulator over the SDK v3 SSMClient', () => {
 
     const noType = await failure(client.send(new PutParameterCommand({ Name: '/untyped', Value: 'v' })));
     assert.equal(noType.name, 'ValidationException');
+
+    // "The maximum length for a parameter name that you specify is 1011 characters. This count of
+    // 1011 characters includes the characters in the ARN that precede the name you specify."
+    const arnPrefix = 'arn:aws:ssm:us-east-1:123456789012:parameter';
+    const longest = `/${'n'.repeat(1011 - arnPrefix.length - 1)}`;
+    assert.equal((await client.send(new PutParameterCommand({ Name: longest, Value: 'v', Type: 'String' }))).Version, 1);
+    assert.equal((await put(`${longest}n`)).name, 'ValidationException');
+    assert.equal((await put(`/${'n'.repeat(1000)}`)).name, 'ValidationException');
   });
 
   it('limits values to 4 KB on the Standard tier and 8 KB on Advanced', async () => {
