@@ -129,7 +129,19 @@ export class World {
           ...(hookSpec.defaultResult ? { defaultResult: hookSpec.defaultResult } : {}),
         });
       }
-      autoscaling.launchInstance({ instanceId: instance.instanceId, groupName: group, availabilityZone: instance.availabilityZone, instanceType: instance.instanceType });
+      // "When an instance prepares to transition to one of the preceding steady states, Amazon EC2 Auto
+      // Scaling updates the value of the instance metadata item autoscaling/target-lifecycle-state"
+      // (EC2 Auto Scaling user guide, retrieving-target-lifecycle-state-through-imds): a launch held
+      // in Pending:Wait reads InService, a termination Terminated.
+      const follow = (state: string) => {
+        const target = /^(Pending|InService)/.test(state) ? 'InService' : state.startsWith('Terminat') ? 'Terminated' : undefined;
+        if (target) imds.setTargetLifecycleState(target);
+      };
+      const launched = autoscaling.launchInstance({ instanceId: instance.instanceId, groupName: group, availabilityZone: instance.availabilityZone, instanceType: instance.instanceType });
+      if (spec.targetLifecycleState === undefined) follow(launched.lifecycleState);
+      autoscaling.onInstanceChange((view) => {
+        if (view.instanceId === instance.instanceId) follow(view.lifecycleState);
+      });
     }
     return new World(imds, ssm, autoscaling, cloudwatch, instance, group, hook);
   }

@@ -10,6 +10,7 @@ import { gzipSync, gunzipSync } from 'node:zlib';
 import { MetadataService } from '@aws-sdk/ec2-metadata-service';
 import { ImdsEmulator, ImdsEmulatorConfigError, defaultInstance, isMetadataTagKey } from '../../sandbox/emulators/imds.js';
 import { ManualClock } from '../support/clock.js';
+import { World } from '../../sandbox/world.js';
 
 interface Reply {
   readonly status: number;
@@ -631,5 +632,24 @@ describe('ManualClock', () => {
     await assert.rejects(p, /stop/);
     assert.equal(clock.pendingSleeps, 0);
     assert.throws(() => clock.advance(-1), RangeError);
+  });
+});
+
+describe("the sandbox world's IMDS follows its Auto Scaling group", () => {
+  // "When an instance prepares to transition to one of the preceding steady states, Amazon EC2 Auto
+  // Scaling updates the value of the instance metadata item autoscaling/target-lifecycle-state."
+  // (EC2 Auto Scaling user guide, "Retrieve the target lifecycle state through instance metadata")
+  test('a launch held by its hook reads InService, and a termination Terminated', async () => {
+    const world = await World.start({ ssmThroughput: null });
+    try {
+      const path = '/latest/meta-data/autoscaling/target-lifecycle-state';
+      const id = world.instance.instanceId;
+      assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Pending:Wait');
+      assert.equal((await get(world.imds, path)).text, 'InService');
+      world.autoscaling.terminateInstance(id);
+      assert.equal((await get(world.imds, path)).text, 'Terminated');
+    } finally {
+      await world.close();
+    }
   });
 });
