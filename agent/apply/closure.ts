@@ -119,7 +119,7 @@ export class ClosureRealiser {
     const result = await this.nix(closure, ['path-info', '--json', '--recursive', '--store', closure.substituter, closure.storePath], signal);
     let infos: PathInfo[];
     try {
-      infos = (JSON.parse(result.stdout) as PathInfo[]).filter((i) => typeof i.path === 'string' && typeof i.narSize === 'number');
+      infos = pathInfos(JSON.parse(result.stdout)).filter((i) => typeof i.path === 'string' && typeof i.narSize === 'number');
     } catch {
       throw new ClosureRefusedError(`nix path-info printed no closure for ${closure.storePath}`, 'failed', { tail: result.tail.slice(-5) });
     }
@@ -231,6 +231,18 @@ export function classifyNixError(stderr: string, closure: SystemClosure): { refu
     return { refusal: 'unreachable', why: `the binary cache ${closure.substituter} is unreachable: ${last}` };
   }
   return { refusal: 'failed', why: `nix failed: ${last}` };
+}
+
+/**
+ * `nix path-info --json`'s two shapes: Nix before 2.19 prints a list of objects that each carry
+ * `path`; 2.19 and later (the Nix of NixOS since 23.11) print an object keyed by store path whose
+ * values lack `path`, null for a path the store does not have (nix src/nix/path-info.cc,
+ * pathInfoToJSON).
+ */
+function pathInfos(json: unknown): PathInfo[] {
+  if (Array.isArray(json)) return json as PathInfo[];
+  if (json === null || typeof json !== 'object') throw new TypeError('not a list or an object');
+  return Object.entries(json as Record<string, Omit<PathInfo, 'path'> | null>).flatMap(([p, info]) => (info && typeof info === 'object' ? [{ ...info, path: p }] : []));
 }
 
 function keyName(key: string): string {

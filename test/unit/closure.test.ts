@@ -4,7 +4,10 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, sign } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { checkSignatures, classifyNixError, ClosureRefusedError, narHashBase32 } from '../../agent/apply/closure.js';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { checkSignatures, classifyNixError, ClosureRealiser, ClosureRefusedError, narHashBase32 } from '../../agent/apply/closure.js';
 import { Rebuilder, switchExit } from '../../agent/apply/rebuild.js';
 import { checkSpace, spaceNeeded, type FsProbe } from '../../agent/apply/space.js';
 import { ApplyFailedError, InvalidInputError } from '../../agent/errors.js';
@@ -181,5 +184,62 @@ describe("switch-to-configuration's exit codes", () => {
       return true;
     });
     assert.match(switchExit(4, ['a.service']) ?? '', /units failed: a\.service/);
+  });
+});
+
+describe('reading the closure from nix path-info --json', () => {
+  // Nix 2.8 prints a list of objects that each carry `path`; Nix 2.19 and later (the Nix of every
+  // NixOS release since 23.11) print one object keyed by store path, each value without `path`
+  // (nix src/nix/path-info.cc, pathInfoToJSON; UnkeyedValidPathInfo::toJSON).
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const trusted = `ci-1:${Buffer.from(publicKey.export({ format: 'jwk' }).x as string, 'base64url').toString('base64')}`;
+  const narHash = 'sha256-F6OcXbG3VG0JuUXmg2LqJLt6B6Q1ZOXoWGrg21Yzp9k=';
+  const signed = (p: string, refs: readonly string[]) =>
+    `ci-1:${sign(null, Buffer.from(`1;${p};${narHashBase32(narHash)};960;${[...refs].sort().join(',')}`), privateKey).toString('base64')}`;
+  const infos = [
+    { path: PATH, references: [KERNEL, PATH] },
+    { path: KERNEL, references: [] as string[] },
+  ].map((i) => ({ ...i, narHash, narSize: 960, signatures: [signed(i.path, i.references)] }));
+  const keyed = JSON.stringify(
+    Object.fromEntries(infos.map(({ path: p, ...rest }) => [p, { ...rest, ca: null, deriver: null, registrationTime: null, ultimate: false, url: 'nar/x.nar.xz', downloadSize: 480 }])),
+  );
+  const listed = JSON.stringify(infos);
+
+  async function realise(pathInfoJson: string): Promise<{ copied: boolean; substituted: number }> {
+    const root = await mkdtemp(path.join(tmpdir(), 'nea-path-info-'));
+    try {
+      const system = path.join(root, PATH);
+      await mkdir(path.join(system, 'bin'), { recursive: true });
+      await writeFile(path.join(system, 'bin/switch-to-configuration'), '#!/bin/sh\n', { mode: 0o755 });
+      await writeFile(path.join(system, 'nixos-version'), '24.11');
+      let copied = false;
+      const runner: Runner = {
+        run: async (request: RunRequest): Promise<RunResult> => {
+          const args = request.args;
+          let stdout = '';
+          if (request.command === 'nix-store') stdout = args.filter((a) => a.startsWith('/nix/store/')).join('\n');
+          else if (args.includes('path-info')) stdout = pathInfoJson;
+          else if (args.includes('copy')) copied = true;
+          return { code: 0, signal: null, timedOut: false, aborted: false, stdout, stderr: '', tail: [], durationMs: 1 };
+        },
+      };
+      const probe: FsProbe = { free: async () => ({ bytes: 1e12, device: 1 }) };
+      const realiser = new ClosureRealiser(runner, new RootFs(root), { nix: 'nix', nixStore: 'nix-store', timeoutMs: 1000, reserveBytes: 0, gcWhenShort: false }, silentLogger(), probe);
+      const realised = await realiser.realise(parseSystemClosure(value({ trustedPublicKeys: [trusted] }), 'p', 'user-data'));
+      return { copied, substituted: realised.substituted };
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  }
+
+  test("Nix 2.8's list and the newer object keyed by path read the same closure", async () => {
+    assert.deepEqual(await realise(listed), { copied: true, substituted: 2 });
+    assert.deepEqual(await realise(keyed), { copied: true, substituted: 2 });
+  });
+
+  test('an object keyed by path is still checked against the trusted key', async () => {
+    const forged = JSON.parse(keyed) as Record<string, { signatures: string[] }>;
+    forged[KERNEL]!.signatures = [];
+    await assert.rejects(realise(JSON.stringify(forged)), (e: unknown) => e instanceof ClosureRefusedError && e.refusal === 'unsigned' && e.message.includes(KERNEL));
   });
 });
