@@ -284,6 +284,7 @@ export class Reconciler {
       this.state.channelsDigest = digestOf(Buffer.from(channels));
     }
     let storePath: string;
+    let rebootToActivate = false;
     if (realise === 'switch') {
       await this.journal('activating', desired.hash);
       this.step({ step: 'switching', desiredHash: desired.hash });
@@ -302,11 +303,14 @@ export class Reconciler {
       this.recordBuild(storePath, desired);
       await this.journal('activating', desired.hash, storePath);
       this.step({ step: 'activating', desiredHash: desired.hash, storePath });
-      await this.deps.rebuilder.activate(storePath, 'test');
+      // Exit 100: switch-to-configuration activated nothing, the new init being incompatible with
+      // the running one (switch-to-configuration-ng main.rs, init-interface-version); only a boot
+      // into it applies it, whatever its kernel.
+      rebootToActivate = (await this.deps.rebuilder.activate(storePath, 'test')).rebootRequired;
       await this.journal('verifying', desired.hash, storePath);
     }
     // nixos-rebuild switch already made it the boot default; every other order does that only now.
-    await this.verifyAndCommit(desired.hash, storePath, plan.dir, log, realise !== 'switch');
+    await this.verifyAndCommit(desired.hash, storePath, plan.dir, log, realise !== 'switch', rebootToActivate);
     const removed = await this.deps.writer.pruneSecrets(desired.secrets.map((s) => s.name));
     if (removed.length) log.info({ event: 'secrets.pruned', names: removed }, `removed secrets no longer set: ${removed.join(', ')}`);
     return { outcome: 'converged', desiredHash: desired.hash };
@@ -328,7 +332,7 @@ export class Reconciler {
   }
 
   /** Verify the activated system; only a healthy one becomes the boot default and the last good. */
-  private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger, setBootDefault: boolean): Promise<void> {
+  private async verifyAndCommit(desiredHash: string, storePath: string, renderDir: string | undefined, log: Logger, setBootDefault: boolean, rebootToActivate = false): Promise<void> {
     this.step({ step: 'verifying', storePath });
     const verdict = await this.verify();
     if (!verdict.healthy) {
@@ -343,7 +347,7 @@ export class Reconciler {
     const previousGood = this.state.lastGood;
     const now = this.deps.clock.now();
     if (previousGood && previousGood.storePath !== storePath) {
-      await this.noteKernelChange(previousGood.storePath, storePath, log);
+      await this.noteKernelChange(previousGood.storePath, storePath, log, rebootToActivate);
     }
     const configuration = await this.deps.writer.currentConfiguration();
     if (previousGood && previousGood.storePath !== storePath) {
@@ -362,9 +366,9 @@ export class Reconciler {
     await this.deps.writer.gc([renderDir, this.state.previousGood?.renderDir].filter((d): d is string => d !== undefined));
   }
 
-  private async noteKernelChange(from: string, to: string, log: Logger): Promise<void> {
+  private async noteKernelChange(from: string, to: string, log: Logger, rebootToActivate = false): Promise<void> {
     const booted = (await bootedSystem(this.deps.fs)) ?? from;
-    if ((await bootEssentials(booted)) === (await bootEssentials(to))) {
+    if (!rebootToActivate && (await bootEssentials(booted)) === (await bootEssentials(to))) {
       if (this.state.rebootRequired) {
         delete this.state.rebootRequired;
         this.record({});
@@ -373,7 +377,10 @@ export class Reconciler {
     }
     this.state.rebootRequired = { since: this.deps.clock.now(), storePath: to };
     this.record({});
-    log.warn({ event: 'reboot.required', storePath: to, policy: this.deps.config.kernel.policy }, 'the new generation changes the kernel, initrd or kernel modules; they apply at the next boot');
+    const why = rebootToActivate
+      ? "switch-to-configuration cannot activate the new generation's init without a reboot; it applies at the next boot"
+      : 'the new generation changes the kernel, initrd or kernel modules; they apply at the next boot';
+    log.warn({ event: 'reboot.required', storePath: to, policy: this.deps.config.kernel.policy }, why);
   }
 
   private async verify(): Promise<Verdict> {

@@ -77,6 +77,8 @@ export class FakeMachine {
   readonly failBuild = new Set<string>();
   readonly failActivate = new Set<string>();
   readonly unhealthy = new Set<string>();
+  /** Systems whose switch-to-configuration exits 100 (an incompatible init): nothing is activated. */
+  readonly needReboot = new Set<string>();
   verifyCount = 0;
   /**
    * Each build: the file it was given, how many checks the parser had answered when it began (the
@@ -151,6 +153,7 @@ export class FakeMachine {
       this.calls.push(`activate ${action} ${storePath}`);
       this.checkKill(`activate ${action}:before`);
       if (action === 'boot') return { rebootRequired: false };
+      if (this.needReboot.has(storePath)) return { rebootRequired: true };
       await this.fs.symlinkAtomic(storePath, '/run/current-system');
       this.checkKill(`activate ${action}:after`);
       if (this.failActivate.has(storePath)) {

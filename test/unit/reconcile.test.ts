@@ -204,6 +204,22 @@ describe('Reconciler passes', () => {
     assert.equal(record.retryAt - record.at, 1_000_000);
   });
 
+  it('a system switch-to-configuration can only activate by a reboot (exit 100) is committed and needs a reboot', async () => {
+    // switch-to-configuration-ng exits 100 before it activates anything when the new init is
+    // incompatible with the running one ("won't take effect until you reboot"), whatever the kernel.
+    const w = await setup();
+    const agent = await w.agent();
+    w.sources.set('options/networking.hostName', '"web-1"');
+    const system = storePathOf(w.sources.desiredHash());
+    w.machine.needReboot.add(system);
+    const result = await agent.converge('start');
+    assert.equal(result.outcome, 'converged', JSON.stringify(result.error));
+    assert.equal(await w.machine.running(), IMAGE_SYSTEM, 'nothing was activated');
+    assert.deepEqual(await w.machine.profile(), { generation: 2, storePath: system }, 'the boot default, for the reboot to apply it');
+    assert.equal(agent.durable.rebootRequired?.storePath, system);
+    assert.equal(agent.status.rebootRequired, true);
+  });
+
   it('when activation fails, rolls back to the recorded last good generation, not merely the previous number', async () => {
     const w = await setup();
     const agent = await w.agent();
