@@ -3,7 +3,7 @@
 // launched from an AMI has.
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { type Io, layoutOf, lexists, shellQuote, symlinkAtomic, writeFileAtomic } from './layout.js';
+import { type Io, layoutOf, lexists, readLinkOrNull, shellQuote, symlinkAtomic, writeFileAtomic } from './layout.js';
 import { setProfile } from './profile.js';
 import { CLI_PATH, buildInitialSystem, readFailedUnitsOf, systemOfProfile, writeFailedUnits } from './system.js';
 
@@ -51,15 +51,18 @@ const quietIo: Io = { out: () => undefined, err: () => undefined };
 
 /**
  * (Re)boots the sandboxed machine: /run starts empty, then booted-system and current-system are the
- * system the profile points to, with that system's units (and failures) started. A root without a
- * profile is first installed with the image's configuration as generation 1.
+ * boot loader's default, with that system's units (and failures) started. A root without a profile
+ * is first installed with the image's configuration as generation 1.
  */
 export async function bootMachine(root: string): Promise<void> {
   const layout = layoutOf(root);
   await mkdir(layout.run, { recursive: true });
   for (const entry of await readdir(layout.run)) await rm(join(layout.run, entry), { recursive: true, force: true });
 
-  let system = await systemOfProfile(layout.systemProfile);
+  // The boot loader's default, as switch-to-configuration boot|switch last wrote it: a profile that
+  // nix-env --set moved without one is not what the machine boots. A root from before the boot
+  // default was recorded boots its profile.
+  let system = (await readLinkOrNull(layout.bootDefault)) ?? (await systemOfProfile(layout.systemProfile));
   if (system === null) {
     if (!(await lexists(layout.configuration))) await writeFileAtomic(layout.configuration, BASE_CONFIGURATION);
     const built = await buildInitialSystem(layout, BASE_CONFIGURATION, quietIo);

@@ -101,6 +101,28 @@ describe('boot', () => {
   });
 });
 
+describe('boot loader', () => {
+  test('rebooting boots what switch-to-configuration last made the boot default, not merely the profile', async () => {
+    // The boot menu is written only by switch-to-configuration boot|switch (its INSTALL_BOOTLOADER):
+    // a profile moved by nix-env --set alone is not booted.
+    const m = await machine();
+    const gen1 = await m.link('nix/var/nix/profiles/system-1-link');
+    await m.write('configuration.nix', MAIN('') + '# v2\n');
+    const built = await m.run(m.tools.nixosRebuild, ['build']);
+    assert.equal(built.code, 0, built.stderr);
+    const gen2System = lastLine(built.stdout);
+    assert.equal((await m.run(m.tools.nixEnv, ['-p', m.profile, '--set', gen2System])).code, 0);
+    assert.equal(await m.link('nix/var/nix/profiles/system'), 'system-2-link');
+    await bootMachine(m.root);
+    assert.equal(await m.link('run/booted-system'), gen1);
+    assert.equal(await m.link('run/current-system'), gen1);
+
+    assert.equal((await m.run(join(gen2System, 'bin/switch-to-configuration'), ['boot'])).code, 0);
+    await bootMachine(m.root);
+    assert.equal(await m.link('run/booted-system'), gen2System);
+  });
+});
+
 describe('nixos-rebuild build', () => {
   test('builds a deterministic system from the configuration and what it imports', async () => {
     const m = await machine();
