@@ -97,6 +97,11 @@ export type RecoveryStep =
   | { readonly kind: 'finish'; readonly desiredHash: string; readonly storePath: string }
   /** Activation did not finish, or a rollback was under way: roll back to the last good. */
   | { readonly kind: 'rollback'; readonly failedHash: string | undefined }
+  /**
+   * Rebooted while the verified system was being made the boot default: the last good one booted.
+   * Everything goes back to it, and the next pass applies the desired state again.
+   */
+  | { readonly kind: 'back-to-last-good' }
   /** A journal entry without what its phase needs: start clean. */
   | { readonly kind: 'reset' };
 
@@ -114,6 +119,9 @@ export function planRecovery(s: RecoverySituation): RecoveryStep {
       return { kind: 'finish', desiredHash: s.desiredHash, storePath: s.storePath };
     case 'committing':
       if (!s.storePath || !s.desiredHash) return { kind: 'reset' };
+      // The profile may point at it already, but only `switch-to-configuration boot` makes it what
+      // boots: a reboot before that runs the last good system, which is not the one verified.
+      if (s.running !== s.storePath) return { kind: 'back-to-last-good' };
       return { kind: 'finish', desiredHash: s.desiredHash, storePath: s.storePath };
     case 'rolling-back':
       return { kind: 'rollback', failedHash: undefined };

@@ -509,6 +509,10 @@ export class Reconciler {
         else log.warn(`a pass was interrupted while ${phase} ${step.storePath}; verifying now`);
         await this.finishInterrupted(step.desiredHash, step.storePath, log);
         return;
+      case 'back-to-last-good':
+        log.warn(`a pass was interrupted while making ${storePath} the boot default, and the machine has booted another system since; back to the last good generation, the next pass applies it again`);
+        await this.rollbackTo('rebooted before the boot default was made', log);
+        return;
       case 'reset':
         await this.journal('idle');
         return;

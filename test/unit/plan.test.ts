@@ -63,7 +63,7 @@ const recoveryRows: [string, RecoverySituation, RecoveryStep][] = [
   ['activating without a store path', { phase: 'activating', desiredHash: A, storePath: undefined, running: SYS_A }, { kind: 'reset' }],
   ['verifying without a desired hash', { phase: 'verifying', desiredHash: undefined, storePath: SYS_B, running: SYS_B }, { kind: 'reset' }],
   ['killed while committing', { phase: 'committing', desiredHash: A, storePath: SYS_B, running: SYS_B }, { kind: 'finish', desiredHash: A, storePath: SYS_B }],
-  ['committing, whatever runs', { phase: 'committing', desiredHash: A, storePath: SYS_B, running: SYS_A }, { kind: 'finish', desiredHash: A, storePath: SYS_B }],
+  ['committing, then booted into the last good system', { phase: 'committing', desiredHash: A, storePath: SYS_B, running: SYS_A }, { kind: 'back-to-last-good' }],
   ['committing without a store path', { phase: 'committing', desiredHash: A, storePath: undefined, running: SYS_A }, { kind: 'reset' }],
   ['killed while rolling back', { phase: 'rolling-back', desiredHash: undefined, storePath: SYS_A, running: SYS_B }, { kind: 'rollback', failedHash: undefined }],
 ];

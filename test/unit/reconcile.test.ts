@@ -583,6 +583,33 @@ describe('Reconciler recovery from the journal', () => {
     assert.deepEqual(await w.machine.profile(), { generation: 3, storePath: b });
   });
 
+  it('committing, then a reboot into the last good system: everything goes back to it, and the next pass applies the desired state again', async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    w.sources.set('options/networking.hostName', '"b"');
+    const b = storePathOf(w.sources.desiredHash());
+    // Killed after nix-env --set, before switch-to-configuration boot; the machine then reboots
+    // into what its boot loader still names: a.
+    w.machine.kill = 'activate boot:before';
+    await assert.rejects(agent.converge('poll'), Killed);
+    assert.equal((await stateOf(w)).journal.phase, 'committing');
+    assert.equal((await w.machine.profile()).storePath, b, 'the profile had moved');
+    await w.fs.symlinkAtomic(a.system, '/run/current-system');
+
+    const restarted = await w.agent();
+    assert.equal(await w.machine.running(), a.system);
+    assert.equal(restarted.durable.lastGood?.storePath, a.system, 'not the system that no longer runs');
+    assert.equal(restarted.durable.journal.phase, 'idle');
+    assert.equal((await w.machine.profile()).storePath, a.system, 'the boot default is the system that runs');
+    assert.equal(restarted.status.condition === 'converged' && restarted.status.running?.storePath === b, false);
+
+    const again = await restarted.converge('poll');
+    assert.equal(again.outcome, 'converged', JSON.stringify(again.error));
+    assert.equal(await w.machine.running(), b);
+    assert.equal(restarted.durable.lastGood?.storePath, b);
+  });
+
   it('a prebuilt closure under rebuild.mode = switch, activated: the restart makes it the boot default', async () => {
     const w = await setup();
     // The closure takes the safe order whatever the mode: `test`, verify, then profile and `boot`.
