@@ -398,6 +398,11 @@ in
             pkgs.gnutar
             pkgs.gzip
             pkgs.xz
+            # Last, as in the unit for images without the module (systemd/nixos-ec2-agent.service):
+            # what health command probes, postConvergeCommand and `#!` user-data scripts call
+            # (`pg_isready`, `curl`, `bash` for `#!/usr/bin/env bash`) is in the system profile,
+            # and in the generation the agent has just switched to, not in the tools above.
+            "/run/current-system/sw"
           ];
 
           environment =

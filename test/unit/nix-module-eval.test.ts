@@ -199,6 +199,21 @@ describe('nix/module.nix with the real nixpkgs lib', { skip }, () => {
     assert.match(none.failedAssertions[0]!, /openFirewall/);
   });
 
+  it('PATH: the pinned tools first, then the system profile, for health command probes, post-converge commands and user-data scripts', () => {
+    const e = evaluate(ENABLE, `{
+      services.nixos-ec2-agent.health.probes = [ { name = "db"; command = { argv = [ "pg_isready" ]; }; } ];
+    }`);
+    const { service, settings } = assertGood(e);
+    assert.deepEqual(settings['health'].probes[0].command.argv, ['pg_isready']);
+    const env = (section(service, 'Service').get('Environment') ?? []).map((v) => JSON.parse(v) as string);
+    const path = env.find((v) => v.startsWith('PATH='))?.slice('PATH='.length).split(':') ?? [];
+    // `pg_isready` (the option's own example), `curl` or `bash` for `#!/usr/bin/env bash` are found
+    // only in the generation the agent switched to, as in the unit for images without the module.
+    assert.ok(path.includes('/run/current-system/sw/bin'), `PATH: ${path.join(':')}`);
+    const rebuild = path.findIndex((d) => /-nixos-rebuild-ng-[^/]*\/bin$/.test(d));
+    assert.ok(rebuild >= 0 && rebuild < path.indexOf('/run/current-system/sw/bin'), 'the system\'s own nixos-rebuild comes first');
+  });
+
   it('settings wins over a typed option, and reaches fields no option types', () => {
     const e = evaluate(ENABLE, `{
       services.nixos-ec2-agent = {
