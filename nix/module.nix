@@ -309,6 +309,13 @@ in
           wants = cfg.before;
           before = cfg.before;
           unitConfig.DefaultDependencies = false;
+          # switch-to-configuration starts every active target but those marked so
+          # (switch-to-configuration-ng, pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs).
+          # This one stays active when the agent is restarted, and the restarted agent converges
+          # before READY=1: a start job for this target would wait for the agent's own start job
+          # (After=), and the switch, which the agent waits for, for that job. Units newly wanted
+          # by it are still started: multi-user.target's start job pulls them in.
+          unitConfig.X-OnlyManualStart = true;
         };
 
         services.nixos-ec2-agent.settings = {
@@ -365,7 +372,8 @@ in
           # amazon-init relies on), nor after ${convergedTarget} (DefaultDependencies=no below).
           # The units ordered after ${convergedTarget} get start jobs that wait for READY=1, but
           # nothing the switch waits for waits on them. The same holds when the agent is restarted
-          # and converges again while it is "activating".
+          # and converges again while it is "activating": ${convergedTarget}, active by then, is
+          # not started by the switch (X-OnlyManualStart, above).
           wantedBy = [ "multi-user.target" ];
           wants = [
             "network-online.target"

@@ -214,6 +214,19 @@ describe('nix/module.nix with the real nixpkgs lib', { skip }, () => {
     assert.ok(rebuild >= 0 && rebuild < path.indexOf('/run/current-system/sw/bin'), 'the system\'s own nixos-rebuild comes first');
   });
 
+  it('switch-to-configuration does not start the converged target: a restarted agent would wait on its own start job', () => {
+    // switch-to-configuration-ng (pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs)
+    // starts every active target unless it has RefuseManualStart or X-OnlyManualStart. After the
+    // first convergence the target stays active; when the agent is restarted it converges again
+    // while its start job runs (until READY=1), and a start job for a target ordered after it
+    // waits for that job (systemd's job_is_runnable), while switch-to-configuration waits for
+    // the target's job (block_on_jobs) and the agent for switch-to-configuration.
+    const { target } = assertGood(evaluate(ENABLE));
+    assert.deepEqual(section(target, 'Unit').get('After'), ['nixos-ec2-agent.service']);
+    assert.deepEqual(section(target, 'Unit').get('X-OnlyManualStart'), ['true']);
+    assert.equal(section(target, 'Unit').get('RefuseManualStart'), undefined, 'multi-user.target still pulls it in at boot');
+  });
+
   it('settings wins over a typed option, and reaches fields no option types', () => {
     const e = evaluate(ENABLE, `{
       services.nixos-ec2-agent = {

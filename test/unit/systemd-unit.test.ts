@@ -108,6 +108,9 @@ describe('systemd/nixos-ec2-agent.service', () => {
     const target = readFileSync(TARGET, 'utf8');
     assert.deepEqual(section(target, 'Unit').get('After'), [UNIT_NAME]);
     assert.deepEqual(section(target, 'Unit').get('DefaultDependencies'), ['no']);
+    // Not started by switch-to-configuration (nix/module.nix says why): a restarted agent that
+    // switches before READY=1 would wait on a start job queued behind its own.
+    assert.deepEqual(section(target, 'Unit').get('X-OnlyManualStart'), ['true']);
     assert.deepEqual(section(target, 'Install').get('WantedBy'), ['multi-user.target']);
     const wantedBy = { [UNIT_NAME]: ['multi-user.target'], [TARGET_NAME]: ['multi-user.target'] };
     assert.deepEqual(orderingCycle({ [UNIT_NAME]: text, [TARGET_NAME]: target }, wantedBy), null);
