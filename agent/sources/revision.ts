@@ -68,6 +68,13 @@ interface Cache {
   readonly filled: readonly string[];
 }
 
+/**
+ * Marks a revision parameter first seen in the tree, followed by its versions there: the next fetch
+ * reads it properly (the value never matches a real read), and a check meanwhile compares against
+ * the versions the tree showed.
+ */
+const SEEN_IN_TREE = '(seen in the tree) ';
+
 /** Throttling, as the SDK names it after its own retries gave up. */
 export function isThrottling(err: unknown): boolean {
   const code = isAgentError(err) ? err.context.code : (err as { name?: string } | undefined)?.name;
@@ -153,7 +160,8 @@ export class WatchedSsm implements SsmFetcher {
     const stripped = this.stripRevision(snapshot);
     if (mark.mode === 'full' && stripped !== snapshot && countParameters(stripped) !== countParameters(snapshot)) {
       // A revision parameter appeared since the last look: read it properly (before the tree) next time.
-      mark = { mode: 'parameter', value: '(seen in the tree)' };
+      const seen = snapshot.prefixes.flatMap((p) => p.parameters.filter((x) => x.name === `${p.prefix}/${this.options.parameter}`).map((x) => `${x.name}@${x.version}`));
+      mark = { mode: 'parameter', value: `${SEEN_IN_TREE}${seen.sort().join(',')}` };
     }
     this.cache = { key, snapshot: stripped, mark, at: now, filled };
     return { ...stripped, calls: snapshot.calls + (this.cheapChecks - checksAtStart) };
@@ -176,7 +184,9 @@ export class WatchedSsm implements SsmFetcher {
       throw err;
     }
     if (mark.mode === 'full') return cache.mark.mode === 'full' ? undefined : 'revision removed';
-    if (mark.mode !== cache.mark.mode || mark.value !== cache.mark.value) return `${mark.mode === 'tag' ? 'revision tag' : 'revision parameter'} changed`;
+    // A revision first seen in the tree is the one the tree (and the build of it) already holds.
+    const known = cache.mark.value.startsWith(SEEN_IN_TREE) ? cache.mark.value.slice(SEEN_IN_TREE.length) : cache.mark.value;
+    if (mark.mode !== cache.mark.mode || mark.value !== known) return `${mark.mode === 'tag' ? 'revision tag' : 'revision parameter'} changed`;
     return undefined;
   }
 

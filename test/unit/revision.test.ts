@@ -205,3 +205,19 @@ test('isThrottling recognises the SDK error names and the agent errors built fro
   assert.ok(!isThrottling(new TransientError('x', 'ssm', { code: 'InternalServerError' })));
   assert.ok(!isThrottling(undefined));
 });
+
+test('a revision parameter first seen in the tree is no newer state for a build of that tree', async () => {
+  const { ssm, watched } = setup();
+  ssm.put('/nixos/fleet/options/a', '1');
+  await watched.fetch(PREFIXES, VALUES);
+  // The operator's first push with a revision: the change and the parameter arrive together.
+  ssm.put('/nixos/fleet/options/a', '2');
+  ssm.put('/nixos/fleet/revision', 'r1');
+  assert.deepEqual(names(await watched.fetch(PREFIXES, VALUES)), ['/nixos/fleet/options/a@2']);
+  assert.equal(await watched.changed(), undefined, 'nothing moved since the fetch: the build of it must not be cancelled');
+  ssm.put('/nixos/fleet/revision', 'r2');
+  assert.equal(await watched.changed(), 'revision parameter changed', 'a bump after the fetch still is');
+  const tree = ssm.treeCalls;
+  await watched.fetch(PREFIXES, VALUES);
+  assert.equal(ssm.treeCalls, tree + 3, 'the next poll reads the revision properly, and the tree with it');
+});
