@@ -39,7 +39,7 @@ export interface ScheduleOptions {
   readonly cancellable?: () => boolean;
   /** A cheap look for a newer desired state while a pass builds; its reason, or undefined. */
   readonly changed?: (signal: AbortSignal) => Promise<string | undefined>;
-  /** How often `changed` is asked while a pass is cancellable. */
+  /** How often `changed` is asked while a pass is cancellable (jittered as the poll interval is). */
   readonly cancelCheckMs?: number;
 }
 
@@ -286,7 +286,9 @@ export class Scheduler {
     if (!changed || !cancelCheckMs) return;
     for (;;) {
       try {
-        await this.clock.sleep(cancelCheckMs, ended);
+        // Jittered as a poll is: passes a fleet-wide converge --now started together would
+        // otherwise look (one SSM call each) in the same instant, every time.
+        await this.clock.sleep(nextPollDelay(cancelCheckMs, this.options.jitter, this.random), ended);
       } catch {
         return;
       }

@@ -7,6 +7,7 @@ import { TransientError } from '../../agent/errors.js';
 import type { PassResult } from '../../agent/reconcile.js';
 import { nextPollDelay, Scheduler, THROTTLED_RETRY_BASE_MS, throttledRetryDelay, type ScheduleOptions } from '../../agent/schedule.js';
 import { ManualClock, settle } from '../support/clock.js';
+import { prng } from '../support/prng.js';
 
 test('an unthrottled poll waits uniformly within interval × [1 − j/2, 1 + j/2]', () => {
   assert.equal(nextPollDelay(60_000, 1, () => 0), 30_000);
@@ -383,4 +384,27 @@ test("the source's count of busy SSM answers stretches the poll interval too", a
   h.scheduler.stop();
   h.release();
   await h.done;
+});
+
+test('builds started together (a fleet-wide converge --now) do not look for a newer state in step', async () => {
+  const clock = new ManualClock(0);
+  const checks: number[] = [];
+  const fleet = Array.from({ length: 50 }, (_, i) => new Scheduler(clock, {
+    intervalMs: 600_000,
+    jitter: 1,
+    quietPeriodMs: 2_000,
+    random: prng(i + 1),
+    cancellable: () => true,
+    cancelCheckMs: 10_000,
+    changed: async () => (checks.push(clock.now()), undefined),
+  }));
+  const builds = fleet.map((s) => s.run((_reason, signal) => new Promise<PassResult>((resolve) => signal.addEventListener('abort', () => resolve({ outcome: 'cancelled' }), { once: true }))));
+  await clock.advanceAsync(60_000);
+  assert.ok(checks.length >= 150, `${checks.length} checks in a minute`);
+  const perSecond = new Map<number, number>();
+  for (const at of checks) perSecond.set(Math.floor(at / 1_000), (perSecond.get(Math.floor(at / 1_000)) ?? 0) + 1);
+  const worst = Math.max(...perSecond.values());
+  assert.ok(worst <= 15, `${worst} of 50 instances looked in the same second: each look is an SSM call the account pays for at once`);
+  for (const s of fleet) s.stop();
+  await Promise.all(builds);
 });
