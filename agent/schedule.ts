@@ -287,8 +287,9 @@ export class Scheduler {
     for (;;) {
       try {
         // Jittered as a poll is: passes a fleet-wide converge --now started together would
-        // otherwise look (one SSM call each) in the same instant, every time.
-        await this.clock.sleep(nextPollDelay(cancelCheckMs, this.options.jitter, this.random), ended);
+        // otherwise look (one SSM call each) in the same instant, every time. And backed off as a
+        // poll is while SSM is busy: a build can last an hour, and throttled looks see nothing.
+        await this.clock.sleep(nextPollDelay(cancelCheckMs, this.options.jitter, this.random, this.backoffLevel(), this.options.maxBackoffMs), ended);
       } catch {
         return;
       }

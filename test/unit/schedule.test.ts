@@ -408,3 +408,20 @@ test('builds started together (a fleet-wide converge --now) do not look for a ne
   for (const s of fleet) s.stop();
   await Promise.all(builds);
 });
+
+test('while SSM is busy, the look for a newer state during a build backs off as the poll does', async () => {
+  let level = 3;
+  let asked = 0;
+  // A look SSM answers ends the source's run of busy answers.
+  const changed = async () => ((asked++, (level = 0)), undefined);
+  const h = harness({ cancelCheckMs: 10_000, maxBackoffMs: 600_000, random: () => 1, throttleLevel: () => level, changed }, { building: true });
+  await settle();
+  await h.clock.advanceAsync(79_000);
+  assert.equal(asked, 0, 'level 3: up to 8 × cancelCheckMs, not every 10 s into a busy account');
+  await h.clock.advanceAsync(1_000);
+  assert.equal(asked, 1);
+  await h.clock.advanceAsync(10_000);
+  assert.equal(asked, 2, 'and every cancelCheckMs again once SSM answers');
+  h.scheduler.stop();
+  await h.done;
+});
