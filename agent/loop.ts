@@ -353,6 +353,8 @@ class DaemonLoop implements Daemon {
     }
     if (parts) {
       this.parts = parts;
+      // Reloaded with termination.enabled off: nothing watches any more what blocked the rebuilds.
+      if (this.leavingNotice && !parts.leaving) this.onLeaving(undefined);
       if (this.leavingNotice) parts.agent.reconciler.setLeaving(this.leavingNotice.detail);
       log.level = parts.config.logLevel;
       this.scheduler.reconfigure(scheduleTimings(parts.config));
@@ -393,6 +395,7 @@ class DaemonLoop implements Daemon {
     const leaving = config.termination.enabled
       ? new LeavingWatch(imdsMonitors(agent.imds, config.termination.checkSeconds * 1000), {
           clock,
+          ...(this.leavingNotice ? { initial: this.leavingNotice } : {}),
           onChange: (notice) => this.post({ kind: 'leaving', notice }),
           onError: (kind, err, inARow) => {
             if (inARow === 1 || inARow % 20 === 0) log.warn({ event: 'leaving.check-failed', kind, err: err.message, inARow }, `cannot read the ${kind} notice from IMDS: ${err.message}`);

@@ -88,6 +88,12 @@ export interface LeavingWatchOptions {
   /** Called when the instance starts leaving (a notice), or stops (undefined: e.g. the hook was abandoned). */
   readonly onChange: (notice: LeavingNotice | undefined) => void;
   readonly onError?: (kind: string, err: Error, inARow: number) => void;
+  /**
+   * The notice the watch starts from: a reloaded daemon's new watch takes over what the one before
+   * it saw, so that its first look ends the notice when it is gone (a watch starting from nothing
+   * would see no change, and the daemon would stay blocked until restarted).
+   */
+  readonly initial?: LeavingNotice;
 }
 
 /** Polls every monitor on its own loop; an error is reported and the loop goes on. */
@@ -100,7 +106,10 @@ export class LeavingWatch {
   constructor(
     private readonly monitors: readonly Polled[],
     private readonly options: LeavingWatchOptions,
-  ) {}
+  ) {
+    this.current = options.initial;
+    if (options.initial) this.notices.set(options.initial.kind, options.initial);
+  }
 
   get leaving(): LeavingNotice | undefined {
     return this.current;

@@ -170,6 +170,34 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     assert.deepEqual(sent.filter((m) => /STOPPING|READY/.test(m)), ['READY', 'STOPPING'], sent.join(' | '));
   });
 
+  it('a reload while leaving: the new watch ends the notice when its IMDS has none, or when nothing watches any more', async () => {
+    for (const next of [config(second), config(first, { termination: { enabled: false } })]) {
+      const statuses: Status[] = [];
+      const clock = realClock();
+      const notify = createNotify({});
+      const daemon = await startDaemon(config(first), {
+        log: silentLogger(),
+        clock,
+        env: {},
+        notify,
+        watchdog: new Watchdog(notify, {}, clock),
+        reload: async () => next,
+        onStatus: (s) => statuses.push(s),
+      });
+      try {
+        await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+        first.setSpotInstanceAction({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString() });
+        await waitFor('the spot notice', () => daemon.status.phase === 'stopping');
+        daemon.signal('SIGHUP');
+        await waitFor('the notice ended by the reloaded watch', () => daemon.status.phase !== 'stopping');
+      } finally {
+        first.setSpotInstanceAction(undefined);
+        daemon.signal('SIGTERM');
+        assert.equal(await daemon.done, 0);
+      }
+    }
+  });
+
   it('a write error under the root fails the pass naming path and errno, and SIGTERM still stops the daemon', async () => {
     // A fresh machine, with a file where the agent's render directory goes: every write under it
     // fails (ENOTDIR).

@@ -1,0 +1,55 @@
+// The watch for the instance leaving (spot interruption, Auto Scaling termination): what it tells
+// the daemon at its first look, when it takes over a notice from the watch it replaces (SIGHUP).
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { LeavingWatch, type LeavingNotice, type Monitor } from '../../agent/sources/leaving.js';
+import { ManualClock } from '../support/clock.js';
+
+const SPOT: LeavingNotice = { kind: 'spot', detail: 'spot interruption: terminate at 2026-11-30T12:02:00Z' };
+
+function monitor(kind: LeavingNotice['kind'], answer: () => LeavingNotice | undefined): Monitor {
+  return { kind, check: async () => answer() };
+}
+
+describe('LeavingWatch', () => {
+  it('a watch taking over a notice that is gone says so at its first look', async () => {
+    const changes: (LeavingNotice | undefined)[] = [];
+    const watch = new LeavingWatch([{ monitor: monitor('spot', () => undefined), intervalMs: 5_000 }], {
+      clock: new ManualClock(0),
+      initial: SPOT,
+      onChange: (n) => changes.push(n),
+    });
+    assert.equal(watch.leaving, SPOT);
+    await watch.start();
+    await watch.stop();
+    assert.deepEqual(changes, [undefined]);
+    assert.equal(watch.leaving, undefined);
+  });
+
+  it('one taking over a notice still there says nothing new', async () => {
+    const changes: (LeavingNotice | undefined)[] = [];
+    const watch = new LeavingWatch([{ monitor: monitor('spot', () => ({ ...SPOT })), intervalMs: 5_000 }], {
+      clock: new ManualClock(0),
+      initial: SPOT,
+      onChange: (n) => changes.push(n),
+    });
+    await watch.start();
+    await watch.stop();
+    assert.deepEqual(changes, []);
+    assert.equal(watch.leaving?.detail, SPOT.detail);
+  });
+
+  it('a fresh one says nothing while the instance stays, and tells of a notice at once', async () => {
+    const changes: (LeavingNotice | undefined)[] = [];
+    let notice: LeavingNotice | undefined;
+    const clock = new ManualClock(0);
+    const watch = new LeavingWatch([{ monitor: monitor('spot', () => notice), intervalMs: 5_000 }], { clock, onChange: (n) => changes.push(n) });
+    await watch.start();
+    assert.deepEqual(changes, []);
+    notice = SPOT;
+    clock.advance(5_000);
+    for (let i = 0; i < 5 && changes.length === 0; i++) await new Promise((r) => setImmediate(r));
+    await watch.stop();
+    assert.deepEqual(changes, [SPOT]);
+  });
+});
