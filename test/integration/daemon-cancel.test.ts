@@ -3,8 +3,7 @@
 // (and is answered with what the passes did, never "cancelled"). In this process, against the
 // emulators and the stand-in nixos-rebuild.
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { parseConfig } from '../../agent/config.js';
@@ -15,20 +14,12 @@ import { ControlClient } from '../../agent/report/control.js';
 import { createNotify, type Notify } from '../../agent/report/notify.js';
 import { Watchdog } from '../../agent/report/watchdog.js';
 import type { Outcome, Status } from '../../agent/status.js';
-import { bootMachine, installStandins } from '../../sandbox/standin/install.js';
 import { World } from '../../sandbox/world.js';
-import { markerModule } from '../support/e2e.js';
+import { markerModule, waitUntil } from '../support/e2e.js';
+import { sandboxedMachine } from '../support/machine.js';
 
 const MODULE = '/nixos/fleet/modules/app';
 const CREDENTIALS = { accessKeyId: 'AKIDCANCEL', secretAccessKey: 'cancel-secret' };
-
-async function waitFor(what: string, condition: () => boolean): Promise<void> {
-  const deadline = Date.now() + 90_000;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 interface Running {
   readonly world: World;
@@ -46,14 +37,11 @@ describe('a hung build', { timeout: 240_000 }, () => {
   });
 
   async function start(buildTimeoutSeconds: number, notify: Notify = createNotify({})): Promise<Running> {
-    const dir = await mkdtemp(path.join(tmpdir(), 'nea-cancel-'));
-    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const { root, tools, remove } = await sandboxedMachine('nea-cancel');
+    cleanups.push(remove);
     const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
     cleanups.push(() => world.close());
     world.ssm.load([{ Name: MODULE, Value: markerModule('sandbox-hang'), Type: 'String' }]);
-    const root = path.join(dir, 'root');
-    const tools = await installStandins({ binDir: path.join(dir, 'bin'), root });
-    await bootMachine(root);
     const config = parseConfig({
       root,
       logLevel: 'error',
@@ -91,10 +79,10 @@ describe('a hung build', { timeout: 240_000 }, () => {
 
   it('is cancelled by a newer desired state, with no revision to compare', async () => {
     const r = await start(120);
-    await waitFor('the hung build', () => r.daemon.status.phase === 'building');
+    await waitUntil('the hung build', () => r.daemon.status.phase === 'building');
     const hung = r.daemon.status.desired?.hash;
     r.world.ssm.load([{ Name: MODULE, Value: markerModule('fixed'), Type: 'String', Overwrite: true }]);
-    await waitFor('the fixed module converged', () => r.daemon.status.condition === 'converged' && r.daemon.status.desired?.hash !== hung);
+    await waitUntil('the fixed module converged', () => r.daemon.status.condition === 'converged' && r.daemon.status.desired?.hash !== hung);
     assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
     const configuration = await readFile(path.join(r.root, 'etc/nixos/configuration.nix'), 'utf8');
     assert.match(configuration, new RegExp(`Desired state ${r.daemon.status.desired?.hash}`));
@@ -105,22 +93,22 @@ describe('a hung build', { timeout: 240_000 }, () => {
     let r: Running | undefined;
     const notify: Notify = { enabled: false, send() {}, ready: () => ready.push(r!.daemon.status), status() {}, watchdog() {}, extendTimeout() {}, stopping() {}, reloading() {} };
     r = await start(120, notify);
-    await waitFor('the hung build', () => r!.daemon.status.phase === 'building');
+    await waitUntil('the hung build', () => r!.daemon.status.phase === 'building');
     const hung = r.daemon.status.desired?.hash;
     r.world.ssm.load([{ Name: MODULE, Value: markerModule('fixed'), Type: 'String', Overwrite: true }]);
-    await waitFor('the fixed module converged', () => r!.daemon.status.condition === 'converged' && r!.daemon.status.desired?.hash !== hung);
+    await waitUntil('the fixed module converged', () => r!.daemon.status.condition === 'converged' && r!.daemon.status.desired?.hash !== hung);
     assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
     const first = r.statuses.find((s) => s.firstConvergenceDone);
     assert.equal(first?.lastResult?.outcome, 'converged', `the first convergence ended ${first?.lastResult?.outcome}: ${first?.message}`);
     assert.ok(r.statuses.filter((s) => s.lastResult?.outcome === 'cancelled').every((s) => s.condition === 'converging'), 'converging while the cancelled build is followed by the next pass');
     // The status turns converged as the pass ends; READY=1 follows from the loop's own handler.
-    await waitFor('READY=1', () => ready.length > 0);
+    await waitUntil('READY=1', () => ready.length > 0);
     assert.deepEqual(ready.map((s) => s.lastResult?.outcome), ['converged'], 'READY=1 once, when the first convergence ended');
   });
 
   it('is not cancelled by converge --now when the sources still say the same', async () => {
     const r = await start(4);
-    await waitFor('the hung build', () => r.daemon.status.phase === 'building');
+    await waitUntil('the hung build', () => r.daemon.status.phase === 'building');
     const answer = (await r.control.request('converge')) as { ok: boolean; outcome?: Outcome };
     assert.notEqual(answer.outcome, 'cancelled');
     assert.ok(!r.outcomes().includes('cancelled'), r.outcomes().join(', '));

@@ -17,17 +17,10 @@ import { Watchdog } from '../../agent/report/watchdog.js';
 import type { Status } from '../../agent/status.js';
 import { defaultInstance, ImdsEmulator } from '../../sandbox/emulators/imds.js';
 import { bootMachine, installStandins, type StandinPaths } from '../../sandbox/standin/install.js';
+import { waitUntil } from '../support/e2e.js';
 
 const USER_DATA = Buffer.from('{ ... }: { time.timeZone = "UTC"; }\n');
 const LEAVING_PATH = '/latest/meta-data/autoscaling/target-lifecycle-state';
-
-async function waitFor(what: string, condition: () => boolean): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('the daemon in this process', { timeout: 180_000 }, () => {
   let dir: string;
@@ -67,33 +60,41 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     });
   }
 
-  it('SIGHUP stops every part of the old configuration before the new one starts', async () => {
-    let reloaded = 0;
+  /** A daemon in this process, each status it reports kept. */
+  async function startHere(configured: Config, options: { notify?: Notify; reload?: () => Promise<Config> } = {}) {
     const statuses: Status[] = [];
     const clock = realClock();
-    const notify = createNotify({});
-    const daemon = await startDaemon(config(first), {
+    const notify = options.notify ?? createNotify({});
+    const daemon = await startDaemon(configured, {
       log: silentLogger(),
       clock,
       env: {},
       notify,
       watchdog: new Watchdog(notify, {}, clock),
+      ...(options.reload ? { reload: options.reload } : {}),
+      onStatus: (s) => statuses.push(s),
+    });
+    return { daemon, statuses };
+  }
+
+  it('SIGHUP stops every part of the old configuration before the new one starts', async () => {
+    let reloaded = 0;
+    const { daemon, statuses } = await startHere(config(first), {
       reload: async () => {
         reloaded++;
         return config(second);
       },
-      onStatus: (s) => statuses.push(s),
     });
     try {
-      await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
       assert.equal(daemon.status.condition, 'converged', daemon.status.message);
-      await waitFor('the leaving monitor on the first IMDS', () => first.requests.some((r) => r.path === LEAVING_PATH));
+      await waitUntil('the leaving monitor on the first IMDS', () => first.requests.some((r) => r.path === LEAVING_PATH));
       daemon.signal('SIGHUP');
-      await waitFor('the leaving monitor on the second IMDS', () => second.requests.some((r) => r.path === LEAVING_PATH));
+      await waitUntil('the leaving monitor on the second IMDS', () => second.requests.some((r) => r.path === LEAVING_PATH));
       assert.equal(reloaded, 1);
       const askedFirst = first.requests.length;
       const seen = second.requests.filter((r) => r.path === LEAVING_PATH).length;
-      await waitFor('more checks on the second IMDS', () => second.requests.filter((r) => r.path === LEAVING_PATH).length >= seen + 5);
+      await waitUntil('more checks on the second IMDS', () => second.requests.filter((r) => r.path === LEAVING_PATH).length >= seen + 5);
       assert.equal(first.requests.length, askedFirst, 'the first IMDS was asked again after the reload');
     } finally {
       daemon.signal('SIGTERM');
@@ -102,25 +103,14 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
   });
 
   it('SIGHUP keeps what the status knows: a converged agent stays converged and ready through the reload', async () => {
-    const statuses: Status[] = [];
-    const clock = realClock();
-    const notify = createNotify({});
-    const daemon = await startDaemon(config(first, { termination: { enabled: false } }), {
-      log: silentLogger(),
-      clock,
-      env: {},
-      notify,
-      watchdog: new Watchdog(notify, {}, clock),
-      reload: async () => config(first, { termination: { enabled: false } }),
-      onStatus: (s) => statuses.push(s),
-    });
+    const { daemon, statuses } = await startHere(config(first, { termination: { enabled: false } }), { reload: async () => config(first, { termination: { enabled: false } }) });
     try {
-      await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
       assert.equal(daemon.status.condition, 'converged', daemon.status.message);
       const before = statuses.length;
       const passes = () => statuses.slice(before).filter((s) => s.lastResult !== undefined && s.lastResult.at !== statuses[before - 1]!.lastResult?.at);
       daemon.signal('SIGHUP');
-      await waitFor('the pass after the reload', () => passes().length > 0);
+      await waitUntil('the pass after the reload', () => passes().length > 0);
       const after = statuses.slice(before);
       const lost = after.filter((s) => !s.firstConvergenceDone || s.condition !== 'converged');
       assert.deepEqual(lost.map((s) => `${s.condition} firstConvergenceDone=${s.firstConvergenceDone}: ${s.message}`), [], 'status --wait, /readyz and status.json went back to the start');
@@ -143,22 +133,13 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
       stopping: () => sent.push('STOPPING'),
       reloading() {},
     };
-    const statuses: Status[] = [];
-    const clock = realClock();
-    const daemon = await startDaemon(config(first), {
-      log: silentLogger(),
-      clock,
-      env: {},
-      notify,
-      watchdog: new Watchdog(notify, {}, clock),
-      onStatus: (s) => statuses.push(s),
-    });
+    const { daemon, statuses } = await startHere(config(first), { notify });
     try {
-      await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
       first.setSpotInstanceAction({ action: 'stop', time: new Date(Date.now() + 120_000).toISOString() });
-      await waitFor('the spot notice', () => daemon.status.phase === 'stopping');
+      await waitUntil('the spot notice', () => daemon.status.phase === 'stopping');
       first.setSpotInstanceAction(undefined);
-      await waitFor('the notice withdrawn', () => daemon.status.phase !== 'stopping');
+      await waitUntil('the notice withdrawn', () => daemon.status.phase !== 'stopping');
       // systemd takes STOPPING=1 from a running service as the start of its stop: TimeoutStopSec
       // later it kills an agent that was never asked to stop, and ignores READY=1 meanwhile.
       assert.deepEqual(sent.filter((m) => /STOPPING|READY/.test(m)), ['READY'], sent.join(' | '));
@@ -172,24 +153,13 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
 
   it('a reload while leaving: the new watch ends the notice when its IMDS has none, or when nothing watches any more', async () => {
     for (const next of [config(second), config(first, { termination: { enabled: false } })]) {
-      const statuses: Status[] = [];
-      const clock = realClock();
-      const notify = createNotify({});
-      const daemon = await startDaemon(config(first), {
-        log: silentLogger(),
-        clock,
-        env: {},
-        notify,
-        watchdog: new Watchdog(notify, {}, clock),
-        reload: async () => next,
-        onStatus: (s) => statuses.push(s),
-      });
+      const { daemon, statuses } = await startHere(config(first), { reload: async () => next });
       try {
-        await waitFor('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+        await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
         first.setSpotInstanceAction({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString() });
-        await waitFor('the spot notice', () => daemon.status.phase === 'stopping');
+        await waitUntil('the spot notice', () => daemon.status.phase === 'stopping');
         daemon.signal('SIGHUP');
-        await waitFor('the notice ended by the reloaded watch', () => daemon.status.phase !== 'stopping');
+        await waitUntil('the notice ended by the reloaded watch', () => daemon.status.phase !== 'stopping');
       } finally {
         first.setSpotInstanceAction(undefined);
         daemon.signal('SIGTERM');
@@ -207,27 +177,16 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     const blocked = path.join(root, 'etc/nixos/ec2-agent');
     await writeFile(blocked, 'not a directory\n');
     const running = await readlink(path.join(root, 'run/current-system'));
-    const statuses: Status[] = [];
-    const clock = realClock();
-    const notify = createNotify({});
-    const daemon = await startDaemon(
+    const { daemon, statuses } = await startHere(
       config(first, {
         root,
         termination: { enabled: false },
         rebuild: { nixosRebuild: tools.nixosRebuild, nixEnv: tools.nixEnv, nixChannel: tools.nixChannel, validate: 'if-available' },
         health: { systemctl: tools.systemctl, graceSeconds: 1, intervalSeconds: 0.25 },
       }),
-      {
-      log: silentLogger(),
-      clock,
-      env: {},
-      notify,
-      watchdog: new Watchdog(notify, {}, clock),
-      onStatus: (s) => statuses.push(s),
-      },
     );
     try {
-      await waitFor('the first pass', () => statuses.some((s) => s.firstConvergenceDone));
+      await waitUntil('the first pass', () => statuses.some((s) => s.firstConvergenceDone));
       const result = daemon.status.lastResult;
       assert.equal(result?.outcome, 'failed', JSON.stringify(daemon.status));
       assert.match(result?.error?.message ?? '', /E[A-Z]+/);
@@ -246,7 +205,7 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     const counts = () => signals.map((s) => process.listenerCount(s));
     const before = counts();
     const running = runDaemon(config(first, { termination: { enabled: false } }));
-    await waitFor('the signal handlers', () => counts().every((n, i) => n === before[i]! + 1));
+    await waitUntil('the signal handlers', () => counts().every((n, i) => n === before[i]! + 1));
     process.emit('SIGTERM', 'SIGTERM');
     assert.equal(await running, 0);
     assert.deepEqual(counts(), before);

@@ -480,6 +480,11 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
   }
 }
 
+/** As waitFor, for a condition read synchronously (a daemon in this process, its recorded statuses). */
+export async function waitUntil(what: string, condition: () => boolean, timeoutMs = 90_000): Promise<void> {
+  await waitFor(what, async () => (condition() ? true : undefined), timeoutMs, 20);
+}
+
 /** The Nix files under `dir` that the real parser rejects (empty when Nix is absent). */
 export async function unparsableNixFiles(dir: string): Promise<string[]> {
   if (!hasNix) return [];
