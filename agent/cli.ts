@@ -308,12 +308,28 @@ function structuredWarnings(debug: boolean): void {
   });
 }
 
+/**
+ * A reader that closes its end early (`generations | head -1`, `rollback 2>&1 | head`) makes every
+ * later write EPIPE, since Node ignores SIGPIPE: what is written there is lost, and the command goes
+ * on with its work and ends with its own exit code, rather than dying of an unhandled 'error' event
+ * with a stack trace, possibly halfway through a rollback. Not for the daemon (`run`): its output is
+ * the journal, and one that cannot log any more is better ended and restarted by systemd.
+ */
+function tolerateClosedPipes(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+    });
+  }
+}
+
 // The composition root owns the process: --debug is taken out before any command sees its flags,
 // and when the command is done the process ends with its code even if something still holds the
 // event loop open (a server a failed start left listening must never make a command hang).
 const args = process.argv.slice(2);
 const debug = args.includes('--debug');
 structuredWarnings(debug);
+if (args[0] !== 'run') tolerateClosedPipes();
 main(
   args.filter((a) => a !== '--debug'),
   debug,

@@ -116,6 +116,43 @@ describe('bad input to every command', { concurrency: 4 }, () => {
   });
 });
 
+describe('a reader that closes its end early', () => {
+  // `generations | head -1`, `rollback 2>&1 | head`: the command still does its work and ends with
+  // its own exit code, without a stack trace (Node ignores SIGPIPE, so a write there is EPIPE).
+  function closed(args: readonly string[], stream: 'stdout' | 'stderr'): Promise<{ code: number | null; other: string }> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [CLI, ...args], { env: cleanEnv(process.env), stdio: ['ignore', 'pipe', 'pipe'] });
+      child[stream].destroy();
+      let other = '';
+      child[stream === 'stdout' ? 'stderr' : 'stdout'].on('data', (c: Buffer) => (other += c.toString('utf8')));
+      const timer = setTimeout(() => child.kill('SIGKILL'), HANG_MS);
+      child.on('error', reject);
+      child.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, other });
+      });
+    });
+  }
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'nea-pipe-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('stdout closed: the exit code is the command\'s', async () => {
+    const ended = await closed(['generations', '--root', dir], 'stdout');
+    assert.equal(ended.code, 0, ended.other);
+    assert.doesNotMatch(ended.other, /EPIPE|^\s+at /m);
+  });
+
+  test('stderr closed: the exit code is the command\'s', async () => {
+    const ended = await closed(['converge', '--root', dir], 'stderr');
+    assert.equal(ended.code, 2, 'bad usage');
+  });
+});
+
 describe('sandbox --parameters states what SSM holds', () => {
   test('the same file again changes nothing; a new value is a new version', { timeout: 180_000 }, async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'nea-seed-'));
