@@ -18,6 +18,7 @@ import { ControlClient, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
 import { describeRollout } from './rollout/plan.js';
 import { selectDesired, whoOf } from './rollout/select.js';
+import { rollbackAnswer } from './reconcile.js';
 import { statusExitCode, type Status, type StatusPhase } from './status.js';
 import { writeFileAtomic } from './fs.js';
 import { stat } from 'node:fs/promises';
@@ -257,7 +258,7 @@ export async function control(config: Config, op: ControlOp, json: boolean, clie
     }
     if (op === 'rollback') {
       const result = await agent.reconciler.rollback();
-      answer = { ok: result.outcome === 'rolled-back', outcome: result.outcome, ...(result.refused && result.error ? { error: result.error.message } : {}), status: agent.reconciler.status };
+      answer = rollbackAnswer(result, agent.reconciler.status);
     } else if (op === 'suspend') {
       await agent.reconciler.suspend('cli');
       answer = { ok: true, status: agent.reconciler.status };

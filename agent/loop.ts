@@ -14,7 +14,7 @@ import { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
 import { desiredHashOf, NewerDesired } from './newer.js';
-import type { PassResult } from './reconcile.js';
+import { rollbackAnswer, type PassResult } from './reconcile.js';
 import { ControlServer, type ControlOp } from './report/control.js';
 import { PostConvergeHook } from './report/hook.js';
 import { HttpServer } from './report/http.js';
@@ -288,7 +288,7 @@ class DaemonLoop implements Daemon {
         case 'rollback': {
           const result = await this.scheduler.exclusive(() => this.reconciler.rollback());
           if (!result.refused) this.post({ kind: 'pass-finished', result, durationMs: undefined });
-          return { ok: result.outcome === 'rolled-back', outcome: result.outcome, ...(result.refused && result.error ? { error: result.error.message } : {}), status: this.reconciler.status };
+          return rollbackAnswer(result, this.reconciler.status);
         }
         case 'suspend':
           await this.scheduler.exclusive(() => this.reconciler.suspend('control socket'));

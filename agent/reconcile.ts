@@ -61,6 +61,20 @@ export interface PassResult {
   readonly refused?: true;
 }
 
+/**
+ * An operator's rollback as the command answers it (the control socket, or the command itself when
+ * no daemon runs): ok only when it went back and a good generation runs after it; a rollback whose
+ * target failed its health check too is the work failing (exit 1).
+ */
+export function rollbackAnswer(result: PassResult, status: Status): { ok: boolean; outcome: Outcome; error?: string; status: Status } {
+  return {
+    ok: result.outcome === 'rolled-back' && !status.noGoodGeneration,
+    outcome: result.outcome,
+    ...(result.refused && result.error ? { error: result.error.message } : {}),
+    status,
+  };
+}
+
 /** Where an earlier agent kept the previous good configuration.nix, before state.json carried it. */
 const LEGACY_PREVIOUS_GOOD_CONFIGURATION = `${STATE_DIR}/previous-good-configuration.nix`;
 

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { rollbackAnswer } from '../../agent/reconcile.js';
 import { CONFIGURATION_NIX, SECRETS_DIR } from '../../agent/render/render.js';
 import { LAST_GOOD_CONFIGURATION, STATE_DIR, STATE_FILE } from '../../agent/state.js';
 import { IMAGE_CONFIGURATION, IMAGE_SYSTEM, Killed, storePathOf, stateOf, worldPerTest, type World } from '../support/reconcile-fakes.js';
@@ -381,6 +382,22 @@ describe('Reconciler passes', () => {
     assert.deepEqual(w.machine.calls, [], 'nothing tried');
     assert.equal(agent.status.condition, before.condition, '/readyz and status stay as they were');
     assert.equal(agent.status.lastResult, undefined, 'no pass recorded');
+  });
+
+  it("answers an operator's rollback ok only when a good generation runs after it", async () => {
+    const w = await setup();
+    const agent = await w.agent();
+    const a = await convergeTo(w, agent, 'a');
+    await convergeTo(w, agent, 'b');
+    w.machine.unhealthy.add(a.system);
+    const unhealthy = await agent.rollback();
+    assert.equal(unhealthy.outcome, 'rolled-back');
+    assert.equal(agent.status.noGoodGeneration, true);
+    assert.equal(rollbackAnswer(unhealthy, agent.status).ok, false, 'exit 1: the work failed');
+    w.machine.unhealthy.clear();
+    const healthy = await agent.rollback();
+    assert.equal(healthy.outcome, 'rolled-back');
+    assert.equal(rollbackAnswer(healthy, agent.status).ok, true);
   });
 
   it("after an operator's rollback, holds until the desired hash changes", async () => {
