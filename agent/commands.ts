@@ -103,11 +103,12 @@ export async function render(config: Config, out: string | undefined, json: bool
   // Written to DIR, the files import each other there: a tree that can be built as it lies.
   const plan = renderPlan(desired, path.resolve(out ?? config.root));
   const files = [...plan.parts, plan.configuration];
+  // The local files the render imports (the image's base configuration, local.d), as they are.
+  const imported = await Promise.all(plan.imported.map(async (f) => ({ path: f.path, source: f.source, text: (await agent.fs.readText(f.path)) ?? '' })));
   if (out) {
-    for (const f of files) await writeFileAtomic(path.join(out, f.path), f.text);
+    for (const f of [...files, ...imported]) await writeFileAtomic(path.join(out, f.path), f.text);
   }
   // The parser gate a converge runs, on the same texts: what a pass would refuse, render refuses.
-  const imported = await Promise.all(plan.imported.map(async (f) => ({ source: f.source, text: (await agent.fs.readText(f.path)) ?? '' })));
   const { errors, skipped } = await parseRendered(config, agent.runner, [...files, ...imported]);
   const notes = skipped ? [...desired.notes, skipped] : desired.notes;
   if (json) {

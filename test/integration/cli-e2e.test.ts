@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
@@ -58,8 +58,12 @@ describe('the command line', { concurrency: true }, () => {
     assert.match(bad[1]!.stderr, /no-such-flag/);
   });
 
+  const SITE = '{ ... }: { environment.etc."site".text = "local"; }\n';
+
   test('render prints and writes what would be rendered, and switches nothing', async () => {
     await withInstance({ userData: '{ ... }:\n{\n  services.nginx.enable = true;\n}\n', parameters: [FLEET_TZ] }, async (i) => {
+      await mkdir(i.file('etc/nixos-ec2-agent/local.d'), { recursive: true });
+      await writeFile(i.file('etc/nixos-ec2-agent/local.d/site.nix'), SITE);
       const before = await i.configuration();
       const running = await i.running();
       const out = path.join(i.dir, 'rendered');
@@ -73,7 +77,10 @@ describe('the command line', { concurrency: true }, () => {
       // The tree written imports its own files, as configuration.nix would on the instance.
       const imports = [...(await readFile(path.join(out, 'etc/nixos/configuration.nix'), 'utf8')).matchAll(/^\s*(\/\S+\.nix)/gm)].map((m) => m[1] as string);
       assert.ok(imports.some((f) => f === path.join(out, 'etc/nixos/ec2-agent', path.basename(path.dirname(f)), 'user-data.nix')), imports.join(', '));
-      for (const f of imports.filter((f) => f.includes('/ec2-agent/'))) assert.ok(existsSync(f), `${f} was not written`);
+      // Every file it imports is in the tree, the local ones (local.d here) copied as they are.
+      assert.ok(imports.some((f) => f === path.join(out, 'etc/nixos-ec2-agent/local.d/site.nix')), imports.join(', '));
+      for (const f of imports) assert.ok(existsSync(f), `${f} was not written`);
+      assert.equal(await readFile(path.join(out, 'etc/nixos-ec2-agent/local.d/site.nix'), 'utf8'), SITE);
       const json = await i.run(['render', '--json']);
       assert.equal(json.code, 0, json.stderr);
       const rendered = parseJson(json.stdout, 'render --json', json) as { desiredHash: string; files: { path: string; text: string }[] };
