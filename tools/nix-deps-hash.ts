@@ -116,6 +116,9 @@ async function main(argv: string[]): Promise<void> {
       // Version 2 also caches registry metadata (packuments), which the registry serves in a
       // trimmed form to ordinary clients: its output cannot be reproduced or checked here.
       if (v !== '1') throw new NpmDepsError('lockfile', `fetcher version ${v} is not supported: only version 1 (nixpkgs' default) is reproduced`);
+    } else if (arg === '--help' || arg === '-h') {
+      process.stdout.write(`${USAGE}\n\nprints the npmDepsHash nixpkgs' fetchNpmDeps computes for LOCKFILE (default: this repository's\npackage-lock.json); --update writes it to nix/npm-deps-hash.txt\n`);
+      return;
     } else if (arg === '--update') update = true;
     else if (arg === '--debug') continue;
     else if (arg.startsWith('-') || file !== null) throw new NpmDepsError('lockfile', `unexpected argument ${arg}; ${USAGE}`);

@@ -188,6 +188,15 @@ describe('npm run nix-deps-hash', () => {
     const missing = spawnSync(process.execPath, [CLI, '/nonexistent/package-lock.json'], { encoding: 'utf8' });
     assert.equal(missing.status, 2);
     assert.match(missing.stderr, /^nix-deps-hash: \/nonexistent\/package-lock\.json: cannot read: ENOENT\n$/);
+    const unknown = spawnSync(process.execPath, [CLI, '--frobnicate'], { encoding: 'utf8' });
+    assert.equal(unknown.status, 2);
+    assert.match(unknown.stderr, /^nix-deps-hash: unexpected argument --frobnicate; usage: /);
+  });
+
+  it('--help prints the usage, exit 0', () => {
+    const help = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' });
+    assert.equal(help.status, 0, help.stderr);
+    assert.match(help.stdout, /^usage: nix-deps-hash \[LOCKFILE\] \[--fetcher-version N\] \[--update\]\n/);
   });
 });
 
