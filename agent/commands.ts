@@ -37,7 +37,23 @@ function stderrLogger(config: Config): Logger {
   return createLogger({ level: config.logLevel, destination: process.stderr });
 }
 
-export async function convergeOnce(config: Config, json: boolean): Promise<number> {
+export async function convergeOnce(config: Config, json: boolean, client: Pick<ControlClient, 'request'> = new ControlClient(controlSocketPath(config), STATUS_ANSWER_MS)): Promise<number> {
+  // A pass of its own beside the daemon's would take the daemon's journal entry for a killed
+  // agent's: it would put configuration.nix back and stop the daemon's build under it, and each
+  // would write state.json over the other's. So, as rollback and suspend, only with no daemon.
+  const busy = await client.request('status').then(
+    () => 'the daemon is running on this root; use converge --now',
+    (err: unknown) => {
+      const why = unreachable(err);
+      if (why === 'needs-root') return `converge --once needs root: ${(err as Error).message}`;
+      if (why === 'unreachable') return `cannot tell whether the daemon is running (${(err as Error).message}); nothing was changed`;
+      return undefined;
+    },
+  );
+  if (busy !== undefined) {
+    process.stderr.write(`${busy}\n`);
+    return 2;
+  }
   const log = stderrLogger(config);
   const statusFile = new StatusFile(new RootFs(config.root), (err) => log.warn({ event: 'status.write-failed', err: err.message }, 'cannot write status.json'));
   let lifecycle: LifecycleReporter | undefined;

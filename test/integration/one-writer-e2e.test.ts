@@ -1,0 +1,30 @@
+// One agent at a time on a root: a command that would run a pass of its own (`converge --once`)
+// while the daemon works on the same root would take the daemon's journal entry for a killed
+// agent's, put configuration.nix back under the daemon's build and write state.json over it.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { markerModule, waitFor } from '../support/e2e.js';
+import { withDaemon } from '../support/daemon.js';
+
+const MODULE = '/nixos/fleet/modules/app';
+
+describe('converge --once while the daemon runs', { timeout: 240_000 }, () => {
+  test('is refused, and the daemon\'s pass, journal and configuration.nix are left alone', async () => {
+    await withDaemon({ config: { rebuild: { buildTimeoutSeconds: 120 } } }, async (d, i) => {
+      i.put(MODULE, markerModule('sandbox-hang'));
+      d.run.child.kill('SIGHUP');
+      // configuration.nix is committed once the parser has passed it, with the build under way.
+      await waitFor('the daemon to build', async () => ((await i.durableState()).journal.phase === 'building' && (await i.configuration()).includes('modules/app.nix') ? true : undefined), 90_000, 20);
+      const journal = (await i.durableState()).journal;
+      const configuration = await i.configuration();
+
+      const once = await i.run(['converge', '--once']);
+      assert.equal(once.code, 2, `converge --once exited ${once.code}: ${once.stderr.slice(-2000)}`);
+      assert.match(once.stderr, /daemon/);
+      assert.deepEqual((await i.durableState()).journal, journal, 'the daemon\'s journal entry stands');
+      assert.equal(await i.configuration(), configuration, 'configuration.nix is the daemon\'s');
+      assert.ok(d.alive);
+      assert.equal(d.passes().length, 1, 'the daemon\'s build is still under way');
+    });
+  });
+});
