@@ -10,12 +10,13 @@
 import { createAgent, createLifecycleReporter, type Agent, type AgentEdges } from './agent.js';
 import { KernelPolicy } from './apply/kernel.js';
 import { controlSocketPath, type Config } from './config.js';
+import { TransientError } from './errors.js';
 import { RootFs } from './fs.js';
 import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
 import { desiredHashOf, NewerDesired } from './newer.js';
 import { rollbackAnswer, type PassResult } from './reconcile.js';
-import { ControlServer, type ControlOp } from './report/control.js';
+import { ControlClient, ControlServer, type ControlOp } from './report/control.js';
 import { PostConvergeHook } from './report/hook.js';
 import { HttpServer } from './report/http.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
@@ -86,6 +87,8 @@ interface Parts {
 // time when it starts and then a little at a time, so a start that stops making progress still
 // times out (and the watchdog catches a wedged loop meanwhile).
 const EXTEND_EVERY_MS = 30_000;
+/** How long a daemon that is starting waits for another one's answer (it answers `status` from memory). */
+const OTHER_DAEMON_ANSWER_MS = 5_000;
 
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Daemon> {
   const loop = new DaemonLoop(config, deps);
@@ -437,6 +440,12 @@ class DaemonLoop implements Daemon {
 
   async start(): Promise<void> {
     const { log, notify, watchdog } = this.deps;
+    // A second daemon on the root would take the first one's journal entry for a killed agent's
+    // (putting configuration.nix back and stopping its build), then its control socket. A socket
+    // that nothing answers on is a killed daemon's.
+    const socket = controlSocketPath(this.config);
+    const other = await new ControlClient(socket, OTHER_DAEMON_ANSWER_MS).request('status').then(() => true, () => false);
+    if (other) throw new TransientError(`another daemon is running on ${this.config.root}: it answers on ${socket}`, 'control', { where: socket });
     this.parts = await this.buildParts(this.config);
     await this.startParts(this.parts);
     // Health checks must answer during the first rebuild: /healthz while the image's good

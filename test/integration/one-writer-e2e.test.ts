@@ -1,5 +1,5 @@
-// One agent at a time on a root: a command that would run a pass of its own (`converge --once`)
-// while the daemon works on the same root would take the daemon's journal entry for a killed
+// One agent at a time on a root: a process that would run a pass of its own (`converge --once`, a
+// second `run`) while the daemon works on the same root would take the daemon's journal entry for a killed
 // agent's, put configuration.nix back under the daemon's build and write state.json over it.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -8,8 +8,8 @@ import { withDaemon } from '../support/daemon.js';
 
 const MODULE = '/nixos/fleet/modules/app';
 
-describe('converge --once while the daemon runs', { timeout: 240_000 }, () => {
-  test('is refused, and the daemon\'s pass, journal and configuration.nix are left alone', async () => {
+describe('a second agent while the daemon runs', { timeout: 240_000 }, () => {
+  test('converge --once is refused, and the daemon\'s pass, journal and configuration.nix are left alone', async () => {
     await withDaemon({ config: { rebuild: { buildTimeoutSeconds: 120 } } }, async (d, i) => {
       i.put(MODULE, markerModule('sandbox-hang'));
       d.run.child.kill('SIGHUP');
@@ -25,6 +25,27 @@ describe('converge --once while the daemon runs', { timeout: 240_000 }, () => {
       assert.equal(await i.configuration(), configuration, 'configuration.nix is the daemon\'s');
       assert.ok(d.alive);
       assert.equal(d.passes().length, 1, 'the daemon\'s build is still under way');
+    });
+  });
+
+  test('a second run is refused before it touches anything, and the first keeps its socket', async () => {
+    await withDaemon({ config: { rebuild: { buildTimeoutSeconds: 120 } } }, async (d, i) => {
+      i.put(MODULE, markerModule('sandbox-hang'));
+      d.run.child.kill('SIGHUP');
+      await waitFor('the daemon to build', async () => ((await i.durableState()).journal.phase === 'building' && (await i.configuration()).includes('modules/app.nix') ? true : undefined), 90_000, 20);
+      const journal = (await i.durableState()).journal;
+      const configuration = await i.configuration();
+
+      const second = await i.run(['run']);
+      assert.notEqual(second.code, 0, `the second run exited ${second.code}`);
+      assert.match(second.stderr, /another daemon is running/);
+      assert.doesNotMatch(second.stderr, /"event":"recover"/);
+      assert.deepEqual((await i.durableState()).journal, journal, 'the daemon\'s journal entry stands');
+      assert.equal(await i.configuration(), configuration, 'configuration.nix is the daemon\'s');
+      assert.ok(d.alive);
+      assert.equal(d.passes().length, 1, 'the daemon\'s build is still under way');
+      const status = await i.run(['status', '--json']);
+      assert.equal((JSON.parse(status.stdout) as { pid?: number }).pid, d.run.child.pid, 'the first daemon still answers on its socket');
     });
   });
 });
