@@ -31,6 +31,10 @@ export function isWatchedInput(file: string, baseConfiguration: string, modulesD
 
 export class LocalWatcher {
   private watcher: FSWatcher | undefined;
+  /** Set by stop(): a start still under way ends without watching (a watcher is not started again). */
+  private stopped = false;
+  /** Ends a start waiting for the initial scan of a watcher that stop() closed meanwhile. */
+  private abandonStart: (() => void) | undefined;
   private readonly digests = new Map<string, string | undefined>();
   private events = 0;
   private changes = 0;
@@ -47,11 +51,12 @@ export class LocalWatcher {
 
   /** Resolves once the initial scan is done: later changes are reported. */
   async start(): Promise<void> {
-    if (this.watcher) return;
+    if (this.watcher || this.stopped) return;
     const { watch } = await import('chokidar');
     const { baseConfiguration, modulesDir } = this.options;
     // A directory that does not exist yet could not be watched; the drop-in directory is ours to make.
     await mkdir(path.resolve(modulesDir), { recursive: true, mode: 0o755 });
+    if (this.stopped) return;
     const baseDir = path.dirname(path.resolve(baseConfiguration));
     // The drop-in directory is watched through its parent: a watch on the directory itself dies
     // with it, so one that a tool removes and makes again (or swaps in by a rename) would go unseen.
@@ -78,7 +83,14 @@ export class LocalWatcher {
       watcher.on(event, (file: string) => void this.seen(event, file));
     }
     watcher.on('error', (err: unknown) => this.options.onError?.(err as Error));
-    await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
+    // A watcher closed before its initial scan never says it is ready: stop() ends the wait, or a
+    // daemon stopped during a start (or a reload) would wait for it for ever.
+    const scanned = await new Promise<boolean>((resolve) => {
+      watcher.once('ready', () => resolve(true));
+      this.abandonStart = () => resolve(false);
+    });
+    this.abandonStart = undefined;
+    if (!scanned) return;
     // What is there now is the baseline: the pass that follows reads it.
     for (const file of [path.resolve(baseConfiguration), ...(await this.listInputs())]) {
       this.digests.set(file, await digestOf(file));
@@ -86,6 +98,8 @@ export class LocalWatcher {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    this.abandonStart?.();
     const watcher = this.watcher;
     this.watcher = undefined;
     await watcher?.close();

@@ -125,3 +125,27 @@ test('the watcher uses inotify, not polling, unless asked or forced by CHOKIDAR_
     await forced.stop();
   }
 });
+
+test('a stop at any moment of a start ends both: the start does not wait for a scan that never comes', async () => {
+  const root = await mkdtemp(path.join(tmpdir(), 'nea-watch-stop-'));
+  try {
+    const base = path.join(root, 'etc/nixos/base.nix');
+    await mkdir(path.dirname(base), { recursive: true });
+    await writeFile(base, '{ ... }: { }\n');
+    // Stopped after 0, 1, 2 … turns of the event loop: before the import, during the mkdir, with
+    // the watcher made and its initial scan under way, and after it.
+    for (let turns = 0; turns < 40; turns++) {
+      const watcher = new LocalWatcher({ baseConfiguration: base, modulesDir: path.join(root, 'etc/nixos-ec2-agent/local.d'), onChange: () => undefined });
+      const starting = watcher.start();
+      for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+      await watcher.stop();
+      let bound: NodeJS.Timeout | undefined;
+      const ended = await Promise.race([starting.then(() => true), new Promise<false>((r) => (bound = setTimeout(() => r(false), 20_000)))]);
+      clearTimeout(bound);
+      assert.ok(ended, `a start stopped after ${turns} turns never ended`);
+      assert.equal(watcher.stats.watching, false, `still watching after a stop ${turns} turns into the start`);
+    }
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
