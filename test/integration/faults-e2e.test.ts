@@ -104,8 +104,9 @@ describe('IMDS faults', { concurrency: true }, () => {
     await withDaemon({ parameters: [FLEET_TZ] }, async (d, i) => {
       i.world.imds.injectFault({ path: '/latest/user-data', expireTokens: true, times: 1 });
       i.put(TZ, '"Europe/Paris"');
+      const from = d.log.events.length;
       const end = await d.pass();
-      assert.equal(end.outcome, 'converged', JSON.stringify(end));
+      assert.equal(end.outcome, 'converged', `${JSON.stringify(end)}; ${JSON.stringify(d.problems(from)).slice(0, 3000)}; IMDS answered ${JSON.stringify(i.world.imds.requests.map((r) => `${r.method} ${r.path} ${r.status}`).slice(-30))}`);
       assert.ok(i.world.imds.requests.some((r) => r.status === 401), 'a 401 was answered');
       await assertSafe(d, i, await i.running());
     });
