@@ -14,7 +14,7 @@ import { InvalidInputError } from './errors.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
 import { readStatusFile, StatusFile } from './report/status-file.js';
-import { ControlClient, type ControlOp } from './report/control.js';
+import { ControlClient, STATUS_ANSWER_MS, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
 import { describeRollout } from './rollout/plan.js';
 import { selectDesired, whoOf } from './rollout/select.js';
@@ -186,14 +186,6 @@ export async function status(config: Config, json: boolean, wait: boolean): Prom
   else process.stdout.write(`${describeStatus(current, config)}\n`);
   return statusExitCode(current);
 }
-
-/**
- * How long `status` waits for the daemon, which answers it from memory at once. The client's own
- * wait is a rebuild's (`converge --now`): a daemon that takes the connection and says nothing
- * (stopped, or its loop wedged until the watchdog restarts it) would hold `status` ten minutes,
- * where status.json says the same.
- */
-const STATUS_ANSWER_MS = 5_000;
 
 async function fetchStatus(config: Config, fs: RootFs): Promise<Status | undefined> {
   const client = new ControlClient(controlSocketPath(config), STATUS_ANSWER_MS);

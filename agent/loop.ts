@@ -16,7 +16,7 @@ import type { Logger } from './log.js';
 import type { Clock, Runner } from './ports.js';
 import { desiredHashOf, NewerDesired } from './newer.js';
 import { rollbackAnswer, type PassResult } from './reconcile.js';
-import { ControlClient, ControlServer, type ControlOp } from './report/control.js';
+import { ControlClient, ControlServer, STATUS_ANSWER_MS, type ControlOp } from './report/control.js';
 import { PostConvergeHook } from './report/hook.js';
 import { HttpServer } from './report/http.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
@@ -87,8 +87,6 @@ interface Parts {
 // time when it starts and then a little at a time, so a start that stops making progress still
 // times out (and the watchdog catches a wedged loop meanwhile).
 const EXTEND_EVERY_MS = 30_000;
-/** How long a daemon that is starting waits for another one's answer (it answers `status` from memory). */
-const OTHER_DAEMON_ANSWER_MS = 5_000;
 
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Daemon> {
   const loop = new DaemonLoop(config, deps);
@@ -444,7 +442,7 @@ class DaemonLoop implements Daemon {
     // (putting configuration.nix back and stopping its build), then its control socket. A socket
     // that nothing answers on is a killed daemon's.
     const socket = controlSocketPath(this.config);
-    const other = await new ControlClient(socket, OTHER_DAEMON_ANSWER_MS).request('status').then(() => true, () => false);
+    const other = await new ControlClient(socket, STATUS_ANSWER_MS).request('status').then(() => true, () => false);
     if (other) throw new TransientError(`another daemon is running on ${this.config.root}: it answers on ${socket}`, 'control', { where: socket });
     this.parts = await this.buildParts(this.config);
     await this.startParts(this.parts);

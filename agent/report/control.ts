@@ -92,6 +92,15 @@ export class ControlServer {
   }
 }
 
+/**
+ * How long a `status` request waits for the daemon, which answers it from memory at once: for
+ * `status` itself, and for a command that must know whether a daemon runs on the root before it
+ * acts. The client's default wait is a rebuild's (`converge --now`): a daemon that takes the
+ * connection and says nothing (stopped, or its loop wedged until the watchdog restarts it) would
+ * hold those ten minutes.
+ */
+export const STATUS_ANSWER_MS = 5_000;
+
 export class ControlClient {
   constructor(
     private readonly socketPath: string,
