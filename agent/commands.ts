@@ -9,7 +9,7 @@ import { RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
 import { realClock, type Runner } from './ports.js';
 import { renderPlan } from './render/render.js';
-import { NixParser } from './render/validate.js';
+import { NixParser, refusedByParser, type RefusedFile } from './render/validate.js';
 import { InvalidInputError } from './errors.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
@@ -138,8 +138,8 @@ export async function render(config: Config, out: string | undefined, json: bool
     for (const s of desired.secrets) process.stdout.write(`\n### /run/nixos-ec2-agent/secrets/${s.name}  (SecureString ${s.from.name}, value not shown)\n`);
     if (out) process.stdout.write(`\nwritten under ${out}\n`);
   }
-  const first = errors[0];
-  if (first) throw new InvalidInputError(`does not parse as Nix: line ${first.line}, column ${first.column}: ${first.message}${errors.length > 1 ? ` (and ${errors.length - 1} more)` : ''}`, first.source);
+  const [first, ...more] = errors;
+  if (first) throw refusedByParser([first, ...more]);
   return 0;
 }
 
@@ -147,7 +147,7 @@ export async function render(config: Config, out: string | undefined, json: bool
  * Each text through the Nix parser, as the pass's gate (render/write.ts) checks the files it wrote;
  * given on stdin, so nothing is written. Skipped, and said so, where a pass would skip it.
  */
-async function parseRendered(config: Config, runner: Runner, texts: readonly { source: string; text: string }[]): Promise<{ errors: { source: string; line: number; column: number; message: string }[]; skipped?: string }> {
+async function parseRendered(config: Config, runner: Runner, texts: readonly { source: string; text: string }[]): Promise<{ errors: RefusedFile[]; skipped?: string }> {
   const parser = new NixParser(runner, { command: config.rebuild.nixInstantiate });
   if (config.rebuild.validate === 'if-available' && !(await parser.available())) return { errors: [], skipped: `${config.rebuild.nixInstantiate} is not available: nothing was parsed` };
   const verdicts = await Promise.all(texts.map((t) => parser.checkText(t.text, t.source)));

@@ -1,7 +1,7 @@
 // The gate every rendered file passes before anything is switched: the real Nix parser, run through
 // the Runner. Parsing never evaluates, so hostile text is safe to hand to it.
 import { resolve } from 'node:path';
-import { TransientError } from '../errors.js';
+import { InvalidInputError, TransientError } from '../errors.js';
 import type { RunResult, Runner } from '../ports.js';
 
 export interface NixSyntaxError {
@@ -12,6 +12,23 @@ export interface NixSyntaxError {
   readonly column: number;
   /** Nix's first `error:` line, without the prefix. */
   readonly message: string;
+}
+
+/** A rendered file the parser refused, named by what it was rendered from. */
+export interface RefusedFile {
+  readonly source: string;
+  readonly line: number;
+  readonly column: number;
+  readonly message: string;
+}
+
+/**
+ * The parser's verdict on rendered files as the error a pass and `render` report alike: the first
+ * refusal in the message, every one in its context.
+ */
+export function refusedByParser(refused: readonly [RefusedFile, ...RefusedFile[]]): InvalidInputError {
+  const [first] = refused;
+  return new InvalidInputError(`does not parse as Nix: line ${first.line}, column ${first.column}: ${first.message}`, first.source, { errors: refused });
 }
 
 /** The parser program cannot be started; callers decide whether that is fatal. */

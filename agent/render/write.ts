@@ -3,11 +3,10 @@
 // never into a rendered file.
 import { chmod } from 'node:fs/promises';
 import path from 'node:path';
-import { InvalidInputError } from '../errors.js';
 import type { RootFs } from '../fs.js';
 import type { Logger } from '../log.js';
 import type { DesiredSecret } from '../desired/desired.js';
-import type { NixParser, NixSyntaxError } from './validate.js';
+import { refusedByParser, type NixParser } from './validate.js';
 import { CONFIGURATION_NIX, HEADER, PREVIOUS_CONFIGURATION, RENDER_ROOT, SECRETS_DIR, type RenderPlan } from './render.js';
 
 export class RenderWriter {
@@ -66,15 +65,8 @@ export class RenderWriter {
     }
     await launch?.(candidate);
     const [errors] = await settleAll([this.parser.check(files), alongside?.(), durable()]);
-    if (errors.length > 0) {
-      const first = errors[0] as NixSyntaxError;
-      const source = sources.get(first.file) ?? first.file;
-      throw new InvalidInputError(
-        `does not parse as Nix: line ${first.line}, column ${first.column}: ${first.message}`,
-        source,
-        { errors: errors.map((e) => ({ source: sources.get(e.file) ?? e.file, line: e.line, column: e.column, message: e.message })) },
-      );
-    }
+    const [first, ...more] = errors.map((e) => ({ source: sources.get(e.file) ?? e.file, line: e.line, column: e.column, message: e.message }));
+    if (first) throw refusedByParser([first, ...more]);
   }
 
   /**
