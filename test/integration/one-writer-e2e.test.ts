@@ -3,21 +3,28 @@
 // agent's, put configuration.nix back under the daemon's build and write state.json over it.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { markerModule, waitFor } from '../support/e2e.js';
-import { withDaemon } from '../support/daemon.js';
+import { markerModule, waitFor, type Instance } from '../support/e2e.js';
+import { withDaemon, type LiveDaemon } from '../support/daemon.js';
 
 const MODULE = '/nixos/fleet/modules/app';
 
+/**
+ * `body` while a daemon builds a desired state that hangs, given the journal entry and the
+ * configuration.nix of that build: what a second agent must leave as they are.
+ */
+async function whileTheDaemonBuilds(body: (d: LiveDaemon, i: Instance, building: { journal: unknown; configuration: string }) => Promise<void>): Promise<void> {
+  await withDaemon({ config: { rebuild: { buildTimeoutSeconds: 120 } } }, async (d, i) => {
+    i.put(MODULE, markerModule('sandbox-hang'));
+    d.run.child.kill('SIGHUP');
+    // configuration.nix is committed once the parser has passed it, with the build under way.
+    await waitFor('the daemon to build', async () => ((await i.durableState()).journal.phase === 'building' && (await i.configuration()).includes('modules/app.nix') ? true : undefined), 90_000, 20);
+    await body(d, i, { journal: (await i.durableState()).journal, configuration: await i.configuration() });
+  });
+}
+
 describe('a second agent while the daemon runs', { timeout: 240_000 }, () => {
   test('converge --once is refused, and the daemon\'s pass, journal and configuration.nix are left alone', async () => {
-    await withDaemon({ config: { rebuild: { buildTimeoutSeconds: 120 } } }, async (d, i) => {
-      i.put(MODULE, markerModule('sandbox-hang'));
-      d.run.child.kill('SIGHUP');
-      // configuration.nix is committed once the parser has passed it, with the build under way.
-      await waitFor('the daemon to build', async () => ((await i.durableState()).journal.phase === 'building' && (await i.configuration()).includes('modules/app.nix') ? true : undefined), 90_000, 20);
-      const journal = (await i.durableState()).journal;
-      const configuration = await i.configuration();
-
+    await whileTheDaemonBuilds(async (d, i, { journal, configuration }) => {
       const once = await i.run(['converge', '--once']);
       assert.equal(once.code, 2, `converge --once exited ${once.code}: ${once.stderr.slice(-2000)}`);
       assert.match(once.stderr, /daemon/);
@@ -29,13 +36,7 @@ describe('a second agent while the daemon runs', { timeout: 240_000 }, () => {
   });
 
   test('a second run is refused before it touches anything, and the first keeps its socket', async () => {
-    await withDaemon({ config: { rebuild: { buildTimeoutSeconds: 120 } } }, async (d, i) => {
-      i.put(MODULE, markerModule('sandbox-hang'));
-      d.run.child.kill('SIGHUP');
-      await waitFor('the daemon to build', async () => ((await i.durableState()).journal.phase === 'building' && (await i.configuration()).includes('modules/app.nix') ? true : undefined), 90_000, 20);
-      const journal = (await i.durableState()).journal;
-      const configuration = await i.configuration();
-
+    await whileTheDaemonBuilds(async (d, i, { journal, configuration }) => {
       const second = await i.run(['run']);
       assert.notEqual(second.code, 0, `the second run exited ${second.code}`);
       assert.match(second.stderr, /another daemon is running/);
