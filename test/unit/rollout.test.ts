@@ -267,28 +267,37 @@ describe('rollout commands', () => {
   }
   const settings = { prefix: FLEET, revisionParameter: 'revision' };
   const quiet = () => undefined;
+  /** SSM with a candidate published, as an operator leaves it before `rollout start`. */
+  async function withCandidate(clock: { now: number }) {
+    const made = store(clock);
+    await made.store.put(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', 'String');
+    return made;
+  }
+  /** The rollout the parameters hold, as an instance reads it. */
+  function rolloutIn(params: Map<string, SsmParameter>) {
+    const rollout = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0];
+    assert.ok(rollout, 'a rollout under the prefix');
+    return rollout;
+  }
+  const stateAt = (params: Map<string, SsmParameter>, now: number) => decide(rolloutIn(params), { instanceId: '', canary: false }, now);
 
   it('resume continues where the halt stopped the schedule, instead of jumping ahead by the time halted', async () => {
     const clock = { now: START };
-    const { params, store: s } = store(clock);
-    await s.put(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', 'String');
+    const { params, store: s } = await withCandidate(clock);
     assert.equal(await runRollout('start', { step: '10', interval: '600', bake: '1800' }, settings, s, clock.now, quiet), 0);
     clock.now = START + 15 * MIN;
     assert.equal(await runRollout('halt', { reason: 'p99 latency' }, settings, s, clock.now, quiet), 0);
     // Overnight, far past when the schedule would have completed.
     clock.now = START + 12 * 60 * MIN;
     assert.equal(await runRollout('resume', {}, settings, s, clock.now, quiet), 0);
-    const rollout = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0];
-    assert.ok(rollout);
-    const state = decide(rollout, { instanceId: '', canary: false }, clock.now);
+    const state = stateAt(params, clock.now);
     assert.equal(state.state, 'progressing');
     assert.equal(state.percent, 20, 'the share it had reached when halted');
   });
 
   it('start refuses a rollout already under way, unless forced to begin it again', async () => {
     const clock = { now: START };
-    const { params, store: s } = store(clock);
-    await s.put(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', 'String');
+    const { params, store: s } = await withCandidate(clock);
     assert.equal(await runRollout('start', { step: '10', interval: '600', bake: '1800' }, settings, s, clock.now, quiet), 0);
     clock.now = START + 25 * MIN;
     const before = JSON.stringify([...params.values()].map((p) => [p.name, p.version]));
@@ -299,24 +308,20 @@ describe('rollout commands', () => {
     });
     assert.equal(JSON.stringify([...params.values()].map((p) => [p.name, p.version])), before, 'nothing written');
     assert.equal(await runRollout('start', { step: '10', interval: '600', bake: '1800', force: true }, settings, s, clock.now, quiet), 0);
-    const rollout = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0];
-    assert.equal(rollout && decide(rollout, { instanceId: '', canary: false }, clock.now).percent, 10, 'begun again');
+    assert.equal(stateAt(params, clock.now).percent, 10, 'begun again');
   });
 
   it('a halt by failure records counts from the record that reached the threshold', async () => {
     const clock = { now: START };
-    const { params, store: s } = store(clock);
-    await s.put(`${FLEET}/rollout/candidate/options/services.demo.version`, '"2"', 'String');
+    const { params, store: s } = await withCandidate(clock);
     await runRollout('start', { step: '10', interval: '600', bake: '1800', threshold: '2' }, settings, s, clock.now, quiet);
-    const candidate = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0]?.candidateId ?? '';
+    const candidate = rolloutIn(params).candidateId;
     const fail = (id: string, at: number) => s.put(`${FLEET}/rollout/failures/${id}`, JSON.stringify({ candidate, stage: 'verify', reason: 'unit failed', at: new Date(at).toISOString() }), 'String');
     await fail('i-a', START + 5 * MIN);
     await fail('i-b', START + 25 * MIN);
     clock.now = START + 24 * 60 * MIN;
     await runRollout('resume', {}, settings, s, clock.now, quiet);
-    const rollout = splitSnapshot({ prefixes: [{ prefix: FLEET, parameters: [...params.values()] }], skipped: [], calls: 0 }).rollouts[0];
-    assert.ok(rollout);
-    const state = decide(rollout, { instanceId: '', canary: false }, clock.now);
+    const state = stateAt(params, clock.now);
     assert.equal(state.state, 'progressing');
     assert.equal(state.percent, 30);
     assert.equal(state.failures, 0, 'the records are gone');
