@@ -11,6 +11,7 @@ import { realClock, type Runner } from './ports.js';
 import { renderPlan } from './render/render.js';
 import { NixParser, refusedByParser, type RefusedFile } from './render/validate.js';
 import { InvalidInputError } from './errors.js';
+import { lockRoot, RootBusyError, type RootLock } from './lock.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
 import { readStatusFile, StatusFile } from './report/status-file.js';
@@ -55,6 +56,21 @@ export async function convergeOnce(config: Config, json: boolean, client: Pick<C
     return 2;
   }
   const log = stderrLogger(config);
+  // The socket check above names the daemon when one answers; the lock also keeps off a daemon
+  // still starting, another converge --once, and a rollback acting with no daemon.
+  const lock = await holdRoot(config, 'converge --once', log);
+  if (typeof lock === 'string') {
+    process.stderr.write(`${lock}\n`);
+    return 2;
+  }
+  try {
+    return await passOnce(config, json, log);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function passOnce(config: Config, json: boolean, log: Logger): Promise<number> {
   const statusFile = new StatusFile(new RootFs(config.root), (err) => log.warn({ event: 'status.write-failed', err: err.message }, 'cannot write status.json'));
   let lifecycle: LifecycleReporter | undefined;
   // Heartbeats and the launch budget run during the pass, as under the daemon. But the reporter's
@@ -107,6 +123,23 @@ export async function convergeOnce(config: Config, json: boolean, client: Pick<C
       return 2;
     default:
       return 1;
+  }
+}
+
+/**
+ * The root's lock for a one-shot command, or the line that refuses it: another process holds the
+ * root, or this user may not take it.
+ */
+async function holdRoot(config: Config, command: string, log: Logger): Promise<RootLock | string> {
+  try {
+    const lock = await lockRoot(config.root, process.pid);
+    if (lock.unheld) log.warn({ event: 'lock.unheld', reason: lock.unheld }, `no lock on the root: ${lock.unheld}`);
+    return lock;
+  } catch (err) {
+    if (err instanceof RootBusyError) return `${err.message}; nothing was changed`;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM') return `${command} needs root: ${(err as Error).message}`;
+    throw err;
   }
 }
 
@@ -234,8 +267,7 @@ export function unreachable(err: unknown): 'no-daemon' | 'needs-root' | 'unreach
  * at all do rollback, suspend and resume act on the durable state here: a daemon that is there
  * but cannot be reached would overwrite whatever this wrote.
  */
-export async function control(config: Config, op: ControlOp, json: boolean, client: Pick<ControlClient, 'request'> = new ControlClient(controlSocketPath(config))): Promise<number> {
-  const fs = new RootFs(config.root);
+export async function control(config: Config, op: Exclude<ControlOp, 'status'>, json: boolean, client: Pick<ControlClient, 'request'> = new ControlClient(controlSocketPath(config))): Promise<number> {
   let answer: unknown;
   try {
     answer = await client.request(op);
@@ -253,36 +285,54 @@ export async function control(config: Config, op: ControlOp, json: boolean, clie
       process.stderr.write(`the daemon is not running (${(err as Error).message}); use converge --once\n`);
       return 1;
     }
-    // No daemon runs: act on the durable state directly.
+    // No daemon runs: act on the durable state directly, holding the root as a daemon would.
     const log = stderrLogger(config);
-    const agent = await createAgent(config, log, processEdges());
+    const lock = await holdRoot(config, op, log);
+    if (typeof lock === 'string') {
+      process.stderr.write(`${lock}\n`);
+      return 2;
+    }
     try {
-      await agent.reconciler.start();
-    } catch (caught) {
-      if ((caught as { context?: { errno?: string } }).context?.errno === 'EACCES') {
-        process.stderr.write(`${op} needs root: ${(caught as Error).message}\n`);
-        return 2;
-      }
-      throw caught;
+      const acted = await actOnState(config, op, log);
+      if (typeof acted === 'number') return acted;
+      answer = acted;
+    } finally {
+      await lock.release();
     }
-    if (op === 'rollback') {
-      const result = await agent.reconciler.rollback();
-      answer = rollbackAnswer(result, agent.reconciler.status);
-    } else if (op === 'suspend') {
-      await agent.reconciler.suspend('cli');
-      answer = { ok: true, status: agent.reconciler.status };
-    } else if (op === 'resume') {
-      await agent.reconciler.resume();
-      answer = { ok: true, status: agent.reconciler.status };
-    }
-    const file = new StatusFile(fs);
-    file.update(agent.reconciler.status);
-    await file.flush();
   }
   const a = answer as { ok?: boolean; status?: Status; outcome?: string; error?: string };
   if (json) process.stdout.write(`${JSON.stringify(a, null, 2)}\n`);
   else process.stdout.write(`${a.error ?? (a.status ? describeStatus(a.status, config) : a.outcome ?? 'ok')}\n`);
   return a.ok === false ? 1 : 0;
+}
+
+/** `rollback`, `suspend` or `resume` with no daemon: the answer a daemon would give, or an exit code. */
+async function actOnState(config: Config, op: Exclude<ControlOp, 'converge' | 'status'>, log: Logger): Promise<unknown> {
+  const agent = await createAgent(config, log, processEdges());
+  try {
+    await agent.reconciler.start();
+  } catch (caught) {
+    if ((caught as { context?: { errno?: string } }).context?.errno === 'EACCES') {
+      process.stderr.write(`${op} needs root: ${(caught as Error).message}\n`);
+      return 2;
+    }
+    throw caught;
+  }
+  let answer: unknown;
+  if (op === 'rollback') {
+    const result = await agent.reconciler.rollback();
+    answer = rollbackAnswer(result, agent.reconciler.status);
+  } else if (op === 'suspend') {
+    await agent.reconciler.suspend('cli');
+    answer = { ok: true, status: agent.reconciler.status };
+  } else {
+    await agent.reconciler.resume();
+    answer = { ok: true, status: agent.reconciler.status };
+  }
+  const file = new StatusFile(new RootFs(config.root));
+  file.update(agent.reconciler.status);
+  await file.flush();
+  return answer;
 }
 
 export function describeStatus(s: Status, config: Config): string {

@@ -3,10 +3,11 @@
 // SIGHUP into the loop's signals, and removes its handlers when the loop has stopped. Everything
 // else (the loop, the parts built from the configuration) lives in loop.ts and takes these in.
 import type { Config } from './config.js';
-import { createLogger } from './log.js';
+import { lockRoot } from './lock.js';
+import { createLogger, type Logger } from './log.js';
 import { startDaemon, type DaemonSignal } from './loop.js';
-import { realClock } from './ports.js';
-import { createNotify } from './report/notify.js';
+import { realClock, type Clock } from './ports.js';
+import { createNotify, type Notify } from './report/notify.js';
 import { Watchdog } from './report/watchdog.js';
 
 export interface DaemonOptions {
@@ -21,6 +22,17 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
   const log = createLogger({ level: config.logLevel });
   const clock = realClock();
   const notify = createNotify(env, { onError: (err) => log.warn({ event: 'notify.error', err: err.message }, `sd_notify: ${err.message}`) });
+  const lock = await lockRoot(config.root, process.pid);
+  if (lock.unheld) log.warn({ event: 'lock.unheld', reason: lock.unheld }, `no lock on the root: ${lock.unheld}`);
+  try {
+    return await supervise(config, options, { log, clock, env, notify });
+  } finally {
+    await lock.release();
+  }
+}
+
+async function supervise(config: Config, options: DaemonOptions, edges: { log: Logger; clock: Clock; env: NodeJS.ProcessEnv; notify: Notify }): Promise<number> {
+  const { log, clock, env, notify } = edges;
   const daemon = await startDaemon(config, {
     log,
     clock,

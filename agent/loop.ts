@@ -7,6 +7,7 @@
 // Nothing here touches the process: no signal handler, no environment read, no global timer. The
 // composition root (daemon.ts) hands in the environment, a clock and the signals, so a simulation
 // runs many of these in one process and stops each on its own.
+import path from 'node:path';
 import { createAgent, createLifecycleReporter, type Agent, type AgentEdges } from './agent.js';
 import { KernelPolicy } from './apply/kernel.js';
 import { controlSocketPath, type Config } from './config.js';
@@ -331,6 +332,11 @@ class DaemonLoop implements Daemon {
     } catch (err) {
       // A bad file keeps the running configuration: a typo must not stop convergence.
       log.error({ event: 'reload.failed', err: (err as Error).message }, `SIGHUP: the configuration was not reloaded: ${(err as Error).message}`);
+      return undefined;
+    }
+    if (path.resolve(next.root) !== path.resolve(this.parts.config.root)) {
+      // The root's lock, its control socket and its journal belong to the root the daemon started on.
+      log.error({ event: 'reload.failed', root: next.root }, `SIGHUP: the configuration was not reloaded: root changed from ${this.parts.config.root} to ${next.root}, which applies only at restart`);
       return undefined;
     }
     try {

@@ -73,10 +73,12 @@ buildNpmPackage {
 
   # npmInstallHook copies what `npm pack` would publish (package.json "files": dist/) and the
   # production node_modules (`npm prune --omit=dev`; typescript and the test libraries go).
-  # build/ is not in "files", so the addon is copied beside dist/, where the agent looks for it.
+  # build/ is not in "files", so the addons (sd_notify, and flock for the root's lock) are copied
+  # beside dist/, where the agent looks for them (agent/native.ts).
   postInstall = ''
     packageOut="$out/lib/node_modules/nixos-ec2-agent"
     install -Dm444 build/Release/sd_notify.node "$packageOut/build/Release/sd_notify.node"
+    install -Dm444 build/Release/flock.node "$packageOut/build/Release/flock.node"
 
     # For images without the NixOS module: `systemd.packages = [ pkgs.nixos-ec2-agent ]` links
     # these into the system's unit directory (README.md, "Without the module").

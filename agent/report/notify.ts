@@ -7,9 +7,7 @@
 // `systemd-notify` costs a process per message (watchdog pings included) and its datagrams come
 // from its own PID, which `NotifyAccess=main` refuses unless it runs as root with `--no-block`.
 // The addon sends one datagram per call from this process, so the kernel stamps our PID on it.
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { requireAddon } from '../native.js';
 
 /** Sends one datagram to a unix socket path or `@abstract` name; throws a system error on failure. */
 export type NativeSend = (socketPath: string, message: string) => void;
@@ -50,16 +48,9 @@ export class NotifyError extends Error {
   }
 }
 
-// node-gyp writes build/Release at the package root. This module runs from
-// dist/agent/report/notify.js, or inside the bundle at dist/agent/cli.js (tools/bundle.mjs).
-const ADDON_PATHS = ['../../../build/Release/sd_notify.node', '../../build/Release/sd_notify.node'];
-
 function loadAddon(): NativeSend {
-  const require = createRequire(import.meta.url);
-  const found = ADDON_PATHS.find((p) => existsSync(fileURLToPath(new URL(p, import.meta.url))));
-  const addonPath = found ?? (ADDON_PATHS[0] as string);
-  const addon = require(addonPath) as { send?: unknown };
-  if (typeof addon.send !== 'function') throw new Error(`${addonPath} exports no send()`);
+  const addon = requireAddon('sd_notify');
+  if (typeof addon.send !== 'function') throw new Error('build/Release/sd_notify.node exports no send()');
   return addon.send as NativeSend;
 }
 

@@ -3,13 +3,16 @@
 // at another IMDS, nothing (leaving monitors, reconciler, reporters) asks the old one again. And
 // `runDaemon` removes the signal handlers it installed once it has stopped.
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig, type Config } from '../../agent/config.js';
 import { runDaemon } from '../../agent/daemon.js';
-import { silentLogger } from '../../agent/log.js';
+import { LOCK_FILE, lockRoot, RootBusyError } from '../../agent/lock.js';
+import { createLogger, silentLogger, type Logger } from '../../agent/log.js';
 import { startDaemon } from '../../agent/loop.js';
 import { realClock } from '../../agent/ports.js';
 import { createNotify, type Notify } from '../../agent/report/notify.js';
@@ -61,12 +64,12 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
   }
 
   /** A daemon in this process, each status it reports kept. */
-  async function startHere(configured: Config, options: { notify?: Notify; reload?: () => Promise<Config> } = {}) {
+  async function startHere(configured: Config, options: { notify?: Notify; reload?: () => Promise<Config>; log?: Logger } = {}) {
     const statuses: Status[] = [];
     const clock = realClock();
     const notify = options.notify ?? createNotify({});
     const daemon = await startDaemon(configured, {
-      log: silentLogger(),
+      log: options.log ?? silentLogger(),
       clock,
       env: {},
       notify,
@@ -209,5 +212,43 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     process.emit('SIGTERM', 'SIGTERM');
     assert.equal(await running, 0);
     assert.deepEqual(counts(), before);
+  });
+
+  it('runDaemon holds the root\'s lock while it runs, refuses to start on a held root, and lets go when it stops', async () => {
+    const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+    const counts = () => signals.map((s) => process.listenerCount(s));
+    const before = counts();
+    const running = runDaemon(config(first, { termination: { enabled: false } }));
+    await waitUntil('the signal handlers', () => counts().every((n, i) => n === before[i]! + 1));
+    await assert.rejects(lockRoot(root, 1), (err: unknown) => err instanceof RootBusyError && err.holder === process.pid);
+    // A second daemon on the held root stops before it reads or writes anything there.
+    await assert.rejects(runDaemon(config(first, { termination: { enabled: false } })), (err: unknown) => err instanceof RootBusyError && err.file === path.join(root, LOCK_FILE));
+    assert.deepEqual(counts(), before.map((n) => n + 1), 'the refused daemon installed no signal handler');
+    process.emit('SIGTERM', 'SIGTERM');
+    assert.equal(await running, 0);
+    const free = await lockRoot(root, 1);
+    await free.release();
+  });
+
+  it('SIGHUP to a configuration on another root is refused: the daemon stays on its own root', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write: (chunk: Buffer, _enc, done) => (lines.push(chunk.toString('utf8')), done()) });
+    const elsewhere = path.join(dir, 'elsewhere');
+    const { daemon, statuses } = await startHere(config(first, { termination: { enabled: false } }), {
+      log: createLogger({ level: 'error', destination: sink }),
+      reload: async () => ({ ...config(first, { termination: { enabled: false } }), root: elsewhere }),
+    });
+    try {
+      await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      const seen = statuses.length;
+      daemon.signal('SIGHUP');
+      await waitUntil('the refusal', () => lines.some((l) => l.includes('"reload.failed"')));
+      assert.match(lines.join(''), new RegExp(`root changed from ${root} to ${elsewhere}, which applies only at restart`));
+      await waitUntil('the pass after SIGHUP', () => statuses.slice(seen).some((s) => s.lastResult !== undefined && s.lastResult.at !== statuses[seen - 1]!.lastResult?.at));
+      assert.equal(existsSync(elsewhere), false, 'nothing was written under the other root');
+    } finally {
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+    }
   });
 });

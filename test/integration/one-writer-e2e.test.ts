@@ -3,7 +3,7 @@
 // agent's, put configuration.nix back under the daemon's build and write state.json over it.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { markerModule, waitFor, type Instance } from '../support/e2e.js';
+import { killTree, markerModule, waitFor, withInstance, type Instance } from '../support/e2e.js';
 import { withDaemon, type LiveDaemon } from '../support/daemon.js';
 
 const MODULE = '/nixos/fleet/modules/app';
@@ -39,7 +39,8 @@ describe('a second agent while the daemon runs', { timeout: 240_000 }, () => {
     await whileTheDaemonBuilds(async (d, i, { journal, configuration }) => {
       const second = await i.run(['run']);
       assert.notEqual(second.code, 0, `the second run exited ${second.code}`);
-      assert.match(second.stderr, /another daemon is running/);
+      // Refused by the root's lock, which names the daemon that holds it.
+      assert.match(second.stderr, new RegExp(`another nixos-ec2-agent \\(pid ${d.run.child.pid}\\) is working on this root`));
       assert.doesNotMatch(second.stderr, /"event":"recover"/);
       assert.deepEqual((await i.durableState()).journal, journal, 'the daemon\'s journal entry stands');
       assert.equal(await i.configuration(), configuration, 'configuration.nix is the daemon\'s');
@@ -47,6 +48,34 @@ describe('a second agent while the daemon runs', { timeout: 240_000 }, () => {
       assert.equal(d.passes().length, 1, 'the daemon\'s build is still under way');
       const status = await i.run(['status', '--json']);
       assert.equal((JSON.parse(status.stdout) as { pid?: number }).pid, d.run.child.pid, 'the first daemon still answers on its socket');
+    });
+  });
+});
+
+describe('two commands on one root with no daemon', { timeout: 240_000 }, () => {
+  test('rollback and a second converge --once wait for nothing and change nothing while converge --once builds; once it is killed, the root is free', async () => {
+    await withInstance({ config: { rebuild: { buildTimeoutSeconds: 120 } } }, async (i) => {
+      i.put(MODULE, markerModule('sandbox-hang'));
+      const once = i.start(['converge', '--once']);
+      try {
+        await waitFor('converge --once to build', async () => ((await i.durableState()).journal.phase === 'building' && (await i.configuration()).includes('modules/app.nix') ? true : undefined), 90_000, 20);
+        const journal = (await i.durableState()).journal;
+        const configuration = await i.configuration();
+        for (const args of [['rollback'], ['converge', '--once'], ['suspend']]) {
+          const other = await i.run(args);
+          assert.equal(other.code, 2, `${args.join(' ')} exited ${other.code}: ${other.stderr.slice(-2000)}`);
+          assert.match(other.stderr, new RegExp(`another nixos-ec2-agent \\(pid ${once.child.pid}\\) is working on this root.*; nothing was changed`), args.join(' '));
+          assert.deepEqual((await i.durableState()).journal, journal, `${args.join(' ')} left the journal entry alone`);
+          assert.equal(await i.configuration(), configuration, `${args.join(' ')} left configuration.nix alone`);
+        }
+        assert.equal(once.child.exitCode, null, 'converge --once is still building');
+      } finally {
+        // As systemd kills a unit's control group, or the OOM killer the agent: no release, no cleanup.
+        await killTree(once.child.pid as number);
+        await once.done;
+      }
+      const suspended = await i.run(['suspend', '--json']);
+      assert.equal(suspended.code, 0, `suspend after the holder was killed exited ${suspended.code}: ${suspended.stderr.slice(-2000)}`);
     });
   });
 });

@@ -283,7 +283,10 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
   it('installs the addon beside dist/ and puts nixos-rebuild, nix and systemctl on PATH as fallbacks', () => {
     const p = pkg();
     assert.match(p.postBuild, /node-gyp\.js rebuild/);
-    assert.match(p.postInstall, /build\/Release\/sd_notify\.node "\$packageOut\/build\/Release\/sd_notify\.node"/);
+    // Every addon binding.gyp builds (sd_notify, flock), each where agent/native.ts looks.
+    const targets = (JSON.parse(readFileSync(join(ROOT, 'binding.gyp'), 'utf8')) as { targets: { target_name: string }[] }).targets.map((t) => t.target_name);
+    assert.deepEqual(targets.sort(), ['flock', 'sd_notify']);
+    for (const name of targets) assert.ok(p.postInstall.includes(`install -Dm444 build/Release/${name}.node "$packageOut/build/Release/${name}.node"`), `${name}.node is installed`);
     // The bin is node with the flags and environment the benchmarks chose (nix/launch.json, which
     // the tests and benchmarks launch with too), running the package's cli.js.
     assert.match(p.postInstall, /makeWrapper \/nix\/store\/stub-nodejs\/bin\/node "\$out\/bin\/nixos-ec2-agent"/);
