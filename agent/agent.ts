@@ -229,8 +229,8 @@ export function createLifecycleReporter(
     log: log.child({ component: 'lifecycle' }),
     config: agent.config.lifecycle,
     locate: async () => {
-      const [identity, group] = await Promise.all([agent.imds.identity(), agent.groups.group()]);
-      return { instanceId: identity.instanceId, ...(group ? { group } : {}) };
+      const [identity, group, target] = await Promise.all([agent.imds.identity(), agent.groups.group(), agent.imds.get('latest/meta-data/autoscaling/target-lifecycle-state')]);
+      return { instanceId: identity.instanceId, ...(group ? { group } : {}), ...(target?.trim() ? { targetLifecycleState: target.trim() } : {}) };
     },
     ...callbacks,
   });

@@ -6,7 +6,7 @@ import { z } from 'zod/v3';
 import type { Clock } from '../agent/ports.js';
 import { AutoScalingEmulator } from './emulators/autoscaling.js';
 import { CloudWatchEmulator } from './emulators/cloudwatch.js';
-import { defaultInstance, ImdsEmulator, type ImdsInstance } from './emulators/imds.js';
+import { defaultInstance, ImdsEmulator, type ImdsInstance, type TargetLifecycleState } from './emulators/imds.js';
 import { SsmEmulator, SsmServiceError, type PutParameterRequest, type SsmThroughput } from './emulators/ssm.js';
 
 export const InstanceFile = z.strictObject({
@@ -33,6 +33,8 @@ export const InstanceFile = z.strictObject({
         })
         .nullable()
         .optional(),
+      /** Launched into the group's warm pool, kept there in this state until it leaves for the group. */
+      warmPool: z.enum(['Stopped', 'Running', 'Hibernated']).optional(),
     })
     .nullable()
     .optional(),
@@ -132,12 +134,28 @@ export class World {
       // "When an instance prepares to transition to one of the preceding steady states, Amazon EC2 Auto
       // Scaling updates the value of the instance metadata item autoscaling/target-lifecycle-state"
       // (EC2 Auto Scaling user guide, retrieving-target-lifecycle-state-through-imds): a launch held
-      // in Pending:Wait reads InService, a termination Terminated.
+      // in Pending:Wait reads InService, a termination Terminated; a launch into a warm pool reads
+      // the pool's state (Warmed:Stopped) from Warmed:Pending on.
+      const pool = autoScaling?.warmPool;
       const follow = (state: string) => {
-        const target = /^(Pending|InService)/.test(state) ? 'InService' : state.startsWith('Terminat') ? 'Terminated' : undefined;
+        const target: TargetLifecycleState | undefined = /^(Pending|InService)/.test(state)
+          ? 'InService'
+          : state.startsWith('Terminat')
+            ? 'Terminated'
+            : state.startsWith('Warmed:Terminat')
+              ? 'Warmed:Terminated'
+              : pool && state.startsWith('Warmed:')
+                ? (`Warmed:${pool}` as const)
+                : undefined;
         if (target) imds.setTargetLifecycleState(target);
       };
-      const launched = autoscaling.launchInstance({ instanceId: instance.instanceId, groupName: group, availabilityZone: instance.availabilityZone, instanceType: instance.instanceType });
+      const launched = autoscaling.launchInstance({
+        instanceId: instance.instanceId,
+        groupName: group,
+        availabilityZone: instance.availabilityZone,
+        instanceType: instance.instanceType,
+        ...(pool ? { warmPool: pool } : {}),
+      });
       if (spec.targetLifecycleState === undefined) follow(launched.lifecycleState);
       autoscaling.onInstanceChange((view) => {
         if (view.instanceId === instance.instanceId) follow(view.lifecycleState);

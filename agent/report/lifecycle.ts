@@ -38,6 +38,8 @@ export interface Location {
   readonly instanceId: string;
   /** From the `aws:autoscaling:groupName` tag in IMDS; absent when tags are not exposed there. */
   readonly group?: string;
+  /** IMDS `autoscaling/target-lifecycle-state`: where Auto Scaling is taking the instance (`Warmed:Stopped`, `InService`). */
+  readonly targetLifecycleState?: string;
 }
 
 export interface LifecycleReporterOptions {
@@ -67,6 +69,11 @@ const Persisted = z.object({
   hooks: z.record(z.string(), z.object({ outcome: z.enum(['done', 'no-active-action']), at: z.number() })),
   /** Nothing more to do for the launch: every hook is over, or there was none to complete. */
   settled: z.object({ at: z.number(), reason: z.string() }).optional(),
+  /**
+   * The launch was into the group's warm pool: the instance meets the launch hooks again, in
+   * Pending:Wait, when it leaves the pool for the group (warm-pool-instance-lifecycle).
+   */
+  warm: z.boolean().optional(),
 });
 type Persisted = z.infer<typeof Persisted>;
 
@@ -249,6 +256,7 @@ export class LifecycleReporter {
       const ok = await attempt('describe-instance', async () => {
         const membership = await this.options.autoscaling.describeInstance(record.instanceId);
         record.group = membership?.group ?? null;
+        if (membership?.lifecycleState.startsWith('Warmed:')) record.warm = true;
         this.recordDirty = true;
         if (!membership) this.settle(record, 'not in an Auto Scaling group');
         // Only a waiting instance has a lifecycle action to complete.
@@ -450,12 +458,17 @@ export class LifecycleReporter {
     } catch (err) {
       this.options.log.warn({ event: 'lifecycle.state-ignored', err: (err as Error).message }, `cannot read ${LIFECYCLE_FILE}; starting afresh`);
     }
+    const warm = here.targetLifecycleState?.startsWith('Warmed:') === true;
     // A record from another instance id came with the image: this launch is a new one.
-    if (previous && previous.instanceId === here.instanceId) {
+    if (previous && previous.instanceId === here.instanceId && !this.leftWarmPool(previous, here)) {
       this.record = previous;
       this.resumed = true;
       if (previous.group === undefined && here.group) {
         previous.group = here.group;
+        this.recordDirty = true;
+      }
+      if (warm && !previous.warm && !previous.settled) {
+        previous.warm = true;
         this.recordDirty = true;
       }
       return;
@@ -466,8 +479,22 @@ export class LifecycleReporter {
       since: this.options.clock.now(),
       ...(here.group ? { group: here.group } : {}),
       hooks: {},
+      ...(warm ? { warm: true } : {}),
     };
     this.recordDirty = true;
+  }
+
+  /**
+   * A warm pool's instance is stopped once its launch into the pool is over, and started again when
+   * the group takes it, held in Pending:Wait this time: a second launch, with the same instance id,
+   * for this run to report. IMDS says so before any Auto Scaling call: the target is no longer the
+   * pool (warm-pool-instance-lifecycle; retrieving-target-lifecycle-state-through-imds).
+   */
+  private leftWarmPool(previous: Persisted, here: Location): boolean {
+    const target = here.targetLifecycleState;
+    if (!previous.warm || !previous.settled || target !== 'InService') return false;
+    this.options.log.info({ event: 'lifecycle.warm-pool-left', group: previous.group, target }, 'the instance left its warm pool for the group: its launch hook is met again');
+    return true;
   }
 
   private async save(): Promise<void> {

@@ -81,12 +81,23 @@ export interface HookSpec {
   readonly notificationMetadata?: string;
 }
 
+/** A warm pool's pool state: what its instances are kept as until the group needs them. */
+export type WarmPoolState = 'Stopped' | 'Running' | 'Hibernated';
+
 export interface LaunchSpec {
   readonly instanceId: string;
   readonly groupName: string;
   readonly availabilityZone?: string;
   readonly instanceType?: string;
   readonly launchTemplate?: LaunchTemplateRef;
+  /**
+   * Launched into the group's warm pool, kept there in this state. Its launch hooks hold it in
+   * `Warmed:Pending:Wait` first, and again in `Pending:Wait` when it leaves the pool for the group
+   * (leaveWarmPool): "a newly launched instance first pauses ... when it reaches the
+   * Warmed:Pending:Wait state, and then pauses again when the instance restarts and reaches the
+   * Pending:Wait state" (EC2 Auto Scaling user guide, warm-pool-instance-lifecycle).
+   */
+  readonly warmPool?: WarmPoolState;
 }
 
 export interface LaunchOutcome {
@@ -218,6 +229,8 @@ interface InstanceState {
   lastResult?: LifecycleActionResult;
   heartbeats: number;
   stateHistory: string[];
+  /** The pool state while the instance belongs to the warm pool; cleared when it leaves. */
+  warmPool?: WarmPoolState;
 }
 
 interface ActionState {
@@ -415,33 +428,54 @@ export class AutoScalingEmulator {
   }
 
   /**
-   * Puts an instance into its group. With launch hooks it waits in `Pending:Wait`, one lifecycle
-   * action per hook; without, it goes straight to `InService`.
+   * Puts an instance into its group (or its warm pool). With launch hooks it waits in `Pending:Wait`
+   * (`Warmed:Pending:Wait`), one lifecycle action per hook; without, it goes straight on to
+   * `InService` (`Warmed:<pool state>`).
    */
   launchInstance(spec: LaunchSpec): LaunchOutcome {
     this.evaluate();
     const group = this.groups.get(spec.groupName);
     if (!group) throw validation(`Group ${spec.groupName} not found`);
     const existing = this.instances.get(spec.instanceId);
-    if (existing && existing.lifecycleState !== 'Terminated') {
+    if (existing && existing.lifecycleState !== 'Terminated' && existing.lifecycleState !== 'Warmed:Terminated') {
       throw validation(`Instance ${spec.instanceId} is already in group ${existing.groupName}`);
     }
     const now = this.clock.now();
+    const warm = spec.warmPool ? 'Warmed:' : '';
     const instance: InstanceState = {
       instanceId: spec.instanceId,
       groupName: group.name,
       availabilityZone: spec.availabilityZone ?? group.availabilityZones[0] ?? `${this.region}a`,
       instanceType: spec.instanceType ?? 't3.micro',
-      lifecycleState: 'Pending',
+      lifecycleState: `${warm}Pending`,
       healthStatus: 'HEALTHY',
       launchTemplate: spec.launchTemplate ?? group.launchTemplate,
       launchedAt: now,
       heartbeats: 0,
-      stateHistory: ['Pending'],
+      stateHistory: [`${warm}Pending`],
+      ...(spec.warmPool ? { warmPool: spec.warmPool } : {}),
     };
     this.instances.set(instance.instanceId, instance);
+    const tokens = this.startActions(instance, LAUNCHING, `${warm}Pending:Wait`);
+    if (tokens.length === 0) this.launched(instance);
+    this.changed(instance);
+    return { lifecycleState: instance.lifecycleState, token: tokens[0], tokens };
+  }
+
+  /**
+   * A warm pool's instance goes into the group, as a scale-out takes it: started again, it meets the
+   * launch hooks a second time, in `Pending:Wait`.
+   */
+  leaveWarmPool(instanceId: string): LaunchOutcome {
+    this.evaluate();
+    const instance = this.instances.get(instanceId);
+    if (!instance?.warmPool || instance.lifecycleState !== `Warmed:${instance.warmPool}`) {
+      throw validation(`Instance ${instanceId} is not waiting in a warm pool (${instance?.lifecycleState ?? 'no such instance'})`);
+    }
+    delete instance.warmPool;
+    this.setState(instance, 'Pending');
     const tokens = this.startActions(instance, LAUNCHING, 'Pending:Wait');
-    if (tokens.length === 0) this.enterService(instance);
+    if (tokens.length === 0) this.launched(instance);
     this.changed(instance);
     return { lifecycleState: instance.lifecycleState, token: tokens[0], tokens };
   }
@@ -611,6 +645,12 @@ export class AutoScalingEmulator {
     instance.inServiceAt = this.clock.now();
   }
 
+  /** A launch whose hooks are over (or that had none): into service, or to rest in the warm pool. */
+  private launched(instance: InstanceState): void {
+    if (instance.warmPool) this.setState(instance, `Warmed:${instance.warmPool}`);
+    else this.enterService(instance);
+  }
+
   /** Ends one action with `result`; once the instance's last action for the transition ends, it moves on. */
   private finish(action: ActionState, result: LifecycleActionResult, by: ActionEvent['by']): void {
     this.active.delete(action.token);
@@ -629,15 +669,16 @@ export class AutoScalingEmulator {
     instance.lastResult = result;
     const siblings = this.actionsOf(instance.instanceId).filter((a) => a.transition === action.transition);
     if (action.transition === LAUNCHING) {
+      const warm = instance.warmPool ? 'Warmed:' : '';
       if (result === 'ABANDON') {
         // An abandoned launch is terminated (AWS then launches a replacement, which is not modelled).
         for (const other of siblings) this.active.delete(other.token);
-        this.setState(instance, 'Terminating');
-        this.setState(instance, 'Terminated');
+        this.setState(instance, `${warm}Terminating`);
+        this.setState(instance, `${warm}Terminated`);
       } else if (siblings.length === 0) {
-        this.setState(instance, 'Pending:Proceed');
-        this.enterService(instance);
-        this.replaceIfDue(instance);
+        this.setState(instance, `${warm}Pending:Proceed`);
+        this.launched(instance);
+        if (!warm) this.replaceIfDue(instance);
       }
     } else {
       // On termination both results terminate; ABANDON skips the remaining hooks.
@@ -907,7 +948,7 @@ export class AutoScalingEmulator {
       throw validation(`Valid values for HealthStatus are Healthy and Unhealthy, got ${status}`);
     }
     const instance = this.instances.get(instanceId);
-    if (!instance || instance.lifecycleState === 'Terminated') {
+    if (!instance || instance.lifecycleState === 'Terminated' || instance.lifecycleState === 'Warmed:Terminated') {
       throw validation(`Instance Id not found - No managed instance found for instance ID: ${instanceId}`);
     }
     instance.healthStatus = status === 'Healthy' ? 'HEALTHY' : 'UNHEALTHY';
@@ -940,8 +981,9 @@ export class AutoScalingEmulator {
       throw validation(`MaxRecords must be between 1 and ${MAX_RECORDS_INSTANCES}, got ${maxRecords}`);
     }
     const wanted = new Set(ids);
-    // Terminated instances have left their group, so Describe no longer lists them.
-    const all = [...this.instances.values()].filter((i) => i.lifecycleState !== 'Terminated' && (wanted.size === 0 || wanted.has(i.instanceId)));
+    // Terminated instances have left their group, so Describe no longer lists them. A warm pool's
+    // instances are listed, in their Warmed:* states (AutoScalingInstanceDetails.LifecycleState).
+    const all = [...this.instances.values()].filter((i) => i.lifecycleState !== 'Terminated' && i.lifecycleState !== 'Warmed:Terminated' && (wanted.size === 0 || wanted.has(i.instanceId)));
     const { page, next } = paginate(all, p.get('NextToken'), maxRecords, 'instances');
     return toXml({ AutoScalingInstances: page.map((i) => this.instanceXml(i, true)), NextToken: next });
   }
@@ -957,7 +999,8 @@ export class AutoScalingEmulator {
     const all = [...this.groups.values()].filter((g) => wanted.size === 0 || wanted.has(g.name));
     const { page, next } = paginate(all, p.get('NextToken'), maxRecords, 'groups');
     const groups = page.map((g): XmlNode => {
-      const members = [...this.instances.values()].filter((i) => i.groupName === g.name && i.lifecycleState !== 'Terminated');
+      // The warm pool's instances are not the group's (DescribeWarmPool lists them).
+      const members = [...this.instances.values()].filter((i) => i.groupName === g.name && i.lifecycleState !== 'Terminated' && !i.lifecycleState.startsWith('Warmed:'));
       return {
         AutoScalingGroupName: g.name,
         AutoScalingGroupARN: `arn:aws:autoscaling:${this.region}:${this.accountId}:autoScalingGroup:${g.uuid}:autoScalingGroupName/${g.name}`,

@@ -118,4 +118,32 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
       },
     ]);
   });
+
+  it('a warm pool\'s instance meets the launch hook twice: Warmed:Pending:Wait, at rest Warmed:Stopped outside the group\'s list, then Pending:Wait when it leaves the pool', async () => {
+    const id = 'i-0aaaaaaaaaaaaaaa9';
+    const state = async () => {
+      const r = await aws('describe-auto-scaling-instances', '--instance-ids', id);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { AutoScalingInstances: Array<{ LifecycleState: string }> }).AutoScalingInstances[0]?.LifecycleState;
+    };
+    const inGroup = async () => {
+      const r = await aws('describe-auto-scaling-groups', '--auto-scaling-group-names', GROUP);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { AutoScalingGroups: Array<{ Instances: Array<{ InstanceId: string }> }> }).AutoScalingGroups[0]?.Instances.some((i) => i.InstanceId === id);
+    };
+    const complete = () => aws('complete-lifecycle-action', '--lifecycle-hook-name', HOOK, '--auto-scaling-group-name', GROUP, '--lifecycle-action-result', 'CONTINUE', '--instance-id', id);
+    emulator.launchInstance({ instanceId: id, groupName: GROUP, warmPool: 'Stopped' });
+    assert.equal(await state(), 'Warmed:Pending:Wait');
+    assert.equal(await inGroup(), false);
+    assert.equal((await complete()).code, 0);
+    assert.equal(await state(), 'Warmed:Stopped');
+    assert.equal(await inGroup(), false);
+    assert.throws(() => emulator.leaveWarmPool('i-0aaaaaaaaaaaaaaa1'), /not waiting in a warm pool/);
+    emulator.leaveWarmPool(id);
+    assert.equal(await state(), 'Pending:Wait');
+    assert.equal((await complete()).code, 0);
+    assert.equal(await state(), 'InService');
+    assert.equal(await inGroup(), true);
+    assert.deepEqual(emulator.instance(id)?.stateHistory, ['Warmed:Pending', 'Warmed:Pending:Wait', 'Warmed:Pending:Proceed', 'Warmed:Stopped', 'Pending', 'Pending:Wait', 'Pending:Proceed', 'InService']);
+  });
 });

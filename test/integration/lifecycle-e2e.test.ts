@@ -135,6 +135,32 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
     });
   });
 
+  test('a warm pool\'s instance completes the hook on its launch into the pool, and again when it leaves the pool for the group', async () => {
+    await withInstance(
+      {
+        userData: '{ ... }: { environment.etc."greeting".text = "warm"; }\n',
+        instance: { autoScaling: { group: 'web-warm-asg', warmPool: 'Stopped' } },
+        config: { lifecycle: { enabled: true, heartbeatSeconds: 10, budgetSeconds: 300 } },
+      },
+      async (i) => {
+        const state = () => i.world.autoscaling.instance(i.instanceId)?.lifecycleState;
+        assert.equal(state(), 'Warmed:Pending:Wait');
+        const inPool = await i.converge();
+        assert.equal(inPool.code, 0, inPool.stderr);
+        assert.equal(state(), 'Warmed:Stopped');
+        // The group takes it: started again (a new agent process), held in its hook once more.
+        i.world.autoscaling.leaveWarmPool(i.instanceId);
+        assert.equal(state(), 'Pending:Wait');
+        const leaving = await i.converge();
+        assert.equal(leaving.code, 0, leaving.stderr);
+        assert.equal(leaving.status.condition, 'converged');
+        assert.equal(state(), 'InService', `the second launch hook was completed: ${leaving.stderr.slice(-1500)}`);
+        const completions = i.world.autoscaling.actions().filter((a) => a.kind === 'complete');
+        assert.deepEqual(completions.map((c) => [c.hookName, c.result, c.by]), [[i.world.hook, 'CONTINUE', 'instance-id'], [i.world.hook, 'CONTINUE', 'instance-id']]);
+      },
+    );
+  });
+
   test('ABANDON when no good generation can run (the rollback target fails its probe too), and no Unhealthy', async () => {
     await withGroupInstance(
       {

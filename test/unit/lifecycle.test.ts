@@ -336,6 +336,55 @@ describe('LifecycleReporter', () => {
     assert.equal(asg.calls.length, callsBefore, `no call at all after the restart: ${JSON.stringify(asg.calls.slice(callsBefore))}`);
   });
 
+  it('a warm pool\'s instance completes its launch into the pool, and again when it leaves the pool for the group; a restart after that does not', async () => {
+    let target = 'Warmed:Stopped';
+    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
+    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const inPool = reporter({}, { locate });
+    inPool.update(converged());
+    await inPool.flush(1);
+    await inPool.stop();
+    assert.deepEqual(asg.ops('complete').map((c) => [c.hook, c.result]), [[HOOK, 'CONTINUE']]);
+    assert.equal((await persisted()).warm, true);
+    const since = (await persisted()).since as number;
+
+    // Stopped in the pool; a day later the group takes it: started again, held in Pending:Wait.
+    await clock.advanceAsync(86_400_000);
+    target = 'InService';
+    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    asg.gone.clear();
+    const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
+    leaving.update(converging());
+    leaving.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(10_000);
+    await until('heartbeats for the second launch', () => asg.ops('heartbeat').length >= 1);
+    leaving.update(converged());
+    await until('the second completion', () => asg.ops('complete').length === 2);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    await until('the record', () => leaving.view().settled !== undefined);
+    await leaving.stop();
+    const record = await persisted();
+    assert.equal(record.warm, undefined, 'the second launch was into the group');
+    assert.ok((record.since as number) > since, 'its budget counts from the second start');
+
+    // In service: a restart is no third launch.
+    const calls = asg.calls.length;
+    const restarted = reporter({ heartbeatSeconds: 5 }, { locate });
+    restarted.update(converged());
+    await restarted.flush(1);
+    assert.equal(asg.calls.length, calls, `no call after a restart in service: ${JSON.stringify(asg.calls.slice(calls))}`);
+  });
+
+  it('a launch into the warm pool is known from DescribeAutoScalingInstances too, when IMDS serves no target state', async () => {
+    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const r = reporter({}, { locate: async () => ({ instanceId: INSTANCE }) });
+    r.update(converged());
+    await r.flush(1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    assert.equal((await persisted()).warm, true);
+  });
+
   it('a restart after deciding but before completing completes with the decision already made', async () => {
     asg.failNext('complete');
     const first = reporter();
