@@ -33,6 +33,11 @@ const MIN_WAIT_MS = 100;
  * timeout AWS allows (30 s), which still heartbeats such a hook in time.
  */
 const FIRST_CALL_DELAY_MS = 10_000;
+/**
+ * How often an instance whose launch into a warm pool is over looks (in IMDS only) whether the
+ * group has taken it: a pool kept Running does not restart its instances when they leave it.
+ */
+const WARM_POOL_LOOK_MS = 30_000;
 
 export interface Location {
   readonly instanceId: string;
@@ -53,6 +58,8 @@ export interface LifecycleReporterOptions {
   readonly locate: () => Promise<Location>;
   /** How soon a failed call is tried again when no status change comes first; capped by the heartbeat interval. */
   readonly retryMs?: number;
+  /** How often a warm pool's instance looks whether it has left the pool; 30 s by default. */
+  readonly warmPoolLookMs?: number;
   readonly onCompleted?: (result: LifecycleResult) => void;
   readonly onHeartbeat?: () => void;
   readonly onError?: (op: string, err: Error) => void;
@@ -99,6 +106,8 @@ export class LifecycleReporter {
   private hookNames: string[] | undefined;
   /** Set once the first Auto Scaling call may be made. */
   private engaged = false;
+  /** When a warm pool's instance next looks whether it has left the pool. */
+  private nextWarmLookAt: number | undefined;
   private heartbeatTimeoutS: number | undefined;
   /** The shortest GlobalTimeout of the hooks, once described. */
   private globalTimeoutS: number | undefined;
@@ -198,6 +207,7 @@ export class LifecycleReporter {
     const times: number[] = [];
     if (this.retryAt !== undefined) times.push(this.retryAt);
     const r = this.record;
+    if (r?.warm && r.settled && this.nextWarmLookAt !== undefined) times.push(this.nextWarmLookAt);
     if (r && !r.settled && !r.decision && !this.status?.firstConvergenceDone) {
       times.push(this.budgetEndsAt(r));
       if (!this.engaged) times.push(this.firstCallAt(r));
@@ -226,6 +236,7 @@ export class LifecycleReporter {
       }
     };
     if (!this.record && !(await attempt('locate', () => this.load()))) return this.afterStep(failures);
+    if (this.record!.warm && this.record!.settled) await this.lookOutOfWarmPool(attempt);
     const record = this.record!;
     if (!record.settled) await this.launch(record, attempt);
     await this.health(record, attempt);
@@ -458,7 +469,6 @@ export class LifecycleReporter {
     } catch (err) {
       this.options.log.warn({ event: 'lifecycle.state-ignored', err: (err as Error).message }, `cannot read ${LIFECYCLE_FILE}; starting afresh`);
     }
-    const warm = here.targetLifecycleState?.startsWith('Warmed:') === true;
     // A record from another instance id came with the image: this launch is a new one.
     if (previous && previous.instanceId === here.instanceId && !this.leftWarmPool(previous, here)) {
       this.record = previous;
@@ -467,28 +477,49 @@ export class LifecycleReporter {
         previous.group = here.group;
         this.recordDirty = true;
       }
-      if (warm && !previous.warm && !previous.settled) {
+      if (isWarm(here) && !previous.warm && !previous.settled) {
         previous.warm = true;
         this.recordDirty = true;
       }
-      return;
+    } else {
+      this.beginLaunch(here);
     }
+    this.nextWarmLookAt = this.options.clock.now() + (this.options.warmPoolLookMs ?? WARM_POOL_LOOK_MS);
+  }
+
+  /** A launch this run reports from its start: the budget counts from now. */
+  private beginLaunch(here: Location): void {
     this.record = {
       version: 1,
       instanceId: here.instanceId,
       since: this.options.clock.now(),
       ...(here.group ? { group: here.group } : {}),
       hooks: {},
-      ...(warm ? { warm: true } : {}),
+      ...(isWarm(here) ? { warm: true } : {}),
     };
     this.recordDirty = true;
+    this.resumed = false;
+    this.engaged = false;
+    this.nextBeatAt = undefined;
+    this.hookNames = undefined;
+  }
+
+  /** A warm pool's instance that kept running: has the group taken it? */
+  private async lookOutOfWarmPool(attempt: (op: string, fn: () => Promise<void>) => Promise<boolean>): Promise<void> {
+    const now = this.options.clock.now();
+    if (this.nextWarmLookAt !== undefined && now < this.nextWarmLookAt) return;
+    this.nextWarmLookAt = now + (this.options.warmPoolLookMs ?? WARM_POOL_LOOK_MS);
+    await attempt('locate', async () => {
+      const here = await this.options.locate();
+      if (this.record && this.leftWarmPool(this.record, here)) this.beginLaunch(here);
+    });
   }
 
   /**
-   * A warm pool's instance is stopped once its launch into the pool is over, and started again when
-   * the group takes it, held in Pending:Wait this time: a second launch, with the same instance id,
-   * for this run to report. IMDS says so before any Auto Scaling call: the target is no longer the
-   * pool (warm-pool-instance-lifecycle; retrieving-target-lifecycle-state-through-imds).
+   * A warm pool's instance, once its launch into the pool is over, is stopped (or kept running)
+   * until the group takes it, and then held in Pending:Wait: a second launch, with the same
+   * instance id, for this run to report. IMDS says so before any Auto Scaling call: the target is
+   * no longer the pool (warm-pool-instance-lifecycle; retrieving-target-lifecycle-state-through-imds).
    */
   private leftWarmPool(previous: Persisted, here: Location): boolean {
     const target = here.targetLifecycleState;
@@ -516,6 +547,10 @@ export class LifecycleReporter {
     const context = typeof (error as { toJSON?: unknown }).toJSON === 'function' ? (error as unknown as { toJSON(): unknown }).toJSON() : error.message;
     this.options.log.warn({ event: 'lifecycle.error', op, err: context }, `Auto Scaling ${op} failed (tried again later): ${error.message}`);
   }
+}
+
+function isWarm(here: Location): boolean {
+  return here.targetLifecycleState?.startsWith('Warmed:') === true;
 }
 
 /** The hook's GlobalTimeout as the service gives it, or as AWS documents it is derived. */

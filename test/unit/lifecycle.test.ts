@@ -376,6 +376,38 @@ describe('LifecycleReporter', () => {
     assert.equal(asg.calls.length, calls, `no call after a restart in service: ${JSON.stringify(asg.calls.slice(calls))}`);
   });
 
+  it('a warm pool kept Running: the agent, never restarted, sees the group take its instance (IMDS, every 30 s) and completes the second launch hook', async () => {
+    let target = 'Warmed:Running';
+    let looks = 0;
+    const locate = async (): Promise<Location> => (looks++, { instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
+    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const r = reporter({}, { locate });
+    r.update(converged());
+    r.start();
+    await until('the completion in the pool', () => r.view().settled !== undefined);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    const calls = asg.calls.length;
+    // Waiting in the pool: IMDS is read every 30 s, Auto Scaling never.
+    const before = looks;
+    await clock.advanceAsync(90_000);
+    await settle();
+    assert.equal(looks - before, 3);
+    assert.equal(asg.calls.length, calls);
+
+    target = 'InService';
+    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    asg.gone.clear();
+    await clock.advanceAsync(30_000);
+    await until('the second completion', () => asg.ops('complete').length === 2);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    await until('the record', () => r.view().settled !== undefined);
+    // In service: no more looking.
+    const settledLooks = looks;
+    await clock.advanceAsync(300_000);
+    await settle();
+    assert.equal(looks, settledLooks);
+  });
+
   it('a launch into the warm pool is known from DescribeAutoScalingInstances too, when IMDS serves no target state', async () => {
     asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
     const r = reporter({}, { locate: async () => ({ instanceId: INSTANCE }) });
