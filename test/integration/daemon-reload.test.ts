@@ -203,23 +203,28 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     }
   });
 
-  it('runDaemon installs its signal handlers and removes them when it stops', async () => {
-    const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
-    const counts = () => signals.map((s) => process.listenerCount(s));
-    const before = counts();
+  /** How many listeners each signal the daemon handles has in this process. */
+  const handlerCounts = () => (['SIGTERM', 'SIGINT', 'SIGHUP'] as const).map((s) => process.listenerCount(s));
+
+  /** runDaemon in this process, once its signal handlers are in place. */
+  async function runHere(): Promise<{ running: Promise<number>; before: number[] }> {
+    const before = handlerCounts();
     const running = runDaemon(config(first, { termination: { enabled: false } }));
-    await waitUntil('the signal handlers', () => counts().every((n, i) => n === before[i]! + 1));
+    await waitUntil('the signal handlers', () => handlerCounts().every((n, i) => n === before[i]! + 1));
+    return { running, before };
+  }
+
+  it('runDaemon installs its signal handlers and removes them when it stops', async () => {
+    const { running, before } = await runHere();
+    const counts = handlerCounts;
     process.emit('SIGTERM', 'SIGTERM');
     assert.equal(await running, 0);
     assert.deepEqual(counts(), before);
   });
 
   it('runDaemon holds the root\'s lock while it runs, refuses to start on a held root, and lets go when it stops', async () => {
-    const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
-    const counts = () => signals.map((s) => process.listenerCount(s));
-    const before = counts();
-    const running = runDaemon(config(first, { termination: { enabled: false } }));
-    await waitUntil('the signal handlers', () => counts().every((n, i) => n === before[i]! + 1));
+    const { running, before } = await runHere();
+    const counts = handlerCounts;
     await assert.rejects(lockRoot(root, 1), (err: unknown) => err instanceof RootBusyError && err.holder === process.pid);
     // A second daemon on the held root stops before it reads or writes anything there.
     await assert.rejects(runDaemon(config(first, { termination: { enabled: false } })), (err: unknown) => err instanceof RootBusyError && err.file === path.join(root, LOCK_FILE));
