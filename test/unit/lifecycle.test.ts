@@ -120,7 +120,8 @@ function lifecycleConfig(patch: Record<string, unknown> = {}): Config['lifecycle
 
 /** Polls real time briefly: the reporter's file writes are real I/O. */
 async function until(what: string, check: () => boolean): Promise<void> {
-  const deadline = Date.now() + 3_000;
+  // Headroom for a loaded machine: a passing wait ends at its event.
+  const deadline = Date.now() + 30_000;
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 2));
@@ -386,11 +387,15 @@ describe('LifecycleReporter', () => {
     r.start();
     await until('the completion in the pool', () => r.view().settled !== undefined);
     assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    // The record saved, the loop waits for its next look.
+    await clock.whenSleeping(1);
     const calls = asg.calls.length;
     // Waiting in the pool: IMDS is read every 30 s, Auto Scaling never.
     const before = looks;
-    await clock.advanceAsync(90_000);
-    await settle();
+    for (let i = 0; i < 3; i++) {
+      await clock.advanceAsync(30_000);
+      await clock.whenSleeping(1);
+    }
     assert.equal(looks - before, 3);
     assert.equal(asg.calls.length, calls);
 
@@ -400,12 +405,15 @@ describe('LifecycleReporter', () => {
     await clock.advanceAsync(30_000);
     await until('the second completion', () => asg.ops('complete').length === 2);
     assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
-    await until('the record', () => r.view().settled !== undefined);
-    // In service: no more looking.
-    const settledLooks = looks;
-    await clock.advanceAsync(300_000);
+    // In service: once the second launch's record is saved, nothing is left to look at.
+    for (const deadline = Date.now() + 30_000; ; ) {
+      const record = await persisted().catch(() => undefined);
+      if (record?.settled !== undefined && record.warm === undefined) break;
+      if (Date.now() > deadline) throw new Error('timed out waiting for the second launch\'s record');
+      await new Promise((done) => setTimeout(done, 2));
+    }
     await settle();
-    assert.equal(looks, settledLooks);
+    assert.equal(clock.pendingSleeps, 0, 'no look is scheduled once in service');
   });
 
   it('a launch into the warm pool is known from DescribeAutoScalingInstances too, when IMDS serves no target state', async () => {
