@@ -34,8 +34,8 @@ const MIN_WAIT_MS = 100;
  */
 const FIRST_CALL_DELAY_MS = 10_000;
 /**
- * How often an instance whose launch into a warm pool is over looks (in IMDS only) whether the
- * group has taken it: a pool kept Running does not restart its instances when they leave it.
+ * How often an instance launched into a warm pool looks (in IMDS only) whether the group has taken
+ * it: a pool kept Running does not restart its instances when they leave it.
  */
 const WARM_POOL_LOOK_MS = 30_000;
 
@@ -207,7 +207,7 @@ export class LifecycleReporter {
     const times: number[] = [];
     if (this.retryAt !== undefined) times.push(this.retryAt);
     const r = this.record;
-    if (r?.warm && r.settled && this.nextWarmLookAt !== undefined) times.push(this.nextWarmLookAt);
+    if (r?.warm && this.nextWarmLookAt !== undefined) times.push(this.nextWarmLookAt);
     if (r && !r.settled && !r.decision && !this.status?.firstConvergenceDone) {
       times.push(this.budgetEndsAt(r));
       if (!this.engaged) times.push(this.firstCallAt(r));
@@ -236,7 +236,7 @@ export class LifecycleReporter {
       }
     };
     if (!this.record && !(await attempt('locate', () => this.load()))) return this.afterStep(failures);
-    if (this.record!.warm && this.record!.settled) await this.lookOutOfWarmPool(attempt);
+    if (this.record!.warm) await this.lookOutOfWarmPool(attempt);
     const record = this.record!;
     if (!record.settled) await this.launch(record, attempt);
     await this.health(record, attempt);
@@ -520,10 +520,14 @@ export class LifecycleReporter {
    * until the group takes it, and then held in Pending:Wait: a second launch, with the same
    * instance id, for this run to report. IMDS says so before any Auto Scaling call: the target is
    * no longer the pool (warm-pool-instance-lifecycle; retrieving-target-lifecycle-state-through-imds).
+   * Whether or not the record says the launch into the pool was settled: its hook may have timed
+   * out while the calls failed, or been completed with the answer lost before the stop. Resumed,
+   * such a record would judge the launch into the group by the pool's day-old budget (ABANDON) or
+   * complete it with the pool's decision before this boot converged.
    */
   private leftWarmPool(previous: Persisted, here: Location): boolean {
     const target = here.targetLifecycleState;
-    if (!previous.warm || !previous.settled || target !== 'InService') return false;
+    if (!previous.warm || target !== 'InService') return false;
     this.options.log.info({ event: 'lifecycle.warm-pool-left', group: previous.group, target }, 'the instance left its warm pool for the group: its launch hook is met again');
     return true;
   }

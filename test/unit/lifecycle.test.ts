@@ -377,6 +377,98 @@ describe('LifecycleReporter', () => {
     assert.equal(asg.calls.length, calls, `no call after a restart in service: ${JSON.stringify(asg.calls.slice(calls))}`);
   });
 
+  it('a launch into the warm pool that ended without the agent (its hook timed out while the calls failed) is over once the group takes the instance: the second launch is judged on its own', async () => {
+    let target = 'Warmed:Stopped';
+    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
+    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    // In the pool, every heartbeat is throttled; the hook times out (DefaultResult CONTINUE) and the
+    // instance is stopped mid-build: the record is left undecided.
+    asg.failNext('heartbeat', 100);
+    const inPool = reporter({ heartbeatSeconds: 5 }, { locate });
+    inPool.update(converging());
+    inPool.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(60_000);
+    await until('the throttled heartbeats', () => asg.ops('heartbeat').length >= 2);
+    await inPool.stop();
+    assert.deepEqual(asg.ops('complete'), []);
+    assert.equal((await persisted()).warm, true);
+    assert.equal((await persisted()).settled, undefined);
+    asg.failures.clear();
+
+    // A day later the group takes it: started again, held in Pending:Wait, building afresh.
+    await clock.advanceAsync(86_400_000);
+    target = 'InService';
+    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    const before = asg.calls.length;
+    const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
+    leaving.update(converging());
+    leaving.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(10_000);
+    const firstAct = () => asg.calls.slice(before).find((c) => c.op === 'heartbeat' || c.op === 'complete');
+    await until('the second launch\'s first heartbeat or completion', () => firstAct() !== undefined);
+    assert.deepEqual(firstAct() && [firstAct()!.op, firstAct()!.hook], ['heartbeat', HOOK], 'the pool\'s day-old budget does not abandon the launch into the group');
+    leaving.update(converged());
+    await until('the completion', () => asg.ops('complete').length === 1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    await until('the record', () => leaving.view().settled !== undefined);
+    await leaving.flush(1);
+    assert.equal((await persisted()).warm, undefined);
+  });
+
+  it('a warm pool kept Running: a launch into the pool still unsettled when the group takes the instance gives way to the launch into the group', async () => {
+    let target = 'Warmed:Running';
+    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
+    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    asg.failNext('heartbeat', 100);
+    const r = reporter({ heartbeatSeconds: 5 }, { locate });
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(60_000);
+    await until('the throttled heartbeats', () => asg.ops('heartbeat').length >= 2);
+    const since = (await persisted()).since as number;
+    // The hook timed out into the pool meanwhile; the group takes the instance.
+    target = 'InService';
+    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    await clock.advanceAsync(30_000);
+    await r.flush(1);
+    const record = await persisted();
+    assert.equal(record.warm, undefined);
+    assert.ok((record.since as number) > since, 'its budget counts from when the group took it');
+  });
+
+  it('a launch into the warm pool decided but not known to be completed (the answer was lost before the stop) does not complete the launch into the group before it converges', async () => {
+    let target = 'Warmed:Stopped';
+    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
+    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    asg.failNext('complete');
+    const inPool = reporter({}, { locate });
+    inPool.update(converged());
+    await inPool.flush(1);
+    await inPool.stop();
+    assert.equal((await persisted()).settled, undefined);
+    assert.equal((await persisted() as { decision?: { result: string } }).decision?.result, 'CONTINUE');
+
+    await clock.advanceAsync(86_400_000);
+    target = 'InService';
+    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    const before = asg.calls.length;
+    const completions = asg.ops('complete').length;
+    const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
+    leaving.update(converging());
+    leaving.start();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(10_000);
+    const firstAct = () => asg.calls.slice(before).find((c) => c.op === 'heartbeat' || c.op === 'complete');
+    await until('the second launch\'s first heartbeat or completion', () => firstAct() !== undefined);
+    assert.deepEqual(firstAct() && [firstAct()!.op, firstAct()!.hook], ['heartbeat', HOOK], 'nothing is completed while this boot still converges');
+    leaving.update(converged());
+    await until('the completion', () => asg.ops('complete').length === completions + 1);
+    assert.equal(asg.ops('complete').at(-1)?.result, 'CONTINUE');
+  });
+
   it('a warm pool kept Running: the agent, never restarted, sees the group take its instance (IMDS, every 30 s) and completes the second launch hook', async () => {
     let target = 'Warmed:Running';
     let looks = 0;
