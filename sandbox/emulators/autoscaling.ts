@@ -289,6 +289,16 @@ const DEFAULT_MESSAGE: Readonly<Record<string, string>> = {
 const AUTHORIZATION =
   /^AWS4-HMAC-SHA256 Credential=[^/\s,]+\/\d{8}\/[a-z0-9-]+\/autoscaling\/aws4_request, ?SignedHeaders=[a-z0-9;-]+, ?Signature=[0-9a-f]{64}$/;
 
+/** `Warmed:` while the instance belongs to the warm pool: its lifecycle states are the pool's own. */
+function poolPrefix(instance: Pick<InstanceState, 'warmPool'>): '' | 'Warmed:' {
+  return instance.warmPool ? 'Warmed:' : '';
+}
+
+/** On its way out, or gone: from the group (`Terminating…`) or from the warm pool (`Warmed:Terminating…`). */
+function terminating(instance: Pick<InstanceState, 'lifecycleState'>): boolean {
+  return /^(Warmed:)?Terminat/.test(instance.lifecycleState);
+}
+
 export function escapeXml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => `&${{ '&': 'amp', '<': 'lt', '>': 'gt', '"': 'quot', "'": 'apos' }[c]};`);
 }
@@ -668,8 +678,8 @@ export class AutoScalingEmulator {
     if (!instance) return;
     instance.lastResult = result;
     const siblings = this.actionsOf(instance.instanceId).filter((a) => a.transition === action.transition);
+    const warm = poolPrefix(instance);
     if (action.transition === LAUNCHING) {
-      const warm = instance.warmPool ? 'Warmed:' : '';
       if (result === 'ABANDON') {
         // An abandoned launch is terminated (AWS then launches a replacement, which is not modelled).
         for (const other of siblings) this.active.delete(other.token);
@@ -684,20 +694,24 @@ export class AutoScalingEmulator {
       // On termination both results terminate; ABANDON skips the remaining hooks.
       if (result === 'ABANDON') for (const other of siblings) this.active.delete(other.token);
       if (result === 'ABANDON' || siblings.length === 0) {
-        this.setState(instance, 'Terminating:Proceed');
-        this.setState(instance, 'Terminated');
+        this.setState(instance, `${warm}Terminating:Proceed`);
+        this.setState(instance, `${warm}Terminated`);
       }
     }
     this.changed(instance);
   }
 
-  /** Moves an instance towards termination; `viaHooks` runs terminate hooks as a scale-in would. */
+  /**
+   * Moves an instance towards termination; `viaHooks` runs terminate hooks as a scale-in would. A
+   * warm pool's instance, never the group's, is terminated in its own states (`Warmed:Terminating:Wait`).
+   */
   private beginTermination(instance: InstanceState, viaHooks: boolean): string[] {
-    if (instance.lifecycleState.startsWith('Terminat')) return [];
+    if (terminating(instance)) return [];
     for (const action of this.actionsOf(instance.instanceId)) this.active.delete(action.token);
-    this.setState(instance, 'Terminating');
-    const tokens = viaHooks ? this.startActions(instance, TERMINATING, 'Terminating:Wait') : [];
-    if (viaHooks && tokens.length === 0) this.setState(instance, 'Terminated');
+    const warm = poolPrefix(instance);
+    this.setState(instance, `${warm}Terminating`);
+    const tokens = viaHooks ? this.startActions(instance, TERMINATING, `${warm}Terminating:Wait`) : [];
+    if (viaHooks && tokens.length === 0) this.setState(instance, `${warm}Terminated`);
     this.changed(instance);
     return tokens;
   }
@@ -713,11 +727,12 @@ export class AutoScalingEmulator {
   /** An InService instance marked UNHEALTHY is replaced once outside its grace period. */
   private replaceIfDue(instance: InstanceState, ignoreGrace = false): void {
     if (instance.healthStatus !== 'UNHEALTHY') return;
-    if (instance.lifecycleState.startsWith('Terminat')) return;
+    if (terminating(instance)) return;
     if (!ignoreGrace && (instance.lifecycleState !== 'InService' || this.inGracePeriod(instance))) return;
     // Replacement of an unhealthy instance starts its termination; terminate hooks, if any, still run.
-    const tokens = this.startActions(instance, TERMINATING, 'Terminating:Wait');
-    if (tokens.length === 0) this.setState(instance, 'Terminating');
+    const warm = poolPrefix(instance);
+    const tokens = this.startActions(instance, TERMINATING, `${warm}Terminating:Wait`);
+    if (tokens.length === 0) this.setState(instance, `${warm}Terminating`);
     for (const action of this.actionsOf(instance.instanceId)) {
       if (action.transition === LAUNCHING) this.active.delete(action.token);
     }

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { awsCli, noAwsCli } from '../support/aws-cli.js';
-import { AutoScalingEmulator, LAUNCHING } from '../../sandbox/emulators/autoscaling.js';
+import { AutoScalingEmulator, LAUNCHING, TERMINATING } from '../../sandbox/emulators/autoscaling.js';
 import { ManualClock } from '../support/clock.js';
 
 const skip = noAwsCli;
@@ -145,5 +145,35 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     assert.equal(await state(), 'InService');
     assert.equal(await inGroup(), true);
     assert.deepEqual(emulator.instance(id)?.stateHistory, ['Warmed:Pending', 'Warmed:Pending:Wait', 'Warmed:Pending:Proceed', 'Warmed:Stopped', 'Pending', 'Pending:Wait', 'Pending:Proceed', 'InService']);
+  });
+
+  it('a warm pool\'s instance terminated in the pool goes through Warmed:Terminating:Wait to Warmed:Terminated, never listed among the group\'s instances', async () => {
+    const group = 'web-warm-asg';
+    const id = 'i-0aaaaaaaaaaaaaab0';
+    emulator.createGroup({ name: group });
+    emulator.putLifecycleHook({ groupName: group, hookName: 'terminate-hook', transition: TERMINATING });
+    const state = async () => {
+      const r = await aws('describe-auto-scaling-instances', '--instance-ids', id);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { AutoScalingInstances: Array<{ LifecycleState: string }> }).AutoScalingInstances[0]?.LifecycleState;
+    };
+    const members = async () => {
+      const r = await aws('describe-auto-scaling-groups', '--auto-scaling-group-names', group);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { AutoScalingGroups: Array<{ Instances: Array<{ InstanceId: string }> }> }).AutoScalingGroups[0]?.Instances.map((i) => i.InstanceId);
+    };
+    emulator.launchInstance({ instanceId: id, groupName: group, warmPool: 'Running' });
+    assert.equal(await state(), 'Warmed:Running');
+    // The pool shrinks: the instance is terminated from it, held by the terminate hook.
+    assert.equal(emulator.terminateInstance(id).lifecycleState, 'Warmed:Terminating:Wait');
+    assert.equal(await state(), 'Warmed:Terminating:Wait');
+    assert.deepEqual(await members(), []);
+    const done = await aws('complete-lifecycle-action', '--lifecycle-hook-name', 'terminate-hook', '--auto-scaling-group-name', group, '--lifecycle-action-result', 'CONTINUE', '--instance-id', id);
+    assert.equal(done.code, 0, done.stderr);
+    assert.equal(await state(), undefined, 'a terminated instance is no longer listed');
+    // Terminated is final: asking again brings nothing back.
+    assert.deepEqual(emulator.terminateInstance(id).tokens, []);
+    assert.equal(emulator.instance(id)?.lifecycleState, 'Warmed:Terminated');
+    assert.deepEqual(emulator.instance(id)?.stateHistory, ['Warmed:Pending', 'Warmed:Running', 'Warmed:Terminating', 'Warmed:Terminating:Wait', 'Warmed:Terminating:Proceed', 'Warmed:Terminated']);
   });
 });

@@ -652,4 +652,19 @@ describe("the sandbox world's IMDS follows its Auto Scaling group", () => {
       await world.close();
     }
   });
+
+  test('a warm pool\'s instance reads the pool\'s state, and Warmed:Terminated when it is terminated from the pool', async () => {
+    const world = await World.start({ ssmThroughput: null, instance: { autoScaling: { group: 'warm-asg', warmPool: 'Stopped' } } });
+    try {
+      const path = '/latest/meta-data/autoscaling/target-lifecycle-state';
+      const id = world.instance.instanceId;
+      assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Warmed:Pending:Wait');
+      assert.equal((await get(world.imds, path)).text, 'Warmed:Stopped');
+      world.autoscaling.terminateInstance(id);
+      assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Warmed:Terminated');
+      assert.equal((await get(world.imds, path)).text, 'Warmed:Terminated');
+    } finally {
+      await world.close();
+    }
+  });
 });
