@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -88,16 +88,25 @@ describe('the root lock', () => {
     assert.equal(existsSync(root), false);
   });
 
-  it('reports a refusal the kernel gives for any other reason as itself', async () => {
+  it('reports a refusal the kernel gives for any other reason as itself, and closes what it opened', async () => {
     const root = freshRoot();
+    const file = path.join(root, LOCK_FILE);
+    const opened = async () => {
+      const fds = await readdir('/proc/self/fd');
+      const targets = await Promise.all(fds.map((fd) => readlink(`/proc/self/fd/${fd}`).catch(() => '')));
+      return targets.filter((t) => t === file).length;
+    };
     await assert.rejects(
       lockRoot(root, 1, () => {
         throw Object.assign(new Error('flock ENOLCK: No locks available'), { code: 'ENOLCK' });
       }),
       (err: NodeJS.ErrnoException) => err.code === 'ENOLCK',
     );
-    // The descriptor was closed: nothing holds the root.
+    // Closed at once, not left to the garbage collector (which closes it with a warning, whenever).
+    assert.equal(await opened(), 0);
     const lock = await lockRoot(root, 2);
+    assert.equal(await opened(), 1);
     await lock.release();
+    assert.equal(await opened(), 0);
   });
 });
