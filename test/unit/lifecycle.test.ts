@@ -163,6 +163,44 @@ describe('LifecycleReporter', () => {
     return r;
   }
 
+  /**
+   * An instance launched into a warm pool kept `state`: IMDS's target state says so, and Auto
+   * Scaling holds it in Warmed:Pending:Wait. `leave()` is the group taking it: IMDS reads
+   * InService, and Auto Scaling holds it in Pending:Wait with a new action per hook.
+   */
+  function warmInstance(state: 'Warmed:Stopped' | 'Warmed:Running') {
+    let target: string = state;
+    let looks = 0;
+    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    return {
+      locate: async (): Promise<Location> => (looks++, { instanceId: INSTANCE, group: GROUP, targetLifecycleState: target }),
+      looks: () => looks,
+      leave: () => {
+        target = 'InService';
+        asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+        asg.gone.clear();
+      },
+    };
+  }
+
+  /** Steps the clock one heartbeat interval at a time, each once the reporter waits again (a step may write its record), until `n` heartbeats were sent. */
+  async function heartbeatsSent(n: number, intervalMs: number): Promise<void> {
+    for (let i = 0; i < 12 * n && asg.ops('heartbeat').length < n; i++) {
+      await clock.whenSleeping(1);
+      await clock.advanceAsync(intervalMs);
+    }
+    await until(`${n} heartbeats`, () => asg.ops('heartbeat').length >= n);
+  }
+
+  /** What a started reporter first does about the hook (a heartbeat or a completion, and for which hook) after the call numbered `before`. */
+  async function firstActAfter(before: number): Promise<[string, string | undefined]> {
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(10_000);
+    const first = () => asg.calls.slice(before).find((c) => c.op === 'heartbeat' || c.op === 'complete');
+    await until('a heartbeat or a completion', () => first() !== undefined);
+    return [first()!.op, first()!.hook];
+  }
+
   async function persisted(): Promise<Record<string, unknown>> {
     return JSON.parse(await readFile(fs.resolve(LIFECYCLE_FILE), 'utf8')) as Record<string, unknown>;
   }
@@ -338,9 +376,8 @@ describe('LifecycleReporter', () => {
   });
 
   it('a warm pool\'s instance completes its launch into the pool, and again when it leaves the pool for the group; a restart after that does not', async () => {
-    let target = 'Warmed:Stopped';
-    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
-    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const pool = warmInstance('Warmed:Stopped');
+    const { locate } = pool;
     const inPool = reporter({}, { locate });
     inPool.update(converged());
     await inPool.flush(1);
@@ -351,9 +388,7 @@ describe('LifecycleReporter', () => {
 
     // Stopped in the pool; a day later the group takes it: started again, held in Pending:Wait.
     await clock.advanceAsync(86_400_000);
-    target = 'InService';
-    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
-    asg.gone.clear();
+    pool.leave();
     const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
     leaving.update(converging());
     leaving.start();
@@ -378,18 +413,15 @@ describe('LifecycleReporter', () => {
   });
 
   it('a launch into the warm pool that ended without the agent (its hook timed out while the calls failed) is over once the group takes the instance: the second launch is judged on its own', async () => {
-    let target = 'Warmed:Stopped';
-    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
-    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const pool = warmInstance('Warmed:Stopped');
+    const { locate } = pool;
     // In the pool, every heartbeat is throttled; the hook times out (DefaultResult CONTINUE) and the
     // instance is stopped mid-build: the record is left undecided.
     asg.failNext('heartbeat', 100);
     const inPool = reporter({ heartbeatSeconds: 5 }, { locate });
     inPool.update(converging());
     inPool.start();
-    await clock.whenSleeping(1);
-    await clock.advanceAsync(60_000);
-    await until('the throttled heartbeats', () => asg.ops('heartbeat').length >= 2);
+    await heartbeatsSent(2, 5_000);
     await inPool.stop();
     assert.deepEqual(asg.ops('complete'), []);
     assert.equal((await persisted()).warm, true);
@@ -398,17 +430,12 @@ describe('LifecycleReporter', () => {
 
     // A day later the group takes it: started again, held in Pending:Wait, building afresh.
     await clock.advanceAsync(86_400_000);
-    target = 'InService';
-    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    pool.leave();
     const before = asg.calls.length;
     const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
     leaving.update(converging());
     leaving.start();
-    await clock.whenSleeping(1);
-    await clock.advanceAsync(10_000);
-    const firstAct = () => asg.calls.slice(before).find((c) => c.op === 'heartbeat' || c.op === 'complete');
-    await until('the second launch\'s first heartbeat or completion', () => firstAct() !== undefined);
-    assert.deepEqual(firstAct() && [firstAct()!.op, firstAct()!.hook], ['heartbeat', HOOK], 'the pool\'s day-old budget does not abandon the launch into the group');
+    assert.deepEqual(await firstActAfter(before), ['heartbeat', HOOK], 'the pool\'s day-old budget does not abandon the launch into the group');
     leaving.update(converged());
     await until('the completion', () => asg.ops('complete').length === 1);
     assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
@@ -418,20 +445,16 @@ describe('LifecycleReporter', () => {
   });
 
   it('a warm pool kept Running: a launch into the pool still unsettled when the group takes the instance gives way to the launch into the group', async () => {
-    let target = 'Warmed:Running';
-    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
-    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const pool = warmInstance('Warmed:Running');
+    const { locate } = pool;
     asg.failNext('heartbeat', 100);
     const r = reporter({ heartbeatSeconds: 5 }, { locate });
     r.update(converging());
     r.start();
-    await clock.whenSleeping(1);
-    await clock.advanceAsync(60_000);
-    await until('the throttled heartbeats', () => asg.ops('heartbeat').length >= 2);
+    await heartbeatsSent(2, 5_000);
     const since = (await persisted()).since as number;
     // The hook timed out into the pool meanwhile; the group takes the instance.
-    target = 'InService';
-    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    pool.leave();
     await clock.advanceAsync(30_000);
     await r.flush(1);
     const record = await persisted();
@@ -440,9 +463,8 @@ describe('LifecycleReporter', () => {
   });
 
   it('a launch into the warm pool decided but not known to be completed (the answer was lost before the stop) does not complete the launch into the group before it converges', async () => {
-    let target = 'Warmed:Stopped';
-    const locate = async (): Promise<Location> => ({ instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
-    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const pool = warmInstance('Warmed:Stopped');
+    const { locate } = pool;
     asg.failNext('complete');
     const inPool = reporter({}, { locate });
     inPool.update(converged());
@@ -452,28 +474,21 @@ describe('LifecycleReporter', () => {
     assert.equal((await persisted() as { decision?: { result: string } }).decision?.result, 'CONTINUE');
 
     await clock.advanceAsync(86_400_000);
-    target = 'InService';
-    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+    pool.leave();
     const before = asg.calls.length;
     const completions = asg.ops('complete').length;
     const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
     leaving.update(converging());
     leaving.start();
-    await clock.whenSleeping(1);
-    await clock.advanceAsync(10_000);
-    const firstAct = () => asg.calls.slice(before).find((c) => c.op === 'heartbeat' || c.op === 'complete');
-    await until('the second launch\'s first heartbeat or completion', () => firstAct() !== undefined);
-    assert.deepEqual(firstAct() && [firstAct()!.op, firstAct()!.hook], ['heartbeat', HOOK], 'nothing is completed while this boot still converges');
+    assert.deepEqual(await firstActAfter(before), ['heartbeat', HOOK], 'nothing is completed while this boot still converges');
     leaving.update(converged());
     await until('the completion', () => asg.ops('complete').length === completions + 1);
     assert.equal(asg.ops('complete').at(-1)?.result, 'CONTINUE');
   });
 
   it('a warm pool kept Running: the agent, never restarted, sees the group take its instance (IMDS, every 30 s) and completes the second launch hook', async () => {
-    let target = 'Warmed:Running';
-    let looks = 0;
-    const locate = async (): Promise<Location> => (looks++, { instanceId: INSTANCE, group: GROUP, targetLifecycleState: target });
-    asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
+    const pool = warmInstance('Warmed:Running');
+    const { locate } = pool;
     const r = reporter({}, { locate });
     r.update(converged());
     r.start();
@@ -483,17 +498,15 @@ describe('LifecycleReporter', () => {
     await clock.whenSleeping(1);
     const calls = asg.calls.length;
     // Waiting in the pool: IMDS is read every 30 s, Auto Scaling never.
-    const before = looks;
+    const before = pool.looks();
     for (let i = 0; i < 3; i++) {
       await clock.advanceAsync(30_000);
       await clock.whenSleeping(1);
     }
-    assert.equal(looks - before, 3);
+    assert.equal(pool.looks() - before, 3);
     assert.equal(asg.calls.length, calls);
 
-    target = 'InService';
-    asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
-    asg.gone.clear();
+    pool.leave();
     await clock.advanceAsync(30_000);
     await until('the second completion', () => asg.ops('complete').length === 2);
     assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
