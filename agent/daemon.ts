@@ -3,7 +3,9 @@
 // SIGHUP into the loop's signals, and removes its handlers when the loop has stopped. Everything
 // else (the loop, the parts built from the configuration) lives in loop.ts and takes these in.
 import type { Config } from './config.js';
-import { lockRoot } from './lock.js';
+import path from 'node:path';
+import { InvalidInputError } from './errors.js';
+import { LOCK_FILE, lockRoot } from './lock.js';
 import { createLogger, type Logger } from './log.js';
 import { startDaemon, type DaemonSignal } from './loop.js';
 import { realClock, type Clock } from './ports.js';
@@ -22,7 +24,10 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
   const log = createLogger({ level: config.logLevel });
   const clock = realClock();
   const notify = createNotify(env, { onError: (err) => log.warn({ event: 'notify.error', err: err.message }, `sd_notify: ${err.message}`) });
-  const lock = await lockRoot(config.root, process.pid);
+  const lock = await lockRoot(config.root, process.pid).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EACCES' && err.code !== 'EPERM') throw err;
+    throw new InvalidInputError(`run needs root (${err.message})`, path.join(config.root, LOCK_FILE), { errno: err.code }, { cause: err });
+  });
   if (lock.unheld) log.warn({ event: 'lock.unheld', reason: lock.unheld }, `no lock on the root: ${lock.unheld}`);
   try {
     return await supervise(config, options, { log, clock, env, notify });

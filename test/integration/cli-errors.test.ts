@@ -3,6 +3,7 @@
 // process left behind. And `sandbox --parameters` states what SSM holds: re-running it is a no-op.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -21,9 +22,13 @@ interface Ended {
   readonly hung: boolean;
 }
 
-function cli(args: readonly string[]): Promise<Ended> {
+const SETPRIV = '/usr/bin/setpriv';
+
+/** The CLI with `args`, run through `wrapper` (a command and its arguments) when given. */
+function cli(args: readonly string[], wrapper: readonly string[] = []): Promise<Ended> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: cleanEnv(process.env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, ...rest] = [...wrapper, process.execPath, CLI, ...args] as [string, ...string[]];
+    const child = spawn(command, rest, { env: cleanEnv(process.env), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let hung = false;
@@ -107,6 +112,20 @@ describe('bad input to every command', { concurrency: 4 }, () => {
       assert.doesNotMatch(ended.stderr, /^\s+at /m, 'no stack trace');
     });
   }
+
+  test('run by a user who may not take the root: exit 2, one line naming the lock', async (t) => {
+    if (process.getuid?.() !== 0 || !existsSync(SETPRIV)) {
+      t.skip('needs root and setpriv to switch to nobody');
+      return;
+    }
+    const root = f('root-of-root');
+    await mkdir(root, { mode: 0o755 });
+    const ended = await cli(['run', '--root', root], [SETPRIV, '--reuid=65534', '--regid=65534', '--clear-groups']);
+    assert.equal(ended.code, 2, ended.stderr);
+    const lines = ended.stderr.trimEnd().split('\n');
+    assert.equal(lines.length, 1, ended.stderr);
+    assert.ok(lines[0]!.startsWith(`nixos-ec2-agent run: ${path.join(root, 'var/lib/nixos-ec2-agent/lock')}: run needs root (EACCES: permission denied, mkdir '${root}`), lines[0]);
+  });
 
   test('--debug adds the stack trace', async () => {
     const ended = await cli(['emulate', '--parameters', f('bad-type.json'), '--debug']);
