@@ -1014,7 +1014,8 @@ export class AutoScalingEmulator {
     const all = [...this.groups.values()].filter((g) => wanted.size === 0 || wanted.has(g.name));
     const { page, next } = paginate(all, p.get('NextToken'), maxRecords, 'groups');
     const groups = page.map((g): XmlNode => {
-      // The warm pool's instances are not the group's (DescribeWarmPool lists them).
+      // The warm pool's instances are not the group's: AWS lists them with DescribeWarmPool, which
+      // this emulator does not serve.
       const members = [...this.instances.values()].filter((i) => i.groupName === g.name && i.lifecycleState !== 'Terminated' && !i.lifecycleState.startsWith('Warmed:'));
       return {
         AutoScalingGroupName: g.name,
