@@ -137,6 +137,7 @@ export class World {
       // in Pending:Wait reads InService, a termination Terminated; a launch into a warm pool reads
       // the pool's state (Warmed:Stopped) from Warmed:Pending on.
       const pool = autoScaling?.warmPool;
+      if (pool) autoscaling.putWarmPool(group, { poolState: pool });
       const follow = (state: string) => {
         const target: TargetLifecycleState | undefined = /^(Pending|InService)/.test(state)
           ? 'InService'

@@ -83,6 +83,16 @@ export interface HookSpec {
 
 /** A warm pool's pool state: what its instances are kept as until the group needs them. */
 export type WarmPoolState = 'Stopped' | 'Running' | 'Hibernated';
+export const WARM_POOL_STATES: readonly WarmPoolState[] = ['Stopped', 'Running', 'Hibernated'];
+
+/** A group's warm pool as PutWarmPool sets it (the instances in it are launched with `warmPool`). */
+export interface WarmPoolSpec {
+  readonly poolState: WarmPoolState;
+  readonly minSize: number;
+  /** -1 (or absent): the group's MaxSize. */
+  readonly maxGroupPreparedCapacity?: number;
+  readonly reuseOnScaleIn?: boolean;
+}
 
 export interface LaunchSpec {
   readonly instanceId: string;
@@ -205,6 +215,7 @@ interface GroupState {
   createdAt: number;
   /** The id inside the group's ARN. */
   uuid: string;
+  warmPool?: WarmPoolSpec;
 }
 
 interface HookState {
@@ -370,6 +381,9 @@ export class AutoScalingEmulator {
     DescribeLifecycleHooks: (p) => this.opDescribeLifecycleHooks(p),
     DescribeLifecycleHookTypes: () => toXml({ LifecycleHookTypes: [LAUNCHING, TERMINATING] }),
     PutLifecycleHook: (p) => this.opPutLifecycleHook(p),
+    PutWarmPool: (p) => this.opPutWarmPool(p),
+    DescribeWarmPool: (p) => this.opDescribeWarmPool(p),
+    DeleteWarmPool: (p) => this.opDeleteWarmPool(p),
   };
 
   private constructor(options: AutoScalingEmulatorOptions) {
@@ -424,6 +438,21 @@ export class AutoScalingEmulator {
       createdAt: this.clock.now(),
       uuid: randomUUID(),
     });
+  }
+
+  /** PutWarmPool: the group gets a warm pool, or its pool new settings. */
+  putWarmPool(groupName: string, spec: Partial<WarmPoolSpec> = {}): void {
+    const group = this.groups.get(groupName);
+    if (!group) throw validation(`Group ${groupName} not found`);
+    const poolState = spec.poolState ?? 'Stopped';
+    if (!WARM_POOL_STATES.includes(poolState)) throw constraint(poolState, 'poolState', `Member must satisfy enum value set: [${WARM_POOL_STATES.join(', ')}]`);
+    const minSize = spec.minSize ?? 0;
+    if (!Number.isInteger(minSize) || minSize < 0) throw constraint(String(minSize), 'minSize', 'Member must have value greater than or equal to 0');
+    const prepared = spec.maxGroupPreparedCapacity;
+    if (prepared !== undefined && (!Number.isInteger(prepared) || prepared < -1)) {
+      throw constraint(String(prepared), 'maxGroupPreparedCapacity', 'Member must have value greater than or equal to -1');
+    }
+    group.warmPool = { poolState, minSize, ...(prepared !== undefined ? { maxGroupPreparedCapacity: prepared } : {}), ...(spec.reuseOnScaleIn !== undefined ? { reuseOnScaleIn: spec.reuseOnScaleIn } : {}) };
   }
 
   putLifecycleHook(spec: HookSpec): void {
@@ -1068,6 +1097,66 @@ export class AutoScalingEmulator {
         DefaultResult: h.defaultResult,
       })),
     });
+  }
+
+  private opPutWarmPool(p: Params): string {
+    const reuse = optionalBoolean(p, 'InstanceReusePolicy.ReuseOnScaleIn');
+    const prepared = optionalInteger(p, 'MaxGroupPreparedCapacity', 'maxGroupPreparedCapacity');
+    const minSize = optionalInteger(p, 'MinSize', 'minSize');
+    const poolState = p.get('PoolState') as WarmPoolState | undefined;
+    this.putWarmPool(required(p, 'AutoScalingGroupName', 'autoScalingGroupName'), {
+      ...(poolState !== undefined ? { poolState } : {}),
+      ...(minSize !== undefined ? { minSize } : {}),
+      ...(prepared !== undefined ? { maxGroupPreparedCapacity: prepared } : {}),
+      ...(reuse !== undefined ? { reuseOnScaleIn: reuse } : {}),
+    });
+    return '';
+  }
+
+  /** The pool's settings and the instances in it (none, and no settings, for a group without a pool). */
+  private opDescribeWarmPool(p: Params): string {
+    const groupName = required(p, 'AutoScalingGroupName', 'autoScalingGroupName');
+    const maxRecords = optionalInteger(p, 'MaxRecords', 'maxRecords') ?? MAX_RECORDS_INSTANCES;
+    if (maxRecords < 1 || maxRecords > MAX_RECORDS_INSTANCES) throw validation(`MaxRecords must be between 1 and ${MAX_RECORDS_INSTANCES}, got ${maxRecords}`);
+    const group = this.groups.get(groupName);
+    if (!group) throw validation(`Group ${groupName} not found`);
+    const pool = group.warmPool;
+    const members = [...this.instances.values()].filter((i) => i.groupName === groupName && i.lifecycleState.startsWith('Warmed:') && i.lifecycleState !== 'Warmed:Terminated');
+    const { page, next } = paginate(members, p.get('NextToken'), maxRecords, 'warm-pool');
+    return toXml({
+      WarmPoolConfiguration: pool
+        ? {
+            MaxGroupPreparedCapacity: pool.maxGroupPreparedCapacity,
+            MinSize: pool.minSize,
+            PoolState: pool.poolState,
+            InstanceReusePolicy: pool.reuseOnScaleIn !== undefined ? { ReuseOnScaleIn: pool.reuseOnScaleIn } : undefined,
+          }
+        : undefined,
+      Instances: page.map((i) => this.instanceXml(i, false)),
+      NextToken: next,
+    });
+  }
+
+  /**
+   * The pool goes, and the instances waiting in it are terminated: through the terminate hooks, or
+   * at once with ForceDelete, whatever lifecycle action they are in.
+   */
+  private opDeleteWarmPool(p: Params): string {
+    const groupName = required(p, 'AutoScalingGroupName', 'autoScalingGroupName');
+    const force = optionalBoolean(p, 'ForceDelete') ?? false;
+    const group = this.groups.get(groupName);
+    if (!group) throw validation(`Group ${groupName} not found`);
+    if (!group.warmPool) throw validation(`No warm pool found for Auto Scaling group ${groupName}.`);
+    delete group.warmPool;
+    for (const i of this.instances.values()) {
+      if (i.groupName !== groupName || !i.warmPool || terminating(i)) continue;
+      this.beginTermination(i, !force);
+      if (force) {
+        this.setState(i, 'Warmed:Terminated');
+        this.changed(i);
+      }
+    }
+    return '';
   }
 
   private opPutLifecycleHook(p: Params): string {

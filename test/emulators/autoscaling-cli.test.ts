@@ -176,4 +176,35 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     assert.equal(emulator.instance(id)?.lifecycleState, 'Warmed:Terminated');
     assert.deepEqual(emulator.instance(id)?.stateHistory, ['Warmed:Pending', 'Warmed:Running', 'Warmed:Terminating', 'Warmed:Terminating:Wait', 'Warmed:Terminating:Proceed', 'Warmed:Terminated']);
   });
+
+  it('put-warm-pool, describe-warm-pool and delete-warm-pool: the pool\'s settings and the instances waiting in it', async () => {
+    const group = 'warm-cli-asg';
+    emulator.createGroup({ name: group, maxSize: 4 });
+    const none = await aws('describe-warm-pool', '--auto-scaling-group-name', group);
+    assert.equal(none.code, 0, none.stderr);
+    assert.deepEqual(JSON.parse(none.stdout), { Instances: [] });
+    const put = await aws('put-warm-pool', '--auto-scaling-group-name', group, '--pool-state', 'Hibernated', '--min-size', '1', '--instance-reuse-policy', 'ReuseOnScaleIn=true');
+    assert.equal(put.code, 0, put.stderr);
+    assert.equal(put.stdout.trim(), '');
+    emulator.launchInstance({ instanceId: 'i-0bbbbbbbbbbbbbbb1', groupName: group, warmPool: 'Hibernated' });
+    emulator.launchInstance({ instanceId: 'i-0bbbbbbbbbbbbbbb2', groupName: group });
+    const described = await aws('describe-warm-pool', '--auto-scaling-group-name', group);
+    assert.equal(described.code, 0, described.stderr);
+    const out = JSON.parse(described.stdout) as { WarmPoolConfiguration: Record<string, unknown>; Instances: Array<{ InstanceId: string; LifecycleState: string }> };
+    assert.deepEqual(out.WarmPoolConfiguration, { MinSize: 1, PoolState: 'Hibernated', InstanceReusePolicy: { ReuseOnScaleIn: true } });
+    // The group's own instance is not the pool's; the pool's has no launch hook here, so it rests.
+    assert.deepEqual(out.Instances.map((i) => [i.InstanceId, i.LifecycleState]), [['i-0bbbbbbbbbbbbbbb1', 'Warmed:Hibernated']]);
+    const bad = await aws('put-warm-pool', '--auto-scaling-group-name', group, '--pool-state', 'Frozen');
+    assert.equal(bad.code, 254);
+    assert.match(bad.stderr, /ValidationError/);
+
+    const deleted = await aws('delete-warm-pool', '--auto-scaling-group-name', group, '--force-delete');
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.equal(emulator.instance('i-0bbbbbbbbbbbbbbb1')?.lifecycleState, 'Warmed:Terminated');
+    assert.equal(emulator.instance('i-0bbbbbbbbbbbbbbb2')?.lifecycleState, 'InService');
+    assert.deepEqual(JSON.parse((await aws('describe-warm-pool', '--auto-scaling-group-name', group)).stdout), { Instances: [] });
+    const again = await aws('delete-warm-pool', '--auto-scaling-group-name', group);
+    assert.equal(again.code, 254);
+    assert.match(again.stderr, /No warm pool found/);
+  });
 });
