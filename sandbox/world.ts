@@ -139,15 +139,7 @@ export class World {
       const pool = autoScaling?.warmPool;
       if (pool) autoscaling.putWarmPool(group, { poolState: pool });
       const follow = (state: string) => {
-        const target: TargetLifecycleState | undefined = /^(Pending|InService)/.test(state)
-          ? 'InService'
-          : state.startsWith('Terminat')
-            ? 'Terminated'
-            : state.startsWith('Warmed:Terminat')
-              ? 'Warmed:Terminated'
-              : pool && state.startsWith('Warmed:')
-                ? (`Warmed:${pool}` as const)
-                : undefined;
+        const target = targetOf(state, pool);
         if (target) imds.setTargetLifecycleState(target);
       };
       const launched = autoscaling.launchInstance({
@@ -269,4 +261,13 @@ export function seedParameters(ssm: SsmEmulator, requests: readonly PutParameter
 
 export class WorldInputError extends Error {
   readonly kind = 'invalid-input';
+}
+
+/** The target lifecycle state IMDS reads while Auto Scaling holds an instance in `state`. */
+function targetOf(state: string, pool: 'Stopped' | 'Running' | 'Hibernated' | undefined): TargetLifecycleState | undefined {
+  if (/^(Pending|InService)/.test(state)) return 'InService';
+  if (state.startsWith('Terminat')) return 'Terminated';
+  if (state.startsWith('Warmed:Terminat')) return 'Warmed:Terminated';
+  if (pool && state.startsWith('Warmed:')) return `Warmed:${pool}`;
+  return undefined;
 }
