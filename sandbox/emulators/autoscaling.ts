@@ -305,6 +305,11 @@ function poolPrefix(instance: Pick<InstanceState, 'warmPool'>): '' | 'Warmed:' {
   return instance.warmPool ? 'Warmed:' : '';
 }
 
+/** Gone from the group or from its warm pool: no call names it any more. */
+function gone(instance: Pick<InstanceState, 'lifecycleState'>): boolean {
+  return /^(Warmed:)?Terminated$/.test(instance.lifecycleState);
+}
+
 /** On its way out, or gone: from the group (`Terminating…`) or from the warm pool (`Warmed:Terminating…`). */
 function terminating(instance: Pick<InstanceState, 'lifecycleState'>): boolean {
   return /^(Warmed:)?Terminat/.test(instance.lifecycleState);
@@ -476,11 +481,11 @@ export class AutoScalingEmulator {
     const group = this.groups.get(spec.groupName);
     if (!group) throw validation(`Group ${spec.groupName} not found`);
     const existing = this.instances.get(spec.instanceId);
-    if (existing && existing.lifecycleState !== 'Terminated' && existing.lifecycleState !== 'Warmed:Terminated') {
+    if (existing && !gone(existing)) {
       throw validation(`Instance ${spec.instanceId} is already in group ${existing.groupName}`);
     }
     const now = this.clock.now();
-    const warm = spec.warmPool ? 'Warmed:' : '';
+    const warm = poolPrefix(spec);
     const instance: InstanceState = {
       instanceId: spec.instanceId,
       groupName: group.name,
@@ -495,10 +500,7 @@ export class AutoScalingEmulator {
       ...(spec.warmPool ? { warmPool: spec.warmPool } : {}),
     };
     this.instances.set(instance.instanceId, instance);
-    const tokens = this.startActions(instance, LAUNCHING, `${warm}Pending:Wait`);
-    if (tokens.length === 0) this.launched(instance);
-    this.changed(instance);
-    return { lifecycleState: instance.lifecycleState, token: tokens[0], tokens };
+    return this.holdLaunch(instance);
   }
 
   /**
@@ -513,7 +515,12 @@ export class AutoScalingEmulator {
     }
     delete instance.warmPool;
     this.setState(instance, 'Pending');
-    const tokens = this.startActions(instance, LAUNCHING, 'Pending:Wait');
+    return this.holdLaunch(instance);
+  }
+
+  /** A launch held by the launch hooks in (Warmed:)Pending:Wait, or, with none, launched at once. */
+  private holdLaunch(instance: InstanceState): LaunchOutcome {
+    const tokens = this.startActions(instance, LAUNCHING, `${poolPrefix(instance)}Pending:Wait`);
     if (tokens.length === 0) this.launched(instance);
     this.changed(instance);
     return { lifecycleState: instance.lifecycleState, token: tokens[0], tokens };
@@ -992,7 +999,7 @@ export class AutoScalingEmulator {
       throw validation(`Valid values for HealthStatus are Healthy and Unhealthy, got ${status}`);
     }
     const instance = this.instances.get(instanceId);
-    if (!instance || instance.lifecycleState === 'Terminated' || instance.lifecycleState === 'Warmed:Terminated') {
+    if (!instance || gone(instance)) {
       throw validation(`Instance Id not found - No managed instance found for instance ID: ${instanceId}`);
     }
     instance.healthStatus = status === 'Healthy' ? 'HEALTHY' : 'UNHEALTHY';
@@ -1027,7 +1034,7 @@ export class AutoScalingEmulator {
     const wanted = new Set(ids);
     // Terminated instances have left their group, so Describe no longer lists them. A warm pool's
     // instances are listed, in their Warmed:* states (AutoScalingInstanceDetails.LifecycleState).
-    const all = [...this.instances.values()].filter((i) => i.lifecycleState !== 'Terminated' && i.lifecycleState !== 'Warmed:Terminated' && (wanted.size === 0 || wanted.has(i.instanceId)));
+    const all = [...this.instances.values()].filter((i) => !gone(i) && (wanted.size === 0 || wanted.has(i.instanceId)));
     const { page, next } = paginate(all, p.get('NextToken'), maxRecords, 'instances');
     return toXml({ AutoScalingInstances: page.map((i) => this.instanceXml(i, true)), NextToken: next });
   }
@@ -1121,7 +1128,7 @@ export class AutoScalingEmulator {
     const group = this.groups.get(groupName);
     if (!group) throw validation(`Group ${groupName} not found`);
     const pool = group.warmPool;
-    const members = [...this.instances.values()].filter((i) => i.groupName === groupName && i.lifecycleState.startsWith('Warmed:') && i.lifecycleState !== 'Warmed:Terminated');
+    const members = [...this.instances.values()].filter((i) => i.groupName === groupName && i.lifecycleState.startsWith('Warmed:') && !gone(i));
     const { page, next } = paginate(members, p.get('NextToken'), maxRecords, 'warm-pool');
     return toXml({
       WarmPoolConfiguration: pool
