@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod/v3';
 import type { Clock } from '../agent/ports.js';
-import { AutoScalingEmulator } from './emulators/autoscaling.js';
+import { AutoScalingEmulator, type WarmPoolState } from './emulators/autoscaling.js';
 import { CloudWatchEmulator } from './emulators/cloudwatch.js';
 import { defaultInstance, ImdsEmulator, type ImdsInstance, type TargetLifecycleState } from './emulators/imds.js';
 import { SsmEmulator, SsmServiceError, type PutParameterRequest, type SsmThroughput } from './emulators/ssm.js';
@@ -138,8 +138,8 @@ export class World {
       // the pool's state (Warmed:Stopped) from Warmed:Pending on.
       const pool = autoScaling?.warmPool;
       if (pool) autoscaling.putWarmPool(group, { poolState: pool });
-      const follow = (state: string) => {
-        const target = targetOf(state, pool);
+      const follow = (state: string, inPool: WarmPoolState | undefined = pool) => {
+        const target = targetOf(state, inPool);
         if (target) imds.setTargetLifecycleState(target);
       };
       const launched = autoscaling.launchInstance({
@@ -151,7 +151,8 @@ export class World {
       });
       if (spec.targetLifecycleState === undefined) follow(launched.lifecycleState);
       autoscaling.onInstanceChange((view) => {
-        if (view.instanceId === instance.instanceId) follow(view.lifecycleState);
+        // A scale-in under the pool's reuse policy takes an instance of the group itself there.
+        if (view.instanceId === instance.instanceId) follow(view.lifecycleState, view.warmPool);
       });
     }
     return new World(imds, ssm, autoscaling, cloudwatch, instance, group, hook);
@@ -264,7 +265,7 @@ export class WorldInputError extends Error {
 }
 
 /** The target lifecycle state IMDS reads while Auto Scaling holds an instance in `state`. */
-function targetOf(state: string, pool: 'Stopped' | 'Running' | 'Hibernated' | undefined): TargetLifecycleState | undefined {
+function targetOf(state: string, pool: WarmPoolState | undefined): TargetLifecycleState | undefined {
   if (/^(Pending|InService)/.test(state)) return 'InService';
   if (state.startsWith('Terminat')) return 'Terminated';
   if (state.startsWith('Warmed:Terminat')) return 'Warmed:Terminated';

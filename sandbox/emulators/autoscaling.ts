@@ -146,6 +146,8 @@ export interface InstanceView {
   readonly heartbeats: number;
   /** Every lifecycle state the instance has been in, oldest first. */
   readonly stateHistory: readonly string[];
+  /** The pool state while the instance belongs to its group's warm pool (or is on its way in). */
+  readonly warmPool?: WarmPoolState;
 }
 
 /** One entry of the lifecycle history: what was completed, heartbeated or timed out, and how. */
@@ -526,11 +528,27 @@ export class AutoScalingEmulator {
     return { lifecycleState: instance.lifecycleState, token: tokens[0], tokens };
   }
 
-  /** Starts a scale-in of one instance: `Terminating:Wait` under terminate hooks, else `Terminated`. */
+  /**
+   * Starts a scale-in of one instance: `Terminating:Wait` under terminate hooks, else `Terminated`.
+   * Under its warm pool's instance reuse policy (ReuseOnScaleIn), an instance in service goes back
+   * to the pool instead: "an instance that is returning to the warm pool pauses to perform a custom
+   * action when it reaches the Warmed:Pending:Wait state for the EC2_INSTANCE_TERMINATING lifecycle
+   * action" (EC2 Auto Scaling user guide, warm-pool-instance-lifecycle), then rests in the pool's
+   * state until a scale-out takes it again (leaveWarmPool).
+   */
   terminateInstance(instanceId: string): { lifecycleState: string; tokens: readonly string[] } {
     this.evaluate();
     const instance = this.instances.get(instanceId);
     if (!instance) throw validation(`Instance Id not found - No managed instance found for instance ID: ${instanceId}`);
+    const pool = this.groups.get(instance.groupName)?.warmPool;
+    if (pool?.reuseOnScaleIn && instance.lifecycleState === 'InService') {
+      instance.warmPool = pool.poolState;
+      this.setState(instance, 'Warmed:Pending');
+      const tokens = this.startActions(instance, TERMINATING, 'Warmed:Pending:Wait');
+      if (tokens.length === 0) this.launched(instance);
+      this.changed(instance);
+      return { lifecycleState: instance.lifecycleState, tokens };
+    }
     const tokens = this.beginTermination(instance, true);
     return { lifecycleState: instance.lifecycleState, tokens };
   }
@@ -727,11 +745,17 @@ export class AutoScalingEmulator {
         if (!warm) this.replaceIfDue(instance);
       }
     } else {
-      // On termination both results terminate; ABANDON skips the remaining hooks.
+      // On termination both results terminate; ABANDON skips the remaining hooks. An instance
+      // returning to the warm pool (held in Warmed:Pending:Wait) goes on into the pool either way.
       if (result === 'ABANDON') for (const other of siblings) this.active.delete(other.token);
       if (result === 'ABANDON' || siblings.length === 0) {
-        this.setState(instance, `${warm}Terminating:Proceed`);
-        this.setState(instance, `${warm}Terminated`);
+        if (instance.lifecycleState === 'Warmed:Pending:Wait') {
+          this.setState(instance, 'Warmed:Pending:Proceed');
+          this.launched(instance);
+        } else {
+          this.setState(instance, `${warm}Terminating:Proceed`);
+          this.setState(instance, `${warm}Terminated`);
+        }
       }
     }
     this.changed(instance);
@@ -801,6 +825,7 @@ export class AutoScalingEmulator {
       lastResult: instance.lastResult,
       heartbeats: instance.heartbeats,
       stateHistory: instance.stateHistory,
+      ...(instance.warmPool ? { warmPool: instance.warmPool } : {}),
       activeActions: this.actionsOf(instance.instanceId).map((a) => ({
         hookName: a.hookName,
         transition: a.transition,

@@ -177,6 +177,55 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     assert.deepEqual(emulator.instance(id)?.stateHistory, ['Warmed:Pending', 'Warmed:Running', 'Warmed:Terminating', 'Warmed:Terminating:Wait', 'Warmed:Terminating:Proceed', 'Warmed:Terminated']);
   });
 
+  it('a scale-in under the pool\'s instance reuse policy returns an instance in service to the pool through Warmed:Pending:Wait (the terminate hook); a scale-out takes it back through Pending:Wait (the launch hook)', async () => {
+    const group = 'web-reuse-asg';
+    const id = 'i-0aaaaaaaaaaaaaac0';
+    emulator.createGroup({ name: group });
+    emulator.putLifecycleHook({ groupName: group, hookName: 'launch-hook', transition: LAUNCHING });
+    emulator.putLifecycleHook({ groupName: group, hookName: 'terminate-hook', transition: TERMINATING });
+    const put = await aws('put-warm-pool', '--auto-scaling-group-name', group, '--pool-state', 'Stopped', '--instance-reuse-policy', 'ReuseOnScaleIn=true');
+    assert.equal(put.code, 0, put.stderr);
+    const complete = async (hook: string) => {
+      const r = await aws('complete-lifecycle-action', '--lifecycle-hook-name', hook, '--auto-scaling-group-name', group, '--lifecycle-action-result', 'CONTINUE', '--instance-id', id);
+      assert.equal(r.code, 0, r.stderr);
+    };
+    const state = async () => {
+      const r = await aws('describe-auto-scaling-instances', '--instance-ids', id);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { AutoScalingInstances: Array<{ LifecycleState: string }> }).AutoScalingInstances[0]?.LifecycleState;
+    };
+    const pooled = async () => {
+      const r = await aws('describe-warm-pool', '--auto-scaling-group-name', group);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { Instances: Array<{ InstanceId: string; LifecycleState: string }> }).Instances.map((i) => [i.InstanceId, i.LifecycleState]);
+    };
+    // Launched into the group itself: the launch hook, then in service.
+    emulator.launchInstance({ instanceId: id, groupName: group });
+    await complete('launch-hook');
+    assert.equal(await state(), 'InService');
+
+    assert.equal(emulator.terminateInstance(id).lifecycleState, 'Warmed:Pending:Wait');
+    assert.deepEqual(await pooled(), [[id, 'Warmed:Pending:Wait']]);
+    await complete('terminate-hook');
+    assert.equal(await state(), 'Warmed:Stopped');
+    assert.deepEqual(await pooled(), [[id, 'Warmed:Stopped']]);
+    assert.equal(emulator.instance(id)?.warmPool, 'Stopped');
+
+    assert.equal(emulator.leaveWarmPool(id).lifecycleState, 'Pending:Wait');
+    assert.deepEqual(await pooled(), []);
+    await complete('launch-hook');
+    assert.equal(await state(), 'InService');
+    assert.deepEqual(emulator.instance(id)?.stateHistory, [
+      'Pending', 'Pending:Wait', 'Pending:Proceed', 'InService',
+      'Warmed:Pending', 'Warmed:Pending:Wait', 'Warmed:Pending:Proceed', 'Warmed:Stopped',
+      'Pending', 'Pending:Wait', 'Pending:Proceed', 'InService',
+    ]);
+
+    // Without the reuse policy the same scale-in terminates.
+    emulator.putWarmPool(group, { poolState: 'Stopped', reuseOnScaleIn: false });
+    assert.equal(emulator.terminateInstance(id).lifecycleState, 'Terminating:Wait');
+  });
+
   it('put-warm-pool, describe-warm-pool and delete-warm-pool: the pool\'s settings and the instances waiting in it', async () => {
     const group = 'warm-cli-asg';
     emulator.createGroup({ name: group, maxSize: 4 });
