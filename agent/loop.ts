@@ -68,6 +68,7 @@ type DaemonEvent =
   | { readonly kind: 'pass-finished'; readonly result: PassResult; readonly durationMs: number | undefined }
   | { readonly kind: 'local-change'; readonly reason: string }
   | { readonly kind: 'leaving'; readonly notice: LeavingNotice | undefined }
+  | { readonly kind: 'target-state'; readonly state: string }
   | { readonly kind: 'control'; readonly op: ControlOp; readonly reply: ControlReply }
   | { readonly kind: 'signal'; readonly signal: DaemonSignal }
   | { readonly kind: 'reloaded'; readonly parts: Parts | undefined }
@@ -186,6 +187,9 @@ class DaemonLoop implements Daemon {
         return;
       case 'leaving':
         return this.onLeaving(event.notice);
+      case 'target-state':
+        this.parts?.lifecycle?.observeTarget(event.state);
+        return;
       case 'control':
         return this.onControl(event.op, event.reply);
       case 'signal':
@@ -400,7 +404,7 @@ class DaemonLoop implements Daemon {
       log: (level, event, message, fields) => log[level]({ event, ...fields }, message),
     });
     const leaving = config.termination.enabled
-      ? new LeavingWatch(imdsMonitors(agent.imds, config.termination.checkSeconds * 1000), {
+      ? new LeavingWatch(imdsMonitors(agent.imds, config.termination.checkSeconds * 1000, (state) => this.post({ kind: 'target-state', state })), {
           clock,
           ...(this.leavingNotice ? { initial: this.leavingNotice } : {}),
           onChange: (notice) => this.post({ kind: 'leaving', notice }),
@@ -436,10 +440,11 @@ class DaemonLoop implements Daemon {
     parts.lifecycle?.start();
   }
 
-  private async stopParts(parts: Parts): Promise<void> {
+  /** `last`: the daemon's own stop, not a reload's end of the parts it replaces. */
+  private async stopParts(parts: Parts, last = false): Promise<void> {
     await parts.local?.stop();
     await parts.leaving?.stop();
-    await parts.lifecycle?.stop();
+    await parts.lifecycle?.stop({ lastLook: last });
   }
 
   async start(): Promise<void> {
@@ -515,7 +520,7 @@ class DaemonLoop implements Daemon {
     await this.control.stop();
     // Control answers and reloads still under way end before the parts they use stop.
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
-    await this.stopParts(this.parts);
+    await this.stopParts(this.parts, true);
     await this.http?.stop();
     await this.hooks;
     await this.statusFile.flush();

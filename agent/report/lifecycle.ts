@@ -38,6 +38,11 @@ const FIRST_CALL_DELAY_MS = 10_000;
  * it: a pool kept Running does not restart its instances when they leave it.
  */
 const WARM_POOL_LOOK_MS = 30_000;
+/**
+ * The most a stopping agent waits for its last look at the target state: a stop is not held up by
+ * an IMDS that does not answer.
+ */
+const LAST_LOOK_MS = 2_000;
 
 export interface Location {
   readonly instanceId: string;
@@ -119,6 +124,11 @@ export class LifecycleReporter {
   private errors = 0;
   private lastError: string | undefined;
 
+  /** A target lifecycle state read elsewhere (the leaving watch) that the next step follows. */
+  private observedTarget: string | undefined;
+  /** The last one read elsewhere: only a change is followed. */
+  private lastObserved: string | undefined;
+
   private chain: Promise<void> = Promise.resolve();
   private loopDone: Promise<void> | undefined;
   private stopped = false;
@@ -139,11 +149,29 @@ export class LifecycleReporter {
     this.loopDone = this.loop();
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Where Auto Scaling is taking the instance, as IMDS's `autoscaling/target-lifecycle-state` read
+   * elsewhere says (the leaving watch reads it every 30 s): an instance in service that the group
+   * returns to its warm pool meets the launch hooks again when it leaves the pool.
+   */
+  observeTarget(state: string | undefined): void {
+    if (state === undefined || state === this.lastObserved) return;
+    this.lastObserved = state;
+    this.observedTarget = state;
+    this.kick();
+  }
+
+  /**
+   * Stops acting. With `lastLook`, the daemon's own stop, an instance in service looks once more
+   * where the group is taking it: a scale-in that returns it to a Stopped pool stops it seconds
+   * after the target turns, sooner than the next look would come.
+   */
+  async stop(options: { lastLook?: boolean } = {}): Promise<void> {
     this.stopped = true;
     this.wake?.abort();
     await this.loopDone;
     await this.chain;
+    if (options.lastLook) await this.step(() => this.lookBeforeStop());
   }
 
   /**
@@ -216,9 +244,9 @@ export class LifecycleReporter {
     return times.length ? Math.min(...times) : Infinity;
   }
 
-  /** One look at everything that is due; steps never overlap. */
-  private step(): Promise<void> {
-    const run = this.chain.then(() => this.act());
+  /** One look at everything that is due (or `what`); steps never overlap. */
+  private step(what: () => Promise<void> = () => this.act()): Promise<void> {
+    const run = this.chain.then(what);
     this.chain = run.catch(() => undefined);
     return run;
   }
@@ -236,6 +264,7 @@ export class LifecycleReporter {
       }
     };
     if (!this.record && !(await attempt('locate', () => this.load()))) return this.afterStep(failures);
+    if (this.observedTarget !== undefined) this.followTarget(this.record!, this.observedTarget);
     if (this.record!.warm) await this.lookOutOfWarmPool(attempt);
     const record = this.record!;
     if (!record.settled) await this.launch(record, attempt);
@@ -477,10 +506,7 @@ export class LifecycleReporter {
         previous.group = here.group;
         this.recordDirty = true;
       }
-      if (isWarm(here) && !previous.warm && !previous.settled) {
-        previous.warm = true;
-        this.recordDirty = true;
-      }
+      this.enteringWarmPool(previous, here.targetLifecycleState);
     } else {
       this.beginLaunch(here);
     }
@@ -502,6 +528,45 @@ export class LifecycleReporter {
     this.engaged = false;
     this.nextBeatAt = undefined;
     this.hookNames = undefined;
+  }
+
+  /**
+   * A target state read outside the reporter's own looks: into the warm pool, or out of it (a new
+   * launch, as `leftWarmPool` says).
+   */
+  private followTarget(record: Persisted, target: string): void {
+    this.observedTarget = undefined;
+    const here: Location = { instanceId: record.instanceId, ...(record.group ? { group: record.group } : {}), targetLifecycleState: target };
+    if (this.leftWarmPool(record, here)) this.beginLaunch(here);
+    else this.enteringWarmPool(record, target);
+  }
+
+  /**
+   * A `Warmed:` target means the instance is in its group's warm pool or on its way there: launched
+   * into it, or, in service, returned to it by a scale-in under the pool's instance reuse policy
+   * (ReuseOnScaleIn). Either way, leaving the pool later is a launch into the group whose hooks the
+   * agent completes (warm-pool-instance-lifecycle), so the record says so from now on.
+   */
+  private enteringWarmPool(record: Persisted, target: string | undefined): void {
+    if (record.warm || !target?.startsWith('Warmed:')) return;
+    record.warm = true;
+    this.recordDirty = true;
+    this.nextWarmLookAt = this.options.clock.now() + (this.options.warmPoolLookMs ?? WARM_POOL_LOOK_MS);
+    if (record.settled) this.options.log.info({ event: 'lifecycle.warm-pool-return', group: record.group, target }, `the group is returning the instance to its warm pool (${target}): its launch hook is met again when it leaves`);
+  }
+
+  /** The daemon is stopping: one bounded look, kept if it finds the instance going into the pool. */
+  private async lookBeforeStop(): Promise<void> {
+    const record = this.record;
+    if (!record || record.warm || !record.group) return;
+    const timer = new AbortController();
+    const here = await Promise.race([
+      this.options.locate().catch(() => undefined),
+      this.options.clock.sleep(LAST_LOOK_MS, timer.signal).then(() => undefined, () => undefined),
+    ]).finally(() => timer.abort());
+    if (here?.instanceId !== record.instanceId) return;
+    this.enteringWarmPool(record, here.targetLifecycleState);
+    if (this.recordDirty) await this.save().catch((err: unknown) => this.fail('save', err));
   }
 
   /** A warm pool's instance that kept running: has the group taken it? */

@@ -28,11 +28,16 @@ export const LEAVING_TARGET_STATES: ReadonlySet<string> = new Set(['Terminated',
 
 export class TargetLifecycleMonitor implements Monitor {
   readonly kind = 'autoscaling' as const;
-  constructor(private readonly imds: Imds) {}
+  /** `onState` hears every state read: the lifecycle reporter follows the warm pool's with it. */
+  constructor(
+    private readonly imds: Imds,
+    private readonly onState?: (state: string) => void,
+  ) {}
 
   async check(): Promise<LeavingNotice | undefined> {
     // 404 until the first transition, and always outside an Auto Scaling group.
     const state = (await this.imds.get('latest/meta-data/autoscaling/target-lifecycle-state'))?.trim();
+    if (state) this.onState?.(state);
     if (state === undefined || !LEAVING_TARGET_STATES.has(state)) return undefined;
     return { kind: this.kind, detail: `Auto Scaling target lifecycle state ${state}` };
   }
@@ -75,10 +80,13 @@ export interface Polled {
  */
 export const TARGET_STATE_EVERY = 6;
 
-/** The IMDS monitors at their cadences: the spot notice every `checkMs`, the target state less often. */
-export function imdsMonitors(imds: Imds, checkMs: number): readonly Polled[] {
+/**
+ * The IMDS monitors at their cadences: the spot notice every `checkMs`, the target state less often
+ * (each state read also goes to `onTargetState`).
+ */
+export function imdsMonitors(imds: Imds, checkMs: number, onTargetState?: (state: string) => void): readonly Polled[] {
   return [
-    { monitor: new TargetLifecycleMonitor(imds), intervalMs: checkMs * TARGET_STATE_EVERY },
+    { monitor: new TargetLifecycleMonitor(imds, onTargetState), intervalMs: checkMs * TARGET_STATE_EVERY },
     { monitor: new SpotInterruptionMonitor(imds), intervalMs: checkMs },
   ];
 }

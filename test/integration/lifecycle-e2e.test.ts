@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { SdkAutoScaling, mapAutoScalingError } from '../../agent/aws/autoscaling.js';
 import { InvalidInputError, TransientError } from '../../agent/errors.js';
 import { AutoScalingEmulator } from '../../sandbox/emulators/autoscaling.js';
-import { deepMerge, Instance, markerModule, withInstance } from '../support/e2e.js';
+import { deepMerge, Instance, markerModule, terminate, waitFor, waitUntil, withInstance } from '../support/e2e.js';
 
 const CREDENTIALS = { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'example-secret-access-key' };
 const GROUP = 'web-asg';
@@ -160,6 +160,47 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
       },
     );
   });
+
+  // A scale-in under the warm pool's instance reuse policy returns an instance in service to the
+  // pool (stopped there), and a later scale-out takes it back through the launch hook again. The
+  // daemon learns of the return from the target state its leaving watch reads, or, when the stop
+  // comes first, from one last look as it stops.
+  for (const seenBy of ['the leaving watch', 'the last look at stop'] as const) {
+    test(`an instance in service returned to its warm pool by a scale-in completes the launch hook again when the group takes it back (seen by ${seenBy})`, async () => {
+      await withGroupInstance(
+        {
+          userData: '{ ... }: { environment.etc."greeting".text = "reused"; }\n',
+          config: seenBy === 'the leaving watch' ? { termination: { checkSeconds: 1 } } : { termination: { enabled: false } },
+        },
+        async (i) => {
+          const state = () => i.world.autoscaling.instance(i.instanceId)?.lifecycleState;
+          const group = i.world.group as string;
+          i.world.autoscaling.putWarmPool(group, { poolState: 'Stopped', reuseOnScaleIn: true });
+          const record = async () => JSON.parse(await i.read('var/lib/nixos-ec2-agent/lifecycle.json')) as { warm?: boolean; settled?: unknown };
+          const daemon = i.start(['run']);
+          try {
+            await waitUntil('the launch into the group completed', () => state() === 'InService');
+            await waitFor('the settled record', async () => ((await record()).settled ? true : undefined));
+            // Scale-in: back to the pool (no terminate hook), to be stopped.
+            assert.equal(i.world.autoscaling.terminateInstance(i.instanceId).lifecycleState, 'Warmed:Stopped');
+            if (seenBy === 'the leaving watch') await waitFor('the record marked warm by the running daemon', async () => ((await record()).warm ? true : undefined));
+          } finally {
+            const ended = await terminate(daemon);
+            assert.equal(ended.code, 0, ended.stderr.slice(-2000));
+          }
+          assert.equal((await record()).warm, true, 'the record says the instance is in its warm pool');
+          // A scale-out takes it back: started again, held in its launch hook.
+          i.world.autoscaling.leaveWarmPool(i.instanceId);
+          assert.equal(state(), 'Pending:Wait');
+          const back = await i.converge();
+          assert.equal(back.code, 0, back.stderr);
+          assert.equal(state(), 'InService', `the launch hook out of the pool was completed: ${back.stderr.slice(-1500)}`);
+          const completions = i.world.autoscaling.actions().filter((a) => a.kind === 'complete');
+          assert.deepEqual(completions.map((c) => [c.hookName, c.result, c.by]), [[i.world.hook, 'CONTINUE', 'instance-id'], [i.world.hook, 'CONTINUE', 'instance-id']]);
+        },
+      );
+    });
+  }
 
   test('ABANDON when no good generation can run (the rollback target fails its probe too), and no Unhealthy', async () => {
     await withGroupInstance(

@@ -2,7 +2,8 @@
 // the daemon at its first look, when it takes over a notice from the watch it replaces (SIGHUP).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { LeavingWatch, type LeavingNotice, type Monitor } from '../../agent/sources/leaving.js';
+import type { Imds } from '../../agent/aws/imds.js';
+import { LeavingWatch, TargetLifecycleMonitor, type LeavingNotice, type Monitor } from '../../agent/sources/leaving.js';
 import { ManualClock } from '../support/clock.js';
 
 const SPOT: LeavingNotice = { kind: 'spot', detail: 'spot interruption: terminate at 2026-11-30T12:02:00Z' };
@@ -51,5 +52,15 @@ describe('LeavingWatch', () => {
     for (let i = 0; i < 5 && changes.length === 0; i++) await new Promise((r) => setImmediate(r));
     await watch.stop();
     assert.deepEqual(changes, [SPOT]);
+  });
+
+  it('the target state monitor tells every state it reads, a warm pool\'s too, and a notice only for a termination', async () => {
+    const answers: (string | undefined)[] = ['InService\n', 'Warmed:Stopped', undefined, 'Terminated'];
+    const imds = { get: async (p: string) => (assert.equal(p, 'latest/meta-data/autoscaling/target-lifecycle-state'), answers.shift()) } as unknown as Imds;
+    const seen: string[] = [];
+    const target = new TargetLifecycleMonitor(imds, (s) => seen.push(s));
+    const notices = [await target.check(), await target.check(), await target.check(), await target.check()];
+    assert.deepEqual(seen, ['InService', 'Warmed:Stopped', 'Terminated']);
+    assert.deepEqual(notices.map((n) => n?.detail), [undefined, undefined, undefined, 'Auto Scaling target lifecycle state Terminated']);
   });
 });

@@ -521,6 +521,141 @@ describe('LifecycleReporter', () => {
     assert.equal(clock.pendingSleeps, 0, 'no look is scheduled once in service');
   });
 
+  /**
+   * An instance launched into the group itself, in service, that a scale-in may return to the
+   * group's warm pool (instance reuse policy): `returned(pool)` moves IMDS's target state there,
+   * `leave()` is the group taking it back (Pending:Wait, a new action per hook).
+   */
+  function inService() {
+    let target = 'InService';
+    let hang = false;
+    return {
+      locate: async (): Promise<Location> => (hang ? new Promise<Location>(() => undefined) : { instanceId: INSTANCE, group: GROUP, targetLifecycleState: target }),
+      returned: (pool: 'Warmed:Stopped' | 'Warmed:Running') => {
+        target = pool;
+      },
+      leave: () => {
+        target = 'InService';
+        asg.membership = { group: GROUP, lifecycleState: 'Pending:Wait' };
+        asg.gone.clear();
+      },
+      /** IMDS stops answering. */
+      hang: () => {
+        hang = true;
+      },
+    };
+  }
+
+  /** A launch into the group, completed and settled by a first reporter, which is returned running. */
+  async function settledInService(locate: () => Promise<Location>): Promise<LifecycleReporter> {
+    const r = reporter({}, { locate });
+    r.update(converged());
+    r.start();
+    await until('the launch into the group completed', () => r.view().settled !== undefined);
+    await until('its record', () => asg.ops('complete').length === 1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    return r;
+  }
+
+  /** A day later the group takes the instance out of its pool: a started reporter completes the launch hook once this boot converges. */
+  async function secondLaunchCompleted(locate: () => Promise<Location>, since: number): Promise<void> {
+    const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
+    leaving.update(converging());
+    leaving.start();
+    const before = asg.calls.length;
+    assert.deepEqual(await firstActAfter(before), ['heartbeat', HOOK], 'the launch out of the pool is heartbeated while it converges');
+    leaving.update(converged());
+    await until('the second completion', () => asg.ops('complete').length === 2);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    await until('the record', () => leaving.view().settled !== undefined);
+    await leaving.stop();
+    const record = await persisted();
+    assert.equal(record.warm, undefined, 'the launch out of the pool was into the group');
+    assert.ok((record.since as number) > since, 'its budget counts from the start out of the pool');
+  }
+
+  it('an instance in service that a scale-in returns to its warm pool (reuse policy) meets the launch hook again when it leaves: the leaving watch\'s reading of the target state says so', async () => {
+    const instance = inService();
+    const r = await settledInService(instance.locate);
+    const since = (await persisted()).since as number;
+    assert.equal((await persisted()).warm, undefined);
+    // The leaving watch reads InService over and over: nothing to do, and no call.
+    const calls = asg.calls.length;
+    r.observeTarget('InService');
+    instance.returned('Warmed:Stopped');
+    r.observeTarget('Warmed:Stopped');
+    await until('the record says the instance is going into the pool', () => r.view().settled !== undefined && asg.calls.length === calls);
+    for (const deadline = Date.now() + 30_000; (await persisted()).warm !== true; ) {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the warm record');
+      await new Promise((done) => setTimeout(done, 2));
+    }
+    await r.stop();
+    assert.equal(asg.calls.length, calls, 'following the target state makes no Auto Scaling call');
+
+    await clock.advanceAsync(86_400_000);
+    instance.leave();
+    await secondLaunchCompleted(instance.locate, since);
+  });
+
+  it('a stopping daemon looks at the target state once more: a return to a Stopped pool stops the instance sooner than the next look would come', async () => {
+    const instance = inService();
+    const r = await settledInService(instance.locate);
+    const since = (await persisted()).since as number;
+    instance.returned('Warmed:Stopped');
+    await r.stop({ lastLook: true });
+    assert.equal((await persisted()).warm, true);
+
+    await clock.advanceAsync(86_400_000);
+    instance.leave();
+    await secondLaunchCompleted(instance.locate, since);
+  });
+
+  it('a stop in service looks once and changes nothing; a stop whose look IMDS never answers still ends', async () => {
+    const instance = inService();
+    const calls = asg.calls.length;
+    const first = await settledInService(instance.locate);
+    await first.stop({ lastLook: true });
+    assert.equal((await persisted()).warm, undefined);
+    assert.equal(asg.calls.length, calls + 2, 'describe hooks and complete only');
+
+    const second = reporter({}, { locate: instance.locate });
+    second.update(converged());
+    await second.flush(1);
+    instance.hang();
+    let stopped = false;
+    const stopping = second.stop({ lastLook: true }).then(() => (stopped = true));
+    await clock.whenSleeping(1);
+    assert.equal(stopped, false);
+    await clock.advanceAsync(2_000);
+    await stopping;
+    assert.equal((await persisted()).warm, undefined);
+  });
+
+  it('a warm pool kept Running: an agent restarted in the pool after a scale-in returned its instance there knows it from IMDS, and completes the launch hook when the group takes the instance back', async () => {
+    const instance = inService();
+    const first = await settledInService(instance.locate);
+    await first.stop();
+    const since = (await persisted()).since as number;
+    instance.returned('Warmed:Running');
+
+    const restarted = reporter({}, { locate: instance.locate });
+    restarted.update(converged());
+    restarted.start();
+    for (const deadline = Date.now() + 30_000; (await persisted()).warm !== true; ) {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the warm record');
+      await new Promise((done) => setTimeout(done, 2));
+    }
+    instance.leave();
+    // Its look every 30 s finds the instance taken; this boot converged long ago, so CONTINUE at once.
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(30_000);
+    await until('the second completion', () => asg.ops('complete').length === 2);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    await until('the record', () => restarted.view().settled !== undefined);
+    await restarted.stop();
+    assert.ok(((await persisted()).since as number) > since);
+  });
+
   it('a launch into the warm pool is known from DescribeAutoScalingInstances too, when IMDS serves no target state', async () => {
     asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
     const r = reporter({}, { locate: async () => ({ instanceId: INSTANCE }) });
