@@ -43,6 +43,12 @@ const WARM_POOL_LOOK_MS = 30_000;
  * an IMDS that does not answer.
  */
 const LAST_LOOK_MS = 2_000;
+/**
+ * Two readings of the target state this far apart (the leaving watch reads it every 30 s) mean the
+ * instance slept between them: a warm pool kept Hibernated hibernates the instances it takes back
+ * and resumes them when the group takes them out again.
+ */
+const SLEPT_MS = 5 * 60_000;
 
 export interface Location {
   readonly instanceId: string;
@@ -128,6 +134,9 @@ export class LifecycleReporter {
   private observedTarget: string | undefined;
   /** The last one read elsewhere: only a change is followed. */
   private lastObserved: string | undefined;
+  private lastObservedAt: number | undefined;
+  /** Asks Auto Scaling, at the next step, whether it holds the instance in a launch again. */
+  private askAfterSleep = false;
 
   private chain: Promise<void> = Promise.resolve();
   private loopDone: Promise<void> | undefined;
@@ -155,7 +164,12 @@ export class LifecycleReporter {
    * returns to its warm pool meets the launch hooks again when it leaves the pool.
    */
   observeTarget(state: string | undefined): void {
-    if (state === undefined || state === this.lastObserved) return;
+    if (state === undefined) return;
+    const now = this.options.clock.now();
+    const slept = this.lastObservedAt !== undefined && now - this.lastObservedAt > SLEPT_MS;
+    this.lastObservedAt = now;
+    if (slept) this.askAfterSleep = true;
+    if (state === this.lastObserved && !slept) return;
     this.lastObserved = state;
     this.observedTarget = state;
     this.kick();
@@ -265,6 +279,7 @@ export class LifecycleReporter {
     };
     if (!this.record && !(await attempt('locate', () => this.load()))) return this.afterStep(failures);
     if (this.observedTarget !== undefined) this.followTarget(this.record!, this.observedTarget);
+    if (this.askAfterSleep) await this.askAfterSleeping(this.record!, attempt);
     if (this.record!.warm) await this.lookOutOfWarmPool(attempt);
     const record = this.record!;
     if (!record.settled) await this.launch(record, attempt);
@@ -553,6 +568,28 @@ export class LifecycleReporter {
     this.recordDirty = true;
     this.nextWarmLookAt = this.options.clock.now() + (this.options.warmPoolLookMs ?? WARM_POOL_LOOK_MS);
     if (record.settled) this.options.log.info({ event: 'lifecycle.warm-pool-return', group: record.group, target }, `the group is returning the instance to its warm pool (${target}): its launch hook is met again when it leaves`);
+  }
+
+  /**
+   * The instance slept with the agent running (hibernated): a return to a Hibernated pool that no
+   * look saw before the hibernation ends with the instance resumed in Pending:Wait, IMDS reading
+   * InService as it did before. Only Auto Scaling can tell that from a pause in service, so it is
+   * asked, once per sleep: a launch it holds is one more for the agent to complete.
+   */
+  private async askAfterSleeping(record: Persisted, attempt: (op: string, fn: () => Promise<void>) => Promise<boolean>): Promise<void> {
+    const group = record.group;
+    if (!record.settled || record.warm || !group) {
+      this.askAfterSleep = false;
+      return;
+    }
+    await attempt('describe-instance', async () => {
+      const membership = await this.options.autoscaling.describeInstance(record.instanceId);
+      this.askAfterSleep = false;
+      if (membership && /^Pending(:Wait)?$/.test(membership.lifecycleState)) {
+        this.options.log.info({ event: 'lifecycle.warm-pool-left', group, state: membership.lifecycleState }, `the instance woke in ${membership.lifecycleState}: the group took it out of its warm pool, and its launch hook is met again`);
+        this.beginLaunch({ instanceId: record.instanceId, group, targetLifecycleState: 'InService' });
+      }
+    });
   }
 
   /** The daemon is stopping: one bounded look, kept if it finds the instance going into the pool. */

@@ -656,6 +656,36 @@ describe('LifecycleReporter', () => {
     assert.ok(((await persisted()).since as number) > since);
   });
 
+  it('a warm pool kept Hibernated: an instance that slept with the agent running (no look saw the return) asks Auto Scaling once when it wakes, and completes the launch hook the group holds', async () => {
+    const instance = inService();
+    const r = await settledInService(instance.locate);
+    // The leaving watch reads InService every 30 s: no Auto Scaling call for that.
+    const calls = asg.calls.length;
+    for (let i = 0; i < 3; i++) {
+      r.observeTarget('InService');
+      await clock.advanceAsync(30_000);
+    }
+    await r.flush(1);
+    assert.equal(asg.calls.length, calls, `no call while awake: ${JSON.stringify(asg.calls.slice(calls))}`);
+
+    // Returned to the pool and hibernated between two looks; a day later resumed, held in Pending:Wait.
+    instance.leave();
+    await clock.advanceAsync(86_400_000);
+    r.observeTarget('InService');
+    await until('the completion after the wake', () => asg.ops('complete').length === 2);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    assert.equal(asg.ops('describeInstance').length, 1);
+    await until('the record', () => r.view().settled !== undefined);
+
+    // A pause in service (the group still has it InService) costs one call and changes nothing.
+    asg.membership = { group: GROUP, lifecycleState: 'InService' };
+    await clock.advanceAsync(86_400_000);
+    r.observeTarget('InService');
+    await until('the second question', () => asg.ops('describeInstance').length === 2);
+    await r.flush(1);
+    assert.equal(asg.ops('complete').length, 2);
+  });
+
   it('a launch into the warm pool is known from DescribeAutoScalingInstances too, when IMDS serves no target state', async () => {
     asg.membership = { group: GROUP, lifecycleState: 'Warmed:Pending:Wait' };
     const r = reporter({}, { locate: async () => ({ instanceId: INSTANCE }) });
