@@ -68,7 +68,7 @@ type DaemonEvent =
   | { readonly kind: 'pass-finished'; readonly result: PassResult; readonly durationMs: number | undefined }
   | { readonly kind: 'local-change'; readonly reason: string }
   | { readonly kind: 'leaving'; readonly notice: LeavingNotice | undefined }
-  | { readonly kind: 'target-state'; readonly state: string }
+  | { readonly kind: 'target-state'; readonly state: string; readonly everyMs: number }
   | { readonly kind: 'control'; readonly op: ControlOp; readonly reply: ControlReply }
   | { readonly kind: 'signal'; readonly signal: DaemonSignal }
   | { readonly kind: 'reloaded'; readonly parts: Parts | undefined }
@@ -188,7 +188,7 @@ class DaemonLoop implements Daemon {
       case 'leaving':
         return this.onLeaving(event.notice);
       case 'target-state':
-        this.parts?.lifecycle?.observeTarget(event.state);
+        this.parts?.lifecycle?.observeTarget(event.state, event.everyMs);
         return;
       case 'control':
         return this.onControl(event.op, event.reply);
@@ -404,7 +404,7 @@ class DaemonLoop implements Daemon {
       log: (level, event, message, fields) => log[level]({ event, ...fields }, message),
     });
     const leaving = config.termination.enabled
-      ? new LeavingWatch(imdsMonitors(agent.imds, config.termination.checkSeconds * 1000, (state) => this.post({ kind: 'target-state', state })), {
+      ? new LeavingWatch(imdsMonitors(agent.imds, config.termination.checkSeconds * 1000, (state, everyMs) => this.post({ kind: 'target-state', state, everyMs })), {
           clock,
           ...(this.leavingNotice ? { initial: this.leavingNotice } : {}),
           onChange: (notice) => this.post({ kind: 'leaving', notice }),

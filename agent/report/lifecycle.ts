@@ -44,11 +44,12 @@ const WARM_POOL_LOOK_MS = 30_000;
  */
 const LAST_LOOK_MS = 2_000;
 /**
- * Two readings of the target state this far apart (the leaving watch reads it every 30 s) mean the
- * instance slept between them: a warm pool kept Hibernated hibernates the instances it takes back
- * and resumes them when the group takes them out again.
+ * Two readings of the target state this far apart, and three times their cadence (the leaving watch
+ * reads it every 30 s by default), mean the instance slept between them: a warm pool kept
+ * Hibernated hibernates the instances it takes back and resumes them when the group takes them out.
  */
 const SLEPT_MS = 5 * 60_000;
+const SLEPT_CADENCES = 3;
 
 export interface Location {
   readonly instanceId: string;
@@ -160,13 +161,13 @@ export class LifecycleReporter {
 
   /**
    * Where Auto Scaling is taking the instance, as IMDS's `autoscaling/target-lifecycle-state` read
-   * elsewhere says (the leaving watch reads it every 30 s): an instance in service that the group
-   * returns to its warm pool meets the launch hooks again when it leaves the pool.
+   * elsewhere says, read every `everyMs` (the leaving watch's 30 s): an instance in service that
+   * the group returns to its warm pool meets the launch hooks again when it leaves the pool.
    */
-  observeTarget(state: string | undefined): void {
+  observeTarget(state: string | undefined, everyMs: number): void {
     if (state === undefined) return;
     const now = this.options.clock.now();
-    const slept = this.lastObservedAt !== undefined && now - this.lastObservedAt > SLEPT_MS;
+    const slept = this.lastObservedAt !== undefined && now - this.lastObservedAt > Math.max(SLEPT_MS, SLEPT_CADENCES * everyMs);
     this.lastObservedAt = now;
     if (slept) this.askAfterSleep = true;
     if (state === this.lastObserved && !slept) return;

@@ -82,11 +82,12 @@ export const TARGET_STATE_EVERY = 6;
 
 /**
  * The IMDS monitors at their cadences: the spot notice every `checkMs`, the target state less often
- * (each state read also goes to `onTargetState`).
+ * (each state read also goes to `onTargetState`, with how often it is read).
  */
-export function imdsMonitors(imds: Imds, checkMs: number, onTargetState?: (state: string) => void): readonly Polled[] {
+export function imdsMonitors(imds: Imds, checkMs: number, onTargetState?: (state: string, everyMs: number) => void): readonly Polled[] {
+  const targetEveryMs = checkMs * TARGET_STATE_EVERY;
   return [
-    { monitor: new TargetLifecycleMonitor(imds, onTargetState), intervalMs: checkMs * TARGET_STATE_EVERY },
+    { monitor: new TargetLifecycleMonitor(imds, onTargetState && ((state) => onTargetState(state, targetEveryMs))), intervalMs: targetEveryMs },
     { monitor: new SpotInterruptionMonitor(imds), intervalMs: checkMs },
   ];
 }

@@ -581,9 +581,9 @@ describe('LifecycleReporter', () => {
     assert.equal((await persisted()).warm, undefined);
     // The leaving watch reads InService over and over: nothing to do, and no call.
     const calls = asg.calls.length;
-    r.observeTarget('InService');
+    r.observeTarget('InService', 30_000);
     instance.returned('Warmed:Stopped');
-    r.observeTarget('Warmed:Stopped');
+    r.observeTarget('Warmed:Stopped', 30_000);
     await until('the record says the instance is going into the pool', () => r.view().settled !== undefined && asg.calls.length === calls);
     for (const deadline = Date.now() + 30_000; (await persisted()).warm !== true; ) {
       if (Date.now() > deadline) throw new Error('timed out waiting for the warm record');
@@ -662,7 +662,7 @@ describe('LifecycleReporter', () => {
     // The leaving watch reads InService every 30 s: no Auto Scaling call for that.
     const calls = asg.calls.length;
     for (let i = 0; i < 3; i++) {
-      r.observeTarget('InService');
+      r.observeTarget('InService', 30_000);
       await clock.advanceAsync(30_000);
     }
     await r.flush(1);
@@ -671,7 +671,7 @@ describe('LifecycleReporter', () => {
     // Returned to the pool and hibernated between two looks; a day later resumed, held in Pending:Wait.
     instance.leave();
     await clock.advanceAsync(86_400_000);
-    r.observeTarget('InService');
+    r.observeTarget('InService', 30_000);
     await until('the completion after the wake', () => asg.ops('complete').length === 2);
     assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
     assert.equal(asg.ops('describeInstance').length, 1);
@@ -680,10 +680,18 @@ describe('LifecycleReporter', () => {
     // A pause in service (the group still has it InService) costs one call and changes nothing.
     asg.membership = { group: GROUP, lifecycleState: 'InService' };
     await clock.advanceAsync(86_400_000);
-    r.observeTarget('InService');
+    r.observeTarget('InService', 30_000);
     await until('the second question', () => asg.ops('describeInstance').length === 2);
     await r.flush(1);
     assert.equal(asg.ops('complete').length, 2);
+
+    // Read every 10 minutes (a long termination.checkSeconds), readings 10 minutes apart are no sleep.
+    for (let i = 0; i < 3; i++) {
+      await clock.advanceAsync(600_000);
+      r.observeTarget('InService', 600_000);
+    }
+    await r.flush(1);
+    assert.equal(asg.ops('describeInstance').length, 2);
   });
 
   it('a launch into the warm pool is known from DescribeAutoScalingInstances too, when IMDS serves no target state', async () => {
