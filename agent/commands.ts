@@ -41,9 +41,35 @@ function stderrLogger(config: Config): Logger {
 export async function convergeOnce(config: Config, json: boolean, client: Pick<ControlClient, 'request'> = new ControlClient(controlSocketPath(config), STATUS_ANSWER_MS)): Promise<number> {
   // A pass of its own beside the daemon's would take the daemon's journal entry for a killed
   // agent's: it would put configuration.nix back and stop the daemon's build under it, and each
-  // would write state.json over the other's. So, as rollback and suspend, only with no daemon.
-  const busy = await client.request('status').then(
-    () => 'the daemon is running on this root; use converge --now',
+  // would write state.json over the other's. The root's lock keeps off the daemon (which holds it
+  // while it runs), another converge --once and a rollback acting with no daemon.
+  const log = stderrLogger(config);
+  const lock = await holdRoot(config, 'converge --once', log);
+  if (typeof lock === 'string') {
+    // Held by the daemon when it answers on its socket: then the way is converge --now.
+    const daemon = await client.request('status').then(() => true, () => false);
+    process.stderr.write(`${daemon ? DAEMON_RUNNING : lock}\n`);
+    return 2;
+  }
+  try {
+    // Where no lock can be taken at all (an install without the addon), the socket is all there is.
+    const busy = lock.unheld ? await daemonAnswering(client) : undefined;
+    if (busy !== undefined) {
+      process.stderr.write(`${busy}\n`);
+      return 2;
+    }
+    return await passOnce(config, json, log);
+  } finally {
+    await lock.release();
+  }
+}
+
+const DAEMON_RUNNING = 'the daemon is running on this root; use converge --now';
+
+/** Why converge --once must not run, as the control socket tells: a daemon answers, or it cannot be asked. */
+async function daemonAnswering(client: Pick<ControlClient, 'request'>): Promise<string | undefined> {
+  return client.request('status').then(
+    () => DAEMON_RUNNING,
     (err: unknown) => {
       const why = unreachable(err);
       if (why === 'needs-root') return `converge --once needs root: ${(err as Error).message}`;
@@ -51,23 +77,6 @@ export async function convergeOnce(config: Config, json: boolean, client: Pick<C
       return undefined;
     },
   );
-  if (busy !== undefined) {
-    process.stderr.write(`${busy}\n`);
-    return 2;
-  }
-  const log = stderrLogger(config);
-  // The socket check above names the daemon when one answers; the lock also keeps off a daemon
-  // still starting, another converge --once, and a rollback acting with no daemon.
-  const lock = await holdRoot(config, 'converge --once', log);
-  if (typeof lock === 'string') {
-    process.stderr.write(`${lock}\n`);
-    return 2;
-  }
-  try {
-    return await passOnce(config, json, log);
-  } finally {
-    await lock.release();
-  }
 }
 
 async function passOnce(config: Config, json: boolean, log: Logger): Promise<number> {

@@ -30,19 +30,20 @@ export async function runDaemon(config: Config, options: DaemonOptions = {}): Pr
   });
   if (lock.unheld) log.warn({ event: 'lock.unheld', reason: lock.unheld }, `no lock on the root: ${lock.unheld}`);
   try {
-    return await supervise(config, options, { log, clock, env, notify });
+    return await supervise(config, options, { log, clock, env, notify, rootLocked: lock.unheld === undefined });
   } finally {
     await lock.release();
   }
 }
 
-async function supervise(config: Config, options: DaemonOptions, edges: { log: Logger; clock: Clock; env: NodeJS.ProcessEnv; notify: Notify }): Promise<number> {
-  const { log, clock, env, notify } = edges;
+async function supervise(config: Config, options: DaemonOptions, edges: { log: Logger; clock: Clock; env: NodeJS.ProcessEnv; notify: Notify; rootLocked: boolean }): Promise<number> {
+  const { log, clock, env, notify, rootLocked } = edges;
   const daemon = await startDaemon(config, {
     log,
     clock,
     env,
     notify,
+    rootLocked,
     watchdog: new Watchdog(notify, env, clock),
     // The reporter's waits must never hold a stopping process open by themselves.
     reporterClock: realClock({ unref: true }),

@@ -50,6 +50,11 @@ export interface DaemonDeps {
   readonly onStatus?: (status: Status) => void;
   /** The clock the Auto Scaling reporter waits on; by default `clock`. */
   readonly reporterClock?: Clock;
+  /**
+   * The caller holds the root's lock, which every daemon takes before it starts: no other can be
+   * running, and the control socket need not be asked.
+   */
+  readonly rootLocked?: boolean;
 }
 
 /** What the caller holds: a running daemon to signal and wait for. */
@@ -450,11 +455,13 @@ class DaemonLoop implements Daemon {
   async start(): Promise<void> {
     const { log, notify, watchdog } = this.deps;
     // A second daemon on the root would take the first one's journal entry for a killed agent's
-    // (putting configuration.nix back and stopping its build), then its control socket. A socket
-    // that nothing answers on is a killed daemon's.
-    const socket = controlSocketPath(this.config);
-    const other = await new ControlClient(socket, STATUS_ANSWER_MS).request('status').then(() => true, () => false);
-    if (other) throw new TransientError(`another daemon is running on ${this.config.root}: it answers on ${socket}`, 'control', { where: socket });
+    // (putting configuration.nix back and stopping its build), then its control socket. Without the
+    // root's lock, one that answers on the socket is running; nothing answering is a killed one.
+    if (!this.deps.rootLocked) {
+      const socket = controlSocketPath(this.config);
+      const other = await new ControlClient(socket, STATUS_ANSWER_MS).request('status').then(() => true, () => false);
+      if (other) throw new TransientError(`another daemon is running on ${this.config.root}: it answers on ${socket}`, 'control', { where: socket });
+    }
     this.parts = await this.buildParts(this.config);
     await this.startParts(this.parts);
     // Health checks must answer during the first rebuild: /healthz while the image's good
