@@ -20,14 +20,11 @@ import { StateStore } from './state.js';
 import { describeRollout } from './rollout/plan.js';
 import { selectDesired, whoOf } from './rollout/select.js';
 import { rollbackAnswer } from './reconcile.js';
-import { statusExitCode, type Status, type StatusPhase } from './status.js';
+import { statusExitCode, type Status } from './status.js';
 import { writeFileAtomic } from './fs.js';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 
-/** Phases of a pass before it launches nixos-rebuild. */
-const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
-const LIFECYCLE_START_DELAY_MS = 5_000;
 
 function processEdges() {
   return { clock: realClock(), env: process.env };
@@ -82,34 +79,23 @@ async function daemonAnswering(client: Pick<ControlClient, 'request'>): Promise<
 async function passOnce(config: Config, json: boolean, log: Logger): Promise<number> {
   const statusFile = new StatusFile(new RootFs(config.root), (err) => log.warn({ event: 'status.write-failed', err: err.message }, 'cannot write status.json'));
   let lifecycle: LifecycleReporter | undefined;
-  // Heartbeats and the launch budget run during the pass, as under the daemon. But the reporter's
-  // first look (locate the group, DescribeLifecycleHooks) loads the Auto Scaling SDK, the heaviest
-  // import there is, so it waits until the rebuild is under way: it is never on the path from boot
-  // to nixos-rebuild. A pass that stalls before then still gets it after LIFECYCLE_START_DELAY_MS.
-  let lifecycleStarted = false;
-  const startLifecycle = () => {
-    if (lifecycleStarted || !lifecycle) return;
-    lifecycleStarted = true;
-    lifecycle.start();
-  };
   const agent = await createAgent(config, log, {
     ...processEdges(),
     onStatus: (s) => {
       statusFile.update(s);
       lifecycle?.update(s);
-      if (!BEFORE_REBUILD.has(s.phase)) startLifecycle();
     },
   });
   const reconciler = agent.reconciler;
   // IMDS (and SSM) answer while the start writes and fsyncs its local files.
   agent.sources.prefetch();
   await reconciler.start();
-  // Its waits must not hold the command open once the pass is done.
+  // Heartbeats and the launch budget run during the pass, as under the daemon; the reporter's first
+  // look waits for the rebuild. Its waits must not hold the command open once the pass is done.
   lifecycle = createLifecycleReporter(agent, log, { clock: realClock({ unref: true }) });
   lifecycle?.update(reconciler.status);
-  const stalled = new AbortController();
-  if (lifecycle) agent.clock.sleep(LIFECYCLE_START_DELAY_MS, stalled.signal).then(startLifecycle, () => undefined);
-  const result = await reconciler.converge('converge --once').finally(() => stalled.abort());
+  lifecycle?.start();
+  const result = await reconciler.converge('converge --once');
   // The command's result is reported, never changes the exit code.
   await new PostConvergeHook(agent.runner, config.postConvergeCommand, log).run(result, reconciler.status);
   if (lifecycle) {

@@ -12,7 +12,7 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../ports.js';
 import { LIFECYCLE_FILE, type StateStore } from '../state.js';
-import type { Status } from '../status.js';
+import type { Status, StatusPhase } from '../status.js';
 
 export { LIFECYCLE_FILE };
 
@@ -33,6 +33,14 @@ const MIN_WAIT_MS = 100;
  * timeout AWS allows (30 s), which still heartbeats such a hook in time.
  */
 const FIRST_CALL_DELAY_MS = 10_000;
+/** Phases of a pass before it launches nixos-rebuild. */
+const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
+/**
+ * The reporter's first look (locating the group: DescribeAutoScalingInstances where IMDS has no
+ * tags) loads the Auto Scaling SDK, the heaviest import there is: it waits until the first rebuild
+ * is under way, never on the way from boot to nixos-rebuild, or this long when a pass stalls first.
+ */
+const FIRST_LOOK_DELAY_MS = 5_000;
 /**
  * How often an instance launched into a warm pool looks (in IMDS only) whether the group has taken
  * it: a pool kept Running does not restart its instances when they leave it.
@@ -225,6 +233,11 @@ export class LifecycleReporter {
   }
 
   private async loop(): Promise<void> {
+    const startedAt = this.options.clock.now();
+    while (!this.stopped && !this.rebuildUnderway(startedAt)) {
+      this.kicked = false;
+      await this.waitUntil(startedAt + FIRST_LOOK_DELAY_MS);
+    }
     while (!this.stopped) {
       this.kicked = false;
       await this.step().catch((err: unknown) => this.fail('step', err));
@@ -233,6 +246,12 @@ export class LifecycleReporter {
       // Never wake again at once on a deadline that has already passed: that would spin.
       await this.waitUntil(Math.max(this.nextWakeAt(), this.options.clock.now() + MIN_WAIT_MS));
     }
+  }
+
+  private rebuildUnderway(startedAt: number): boolean {
+    const s = this.status;
+    if (s && (s.firstConvergenceDone || !BEFORE_REBUILD.has(s.phase))) return true;
+    return this.options.clock.now() >= startedAt + FIRST_LOOK_DELAY_MS;
   }
 
   private async waitUntil(at: number): Promise<void> {

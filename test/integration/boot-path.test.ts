@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { execFileSync } from 'node:child_process';
-import { withInstance } from '../support/e2e.js';
+import { existsSync } from 'node:fs';
+import { terminate, waitFor, withInstance } from '../support/e2e.js';
 import { shippedLaunch } from '../support/launch.js';
 
 const PRELOAD = `
@@ -78,6 +79,31 @@ describe('the boot path', () => {
       [],
       `loaded before nixos-rebuild: ${loaded.join(' ')}`,
     );
+  });
+
+  // What an instance runs at boot is the daemon, whose watches, control socket and Auto Scaling
+  // reporter start beside its first pass: the reporter's first look (DescribeAutoScalingInstances,
+  // with the SDK it loads and node:crypto to sign) waits for the rebuild.
+  test('the daemon, as the unit starts it at boot, launches nixos-rebuild before its Auto Scaling reporter loads anything, and with no more of Node than converge --once', async () => {
+    await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "boot-path-daemon";\n}\n', config: { ssm: { enabled: false }, lifecycle: { enabled: true } } }, async (i) => {
+      assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'Pending:Wait', 'the instance waits in its launch hook');
+      const file = path.join(i.dir, 'record-preload.mjs');
+      const record = path.join(i.dir, 'record.json');
+      await writeFile(file, PRELOAD);
+      const daemon = i.start(['run'], { NODE_OPTIONS: `--import ${file}`, RECORD: record });
+      let loaded: string[];
+      try {
+        loaded = await waitFor('the daemon to launch nixos-rebuild', async () => (existsSync(record) ? (JSON.parse(await readFile(record, 'utf8')) as string[]) : undefined));
+      } finally {
+        await terminate(daemon);
+      }
+      assert.ok(loaded.includes('http'), loaded.join(' '));
+      assert.deepEqual(
+        NOT_ON_THE_BOOT_PATH.filter((m) => loaded.includes(m)),
+        [],
+        `loaded before nixos-rebuild: ${loaded.join(' ')}`,
+      );
+    });
   });
 
   // Any V8 flag on node's command line makes V8 refuse the code cache of Node's own modules, so the
