@@ -30,7 +30,7 @@ import { scheduleTimings, Scheduler } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
 import { imdsMonitors, LeavingWatch, type LeavingNotice } from './sources/leaving.js';
 import { LocalWatcher } from './sources/watch.js';
-import type { Status, StatusPhase } from './status.js';
+import { beforeFirstRebuild, type Status, type StatusPhase } from './status.js';
 
 /** The signals the daemon acts on; the composition root decides which process signals they are. */
 export type DaemonSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP';
@@ -78,7 +78,8 @@ type DaemonEvent =
   | { readonly kind: 'signal'; readonly signal: DaemonSignal }
   | { readonly kind: 'reloaded'; readonly parts: Parts | undefined }
   | { readonly kind: 'kernel-wait'; readonly untilMs: number }
-  | { readonly kind: 'kernel-wake' };
+  | { readonly kind: 'kernel-wake' }
+  | { readonly kind: 'watch-local' };
 
 /** Everything built from one configuration. SIGHUP replaces it whole: never two alive at once. */
 interface Parts {
@@ -94,6 +95,8 @@ interface Parts {
 // time when it starts and then a little at a time, so a start that stops making progress still
 // times out (and the watchdog catches a wedged loop meanwhile).
 const EXTEND_EVERY_MS = 30_000;
+/** The local files' watch starts this long after the daemon's when no rebuild has come first. */
+const LOCAL_WATCH_DELAY_MS = 5_000;
 
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Daemon> {
   const loop = new DaemonLoop(config, deps);
@@ -118,6 +121,8 @@ class DaemonLoop implements Daemon {
   private reloading = false;
   private leavingNotice: LeavingNotice | undefined;
   private kernelWaitUntil: number | undefined;
+  /** The local files' watch, waiting for the first rebuild to be under way. */
+  private localWaiting: LocalWatcher | undefined;
   private readonly newer: NewerDesired;
 
   private readonly fs: RootFs;
@@ -204,6 +209,8 @@ class DaemonLoop implements Daemon {
         return this.onReloaded(event.parts);
       case 'kernel-wait':
         return this.onKernelWait(event.untilMs);
+      case 'watch-local':
+        return this.onWatchLocal();
       case 'kernel-wake':
         this.kernelWaitUntil = undefined;
         this.spawn(this.scheduler.exclusive(() => this.kernelCheck()));
@@ -215,6 +222,7 @@ class DaemonLoop implements Daemon {
     const { notify } = this.deps;
     if (!this.ready && status.phase === 'building' && this.phase !== 'building') this.extendStart();
     this.parts?.lifecycle?.update(status);
+    if (this.localWaiting && !beforeFirstRebuild(status)) this.onWatchLocal();
     this.statusFile.update(status);
     if (status.message !== this.lastMessage) {
       this.lastMessage = status.message;
@@ -423,6 +431,7 @@ class DaemonLoop implements Daemon {
       ? new LocalWatcher({
           baseConfiguration: fs.resolve(config.local.baseConfiguration),
           modulesDir: fs.resolve(config.local.modulesDir),
+          baseline: () => localBaseline(agent),
           onChange: (reason) => this.post({ kind: 'local-change', reason }),
           onError: (err) => log.warn({ event: 'local.watch-error', err: err.message }, `watching local inputs: ${err.message}`),
         })
@@ -435,14 +444,32 @@ class DaemonLoop implements Daemon {
     return { config, agent, kernel, lifecycle, leaving, local };
   }
 
-  private async startParts(parts: Parts): Promise<void> {
-    const { log } = this.deps;
+  private async startParts(parts: Parts, options: { boot?: boolean } = {}): Promise<void> {
     await parts.leaving?.start();
-    // Watching starts before the first pass reads the inputs, so no change falls between the two.
-    // (The image's configuration.nix was adopted as the base file in reconciler.start(), before.)
-    await parts.local?.start().catch((err: unknown) => log.warn({ event: 'local.watch-failed', err: (err as Error).message }, `cannot watch local inputs: ${(err as Error).message}`));
     parts.lifecycle?.update(parts.agent.reconciler.status);
     parts.lifecycle?.start();
+    // The local files' watch is not needed to reach the first rebuild (chokidar's import and first
+    // scan were a tenth of the way there): at the daemon's start it begins once the rebuild is
+    // under way, or LOCAL_WATCH_DELAY_MS in. Whenever it begins, what it finds is compared with
+    // what the pass before it read (`localBaseline`), so no change falls between the two.
+    if (options.boot && parts.local && beforeFirstRebuild(parts.agent.reconciler.status)) {
+      this.localWaiting = parts.local;
+      this.spawn(this.deps.clock.sleep(LOCAL_WATCH_DELAY_MS, this.stopped.signal).then(() => this.post({ kind: 'watch-local' }), () => undefined));
+      return;
+    }
+    await this.watchLocal(parts.local);
+  }
+
+  private async watchLocal(local: LocalWatcher | undefined): Promise<void> {
+    const { log } = this.deps;
+    await local?.start().catch((err: unknown) => log.warn({ event: 'local.watch-failed', err: (err as Error).message }, `cannot watch local inputs: ${(err as Error).message}`));
+  }
+
+  /** The watch waiting for the first rebuild starts now (a reload's parts have their own). */
+  private onWatchLocal(): void {
+    const local = this.localWaiting;
+    this.localWaiting = undefined;
+    if (local && !this.stopping) this.spawn(this.watchLocal(local));
   }
 
   /** `last`: the daemon's own stop, not a reload's end of the parts it replaces. */
@@ -463,7 +490,7 @@ class DaemonLoop implements Daemon {
       if (other) throw new TransientError(`another daemon is running on ${this.config.root}: it answers on ${socket}`, 'control', { where: socket });
     }
     this.parts = await this.buildParts(this.config);
-    await this.startParts(this.parts);
+    await this.startParts(this.parts, { boot: true });
     // Health checks must answer during the first rebuild: /healthz while the image's good
     // generation runs, /readyz 503 until the first convergence.
     this.http =
@@ -580,3 +607,10 @@ class DaemonLoop implements Daemon {
   }
 }
 
+/** The local files as the agent's last read found them, by absolute path: a watch's baseline. */
+function localBaseline(agent: Agent): ReadonlyMap<string, string> | undefined {
+  const read = agent.sources.lastLocal;
+  if (!read) return undefined;
+  const files = [...(read.baseConfiguration ? [read.baseConfiguration] : []), ...read.modules];
+  return new Map(files.map((f) => [agent.fs.resolve(f.path), f.digest]));
+}

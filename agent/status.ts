@@ -7,6 +7,18 @@ import type { DurableState, Phase } from './state.js';
 
 export type StatusPhase = Phase | 'starting' | 'fetching' | 'rendering' | 'held' | 'suspended' | 'stopping';
 
+const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
+
+/**
+ * Whether the first rebuild is still ahead: the phases of a first pass before it launches
+ * nixos-rebuild. What is not needed to get there (the Auto Scaling reporter's first look, the
+ * local files' watch) waits until it is past, so that it is never on the way from boot to the
+ * first rebuild.
+ */
+export function beforeFirstRebuild(status: Pick<Status, 'phase' | 'firstConvergenceDone'>): boolean {
+  return !status.firstConvergenceDone && BEFORE_REBUILD.has(status.phase);
+}
+
 /** cloud-init's lesson: these exit codes are an API. */
 export type Condition = 'converging' | 'converged' | 'degraded' | 'failed';
 

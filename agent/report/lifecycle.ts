@@ -12,7 +12,7 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../ports.js';
 import { LIFECYCLE_FILE, type StateStore } from '../state.js';
-import type { Status, StatusPhase } from '../status.js';
+import { beforeFirstRebuild, type Status } from '../status.js';
 
 export { LIFECYCLE_FILE };
 
@@ -33,8 +33,6 @@ const MIN_WAIT_MS = 100;
  * timeout AWS allows (30 s), which still heartbeats such a hook in time.
  */
 const FIRST_CALL_DELAY_MS = 10_000;
-/** Phases of a pass before it launches nixos-rebuild. */
-const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
 /**
  * The reporter's first look (locating the group: DescribeAutoScalingInstances where IMDS has no
  * tags) loads the Auto Scaling SDK, the heaviest import there is: it waits until the first rebuild
@@ -250,7 +248,7 @@ export class LifecycleReporter {
 
   private rebuildUnderway(startedAt: number): boolean {
     const s = this.status;
-    if (s && (s.firstConvergenceDone || !BEFORE_REBUILD.has(s.phase))) return true;
+    if (s && !beforeFirstRebuild(s)) return true;
     return this.options.clock.now() >= startedAt + FIRST_LOOK_DELAY_MS;
   }
 

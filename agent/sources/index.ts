@@ -71,6 +71,7 @@ export { ASG_TAG };
 export class SourceReader {
   private kept: { at: number; read: { snapshots: Snapshots } | { error: unknown } } | undefined;
   private early: { at: number; remote: Promise<Remote> } | undefined;
+  private latestLocal: LocalSnapshot | undefined;
 
   constructor(
     private readonly imds: Imds,
@@ -121,6 +122,11 @@ export class SourceReader {
     this.early = { at: this.now(), remote };
   }
 
+  /** The local files as the latest read found them: what a watch started later compares with. */
+  get lastLocal(): LocalSnapshot | undefined {
+    return this.latestLocal;
+  }
+
   /** A request to read everything again (converge --now, SIGHUP) is not answered from a peek. */
   forget(): void {
     this.kept = undefined;
@@ -137,7 +143,10 @@ export class SourceReader {
     const fresh = early !== undefined && this.now() - early.at <= (this.options.prefetchMaxAgeMs ?? DEFAULT_PREFETCH_MAX_AGE_MS);
     const [remote, local] = await Promise.all([
       fresh ? untilAborted(early.remote, signal) : this.readRemote(signal),
-      readLocal(this.fs, this.options.baseConfiguration, this.options.modulesDir),
+      readLocal(this.fs, this.options.baseConfiguration, this.options.modulesDir).then((local) => {
+        this.latestLocal = local.snapshot;
+        return local;
+      }),
     ]);
     const { identity, asg, userData, ssm, canary, alarms } = remote;
     return { identity, asg, userData, ssm, local: local.snapshot, canary, ...(alarms ? { alarms } : {}), notes: [...local.notes, ...remote.notes] };

@@ -11,7 +11,7 @@ export async function readLocal(fs: RootFs, baseConfiguration: string, modulesDi
   const modules: LocalFile[] = [];
   for (const name of await fs.list(modulesDir)) {
     if (!name.endsWith('.nix')) continue;
-    if (!/^[A-Za-z0-9_][A-Za-z0-9_.+-]*\.nix$/.test(name)) {
+    if (!isLocalModuleName(name)) {
       notes.push(`local module ${modulesDir}/${name}: name has characters other than letters, digits, _ . + -; ignored`);
       continue;
     }
@@ -23,4 +23,9 @@ export async function readLocal(fs: RootFs, baseConfiguration: string, modulesDi
     snapshot: { baseConfiguration: base ? { path: baseConfiguration, digest: digest(base) } : undefined, modules },
     notes,
   };
+}
+
+/** A drop-in module's file name that the render takes (others are noted and ignored). */
+export function isLocalModuleName(name: string): boolean {
+  return /^[A-Za-z0-9_][A-Za-z0-9_.+-]*\.nix$/.test(name);
 }

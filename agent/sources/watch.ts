@@ -5,6 +5,7 @@
 // file that does not exist yet is seen when it appears. A change is reported only when a file's
 // content differs from what was last seen, so an editor's save-by-rename or a touch is not a pass.
 import { sha256Hex } from '../sha256.js';
+import { isLocalModuleName } from './local.js';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FSWatcher } from 'chokidar';
@@ -15,6 +16,12 @@ export interface LocalWatchOptions {
   readonly modulesDir: string;
   readonly onChange: (reason: string) => void;
   readonly onError?: (err: Error) => void;
+  /**
+   * The local files as the agent last read them (absolute path → digest), when it read them before
+   * this watch was in place: a difference found once it is is a change, so none falls between the
+   * read and the watch.
+   */
+  readonly baseline?: () => ReadonlyMap<string, string> | undefined;
   /**
    * Polling instead of inotify (network filesystems; tests on odd filesystems). Polling stats every
    * file every 100 ms, a steady cost an idle agent must not pay, so it is never the default.
@@ -91,10 +98,22 @@ export class LocalWatcher {
     });
     this.abandonStart = undefined;
     if (!scanned) return;
-    // What is there now is the baseline: the pass that follows reads it.
+    // What is there now is the baseline for the events to come.
     for (const file of [path.resolve(baseConfiguration), ...(await this.listInputs())]) {
       this.digests.set(file, await digestOf(file));
     }
+    const read = this.options.baseline?.();
+    if (read && this.watcher && this.differsFrom(read)) {
+      this.changes++;
+      this.options.onChange('local inputs changed while their watch started');
+    }
+  }
+
+  /** Whether the files there now are not those `read` (the render reads the base file and the drop-ins it takes). */
+  private differsFrom(read: ReadonlyMap<string, string>): boolean {
+    const base = path.resolve(this.options.baseConfiguration);
+    const now = [...this.digests].filter(([f, digest]) => digest !== undefined && (f === base || isLocalModuleName(path.basename(f))));
+    return now.length !== read.size || now.some(([f, digest]) => read.get(f) !== digest);
   }
 
   async stop(): Promise<void> {

@@ -121,6 +121,22 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     assert.ok(triggers.some((r) => r.includes('extra.nix')), triggers.join(' | '));
   });
 
+  // At boot the watch of local.d starts only once the first rebuild is under way; a file dropped
+  // in as it starts is seen by the watch, or, when the watch is not in place yet, by the
+  // comparison with what the first pass read that the watch makes as it starts.
+  test('a file dropped into local.d as the first build starts converges after it', opts, async (t) => {
+    const inst = await Instance.launch({ config: { ...DAEMON_CONFIG, ssm: { pollIntervalSeconds: 3_600 } } });
+    const run = inst.daemon(t);
+    const log = new LiveLog(run);
+    await waitFor('the first build', async () => (log.builds().length > 0 ? true : undefined), 60_000, 2);
+    const dir = inst.file('etc/nixos-ec2-agent/local.d');
+    await mkdir(dir, { recursive: true });
+    await writeFile(path.join(dir, 'early.nix'), '{ ... }: { environment.etc."early".text = "x"; }\n');
+    await waitFor('the drop-in in configuration.nix', async () => ((await inst.configuration()).includes('early.nix') ? true : undefined));
+    await converged(inst, 'the drop-in converged');
+    assert.ok(log.of('pass.start').length >= 2, 'a pass of its own after the first');
+  });
+
   test('a terminating instance starts no new rebuild and says so', opts, async (t) => {
     const { inst, log } = await daemon(t);
     const builds = log.builds().length;

@@ -6,6 +6,8 @@ import { mkdtemp, mkdir, rm, writeFile, rename, unlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { RootFs } from '../../agent/fs.js';
+import { readLocal } from '../../agent/sources/local.js';
 import { isWatchedInput, LocalWatcher } from '../../agent/sources/watch.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -148,4 +150,36 @@ test('a stop at any moment of a start ends both: the start does not wait for a s
   } finally {
     await rm(root, { recursive: true, force: true });
   }
+});
+
+test('a watch that starts after the agent read the inputs reports what changed in between, once, and nothing when they are as read', async (t) => {
+  const root = await mkdtemp(path.join(tmpdir(), 'nea-watch-'));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const fs = new RootFs(root);
+  const BASE = '/etc/nixos/base.nix';
+  const DROP_IN = '/etc/nixos-ec2-agent/local.d';
+  await mkdir(fs.resolve(DROP_IN), { recursive: true });
+  await mkdir(fs.resolve('/etc/nixos'), { recursive: true });
+  await writeFile(fs.resolve(BASE), '{ ... }: { }\n');
+  await writeFile(fs.resolve(`${DROP_IN}/web.nix`), '{ ... }: { services.nginx.enable = true; }\n');
+  // A name the render ignores (and notes): no difference either way.
+  await writeFile(fs.resolve(`${DROP_IN}/my module.nix`), '{ }\n');
+  const read = (await readLocal(fs, BASE, DROP_IN)).snapshot;
+  const baseline = new Map([...(read.baseConfiguration ? [read.baseConfiguration] : []), ...read.modules].map((f) => [fs.resolve(f.path), f.digest]));
+  const watchFrom = async () => {
+    const reasons: string[] = [];
+    const watcher = new LocalWatcher({ baseConfiguration: fs.resolve(BASE), modulesDir: fs.resolve(DROP_IN), baseline: () => baseline, onChange: (r) => reasons.push(r) });
+    await watcher.start();
+    await watcher.stop();
+    return reasons;
+  };
+
+  assert.deepEqual(await watchFrom(), [], 'the inputs as the pass read them');
+  await writeFile(fs.resolve(`${DROP_IN}/db.nix`), '{ ... }: { services.postgresql.enable = true; }\n');
+  assert.deepEqual(await watchFrom(), ['local inputs changed while their watch started'], 'a drop-in added after the read');
+  await unlink(fs.resolve(`${DROP_IN}/db.nix`));
+  await writeFile(fs.resolve(BASE), '{ ... }: { networking.hostName = "x"; }\n');
+  assert.deepEqual(await watchFrom(), ['local inputs changed while their watch started'], 'the base file changed after the read');
+  await unlink(fs.resolve(BASE));
+  assert.deepEqual(await watchFrom(), ['local inputs changed while their watch started'], 'the base file removed after the read');
 });
