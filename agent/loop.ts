@@ -377,6 +377,8 @@ class DaemonLoop implements Daemon {
     }
     if (parts) {
       this.parts = parts;
+      // The replaced parts' watch, if it still waited for the first rebuild, never starts.
+      this.localWaiting = undefined;
       // Reloaded with termination.enabled off: nothing watches any more what blocked the rebuilds.
       if (this.leavingNotice && !parts.leaving) this.onLeaving(undefined);
       if (this.leavingNotice) parts.agent.reconciler.setLeaving(this.leavingNotice.detail);
