@@ -23,7 +23,10 @@ export interface RolloutStatus {
   readonly percent: number;
   readonly step: number;
   readonly steps: number;
+  /** Failure records that count against the rollout: those stored before it completed. */
   readonly failures: number;
+  /** Records stored once it was complete: shown, never halting it. */
+  readonly lateFailures?: number;
   readonly threshold: number;
   readonly startAt?: string;
   readonly fullAt?: string;
@@ -125,13 +128,20 @@ export function decide(spec: RolloutSpec, who: { instanceId: string; canary: boo
     percent,
     threshold: strategy.errorThreshold,
   };
-  const halt = haltOf(spec, strategy, who.alarms);
-  if (halt) return { ...base, ...times, state: 'halted', ...halt, takes: 'stable' };
+  // Complete is final, as an AWS AppConfig deployment is once its bake time has ended: the
+  // candidate is then the fleet's, and an instance that fails it afterwards (a scale-out, a cache
+  // that is down) rolls back on its own and records it, but no longer sends the whole fleet back
+  // to stable days later. Records stored before completion still halt it, and so does the operator.
+  const late = spec.failures.filter((f) => f.recordedAt !== undefined && f.recordedAt >= schedule.completeMs);
+  const counted = late.length ? spec.failures.filter((f) => !late.includes(f)) : spec.failures;
+  const halt = haltOf({ ...spec, failures: counted }, strategy, who.alarms);
+  const tally = { failures: counted.length, ...(late.length ? { lateFailures: late.length } : {}) };
+  if (halt) return { ...base, ...times, ...tally, state: 'halted', ...halt, takes: 'stable' };
   const state: RolloutState = elapsed < 0 ? 'staged' : nowMs >= schedule.completeMs ? 'complete' : nowMs >= schedule.fullMs ? 'baking' : 'progressing';
   const covered = cohort < percent / 100;
   const takes = state === 'complete' || (state !== 'staged' && (covered || who.canary));
   const next = nextChange(strategy, schedule, cohort, who.canary, nowMs, takes);
-  return { ...base, ...times, state, takes: takes ? 'candidate' : 'stable', ...(next !== undefined ? { nextChangeAt: new Date(next).toISOString() } : {}) };
+  return { ...base, ...times, ...tally, state, takes: takes ? 'candidate' : 'stable', ...(next !== undefined ? { nextChangeAt: new Date(next).toISOString() } : {}) };
 }
 
 /** The reason a halt by this alarm gives. */
@@ -180,7 +190,9 @@ export function describeRollout(r: Omit<RolloutStatus, 'takes' | 'cohort' | 'can
       return `${where}: invalid: ${r.reason}${mine}`;
     case 'staged':
       return `${where}: staged${r.startAt ? `, starts ${r.startAt}` : ' (no strategy yet)'}${mine}`;
-    default:
-      return `${where}: ${r.state} at ${r.percent}% (step ${r.step}/${r.steps}, ${r.failures}/${r.threshold} failures, complete ${r.completeAt})${mine}`;
+    default: {
+      const late = r.lateFailures ? `; ${r.lateFailures} failure(s) recorded since it completed, which no longer halt it` : '';
+      return `${where}: ${r.state} at ${r.percent}% (step ${r.step}/${r.steps}, ${r.failures}/${r.threshold} failures, complete ${r.completeAt})${late}${mine}`;
+    }
   }
 }

@@ -58,6 +58,8 @@ export interface Failure {
   readonly stage: string;
   readonly reason: string;
   readonly at: string;
+  /** When SSM stored the record (its LastModifiedDate: the service's clock, not the writer's). */
+  readonly recordedAt?: number;
 }
 
 /** One prefix's rollout, parsed. `problem` is set, and the rest unusable, when its strategy is invalid. */
@@ -140,9 +142,10 @@ function parseRollout(prefix: string, mine: readonly SsmParameter[], byRel: Map<
     if (!rel.startsWith(failureBase)) continue;
     const record = parseJson(p, FailureRecord);
     // A record that cannot be read still counts: an instance failed, and halting is the safe side.
-    if (typeof record === 'string') failures.push({ instanceId: rel.slice(failureBase.length), stage: 'unknown', reason: record, at: '' });
+    const recordedAt = p.lastModified !== undefined ? { recordedAt: p.lastModified } : {};
+    if (typeof record === 'string') failures.push({ instanceId: rel.slice(failureBase.length), stage: 'unknown', reason: record, at: '', ...recordedAt });
     else if (record.candidate !== candidateId) stale++;
-    else failures.push({ instanceId: rel.slice(failureBase.length), stage: record.stage, reason: record.reason, at: record.at });
+    else failures.push({ instanceId: rel.slice(failureBase.length), stage: record.stage, reason: record.reason, at: record.at, ...recordedAt });
   }
   return { prefix, candidateId, candidate, strategy, halt, failures, stale, ...(problem ? { problem } : {}) };
 }

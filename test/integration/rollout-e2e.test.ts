@@ -135,6 +135,17 @@ describe('progressive rollout across sandbox agents', { timeout: 600_000 }, () =
       assert.equal(onCandidate(r.status), true);
       assert.match(await instances.get(id)!.configuration() + (await readParts(instances.get(id)!)), /Europe\/Paris/);
     }
+    // Complete is final: instances that fail the candidate from now on (two, past the threshold of
+    // one) record it, and the fleet stays on it.
+    for (const failed of ['i-0fa11ed0000000001', 'i-0fa11ed0000000002']) {
+      ssm.put({ Name: `${FLEET}/rollout/failures/${failed}`, Value: JSON.stringify({ candidate: goodId, stage: 'build', reason: 'the binary cache was down', at: new Date().toISOString() }), Type: 'String' });
+    }
+    const late = await converge(a);
+    assert.equal(late.code, 0, late.stderr);
+    assert.equal(late.status.rollout?.[0]?.state, 'complete');
+    assert.equal(late.status.rollout?.[0]?.lateFailures, 2);
+    assert.equal(onCandidate(late.status), true);
+    assert.match(await operator('status'), /complete .*2 failure\(s\) recorded since it completed, which no longer halt it/);
     await operator('promote');
     assert.equal(ssm.get(TZ)?.Value, '"Europe/Paris"');
     for (const id of [a, b, c, d]) {

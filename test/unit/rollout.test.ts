@@ -112,6 +112,31 @@ describe('decide', () => {
     },
     { name: 'failures under the threshold do not', spec: spec({ failures: [fail('i-a')] }), instance: early, at: START + 5 * MIN, state: 'progressing', takes: 'candidate' },
     { name: 'an operator halt stops even a baked rollout', spec: spec({ halt: 'bad latency' }), instance: early, at: START + 200 * MIN, state: 'halted', takes: 'stable' },
+    {
+      name: 'failures stored once it was complete do not halt it: complete is final',
+      spec: spec({ failures: [fail('i-a', START + 121 * MIN), fail('i-b', START + 130 * MIN)] }),
+      instance: early,
+      at: START + 200 * MIN,
+      state: 'complete',
+      takes: 'candidate',
+    },
+    {
+      name: 'failures stored while it baked still halt it after its complete time',
+      spec: spec({ failures: [fail('i-a', START + 100 * MIN), fail('i-b', START + 119 * MIN)] }),
+      instance: early,
+      at: START + 200 * MIN,
+      state: 'halted',
+      takes: 'stable',
+    },
+    { name: 'a failure whose storing time is unknown counts after completion too', spec: spec({ failures: [fail('i-a'), fail('i-b', START + 100 * MIN)] }), instance: early, at: START + 200 * MIN, state: 'halted', takes: 'stable' },
+    {
+      name: 'an alarm record stored once it was complete does not halt it either',
+      spec: spec({ failures: [{ ...fail('i-a', START + 125 * MIN), stage: 'alarm', reason: 'CloudWatch alarm p99 is in ALARM' }] }),
+      instance: early,
+      at: START + 200 * MIN,
+      state: 'complete',
+      takes: 'candidate',
+    },
     { name: 'an invalid strategy keeps everyone on stable', spec: spec({ problem: 'SSM parameter x: type: bad' }), instance: early, at: START, state: 'invalid', takes: 'stable' },
     { name: 'a candidate without a strategy is staged', spec: spec({ strategy: undefined }), instance: early, at: START, state: 'staged', takes: 'stable' },
   ];
@@ -130,11 +155,16 @@ describe('decide', () => {
     assert.match(describeRollout(halted), /HALTED \(failures\)/);
     const waiting = decide(spec(), who(middle), START);
     assert.equal(waiting.nextChangeAt, new Date(START + 40 * MIN).toISOString());
+    const complete = decide(spec({ failures: [fail('i-a', START + 100 * MIN), fail('i-b', START + 121 * MIN), fail('i-c', START + 122 * MIN)] }), who(early), START + 200 * MIN);
+    assert.equal(complete.state, 'complete');
+    assert.equal(complete.failures, 1, 'the one stored while it baked');
+    assert.equal(complete.lateFailures, 2);
+    assert.match(describeRollout(complete), /complete at 100% \(step 10\/10, 1\/2 failures, .*\); 2 failure\(s\) recorded since it completed, which no longer halt it/);
   });
 });
 
-function fail(instanceId: string) {
-  return { instanceId, stage: 'build', reason: 'boom', at: new Date(START).toISOString() };
+function fail(instanceId: string, recordedAt?: number) {
+  return { instanceId, stage: 'build', reason: 'boom', at: new Date(START).toISOString(), ...(recordedAt !== undefined ? { recordedAt } : {}) };
 }
 
 describe('splitSnapshot', () => {
