@@ -74,6 +74,14 @@ describe('benchmarks, quick mode', () => {
     assert.match(bad.stderr, /--flush-ms wants milliseconds/);
   });
 
+  it('boot --daemon times the daemon (`run`) to its first rebuild and stops it there', { timeout: 300_000 }, async () => {
+    const { code, stdout, stderr } = await bench(['boot', '--quick', '--daemon']);
+    assert.equal(code, 0, `exit ${code}; stderr:\n${stderr}`);
+    assert.match(stdout, /agent run \(daemon\) \(→ rebuild\)/);
+    const result = parseResultLine(stdout.trim().split('\n').at(-1) ?? '');
+    assert.ok(result && typeof result.figures.agent_ms === 'number' && result.figures.agent_ms > 0, stdout);
+  });
+
   it('refuses an unknown benchmark with exit 2 and lists the known ones', async () => {
     const { code, stderr } = await bench(['no-such-benchmark']);
     assert.equal(code, 2);
