@@ -389,20 +389,7 @@ describe('LifecycleReporter', () => {
     // Stopped in the pool; a day later the group takes it: started again, held in Pending:Wait.
     await clock.advanceAsync(86_400_000);
     pool.leave();
-    const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
-    leaving.update(converging());
-    leaving.start();
-    await clock.whenSleeping(1);
-    await clock.advanceAsync(10_000);
-    await until('heartbeats for the second launch', () => asg.ops('heartbeat').length >= 1);
-    leaving.update(converged());
-    await until('the second completion', () => asg.ops('complete').length === 2);
-    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
-    await until('the record', () => leaving.view().settled !== undefined);
-    await leaving.stop();
-    const record = await persisted();
-    assert.equal(record.warm, undefined, 'the second launch was into the group');
-    assert.ok((record.since as number) > since, 'its budget counts from the second start');
+    await secondLaunchCompleted(locate, since);
 
     // In service: a restart is no third launch.
     const calls = asg.calls.length;
