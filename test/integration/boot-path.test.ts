@@ -84,7 +84,7 @@ describe('the boot path', () => {
   // What an instance runs at boot is the daemon, whose watches, control socket and Auto Scaling
   // reporter start beside its first pass: the reporter's first look (DescribeAutoScalingInstances,
   // with the SDK it loads and node:crypto to sign) waits for the rebuild.
-  test('the daemon, as the unit starts it at boot, launches nixos-rebuild before its Auto Scaling reporter loads anything, and with no more of Node than converge --once', async () => {
+  test('the daemon, as the unit starts it at boot, launches nixos-rebuild before its Auto Scaling reporter loads anything, with none of the built-ins kept off converge --once\'s path', async () => {
     await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "boot-path-daemon";\n}\n', config: { ssm: { enabled: false }, lifecycle: { enabled: true } } }, async (i) => {
       assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'Pending:Wait', 'the instance waits in its launch hook');
       const file = path.join(i.dir, 'record-preload.mjs');
