@@ -32,6 +32,23 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
   });
 
   const aws = (...args: string[]) => awsCli(emulator.url, home, 'autoscaling', args);
+  /** The instance's LifecycleState as describe-auto-scaling-instances lists it; undefined once it is gone. */
+  const lifecycleStateOf = async (id: string) => {
+    const r = await aws('describe-auto-scaling-instances', '--instance-ids', id);
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { AutoScalingInstances: Array<{ LifecycleState: string }> }).AutoScalingInstances[0]?.LifecycleState;
+  };
+  /** The instance ids describe-auto-scaling-groups lists as the group's own. */
+  const groupMembers = async (group: string) => {
+    const r = await aws('describe-auto-scaling-groups', '--auto-scaling-group-names', group);
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { AutoScalingGroups: Array<{ Instances: Array<{ InstanceId: string }> }> }).AutoScalingGroups[0]?.Instances.map((i) => i.InstanceId);
+  };
+  /** complete-lifecycle-action with CONTINUE, by instance id; it must succeed. */
+  const continueAction = async (group: string, hook: string, id: string) => {
+    const r = await aws('complete-lifecycle-action', '--lifecycle-hook-name', hook, '--auto-scaling-group-name', group, '--lifecycle-action-result', 'CONTINUE', '--instance-id', id);
+    assert.equal(r.code, 0, r.stderr);
+  };
 
   it('describe-auto-scaling-instances shows an instance held by the launch hook', async () => {
     emulator.launchInstance({ instanceId: 'i-0aaaaaaaaaaaaaaa1', groupName: GROUP, availabilityZone: 'eu-west-1a', instanceType: 't3.small' });
@@ -121,27 +138,19 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
 
   it('a warm pool\'s instance meets the launch hook twice: Warmed:Pending:Wait, at rest Warmed:Stopped outside the group\'s list, then Pending:Wait when it leaves the pool', async () => {
     const id = 'i-0aaaaaaaaaaaaaaa9';
-    const state = async () => {
-      const r = await aws('describe-auto-scaling-instances', '--instance-ids', id);
-      assert.equal(r.code, 0, r.stderr);
-      return (JSON.parse(r.stdout) as { AutoScalingInstances: Array<{ LifecycleState: string }> }).AutoScalingInstances[0]?.LifecycleState;
-    };
-    const inGroup = async () => {
-      const r = await aws('describe-auto-scaling-groups', '--auto-scaling-group-names', GROUP);
-      assert.equal(r.code, 0, r.stderr);
-      return (JSON.parse(r.stdout) as { AutoScalingGroups: Array<{ Instances: Array<{ InstanceId: string }> }> }).AutoScalingGroups[0]?.Instances.some((i) => i.InstanceId === id);
-    };
-    const complete = () => aws('complete-lifecycle-action', '--lifecycle-hook-name', HOOK, '--auto-scaling-group-name', GROUP, '--lifecycle-action-result', 'CONTINUE', '--instance-id', id);
+    const state = () => lifecycleStateOf(id);
+    const inGroup = async () => (await groupMembers(GROUP))?.includes(id);
+    const complete = () => continueAction(GROUP, HOOK, id);
     emulator.launchInstance({ instanceId: id, groupName: GROUP, warmPool: 'Stopped' });
     assert.equal(await state(), 'Warmed:Pending:Wait');
     assert.equal(await inGroup(), false);
-    assert.equal((await complete()).code, 0);
+    await complete();
     assert.equal(await state(), 'Warmed:Stopped');
     assert.equal(await inGroup(), false);
     assert.throws(() => emulator.leaveWarmPool('i-0aaaaaaaaaaaaaaa1'), /not waiting in a warm pool/);
     emulator.leaveWarmPool(id);
     assert.equal(await state(), 'Pending:Wait');
-    assert.equal((await complete()).code, 0);
+    await complete();
     assert.equal(await state(), 'InService');
     assert.equal(await inGroup(), true);
     assert.deepEqual(emulator.instance(id)?.stateHistory, ['Warmed:Pending', 'Warmed:Pending:Wait', 'Warmed:Pending:Proceed', 'Warmed:Stopped', 'Pending', 'Pending:Wait', 'Pending:Proceed', 'InService']);
@@ -152,24 +161,15 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     const id = 'i-0aaaaaaaaaaaaaab0';
     emulator.createGroup({ name: group });
     emulator.putLifecycleHook({ groupName: group, hookName: 'terminate-hook', transition: TERMINATING });
-    const state = async () => {
-      const r = await aws('describe-auto-scaling-instances', '--instance-ids', id);
-      assert.equal(r.code, 0, r.stderr);
-      return (JSON.parse(r.stdout) as { AutoScalingInstances: Array<{ LifecycleState: string }> }).AutoScalingInstances[0]?.LifecycleState;
-    };
-    const members = async () => {
-      const r = await aws('describe-auto-scaling-groups', '--auto-scaling-group-names', group);
-      assert.equal(r.code, 0, r.stderr);
-      return (JSON.parse(r.stdout) as { AutoScalingGroups: Array<{ Instances: Array<{ InstanceId: string }> }> }).AutoScalingGroups[0]?.Instances.map((i) => i.InstanceId);
-    };
+    const state = () => lifecycleStateOf(id);
+    const members = () => groupMembers(group);
     emulator.launchInstance({ instanceId: id, groupName: group, warmPool: 'Running' });
     assert.equal(await state(), 'Warmed:Running');
     // The pool shrinks: the instance is terminated from it, held by the terminate hook.
     assert.equal(emulator.terminateInstance(id).lifecycleState, 'Warmed:Terminating:Wait');
     assert.equal(await state(), 'Warmed:Terminating:Wait');
     assert.deepEqual(await members(), []);
-    const done = await aws('complete-lifecycle-action', '--lifecycle-hook-name', 'terminate-hook', '--auto-scaling-group-name', group, '--lifecycle-action-result', 'CONTINUE', '--instance-id', id);
-    assert.equal(done.code, 0, done.stderr);
+    await continueAction(group, 'terminate-hook', id);
     assert.equal(await state(), undefined, 'a terminated instance is no longer listed');
     // Terminated is final: asking again brings nothing back.
     assert.deepEqual(emulator.terminateInstance(id).tokens, []);
@@ -185,15 +185,8 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     emulator.putLifecycleHook({ groupName: group, hookName: 'terminate-hook', transition: TERMINATING });
     const put = await aws('put-warm-pool', '--auto-scaling-group-name', group, '--pool-state', 'Stopped', '--instance-reuse-policy', 'ReuseOnScaleIn=true');
     assert.equal(put.code, 0, put.stderr);
-    const complete = async (hook: string) => {
-      const r = await aws('complete-lifecycle-action', '--lifecycle-hook-name', hook, '--auto-scaling-group-name', group, '--lifecycle-action-result', 'CONTINUE', '--instance-id', id);
-      assert.equal(r.code, 0, r.stderr);
-    };
-    const state = async () => {
-      const r = await aws('describe-auto-scaling-instances', '--instance-ids', id);
-      assert.equal(r.code, 0, r.stderr);
-      return (JSON.parse(r.stdout) as { AutoScalingInstances: Array<{ LifecycleState: string }> }).AutoScalingInstances[0]?.LifecycleState;
-    };
+    const complete = (hook: string) => continueAction(group, hook, id);
+    const state = () => lifecycleStateOf(id);
     const pooled = async () => {
       const r = await aws('describe-warm-pool', '--auto-scaling-group-name', group);
       assert.equal(r.code, 0, r.stderr);
