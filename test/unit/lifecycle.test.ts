@@ -192,6 +192,16 @@ describe('LifecycleReporter', () => {
     await until(`${n} heartbeats`, () => asg.ops('heartbeat').length >= n);
   }
 
+  /** A reporter in the pool whose every heartbeat is throttled, once two were tried: its hook times out there undecided. */
+  async function throttledInPool(locate: () => Promise<Location>): Promise<LifecycleReporter> {
+    asg.failNext('heartbeat', 100);
+    const r = reporter({ heartbeatSeconds: 5 }, { locate });
+    r.update(converging());
+    r.start();
+    await heartbeatsSent(2, 5_000);
+    return r;
+  }
+
   /** What a started reporter first does about the hook (a heartbeat or a completion, and for which hook) after the call numbered `before`. */
   async function firstActAfter(before: number): Promise<[string, string | undefined]> {
     await clock.whenSleeping(1);
@@ -404,41 +414,24 @@ describe('LifecycleReporter', () => {
     const { locate } = pool;
     // In the pool, every heartbeat is throttled; the hook times out (DefaultResult CONTINUE) and the
     // instance is stopped mid-build: the record is left undecided.
-    asg.failNext('heartbeat', 100);
-    const inPool = reporter({ heartbeatSeconds: 5 }, { locate });
-    inPool.update(converging());
-    inPool.start();
-    await heartbeatsSent(2, 5_000);
+    const inPool = await throttledInPool(locate);
     await inPool.stop();
     assert.deepEqual(asg.ops('complete'), []);
     assert.equal((await persisted()).warm, true);
     assert.equal((await persisted()).settled, undefined);
+    const since = (await persisted()).since as number;
     asg.failures.clear();
 
     // A day later the group takes it: started again, held in Pending:Wait, building afresh.
     await clock.advanceAsync(86_400_000);
     pool.leave();
-    const before = asg.calls.length;
-    const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
-    leaving.update(converging());
-    leaving.start();
-    assert.deepEqual(await firstActAfter(before), ['heartbeat', HOOK], 'the pool\'s day-old budget does not abandon the launch into the group');
-    leaving.update(converged());
-    await until('the completion', () => asg.ops('complete').length === 1);
-    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
-    await until('the record', () => leaving.view().settled !== undefined);
-    await leaving.flush(1);
-    assert.equal((await persisted()).warm, undefined);
+    await secondLaunchCompleted(locate, since, 0);
   });
 
   it('a warm pool kept Running: a launch into the pool still unsettled when the group takes the instance gives way to the launch into the group', async () => {
     const pool = warmInstance('Warmed:Running');
     const { locate } = pool;
-    asg.failNext('heartbeat', 100);
-    const r = reporter({ heartbeatSeconds: 5 }, { locate });
-    r.update(converging());
-    r.start();
-    await heartbeatsSent(2, 5_000);
+    const r = await throttledInPool(locate);
     const since = (await persisted()).since as number;
     // The hook timed out into the pool meanwhile; the group takes the instance.
     pool.leave();
@@ -544,16 +537,20 @@ describe('LifecycleReporter', () => {
     return r;
   }
 
-  /** A day later the group takes the instance out of its pool: a started reporter completes the launch hook once this boot converges. */
-  async function secondLaunchCompleted(locate: () => Promise<Location>, since: number): Promise<void> {
+  /**
+   * A day later the group takes the instance out of its pool: a started reporter heartbeats the
+   * launch hook while this boot converges (never judging it by the record's day-old budget), and
+   * completes it once it has. `completedBefore`: the completions Auto Scaling saw until then.
+   */
+  async function secondLaunchCompleted(locate: () => Promise<Location>, since: number, completedBefore = 1): Promise<void> {
     const leaving = reporter({ heartbeatSeconds: 5 }, { locate });
     leaving.update(converging());
     leaving.start();
     const before = asg.calls.length;
     assert.deepEqual(await firstActAfter(before), ['heartbeat', HOOK], 'the launch out of the pool is heartbeated while it converges');
     leaving.update(converged());
-    await until('the second completion', () => asg.ops('complete').length === 2);
-    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    await until('the completion out of the pool', () => asg.ops('complete').length === completedBefore + 1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), Array<LifecycleResult>(completedBefore + 1).fill('CONTINUE'));
     await until('the record', () => leaving.view().settled !== undefined);
     await leaving.stop();
     const record = await persisted();
