@@ -639,32 +639,45 @@ describe("the sandbox world's IMDS follows its Auto Scaling group", () => {
   // "When an instance prepares to transition to one of the preceding steady states, Amazon EC2 Auto
   // Scaling updates the value of the instance metadata item autoscaling/target-lifecycle-state."
   // (EC2 Auto Scaling user guide, "Retrieve the target lifecycle state through instance metadata")
-  test('a launch held by its hook reads InService, and a termination Terminated', async () => {
-    const world = await World.start({ ssmThroughput: null });
+  /** `body` over a started world, with what its IMDS says the target lifecycle state is. */
+  async function withWorld(options: Parameters<typeof World.start>[0], body: (world: World, id: string, target: () => Promise<string>) => Promise<void>): Promise<void> {
+    const world = await World.start(options);
     try {
-      const path = '/latest/meta-data/autoscaling/target-lifecycle-state';
-      const id = world.instance.instanceId;
-      assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Pending:Wait');
-      assert.equal((await get(world.imds, path)).text, 'InService');
-      world.autoscaling.terminateInstance(id);
-      assert.equal((await get(world.imds, path)).text, 'Terminated');
+      const target = async () => (await get(world.imds, '/latest/meta-data/autoscaling/target-lifecycle-state')).text;
+      await body(world, world.instance.instanceId, target);
     } finally {
       await world.close();
     }
+  }
+
+  test('a launch held by its hook reads InService, and a termination Terminated', async () => {
+    await withWorld({ ssmThroughput: null }, async (world, id, target) => {
+      assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Pending:Wait');
+      assert.equal(await target(), 'InService');
+      world.autoscaling.terminateInstance(id);
+      assert.equal(await target(), 'Terminated');
+    });
   });
 
   test('a warm pool\'s instance reads the pool\'s state, and Warmed:Terminated when it is terminated from the pool', async () => {
-    const world = await World.start({ ssmThroughput: null, instance: { autoScaling: { group: 'warm-asg', warmPool: 'Stopped' } } });
-    try {
-      const path = '/latest/meta-data/autoscaling/target-lifecycle-state';
-      const id = world.instance.instanceId;
+    await withWorld({ ssmThroughput: null, instance: { autoScaling: { group: 'warm-asg', warmPool: 'Stopped' } } }, async (world, id, target) => {
       assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Warmed:Pending:Wait');
-      assert.equal((await get(world.imds, path)).text, 'Warmed:Stopped');
+      assert.equal(await target(), 'Warmed:Stopped');
       world.autoscaling.terminateInstance(id);
       assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Warmed:Terminated');
-      assert.equal((await get(world.imds, path)).text, 'Warmed:Terminated');
-    } finally {
-      await world.close();
-    }
+      assert.equal(await target(), 'Warmed:Terminated');
+    });
+  });
+
+  test('an instance of the group itself that a scale-in returns to the warm pool (reuse policy) reads the pool\'s state, and InService once a scale-out takes it back', async () => {
+    await withWorld({ ssmThroughput: null, instance: { autoScaling: { group: 'reuse-asg', hook: null } } }, async (world, id, target) => {
+      assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'InService');
+      world.autoscaling.putWarmPool('reuse-asg', { poolState: 'Hibernated', reuseOnScaleIn: true });
+      world.autoscaling.terminateInstance(id);
+      assert.equal(world.autoscaling.instance(id)?.lifecycleState, 'Warmed:Hibernated');
+      assert.equal(await target(), 'Warmed:Hibernated');
+      world.autoscaling.leaveWarmPool(id);
+      assert.equal(await target(), 'InService');
+    });
   });
 });
