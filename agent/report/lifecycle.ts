@@ -329,7 +329,7 @@ export class LifecycleReporter {
       const ok = await attempt('describe-instance', async () => {
         const membership = await this.options.autoscaling.describeInstance(record.instanceId);
         record.group = membership?.group ?? null;
-        if (membership?.lifecycleState.startsWith('Warmed:')) record.warm = true;
+        if (inWarmPool(membership?.lifecycleState)) record.warm = true;
         this.recordDirty = true;
         if (!membership) this.settle(record, 'not in an Auto Scaling group');
         // Only a waiting instance has a lifecycle action to complete.
@@ -554,7 +554,7 @@ export class LifecycleReporter {
       since: this.options.clock.now(),
       ...(here.group ? { group: here.group } : {}),
       hooks: {},
-      ...(isWarm(here) ? { warm: true } : {}),
+      ...(inWarmPool(here.targetLifecycleState) ? { warm: true } : {}),
     };
     this.recordDirty = true;
     this.resumed = false;
@@ -569,9 +569,13 @@ export class LifecycleReporter {
    */
   private followTarget(record: Persisted, target: string): void {
     this.observedTarget = undefined;
-    const here: Location = { instanceId: record.instanceId, ...(record.group ? { group: record.group } : {}), targetLifecycleState: target };
+    this.follow(record, { instanceId: record.instanceId, ...(record.group ? { group: record.group } : {}), targetLifecycleState: target });
+  }
+
+  /** Where IMDS says the group is taking the instance: out of its warm pool (a new launch), or into it. */
+  private follow(record: Persisted, here: Location): void {
     if (this.leftWarmPool(record, here)) this.beginLaunch(here);
-    else this.enteringWarmPool(record, target);
+    else this.enteringWarmPool(record, here.targetLifecycleState);
   }
 
   /**
@@ -581,7 +585,7 @@ export class LifecycleReporter {
    * agent completes (warm-pool-instance-lifecycle), so the record says so from now on.
    */
   private enteringWarmPool(record: Persisted, target: string | undefined): void {
-    if (record.warm || !target?.startsWith('Warmed:')) return;
+    if (record.warm || !inWarmPool(target)) return;
     record.warm = true;
     this.recordDirty = true;
     this.nextWarmLookAt = this.options.clock.now() + (this.options.warmPoolLookMs ?? WARM_POOL_LOOK_MS);
@@ -620,7 +624,7 @@ export class LifecycleReporter {
       this.options.clock.sleep(LAST_LOOK_MS, timer.signal).then(() => undefined, () => undefined),
     ]).finally(() => timer.abort());
     if (here?.instanceId !== record.instanceId) return;
-    this.enteringWarmPool(record, here.targetLifecycleState);
+    this.follow(record, here);
     if (this.recordDirty) await this.save().catch((err: unknown) => this.fail('save', err));
   }
 
@@ -631,7 +635,7 @@ export class LifecycleReporter {
     this.nextWarmLookAt = now + (this.options.warmPoolLookMs ?? WARM_POOL_LOOK_MS);
     await attempt('locate', async () => {
       const here = await this.options.locate();
-      if (this.record && this.leftWarmPool(this.record, here)) this.beginLaunch(here);
+      if (this.record) this.follow(this.record, here);
     });
   }
 
@@ -673,8 +677,12 @@ export class LifecycleReporter {
   }
 }
 
-function isWarm(here: Location): boolean {
-  return here.targetLifecycleState?.startsWith('Warmed:') === true;
+/**
+ * A `Warmed:` state, Auto Scaling's own or IMDS's target: the instance is in its group's warm pool
+ * or on its way there.
+ */
+function inWarmPool(state: string | undefined): boolean {
+  return state?.startsWith('Warmed:') === true;
 }
 
 /** The hook's GlobalTimeout as the service gives it, or as AWS documents it is derived. */
