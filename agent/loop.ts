@@ -30,7 +30,7 @@ import { scheduleTimings, Scheduler } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
 import { imdsMonitors, LeavingWatch, type LeavingNotice } from './sources/leaving.js';
 import { LocalWatcher } from './sources/watch.js';
-import { beforeFirstRebuild, type Status, type StatusPhase } from './status.js';
+import { beforeFirstRebuild, FIRST_REBUILD_WAIT_MS, type Status, type StatusPhase } from './status.js';
 
 /** The signals the daemon acts on; the composition root decides which process signals they are. */
 export type DaemonSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP';
@@ -95,8 +95,6 @@ interface Parts {
 // time when it starts and then a little at a time, so a start that stops making progress still
 // times out (and the watchdog catches a wedged loop meanwhile).
 const EXTEND_EVERY_MS = 30_000;
-/** The local files' watch starts this long after the daemon's when no rebuild has come first. */
-const LOCAL_WATCH_DELAY_MS = 5_000;
 
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Daemon> {
   const loop = new DaemonLoop(config, deps);
@@ -452,11 +450,11 @@ class DaemonLoop implements Daemon {
     parts.lifecycle?.start();
     // The local files' watch is not needed to reach the first rebuild (chokidar's import and first
     // scan were a tenth of the way there): at the daemon's start it begins once the rebuild is
-    // under way, or LOCAL_WATCH_DELAY_MS in. Whenever it begins, what it finds is compared with
+    // under way, or FIRST_REBUILD_WAIT_MS in. Whenever it begins, what it finds is compared with
     // what the pass before it read (`localBaseline`), so no change falls between the two.
     if (options.boot && parts.local && beforeFirstRebuild(parts.agent.reconciler.status)) {
       this.localWaiting = parts.local;
-      this.spawn(this.deps.clock.sleep(LOCAL_WATCH_DELAY_MS, this.stopped.signal).then(() => this.post({ kind: 'watch-local' }), () => undefined));
+      this.spawn(this.deps.clock.sleep(FIRST_REBUILD_WAIT_MS, this.stopped.signal).then(() => this.post({ kind: 'watch-local' }), () => undefined));
       return;
     }
     await this.watchLocal(parts.local);

@@ -9,6 +9,9 @@ export type StatusPhase = Phase | 'starting' | 'fetching' | 'rendering' | 'held'
 
 const BEFORE_REBUILD: ReadonlySet<StatusPhase> = new Set(['starting', 'fetching', 'rendering']);
 
+/** How long what waits for the first rebuild waits at most, when a pass stalls before it. */
+export const FIRST_REBUILD_WAIT_MS = 5_000;
+
 /**
  * Whether the first rebuild is still ahead: the phases of a first pass before it launches
  * nixos-rebuild. What is not needed to get there (the Auto Scaling reporter's first look, the

@@ -12,7 +12,7 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../ports.js';
 import { LIFECYCLE_FILE, type StateStore } from '../state.js';
-import { beforeFirstRebuild, type Status } from '../status.js';
+import { beforeFirstRebuild, FIRST_REBUILD_WAIT_MS, type Status } from '../status.js';
 
 export { LIFECYCLE_FILE };
 
@@ -33,12 +33,6 @@ const MIN_WAIT_MS = 100;
  * timeout AWS allows (30 s), which still heartbeats such a hook in time.
  */
 const FIRST_CALL_DELAY_MS = 10_000;
-/**
- * The reporter's first look (locating the group: DescribeAutoScalingInstances where IMDS has no
- * tags) loads the Auto Scaling SDK, the heaviest import there is: it waits until the first rebuild
- * is under way, never on the way from boot to nixos-rebuild, or this long when a pass stalls first.
- */
-const FIRST_LOOK_DELAY_MS = 5_000;
 /**
  * How often an instance launched into a warm pool looks (in IMDS only) whether the group has taken
  * it: a pool kept Running does not restart its instances when they leave it.
@@ -231,10 +225,12 @@ export class LifecycleReporter {
   }
 
   private async loop(): Promise<void> {
+    // The first look (locating the group: DescribeAutoScalingInstances where IMDS has no tags) loads
+    // the Auto Scaling SDK, the heaviest import there is: it is never on the way to the first rebuild.
     const startedAt = this.options.clock.now();
     while (!this.stopped && !this.rebuildUnderway(startedAt)) {
       this.kicked = false;
-      await this.waitUntil(startedAt + FIRST_LOOK_DELAY_MS);
+      await this.waitUntil(startedAt + FIRST_REBUILD_WAIT_MS);
     }
     while (!this.stopped) {
       this.kicked = false;
@@ -249,7 +245,7 @@ export class LifecycleReporter {
   private rebuildUnderway(startedAt: number): boolean {
     const s = this.status;
     if (s && !beforeFirstRebuild(s)) return true;
-    return this.options.clock.now() >= startedAt + FIRST_LOOK_DELAY_MS;
+    return this.options.clock.now() >= startedAt + FIRST_REBUILD_WAIT_MS;
   }
 
   private async waitUntil(at: number): Promise<void> {
