@@ -5,7 +5,6 @@
 // fast; `emulate` and `sandbox` hand over to the sandbox, a program of its own (sandbox/) that the
 // agent never imports.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import type { Config } from './config.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -78,7 +77,7 @@ const SSM_GLOBALS = ['ReadableStream', 'crypto'] as const;
  * A command's module, loaded with everything it imports (and what the configured sources will
  * load); the late V8 flags apply from then on.
  */
-async function load<T>(module: Promise<T>, config?: Config): Promise<T> {
+async function load<T>(module: Promise<T>, config?: { readonly ssm: { readonly enabled: boolean } }): Promise<T> {
   const loaded = await module;
   if (config?.ssm.enabled) {
     for (const id of SSM_BUILTINS) process.getBuiltinModule(id);
@@ -182,6 +181,12 @@ const commands: Record<string, Command> = {
       return 0;
     },
   },
+  'seed-compile-cache': {
+    summary: "(package builds) compile every module of the agent into Node's compile cache, NODE_COMPILE_CACHE, for USER (default root)",
+    usage: 'seed-compile-cache [--uid USER]',
+    options: { uid: { type: 'string' }, help: common.help as Options[string] },
+    run: async (v) => seedCompileCache(parseUid(v.uid)),
+  },
   emulate: {
     summary: 'start the IMDS, SSM and Auto Scaling emulators on 127.0.0.1 and print their endpoints',
     usage: 'emulate [--user-data FILE] [--parameters FILE] [--instance FILE] [--host ADDR] [--imds-port N] [--ssm-port N] [--autoscaling-port N]',
@@ -197,6 +202,57 @@ const commands: Record<string, Command> = {
 };
 
 type Flags = Record<string, string | boolean | undefined>;
+
+function parseUid(value: string | boolean | undefined): number {
+  if (value === undefined) return 0;
+  if (typeof value !== 'string' || !/^\d{1,10}$/.test(value) || Number(value) > 0xfffffffe) throw new UsageError(`--uid wants a numeric user id, got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+/** What node:module has from Node 22.1 (the directory) and 22.10 (the flush); @types/node 20 has neither. */
+interface CompileCacheApi {
+  getCompileCacheDir?(): string | undefined;
+  flushCompileCache?(): void;
+}
+
+/**
+ * Fills Node's compile cache (the directory NODE_COMPILE_CACHE names) with every module of the
+ * agent, each compiled as a start compiles it, for the Nix package to keep in the store beside
+ * them: an instance's first start, most starts in an Auto Scaling group, then finds it warm, where
+ * a cache kept on the instance is only ever warm from the second.
+ *
+ * V8 takes a cached module only when its flags are the ones it was compiled under, so what `run`
+ * and `converge --once` load before the late V8 flags (load) is compiled before them, and every
+ * other chunk of the bundle after. Node names the cache's directory after the user
+ * (src/compile_cache.cc: version, arch, V8's cache tag, then getuid()); the package's builder is
+ * not the root the unit runs the agent as, so the directory is renamed for `uid`.
+ */
+async function seedCompileCache(uid: number): Promise<number> {
+  const node = process.getBuiltinModule('node:module') as CompileCacheApi;
+  const dir = node.getCompileCacheDir?.();
+  if (dir === undefined || node.flushCompileCache === undefined) {
+    throw new UsageError(`Node ${process.version} keeps no compile cache here: it needs NODE_COMPILE_CACHE set and Node >= 22.10`);
+  }
+  const ownSuffix = `-${process.getuid?.() ?? 0}`;
+  if (!dir.endsWith(ownSuffix)) throw new UsageError(`Node ${process.version} names its compile cache directory ${dir}, not after the user (-${ownSuffix.slice(1)}) as Node 22 does: the cache cannot be made for --uid ${uid}`);
+  // As a command loads them: its configuration, then its module (run: the daemon; converge --once: commands).
+  await import('./config.js');
+  await load(Promise.all([import('./daemon.js'), import('./commands.js')]), { ssm: { enabled: true } });
+  const { readdir, rename, rm } = process.getBuiltinModule('node:fs/promises');
+  const here = new URL('.', import.meta.url);
+  // The bundle's chunks (tools/bundle.mjs); importing one that is loaded already is a no-op.
+  const chunks = (await readdir(here)).filter((f) => /^chunk-[A-Z0-9]+\.js$/.test(f)).sort();
+  for (const chunk of chunks) await import(new URL(chunk, here).href);
+  node.flushCompileCache();
+  let target = dir;
+  if (`-${uid}` !== ownSuffix) {
+    target = dir.slice(0, -ownSuffix.length) + `-${uid}`;
+    await rm(target, { recursive: true, force: true });
+    await rename(dir, target);
+  }
+  process.stdout.write(`seed-compile-cache: ${chunks.length} chunks and the command modules compiled into ${target}\n`);
+  return 0;
+}
 
 interface SandboxCommands {
   emulateCommand(flags: Flags): Promise<number>;

@@ -469,10 +469,6 @@ in
             RuntimeDirectoryPreserve = "yes";
             StateDirectory = "nixos-ec2-agent";
             StateDirectoryMode = "0700";
-            # Node's compile cache for the agent (the package's wrapper sets NODE_COMPILE_CACHE
-            # under it): root's alone, as it holds code the agent runs.
-            CacheDirectory = "nixos-ec2-agent";
-            CacheDirectoryMode = "0700";
 
             # Hardening. A root daemon that activates whole systems cannot take most of it:
             #

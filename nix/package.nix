@@ -19,6 +19,18 @@ let
   # How the wrapper starts node: its flags and environment. The tests and the benchmarks launch
   # the bin the same way (test/support/launch.ts), so they test and measure what ships.
   launch = lib.importJSON ./launch.json;
+  # A value of launch.json as a word of the wrapper's command line; a leading @package@ is the
+  # installed package's directory, which only the build's shell knows.
+  wrapperWord =
+    value:
+    let
+      tag = "@package@";
+      n = builtins.stringLength tag;
+    in
+    if builtins.substring 0 n value == tag then
+      "\"$packageOut\"" + lib.escapeShellArg (builtins.substring n (builtins.stringLength value) value)
+    else
+      lib.escapeShellArg value;
 in
 buildNpmPackage {
   pname = "nixos-ec2-agent";
@@ -98,10 +110,12 @@ buildNpmPackage {
     #   are loaded (agent/cli.ts): no optimised or baseline machine code, nor the compiler memory
     #   behind it, keeps the idle daemon ~5 MiB smaller, about what --lite-mode saved (which, on
     #   the command line, also cost the code cache and took WebAssembly away).
-    # - NODE_COMPILE_CACHE=/var/cache/nixos-ec2-agent/compile-cache: Node 22 keeps the code it
-    #   compiles for the agent there, root's (the unit's CacheDirectory), across restarts and
-    #   reboots. Not Node's default, /tmp/node-compile-cache: any user can make that directory first
-    #   and fill it with code cache for a root process to run.
+    # - NODE_COMPILE_CACHE=$packageOut/compile-cache: Node 22's compile cache for every module of
+    #   the agent, made below (postFixup) and kept in the store with the code it is for, so that an
+    #   instance's very first start, most starts in an Auto Scaling group, finds it warm. The store
+    #   is read-only: Node reads the cache there and silently writes nothing. Never Node's default,
+    #   /tmp/node-compile-cache: any user can make that directory first and fill it with code cache
+    #   for a root process to run.
     # Weighed and left out, as no better than the spread between runs: --optimize-for-size,
     # --single-threaded(-gc), --max-semi-space-size=1, MALLOC_ARENA_MAX=2, UV_THREADPOOL_SIZE=2
     # (=1 was slower); a V8 startup snapshot of the agent (node --snapshot-blob) started faster and
@@ -111,7 +125,7 @@ buildNpmPackage {
     rm "$out/bin/nixos-ec2-agent"
     makeWrapper ${nodejs_22}/bin/node "$out/bin/nixos-ec2-agent" \
       --add-flags "${builtins.concatStringsSep " " (launch.nodeFlags ++ [ "$packageOut/dist/agent/cli.js" ])}" \
-      ${builtins.concatStringsSep " " (map (name: "--set-default ${name} ${lib.escapeShellArg launch.env.${name}}") (builtins.attrNames launch.env))} \
+      ${builtins.concatStringsSep " " (map (name: "--set-default ${name} ${wrapperWord launch.env.${name}}") (builtins.attrNames launch.env))} \
       --suffix PATH : ${
         lib.makeBinPath [
           nixos-rebuild-ng
@@ -119,6 +133,16 @@ buildNpmPackage {
           systemd
         ]
       }
+  '';
+
+  # The compile cache, made once the files are final (fixupPhase has patched cli.js's shebang; Node
+  # takes an entry only for the source it was made from). Through the wrapper, so with the flags and
+  # environment the agent starts with: V8 takes a cached module only under the flags it was compiled
+  # under. Node names the cache after the user (src/compile_cache.cc); the builder is not root,
+  # whom the unit runs the agent as, hence --uid 0.
+  postFixup = ''
+    packageOut="$out/lib/node_modules/nixos-ec2-agent"
+    "$out/bin/nixos-ec2-agent" seed-compile-cache --uid 0
   '';
 
   meta = {

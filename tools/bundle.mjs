@@ -164,7 +164,7 @@ await writeFile(
   [
     '#!/usr/bin/env node',
     '// Written by tools/bundle.mjs: the bundled agent. Node >= 22.1 keeps its compile cache where',
-    '// NODE_COMPILE_CACHE says (the Nix package: /var/cache/nixos-ec2-agent), and only there: its',
+    "// NODE_COMPILE_CACHE says (the Nix package: its own, in the store), and only there: its",
     "// default, /tmp/node-compile-cache, is a directory anyone on the machine can make first and fill",
     '// with code for a root process to run (Node takes a directory that exists, whoever owns it).',
     `await import('./${bundle}');`,

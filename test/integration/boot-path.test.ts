@@ -6,14 +6,16 @@
 // node:module (the bundle takes built-ins from process.getBuiltinModule; tools/bundle.mjs) and
 // node:crypto (digests are agent/sha256.ts; signatures are checked only for a closure). A preload records Node's loaded built-ins at the moment nixos-rebuild is spawned.
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { terminate, waitFor, withInstance } from '../support/e2e.js';
-import { shippedLaunch } from '../support/launch.js';
+import { CLI, terminate, waitFor, withInstance } from '../support/e2e.js';
+import { canSeedCompileCache, launchFile, seedCompileCache, shippedLaunch } from '../support/launch.js';
+
+const NODE22 = node22();
 
 const PRELOAD = `
 import { writeFileSync } from 'node:fs';
@@ -130,22 +132,59 @@ describe('the boot path', () => {
     assert.deepEqual(v8OnCommandLine, [], "no V8 flag on node's command line");
   });
 
-  test("keeps Node's compile cache where the launch names it, never in Node's default under the temporary directory", { skip: NODE_MAJOR >= 22 ? false : 'Node < 22 has no compile cache' }, async () => {
-    const cache = shippedLaunch().env.NODE_COMPILE_CACHE as string;
+  // What the package ships (nix/package.nix: seed-compile-cache through the wrapper, the cache in the
+  // store) must be what a first start finds: every module of the agent compiled under the flags it
+  // runs with. Node >= 22.10 makes the cache; CI brings one (NIXOS_EC2_AGENT_TEST_NODE22, .ci/run).
+  test('a first converge --once and a first run take every module from the compile cache the package makes, and write nothing there', { skip: NODE22 ? false : 'no Node >= 22.10 here (NIXOS_EC2_AGENT_TEST_NODE22 names one)' }, async (t) => {
+    const node = NODE22 as string;
+    const launch = launchFile();
+    const cache = await mkdtemp(path.join(tmpdir(), 'boot-path-seeded-'));
     const tmp = await mkdtemp(path.join(tmpdir(), 'boot-path-tmp-'));
-    try {
-      await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "compile-cache";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
-        const withCache = await i.run(['converge', '--once', '--json'], { TMPDIR: tmp });
-        assert.equal(withCache.code, 0, withCache.stderr);
-        // Without the variable (a run outside the package's wrapper): no cache at all.
-        const without = await i.run(['status', '--json'], { TMPDIR: tmp, NODE_COMPILE_CACHE: '' });
-        assert.equal(without.code, 0, without.stderr);
-      });
-      assert.ok((await readdir(cache)).some((d) => d.startsWith(`v${process.versions.node}-`)), `the cache is in ${cache}`);
-      assert.deepEqual(await readdir(tmp), [], "nothing in the temporary directory (Node's default is node-compile-cache there)");
-    } finally {
-      await rm(tmp, { recursive: true, force: true });
-    }
+    t.after(() => Promise.all([rm(cache, { recursive: true, force: true }), rm(tmp, { recursive: true, force: true })]));
+    const uid = process.getuid?.() ?? 0;
+    seedCompileCache(node, launch, cache, uid);
+    const [dir, ...others] = await readdir(cache);
+    assert.equal(others.length, 0, 'one directory, for one Node, its flags and one user');
+    assert.match(dir as string, new RegExp(`-${uid}$`), 'named after the user the cache is for');
+    const seeded = await snapshot(path.join(cache, dir as string));
+    const env = { ...launch.env, NODE_COMPILE_CACHE: cache, NODE_DEBUG_NATIVE: 'COMPILE_CACHE', TMPDIR: tmp };
+    let onceModules = new Set<string>();
+
+    await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "compile-cache";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
+      const once = await i.run(['converge', '--once', '--json'], env, node);
+      assert.equal(once.code, 0, once.stderr);
+      onceModules = assertAllFromCache(once.stderr, ['cli.js', 'nixos-ec2-agent.js'], 'converge --once');
+    });
+    // The daemon with SSM on: what it loads after the late V8 flags (the SDK) is in the cache too.
+    await withInstance({ parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] }, async (i) => {
+      const run = i.start(['run'], env, node);
+      try {
+        await waitFor('the first convergence', async () => ((await i.statusFile())?.firstConvergenceDone ? true : undefined));
+      } finally {
+        await terminate(run);
+      }
+      const { stderr } = await run.done;
+      const daemon = assertAllFromCache(stderr, ['cli.js', 'nixos-ec2-agent.js'], 'run');
+      const sdk = [...daemon].filter((f) => !onceModules.has(f));
+      assert.ok(sdk.length > 0, `run (SSM on) took modules that converge --once (SSM off) never loads from the cache too: ${[...daemon].join(' ')}`);
+    });
+    assert.deepEqual(await snapshot(path.join(cache, dir as string)), seeded, 'nothing written into the cache');
+    assert.deepEqual(await readdir(tmp), [], "nothing in the temporary directory (Node's default is node-compile-cache there)");
+  });
+
+  test('seed-compile-cache makes the cache for the user it names; without NODE_COMPILE_CACHE it refuses in one line', { skip: NODE22 ? false : 'no Node >= 22.10 here (NIXOS_EC2_AGENT_TEST_NODE22 names one)' }, async (t) => {
+    const node = NODE22 as string;
+    const cache = await mkdtemp(path.join(tmpdir(), 'boot-path-seeded-'));
+    t.after(() => rm(cache, { recursive: true, force: true }));
+    // The package's build runs as a build user and makes the cache for root (--uid 0); here, for another.
+    seedCompileCache(node, launchFile(), cache, 4242);
+    const dirs = await readdir(cache);
+    assert.equal(dirs.length, 1, dirs.join(' '));
+    assert.match(dirs[0] as string, /^v\d+\.\d+\.\d+-[a-z0-9]+-[0-9a-f]+-4242$/);
+    assert.ok((await readdir(path.join(cache, dirs[0] as string))).length > 10, 'the modules are in it');
+    const refused = spawnSync(node, [CLI, 'seed-compile-cache'], { env: { PATH: process.env.PATH ?? '' }, encoding: 'utf8' });
+    assert.equal(refused.status, 2);
+    assert.match(refused.stderr, /^nixos-ec2-agent seed-compile-cache: Node v\S+ keeps no compile cache here: it needs NODE_COMPILE_CACHE set/);
   });
 
   test('a launch whose V8 flags hold a word that is not a flag: one warning line, no flag set, the command runs', async () => {
@@ -162,3 +201,33 @@ describe('the boot path', () => {
     });
   });
 });
+
+/** A Node that makes compile caches: this one, or the one NIXOS_EC2_AGENT_TEST_NODE22 names. */
+function node22(): string | undefined {
+  for (const node of [process.execPath, process.env.NIXOS_EC2_AGENT_TEST_NODE22]) if (node && existsSync(node) && canSeedCompileCache(node)) return node;
+  return undefined;
+}
+
+/** Each file of a directory with its size and modification time. */
+async function snapshot(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const f of (await readdir(dir)).sort()) {
+    const st = await stat(path.join(dir, f));
+    out[f] = `${st.size} ${st.mtimeMs}`;
+  }
+  return out;
+}
+
+/**
+ * From Node's compile-cache debug lines (NODE_DEBUG_NATIVE=COMPILE_CACHE): every module of the agent
+ * it read was accepted from the cache, none rejected or compiled anew, and the named ones among them.
+ */
+function assertAllFromCache(stderr: string, named: readonly string[], what: string): Set<string> {
+  const lines = stderr.split('\n').filter((l) => l.startsWith('[compile cache]') && l.includes('/dist/agent/'));
+  const accepted = new Set(lines.flatMap((l) => /^\[compile cache\] cache for file:\/\/\S*\/dist\/agent\/(\S+) was accepted/.exec(l)?.[1] ?? []));
+  const other = lines.filter((l) => !/was accepted|^\[compile cache\] reading cache from .* success|because cache was the same/.test(l));
+  assert.deepEqual(other, [], `${what}: modules not taken from the cache`);
+  for (const f of named) assert.ok(accepted.has(f), `${what}: ${f} from the cache (${[...accepted].join(' ')})`);
+  assert.ok([...accepted].some((f) => f.startsWith('chunk-')), `${what}: chunks from the cache`);
+  return accepted;
+}

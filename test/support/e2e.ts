@@ -159,8 +159,8 @@ export class Instance {
    * Starts the agent CLI with the sandbox's configuration, as the Nix package's wrapper starts it
    * (node's flags and environment: test/support/launch.ts); its stderr also goes to agent.log.
    */
-  start(args: readonly string[], extraEnv: Record<string, string> = {}): Running {
-    const child = spawn(process.execPath, [...SHIPPED.nodeFlags, CLI, ...args, '--config', this.sandbox.layout.config], {
+  start(args: readonly string[], extraEnv: Record<string, string> = {}, node = process.execPath): Running {
+    const child = spawn(node, [...SHIPPED.nodeFlags, CLI, ...args, '--config', this.sandbox.layout.config], {
       env: { ...cleanEnv(process.env), ...SHIPPED.env, ...this.sandbox.env, ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -192,8 +192,8 @@ export class Instance {
     return run;
   }
 
-  run(args: readonly string[], extraEnv: Record<string, string> = {}): Promise<CliResult> {
-    return this.start(args, extraEnv).done;
+  run(args: readonly string[], extraEnv: Record<string, string> = {}, node = process.execPath): Promise<CliResult> {
+    return this.start(args, extraEnv, node).done;
   }
 
   /** `converge --once --json`: the exit code and the status it printed. */

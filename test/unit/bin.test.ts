@@ -20,7 +20,7 @@ describe('the bin', () => {
 
   // Node's default directory for it, /tmp/node-compile-cache, is one any user can make first and
   // fill with code for the root agent to run: the cache is on only where NODE_COMPILE_CACHE names a
-  // directory (the package's wrapper: root's /var/cache/nixos-ec2-agent).
+  // directory (the package's wrapper: its own, in the store).
   it("never turns Node's compile cache on in its default directory", () => {
     const dist = path.dirname(bin);
     for (const file of readdirSync(dist).filter((f) => f.endsWith('.js'))) {

@@ -4,7 +4,7 @@
 // accepts; the package builds what the npm package publishes; npmDepsHash matches the lockfile.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -292,13 +292,18 @@ describe('nix/package.nix, applied to a stub buildNpmPackage', { skip: nixSkip }
     assert.match(p.postInstall, /makeWrapper \/nix\/store\/stub-nodejs\/bin\/node "\$out\/bin\/nixos-ec2-agent"/);
     const launch = launchFile();
     assert.ok(launch.env.NIXOS_EC2_AGENT_V8_FLAGS?.includes('--no-opt'), 'the agent turns V8\'s optimising compiler off once loaded');
-    // Node's compile cache in root's directory (the unit's CacheDirectory), never its /tmp default.
-    assert.equal(launch.env.NODE_COMPILE_CACHE, '/var/cache/nixos-ec2-agent/compile-cache');
+    // Node's compile cache in the package's own directory, in the store, never its /tmp default.
+    assert.equal(launch.env.NODE_COMPILE_CACHE, '@package@/compile-cache');
     assert.ok(p.postInstall.includes(`--add-flags "${[...launch.nodeFlags, '$packageOut/dist/agent/cli.js'].join(' ')}"`), p.postInstall);
     for (const [name, value] of Object.entries(launch.env)) {
-      const word = /^[A-Za-z0-9,._+:@%/-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
-      assert.ok(p.postInstall.includes(`--set-default ${name} ${word}`), `the wrapper sets ${name}: ${p.postInstall}`);
+      const m = new RegExp(`--set-default ${name} ('[^']*'|"\\$packageOut"\\S*|[^ '"]+) `).exec(p.postInstall);
+      assert.ok(m, `the wrapper sets ${name}: ${p.postInstall}`);
+      // What the build's shell makes of the word, with the package's directory as it knows it.
+      const word = execFileSync('bash', ['-c', `packageOut=/nix/store/x-nixos-ec2-agent/lib/node_modules/nixos-ec2-agent; printf %s ${m[1]}`], { encoding: 'utf8' });
+      assert.equal(word, value.replace(/^@package@/, '/nix/store/x-nixos-ec2-agent/lib/node_modules/nixos-ec2-agent'), name);
     }
+    // The cache is made through the wrapper once the files are final, for root.
+    assert.match(p.postFixup, /packageOut="\$out\/lib\/node_modules\/nixos-ec2-agent"\n\s*"\$out\/bin\/nixos-ec2-agent" seed-compile-cache --uid 0\n/);
     for (const unit of ['nixos-ec2-agent.service', 'nixos-ec2-agent-converged.target']) {
       assert.ok(p.postInstall.includes(`-${unit} "$out/lib/systemd/system/${unit}"`), `ships ${unit} for systemd.packages`);
     }
@@ -409,8 +414,7 @@ describe('nix/module.nix, applied to a stub lib', { skip: nixSkip }, () => {
     assert.match(s.serviceConfig.ExecReload, /kill -HUP \$MAINPID$/);
     assert.equal(s.serviceConfig.RuntimeDirectory, 'nixos-ec2-agent');
     assert.equal(s.serviceConfig.StateDirectory, 'nixos-ec2-agent');
-    assert.equal(s.serviceConfig.CacheDirectory, 'nixos-ec2-agent', "the compile cache's directory, root's");
-    assert.equal(s.serviceConfig.CacheDirectoryMode, '0700');
+    assert.equal(s.serviceConfig.CacheDirectory, undefined, "the compile cache is the package's, in the store");
     assert.deepEqual(s.wantedBy, ['multi-user.target']);
     assert.ok(s.after.includes('network-online.target') && s.wants.includes('network-online.target'));
     // After multi-user.target (as amazon-init); `before` units wait for the converged target.

@@ -81,11 +81,9 @@ describe('systemd/nixos-ec2-agent.service', () => {
     assert.ok(service.has('WatchdogSec') && service.has('TimeoutStartSec'));
     assert.deepEqual(service.get('RuntimeDirectory'), ['nixos-ec2-agent']);
     assert.deepEqual(service.get('StateDirectory'), ['nixos-ec2-agent']);
-    // Node's compile cache lives in the unit's cache directory, root's alone: the code it holds runs
-    // as root. The package's wrapper names it (nix/launch.json).
-    assert.deepEqual(service.get('CacheDirectory'), ['nixos-ec2-agent']);
-    assert.deepEqual(service.get('CacheDirectoryMode'), ['0700']);
-    assert.ok(launchFile().env.NODE_COMPILE_CACHE?.startsWith(`/var/cache/${service.get('CacheDirectory')?.[0]}/`));
+    // Node's compile cache is the package's, in the store (nix/launch.json): nothing of it on the instance.
+    assert.equal(service.has('CacheDirectory'), false);
+    assert.ok(launchFile().env.NODE_COMPILE_CACHE?.startsWith('@package@/'));
     // NixOS's switch-to-configuration reads X-RestartIfChanged from [Service] only and
     // X-StopOnRemoval from [Unit] (pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs).
     assert.deepEqual(service.get('X-RestartIfChanged'), ['false']);
