@@ -134,8 +134,8 @@ describe('the boot path', () => {
 
   // What the package ships (nix/package.nix: seed-compile-cache through the wrapper, the cache in the
   // store) must be what a first start finds: every module of the agent compiled under the flags it
-  // runs with. Node >= 22.10 makes the cache; CI brings one (NIXOS_EC2_AGENT_TEST_NODE22, .ci/run).
-  test('a first converge --once and a first run take every module from the compile cache the package makes, and write nothing there', { skip: NODE22 ? false : 'no Node >= 22.10 here (NIXOS_EC2_AGENT_TEST_NODE22 names one)' }, async (t) => {
+  // runs with. Node >= 22.10 makes the cache; CI brings one (NODE22_TEST_BIN, .ci/run).
+  test('a first converge --once and a first run take every module from the compile cache the package makes, and write nothing there', { skip: NODE22 ? false : 'no Node >= 22.10 here (NODE22_TEST_BIN names one)' }, async (t) => {
     const node = NODE22 as string;
     const launch = launchFile();
     const cache = await mkdtemp(path.join(tmpdir(), 'boot-path-seeded-'));
@@ -151,13 +151,13 @@ describe('the boot path', () => {
     let onceModules = new Set<string>();
 
     await withInstance({ userData: '{ ... }:\n{\n  networking.hostName = "compile-cache";\n}\n', config: { ssm: { enabled: false } } }, async (i) => {
-      const once = await i.run(['converge', '--once', '--json'], env, node);
+      const once = await i.run(['converge', '--once', '--json'], env, { node });
       assert.equal(once.code, 0, once.stderr);
       onceModules = assertAllFromCache(once.stderr, ['cli.js', 'nixos-ec2-agent.js'], 'converge --once');
     });
     // The daemon with SSM on: what it loads after the late V8 flags (the SDK) is in the cache too.
     await withInstance({ parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] }, async (i) => {
-      const run = i.start(['run'], env, node);
+      const run = i.start(['run'], env, { node });
       try {
         await waitFor('the first convergence', async () => ((await i.statusFile())?.firstConvergenceDone ? true : undefined));
       } finally {
@@ -172,7 +172,7 @@ describe('the boot path', () => {
     assert.deepEqual(await readdir(tmp), [], "nothing in the temporary directory (Node's default is node-compile-cache there)");
   });
 
-  test('seed-compile-cache makes the cache for the user it names; without NODE_COMPILE_CACHE it refuses in one line', { skip: NODE22 ? false : 'no Node >= 22.10 here (NIXOS_EC2_AGENT_TEST_NODE22 names one)' }, async (t) => {
+  test('seed-compile-cache makes the cache for the user it names; without NODE_COMPILE_CACHE it refuses in one line', { skip: NODE22 ? false : 'no Node >= 22.10 here (NODE22_TEST_BIN names one)' }, async (t) => {
     const node = NODE22 as string;
     const cache = await mkdtemp(path.join(tmpdir(), 'boot-path-seeded-'));
     t.after(() => rm(cache, { recursive: true, force: true }));
@@ -202,9 +202,9 @@ describe('the boot path', () => {
   });
 });
 
-/** A Node that makes compile caches: this one, or the one NIXOS_EC2_AGENT_TEST_NODE22 names. */
+/** A Node that makes compile caches: this one, or the one NODE22_TEST_BIN names. */
 function node22(): string | undefined {
-  for (const node of [process.execPath, process.env.NIXOS_EC2_AGENT_TEST_NODE22]) if (node && existsSync(node) && canSeedCompileCache(node)) return node;
+  for (const node of [process.execPath, process.env.NODE22_TEST_BIN]) if (node && existsSync(node) && canSeedCompileCache(node)) return node;
   return undefined;
 }
 

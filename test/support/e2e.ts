@@ -159,8 +159,8 @@ export class Instance {
    * Starts the agent CLI with the sandbox's configuration, as the Nix package's wrapper starts it
    * (node's flags and environment: test/support/launch.ts); its stderr also goes to agent.log.
    */
-  start(args: readonly string[], extraEnv: Record<string, string> = {}, node = process.execPath): Running {
-    const child = spawn(node, [...SHIPPED.nodeFlags, CLI, ...args, '--config', this.sandbox.layout.config], {
+  start(args: readonly string[], extraEnv: Record<string, string> = {}, how: OtherLaunch = {}): Running {
+    const child = spawn(how.node ?? process.execPath, [...SHIPPED.nodeFlags, ...(how.nodeFlags ?? []), how.cli ?? CLI, ...args, '--config', this.sandbox.layout.config], {
       env: { ...cleanEnv(process.env), ...SHIPPED.env, ...this.sandbox.env, ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -192,8 +192,8 @@ export class Instance {
     return run;
   }
 
-  run(args: readonly string[], extraEnv: Record<string, string> = {}, node = process.execPath): Promise<CliResult> {
-    return this.start(args, extraEnv, node).done;
+  run(args: readonly string[], extraEnv: Record<string, string> = {}, how: OtherLaunch = {}): Promise<CliResult> {
+    return this.start(args, extraEnv, how).done;
   }
 
   /** `converge --once --json`: the exit code and the status it printed. */
@@ -340,6 +340,13 @@ export class LiveLog {
   builds(): LogLine[] {
     return this.of('step.start').filter((e) => e.stage === 'build');
   }
+}
+
+/** The agent started otherwise than as shipped: another node, another copy of the bin, node flags added. */
+export interface OtherLaunch {
+  readonly node?: string;
+  readonly cli?: string;
+  readonly nodeFlags?: readonly string[];
 }
 
 /** The parts of `status --json` the tests read. */
