@@ -218,7 +218,7 @@ async function createSsmSource(
 export function createLifecycleReporter(
   agent: Agent,
   log: Logger,
-  options: { clock: Clock; onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void },
+  options: { clock: Clock; freshPass?: () => Promise<unknown>; onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void },
 ): LifecycleReporter | undefined {
   if (!agent.config.lifecycle.enabled) return undefined;
   const { clock, ...callbacks } = options;

@@ -74,6 +74,7 @@ type DaemonEvent =
   | { readonly kind: 'local-change'; readonly reason: string }
   | { readonly kind: 'leaving'; readonly notice: LeavingNotice | undefined }
   | { readonly kind: 'target-state'; readonly state: string; readonly everyMs: number }
+  | { readonly kind: 'fresh-pass'; readonly reply: (result: PassResult | undefined) => void }
   | { readonly kind: 'control'; readonly op: ControlOp; readonly reply: ControlReply }
   | { readonly kind: 'signal'; readonly signal: DaemonSignal }
   | { readonly kind: 'reloaded'; readonly parts: Parts | undefined }
@@ -198,6 +199,10 @@ class DaemonLoop implements Daemon {
       case 'target-state':
         this.parts?.lifecycle?.observeTarget(event.state, event.everyMs);
         return;
+      case 'fresh-pass':
+        // The group took the instance out of its warm pool: the launch hook waits for this pass.
+        this.spawn(this.convergeAfresh('left the warm pool').then(event.reply, () => event.reply(undefined)));
+        return;
       case 'control':
         return this.onControl(event.op, event.reply);
       case 'signal':
@@ -280,22 +285,30 @@ class DaemonLoop implements Daemon {
     }
   }
 
+  /**
+   * One pass now that reads every source again, whatever the revision says; undefined when none
+   * will run (stopping, or the instance is leaving).
+   */
+  private async convergeAfresh(reason: string): Promise<PassResult | undefined> {
+    if (this.scheduler.state.running) {
+      // A build of what the sources still say is let finish: only a newer desired state cancels
+      // it (runNow below). Otherwise the next pass starts when this one ends.
+      const newer = await this.newer.check(undefined, true).catch(() => undefined);
+      if (newer === undefined) await this.scheduler.exclusive(async () => undefined);
+    }
+    this.parts.agent.ssm.invalidate(reason);
+    this.parts.agent.sources.forget();
+    return this.scheduler.runNow(reason);
+  }
+
   private onControl(op: ControlOp, reply: ControlReply): void {
     const answer = async (): Promise<unknown> => {
       switch (op) {
         case 'status':
           return { ok: true, status: this.reconciler.status };
         case 'converge': {
-          if (this.scheduler.state.running) {
-            // A build of what the sources still say is let finish: only a newer desired state
-            // cancels it (runNow below). Otherwise the next pass starts when this one ends.
-            const newer = await this.newer.check(undefined, true).catch(() => undefined);
-            if (newer === undefined) await this.scheduler.exclusive(async () => undefined);
-          }
           // An operator asking means: read everything again, whatever the revision says.
-          this.parts.agent.ssm.invalidate('converge --now');
-          this.parts.agent.sources.forget();
-          const result = await this.scheduler.runNow('converge --now');
+          const result = await this.convergeAfresh('converge --now');
           if (result === undefined) {
             const why = this.leavingNotice ? `the instance is leaving (${this.leavingNotice.detail})` : 'the agent is stopping';
             return { ok: false, error: `not converging: ${why}`, status: this.reconciler.status };
@@ -438,6 +451,7 @@ class DaemonLoop implements Daemon {
       : undefined;
     const lifecycle = createLifecycleReporter(agent, log, {
       clock: this.deps.reporterClock ?? clock,
+      freshPass: () => new Promise((reply) => this.post({ kind: 'fresh-pass', reply })),
       onCompleted: (result) => this.metrics?.lifecycleCompleted(result),
       onHeartbeat: () => this.metrics?.heartbeat(),
     });

@@ -72,6 +72,11 @@ export interface LifecycleReporterOptions {
   readonly retryMs?: number;
   /** How often a warm pool's instance looks whether it has left the pool; 30 s by default. */
   readonly warmPoolLookMs?: number;
+  /**
+   * Runs one pass that reads every source again, and settles once it has ended: what a launch out
+   * of a warm pool waits for when this run had converged before it (freshPassFor).
+   */
+  readonly freshPass?: () => Promise<unknown>;
   readonly onCompleted?: (result: LifecycleResult) => void;
   readonly onHeartbeat?: () => void;
   readonly onError?: (op: string, err: Error) => void;
@@ -138,6 +143,8 @@ export class LifecycleReporter {
   private lastObservedAt: number | undefined;
   /** Asks Auto Scaling, at the next step, whether it holds the instance in a launch again. */
   private askAfterSleep = false;
+  /** The pass a launch out of the warm pool waits for (freshPassFor), once asked. */
+  private freshPass: { done: boolean } | undefined;
 
   private chain: Promise<void> = Promise.resolve();
   private loopDone: Promise<void> | undefined;
@@ -264,7 +271,7 @@ export class LifecycleReporter {
     if (this.retryAt !== undefined) times.push(this.retryAt);
     const r = this.record;
     if (r?.warm && this.nextWarmLookAt !== undefined) times.push(this.nextWarmLookAt);
-    if (r && !r.settled && !r.decision && !this.status?.firstConvergenceDone) {
+    if (r && !r.settled && !r.decision && !this.converged()) {
       times.push(this.budgetEndsAt(r));
       if (!this.engaged) times.push(this.firstCallAt(r));
       if (this.nextBeatAt !== undefined) times.push(this.nextBeatAt);
@@ -404,14 +411,20 @@ export class LifecycleReporter {
     if (hooks.every((h) => record.hooks[h])) this.settle(record, 'every launch hook is over');
   }
 
+  /** The launch's convergence has ended: this run's first, and the fresh pass a launch out of the warm pool asked for. */
+  private converged(): boolean {
+    return this.status?.firstConvergenceDone === true && (this.freshPass === undefined || this.freshPass.done);
+  }
+
   /** CONTINUE once the first pass has ended on a good generation; ABANDON when none runs or time is up. */
   private decide(record: Persisted): { result: LifecycleResult; reason: string } | undefined {
     const s = this.status;
-    if (s?.firstConvergenceDone) {
-      if (s.noGoodGeneration) return { result: 'ABANDON', reason: 'the first convergence ended with no good generation running' };
+    if (s && this.converged()) {
+      const which = this.freshPass ? 'the pass after leaving the warm pool' : 'the first convergence';
+      if (s.noGoodGeneration) return { result: 'ABANDON', reason: `${which} ended with no good generation running` };
       return {
         result: 'CONTINUE',
-        reason: s.condition === 'converged' ? 'the first convergence converged' : 'the first convergence ended on a good generation',
+        reason: s.condition === 'converged' ? `${which} converged` : `${which} ended on a good generation`,
       };
     }
     const endsAt = this.budgetEndsAt(record);
@@ -542,8 +555,11 @@ export class LifecycleReporter {
     this.nextWarmLookAt = this.options.clock.now() + (this.options.warmPoolLookMs ?? WARM_POOL_LOOK_MS);
   }
 
-  /** A launch this run reports from its start: the budget counts from now. */
-  private beginLaunch(here: Location): void {
+  /**
+   * A launch this run reports from its start: the budget counts from now. `whileRunning`: the group
+   * took the instance out of its warm pool while this run went on (freshPassFor).
+   */
+  private beginLaunch(here: Location, whileRunning = false): void {
     this.record = {
       version: 1,
       instanceId: here.instanceId,
@@ -557,6 +573,29 @@ export class LifecycleReporter {
     this.engaged = false;
     this.nextBeatAt = undefined;
     this.hookNames = undefined;
+    this.freshPass = undefined;
+    if (whileRunning) this.freshPassFor(here);
+  }
+
+  /**
+   * The group took the instance out of a warm pool kept Running or Hibernated, where this run had
+   * converged already: to what the sources said then, hours or days ago for a hibernated instance,
+   * and a push made since waits for the next poll. An instance from a Stopped pool boots and
+   * converges before its hook is completed; this one gets the same, one pass reading every source
+   * again, and its hook waits for it (heartbeated, within the launch's budget).
+   */
+  private freshPassFor(here: Location): void {
+    const ask = this.options.freshPass;
+    if (!ask || !this.status?.firstConvergenceDone) return;
+    const waiting = { done: false };
+    this.freshPass = waiting;
+    this.options.log.info({ event: 'lifecycle.fresh-pass', group: here.group }, 'converging afresh before completing the launch hook: what this run converged to predates the launch out of the warm pool');
+    void ask()
+      .catch(() => undefined)
+      .then(() => {
+        waiting.done = true;
+        this.kick();
+      });
   }
 
   /**
@@ -570,7 +609,7 @@ export class LifecycleReporter {
 
   /** Where IMDS says the group is taking the instance: out of its warm pool (a new launch), or into it. */
   private follow(record: Persisted, here: Location): void {
-    if (this.leftWarmPool(record, here)) this.beginLaunch(here);
+    if (this.leftWarmPool(record, here)) this.beginLaunch(here, true);
     else this.enteringWarmPool(record, here.targetLifecycleState);
   }
 
@@ -605,7 +644,7 @@ export class LifecycleReporter {
       this.askAfterSleep = false;
       if (membership && /^Pending(:Wait)?$/.test(membership.lifecycleState)) {
         this.options.log.info({ event: 'lifecycle.warm-pool-left', group, state: membership.lifecycleState }, `the instance woke in ${membership.lifecycleState}: the group took it out of its warm pool, and its launch hook is met again`);
-        this.beginLaunch({ instanceId: record.instanceId, group, targetLifecycleState: 'InService' });
+        this.beginLaunch({ instanceId: record.instanceId, group, targetLifecycleState: 'InService' }, true);
       }
     });
   }

@@ -161,6 +161,44 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
     );
   });
 
+  // A pool kept Running: the daemon converged in the pool and keeps running there. A push it has not
+  // polled yet (the poll is an hour) must be in what the instance runs before it goes in service.
+  test("a warm pool kept Running: when the group takes the instance, the running daemon converges afresh, push included, before it completes the launch hook", async () => {
+    await withInstance(
+      {
+        userData: '{ ... }: { environment.etc."greeting".text = "running-pool"; }\n',
+        parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }],
+        instance: { autoScaling: { group: 'web-warm-asg', warmPool: 'Running' } },
+        config: { lifecycle: { enabled: true, heartbeatSeconds: 10, budgetSeconds: 300 }, termination: { checkSeconds: 1 }, ssm: { pollIntervalSeconds: 3600 } },
+      },
+      async (i) => {
+        const state = () => i.world.autoscaling.instance(i.instanceId)?.lifecycleState;
+        const daemon = i.start(['run']);
+        try {
+          await waitUntil('the launch into the pool completed', () => state() === 'Warmed:Running');
+          const inPool = await waitFor('the first convergence', async () => {
+            const st = await i.statusFile();
+            return st?.firstConvergenceDone && st.phase === 'idle' ? st : undefined;
+          });
+          i.put('/nixos/fleet/modules/motd', '{ ... }: { environment.etc."motd".text = "pushed while in the pool"; }');
+          i.put('/nixos/fleet/revision', '2');
+          i.world.autoscaling.leaveWarmPool(i.instanceId);
+          assert.equal(state(), 'Pending:Wait');
+          await waitUntil('the launch hook out of the pool completed', () => state() === 'InService');
+          const st = await i.statusFile();
+          assert.ok(st?.desired && st.desired.hash !== inPool.desired?.hash, 'the hook was completed after a pass that read the push');
+          assert.ok(st.desired.sources.parameters.some((p) => p.name === '/nixos/fleet/modules/motd'), JSON.stringify(st.desired.sources));
+          assert.equal(st.condition, 'converged');
+        } finally {
+          const ended = await terminate(daemon);
+          assert.equal(ended.code, 0, ended.stderr.slice(-2000));
+        }
+        const completions = i.world.autoscaling.actions().filter((a) => a.kind === 'complete');
+        assert.deepEqual(completions.map((c) => [c.hookName, c.result]), [[i.world.hook, 'CONTINUE'], [i.world.hook, 'CONTINUE']]);
+      },
+    );
+  });
+
   // A scale-in under the warm pool's instance reuse policy returns an instance in service to the
   // pool (stopped there), and a later scale-out takes it back through the launch hook again. The
   // daemon learns of the return from the target state its leaving watch reads, or, when the stop

@@ -147,7 +147,10 @@ describe('LifecycleReporter', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  function reporter(config: Record<string, unknown> = {}, options: { locate?: () => Promise<Location>; retryMs?: number; completed?: LifecycleResult[]; beats?: number[] } = {}): LifecycleReporter {
+  function reporter(
+    config: Record<string, unknown> = {},
+    options: { locate?: () => Promise<Location>; retryMs?: number; completed?: LifecycleResult[]; beats?: number[]; freshPass?: () => Promise<unknown> } = {},
+  ): LifecycleReporter {
     const r = new LifecycleReporter({
       autoscaling: asg,
       clock,
@@ -156,6 +159,7 @@ describe('LifecycleReporter', () => {
       config: lifecycleConfig(config),
       locate: options.locate ?? (async () => ({ instanceId: INSTANCE, group: GROUP })),
       ...(options.retryMs !== undefined ? { retryMs: options.retryMs } : {}),
+      ...(options.freshPass ? { freshPass: options.freshPass } : {}),
       onCompleted: (result) => options.completed?.push(result),
       onHeartbeat: () => options.beats?.push(clock.now()),
     });
@@ -501,6 +505,45 @@ describe('LifecycleReporter', () => {
     assert.equal(clock.pendingSleeps, 0, 'no look is scheduled once in service');
   });
 
+  /** The daemon's side of a fresh pass (freshPass): each ask is held until the test ends the pass. */
+  function freshPasses() {
+    const asked: (() => void)[] = [];
+    return {
+      freshPass: () => new Promise<void>((resolve) => asked.push(resolve)),
+      asked: () => asked.length,
+      /** The pass asked for ends (its status fed first, as the daemon's loop feeds it). */
+      end: () => asked.at(-1)!(),
+    };
+  }
+
+  it("a warm pool kept Running: once the group takes the instance, its launch hook waits, heartbeated, for a pass that reads the sources again, and is completed with that pass's result", async () => {
+    const pool = warmInstance('Warmed:Running');
+    const passes = freshPasses();
+    const r = reporter({ heartbeatSeconds: 5 }, { locate: pool.locate, freshPass: passes.freshPass });
+    r.update(converged());
+    r.start();
+    await until('the completion in the pool', () => r.view().settled !== undefined);
+    assert.equal(passes.asked(), 0, "the launch into the pool was this run's first convergence: no pass asked");
+
+    pool.leave();
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(30_000);
+    await until('the fresh pass asked', () => passes.asked() === 1);
+    // What this run converged to in the pool is old: no completion on it, heartbeats meanwhile.
+    const before = asg.calls.length;
+    assert.deepEqual(await firstActAfter(before), ['heartbeat', HOOK]);
+    assert.equal(asg.ops('complete').length, 1);
+    r.update(status({ phase: 'fetching', condition: 'converged', firstConvergenceDone: true }));
+    r.update(converged());
+    await r.flush(1);
+    assert.equal(asg.ops('complete').length, 1, 'not before the pass asked for has ended');
+    passes.end();
+    await until('the completion out of the pool', () => asg.ops('complete').length === 2);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    assert.equal(r.view().decision?.reason, 'the pass after leaving the warm pool converged');
+    assert.equal(passes.asked(), 1);
+  });
+
   /**
    * An instance launched into the group itself, in service, that a scale-in may return to the
    * group's warm pool (instance reuse policy): `returned(pool)` moves IMDS's target state there,
@@ -676,6 +719,28 @@ describe('LifecycleReporter', () => {
     }
     await r.flush(1);
     assert.equal(asg.ops('describeInstance').length, 2);
+  });
+
+  it('a warm pool kept Hibernated: the launch hook the group holds after the wake waits for a fresh pass, and ABANDONs when that pass leaves no good generation', async () => {
+    const instance = inService();
+    const passes = freshPasses();
+    const r = reporter({}, { locate: instance.locate, freshPass: passes.freshPass });
+    r.update(converged());
+    r.start();
+    await until('the launch into the group completed', () => asg.ops('complete').length === 1 && r.view().settled !== undefined);
+    r.observeTarget('InService', 30_000);
+    await clock.advanceAsync(30_000);
+    r.observeTarget('InService', 30_000);
+    instance.leave();
+    await clock.advanceAsync(86_400_000);
+    r.observeTarget('InService', 30_000);
+    await until('the fresh pass asked', () => passes.asked() === 1);
+    assert.equal(asg.ops('complete').length, 1);
+    r.update(noGood());
+    passes.end();
+    await until('the completion after the wake', () => asg.ops('complete').length === 2);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'ABANDON']);
+    assert.equal(r.view().decision?.reason, 'the pass after leaving the warm pool ended with no good generation running');
   });
 
   it('a launch into the warm pool is known from DescribeAutoScalingInstances too, when IMDS serves no target state', async () => {
