@@ -3,7 +3,11 @@
 // agent's, put configuration.nix back under the daemon's build and write state.json over it.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { killTree, markerModule, waitFor, withInstance, type Instance } from '../support/e2e.js';
+import { copyFile, mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { killTree, markerModule, waitFor, withInstance, type Instance, type OtherLaunch } from '../support/e2e.js';
 import { withDaemon, type LiveDaemon } from '../support/daemon.js';
 
 const MODULE = '/nixos/fleet/modules/app';
@@ -48,6 +52,43 @@ describe('a second agent while the daemon runs', { timeout: 240_000 }, () => {
       assert.equal(d.passes().length, 1, 'the daemon\'s build is still under way');
       const status = await i.run(['status', '--json']);
       assert.equal((JSON.parse(status.stdout) as { pid?: number }).pid, d.run.child.pid, 'the first daemon still answers on its socket');
+    });
+  });
+});
+
+/**
+ * The package installed without its addons (no build/Release, as where node-gyp could not run): its
+ * dist/ linked into a directory of its own, the links kept as the paths the modules know themselves
+ * by, so that agent/native.ts looks for the addons there and finds none.
+ */
+async function installWithoutAddons(dir: string): Promise<OtherLaunch> {
+  const root = fileURLToPath(new URL('../../../', import.meta.url));
+  await mkdir(dir, { recursive: true });
+  await symlink(path.join(root, 'dist'), path.join(dir, 'dist'));
+  await copyFile(path.join(root, 'package.json'), path.join(dir, 'package.json'));
+  return { cli: path.join(dir, 'dist/agent/cli.js'), nodeFlags: ['--preserve-symlinks-main'] };
+}
+
+describe('an install without the flock addon', { timeout: 240_000 }, () => {
+  test("converge --once takes no lock and asks the daemon's socket instead: refused while the daemon builds, and alone it converges, saying why the root is not locked", async (t) => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-no-addon-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const bare = await installWithoutAddons(dir);
+    await whileTheDaemonBuilds(async (d, i, { journal, configuration }) => {
+      const once = await i.run(['converge', '--once'], {}, bare);
+      assert.equal(once.code, 2, `converge --once exited ${once.code}: ${once.stderr.slice(-2000)}`);
+      assert.match(once.stderr, /the flock addon could not be loaded/, 'it says why it holds no lock');
+      assert.match(once.stderr, /^the daemon is running on this root; use converge --now$/m);
+      assert.deepEqual((await i.durableState()).journal, journal, "the daemon's journal entry stands");
+      assert.equal(await i.configuration(), configuration, "configuration.nix is the daemon's");
+      assert.ok(d.alive);
+      assert.equal(d.passes().length, 1, "the daemon's build is still under way");
+    });
+    await withInstance({}, async (i) => {
+      const once = await i.run(['converge', '--once', '--json'], {}, bare);
+      assert.equal(once.code, 0, once.stderr.slice(-2000));
+      assert.equal((JSON.parse(once.stdout) as { condition: string }).condition, 'converged');
+      assert.match(once.stderr, /"event":"lock\.unheld"/);
     });
   });
 });
