@@ -46,6 +46,7 @@ function testCompileCache(launch: Launch): string {
 
 /** Whether NODE can make a compile cache for the agent: Node >= 22.10 (module.flushCompileCache). */
 export function canSeedCompileCache(node: string): boolean {
+  if (node === process.execPath) return typeof (process.getBuiltinModule('node:module') as { flushCompileCache?: unknown }).flushCompileCache === 'function';
   const probe = spawnSync(node, ['-p', "typeof require('node:module').flushCompileCache"], { encoding: 'utf8' });
   return probe.stdout.trim() === 'function';
 }
