@@ -7,8 +7,16 @@ import type { AwsCredentialIdentityProvider } from '@smithy/types';
 export const IMDS_CREDENTIALS_TIMEOUT_MS = 3_000;
 export const IMDS_CREDENTIALS_RETRIES = 3;
 
-/** One provider per agent, shared by its clients, so the role's credentials are fetched once. */
+/**
+ * One provider per agent, shared by its clients, so the role's credentials are fetched once.
+ *
+ * A failed fetch is tried once more at once: the SDK takes one IMDS token per fetch and keeps it
+ * through all of that fetch's retries (@smithy/credential-provider-imds, getInstanceMetadataProvider),
+ * so a token that expires between its PUT and the reads fails every retry with 401, and only the
+ * next fetch asks for a new one. That would fail the pass for nothing.
+ */
 export async function defaultCredentials(): Promise<AwsCredentialIdentityProvider> {
   const { defaultProvider } = await import('@aws-sdk/credential-provider-node');
-  return defaultProvider({ timeout: IMDS_CREDENTIALS_TIMEOUT_MS, maxRetries: IMDS_CREDENTIALS_RETRIES });
+  const provider = defaultProvider({ timeout: IMDS_CREDENTIALS_TIMEOUT_MS, maxRetries: IMDS_CREDENTIALS_RETRIES });
+  return (properties) => provider(properties).catch(() => provider(properties));
 }
