@@ -586,7 +586,8 @@ export class LifecycleReporter {
    */
   private freshPassFor(here: Location): void {
     const ask = this.options.freshPass;
-    if (!ask || !this.status?.firstConvergenceDone) return;
+    // A stopping agent runs no more passes; the next start's first pass is fresh.
+    if (!ask || this.stopped || !this.status?.firstConvergenceDone) return;
     const waiting = { done: false };
     this.freshPass = waiting;
     this.options.log.info({ event: 'lifecycle.fresh-pass', group: here.group }, 'converging afresh before completing the launch hook: what this run converged to predates the launch out of the warm pool');
