@@ -586,10 +586,11 @@ export class LifecycleReporter {
    */
   private freshPassFor(here: Location): void {
     const ask = this.options.freshPass;
-    // A stopping agent runs no more passes; the next start's first pass is fresh.
-    if (!ask || this.stopped || !this.status?.firstConvergenceDone) return;
+    if (!ask || !this.status?.firstConvergenceDone) return;
     const waiting = { done: false };
     this.freshPass = waiting;
+    // A stopping agent runs no more passes: the launch is left to the next start, whose first pass is fresh.
+    if (this.stopped) return;
     this.options.log.info({ event: 'lifecycle.fresh-pass', group: here.group }, 'converging afresh before completing the launch hook: what this run converged to predates the launch out of the warm pool');
     void ask()
       .catch(() => undefined)

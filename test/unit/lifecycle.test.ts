@@ -544,6 +544,35 @@ describe('LifecycleReporter', () => {
     assert.equal(passes.asked(), 1);
   });
 
+  it('a look at the pool still under way as the daemon stops, finding the instance taken out: no pass asked, no completion, the launch left to the next start', async () => {
+    const pool = warmInstance('Warmed:Running');
+    let release: (() => void) | undefined;
+    const locate = async (): Promise<Location> => {
+      if (release === undefined) return pool.locate();
+      await new Promise<void>((resolve) => (release = resolve));
+      return pool.locate();
+    };
+    const passes = freshPasses();
+    const r = reporter({}, { locate, freshPass: passes.freshPass });
+    r.update(converged());
+    r.start();
+    await until('the completion in the pool', () => r.view().settled !== undefined);
+    await clock.whenSleeping(1);
+    release = () => undefined;
+    const held = release;
+    await clock.advanceAsync(30_000);
+    await until('the look in flight', () => release !== held);
+    const stopped = r.stop();
+    pool.leave();
+    release!();
+    await stopped;
+    assert.equal(passes.asked(), 0, 'a stopping agent runs no more passes');
+    assert.equal(asg.ops('complete').length, 1, 'the launch out of the pool is not completed on what the pool converged to');
+    const record = await persisted();
+    assert.equal(record.warm, undefined, 'the launch out of the pool is recorded, for the next start to complete');
+    assert.equal(record.decision, undefined);
+  });
+
   /**
    * An instance launched into the group itself, in service, that a scale-in may return to the
    * group's warm pool (instance reuse policy): `returned(pool)` moves IMDS's target state there,
