@@ -87,62 +87,70 @@ async function load<T>(module: Promise<T>, config?: { readonly ssm: { readonly e
   return loaded;
 }
 
+/**
+ * A command that reads the configuration: the configuration first, then the command's module (with
+ * `sources`, what the configured sources load too), then the late V8 flags. The package's compile
+ * cache was made in that order (seedCompileCache), and V8 takes a cached module only under the
+ * flags it was compiled under.
+ */
+async function configThen<M>(v: Flags, module: () => Promise<M>, act: (m: M, c: Configured) => Promise<number>, options: { sources?: boolean } = {}): Promise<number> {
+  const configured = await config(v);
+  return act(await load(module(), options.sources ? configured : undefined), configured);
+}
+type Configured = Awaited<ReturnType<typeof config>>;
+
 const commands: Record<string, Command> = {
   run: {
     summary: 'the daemon: converge at start, keep converging while sources change',
     usage: 'run [--config FILE] [--root DIR]',
     options: common,
-    run: async (v) => {
-      const configured = await config(v);
-      return (await load(import('./daemon.js'), configured)).runDaemon(configured, { reload: () => config(v) });
-    },
+    run: (v) => configThen(v, () => import('./daemon.js'), (m, c) => m.runDaemon(c, { reload: () => config(v) }), { sources: true }),
   },
   converge: {
     summary: 'one pass of the loop (--once), or ask the running daemon to converge now (--now)',
     usage: 'converge --once|--now [--config FILE] [--root DIR] [--json]',
     options: { ...common, once: { type: 'boolean' }, now: { type: 'boolean' } },
     run: async (v) => {
-      if (v.now) return (await load(import('./commands.js'))).control(await config(v), 'converge', Boolean(v.json));
+      if (v.now) return configThen(v, () => import('./commands.js'), (m, c) => m.control(c, 'converge', Boolean(v.json)));
       if (!v.once) throw new UsageError('converge needs --once (one pass here) or --now (ask the running daemon)');
-      const configured = await config(v);
-      return (await load(import('./commands.js'), configured)).convergeOnce(configured, Boolean(v.json));
+      return configThen(v, () => import('./commands.js'), (m, c) => m.convergeOnce(c, Boolean(v.json)), { sources: true });
     },
   },
   render: {
     summary: 'fetch the sources and show (or write to DIR) what would be rendered; switches nothing',
     usage: 'render [--config FILE] [--root DIR] [--out DIR] [--json]',
     options: { ...common, out: { type: 'string' } },
-    run: async (v) => (await load(import('./commands.js'))).render(await config(v), v.out as string | undefined, Boolean(v.json)),
+    run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.render(c, v.out as string | undefined, Boolean(v.json)), { sources: true }),
   },
   status: {
     summary: "the agent's state; --wait blocks until the first convergence has ended (exit 0 converged, 1 failed, 2 degraded)",
     usage: 'status [--json] [--wait] [--config FILE] [--root DIR]',
     options: { ...common, wait: { type: 'boolean' } },
-    run: async (v) => (await load(import('./commands.js'))).status(await config(v), Boolean(v.json), Boolean(v.wait)),
+    run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.status(c, Boolean(v.json), Boolean(v.wait))),
   },
   generations: {
     summary: "the system's generations, each with what built it",
     usage: 'generations [--json] [--config FILE] [--root DIR]',
     options: common,
-    run: async (v) => (await load(import('./commands.js'))).generations(await config(v), Boolean(v.json)),
+    run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.generations(c, Boolean(v.json))),
   },
   rollback: {
     summary: 'switch to the previous good generation and hold there until the sources change',
     usage: 'rollback [--config FILE] [--root DIR] [--json]',
     options: common,
-    run: async (v) => (await load(import('./commands.js'))).control(await config(v), 'rollback', Boolean(v.json)),
+    run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.control(c, 'rollback', Boolean(v.json))),
   },
   suspend: {
     summary: 'pause convergence on this instance (shown in status)',
     usage: 'suspend [--config FILE] [--root DIR] [--json]',
     options: common,
-    run: async (v) => (await load(import('./commands.js'))).control(await config(v), 'suspend', Boolean(v.json)),
+    run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.control(c, 'suspend', Boolean(v.json))),
   },
   resume: {
     summary: 'resume convergence on this instance',
     usage: 'resume [--config FILE] [--root DIR] [--json]',
     options: common,
-    run: async (v) => (await load(import('./commands.js'))).control(await config(v), 'resume', Boolean(v.json)),
+    run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.control(c, 'resume', Boolean(v.json))),
   },
   rollout: {
     summary: 'progressive rollout of a candidate desired state across the fleet, through SSM',
@@ -164,7 +172,7 @@ const commands: Record<string, Command> = {
       reason: { type: 'string' },
       force: { type: 'boolean' },
     },
-    run: async (v, positionals) => (await load(import('./rollout/commands.js'))).rolloutCommand(await config(v), v, positionals),
+    run: (v, positionals) => configThen(v, () => import('./rollout/commands.js'), (m, c) => m.rolloutCommand(c, v, positionals)),
   },
   'check-config': {
     summary: 'validate a configuration file; exit 2 naming each bad field',

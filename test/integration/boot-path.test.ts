@@ -135,7 +135,7 @@ describe('the boot path', () => {
   // What the package ships (nix/package.nix: seed-compile-cache through the wrapper, the cache in the
   // store) must be what a first start finds: every module of the agent compiled under the flags it
   // runs with. Node >= 22.10 makes the cache; CI brings one (NODE22_TEST_BIN, .ci/run).
-  test('a first converge --once and a first run take every module from the compile cache the package makes, and write nothing there', { skip: NODE22 ? false : 'no Node >= 22.10 here (NODE22_TEST_BIN names one)' }, async (t) => {
+  test('a first converge --once, a first run and the other commands take every module from the compile cache the package makes, and write nothing there', { skip: NODE22 ? false : 'no Node >= 22.10 here (NODE22_TEST_BIN names one)' }, async (t) => {
     const node = NODE22 as string;
     const launch = launchFile();
     const cache = await mkdtemp(path.join(tmpdir(), 'boot-path-seeded-'));
@@ -154,6 +154,12 @@ describe('the boot path', () => {
       const once = await i.run(['converge', '--once', '--json'], env, { node });
       assert.equal(once.code, 0, once.stderr);
       onceModules = assertAllFromCache(once.stderr, ['cli.js', 'nixos-ec2-agent.js'], 'converge --once');
+      // The other commands load their configuration first too, as the cache was made.
+      for (const args of [['status', '--json'], ['generations', '--json'], ['render', '--json']]) {
+        const other = await i.run(args, env, { node });
+        assert.equal(other.code, 0, other.stderr);
+        assertAllFromCache(other.stderr, ['cli.js', 'nixos-ec2-agent.js'], args[0] as string);
+      }
     });
     // The daemon with SSM on: what it loads after the late V8 flags (the SDK) is in the cache too.
     await withInstance({ parameters: [{ Name: '/nixos/fleet/revision', Value: '1', Type: 'String' }] }, async (i) => {
