@@ -229,9 +229,9 @@ interface CompileCacheApi {
  * them: an instance's first start, most starts in an Auto Scaling group, then finds it warm, where
  * a cache kept on the instance is only ever warm from the second.
  *
- * V8 takes a cached module only when its flags are the ones it was compiled under, so what `run`
- * and `converge --once` load before the late V8 flags (load) is compiled before them, and every
- * other chunk of the bundle after. Node names the cache's directory after the user
+ * V8 takes a cached module only when its flags are the ones it was compiled under, so what the
+ * commands load before the late V8 flags (configThen) is compiled before them, and every other
+ * chunk of the bundle after. Node names the cache's directory after the user
  * (src/compile_cache.cc: version, arch, V8's cache tag, then getuid()); the package's builder is
  * not the root the unit runs the agent as, so the directory is renamed for `uid`.
  */
@@ -243,7 +243,8 @@ async function seedCompileCache(uid: number): Promise<number> {
   }
   const ownSuffix = `-${process.getuid?.() ?? 0}`;
   if (!dir.endsWith(ownSuffix)) throw new UsageError(`Node ${process.version} names its compile cache directory ${dir}, not after the user (-${ownSuffix.slice(1)}) as Node 22 does: the cache cannot be made for --uid ${uid}`);
-  // As a command loads them: its configuration, then its module (run: the daemon; converge --once: commands).
+  // As the commands load them (configThen): the configuration, then the module (run: the daemon;
+  // the other commands: commands).
   await import('./config.js');
   await load(Promise.all([import('./daemon.js'), import('./commands.js')]), { ssm: { enabled: true } });
   const { readdir, rename, rm } = process.getBuiltinModule('node:fs/promises');
