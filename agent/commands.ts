@@ -224,7 +224,9 @@ async function fetchStatus(config: Config, fs: RootFs): Promise<Status | undefin
 
 export async function generations(config: Config, json: boolean): Promise<number> {
   const fs = new RootFs(config.root);
-  const { state } = await new StateStore(fs, Date.now).load();
+  // Only read: the daemon beside this command owns the file, and may be another version of the agent.
+  const { state, problem } = await new StateStore(fs, Date.now).peek();
+  if (problem) process.stderr.write(`nixos-ec2-agent generations: ${problem}; listed without what it records\n`);
   const list = (await listGenerations(fs)).map((g) => {
     const built = state.builds[g.storePath];
     return {

@@ -1,6 +1,13 @@
 // The agent's durable state, in var/lib/nixos-ec2-agent/state.json: written atomically and
 // journaled through each phase, so an agent killed at any point finds out where it was. A corrupt
 // file is set aside with a clear error, never trusted and never fatal; an unreadable one is an error.
+//
+// The agent is part of the system it switches, so an instance meets other versions of it: a
+// configuration that updates nixpkgs brings a newer agent, and a rollback, or a reboot into an older
+// generation, brings the older one back to the newer one's files. Each durable file therefore says
+// which format wrote it (`version`), and a newer format says which older ones may still read it
+// (`minReaderVersion`, below): a reader takes what it knows, carries the rest, and never throws
+// away a newer agent's memory as corrupt.
 import { z } from 'zod/v3';
 import { TransientError } from './errors.js';
 import type { RootFs } from './fs.js';
@@ -11,6 +18,9 @@ export const LAST_GOOD_CONFIGURATION = `${STATE_DIR}/last-good-configuration.nix
 /** The launch lifecycle hook's record (see report/lifecycle.ts), kept apart from state.json. */
 export const LIFECYCLE_FILE = `${STATE_DIR}/lifecycle.json`;
 export const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
+
+/** The format of the durable files this agent reads and writes (readVersioned). */
+export const FORMAT = 1;
 
 const ParameterRef = z.object({ name: z.string(), version: z.number() });
 const Sources = z.object({ userData: z.string(), parameters: z.array(ParameterRef) });
@@ -31,7 +41,7 @@ export const Phase = z.enum(['idle', 'rendered', 'building', 'activating', 'veri
 export type Phase = z.infer<typeof Phase>;
 
 const StateSchema = z.object({
-  version: z.literal(1),
+  version: z.literal(FORMAT),
   journal: z.object({
     phase: Phase,
     desiredHash: z.string().optional(),
@@ -77,12 +87,49 @@ const StateSchema = z.object({
 export type DurableState = z.infer<typeof StateSchema>;
 
 export function emptyState(now: number): DurableState {
-  return { version: 1, journal: { phase: 'idle', since: now }, failed: {}, builds: {} };
+  return { version: FORMAT, journal: { phase: 'idle', since: now }, failed: {}, builds: {} };
+}
+
+/**
+ * One durable file's content as this agent reads it. The rule between formats:
+ * - `version` is the format of the agent that wrote the file last;
+ * - a newer format keeps the fields of the older ones with their meaning and adds its own at the
+ *   top level, and says so with `minReaderVersion`: the oldest format that may read the file and
+ *   write it back. A change that older agents would misread sets it to its own version.
+ * - This agent reads a file of a newer format when `minReaderVersion` ≤ FORMAT: it takes the fields
+ *   it knows and carries the others (`carried`), written back as they were, under `version`
+ *   FORMAT: the newer agent, back again, finds its own fields and knows an older one wrote last.
+ *   Otherwise the file is newer than this agent can read: set aside, never taken for corrupt.
+ */
+export type Versioned<T> =
+  | { readonly value: T; readonly carried: Readonly<Record<string, unknown>> }
+  | { readonly problem: string; readonly newer: boolean };
+
+export function readVersioned<S extends z.AnyZodObject>(json: unknown, schema: S): Versioned<z.infer<S>> {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return { problem: '(top level): expected an object', newer: false };
+  const record = json as Record<string, unknown>;
+  const { version, minReaderVersion } = record;
+  if (!Number.isSafeInteger(version) || (version as number) < 1) return { problem: `version: expected a format number, got ${JSON.stringify(version)}`, newer: false };
+  if (minReaderVersion !== undefined && (!Number.isSafeInteger(minReaderVersion) || (minReaderVersion as number) < 1 || (minReaderVersion as number) > (version as number))) {
+    return { problem: `minReaderVersion: expected a format number from 1 to ${version as number}, got ${JSON.stringify(minReaderVersion)}`, newer: false };
+  }
+  if ((version as number) > FORMAT) {
+    const readers = (minReaderVersion as number | undefined) ?? (version as number);
+    if (readers > FORMAT) return { problem: `written by a newer agent in format ${version as number}, which agents of format ${readers} and later read; this agent reads format ${FORMAT}`, newer: true };
+  }
+  const parsed = schema.safeParse({ ...record, version: FORMAT });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    return { problem: `${issue?.path.join('.') || '(top level)'}: ${issue?.message}`, newer: false };
+  }
+  const carried: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(record)) if (!(key in schema.shape) && key !== 'minReaderVersion') carried[key] = value;
+  return { value: parsed.data, carried };
 }
 
 export interface LoadedState {
   readonly state: DurableState;
-  /** Set when the file was unreadable and was set aside. */
+  /** Set when the file was unreadable and was set aside (or, when only peeked at, would be). */
   readonly problem?: string;
 }
 
@@ -108,13 +155,34 @@ export function pruneBuilds(state: DurableState, max = MAX_BUILDS): DurableState
  */
 export class StateStore {
   private lastGoodWritten: string | undefined;
+  /** A newer agent's fields in the state file as loaded, written back with every save. */
+  private carried: Readonly<Record<string, unknown>> = {};
 
   constructor(
     private readonly fs: RootFs,
     private readonly now: () => number,
   ) {}
 
+  /** The state, for the agent that writes it: a file it cannot read is set aside. */
   async load(): Promise<LoadedState> {
+    const read = await this.read();
+    if ('state' in read) {
+      this.carried = read.carried;
+      return { state: read.state };
+    }
+    return this.setAside(read.problem, read.newer ? 'newer' : 'corrupt');
+  }
+
+  /**
+   * The state, for a command that only reads it (`generations`), beside a daemon that may be
+   * another version of the agent: nothing is set aside, and a file it cannot read reads as empty.
+   */
+  async peek(): Promise<LoadedState> {
+    const read = await this.read();
+    return 'state' in read ? { state: read.state } : { state: emptyState(this.now()), problem: read.problem };
+  }
+
+  private async read(): Promise<{ state: DurableState; carried: Readonly<Record<string, unknown>> } | { problem: string; newer: boolean }> {
     let text: string | undefined;
     try {
       text = await this.fs.readText(STATE_FILE);
@@ -124,23 +192,20 @@ export class StateStore {
       const code = (err as NodeJS.ErrnoException).code;
       throw new TransientError(`cannot read ${this.fs.resolve(STATE_FILE)}${code ? `: ${code}` : ''} (${(err as Error).message})`, 'fs', { where: this.fs.resolve(STATE_FILE), ...(code ? { errno: code } : {}) }, { cause: err });
     }
-    if (text === undefined) return { state: emptyState(this.now()) };
+    if (text === undefined) return { state: emptyState(this.now()), carried: {} };
     let json: unknown;
     try {
       json = JSON.parse(text);
     } catch (err) {
-      return this.setAside(`${STATE_FILE} is not JSON (${(err as Error).message})`);
+      return { problem: `${STATE_FILE} is not JSON (${(err as Error).message})`, newer: false };
     }
-    const parsed = StateSchema.safeParse(json);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      return this.setAside(`${STATE_FILE} is not a state file: ${issue?.path.join('.') || '(top level)'}: ${issue?.message}`);
-    }
-    return { state: parsed.data };
+    const read = readVersioned(json, StateSchema);
+    if ('problem' in read) return { problem: read.newer ? `${STATE_FILE} was ${read.problem}` : `${STATE_FILE} is not a state file: ${read.problem}`, newer: read.newer };
+    return { state: read.value, carried: read.carried };
   }
 
   async save(state: DurableState): Promise<void> {
-    await this.fs.writeAtomic(STATE_FILE, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
+    await this.fs.writeAtomic(STATE_FILE, `${JSON.stringify({ ...state, ...this.carried }, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
     const configuration = state.lastGood?.configuration;
     if (configuration === undefined || configuration === this.lastGoodWritten) return;
     if ((await this.fs.readText(LAST_GOOD_CONFIGURATION)) !== configuration) await this.fs.writeAtomic(LAST_GOOD_CONFIGURATION, configuration, { mode: 0o600 });
@@ -167,8 +232,9 @@ export class StateStore {
     return state.lastGood?.configuration ?? (await this.fs.readText(LAST_GOOD_CONFIGURATION));
   }
 
-  private async setAside(problem: string): Promise<LoadedState> {
-    const aside = `${STATE_FILE}.corrupt-${this.now()}`;
+  private async setAside(problem: string, as: 'corrupt' | 'newer'): Promise<LoadedState> {
+    this.carried = {};
+    const aside = `${STATE_FILE}.${as}-${this.now()}`;
     try {
       const bytes = await this.fs.read(STATE_FILE);
       if (bytes) {

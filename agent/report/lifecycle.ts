@@ -11,7 +11,7 @@ import { LAUNCHING } from '../aws/autoscaling.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../ports.js';
-import { LIFECYCLE_FILE, type StateStore } from '../state.js';
+import { FORMAT, LIFECYCLE_FILE, readVersioned, type StateStore } from '../state.js';
 import { beforeFirstRebuild, FIRST_REBUILD_WAIT_MS, type Status } from '../status.js';
 
 export { LIFECYCLE_FILE };
@@ -83,7 +83,7 @@ export interface LifecycleReporterOptions {
 }
 
 const Persisted = z.object({
-  version: z.literal(1),
+  version: z.literal(FORMAT),
   instanceId: z.string(),
   /** When this instance's launch budget started: the first time an agent saw it. */
   since: z.number(),
@@ -117,6 +117,8 @@ export interface LifecycleView {
 export class LifecycleReporter {
   private status: Status | undefined;
   private record: Persisted | undefined;
+  /** A newer agent's fields in the record as loaded (state.ts, readVersioned), kept with this launch's record. */
+  private carried: Readonly<Record<string, unknown>> = {};
   private recordDirty = false;
   /** True when the record was read from a previous run: its hook may have waited a long time. */
   private resumed = false;
@@ -530,12 +532,14 @@ export class LifecycleReporter {
   private async load(): Promise<void> {
     const here = await this.options.locate();
     let previous: Persisted | undefined;
+    let carried: Readonly<Record<string, unknown>> = {};
     try {
       const text = await this.options.store.readLifecycle();
       if (text !== undefined) {
-        const parsed = Persisted.safeParse(JSON.parse(text));
-        if (parsed.success) previous = parsed.data;
-        else this.options.log.warn({ event: 'lifecycle.state-ignored' }, `${LIFECYCLE_FILE} is not a lifecycle record; starting afresh`);
+        const read = readVersioned(JSON.parse(text), Persisted);
+        if ('value' in read) ({ value: previous, carried } = read);
+        else if (read.newer) this.options.log.warn({ event: 'lifecycle.state-ignored' }, `${LIFECYCLE_FILE} was ${read.problem}; starting afresh`);
+        else this.options.log.warn({ event: 'lifecycle.state-ignored' }, `${LIFECYCLE_FILE} is not a lifecycle record (${read.problem}); starting afresh`);
       }
     } catch (err) {
       this.options.log.warn({ event: 'lifecycle.state-ignored', err: (err as Error).message }, `cannot read ${LIFECYCLE_FILE}; starting afresh`);
@@ -543,6 +547,7 @@ export class LifecycleReporter {
     // A record from another instance id came with the image: this launch is a new one.
     if (previous && previous.instanceId === here.instanceId && !this.leftWarmPool(previous, here)) {
       this.record = previous;
+      this.carried = carried;
       this.resumed = true;
       if (previous.group === undefined && here.group) {
         previous.group = here.group;
@@ -560,8 +565,9 @@ export class LifecycleReporter {
    * took the instance out of its warm pool while this run went on (freshPassFor).
    */
   private beginLaunch(here: Location, whileRunning = false): void {
+    this.carried = {};
     this.record = {
-      version: 1,
+      version: FORMAT,
       instanceId: here.instanceId,
       since: this.options.clock.now(),
       ...(here.group ? { group: here.group } : {}),
@@ -697,7 +703,7 @@ export class LifecycleReporter {
     if (!this.record) return;
     this.recordDirty = false;
     try {
-      await this.options.store.saveLifecycle(this.record);
+      await this.options.store.saveLifecycle({ ...this.record, ...this.carried });
     } catch (err) {
       this.recordDirty = true;
       throw err;

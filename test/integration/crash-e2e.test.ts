@@ -251,6 +251,20 @@ describe('killed and restarted at each phase', { concurrency: true }, () => {
     });
   });
 
+  test("generations beside a daemon of another version reads state.json and never sets it aside", async () => {
+    await withGoodInstance({}, async (i) => {
+      const stateFile = i.file('var/lib/nixos-ec2-agent/state.json');
+      const newer = JSON.stringify({ ...JSON.parse(await readFile(stateFile, 'utf8')), version: 7 });
+      await writeFile(stateFile, newer);
+      const result = await i.run(['generations', '--json']);
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(result.stderr, /^nixos-ec2-agent generations: \S*state\.json was written by a newer agent in format 7, which agents of format 7 and later read; this agent reads format 1; listed without what it records$/m);
+      assert.ok((JSON.parse(result.stdout) as unknown[]).length > 0, 'the generations are listed');
+      assert.equal(await readFile(stateFile, 'utf8'), newer, 'state.json as it was');
+      assert.deepEqual((await readdir(path.dirname(stateFile))).filter((n) => n.startsWith('state.json.')), []);
+    });
+  });
+
   test('a corrupt state file is set aside, reported, and the agent still converges', async () => {
     await withGoodInstance({}, async (i) => {
       const stateFile = i.file('var/lib/nixos-ec2-agent/state.json');

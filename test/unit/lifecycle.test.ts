@@ -797,6 +797,34 @@ describe('LifecycleReporter', () => {
     assert.equal(second.view().settled, 'completed with ABANDON');
   });
 
+  it("a restart under an older agent (a rollback) resumes a newer agent's record it can read, and writes the newer fields back", async () => {
+    asg.failNext('complete');
+    const first = reporter();
+    first.update(noGood());
+    await first.flush(1);
+    await first.stop();
+    await fs.writeAtomic(LIFECYCLE_FILE, JSON.stringify({ ...(await persisted()), version: 2, minReaderVersion: 1, notes: ['from format 2'] }));
+
+    const second = reporter();
+    second.update(converged());
+    await second.flush(1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['ABANDON', 'ABANDON'], 'the decision the newer agent made holds');
+    const record = await persisted();
+    assert.equal(record.version, 1);
+    assert.equal('minReaderVersion' in record, false);
+    assert.deepEqual(record.notes, ['from format 2']);
+    assert.ok(record.settled, 'and the record moved on');
+  });
+
+  it("a newer agent's record this agent cannot read is a launch begun afresh, not a crash", async () => {
+    await fs.writeAtomic(LIFECYCLE_FILE, JSON.stringify({ version: 2, instanceId: INSTANCE, since: 0, hooks: {}, settled: { at: 0, reason: 'x' } }));
+    const r = reporter();
+    r.update(converged());
+    await r.flush(1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    assert.equal((await persisted()).version, 1);
+  });
+
   it('a record left by another instance id (baked into the image) is not this launch', async () => {
     await fs.writeAtomic(
       LIFECYCLE_FILE,

@@ -682,10 +682,55 @@ describe('Reconciler recovery from the journal', () => {
     assert.ok(agent.status.reasons.some((r) => /state\.json.*not JSON.*set aside/.test(r)), JSON.stringify(agent.status.reasons));
 
     // A file that is JSON but not a state file is set aside the same way.
-    await w.fs.writeAtomic(STATE_FILE, '{"version": 2}');
+    await w.fs.writeAtomic(STATE_FILE, '{"version": 1, "journal": 3}');
     w.clock.advance(1000);
     const again = await w.agent();
     assert.equal(again.durable.journal.phase, 'idle');
     assert.equal((await readdir(w.fs.resolve(STATE_DIR))).filter((n) => n.startsWith('state.json.corrupt-')).length, 2);
+  });
+
+  // The agent is part of the system it switches: a rollback brings an older agent back to the files
+  // of a newer one (state.ts, readVersioned).
+  it("takes a newer agent's state file that its format can still read, and writes the newer fields back as they were", async () => {
+    const w = await setup();
+    const first = await w.agent();
+    await first.suspend('operator');
+    const written = await stateOf(w);
+    const newer = { ...written, version: 3, minReaderVersion: 1, rolloutHistory: [{ candidate: 'c1', at: 5 }], journal: { ...written.journal } };
+    await w.fs.writeAtomic(STATE_FILE, JSON.stringify(newer));
+
+    const older = await w.agent();
+    assert.ok(older.status.suspended, "the newer agent's suspension holds");
+    assert.equal(older.status.reasons.some((r) => /set aside/.test(r)), false, JSON.stringify(older.status.reasons));
+    assert.deepEqual((await readdir(w.fs.resolve(STATE_DIR))).filter((n) => n.startsWith('state.json.')), [], 'nothing set aside');
+    await older.resume();
+    const after = await stateOf(w);
+    assert.equal(after.suspended, undefined, 'what this agent knows, it changes');
+    assert.deepEqual(after.rolloutHistory, [{ candidate: 'c1', at: 5 }], 'what it does not know, it keeps');
+    assert.equal(after.version, 1, 'and says that an agent of format 1 wrote last');
+    assert.equal('minReaderVersion' in after, false);
+    assert.equal((await older.converge('resume')).outcome, 'converged');
+    assert.deepEqual((await stateOf(w)).rolloutHistory, [{ candidate: 'c1', at: 5 }], 'kept through a convergence');
+  });
+
+  it("sets a newer agent's state file it cannot read aside as newer, not corrupt, and carries on", async () => {
+    const w = await setup();
+    const unreadable = '{"version": 4, "minReaderVersion": 3, "journal": {"phase": "idle", "since": 1}, "failed": {}, "builds": {}}';
+    await w.fs.writeAtomic(STATE_FILE, unreadable);
+    const agent = await w.agent();
+    const names = (await readdir(w.fs.resolve(STATE_DIR))).filter((n) => n.startsWith('state.json.'));
+    assert.equal(names.length, 1, names.join(' '));
+    assert.match(names[0] as string, /^state\.json\.newer-\d+$/);
+    assert.equal(await w.fs.readText(path.posix.join(STATE_DIR, names[0]!)), unreadable, 'kept whole for the newer agent and the operator');
+    w.sources.set('options/networking.hostName', '"a"');
+    assert.equal((await agent.converge('start')).outcome, 'converged');
+    const reason = agent.status.reasons.find((r) => /set aside/.test(r));
+    assert.match(reason ?? '', /state\.json was written by a newer agent in format 4, which agents of format 3 and later read; this agent reads format 1; set aside as \S+state\.json\.newer-\d+, starting with empty state/);
+
+    // Without minReaderVersion a newer file is its own format's alone.
+    await w.fs.writeAtomic(STATE_FILE, '{"version": 2}');
+    w.clock.advance(1000);
+    await w.agent();
+    assert.equal((await readdir(w.fs.resolve(STATE_DIR))).filter((n) => n.startsWith('state.json.newer-')).length, 2);
   });
 });
