@@ -77,7 +77,8 @@ type DaemonEvent =
   | { readonly kind: 'fresh-pass'; readonly reply: (result: PassResult | undefined) => void }
   | { readonly kind: 'control'; readonly op: ControlOp; readonly reply: ControlReply }
   | { readonly kind: 'signal'; readonly signal: DaemonSignal }
-  | { readonly kind: 'reloaded'; readonly parts: Parts | undefined }
+  | { readonly kind: 'reloaded'; readonly parts: Parts | undefined; readonly cause: string }
+  | { readonly kind: 'own-configuration-changed' }
   | { readonly kind: 'kernel-wait'; readonly untilMs: number }
   | { readonly kind: 'kernel-wake' }
   | { readonly kind: 'watch-local' };
@@ -206,10 +207,12 @@ class DaemonLoop implements Daemon {
       case 'control':
         return this.onControl(event.op, event.reply);
       case 'signal':
-        if (event.signal === 'SIGHUP') return this.onReload();
+        if (event.signal === 'SIGHUP') return this.onReload('SIGHUP');
         return this.onStop(event.signal);
+      case 'own-configuration-changed':
+        return this.onReload('switch');
       case 'reloaded':
-        return this.onReloaded(event.parts);
+        return this.onReloaded(event.parts, event.cause);
       case 'kernel-wait':
         return this.onKernelWait(event.untilMs);
       case 'watch-local':
@@ -245,6 +248,7 @@ class DaemonLoop implements Daemon {
     const status = this.reconciler.status;
     const hook = new PostConvergeHook(this.runner, this.parts.config.postConvergeCommand, this.deps.log, (run) => this.metrics?.recordHook(run.outcome, run.durationMs));
     this.hooks = this.hooks.then(() => hook.run(result, status));
+    if (result.outcome === 'converged' || result.outcome === 'rolled-back') this.checkOwnConfiguration();
     if (durationMs === undefined) return;
     if (!this.ready) {
       // A first build cancelled by a newer desired state has not ended the first convergence.
@@ -344,27 +348,50 @@ class DaemonLoop implements Daemon {
     this.scheduler.stop();
   }
 
-  private onReload(): void {
+  /**
+   * The agent is configured by the system it switches (the NixOS module writes its configuration
+   * file into /etc), so a switch may have changed it: user data or SSM setting the agent's own
+   * prefixes, probes or timings. Once a switch (or a switch back) has ended, the file is read
+   * again, and when it says something else than the running configuration, it is taken as SIGHUP
+   * takes it. Without this, settings pushed through the agent took effect only at its next start.
+   */
+  private checkOwnConfiguration(): void {
+    const reload = this.deps.reload;
+    if (!reload || this.stopping) return;
+    const running = this.parts.config;
+    this.spawn(
+      reload().then(
+        (next) => {
+          if (!sameConfiguration(next, running)) this.post({ kind: 'own-configuration-changed' });
+        },
+        // A file that does not parse is what a reload would refuse too: it is not taken.
+        (err: unknown) => this.deps.log.error({ event: 'reload.failed', cause: 'switch', err: (err as Error).message }, `switch: the configuration was not reloaded: ${(err as Error).message}`),
+      ),
+    );
+  }
+
+  /** `cause`: SIGHUP, or a switch that changed the configuration file (checkOwnConfiguration). */
+  private onReload(cause: string): void {
     if (this.stopping || this.reloading) return;
     this.reloading = true;
     this.deps.notify.reloading();
-    this.spawn(this.scheduler.exclusive(() => this.rebuildParts()).then((parts) => this.post({ kind: 'reloaded', parts })));
+    this.spawn(this.scheduler.exclusive(() => this.rebuildParts(cause)).then((parts) => this.post({ kind: 'reloaded', parts, cause })));
   }
 
   /** Reads the configuration again and builds every part from it; undefined keeps the running one. */
-  private async rebuildParts(): Promise<Parts | undefined> {
+  private async rebuildParts(cause: string): Promise<Parts | undefined> {
     const { log } = this.deps;
     let next: Config;
     try {
       next = await (this.deps.reload ?? (async () => this.parts.config))();
     } catch (err) {
       // A bad file keeps the running configuration: a typo must not stop convergence.
-      log.error({ event: 'reload.failed', err: (err as Error).message }, `SIGHUP: the configuration was not reloaded: ${(err as Error).message}`);
+      log.error({ event: 'reload.failed', cause, err: (err as Error).message }, `${cause}: the configuration was not reloaded: ${(err as Error).message}`);
       return undefined;
     }
     if (path.resolve(next.root) !== path.resolve(this.parts.config.root)) {
       // The root's lock, its control socket and its journal belong to the root the daemon started on.
-      log.error({ event: 'reload.failed', root: next.root }, `SIGHUP: the configuration was not reloaded: root changed from ${this.parts.config.root} to ${next.root}, which applies only at restart`);
+      log.error({ event: 'reload.failed', cause, root: next.root }, `${cause}: the configuration was not reloaded: root changed from ${this.parts.config.root} to ${next.root}, which applies only at restart`);
       return undefined;
     }
     try {
@@ -373,12 +400,12 @@ class DaemonLoop implements Daemon {
       await this.stopParts(this.parts);
       return parts;
     } catch (err) {
-      log.error({ event: 'reload.failed', err: (err as Error).message }, `SIGHUP: the configuration was not reloaded: ${(err as Error).message}`);
+      log.error({ event: 'reload.failed', cause, err: (err as Error).message }, `${cause}: the configuration was not reloaded: ${(err as Error).message}`);
       return undefined;
     }
   }
 
-  private onReloaded(parts: Parts | undefined): void {
+  private onReloaded(parts: Parts | undefined, cause: string): void {
     const { log, notify } = this.deps;
     this.reloading = false;
     if (parts && this.stopping) {
@@ -396,12 +423,12 @@ class DaemonLoop implements Daemon {
       log.level = parts.config.logLevel;
       this.scheduler.reconfigure(scheduleTimings(parts.config));
       this.spawn(this.startParts(parts));
-      log.info({ event: 'reload', root: parts.config.root }, 'SIGHUP: configuration reloaded (http.listen and controlSocket apply at restart)');
+      log.info({ event: 'reload', cause, root: parts.config.root }, `${cause}: configuration reloaded (http.listen and controlSocket apply at restart)`);
     }
-    this.parts.agent.ssm.invalidate('SIGHUP');
+    this.parts.agent.ssm.invalidate(cause);
     // The pass that follows ends RELOADING=1 with READY=1; while leaving, READY=1 is sent now.
     if (this.leavingNotice || this.scheduler.isStopped) notify.send({ READY: 1 });
-    else void this.scheduler.runNow('SIGHUP');
+    else void this.scheduler.runNow(cause);
   }
 
   /** `previous`: the reconciler the new parts replace (SIGHUP), whose status they carry on. */
@@ -622,6 +649,11 @@ class DaemonLoop implements Daemon {
 }
 
 /** The local files as the agent's last read found them, by absolute path: a watch's baseline. */
+/** Two configurations as parsed (plain data, keys in the schema's order) say the same. */
+function sameConfiguration(a: Config, b: Config): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
 function localBaseline(agent: Agent): ReadonlyMap<string, string> | undefined {
   const read = agent.sources.lastLocal;
   if (!read) return undefined;

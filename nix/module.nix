@@ -386,7 +386,8 @@ in
 
           # The agent runs `nixos-rebuild switch` itself: activation must neither restart nor
           # stop the process that is waiting for it (as system.autoUpgrade and amazon-init).
-          # A new agent package or configuration takes effect at the next start of the agent.
+          # A new agent package takes effect at the next start of the agent; a new configuration
+          # file, once the switch has ended (the agent reads it again after every switch).
           # No reloadTriggers either: during the first convergence the agent is still
           # activating, and switch-to-configuration would wait on a reload job queued behind it.
           restartIfChanged = false;

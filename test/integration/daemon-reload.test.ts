@@ -81,20 +81,16 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
   }
 
   it('SIGHUP stops every part of the old configuration before the new one starts', async () => {
-    let reloaded = 0;
-    const { daemon, statuses } = await startHere(config(first), {
-      reload: async () => {
-        reloaded++;
-        return config(second);
-      },
-    });
+    // What the configuration file says: another IMDS once the test rewrites it.
+    let file = config(first);
+    const { daemon, statuses } = await startHere(config(first), { reload: async () => file });
     try {
       await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
       assert.equal(daemon.status.condition, 'converged', daemon.status.message);
       await waitUntil('the leaving monitor on the first IMDS', () => first.requests.some((r) => r.path === LEAVING_PATH));
+      file = config(second);
       daemon.signal('SIGHUP');
       await waitUntil('the leaving monitor on the second IMDS', () => second.requests.some((r) => r.path === LEAVING_PATH));
-      assert.equal(reloaded, 1);
       const askedFirst = first.requests.length;
       const seen = second.requests.filter((r) => r.path === LEAVING_PATH).length;
       await waitUntil('more checks on the second IMDS', () => second.requests.filter((r) => r.path === LEAVING_PATH).length >= seen + 5);
@@ -121,6 +117,65 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     } finally {
       daemon.signal('SIGTERM');
       assert.equal(await daemon.done, 0);
+    }
+  });
+
+  // The NixOS module writes the agent's configuration into /etc: a switch can change it (user
+  // data or SSM setting the agent's own options), and the daemon takes it without a restart.
+  it("a switch that rewrites the agent's own configuration is taken as SIGHUP takes it; one that leaves it as it was reloads nothing", async () => {
+    for (const rewritten of [true, false]) {
+      const sent: string[] = [];
+      const lines: string[] = [];
+      const sink = new Writable({ write: (chunk: Buffer, _enc, done) => (lines.push(chunk.toString('utf8')), done()) });
+      const notify: Notify = {
+        enabled: true,
+        send: (fields) => sent.push(Object.keys(fields).join(',')),
+        ready: () => sent.push('READY'),
+        status() {},
+        watchdog() {},
+        extendTimeout() {},
+        stopping: () => sent.push('STOPPING'),
+        reloading: () => sent.push('RELOADING'),
+      };
+      let reads = 0;
+      const secondBefore = second.requests.length;
+      // A desired state this root has not run yet: the first convergence switches.
+      first.setUserData(`{ ... }: { networking.hostName = "reload-${rewritten}"; }\n`);
+      // The file as the first convergence's switch leaves it: another IMDS, or the same configuration.
+      const info = { logLevel: 'info' };
+      const { daemon, statuses } = await startHere(config(first, info), {
+        notify,
+        log: createLogger({ destination: sink, level: 'info' }),
+        reload: async () => (reads++, rewritten ? config(second, info) : config(first, info)),
+      });
+      try {
+        await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+        assert.equal(statuses.find((s) => s.firstConvergenceDone)?.lastResult?.outcome, 'converged', 'the first convergence switched');
+        await waitUntil('the file read again after the switch', () => reads >= 1);
+        if (rewritten) {
+          await waitUntil('the leaving monitor on the IMDS the new file names', () => second.requests.some((r) => r.path === LEAVING_PATH));
+          await waitUntil('READY=1 after the pass that follows the reload', () => sent.filter((m) => m === 'READY').length >= 2);
+          assert.deepEqual(sent.filter((m) => /READY|RELOADING/.test(m)), ['READY', 'RELOADING', 'READY'], sent.join(' | '));
+          const askedFirst = first.requests.length;
+          const seen = second.requests.filter((r) => r.path === LEAVING_PATH).length;
+          await waitUntil('more checks on the second IMDS', () => second.requests.filter((r) => r.path === LEAVING_PATH).length >= seen + 3);
+          assert.equal(first.requests.length, askedFirst, 'the first IMDS was asked again after the reload');
+          const reload = lines.map((l) => JSON.parse(l) as { event?: string; cause?: string; msg: string }).find((l) => l.event === 'reload');
+          assert.equal(reload?.cause, 'switch');
+          assert.match(reload?.msg ?? '', /^switch: configuration reloaded/);
+        } else {
+          const checks = first.requests.filter((r) => r.path === LEAVING_PATH).length;
+          await waitUntil('the leaving monitor still on the first IMDS', () => first.requests.filter((r) => r.path === LEAVING_PATH).length >= checks + 3);
+          assert.equal(reads, 1, 'read once, after the switch');
+          assert.equal(second.requests.length, secondBefore, 'the other IMDS never asked');
+          assert.deepEqual(sent.filter((m) => /READY|RELOADING/.test(m)), ['READY'], sent.join(' | '));
+          assert.equal(lines.some((l) => l.includes('"event":"reload"')), false);
+        }
+      } finally {
+        first.setUserData(USER_DATA);
+        daemon.signal('SIGTERM');
+        assert.equal(await daemon.done, 0);
+      }
     }
   });
 
@@ -156,11 +211,13 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
 
   it('a reload while leaving: the new watch ends the notice when its IMDS has none, or when nothing watches any more', async () => {
     for (const next of [config(second), config(first, { termination: { enabled: false } })]) {
-      const { daemon, statuses } = await startHere(config(first), { reload: async () => next });
+      let file = config(first);
+      const { daemon, statuses } = await startHere(config(first), { reload: async () => file });
       try {
         await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
         first.setSpotInstanceAction({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString() });
         await waitUntil('the spot notice', () => daemon.status.phase === 'stopping');
+        file = next;
         daemon.signal('SIGHUP');
         await waitUntil('the notice ended by the reloaded watch', () => daemon.status.phase !== 'stopping');
       } finally {
