@@ -648,12 +648,12 @@ class DaemonLoop implements Daemon {
   }
 }
 
-/** The local files as the agent's last read found them, by absolute path: a watch's baseline. */
 /** Two configurations as parsed (plain data, keys in the schema's order) say the same. */
 function sameConfiguration(a: Config, b: Config): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
+/** The local files as the agent's last read found them, by absolute path: a watch's baseline. */
 function localBaseline(agent: Agent): ReadonlyMap<string, string> | undefined {
   const read = agent.sources.lastLocal;
   if (!read) return undefined;

@@ -100,6 +100,8 @@ export function emptyState(now: number): DurableState {
  *   it knows and carries the others (`carried`), written back as they were, under `version`
  *   FORMAT: the newer agent, back again, finds its own fields and knows an older one wrote last.
  *   Otherwise the file is newer than this agent can read: set aside, never taken for corrupt.
+ * - A file of an older format is read as this one: a new format adds what older files lack as
+ *   optional fields, or turns them into its own here, before the schema reads them.
  */
 export type Versioned<T> =
   | { readonly value: T; readonly carried: Readonly<Record<string, unknown>> }
