@@ -63,6 +63,20 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     });
   }
 
+  /** A notifier that keeps what it would tell systemd: each message's fields, READY, STOPPING, RELOADING. */
+  function recordingNotify(sent: string[]): Notify {
+    return {
+      enabled: true,
+      send: (fields) => sent.push(Object.keys(fields).join(',')),
+      ready: () => sent.push('READY'),
+      status() {},
+      watchdog() {},
+      extendTimeout() {},
+      stopping: () => sent.push('STOPPING'),
+      reloading: () => sent.push('RELOADING'),
+    };
+  }
+
   /** A daemon in this process, each status it reports kept. */
   async function startHere(configured: Config, options: { notify?: Notify; reload?: () => Promise<Config>; log?: Logger } = {}) {
     const statuses: Status[] = [];
@@ -127,16 +141,7 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
       const sent: string[] = [];
       const lines: string[] = [];
       const sink = new Writable({ write: (chunk: Buffer, _enc, done) => (lines.push(chunk.toString('utf8')), done()) });
-      const notify: Notify = {
-        enabled: true,
-        send: (fields) => sent.push(Object.keys(fields).join(',')),
-        ready: () => sent.push('READY'),
-        status() {},
-        watchdog() {},
-        extendTimeout() {},
-        stopping: () => sent.push('STOPPING'),
-        reloading: () => sent.push('RELOADING'),
-      };
+      const notify = recordingNotify(sent);
       let reads = 0;
       const secondBefore = second.requests.length;
       // A desired state this root has not run yet: the first convergence switches.
@@ -181,16 +186,7 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
 
   it('a spot notice that comes and goes is no shutdown: STOPPING=1 only on SIGTERM, READY=1 once', async () => {
     const sent: string[] = [];
-    const notify: Notify = {
-      enabled: true,
-      send: (fields) => sent.push(Object.keys(fields).join(',')),
-      ready: () => sent.push('READY'),
-      status() {},
-      watchdog() {},
-      extendTimeout() {},
-      stopping: () => sent.push('STOPPING'),
-      reloading() {},
-    };
+    const notify = recordingNotify(sent);
     const { daemon, statuses } = await startHere(config(first), { notify });
     try {
       await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
