@@ -156,7 +156,7 @@ const commands: Record<string, Command> = {
     summary: 'progressive rollout of a candidate desired state across the fleet, through SSM',
     usage:
       'rollout start|status|halt|resume|abandon|promote [--prefix PATH] [--json] [--config FILE]\n' +
-      '  start:   [--strategy linear|exponential] [--step PERCENT] [--interval SECONDS] [--bake SECONDS] [--threshold FAILURES] [--at ISO-TIME] [--alarms NAME,…] [--force]   (--force: begin again one already under way)\n' +
+      '  start:   [--strategy linear|exponential] [--step PERCENT] [--interval SECONDS] [--bake SECONDS] [--threshold FAILURES] [--at ISO-TIME] [--alarms NAME,…] [--fleet-size INSTANCES] [--force]   (--force: begin again one already under way; --fleet-size: the alarms are read by turns, about once a second across the fleet)\n' +
       '  halt:    [--reason TEXT]\n' +
       '  promote: [--force]   (copies the candidate over the stable parameters; without --force only once complete)',
     options: {
@@ -169,6 +169,7 @@ const commands: Record<string, Command> = {
       threshold: { type: 'string' },
       at: { type: 'string' },
       alarms: { type: 'string' },
+      'fleet-size': { type: 'string' },
       reason: { type: 'string' },
       force: { type: 'boolean' },
     },

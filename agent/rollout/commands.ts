@@ -59,6 +59,8 @@ export interface RolloutFlags {
   readonly at?: string;
   /** Comma-separated CloudWatch alarm names. */
   readonly alarms?: string;
+  /** About how many instances follow the rollout (Strategy.fleetSize). */
+  readonly 'fleet-size'?: string;
   readonly reason?: string;
   readonly force?: boolean;
   readonly json?: boolean;
@@ -229,11 +231,12 @@ function strategyFromFlags(flags: RolloutFlags, now: number): Strategy {
     errorThreshold: number('threshold', flags.threshold) ?? 1,
     startAt: flags.at ?? new Date(now).toISOString(),
     ...(flags.alarms !== undefined ? { alarms: flags.alarms.split(',').map((a) => a.trim()) } : {}),
+    ...(flags['fleet-size'] !== undefined ? { fleetSize: number('fleet-size', flags['fleet-size']) } : {}),
   };
   const parsed = Strategy.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const flag = { type: 'strategy', stepPercent: 'step', intervalSeconds: 'interval', bakeSeconds: 'bake', errorThreshold: 'threshold', startAt: 'at', alarms: 'alarms' }[String(issue?.path[0])] ?? 'strategy';
+    const flag = { type: 'strategy', stepPercent: 'step', intervalSeconds: 'interval', bakeSeconds: 'bake', errorThreshold: 'threshold', startAt: 'at', alarms: 'alarms', fleetSize: 'fleet-size' }[String(issue?.path[0])] ?? 'strategy';
     throw new InvalidInputError(issue?.message ?? 'invalid', `--${flag}`);
   }
   return parsed.data;

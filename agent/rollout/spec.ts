@@ -31,6 +31,12 @@ export const Strategy = z.strictObject({
    * one is in ALARM while it progresses or bakes.
    */
   alarms: z.array(z.string().min(1).max(255)).min(1).max(100).optional(),
+  /**
+   * About how many instances follow the rollout. With alarms it spreads their reads: each instance
+   * reads them at a poll by turns, so that the fleet asks about ALARM_READS_PER_SECOND (alarms.ts)
+   * whatever its size. Without it, every instance reads them at every poll.
+   */
+  fleetSize: z.number().int().positive().optional(),
 });
 export type Strategy = z.infer<typeof Strategy>;
 

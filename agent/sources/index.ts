@@ -8,7 +8,7 @@ import type { LocalSnapshot } from '../desired/desired.js';
 import { readLocal } from './local.js';
 import type { SsmFetcher } from './revision.js';
 import type { SsmSnapshot } from './ssm.js';
-import { alarmsDue, type AlarmReading } from '../rollout/alarms.js';
+import { alarmsDue, type AlarmWatcher } from '../rollout/alarms.js';
 import { carriesRollout, type AlarmState } from '../rollout/spec.js';
 import { interpretUserData, type UserData } from './userdata.js';
 
@@ -38,7 +38,7 @@ export interface SourceOptions {
    */
   readonly canaryTag?: string | null;
   /** Reads the alarms a rollout under way names (DescribeAlarms, at most once per poll interval). */
-  readonly alarms?: { read(names: readonly string[]): Promise<AlarmReading> };
+  readonly alarms?: Pick<AlarmWatcher, 'read'>;
   /**
    * A read taken with peek() serves the next read() when it is at most this old, so a look just
    * before a pass (the scheduler's probe) costs the pass nothing. 0: every read() reads.
@@ -166,17 +166,20 @@ export class SourceReader {
       const source = await ssmReady;
       ssm = await source.fetch(this.options.ssmPrefixes, { 'instance-id': identity.instanceId, region: identity.region, asg }, signal);
     }
-    const [pin, alarms] = ssm ? await Promise.all([this.canary(ssm), this.readAlarms(ssm)]) : [{ canary: false }, undefined];
+    const [pin, alarms] = ssm ? await Promise.all([this.canary(ssm), this.readAlarms(ssm, identity.instanceId)]) : [{ canary: false }, undefined];
     const notes = [...(pin.note ? [pin.note] : []), ...(alarms?.notes ?? [])];
     return { identity, asg, userData, ssm, canary: pin.canary, alarms: alarms?.states, notes };
   }
 
   /** A rollout under way that names alarms: their states, and a note for what could not be read. */
-  private async readAlarms(ssm: SsmSnapshot): Promise<{ states: readonly AlarmState[]; notes: string[] } | undefined> {
+  private async readAlarms(ssm: SsmSnapshot, instanceId: string): Promise<{ states: readonly AlarmState[]; notes: string[] } | undefined> {
     const watcher = this.options.alarms;
-    const names = watcher ? alarmsDue(ssm, this.now()) : [];
-    if (!watcher || names.length === 0) return undefined;
-    const reading = await watcher.read(names);
+    if (!watcher) return undefined;
+    const { names, fleetSize } = alarmsDue(ssm, this.now());
+    if (names.length === 0) return undefined;
+    const reading = await watcher.read(names, fleetSize !== undefined ? { instanceId, fleetSize } : undefined);
+    // Not this instance's turn: the others read them, and one record halts everyone.
+    if (reading === undefined) return undefined;
     // Unread alarms halt nothing: the failure records still do, and the note says why.
     if ('error' in reading) return { states: [], notes: [reading.error] };
     const missing = names.filter((n) => !reading.alarms.some((a) => a.name === n));

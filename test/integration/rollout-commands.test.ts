@@ -88,6 +88,11 @@ describe('rollout commands', () => {
     const alarms = await agent('start', '--alarms', 'web-5xx,');
     assert.equal(alarms.code, 2);
     assert.match(alarms.stderr, /--alarms: /);
+    for (const size of ['0', '2.5', 'many']) {
+      const fleet = await agent('start', '--alarms', 'web-5xx', '--fleet-size', size);
+      assert.equal(fleet.code, 2, size);
+      assert.match(lastLine(fleet.stderr), /^nixos-ec2-agent rollout: --fleet-size: /, size);
+    }
     const verb = await agent('launch');
     assert.equal(verb.code, 2);
     assert.match(verb.stderr, /expected one of start\|status\|halt\|resume\|abandon\|promote, got launch/);
@@ -97,13 +102,14 @@ describe('rollout commands', () => {
   it('start, status, halt, resume, abandon', async () => {
     ssm.put({ Name: `${FLEET}/rollout/candidate/options/services.demo.version`, Value: '"2"', Type: 'String' });
     ssm.put({ Name: `${FLEET}/rollout/failures/i-old`, Value: JSON.stringify({ candidate: 'older', stage: 'build', reason: 'x', at: '' }), Type: 'String' });
-    const start = await agent('start', '--step', '25', '--interval', '600', '--bake', '60', '--threshold', '2', '--alarms', 'web-5xx,web-latency');
+    const start = await agent('start', '--step', '25', '--interval', '600', '--bake', '60', '--threshold', '2', '--alarms', 'web-5xx,web-latency', '--fleet-size', '12000');
     assert.equal(start.code, 0, start.stderr);
     assert.match(start.stdout, /wrote \/nixos\/fleet\/rollout\/strategy/);
     assert.match(start.stdout, /wrote \/nixos\/fleet\/revision/);
     assert.match(start.stdout, /progressing at 25% \(step 1\/4, 0\/2 failures/);
     assert.equal(rollout()?.strategy?.stepPercent, 25);
     assert.deepEqual(rollout()?.strategy?.alarms, ['web-5xx', 'web-latency']);
+    assert.equal(rollout()?.strategy?.fleetSize, 12_000);
     assert.equal(ssm.get(`${FLEET}/rollout/failures/i-old`), undefined, 'a restart clears old records');
 
     // Two instances report failures (as the agent's reporter writes them).

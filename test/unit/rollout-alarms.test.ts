@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { RootFs } from '../../agent/fs.js';
-import { AlarmWatcher, alarmsDue, sdkDescribeAlarms } from '../../agent/rollout/alarms.js';
+import { ALARM_READS_PER_SECOND, AlarmWatcher, alarmsDue, readsAlarmsNow, sdkDescribeAlarms } from '../../agent/rollout/alarms.js';
 import { describeRollout } from '../../agent/rollout/plan.js';
 import { selectDesired } from '../../agent/rollout/select.js';
 import { candidateIdOf, type AlarmState } from '../../agent/rollout/spec.js';
@@ -37,12 +37,40 @@ const select = (s: SsmSnapshot, alarms: AlarmState[] | undefined, at = START + M
 
 describe('rollout alarms', () => {
   it('are due only while a rollout naming them progresses or bakes', () => {
-    assert.deepEqual(alarmsDue(snapshot(), START - MIN), [], 'staged');
-    assert.deepEqual(alarmsDue(snapshot(), START + MIN), ['web-5xx'], 'progressing (100 % at once: baking)');
-    assert.deepEqual(alarmsDue(snapshot(), START + 11 * MIN), [], 'complete');
-    assert.deepEqual(alarmsDue(snapshot([param(`${FLEET}/rollout/halt`, 'stop')]), START + MIN), [], 'halted');
-    assert.deepEqual(alarmsDue(snapshot([], { alarms: undefined }), START + MIN), [], 'no alarms named');
-    assert.deepEqual(alarmsDue(ssm([FLEET, [param(`${FLEET}/options/x`, '"1"')]]), START + MIN), [], 'no rollout');
+    const due = (s: SsmSnapshot, at: number) => alarmsDue(s, at).names;
+    assert.deepEqual(due(snapshot(), START - MIN), [], 'staged');
+    assert.deepEqual(due(snapshot(), START + MIN), ['web-5xx'], 'progressing (100 % at once: baking)');
+    assert.deepEqual(due(snapshot(), START + 11 * MIN), [], 'complete');
+    assert.deepEqual(due(snapshot([param(`${FLEET}/rollout/halt`, 'stop')]), START + MIN), [], 'halted');
+    assert.deepEqual(due(snapshot([], { alarms: undefined }), START + MIN), [], 'no alarms named');
+    assert.deepEqual(due(ssm([FLEET, [param(`${FLEET}/options/x`, '"1"')]]), START + MIN), [], 'no rollout');
+  });
+
+  it("carry the largest fleet size the rollouts under way give, and none when none gives one", () => {
+    assert.deepEqual(alarmsDue(snapshot(), START + MIN), { names: ['web-5xx'], fleetSize: undefined });
+    assert.deepEqual(alarmsDue(snapshot([], { fleetSize: 10_000 }), START + MIN), { names: ['web-5xx'], fleetSize: 10_000 });
+    const ASG = '/nixos/asg/web';
+    const other = [param(`${ASG}/rollout/candidate/options/x`, '"2"'), param(`${ASG}/rollout/strategy`, JSON.stringify({ type: 'linear', stepPercent: 100, intervalSeconds: 600, bakeSeconds: 600, startAt: new Date(START).toISOString(), alarms: ['asg-latency'], fleetSize: 25_000 }))];
+    const two = ssm([FLEET, [strategy({ fleetSize: 10_000 }), candidate]], [ASG, other]);
+    assert.deepEqual(alarmsDue(two, START + MIN), { names: ['asg-latency', 'web-5xx'], fleetSize: 25_000 });
+    assert.deepEqual(alarmsDue(snapshot([], { fleetSize: 10_000 }), START + 11 * MIN), { names: [], fleetSize: undefined }, 'complete: nothing to read');
+  });
+
+  it('go by turns in a fleet that gives its size: about ALARM_READS_PER_SECOND across it, other readers each interval', () => {
+    const interval = 600_000;
+    const ids = Array.from({ length: 10_000 }, (_, i) => `i-${i.toString(16).padStart(17, '0')}`);
+    const readers = (at: number) => new Set(ids.filter((id) => readsAlarmsNow(id, 10_000, at, interval)));
+    const first = readers(START);
+    const second = readers(START + interval);
+    // 1 a second over 600 s among 10,000: a share of 0.06, 600 readers an interval.
+    for (const r of [first, second]) assert.ok(r.size > 500 && r.size < 700, `${r.size} readers in an interval`);
+    assert.deepEqual(readers(START + interval - 1), first, 'the same readers all through one interval');
+    const both = [...first].filter((id) => second.has(id)).length;
+    assert.ok(both < 80, `${both} instances read in both intervals: each interval draws again`);
+    assert.equal(ALARM_READS_PER_SECOND, 1);
+    // A fleet that asks less than that anyway: every instance reads at every interval, as without a size.
+    assert.ok(ids.slice(0, 600).every((id) => readsAlarmsNow(id, 600, START, interval)));
+    assert.ok(ids.slice(0, 50).every((id) => readsAlarmsNow(id, 50, START, 60_000)));
   });
 
   it('one in ALARM halts the rollout, naming it, and is to be recorded for the fleet', () => {
@@ -137,10 +165,13 @@ describe('the watcher on a busy CloudWatch', () => {
     assert.deepEqual([await nextCall(), await nextCall()], [600_000, 600_000]);
   });
 
-  it("a fleet asking more than the account's limit settles near it, and keeps reading alarms", async () => {
-    // 2,000 instances polling every 60 s (jittered) against a DescribeAlarms limit of 9 a second:
-    // without the backoff they ask ~22 a second over the last hour, 60 % of it refused. Simulated
-    // over two hours on one clock, every instance a watcher.
+  /**
+   * 2,000 instances polling every 60 s (jittered) against a DescribeAlarms limit of 9 a second,
+   * simulated over two hours on one clock, every instance a watcher; `fleetSize`: the strategy gives
+   * it, and each reads at its turns. The last hour's calls a second, asked and answered, and the
+   * longest the fleet went without an answer in it.
+   */
+  async function fleetOfWatchers(fleetSize?: number) {
     const clock = new ManualClock(START);
     const random = prng(18);
     const bucket = new TokenBucket({ ratePerSecond: 9, clock });
@@ -149,40 +180,52 @@ describe('the watcher on a busy CloudWatch', () => {
       if (!bucket.tryTake()) throw Object.assign(new Error('Rate exceeded'), { name: 'Throttling' });
       return names.map((name) => ({ name, state: 'ALARM', reason: '' }));
     }, { clock, minIntervalMs: interval }));
+    const ids = watchers.map((_, i) => `i-${i.toString(16).padStart(17, '0')}`);
     const next = watchers.map(() => START + random() * interval);
-    let asked = 0;
-    let answered = 0;
-    const lastHour: { asked: number; answered: number } = { asked: 0, answered: 0 };
+    const lastHour = { asked: 0, answered: 0, longestSilenceMs: 0 };
     const end = START + 2 * 3_600_000;
+    let lastAnswer = end - 3_600_000;
     for (let t = START; t < end; t += 1_000) {
       clock.advance(t - clock.now());
       for (const [i, w] of watchers.entries()) {
         if ((next[i] as number) > t) continue;
         next[i] = t + interval * (0.5 + random());
         const before = w.calls;
-        const reading = await w.read(['web-5xx']);
-        if (w.calls === before) continue;
-        asked++;
-        if ('alarms' in reading) answered++;
-        if (t >= end - 3_600_000) {
-          lastHour.asked++;
-          if ('alarms' in reading) lastHour.answered++;
+        const reading = await w.read(['web-5xx'], fleetSize ? { instanceId: ids[i] as string, fleetSize } : undefined);
+        if (w.calls === before || t < end - 3_600_000) continue;
+        lastHour.asked++;
+        if (reading && 'alarms' in reading) {
+          lastHour.answered++;
+          lastHour.longestSilenceMs = Math.max(lastHour.longestSilenceMs, t - lastAnswer);
+          lastAnswer = t;
         }
       }
     }
-    const askedPerSecond = lastHour.asked / 3_600;
-    const answeredPerSecond = lastHour.answered / 3_600;
+    return { askedPerSecond: lastHour.asked / 3_600, answeredPerSecond: lastHour.answered / 3_600, ...lastHour };
+  }
+
+  it("a fleet asking more than the account's limit settles near it, and keeps reading alarms", async () => {
+    // Without the backoff they ask ~22 a second over the last hour, 60 % of it refused.
+    const fleet = await fleetOfWatchers();
     // Seed 18: ~10.2 asked a second and ~8.2 answered.
-    assert.ok(askedPerSecond < 13, `asked ${askedPerSecond.toFixed(1)}/s over the last hour (${asked} in all)`);
-    assert.ok(lastHour.answered / lastHour.asked > 0.7, `${lastHour.answered} of ${lastHour.asked} answered over the last hour`);
-    assert.ok(answeredPerSecond > 7, `answered ${answeredPerSecond.toFixed(1)}/s over the last hour (${answered} in all): the alarm is still seen`);
+    assert.ok(fleet.askedPerSecond < 13, `asked ${fleet.askedPerSecond.toFixed(1)}/s over the last hour`);
+    assert.ok(fleet.answered / fleet.asked > 0.7, `${fleet.answered} of ${fleet.asked} answered over the last hour`);
+    assert.ok(fleet.answeredPerSecond > 7, `answered ${fleet.answeredPerSecond.toFixed(1)}/s over the last hour: the alarm is still seen`);
+  });
+
+  it('a fleet whose strategy gives its size asks about one a second by turns, none refused, and an alarm is seen within seconds', async () => {
+    const fleet = await fleetOfWatchers(2_000);
+    assert.ok(fleet.askedPerSecond > 0.7 && fleet.askedPerSecond < 1.3, `asked ${fleet.askedPerSecond.toFixed(2)}/s over the last hour`);
+    assert.equal(fleet.answered, fleet.asked, 'the account keeps most of its limit: nothing refused');
+    assert.ok(fleet.longestSilenceMs <= 20_000, `the longest the fleet went without an answer: ${fleet.longestSilenceMs / 1000} s`);
   });
 });
 
 describe('the sources read alarms', () => {
-  async function read(snap: SsmSnapshot, at: number, answer: AlarmState[] | Error) {
+  async function read(snap: SsmSnapshot, at: number, answer: AlarmState[] | Error | undefined) {
     const dir = await mkdtemp(path.join(tmpdir(), 'nea-alarms-'));
     const asked: (readonly string[])[] = [];
+    const turns: unknown[] = [];
     const imds = {
       get: async () => undefined,
       getBytes: async () => undefined,
@@ -196,13 +239,15 @@ describe('the sources read alarms', () => {
         modulesDir: '/etc/nixos-ec2-agent/local.d',
         now: () => at,
         alarms: {
-          read: async (names) => {
+          read: async (names, turn) => {
             asked.push(names);
+            turns.push(turn);
+            if (answer === undefined) return undefined;
             return answer instanceof Error ? { error: answer.message } : { alarms: answer };
           },
         },
       });
-      return { snapshots: await sources.read(), asked };
+      return { snapshots: await sources.read(), asked, turns };
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -215,6 +260,14 @@ describe('the sources read alarms', () => {
     const rolling = await read(snapshot(), START + MIN, firing);
     assert.deepEqual(rolling.asked, [['web-5xx']]);
     assert.deepEqual(rolling.snapshots.alarms, firing);
+  });
+
+  it("with the fleet's size, at this instance's turns: between them no states and no note", async () => {
+    const sized = await read(snapshot([], { fleetSize: 5_000 }), START + MIN, undefined);
+    assert.deepEqual(sized.turns, [{ instanceId: 'i-0aaaaaaaaaaaaaaa1', fleetSize: 5_000 }]);
+    assert.equal(sized.snapshots.alarms, undefined);
+    assert.deepEqual(sized.snapshots.notes, []);
+    assert.deepEqual((await read(snapshot(), START + MIN, firing)).turns, [undefined], 'without a size, every time');
   });
 
   it('a failed read or a missing alarm is a note, and halts nothing', async () => {
@@ -263,12 +316,12 @@ describe('DescribeAlarms through the SDK client', () => {
         credentials: async () => async () => ({ accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' }),
       });
       const watcher = new AlarmWatcher(async () => describe, { clock, minIntervalMs: 600_000 });
-      assert.ok('alarms' in (await watcher.read(['web-5xx'])));
+      assert.ok('alarms' in ((await watcher.read(['web-5xx'])) ?? {}));
       clock.advance(600_000);
       // The bucket refilled one token over those 600 s; take it, so the watcher's call is refused.
       assert.deepEqual(await describe(['web-5xx']), [{ name: 'web-5xx', state: 'INSUFFICIENT_DATA', reason: 'Unchecked: Initial alarm creation' }]);
       const refused = await watcher.read(['web-5xx']);
-      assert.match('error' in refused ? refused.error : '', /Rate exceeded/);
+      assert.match(refused && 'error' in refused ? refused.error : '', /Rate exceeded/);
       assert.equal(throttled.callCounts().DescribeAlarms, 3, 'the refused call was sent once');
       assert.equal(watcher.intervalMs, 1_200_000);
     } finally {
