@@ -83,6 +83,8 @@ export interface RolloutReport {
   readonly cohorts?: readonly CohortProgress[];
   readonly failures?: readonly { instanceId: string; stage: string; reason: string; at: string; step: number }[];
   readonly staleFailures?: number;
+  /** The CloudWatch alarms that halt it, and the fleet size that has them read by turns. */
+  readonly alarms?: { readonly names: readonly string[]; readonly fleetSize?: number };
   readonly changed?: readonly string[];
 }
 
@@ -260,7 +262,8 @@ function reportOf(prefix: string, spec: RolloutSpec | undefined, now: number): R
       failures: failures.filter((f) => f.step === step).map((f) => f.instanceId),
     });
   }
-  return { prefix, rollout, cohorts, failures, staleFailures: spec.stale };
+  const alarms = strategy.alarms ? { alarms: { names: strategy.alarms, ...(strategy.fleetSize !== undefined ? { fleetSize: strategy.fleetSize } : {}) } } : {};
+  return { prefix, rollout, cohorts, failures, staleFailures: spec.stale, ...alarms };
 }
 
 function describeReport(report: RolloutReport): string[] {
@@ -271,6 +274,10 @@ function describeReport(report: RolloutReport): string[] {
   for (const c of report.cohorts ?? []) {
     const failed = c.failures.length ? `, ${c.failures.length} failed: ${c.failures.join(' ')}` : '';
     lines.push(`  step ${String(c.step + 1).padStart(2)}  up to ${String(c.percent).padStart(5)}%  opens ${c.opensAt}  ${c.open ? 'open' : 'waiting'}${failed}`);
+  }
+  if (report.alarms) {
+    const { names, fleetSize } = report.alarms;
+    lines.push(`  alarms   ${names.join(', ')} (${fleetSize !== undefined ? `read by turns across a fleet of ${fleetSize}` : 'read by every instance at every poll'})`);
   }
   for (const f of report.failures ?? []) lines.push(`  failure  ${f.instanceId} (step ${f.step + 1}) ${f.stage} at ${f.at}: ${f.reason}`);
   if (report.staleFailures) lines.push(`  ${report.staleFailures} failure record(s) for an older candidate, not counted`);

@@ -110,6 +110,7 @@ describe('rollout commands', () => {
     assert.equal(rollout()?.strategy?.stepPercent, 25);
     assert.deepEqual(rollout()?.strategy?.alarms, ['web-5xx', 'web-latency']);
     assert.equal(rollout()?.strategy?.fleetSize, 12_000);
+    assert.match(start.stdout, /^  alarms   web-5xx, web-latency \(read by turns across a fleet of 12000\)$/m);
     assert.equal(ssm.get(`${FLEET}/rollout/failures/i-old`), undefined, 'a restart clears old records');
 
     // Two instances report failures (as the agent's reporter writes them).
