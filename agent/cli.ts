@@ -222,6 +222,26 @@ function parseUid(value: string | boolean | undefined): number {
 interface CompileCacheApi {
   getCompileCacheDir?(): string | undefined;
   flushCompileCache?(): void;
+  enableCompileCache?(directory: string): unknown;
+}
+
+/**
+ * The package's compile cache is root's: Node names the cache's directory after the user
+ * (src/compile_cache.cc) and the package's build makes root's (seed-compile-cache --uid 0). Another
+ * user's command under the wrapper (`status`, `generations` as an operator) finds no directory of
+ * its own there and cannot make one in the read-only store, so Node keeps no cache for it. Such a
+ * command keeps one of its own, in the user's cache directory as any user program does: compiled on
+ * its first run, read from there after. Never /tmp, where any user could make it first. Root's
+ * commands and the daemon never come here, nor load node:module for it.
+ */
+function userCompileCache(): void {
+  const { NODE_COMPILE_CACHE, XDG_CACHE_HOME, HOME } = process.env;
+  if (!NODE_COMPILE_CACHE || (process.getuid?.() ?? 0) === 0) return;
+  const node = process.getBuiltinModule('node:module') as CompileCacheApi;
+  if (node.enableCompileCache === undefined || node.getCompileCacheDir?.() !== undefined) return;
+  // XDG's base directories are absolute or ignored; HOME unset or relative: no cache at all.
+  const base = XDG_CACHE_HOME?.startsWith('/') ? XDG_CACHE_HOME : HOME?.startsWith('/') ? `${HOME}/.cache` : undefined;
+  if (base) node.enableCompileCache(`${base}/nixos-ec2-agent/compile-cache`);
 }
 
 /**
@@ -394,6 +414,7 @@ function tolerateClosedPipes(): void {
 // event loop open (a server a failed start left listening must never make a command hang).
 const args = process.argv.slice(2);
 const debug = args.includes('--debug');
+userCompileCache();
 structuredWarnings(debug);
 if (args[0] !== 'run') tolerateClosedPipes();
 main(

@@ -6,7 +6,7 @@
 // node:module (the bundle takes built-ins from process.getBuiltinModule; tools/bundle.mjs) and
 // node:crypto (digests are agent/sha256.ts; signatures are checked only for a closure). A preload records Node's loaded built-ins at the moment nixos-rebuild is spawned.
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, link, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
@@ -176,6 +176,55 @@ describe('the boot path', () => {
     });
     assert.deepEqual(await snapshot(path.join(cache, dir as string)), seeded, 'nothing written into the cache');
     assert.deepEqual(await readdir(tmp), [], "nothing in the temporary directory (Node's default is node-compile-cache there)");
+  });
+
+  // The package's cache is root's; an operator's own commands keep theirs in their cache directory.
+  test("another user's command under the wrapper keeps a compile cache in that user's cache directory, and takes it from there the next time", { skip: !NODE22 ? 'no Node >= 22.10 here (NODE22_TEST_BIN names one)' : process.getuid?.() !== 0 ? 'runs commands as another user: needs root' : false }, async (t) => {
+    const node = NODE22 as string;
+    const launch = launchFile();
+    const user = 65534;
+    const dir = await mkdtemp(path.join(tmpdir(), 'boot-path-user-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    // The store as an operator meets it: root's cache, readable by all, written by none.
+    const store = path.join(dir, 'store-cache');
+    await mkdir(store);
+    seedCompileCache(node, launch, store, 0);
+    execFileSync('chmod', ['-R', 'a-w,a+rX', store]);
+    const seeded = await snapshot(store);
+    await chmod(dir, 0o755);
+    const home = path.join(dir, 'home');
+    await mkdir(home);
+    const config = path.join(home, 'config.json');
+    await writeFile(config, '{}\n');
+    execFileSync('chown', ['-R', `${user}:${user}`, home]);
+    // That user may not reach the Node that runs the tests (CI keeps it under root's home): a link
+    // to it (or a copy, across file systems) in the test's own directory.
+    const userNode = path.join(dir, 'node');
+    await link(node, userNode).catch(() => copyFile(node, userNode));
+    await chmod(userNode, 0o755);
+    const asUser = () =>
+      spawnSync(userNode, [...launch.nodeFlags, CLI, 'check-config', config], {
+        uid: user,
+        gid: user,
+        env: { ...launch.env, NODE_COMPILE_CACHE: store, HOME: home, PATH: process.env.PATH ?? '', NODE_DEBUG_NATIVE: 'COMPILE_CACHE' },
+        encoding: 'utf8',
+      });
+    const first = asUser();
+    if (first.error || (first.status !== 0 && /EACCES|Cannot find module|permission denied/i.test(first.stderr))) {
+      return t.skip(`this checkout is not readable by uid ${user}: ${first.error?.message ?? first.stderr.split('\n')[0]}`);
+    }
+    assert.equal(first.status, 0, first.stderr);
+    assert.match(first.stdout, /: valid$/m);
+    const own = path.join(home, '.cache/nixos-ec2-agent/compile-cache');
+    const [tagged, ...others] = await readdir(own);
+    assert.equal(others.length, 0);
+    assert.match(tagged as string, new RegExp(`-${user}$`), "named after the user, as Node names it");
+    assert.ok((await readdir(path.join(own, tagged as string))).length > 0, 'the modules check-config loaded were kept');
+    const second = asUser();
+    assert.equal(second.status, 0, second.stderr);
+    // Every module loaded after the entry (which runs before the cache is chosen) comes from it.
+    assertAllFromCache(second.stderr, [], 'check-config as another user, the second time');
+    assert.deepEqual(await snapshot(store), seeded, "nothing written into root's cache");
   });
 
   test('seed-compile-cache makes the cache for the user it names; without NODE_COMPILE_CACHE it refuses in one line', { skip: NODE22 ? false : 'no Node >= 22.10 here (NODE22_TEST_BIN names one)' }, async (t) => {
