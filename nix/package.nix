@@ -115,7 +115,8 @@ buildNpmPackage {
     #   instance's very first start, most starts in an Auto Scaling group, finds it warm. The store
     #   is read-only: Node reads the cache there and silently writes nothing. Never Node's default,
     #   /tmp/node-compile-cache: any user can make that directory first and fill it with code cache
-    #   for a root process to run.
+    #   for a root process to run. The cache is root's (seed-compile-cache --uid 0); another user's
+    #   commands keep one of their own under ~/.cache (agent/cli.ts, userCompileCache).
     # Weighed and left out, as no better than the spread between runs: --optimize-for-size,
     # --single-threaded(-gc), --max-semi-space-size=1, MALLOC_ARENA_MAX=2, UV_THREADPOOL_SIZE=2
     # (=1 was slower); a V8 startup snapshot of the agent (node --snapshot-blob) started faster and
