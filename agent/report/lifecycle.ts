@@ -98,6 +98,11 @@ const Persisted = z.object({
    * Pending:Wait, when it leaves the pool for the group (warm-pool-instance-lifecycle).
    */
   warm: z.boolean().optional(),
+  /**
+   * When the daemon's look before a stop found nothing (IMDS did not answer): a return to a Stopped
+   * warm pool may have gone unseen, and the next start asks Auto Scaling once (askAfterSleeping).
+   */
+  lastLookFailedAt: z.number().optional(),
 });
 type Persisted = z.infer<typeof Persisted>;
 
@@ -144,7 +149,8 @@ export class LifecycleReporter {
   private lastObserved: string | undefined;
   private lastObservedAt: number | undefined;
   /** Asks Auto Scaling, at the next step, whether it holds the instance in a launch again. */
-  private askAfterSleep = false;
+  /** Ask Auto Scaling once whether the group holds a launch: after a sleep, or at a start after a stop no look saw. */
+  private askAfterSleep: false | 'wake' | 'start' = false;
   /** The pass a launch out of the warm pool waits for (freshPassFor), once asked. */
   private freshPass: { done: boolean } | undefined;
 
@@ -178,7 +184,7 @@ export class LifecycleReporter {
     const now = this.options.clock.now();
     const slept = this.lastObservedAt !== undefined && now - this.lastObservedAt > Math.max(SLEPT_MS, SLEPT_CADENCES * everyMs);
     this.lastObservedAt = now;
-    if (slept) this.askAfterSleep = true;
+    if (slept) this.askAfterSleep = 'wake';
     if (state === this.lastObserved && !slept) return;
     this.lastObserved = state;
     this.observedTarget = state;
@@ -549,6 +555,7 @@ export class LifecycleReporter {
       this.record = previous;
       this.carried = carried;
       this.resumed = true;
+      if (previous.lastLookFailedAt !== undefined) this.askAfterSleep = 'start';
       if (previous.group === undefined && here.group) {
         previous.group = here.group;
         this.recordDirty = true;
@@ -639,20 +646,29 @@ export class LifecycleReporter {
    * The instance slept with the agent running (hibernated): a return to a Hibernated pool that no
    * look saw before the hibernation ends with the instance resumed in Pending:Wait, IMDS reading
    * InService as it did before. Only Auto Scaling can tell that from a pause in service, so it is
-   * asked, once per sleep: a launch it holds is one more for the agent to complete.
+   * asked, once per sleep: a launch it holds is one more for the agent to complete. The same at a
+   * start after a stop whose last look IMDS never answered (lastLookFailedAt): a return to a Stopped
+   * pool between two looks, and the group taking the instance out again, leave the same trace.
    */
   private async askAfterSleeping(record: Persisted, attempt: (op: string, fn: () => Promise<void>) => Promise<boolean>): Promise<void> {
     const group = record.group;
-    if (!record.settled || record.warm || !group) {
+    const after = this.askAfterSleep;
+    const asked = () => {
       this.askAfterSleep = false;
-      return;
-    }
+      if (record.lastLookFailedAt === undefined) return;
+      delete record.lastLookFailedAt;
+      this.recordDirty = true;
+    };
+    if (!record.settled || record.warm || !group) return asked();
     await attempt('describe-instance', async () => {
       const membership = await this.options.autoscaling.describeInstance(record.instanceId);
-      this.askAfterSleep = false;
+      asked();
       if (membership && /^Pending(:Wait)?$/.test(membership.lifecycleState)) {
-        this.options.log.info({ event: 'lifecycle.warm-pool-left', group, state: membership.lifecycleState }, `the instance woke in ${membership.lifecycleState}: the group took it out of its warm pool, and its launch hook is met again`);
-        this.beginLaunch({ instanceId: record.instanceId, group, targetLifecycleState: 'InService' }, true);
+        const how = after === 'start' ? 'started' : 'woke';
+        this.options.log.info({ event: 'lifecycle.warm-pool-left', group, state: membership.lifecycleState }, `the instance ${how} in ${membership.lifecycleState}: the group took it out of its warm pool, and its launch hook is met again`);
+        // Woken, the run goes on and the launch waits for a pass that reads the sources again; a
+        // start's first convergence is that pass.
+        this.beginLaunch({ instanceId: record.instanceId, group, targetLifecycleState: 'InService' }, after === 'wake');
       }
     });
   }
@@ -666,8 +682,13 @@ export class LifecycleReporter {
       this.options.locate().catch(() => undefined),
       this.options.clock.sleep(LAST_LOOK_MS, timer.signal).then(() => undefined, () => undefined),
     ]).finally(() => timer.abort());
-    if (here?.instanceId !== record.instanceId) return;
-    this.follow(record, here);
+    if (here === undefined && record.settled) {
+      // Nothing seen: the next start asks Auto Scaling once instead.
+      record.lastLookFailedAt = this.options.clock.now();
+      this.recordDirty = true;
+    } else if (here?.instanceId === record.instanceId) {
+      this.follow(record, here);
+    }
     if (this.recordDirty) await this.save().catch((err: unknown) => this.fail('save', err));
   }
 

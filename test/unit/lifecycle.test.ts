@@ -687,6 +687,43 @@ describe('LifecycleReporter', () => {
     assert.equal((await persisted()).warm, undefined);
   });
 
+  it('a warm pool kept Stopped: after a stop whose look IMDS never answered, the next start asks Auto Scaling once, and completes the launch hook the group holds; a start after a stop that looked asks nothing', async () => {
+    const instance = inService();
+    let down = false;
+    const locate = async (): Promise<Location> => {
+      if (down) throw new Error('connect ECONNREFUSED 169.254.169.254:80');
+      return instance.locate();
+    };
+    const first = await settledInService(locate);
+    down = true;
+    await first.stop({ lastLook: true });
+    assert.equal((await persisted()).lastLookFailedAt, clock.now(), 'the stop saw nothing, and says so');
+
+    // Returned to the Stopped pool between two looks, and taken out again: started, held in Pending:Wait.
+    instance.leave();
+    down = false;
+    await clock.advanceAsync(86_400_000);
+    const completed: LifecycleResult[] = [];
+    const second = reporter({}, { locate, completed });
+    second.update(converging());
+    second.start();
+    await until('the question to Auto Scaling', () => asg.ops('describeInstance').length === 1);
+    await clock.advanceAsync(30_000);
+    assert.equal(asg.ops('complete').length, 1, 'not completed before this boot converged');
+    second.update(converged());
+    await until('the completion', () => completed.length === 1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE', 'CONTINUE']);
+    await until('the record', () => second.view().settled !== undefined);
+    await second.stop({ lastLook: true });
+    assert.equal((await persisted()).lastLookFailedAt, undefined);
+
+    const third = reporter({}, { locate });
+    third.update(converged());
+    third.start();
+    await third.flush(1);
+    assert.equal(asg.ops('describeInstance').length, 1, 'a start after a stop that looked asks nothing');
+  });
+
   it('a warm pool kept Running: an agent restarted in the pool after a scale-in returned its instance there knows it from IMDS, and completes the launch hook when the group takes the instance back', async () => {
     const instance = inService();
     const first = await settledInService(instance.locate);
