@@ -148,8 +148,10 @@ export class LifecycleReporter {
   /** The last one read elsewhere: only a change is followed. */
   private lastObserved: string | undefined;
   private lastObservedAt: number | undefined;
-  /** Asks Auto Scaling, at the next step, whether it holds the instance in a launch again. */
-  /** Ask Auto Scaling once whether the group holds a launch: after a sleep, or at a start after a stop no look saw. */
+  /**
+   * Asks Auto Scaling, at the next step, whether it holds the instance in a launch again: after a
+   * sleep, or at a start after a stop whose last look saw nothing.
+   */
   private askAfterSleep: false | 'wake' | 'start' = false;
   /** The pass a launch out of the warm pool waits for (freshPassFor), once asked. */
   private freshPass: { done: boolean } | undefined;
