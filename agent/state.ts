@@ -107,18 +107,20 @@ export type Versioned<T> =
   | { readonly value: T; readonly carried: Readonly<Record<string, unknown>> }
   | { readonly problem: string; readonly newer: boolean };
 
+function isFormat(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 1;
+}
+
 export function readVersioned<S extends z.AnyZodObject>(json: unknown, schema: S): Versioned<z.infer<S>> {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) return { problem: '(top level): expected an object', newer: false };
   const record = json as Record<string, unknown>;
   const { version, minReaderVersion } = record;
-  if (!Number.isSafeInteger(version) || (version as number) < 1) return { problem: `version: expected a format number, got ${JSON.stringify(version)}`, newer: false };
-  if (minReaderVersion !== undefined && (!Number.isSafeInteger(minReaderVersion) || (minReaderVersion as number) < 1 || (minReaderVersion as number) > (version as number))) {
-    return { problem: `minReaderVersion: expected a format number from 1 to ${version as number}, got ${JSON.stringify(minReaderVersion)}`, newer: false };
+  if (!isFormat(version)) return { problem: `version: expected a format number, got ${JSON.stringify(version)}`, newer: false };
+  if (minReaderVersion !== undefined && (!isFormat(minReaderVersion) || minReaderVersion > version)) {
+    return { problem: `minReaderVersion: expected a format number from 1 to ${version}, got ${JSON.stringify(minReaderVersion)}`, newer: false };
   }
-  if ((version as number) > FORMAT) {
-    const readers = (minReaderVersion as number | undefined) ?? (version as number);
-    if (readers > FORMAT) return { problem: `written by a newer agent in format ${version as number}, which agents of format ${readers} and later read; this agent reads format ${FORMAT}`, newer: true };
-  }
+  const readers = minReaderVersion ?? version;
+  if (readers > FORMAT) return { problem: `written by a newer agent in format ${version}, which agents of format ${readers} and later read; this agent reads format ${FORMAT}`, newer: true };
   const parsed = schema.safeParse({ ...record, version: FORMAT });
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
