@@ -25,6 +25,7 @@ import { WatchedSsm, type SsmParts } from './sources/revision.js';
 import { STATE_DIR, StateStore } from './state.js';
 import type { Status } from './status.js';
 import { HealthChecker } from './verify/health.js';
+import type { Reachable } from './verify/reach.js';
 
 /** Every directory the agent writes files into atomically, where a kill can leave a temp file. */
 const WRITTEN_DIRS = [
@@ -97,7 +98,8 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
     });
   // Edges that bring their own clients (a fleet simulation) never load the credential chain.
   const credentials = memo(edges.credentials ?? defaultCredentials);
-  const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, edges.waitClock ?? clock, imds, env, credentials)));
+  const ssmWhere: SsmWhere = { imds, env, credentials };
+  const ssmParts = memo(edges.ssm ?? (() => createSsmSource(config, edges.waitClock ?? clock, ssmWhere)));
   const ssm = new WatchedSsm(ssmParts, {
     clock,
     imds,
@@ -165,6 +167,7 @@ export async function createAgent(config: Config, log: Logger, edges: AgentEdges
       graceMs: config.health.graceSeconds * 1000,
       intervalMs: config.health.intervalSeconds * 1000,
       probes: config.health.probes,
+      reach: managedThrough(config, edges, ssmWhere),
     }),
     store,
     ...(edges.onStatus ? { onStatus: edges.onStatus } : {}),
@@ -184,19 +187,29 @@ export const SSM_REQUEST_TIMEOUT_MS = 10_000;
  * backoff, one attempt at a time (agent/aws/ssm-sdk.ts), so that a fleet sharing the account's
  * throughput spreads out; the SDK's adaptive retry is left to the one write.
  */
-async function createSsmSource(
-  config: Config,
-  clock: Clock,
-  imds: Imds,
-  env: NodeJS.ProcessEnv,
-  credentials: () => Promise<AwsCredentialIdentityProvider>,
-): Promise<SsmParts> {
-  const [{ SSMClient, ssmParts }, identity, provider] = await Promise.all([
+async function createSsmSource(config: Config, clock: Clock, where: SsmWhere): Promise<SsmParts> {
+  const [sdk, client] = await ssmClient(config, where);
+  return sdk.ssmParts(client, { clock, random: Math.random, maxWaitMs: config.ssm.maxBackoffSeconds * 1000 });
+}
+
+/** What an SSM client is made from: the agent's environment, IMDS (for the region), credentials. */
+export interface SsmWhere {
+  readonly imds: Imds;
+  readonly env: NodeJS.ProcessEnv;
+  readonly credentials: () => Promise<AwsCredentialIdentityProvider>;
+}
+
+/**
+ * An SSM client for this agent. `fresh`: one that opens a new connection for every request (the
+ * reach check), where the SDK's default keeps connections alive.
+ */
+async function ssmClient(config: Config, { imds, env, credentials }: SsmWhere, fresh = false) {
+  const [sdk, identity, provider] = await Promise.all([
     import('./aws/ssm-sdk.js'),
     env.AWS_REGION || env.AWS_DEFAULT_REGION ? Promise.resolve(undefined) : imds.identity(),
     credentials(),
   ]);
-  const client = new SSMClient({
+  const client = new sdk.SSMClient({
     credentials: provider,
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || identity?.region,
     // Named here, from the agent's own environment, so agents in one process each reach their own.
@@ -205,9 +218,47 @@ async function createSsmSource(
     retryMode: 'adaptive',
     // The SDK waits forever for an answer by default: an SSM endpoint that accepts and never
     // answers would hold the pass (and SIGTERM) for good.
-    requestHandler: { requestTimeout: SSM_REQUEST_TIMEOUT_MS, connectionTimeout: Math.min(SSM_REQUEST_TIMEOUT_MS, 3_000), throwOnRequestTimeout: true },
+    requestHandler: {
+      requestTimeout: SSM_REQUEST_TIMEOUT_MS,
+      connectionTimeout: Math.min(SSM_REQUEST_TIMEOUT_MS, 3_000),
+      throwOnRequestTimeout: true,
+      ...(fresh ? { httpAgent: { keepAlive: false }, httpsAgent: { keepAlive: false } } : {}),
+    },
   });
-  return ssmParts(client, { clock, random: Math.random, maxWaitMs: config.ssm.maxBackoffSeconds * 1000 });
+  return [sdk, client] as const;
+}
+
+/**
+ * The endpoints a switch must leave reachable (verify/reach.ts): IMDS, and SSM when it is a source.
+ * Edges that bring their own clients (a fleet simulation) are asked only where they can answer.
+ */
+export function managedThrough(config: Config, edges: Pick<AgentEdges, 'ssm'>, where: SsmWhere): Reachable[] {
+  if (!config.health.checkReachable) return [];
+  const endpoints: Reachable[] = [];
+  const imds = where.imds.reach?.bind(where.imds);
+  if (imds) endpoints.push({ name: 'IMDS', reach: imds });
+  if (config.ssm.enabled && !edges.ssm) {
+    const client = memo(() => ssmClient(config, where, true));
+    const path = readablePath(config.ssm.prefixes[0] ?? '/');
+    endpoints.push({
+      name: 'SSM',
+      reach: async (timeoutMs) => {
+        const [sdk, ssm] = await client();
+        await sdk.ssmAnswers(ssm, path, timeoutMs);
+      },
+    });
+  }
+  return endpoints;
+}
+
+/** A prefix up to its first placeholder (`/nixos/asg/{asg}` → `/nixos/asg`): a path SSM takes as it is. */
+export function readablePath(prefix: string): string {
+  const kept: string[] = [];
+  for (const part of prefix.split('/').filter(Boolean)) {
+    if (part.includes('{')) break;
+    kept.push(part);
+  }
+  return `/${kept.join('/')}`;
 }
 
 /**

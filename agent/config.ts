@@ -149,6 +149,11 @@ export const ConfigSchema = z.strictObject({
       graceSeconds: timerSeconds().min(0).default(60),
       intervalSeconds: seconds(5),
       probes: z.array(z.union([HttpProbe, CommandProbe])).default([]),
+      /**
+       * After a switch, IMDS and (when it is a source) SSM must answer a new connection before the
+       * generation becomes the boot default: one that cut the instance off is rolled back.
+       */
+      checkReachable: z.boolean().default(true),
     })
     .default({}),
 

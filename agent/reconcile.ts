@@ -397,8 +397,9 @@ export class Reconciler {
     log.warn({ event: 'reboot.required', storePath: to, policy: this.deps.config.kernel.policy }, why);
   }
 
-  private async verify(): Promise<Verdict> {
-    const verdict = await this.deps.health.verify(() => this.deps.onProgress?.());
+  /** `reach: false` for a rollback's verdict (health.ts, verify). */
+  private async verify(how: { readonly reach: boolean } = { reach: true }): Promise<Verdict> {
+    const verdict = await this.deps.health.verify(() => this.deps.onProgress?.(), how);
     this.deps.log.info({ event: 'verify.end', healthy: verdict.healthy, reasons: verdict.reasons, attempts: verdict.attempts }, verdict.healthy ? 'healthy' : `unhealthy: ${verdict.reasons.join('; ')}`);
     return verdict;
   }
@@ -455,7 +456,7 @@ export class Reconciler {
     });
     await this.restoreConfiguration();
     this.step({ step: 'verifying-rollback', storePath: target.storePath });
-    const verdict = await this.verify();
+    const verdict = await this.verify({ reach: false });
     if (verdict.healthy) delete this.state.noGoodGeneration;
     else this.state.noGoodGeneration = { since: this.deps.clock.now(), storePath: target.storePath };
     this.record({ noGoodGeneration: !verdict.healthy });

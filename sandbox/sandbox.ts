@@ -11,6 +11,8 @@ import { writeFileAtomic } from '../agent/fs.js';
 import type { AutoScalingSnapshot } from './emulators/autoscaling.js';
 import type { SsmSnapshot } from './emulators/ssm.js';
 import { bootMachine, installStandins } from './standin/install.js';
+import { layoutOf } from './standin/layout.js';
+import { networkUp } from './standin/machine.js';
 import { DEMO_USER_DATA, demoParameters } from './demo.js';
 import { readWorldFiles, seedParameters, World, WorldInputError, type InstanceSpec } from './world.js';
 
@@ -67,7 +69,9 @@ export async function openSandbox(
   const instance: InstanceSpec = files.instance ?? saved?.instance ?? { instanceId: `i-${randomBytes(9).toString('hex').slice(0, 17)}` };
   const userData = files.userData ?? (saved ? (saved.userData !== undefined ? Buffer.from(saved.userData, 'base64') : undefined) : Buffer.from(DEMO_USER_DATA));
 
-  const world = await World.start({ instance, ...(userData ? { userData } : {}), ssmThroughput: null });
+  // The instance reaches the emulators as long as the system it runs leaves its network up.
+  const machine = layoutOf(layout.root);
+  const world = await World.start({ instance, ...(userData ? { userData } : {}), ssmThroughput: null, admit: () => networkUp(machine) });
   let standins: Awaited<ReturnType<typeof installStandins>>;
   try {
     try {

@@ -49,6 +49,8 @@ export interface WorldOptions {
   readonly ports?: { imds?: number; ssm?: number; autoscaling?: number; cloudwatch?: number };
   readonly clock?: Clock;
   readonly ssmThroughput?: SsmThroughput | null;
+  /** Whether the instance's network lets a new connection reach the endpoints (ListenOptions.admit). */
+  readonly admit?: () => boolean;
 }
 
 export const DEFAULT_GROUP = 'demo-asg';
@@ -76,7 +78,8 @@ export class World {
       ...(options.userData ? { userData: options.userData } : {}),
     });
     const host = options.host ?? '127.0.0.1';
-    const clock = options.clock ? { clock: options.clock } : {};
+    // What every emulator shares: the clock, and the network between them and the instance.
+    const shared = { ...(options.clock ? { clock: options.clock } : {}), ...(options.admit ? { admit: options.admit } : {}) };
     // Whatever fails part way closes what already listens: nothing may keep the process alive.
     const started: { close(): Promise<void> }[] = [];
     const closeStarted = () => Promise.all(started.map((server) => server.close()));
@@ -85,13 +88,13 @@ export class World {
     let autoscaling: AutoScalingEmulator;
     let cloudwatch: CloudWatchEmulator;
     try {
-      imds = await ImdsEmulator.start({ instance, host, ...clock, ...(options.ports?.imds ? { port: options.ports.imds } : {}) });
+      imds = await ImdsEmulator.start({ instance, host, ...shared, ...(options.ports?.imds ? { port: options.ports.imds } : {}) });
       started.push(imds);
       ssm = await SsmEmulator.start({
         region: instance.region,
         accountId: instance.accountId,
         host,
-        ...clock,
+        ...shared,
         ...(options.ports?.ssm ? { port: options.ports.ssm } : {}),
         ...(options.ssmThroughput !== undefined ? { throughput: options.ssmThroughput } : {}),
       });
@@ -100,7 +103,7 @@ export class World {
         region: instance.region,
         accountId: instance.accountId,
         host,
-        ...clock,
+        ...shared,
         ...(options.ports?.autoscaling ? { port: options.ports.autoscaling } : {}),
       });
       started.push(autoscaling);
@@ -108,7 +111,7 @@ export class World {
         region: instance.region,
         accountId: instance.accountId,
         host,
-        ...clock,
+        ...shared,
         ...(options.ports?.cloudwatch ? { port: options.ports.cloudwatch } : {}),
       });
       started.push(cloudwatch);

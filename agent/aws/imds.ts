@@ -54,6 +54,8 @@ export interface Imds {
   get(path: string): Promise<string | undefined>;
   getBytes(path: string): Promise<Buffer | undefined>;
   identity(): Promise<InstanceIdentity>;
+  /** Whether IMDS answers a new connection (verify/reach.ts); absent where it cannot be asked. */
+  reach?(timeoutMs: number): Promise<void>;
 }
 
 interface Response {
@@ -116,6 +118,17 @@ export class ImdsClient implements Imds {
       throw err;
     });
     return this.identityCache;
+  }
+
+  /**
+   * Resolves when IMDS answers a token PUT over a connection of its own, whatever the status: the
+   * question is whether the instance still reaches it, not what it says. The kept-alive socket of
+   * every other request would hide a network the last switch broke (a firewall lets an established
+   * connection on; an address dropped with a restarted DHCP client leaves the socket to time out
+   * later), so this one is never pooled.
+   */
+  async reach(timeoutMs: number): Promise<void> {
+    await this.send('PUT', 'latest/api/token', { 'x-aws-ec2-metadata-token-ttl-seconds': '60' }, { agent: false, timeoutMs });
   }
 
   private async readIdentity(): Promise<InstanceIdentity> {
@@ -224,11 +237,12 @@ export class ImdsClient implements Imds {
    * later, making a DOMException and an abort event for every request, a termination check every
    * few seconds included.
    */
-  private send(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): Promise<Response> {
+  private send(method: 'GET' | 'PUT', path: string, headers: Record<string, string>, how: { agent?: false; timeoutMs?: number } = {}): Promise<Response> {
+    const timeoutMs = how.timeoutMs ?? this.timeoutMs;
     return new Promise((resolve, reject) => {
       const req = request(
         {
-          agent: this.agent,
+          agent: how.agent ?? this.agent,
           method,
           hostname: this.url.hostname.replace(/^\[|\]$/g, ''),
           port: this.url.port || 80,
@@ -250,12 +264,12 @@ export class ImdsClient implements Imds {
       const timer = setTimeout(() => {
         timedOut = true;
         req.destroy();
-      }, this.timeoutMs);
+      }, timeoutMs);
       // As AbortSignal.timeout's: a request in flight keeps the process alive by its socket alone.
       timer.unref();
       const fail = (err: Error): void => {
         clearTimeout(timer);
-        reject(timedOut ? new Error(`no answer within ${this.timeoutMs} ms`) : err);
+        reject(timedOut ? new Error(`no answer within ${timeoutMs} ms`) : err);
       };
       req.on('error', fail);
       req.end();

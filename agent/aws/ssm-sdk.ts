@@ -111,3 +111,22 @@ export function ssmParts(client: SSMClient, patience: PatienceOptions): SsmParts
     putParameter: (input) => client.send(new PutParameterCommand(input)),
   };
 }
+
+/**
+ * Resolves when SSM answers one request, whatever it says: an error AWS sent back (throttled,
+ * denied, a path it refuses) still came over the network, which is all that verify/reach.ts asks.
+ * `client` must open a connection per request (its agents without keep-alive). `path`: a
+ * non-recursive read of one parameter, the cheapest read the agent's own permissions allow.
+ */
+export async function ssmAnswers(client: SSMClient, path: string, timeoutMs: number): Promise<void> {
+  const command = new GetParametersByPathCommand({ Path: path, Recursive: false, MaxResults: 1 });
+  inOneAttempt(command);
+  const signal = AbortSignal.timeout(timeoutMs);
+  try {
+    await client.send(command, { abortSignal: signal });
+  } catch (err) {
+    if (typeof (err as Partial<MetadataBearer>).$metadata?.httpStatusCode === 'number') return;
+    if (signal.aborted) throw new Error(`no answer within ${timeoutMs} ms`);
+    throw err;
+  }
+}

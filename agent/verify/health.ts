@@ -1,6 +1,7 @@
 // After activation: is the new system healthy? Failed systemd units, HTTP probes and command
 // probes, retried within a grace window (services take a moment to start), ending in a Verdict.
 import type { Clock, Runner } from '../ports.js';
+import { reachChecks, type Reachable } from './reach.js';
 
 export type Probe =
   | { readonly name: string; readonly http: { readonly url: string; readonly expectStatus: number; readonly timeoutMs: number } }
@@ -12,7 +13,14 @@ export interface HealthOptions {
   readonly graceMs: number;
   readonly intervalMs: number;
   readonly probes: readonly Probe[];
+  /** What the instance is managed through, asked after a switch (reach.ts); none: not asked. */
+  readonly reach?: readonly Reachable[];
+  /** Each endpoint's answer is waited for this long. */
+  readonly reachTimeoutMs?: number;
 }
+
+/** How long an endpoint is given to answer a new connection, unless the options say otherwise. */
+const REACH_TIMEOUT_MS = 5_000;
 
 export interface CheckResult {
   readonly name: string;
@@ -56,13 +64,18 @@ export class HealthChecker {
     private readonly httpGet: HttpGet = defaultHttpGet,
   ) {}
 
-  /** Checks until all pass or the grace window ends; the last round's failures are the reasons. */
-  async verify(onAttempt?: (checks: readonly CheckResult[]) => void): Promise<Verdict> {
+  /**
+   * Checks until all pass or the grace window ends; the last round's failures are the reasons.
+   * `reach: false` leaves out the endpoints (a rollback's verdict): the generation rolled back to
+   * ran well before, and an endpoint down on AWS's side then must not make the instance's last good
+   * generation look bad, which would report it Unhealthy to its group.
+   */
+  async verify(onAttempt?: (checks: readonly CheckResult[]) => void, how: { readonly reach?: boolean } = {}): Promise<Verdict> {
     const deadline = this.clock.now() + this.options.graceMs;
     let attempts = 0;
     for (;;) {
       attempts++;
-      const checks = await this.checkOnce();
+      const checks = await this.checkOnce(how.reach ?? true);
       onAttempt?.(checks);
       const failed = checks.filter((c) => !c.ok);
       if (failed.length === 0) return { healthy: true, reasons: [], checks, attempts };
@@ -73,11 +86,13 @@ export class HealthChecker {
     }
   }
 
-  async checkOnce(): Promise<CheckResult[]> {
+  async checkOnce(reach = true): Promise<CheckResult[]> {
     const checks: Promise<CheckResult>[] = [];
     if (this.options.checkFailedUnits) checks.push(this.failedUnits());
     for (const probe of this.options.probes) checks.push('http' in probe ? this.http(probe.name, probe.http) : this.command(probe.name, probe.command));
-    return Promise.all(checks);
+    const endpoints = reach && this.options.reach?.length ? reachChecks(this.options.reach, this.options.reachTimeoutMs ?? REACH_TIMEOUT_MS) : Promise.resolve([]);
+    const [own, reached] = await Promise.all([Promise.all(checks), endpoints]);
+    return [...own, ...reached];
   }
 
   private async failedUnits(): Promise<CheckResult> {

@@ -44,6 +44,8 @@ export interface ThroughputOptions {
 }
 
 export interface AutoScalingEmulatorOptions {
+  /** New connections let through (server.ts, ListenOptions). */
+  readonly admit?: () => boolean;
   readonly clock?: Clock;
   readonly region?: string;
   readonly accountId?: string;
@@ -402,7 +404,7 @@ export class AutoScalingEmulator {
 
   static async start(options: AutoScalingEmulatorOptions = {}): Promise<AutoScalingEmulator> {
     const emulator = new AutoScalingEmulator(options);
-    emulator.server = await listen((req, res) => void emulator.handle(req, res), { host: options.host, port: options.port });
+    emulator.server = await listen((req, res) => void emulator.handle(req, res), { host: options.host, port: options.port, ...(options.admit ? { admit: options.admit } : {}) });
     const interval = options.tickIntervalMs ?? 1000;
     if (interval > 0) {
       emulator.timer = setInterval(() => emulator.tick(), interval);

@@ -56,6 +56,8 @@ export interface MetricAlarm {
 }
 
 export interface CloudWatchEmulatorOptions {
+  /** New connections let through (server.ts, ListenOptions). */
+  readonly admit?: () => boolean;
   readonly clock?: Clock;
   readonly region?: string;
   readonly accountId?: string;
@@ -172,7 +174,7 @@ export class CloudWatchEmulator {
   static async start(options: CloudWatchEmulatorOptions = {}): Promise<CloudWatchEmulator> {
     const clock = options.clock ?? systemClock;
     let self: CloudWatchEmulator | undefined;
-    const server = await listen((req, res) => void self?.handle(req, res), { ...(options.host ? { host: options.host } : {}), ...(options.port ? { port: options.port } : {}) });
+    const server = await listen((req, res) => void self?.handle(req, res), { ...(options.host ? { host: options.host } : {}), ...(options.port ? { port: options.port } : {}), ...(options.admit ? { admit: options.admit } : {}) });
     self = new CloudWatchEmulator(server, clock, options);
     return self;
   }

@@ -130,6 +130,8 @@ export interface ImdsLoggedRequest extends LoggedRequest {
 }
 
 export interface ImdsStartOptions {
+  /** New connections let through (server.ts, ListenOptions). */
+  readonly admit?: () => boolean;
   readonly instance?: ImdsInstance;
   readonly clock?: Clock;
   readonly host?: string;
@@ -292,7 +294,7 @@ export class ImdsEmulator {
         // The handler can only be called once listen() has resolved and the emulator exists.
         void emulator!.#handle(req, res);
       },
-      { ...(options.host !== undefined && { host: options.host }), ...(options.port !== undefined && { port: options.port }) },
+      { ...(options.host !== undefined && { host: options.host }), ...(options.port !== undefined && { port: options.port }), ...(options.admit && { admit: options.admit }) },
     );
     emulator = new ImdsEmulator(server, options.clock ?? systemClock, instance, options.httpEndpoint ?? 'enabled', options.httpTokens ?? 'required');
     return emulator;

@@ -6,6 +6,11 @@ import { createServer, type AddressInfo, type Socket } from 'node:net';
 export interface ListenOptions {
   readonly host?: string;
   readonly port?: number;
+  /**
+   * Asked at each new connection: false drops it at once, as a network cut between the instance and
+   * the endpoint would (the sandbox's `sandbox-cut-network` marker). Connections already open stay.
+   */
+  readonly admit?: () => boolean;
 }
 
 export interface RunningServer {
@@ -20,6 +25,10 @@ export async function listen(handler: http.RequestListener, options: ListenOptio
   const server = http.createServer(handler);
   const sockets = new Set<Socket>();
   server.on('connection', (socket) => {
+    if (options.admit && !options.admit()) {
+      socket.destroy();
+      return;
+    }
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });

@@ -67,6 +67,8 @@ export interface SsmThroughput {
 }
 
 export interface SsmEmulatorOptions {
+  /** New connections let through (server.ts, ListenOptions). */
+  readonly admit?: () => boolean;
   readonly clock?: Clock;
   readonly region?: string;
   readonly accountId?: string;
@@ -260,7 +262,7 @@ export class SsmEmulator {
         }
         void emulator.handle(req, res);
       },
-      { host: options.host, port: options.port },
+      { host: options.host, port: options.port, ...(options.admit ? { admit: options.admit } : {}) },
     );
     emulator = new SsmEmulator(server, options, clock);
     return emulator;

@@ -1,8 +1,10 @@
 // The running machine as systemctl and nix-channel show it: which units are failed (set by the last
 // activation) and which channels are subscribed.
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { CommandError, type Io, type Layout, isMissing, writeFileAtomic } from './layout.js';
-import { DEMO_UNIT, writeFailedUnits } from './system.js';
+import { CUTS_NETWORK, DEMO_UNIT, writeFailedUnits } from './system.js';
 
 export async function readFailedUnits(layout: Layout): Promise<string[]> {
   try {
@@ -11,6 +13,15 @@ export async function readFailedUnits(layout: Layout): Promise<string[]> {
     if (isMissing(err)) return [];
     throw err;
   }
+}
+
+/**
+ * Whether the running system lets the instance reach the network: not while it is one built with
+ * the `sandbox-cut-network` marker (a firewall, resolver or address change that cut the instance
+ * off). Synchronous: the emulators ask it at every new connection (ListenOptions.admit).
+ */
+export function networkUp(layout: Layout): boolean {
+  return !existsSync(join(layout.currentSystem, CUTS_NETWORK));
 }
 
 function describe(unit: string): string {

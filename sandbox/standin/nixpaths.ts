@@ -118,6 +118,8 @@ export interface Markers {
   /** `sandbox-fail-unit`: a unit starts, then fails once switch-to-configuration has returned (exit 0). */
   readonly unitFailsLater: boolean;
   readonly hang: boolean;
+  /** `sandbox-cut-network`: while the system runs, the instance reaches no endpoint (machine.ts). */
+  readonly cutNetwork: boolean;
   /** From `sandbox-kernel-<version>`; the last one wins. */
   readonly kernel: string | null;
 }
@@ -132,6 +134,7 @@ export function findMarkers(texts: readonly string[]): Markers {
     failUnit: all.includes('sandbox-unit-fails-in-switch'),
     unitFailsLater: all.includes('sandbox-fail-unit'),
     hang: all.includes('sandbox-hang'),
+    cutNetwork: all.includes('sandbox-cut-network'),
     kernel,
   };
 }

@@ -185,6 +185,7 @@ export interface SystemPlan {
   readonly activationFails: boolean;
   readonly failBuild: boolean;
   readonly hang: boolean;
+  readonly cutsNetwork: boolean;
   /**
    * Files of the configuration: the entry as `configuration.nix`, the files it reaches under
    * `imports/`, by their path relative to their common directory.
@@ -230,6 +231,7 @@ export function planSystem(layout: Layout, config: Configuration): SystemPlan {
     activationFails: markers.failSwitch,
     failBuild: markers.failBuild,
     hang: markers.hang,
+    cutsNetwork: markers.cutNetwork,
     files,
     markerFile: (marker) => config.files.find((f) => f.content.includes(marker))?.path,
   };
@@ -264,6 +266,7 @@ export async function realiseSystem(layout: Layout, plan: SystemPlan, io: Io): P
     await writeFile(join(tmp, 'failed-units'), plan.failedUnits.map((u) => `${u}\n`).join(''));
     if (plan.unitsFailLater) await writeFile(join(tmp, 'units-fail-later'), '');
     if (plan.activationFails) await writeFile(join(tmp, 'activation-fails'), `${plan.markerFile('sandbox-fail-switch') ?? ''}\n`);
+    if (plan.cutsNetwork) await writeFile(join(tmp, CUTS_NETWORK), `${plan.markerFile('sandbox-cut-network') ?? ''}\n`);
     await rename(tmp, plan.storePath);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
@@ -327,6 +330,9 @@ export async function buildInitialSystem(layout: Layout, configurationText: stri
 }
 
 // ---- switch-to-configuration ------------------------------------------------------------------
+
+/** In a system's directory: while it is the running system, the instance's network is cut (machine.ts). */
+export const CUTS_NETWORK = 'cuts-network';
 
 export type SwitchAction = 'switch' | 'boot' | 'test' | 'dry-activate';
 const SWITCH_ACTIONS: readonly string[] = ['switch', 'boot', 'test', 'dry-activate'];

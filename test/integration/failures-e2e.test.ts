@@ -102,6 +102,39 @@ describe('stand-in failures after a good convergence', { concurrency: true }, ()
     });
   });
 
+  test('sandbox-cut-network: a switch that cuts the instance off from IMDS and SSM is rolled back before it is the boot default', async () => {
+    await afterGoodConvergence({}, async (i, good) => {
+      i.put(BAD_MODULE, markerModule('sandbox-cut-network'));
+      const bad = await i.converge();
+      assert.equal(bad.code, 1, bad.stderr);
+      assert.equal(bad.status.lastResult?.outcome, 'rolled-back');
+      assert.equal(bad.status.lastResult?.error?.stage, 'verify');
+      const reasons = JSON.stringify(bad.status.reasons);
+      assert.match(reasons, /IMDS: unreachable over a new connection since the switch/);
+      assert.match(reasons, /SSM: unreachable over a new connection since the switch/);
+      assert.doesNotMatch(reasons, /systemd:/, 'the units themselves were healthy');
+      // The rollback's own verdict never asks the endpoints: the last good generation stays good.
+      assert.equal(bad.status.noGoodGeneration, false);
+      assert.equal(bad.status.condition, 'degraded');
+      await assertOnGood(i, good);
+      assert.equal(await i.profileGeneration(), 2, 'the boot default is still the last good generation');
+      // Back on the last good system, the instance reaches SSM again: the same desired state is held, not rebuilt.
+      const builds = await i.steps('build');
+      const again = await i.converge();
+      assert.equal(again.status.lastResult?.outcome, 'held', again.stderr);
+      assert.equal(await i.steps('build'), builds);
+    });
+  });
+
+  test('health.checkReachable false: the same switch is kept (what the check prevents)', async () => {
+    await afterGoodConvergence({ config: { health: { checkReachable: false } } }, async (i) => {
+      i.put(BAD_MODULE, markerModule('sandbox-cut-network'));
+      const bad = await i.converge();
+      assert.equal(bad.status.lastResult?.outcome, 'converged', bad.stderr);
+      assert.equal(await i.profileGeneration(), 3, 'the generation that cut the instance off is the boot default');
+    });
+  });
+
   test('sandbox-hang: the build times out, its process group is killed, nothing switched', async () => {
     await afterGoodConvergence({}, async (i, good) => {
       // Short only for the build that hangs: the good one before it may be slow on a loaded machine.

@@ -188,8 +188,12 @@ export class FakeMachine {
     },
   };
 
+  /** Each verdict asked for, whether it asked the endpoints too (HealthChecker.verify's `reach`). */
+  readonly reachAsked: boolean[] = [];
+
   readonly health = {
-    verify: async (): Promise<Verdict> => {
+    verify: async (_onAttempt?: unknown, how: { readonly reach?: boolean } = {}): Promise<Verdict> => {
+      this.reachAsked.push(how.reach ?? true);
       this.verifyCount++;
       const running = await this.running();
       this.calls.push(`verify ${running}`);

@@ -58,3 +58,50 @@ describe('HealthChecker, systemd units', () => {
     assert.equal(v.attempts, 3);
   });
 });
+
+describe('HealthChecker, the endpoints the instance is managed through', () => {
+  /** An endpoint that answers while `up.value`, counting the times it is asked. */
+  function endpoint(name: string, up: { value: boolean }) {
+    const asked = { count: 0 };
+    return {
+      asked,
+      reachable: {
+        name,
+        reach: async (timeoutMs: number) => {
+          asked.count++;
+          assert.equal(timeoutMs, 5_000, 'the default timeout');
+          if (!up.value) throw Object.assign(new Error('connect ECONNREFUSED 169.254.169.254:80'), { code: 'ECONNREFUSED' });
+        },
+      },
+    };
+  }
+
+  it('retries an endpoint within the grace window, and names it when it never answers', async () => {
+    const up = { value: false };
+    const imds = endpoint('IMDS', up);
+    const clock = new ManualClock(0);
+    const verdict = new HealthChecker(systemctl(['']), clock, { ...options, reach: [imds.reachable] }).verify();
+    for (let i = 0; i < 20; i++) {
+      await new Promise((r) => setImmediate(r));
+      clock.advance(5_000);
+    }
+    const v = await verdict;
+    assert.equal(v.healthy, false);
+    assert.deepEqual(v.reasons, ['IMDS: unreachable over a new connection since the switch: connect ECONNREFUSED 169.254.169.254:80']);
+    assert.ok(imds.asked.count > 1, 'asked again within the grace window');
+  });
+
+  it('is healthy once the endpoint answers, and never asks it for a rollback (reach: false)', async () => {
+    const up = { value: true };
+    const imds = endpoint('IMDS', up);
+    const checker = new HealthChecker(systemctl(['']), new ManualClock(0), { ...options, reach: [imds.reachable] });
+    const v = await checker.verify();
+    assert.equal(v.healthy, true);
+    assert.deepEqual(v.checks.map((c) => c.name), ['systemd', 'IMDS']);
+    assert.equal(imds.asked.count, 1);
+    up.value = false;
+    const back = await checker.verify(undefined, { reach: false });
+    assert.equal(back.healthy, true);
+    assert.equal(imds.asked.count, 1, 'not asked');
+  });
+});

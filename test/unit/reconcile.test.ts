@@ -268,6 +268,9 @@ describe('Reconciler passes', () => {
     assert.equal(result.outcome, 'rolled-back');
     assert.equal(result.error?.context.stage, 'verify');
     assert.deepEqual(w.machine.calls, ['build', `activate test ${b}`, `verify ${b}`, `activate switch ${a.system}`, `verify ${a.system}`]);
+    // The rollback's verdict leaves the endpoints out: an outage on AWS's side must not make the
+    // last good generation look bad (health.ts, verify).
+    assert.deepEqual(w.machine.reachAsked.slice(-2), [true, false]);
     assert.equal(await w.machine.running(), a.system);
     assert.deepEqual(await w.machine.profile(), { generation: 2, storePath: a.system }, 'the unverified system became the boot default');
     assert.equal(agent.durable.lastGood?.storePath, a.system);
