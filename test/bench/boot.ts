@@ -290,7 +290,7 @@ async function agentStart(world: World, dir: string, parserGate: boolean, how: A
   try {
     const t0 = epochMs();
     const m0 = performance.now();
-    const nodeArgs = [...(how.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', how.cpuProf] : []), ...target.launch.nodeFlags];
+    const nodeArgs = [...(how.cpuProf ? ['--cpu-prof', '--cpu-prof-interval', '100', '--cpu-prof-dir', how.cpuProf] : []), ...target.launch.nodeFlags];
     const command = [process.execPath, ...nodeArgs, target.cli, ...(how.daemon ? ['run'] : ['converge', '--once']), '--config', configFile];
     // --seccomp-bpf: only the flushes stop the traced process; every other call runs untouched.
     const slowed = how.flush
