@@ -237,8 +237,10 @@ in
       type = lib.types.str;
       default = "/etc/nixos-ec2-agent/local.d";
       description = ''
-        Directory of drop-in NixOS modules from other tools or people; every `*.nix` file in it is
-        imported, and a change there triggers a convergence (`settings.local.modulesDir`).
+        Directory of drop-in NixOS modules from other tools or people; every `*.nix` file in it
+        whose name is letters, digits and `_ . + -` (not starting with `.`, `+` or `-`) is
+        imported, the others named in the status's notes, and a change there triggers a
+        convergence (`settings.local.modulesDir`).
       '';
     };
 
@@ -325,7 +327,8 @@ in
             pollIntervalSeconds = lib.mkDefault cfg.ssm.pollInterval;
             pollJitter = lib.mkDefault cfg.ssm.pollJitter;
           };
-          watch.quietPeriodMs = lib.mkDefault (builtins.floor (cfg.quietPeriod * 1000));
+          # Rounded, not floored: 1.001 * 1000 is 1000.999… in floating point.
+          watch.quietPeriodMs = lib.mkDefault (builtins.floor (cfg.quietPeriod * 1000 + 0.5));
           rebuild = {
             mode = lib.mkDefault cfg.rebuild.mode;
             buildTimeoutSeconds = lib.mkDefault cfg.rebuild.timeout;

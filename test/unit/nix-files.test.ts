@@ -383,6 +383,7 @@ describe('nix/module.nix, applied to a stub lib', { skip: nixSkip }, () => {
     assert.deepEqual(parsed.data.ssm.prefixes, ['/fleet', '/instance/{instance-id}']);
     assert.equal(parsed.data.ssm.pollIntervalSeconds, 30);
     assert.equal(parsed.data.watch.quietPeriodMs, 500);
+    assert.equal(ConfigSchema.parse(evalModule({ quietPeriod: 1.001 }).settings).watch.quietPeriodMs, 1001, 'seconds to milliseconds rounded, not floored');
     assert.equal(parsed.data.rebuild.mode, 'switch');
     assert.equal(parsed.data.rebuild.buildTimeoutSeconds, 7200);
     assert.equal(parsed.data.health.probes[0]?.name, 'web');
