@@ -91,6 +91,8 @@ export interface RolloutReport {
 /** Runs one verb; the lines it prints go to `out`. Returns the exit code. */
 export async function runRollout(verb: Verb, flags: RolloutFlags, settings: RolloutSettings, store: RolloutStore, now: number, out: (line: string) => void): Promise<number> {
   const prefix = checkPrefix(flags.prefix ?? settings.prefix);
+  // Before anything is read: a bad flag is named as such, whatever SSM holds.
+  const strategy = verb === 'start' ? strategyFromFlags(flags, now) : undefined;
   const base = `${prefix}/${ROLLOUT}`;
   const tree = await store.list(base);
   const spec = splitSnapshot({ prefixes: [{ prefix, parameters: tree }], skipped: [], calls: 0 }).rollouts[0];
@@ -126,7 +128,7 @@ export async function runRollout(verb: Verb, flags: RolloutFlags, settings: Roll
           'rollout start',
         );
       }
-      const strategy = strategyFromFlags(flags, now);
+      if (!strategy) throw new Error('a start has its strategy');
       await remove(tree.filter(bookkeeping).map((p) => p.name));
       await put(`${base}/strategy`, JSON.stringify(strategy));
       await bump();

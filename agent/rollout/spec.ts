@@ -17,12 +17,16 @@ import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
 export const ROLLOUT = 'rollout';
 const KNOWN = /^(strategy|halt|canary|candidate\/.+|failures\/[^/]+)$/;
 
+const MAX_STAGE_SECONDS = 30 * 86_400;
+
 export const Strategy = z.strictObject({
   type: z.enum(['linear', 'exponential']),
   /** The first cohort's share of the fleet, and the growth unit (linear) or base (exponential). */
   stepPercent: z.number().min(0.01).max(100),
-  intervalSeconds: z.number().int().positive(),
-  bakeSeconds: z.number().int().nonnegative().default(0),
+  // At most 30 days a step or a bake: longer is a slip of the keyboard (a rollout that would end
+  // centuries from now), not a schedule; AppConfig's deployment and final bake stop at a day.
+  intervalSeconds: z.number().int().positive().max(MAX_STAGE_SECONDS, `at most ${MAX_STAGE_SECONDS} seconds (30 days)`),
+  bakeSeconds: z.number().int().nonnegative().max(MAX_STAGE_SECONDS, `at most ${MAX_STAGE_SECONDS} seconds (30 days)`).default(0),
   /** Failure records for this candidate that halt the rollout. */
   errorThreshold: z.number().int().positive().default(1),
   startAt: z.string().datetime({ offset: true }),

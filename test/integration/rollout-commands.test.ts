@@ -77,6 +77,10 @@ describe('rollout commands', () => {
     const none = await agent('start');
     assert.equal(none.code, 2, none.stderr);
     assert.match(lastLine(none.stderr), /^nixos-ec2-agent rollout: rollout start: nothing under \/nixos\/fleet\/rollout\/candidate\/: publish the candidate first/);
+    // A bad flag is named as such before SSM is read, candidate or not.
+    const early = await agent('start', '--step', '0');
+    assert.equal(early.code, 2, early.stderr);
+    assert.match(lastLine(early.stderr), /^nixos-ec2-agent rollout: --step: /);
     ssm.put({ Name: `${FLEET}/rollout/candidate/options/services.demo.version`, Value: '"2"', Type: 'String' });
     const bad = await agent('start', '--strategy', 'random');
     assert.equal(bad.code, 2);
@@ -93,6 +97,9 @@ describe('rollout commands', () => {
       assert.equal(fleet.code, 2, size);
       assert.match(lastLine(fleet.stderr), /^nixos-ec2-agent rollout: --fleet-size: /, size);
     }
+    const bake = await agent('start', '--bake', '99999999999');
+    assert.equal(bake.code, 2, bake.stderr);
+    assert.match(lastLine(bake.stderr), /^nixos-ec2-agent rollout: --bake: at most 2592000 seconds \(30 days\)/);
     const verb = await agent('launch');
     assert.equal(verb.code, 2);
     assert.match(verb.stderr, /expected one of start\|status\|halt\|resume\|abandon\|promote, got launch/);
