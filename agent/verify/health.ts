@@ -72,10 +72,14 @@ export class HealthChecker {
    */
   async verify(onAttempt?: (checks: readonly CheckResult[]) => void, how: { readonly reach?: boolean } = {}): Promise<Verdict> {
     const deadline = this.clock.now() + this.options.graceMs;
+    // An endpoint that answered once in this verdict is not asked again while other checks are
+    // retried: a cohort of a rollout whose units fail would otherwise read SSM every interval of
+    // its grace window, instance by instance, against the account's shared throughput.
+    const reached = new Map<string, CheckResult>();
     let attempts = 0;
     for (;;) {
       attempts++;
-      const checks = await this.checkOnce(how.reach ?? true);
+      const checks = await this.checkOnce(how.reach === false ? null : reached);
       onAttempt?.(checks);
       const failed = checks.filter((c) => !c.ok);
       if (failed.length === 0) return { healthy: true, reasons: [], checks, attempts };
@@ -86,13 +90,19 @@ export class HealthChecker {
     }
   }
 
-  async checkOnce(reach = true): Promise<CheckResult[]> {
+  /**
+   * One round of every check. `reached`: the endpoints that answered so far in this verdict, added
+   * to here (those in it are not asked again); null: the endpoints are left out.
+   */
+  async checkOnce(reached: Map<string, CheckResult> | null = new Map()): Promise<CheckResult[]> {
     const checks: Promise<CheckResult>[] = [];
     if (this.options.checkFailedUnits) checks.push(this.failedUnits());
     for (const probe of this.options.probes) checks.push('http' in probe ? this.http(probe.name, probe.http) : this.command(probe.name, probe.command));
-    const endpoints = reach && this.options.reach?.length ? reachChecks(this.options.reach, this.options.reachTimeoutMs ?? REACH_TIMEOUT_MS) : Promise.resolve([]);
-    const [own, reached] = await Promise.all([Promise.all(checks), endpoints]);
-    return [...own, ...reached];
+    const endpoints = reached ? (this.options.reach ?? []) : [];
+    const ask = endpoints.filter((e) => !reached?.has(e.name));
+    const [own, asked] = await Promise.all([Promise.all(checks), reachChecks(ask, this.options.reachTimeoutMs ?? REACH_TIMEOUT_MS)]);
+    for (const answer of asked) if (answer.ok) reached?.set(answer.name, answer);
+    return [...own, ...endpoints.map((e) => reached?.get(e.name) ?? asked.find((c) => c.name === e.name)).filter((c) => c !== undefined)];
   }
 
   private async failedUnits(): Promise<CheckResult> {

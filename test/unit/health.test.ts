@@ -91,6 +91,23 @@ describe('HealthChecker, the endpoints the instance is managed through', () => {
     assert.ok(imds.asked.count > 1, 'asked again within the grace window');
   });
 
+  it('asks an endpoint that answered only once while the units are retried', async () => {
+    const up = { value: true };
+    const ssm = endpoint('SSM', up);
+    const clock = new ManualClock(0);
+    const verdict = new HealthChecker(systemctl([FAILED]), clock, { ...options, reach: [ssm.reachable] }).verify();
+    for (let i = 0; i < 20; i++) {
+      await new Promise((r) => setImmediate(r));
+      clock.advance(5_000);
+    }
+    const v = await verdict;
+    assert.equal(v.healthy, false);
+    assert.ok(v.attempts > 5);
+    assert.deepEqual(v.reasons, ['systemd: failed units: db.service']);
+    assert.deepEqual(v.checks.map((c) => [c.name, c.ok]), [['systemd', false], ['SSM', true]], 'its answer stands in every round');
+    assert.equal(ssm.asked.count, 1, 'not read again at every interval of the grace window');
+  });
+
   it('is healthy once the endpoint answers, and never asks it for a rollback (reach: false)', async () => {
     const up = { value: true };
     const imds = endpoint('IMDS', up);
