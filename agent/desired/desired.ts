@@ -6,6 +6,7 @@ import { InvalidInputError } from '../errors.js';
 import type { Json } from '../render/nix.js';
 import { parseOptionPath } from '../render/nix.js';
 import { JsonSyntaxError, parseJson } from './json.js';
+import { layerOptions, type Overlap } from './precedence.js';
 import type { Secret } from '../secret.js';
 import type { SsmParameter, SsmSnapshot } from '../sources/ssm.js';
 import { parseSystemClosure, systemFromUserData, type SystemClosure } from '../sources/system.js';
@@ -49,7 +50,10 @@ export interface LocalSnapshot {
 }
 
 export interface DesiredState {
-  /** Stable over every input: user data digest, each parameter's name, version and date, local files. */
+  /**
+   * Stable over every input: user data digest, each parameter's name, version and date, local files;
+   * and which option definitions a later prefix trimmed or dropped (see precedence.ts).
+   */
   readonly hash: string;
   readonly userData: { readonly kind: UserData['kind']; readonly digest: string; readonly text?: string; readonly channels: readonly Channel[] };
   readonly options: readonly DesiredOption[];
@@ -74,7 +78,7 @@ const KINDS = ['options', 'modules', 'secrets', 'system'] as const;
 
 export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | undefined; local: LocalSnapshot }): DesiredState {
   const notes: string[] = [];
-  const options = new Map<string, DesiredOption>();
+  const layers: DesiredOption[][] = [];
   const modules = new Map<string, DesiredModule>();
   const secrets = new Map<string, DesiredSecret>();
   const refs: ParameterRef[] = [];
@@ -90,6 +94,8 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
     // Prefix order is precedence; within a prefix, arrival order means nothing, so it must not
     // reach the hash or the render.
     const byName = [...parameters].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const options: DesiredOption[] = [];
+    layers.push(options);
     for (const p of byName) {
       const from: ParameterRef = { name: p.name, version: p.version };
       const where = `SSM parameter ${p.name} (version ${p.version})`;
@@ -107,10 +113,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
           if (!parsed.ok) {
             throw new InvalidInputError(`${parsed.reason}; options/ takes a dotted NixOS option path, e.g. options/services.nginx.enable`, where);
           }
-          const value = optionValue(p, where);
-          // Later prefixes win per option path; a later value for a longer or shorter path is
-          // merged by the module system, as two modules setting them would be.
-          options.set(rest, { path: parsed.path, value, from });
+          options.push({ path: parsed.path, value: optionValue(p, where), from });
           break;
         }
         case 'modules': {
@@ -149,6 +152,15 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
     }
   }
 
+  const layered = layerOptions(layers);
+  for (const overlap of layered.overlaps) {
+    if (overlap.kind === 'replaced') continue;
+    notes.push(overlapNote(overlap));
+    // Only what renders differently from laying the prefixes side by side: a configuration without
+    // such overlaps keeps its hash, and one with them is a new desired state after an upgrade.
+    digest.update(`overlap ${overlap.kind} ${JSON.stringify(overlap.earlier.from.name)} ${JSON.stringify(overlap.by.from.name)}\n`);
+  }
+
   digest.update(`local ${JSON.stringify({ base: input.local.baseConfiguration ?? null, modules: input.local.modules })}\n`);
   const hash = digest.hex();
 
@@ -164,7 +176,7 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
       ...(ud.kind === 'nix' && !udSystem ? { text: ud.text } : {}),
       channels: ud.kind === 'nix' ? ud.channels : [],
     },
-    options: [...options.values()],
+    options: layered.options,
     modules: [...modules.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
     secrets: [...secrets.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
     local: input.local,
@@ -172,6 +184,23 @@ export function buildDesired(input: { userData: UserData; ssm: SsmSnapshot | und
     notes,
     ...(system ? { system } : {}),
   };
+}
+
+/** Names the parameter that lost and the one that won, as an operator would look them up. */
+function overlapNote(overlap: Exclude<Overlap, { kind: 'replaced' }>): string {
+  const { earlier, by } = overlap;
+  const loser = `SSM parameter ${earlier.from.name} (version ${earlier.from.version})`;
+  const winner = `SSM parameter ${by.from.name} (version ${by.from.version}) in a later prefix`;
+  const at = by.path.join('.');
+  if (overlap.kind === 'trimmed') return `${loser}: rendered without ${at}, where ${winner} wins`;
+  switch (overlap.reason) {
+    case 'covered':
+      return `${loser}: not rendered, as ${winner} sets ${at}, which holds it`;
+    case 'emptied':
+      return `${loser}: not rendered, as ${winner} sets ${at}, the last of what it set`;
+    case 'not-a-set':
+      return `${loser}: not rendered, as ${winner} sets ${at}, inside this value where it holds no attribute set`;
+  }
 }
 
 function plain(p: SsmParameter, where: string): string {
