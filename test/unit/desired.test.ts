@@ -1,5 +1,5 @@
-// The desired state built from source snapshots: option paths, prefix precedence, the rules on
-// SecureStrings and names, and a hash that changes exactly when an input does.
+// The desired state built from source snapshots: option paths, prefix precedence (overlapping paths
+// included), the rules on SecureStrings and names, and a hash that changes exactly when an input does.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildDesired } from '../../agent/desired/desired.js';
@@ -70,6 +70,144 @@ describe('buildDesired: options', () => {
       'a.y': [3, `${INSTANCE}/options/a.y`, 1],
       'a.z': [3, `${INSTANCE}/options/a.z`, 1],
     });
+  });
+
+  it('replaces an earlier definition at the same path wholesale, object values included, with no note', () => {
+    const d = desired({
+      ssm: ssm(
+        [FLEET, [param(`${FLEET}/options/time`, '{"timeZone":"UTC","hardwareClockInLocalTime":true}')]],
+        [INSTANCE, [param(`${INSTANCE}/options/time`, '{"timeZone":"Europe/Paris"}', { version: 2 })]],
+      ),
+    });
+    assert.deepEqual(
+      d.options.map((o) => [o.path.join('.'), o.value, o.from.name]),
+      [['time', { timeZone: 'Europe/Paris' }, `${INSTANCE}/options/time`]],
+    );
+    assert.deepEqual(d.notes, []);
+  });
+
+  it('takes a later path out of an earlier object value, keeping its other attributes, and notes who won', () => {
+    const d = desired({
+      ssm: ssm(
+        [FLEET, [param(`${FLEET}/options/time`, '{"timeZone":"UTC","hardwareClockInLocalTime":true}', { version: 3 })]],
+        [INSTANCE, [param(`${INSTANCE}/options/time.timeZone`, '"Europe/Paris"', { version: 2 })]],
+      ),
+    });
+    assert.deepEqual(
+      d.options.map((o) => [o.path.join('.'), o.value, o.from.name]),
+      [
+        ['time', { hardwareClockInLocalTime: true }, `${FLEET}/options/time`],
+        ['time.timeZone', 'Europe/Paris', `${INSTANCE}/options/time.timeZone`],
+      ],
+    );
+    assert.deepEqual(d.notes, [
+      `SSM parameter ${FLEET}/options/time (version 3): rendered without time.timeZone, where SSM parameter ${INSTANCE}/options/time.timeZone (version 2) in a later prefix wins`,
+    ]);
+  });
+
+  it('takes out only the later path, deep inside, and the attribute sets it leaves empty', () => {
+    const d = desired({
+      ssm: ssm(
+        [FLEET, [param(`${FLEET}/options/services`, '{"nginx":{"virtualHosts":{"a":{"root":"/srv"}},"enable":true},"sshd":{"enable":true}}')]],
+        [INSTANCE, [param(`${INSTANCE}/options/services.nginx.virtualHosts.a.root`, '"/var/www"')]],
+      ),
+    });
+    assert.deepEqual(d.options.map((o) => [o.path.join('.'), o.value]), [
+      ['services', { nginx: { enable: true }, sshd: { enable: true } }],
+      ['services.nginx.virtualHosts.a.root', '/var/www'],
+    ]);
+  });
+
+  it('drops an earlier object value the later path leaves nothing of', () => {
+    const d = desired({
+      ssm: ssm([FLEET, [param(`${FLEET}/options/time`, '{"timeZone":"UTC"}')]], [INSTANCE, [param(`${INSTANCE}/options/time.timeZone`, '"Europe/Paris"')]]),
+    });
+    assert.deepEqual(d.options.map((o) => [o.path.join('.'), o.value]), [['time.timeZone', 'Europe/Paris']]);
+    assert.match(d.notes.join('\n'), /options\/time \(version 1\): not rendered, as SSM parameter \/nixos\/instance\/.*time\.timeZone \(version 1\) in a later prefix/);
+  });
+
+  it('drops an earlier value that holds no attribute set where the later path lies', () => {
+    const cases: [earlier: string, later: string][] = [
+      ['"UTC"', 'time.zone'],
+      ['null', 'time.zone'],
+      ['[1]', 'time.zone'],
+      ['{"zone":{"name":[1]},"other":1}', 'time.zone.name.first'],
+      ['{"zone":null}', 'time.zone.name'],
+    ];
+    for (const [earlier, later] of cases) {
+      const d = desired({
+        ssm: ssm(
+          [FLEET, [param(`${FLEET}/options/time`, earlier), param(`${FLEET}/options/networking.hostName`, '"web-1"')]],
+          [INSTANCE, [param(`${INSTANCE}/options/${later}`, '"x"')]],
+        ),
+      });
+      assert.deepEqual(d.options.map((o) => o.path.join('.')), ['networking.hostName', later], earlier);
+      assert.match(d.notes.join('\n'), /options\/time \(version 1\): not rendered, .*where it holds no attribute set/, earlier);
+    }
+  });
+
+  it('drops earlier definitions below a later path: its value replaces the whole subtree', () => {
+    const d = desired({
+      ssm: ssm(
+        [FLEET, [param(`${FLEET}/options/time.timeZone`, '"UTC"'), param(`${FLEET}/options/time.zone.a.b`, '1'), param(`${FLEET}/options/timeout`, '5')]],
+        [ASG, [param(`${ASG}/options/time.hardwareClockInLocalTime`, 'true')]],
+        [INSTANCE, [param(`${INSTANCE}/options/time`, '{"timeZone":"Europe/Paris"}', { version: 4 })]],
+      ),
+    });
+    assert.deepEqual(d.options.map((o) => [o.path.join('.'), o.value]), [
+      ['timeout', 5],
+      ['time', { timeZone: 'Europe/Paris' }],
+    ]);
+    assert.equal(d.notes.length, 3);
+    assert.ok(
+      d.notes.includes(`SSM parameter ${ASG}/options/time.hardwareClockInLocalTime (version 1): not rendered, as SSM parameter ${INSTANCE}/options/time (version 4) in a later prefix sets time, which holds it`),
+      d.notes.join('\n'),
+    );
+  });
+
+  it('applies each later prefix in turn: the last one to touch a path wins it', () => {
+    const d = desired({
+      ssm: ssm(
+        [FLEET, [param(`${FLEET}/options/time`, '{"timeZone":"UTC","hardwareClockInLocalTime":true}')]],
+        [ASG, [param(`${ASG}/options/time.timeZone`, '"Asia/Tokyo"')]],
+        [INSTANCE, [param(`${INSTANCE}/options/time.hardwareClockInLocalTime`, 'false')]],
+      ),
+    });
+    assert.deepEqual(d.options.map((o) => [o.path.join('.'), o.value, o.from.name]), [
+      ['time.timeZone', 'Asia/Tokyo', `${ASG}/options/time.timeZone`],
+      ['time.hardwareClockInLocalTime', false, `${INSTANCE}/options/time.hardwareClockInLocalTime`],
+    ]);
+  });
+
+  it('keeps an earlier object value whole when the later path names an attribute it does not set', () => {
+    const d = desired({
+      ssm: ssm([FLEET, [param(`${FLEET}/options/time`, '{"hardwareClockInLocalTime":true}')]], [INSTANCE, [param(`${INSTANCE}/options/time.timeZone`, '"UTC"')]]),
+    });
+    assert.deepEqual(d.options.map((o) => [o.path.join('.'), o.value]), [
+      ['time', { hardwareClockInLocalTime: true }],
+      ['time.timeZone', 'UTC'],
+    ]);
+    assert.deepEqual(d.notes, []);
+  });
+
+  it('leaves overlapping paths within one prefix to the module system, as separate definitions', () => {
+    const d = desired({
+      ssm: ssm([FLEET, [param(`${FLEET}/options/services.nginx.enable`, 'true'), param(`${FLEET}/options/services.nginx`, '{"enable":true,"user":"www"}')]]),
+    });
+    assert.deepEqual(d.options.map((o) => [o.path.join('.'), o.value]), [
+      ['services.nginx', { enable: true, user: 'www' }],
+      ['services.nginx.enable', true],
+    ]);
+    assert.deepEqual(d.notes, []);
+  });
+
+  it('keeps a key named __proto__ an attribute like any other when trimming', () => {
+    const d = desired({
+      ssm: ssm([FLEET, [param(`${FLEET}/options/a`, '{"__proto__":{"x":1},"b":1}')]], [INSTANCE, [param(`${INSTANCE}/options/a.b`, '2')]]),
+    });
+    const value = d.options[0]?.value as Record<string, unknown>;
+    assert.deepEqual(Object.keys(value), ['__proto__']);
+    assert.equal(Object.getPrototypeOf(value), Object.prototype);
   });
 
   it('reads a StringList as a list of strings', () => {
@@ -270,6 +408,32 @@ describe('buildDesired: the hash', () => {
     assert.notEqual(one.hash, other.hash);
     assert.deepEqual(one.options.map((o) => o.value), [2]);
     assert.deepEqual(other.options.map((o) => o.value), [1]);
+  });
+
+  // Worked out by the agent before a later prefix won over overlapping paths: a configuration whose
+  // prefixes meet only at equal paths renders as it did, so it keeps its desired state.
+  it('is what it was before overlapping paths were resolved, for prefixes that meet only at equal paths', () => {
+    const d = desired({
+      userData: '{ }\n',
+      ssm: ssm(
+        [FLEET, [param(`${FLEET}/options/time`, '{"timeZone":"UTC","hardwareClockInLocalTime":true}'), param(`${FLEET}/options/services.nginx.enable`, 'true')]],
+        [ASG, [param(`${ASG}/options/time`, '{"timeZone":"Europe/Paris"}', { version: 2 })]],
+        [INSTANCE, [param(`${INSTANCE}/options/networking.hostName`, '"web-1"', { version: 3 })]],
+      ),
+    });
+    assert.equal(d.hash, '0e3e108e634bc4eab6bc5ad21e366659a64edcffd6ccb37268333a8f15e485c8');
+  });
+
+  it('changes for a configuration that a later prefix\'s overlapping path now renders differently', () => {
+    const d = desired({
+      userData: '{ }\n',
+      ssm: ssm(
+        [FLEET, [param(`${FLEET}/options/time`, '{"timeZone":"UTC","hardwareClockInLocalTime":true}')]],
+        [INSTANCE, [param(`${INSTANCE}/options/time.timeZone`, '"Europe/Paris"', { version: 2 })]],
+      ),
+    });
+    // The hash these inputs had before: the same hash would have kept an instance on its old render.
+    assert.notEqual(d.hash, 'a54e8331ffdc6d8b1c06d11ddb2b02c90d4f862c5e80d81a3acec34a857c0abf');
   });
 
   it('is the same with no SSM at all and with SSM holding nothing', () => {
