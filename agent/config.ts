@@ -66,7 +66,7 @@ export const ConfigSchema = z.strictObject({
   ssm: z
     .strictObject({
       enabled: z.boolean().default(true),
-      /** Ordered; later prefixes win per option. `{instance-id}`, `{asg}`, `{region}` come from IMDS. */
+      /** Ordered; a later prefix's option wins over every earlier definition it overlaps (README). `{instance-id}`, `{asg}`, `{region}` come from IMDS. */
       prefixes: z
         .array(z.string().regex(/^\//, 'an SSM path starts with /'))
         .default(['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}']),

@@ -106,7 +106,8 @@ in
           "/nixos/instance/{instance-id}"
         ];
         description = ''
-          SSM Parameter Store path prefixes, in order; a later prefix wins per option.
+          SSM Parameter Store path prefixes, in order; a later prefix's option wins over
+          every earlier definition it overlaps, at the same, a longer or a shorter path.
           `{instance-id}`, `{asg}` and `{region}` are read from the instance metadata service.
           Under each prefix, `options/<dotted.option.path>` holds a JSON value, `modules/<name>`
           the text of a NixOS module and `secrets/<name>` a SecureString
