@@ -54,6 +54,19 @@ export class RootFs {
     }
   }
 
+  /** Whether `systemPath`, its links followed, is a file the agent may execute. */
+  async isExecutable(systemPath: string): Promise<boolean> {
+    try {
+      const file = this.resolve(systemPath);
+      await fsp.access(file, constants.X_OK);
+      return (await fsp.stat(file)).isFile();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (isNotFound(err) || code === 'ENOTDIR' || code === 'EACCES' || code === 'ELOOP') return false;
+      throw err;
+    }
+  }
+
   async mkdirp(systemPath: string, mode = 0o755): Promise<void> {
     await fsp.mkdir(this.resolve(systemPath), { recursive: true, mode });
   }

@@ -17,6 +17,7 @@ import { selectDesired, whoOf, type Selection } from './rollout/select.js';
 import { ALARM_STAGE } from './rollout/spec.js';
 import type { Snapshots } from './sources/index.js';
 import { digestOf } from './sources/userdata.js';
+import { planScriptLaunch } from './userdata-script.js';
 import { planFailure, planPass, planRecovery, passSituation, retryAt, type Realise } from './plan.js';
 import { pruneBuilds, STATE_DIR, type DurableState, type StateStore } from './state.js';
 import { deriveStatus, type ErrorSummary, type Outcome, type PassProgress, type Status, type StatusFacts } from './status.js';
@@ -210,7 +211,8 @@ export class Reconciler {
     if (selection.alarmed) await this.reportRollout(selection.alarmed.taken, ALARM_STAGE, selection.alarmed.reason);
     const notes = [...snapshots.notes, ...desired.notes];
     for (const note of notes) log.warn({ event: 'source.note' }, note);
-    this.record({ rollout: selection.rollouts, desired: { hash: desired.hash, sources: desired.sources, notes, runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
+    // A refused script is logged once, when refused, and stays in the status while it is the user data.
+    this.record({ rollout: selection.rollouts, desired: { hash: desired.hash, sources: desired.sources, notes: [...notes, ...this.userDataScriptNotes(snapshots)], runs: desired.system ? 'closure' : 'configuration', ...(desired.system ? { closure: { storePath: desired.system.storePath, substituter: desired.system.substituter } } : {}) } });
     const short = shortHash(desired.hash);
 
     const running = await runningSystem(this.deps.fs);
@@ -621,20 +623,40 @@ export class Reconciler {
     const ud = snapshots.userData;
     if (ud.kind !== 'script') return;
     const done = this.state.userDataScript;
-    if (done && done.instanceId === snapshots.identity.instanceId) return;
     // Once per instance id, as cloud-init does; amazon-init reruns it at every boot (nixpkgs#41826).
+    // A script that was never started has done nothing to repeat: the user data that replaces it runs.
+    if (done && done.instanceId === snapshots.identity.instanceId && (done.notRun === undefined || done.digest === ud.digest)) return;
     this.step({ step: 'user-data-script' });
-    const command = await this.deps.store.saveUserDataScript(ud.script);
+    const saved = await this.deps.store.saveUserDataScript(ud.script);
+    const launch = await planScriptLaunch(ud.script, saved, this.deps.fs);
+    const record = { instanceId: snapshots.identity.instanceId, digest: ud.digest };
+    if (launch.kind === 'refused') {
+      this.state.userDataScript = { ...record, exitCode: null, at: this.deps.clock.now(), notRun: launch.error.message };
+      await this.save();
+      log.error({ event: 'userdata.script.end', exitCode: null, err: launch.error.toJSON() }, launch.error.message);
+      return;
+    }
+    if (launch.kind === 'bash') {
+      log.warn({ event: 'userdata.script.interpreter', interpreter: launch.absent, runWith: 'bash' }, `user-data script: ${launch.absent} is not on this machine; running it with bash from PATH, as amazon-init does`);
+    }
     const result = await this.deps.runner.run({
-      command,
-      args: [],
+      command: launch.command,
+      args: launch.args,
       timeoutMs: this.deps.config.userData.scriptTimeoutSeconds * 1000,
       onLine: (stream, line) => log.info({ event: 'userdata.script.output', stream }, line),
     });
-    this.state.userDataScript = { instanceId: snapshots.identity.instanceId, digest: ud.digest, exitCode: result.code, at: this.deps.clock.now() };
+    this.state.userDataScript = { ...record, exitCode: result.code, at: this.deps.clock.now() };
     await this.save();
     const level = result.code === 0 ? 'info' : 'error';
     log[level]({ event: 'userdata.script.end', exitCode: result.code, timedOut: result.timedOut }, `user-data script exited with ${result.code}`);
+  }
+
+  /** Why this instance's user-data script did not run, while that is still the user data. */
+  private userDataScriptNotes(snapshots: Snapshots): string[] {
+    const done = this.state.userDataScript;
+    const ud = snapshots.userData;
+    if (ud.kind !== 'script' || done?.notRun === undefined) return [];
+    return done.instanceId === snapshots.identity.instanceId && done.digest === ud.digest ? [done.notRun] : [];
   }
 
   private async journal(phase: DurableState['journal']['phase'], desiredHash?: string, storePath?: string, reason?: string): Promise<void> {

@@ -69,8 +69,11 @@ const StateSchema = z.object({
   ),
   /** What built each system: desired-state hash and source versions, by store path. */
   builds: z.record(z.string(), z.object({ desiredHash: z.string(), sources: Sources, at: z.number() })),
-  /** The `#!` user-data script, run once per instance id. */
-  userDataScript: z.object({ instanceId: z.string(), digest: z.string(), exitCode: z.number().nullable(), at: z.number() }).optional(),
+  /**
+   * The `#!` user-data script, run once per instance id. `notRun`: why it was not started (an
+   * interpreter the machine lacks); such a script ran nothing, so other user data may still run.
+   */
+  userDataScript: z.object({ instanceId: z.string(), digest: z.string(), exitCode: z.number().nullable(), at: z.number(), notRun: z.string().optional() }).optional(),
   channelsDigest: z.string().optional(),
   suspended: z.object({ since: z.number(), by: z.string().optional() }).optional(),
   /** Set by `rollback`: hold on the last good generation until the sources change. */
