@@ -5,7 +5,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { type Io, layoutOf, lexists, readLinkOrNull, shellQuote, symlinkAtomic, writeFileAtomic } from './layout.js';
 import { setProfile } from './profile.js';
-import { CLI_PATH, buildInitialSystem, readFailedUnitsOf, systemOfProfile, writeFailedUnits } from './system.js';
+import { CLI_PATH, buildInitialSystem, linkFixedPrograms, readFailedUnitsOf, systemOfProfile, writeFailedUnits } from './system.js';
 
 export interface StandinPaths {
   nixosRebuild: string;
@@ -72,5 +72,7 @@ export async function bootMachine(root: string): Promise<void> {
   }
   await symlinkAtomic(system, layout.bootedSystem);
   await symlinkAtomic(system, layout.currentSystem);
+  // Stage 2 runs the activation script at every boot.
+  await linkFixedPrograms(layout);
   await writeFailedUnits(layout, await readFailedUnitsOf(system));
 }

@@ -331,6 +331,18 @@ export async function buildInitialSystem(layout: Layout, configurationText: stri
 
 // ---- switch-to-configuration ------------------------------------------------------------------
 
+/**
+ * The only programs NixOS puts at fixed paths, for scripts written for other systems: /bin/sh and
+ * /usr/bin/env, which every activation links again (activationScripts.binsh in
+ * nixos/modules/config/shells-environment.nix, usrbinenv in
+ * nixos/modules/system/activation/activation-script.nix). The sandbox has no shell of its own:
+ * they lead to the host's, and nothing else under the root does (no /bin/bash, as on NixOS).
+ */
+export async function linkFixedPrograms(layout: Layout): Promise<void> {
+  await symlinkAtomic('/bin/sh', join(layout.root, 'bin/sh'));
+  await symlinkAtomic('/usr/bin/env', join(layout.root, 'usr/bin/env'));
+}
+
 /** In a system's directory: while it is the running system, the instance's network is cut (machine.ts). */
 export const CUTS_NETWORK = 'cuts-network';
 
@@ -384,6 +396,7 @@ export async function switchToConfiguration(layout: Layout, system: string, args
   io.err('setting up /etc...');
   // The activation script moves /run/current-system itself, before any snippet can fail.
   await symlinkAtomic(system, layout.currentSystem);
+  await linkFixedPrograms(layout);
   if (activationFails) io.err("Activation script snippet 'sandbox' failed (1)");
   await writeFailedUnits(layout, failedUnits);
   io.err('reloading user units for root...');
