@@ -411,6 +411,10 @@ in
             pkgs.gnutar
             pkgs.gzip
             pkgs.xz
+            # A `#!/bin/bash` user-data script runs with this bash, NixOS having no /bin/bash:
+            # amazon-init's own ${pkgs.runtimeShell} (nixos/modules/virtualisation/amazon-init.nix),
+            # whatever the system profile holds.
+            pkgs.bash
             # Last, as in the unit for images without the module (systemd/nixos-ec2-agent.service):
             # what health command probes, postConvergeCommand and `#!` user-data scripts call
             # (`pg_isready`, `curl`, `bash` for `#!/usr/bin/env bash`) is in the system profile,

@@ -100,6 +100,7 @@ const STUB_LIB = `
     gnutar = "/nix/store/stub-gnutar";
     gzip = "/nix/store/stub-gzip";
     xz = "/nix/store/stub-xz";
+    bash = "/nix/store/stub-bash";
     formats.json = _: {
       type = { name = "json"; };
       generate = name: value: "/nix/store/stub-" + name;

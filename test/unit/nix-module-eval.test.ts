@@ -212,6 +212,9 @@ describe('nix/module.nix with the real nixpkgs lib', { skip }, () => {
     assert.ok(path.includes('/run/current-system/sw/bin'), `PATH: ${path.join(':')}`);
     const rebuild = path.findIndex((d) => /-nixos-rebuild-ng-[^/]*\/bin$/.test(d));
     assert.ok(rebuild >= 0 && rebuild < path.indexOf('/run/current-system/sw/bin'), 'the system\'s own nixos-rebuild comes first');
+    // A `#!/bin/bash` user-data script runs with bash from PATH, NixOS having no /bin/bash.
+    const bash = path.findIndex((d) => /-bash-[^/]*\/bin$/.test(d));
+    assert.ok(bash >= 0 && bash < path.indexOf('/run/current-system/sw/bin'), `bash, as amazon-init's: ${path.join(':')}`);
   });
 
   it('switch-to-configuration does not start the converged target: a restarted agent would wait on its own start job', () => {
