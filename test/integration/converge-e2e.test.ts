@@ -1,5 +1,6 @@
 // The agent CLI, as its own process, converging a sandboxed instance: first convergence, nothing
-// changed, an SSM push, gzip'd user data, the once-per-instance user-data script, invalid user
+// changed, an SSM push, gzip'd user data, the once-per-instance user-data script (by its own
+// interpreter, by bash when it names a shell NixOS lacks, or refused), invalid user
 // data (rejected before anything is written over the last good configuration) and IMDS failures.
 import assert from 'node:assert/strict';
 import { readFile, rm } from 'node:fs/promises';
@@ -98,11 +99,15 @@ describe('converge --once end to end', { concurrency: true }, () => {
     const runs = `${process.pid}-${Date.now()}`;
     // Outside the sandbox's root, so the count survives every reboot and instance id.
     const marker = path.join(tmpdir(), `nea-e2e-script-runs-${runs}`);
-    const script = `#!/bin/sh\necho "user-data-script-output-${runs}"\necho ran >> '${marker}'\n`;
+    // Its own interpreter, the root's /bin/sh (the sandbox's, as NixOS's, links it): the program
+    // that runs it says which.
+    const script = `#!/bin/sh\necho "user-data-script-output-${runs}"\ntr '\\0' ' ' < /proc/$$/cmdline >> '${marker}'; echo >> '${marker}'\n`;
     await withInstance({ userData: script, parameters: [FLEET_TZ] }, async (i) => {
       const first = await i.converge();
       assert.equal(first.code, 0, first.stderr);
       assert.equal((await readFile(marker, 'utf8')).trim().split('\n').length, 1);
+      assert.equal((await readFile(marker, 'utf8')).split(' ')[0], i.file('bin/sh'));
+      assert.ok(!(await i.logEvents()).some((e) => e.event === 'userdata.script.interpreter'), 'no interpreter was put in its place');
       assert.ok(
         (await i.logEvents()).some((e) => e.event === 'userdata.script.output' && String(e.msg).includes(`user-data-script-output-${runs}`)),
         'the script output is in the agent log',
@@ -119,6 +124,58 @@ describe('converge --once end to end', { concurrency: true }, () => {
       const third = await i.converge();
       assert.equal(third.code, 0, third.stderr);
       assert.equal((await readFile(marker, 'utf8')).trim().split('\n').length, 2);
+    }).finally(() => rm(marker, { force: true }));
+  });
+
+  test('a #!/bin/bash user-data script runs with bash from PATH, as amazon-init runs it, NixOS having no /bin/bash', async () => {
+    const marker = path.join(tmpdir(), `nea-e2e-bash-${process.pid}-${Date.now()}`);
+    // `-e` from the #! line is kept: a failing command would stop the script before `ran`.
+    const script = `#!/bin/bash -e\nnames=(ran with bash)\necho "\${names[*]} $BASH_VERSION" > '${marker}'\n`;
+    await withInstance({ userData: script }, async (i) => {
+      const first = await i.converge();
+      assert.equal(first.code, 0, first.stderr);
+      assert.equal(first.status.lastResult?.outcome, 'converged');
+      assert.match(await readFile(marker, 'utf8'), /^ran with bash \d/);
+      const events = await i.logEvents();
+      const said = events.filter((e) => e.event === 'userdata.script.interpreter');
+      assert.equal(said.length, 1, 'said once');
+      assert.match(String(said[0]?.msg), /\/bin\/bash is not on this machine; running it with bash from PATH/);
+      assert.equal(events.find((e) => e.event === 'userdata.script.end')?.exitCode, 0);
+      assert.deepEqual(first.status.desired?.notes, []);
+      assert.equal((await i.durableState()).userDataScript?.exitCode, 0);
+    }).finally(() => rm(marker, { force: true }));
+  });
+
+  test('a user-data script whose interpreter the machine lacks is not run: one line names it, in the log and the status', async () => {
+    const marker = path.join(tmpdir(), `nea-e2e-absent-${process.pid}-${Date.now()}`);
+    await withInstance({ userData: `#!/opt/absent/bin/ruby\nFile.write('${marker}', 'ruby')\n` }, async (i) => {
+      const first = await i.converge();
+      assert.equal(first.code, 0, first.stderr);
+      assert.equal(first.status.lastResult?.outcome, 'converged');
+      const line = /^user data: the #! script was not run: its interpreter \/opt\/absent\/bin\/ruby is not on this machine .*; start it with #!\/usr\/bin\/env ruby\b/;
+      assert.equal(first.status.desired?.notes.filter((n) => line.test(n)).length, 1, JSON.stringify(first.status.desired?.notes));
+      const ends = (await i.logEvents()).filter((e) => e.event === 'userdata.script.end');
+      assert.equal(ends.length, 1);
+      assert.equal(ends[0]?.level, 'error');
+      assert.match(String(ends[0]?.msg), line);
+      assert.equal((await i.durableState()).userDataScript?.exitCode, null);
+      await assert.rejects(readFile(marker), { code: 'ENOENT' });
+
+      // Not tried again with the same user data, but still in the status, and logged only once.
+      const second = await i.converge();
+      assert.equal(second.code, 0, second.stderr);
+      assert.equal(second.status.desired?.notes.filter((n) => line.test(n)).length, 1);
+      assert.equal((await i.logEvents()).filter((e) => e.event === 'userdata.script.end').length, 1);
+
+      // Fixed user data on the same instance runs: the refused script did nothing to repeat. Through
+      // /usr/bin/env, which finds sh on PATH: the program that runs it is `sh`, not bash.
+      i.world.imds.setUserData(`#!/usr/bin/env sh\ntr '\\0' ' ' < /proc/$$/cmdline > '${marker}'\n`);
+      const third = await i.converge();
+      assert.equal(third.code, 0, third.stderr);
+      assert.equal((await readFile(marker, 'utf8')).split(' ')[0], 'sh');
+      assert.deepEqual(third.status.desired?.notes, []);
+      assert.equal((await i.durableState()).userDataScript?.exitCode, 0);
+      assert.ok(!(await i.logEvents()).some((e) => e.event === 'userdata.script.interpreter'));
     }).finally(() => rm(marker, { force: true }));
   });
 

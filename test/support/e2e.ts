@@ -384,6 +384,7 @@ export interface DurableStateJson {
   readonly failed: Record<string, { stage: string; reason: string }>;
   readonly held?: { desiredHash: string };
   readonly suspended?: { since: number };
+  readonly userDataScript?: { instanceId: string; digest: string; exitCode: number | null; notRun?: string };
 }
 
 export function parseJson(text: string, what: string, context?: CliResult): unknown {
