@@ -1073,8 +1073,9 @@ export class AutoScalingEmulator {
       throw validation(`MaxRecords must be between 1 and ${MAX_RECORDS_GROUPS}, got ${maxRecords}`);
     }
     const includeInstances = optionalBoolean(p, 'IncludeInstances') ?? true;
+    const filters = groupFilters(p);
     const wanted = new Set(names);
-    const all = [...this.groups.values()].filter((g) => wanted.size === 0 || wanted.has(g.name));
+    const all = [...this.groups.values()].filter((g) => (wanted.size === 0 || wanted.has(g.name)) && filters.every((f) => f(g.tags)));
     const { page, next } = paginate(all, p.get('NextToken'), maxRecords, 'groups');
     const groups = page.map((g): XmlNode => {
       // The warm pool's instances are not the group's: AWS lists them with DescribeWarmPool, which
@@ -1241,6 +1242,29 @@ function memberList(p: Params, name: string): string[] {
     .filter(([k]) => k.startsWith(prefix) && /^\d+$/.test(k.slice(prefix.length)))
     .sort(([a], [b]) => Number(a.slice(prefix.length)) - Number(b.slice(prefix.length)))
     .map(([, v]) => v);
+}
+
+/**
+ * DescribeAutoScalingGroups' Filters (`Filters.member.N.Name`, `Filters.member.N.Values.member.M`),
+ * each a test of a group's tags. The names it takes are `tag-key`, `tag-value` and `tag:<key>`;
+ * filters are ANDed, a filter's values ORed, and values are case-sensitive (botocore autoscaling
+ * model, Filter and DescribeAutoScalingGroups' Filters).
+ */
+function groupFilters(p: Params): ((tags: Readonly<Record<string, string>>) => boolean)[] {
+  const out: ((tags: Readonly<Record<string, string>>) => boolean)[] = [];
+  for (let n = 1; p.has(`Filters.member.${n}.Name`); n++) {
+    const name = p.get(`Filters.member.${n}.Name`) ?? '';
+    const values = new Set(memberList(p, `Filters.member.${n}.Values`));
+    if (name === 'tag-key') out.push((tags) => Object.keys(tags).some((k) => values.has(k)));
+    else if (name === 'tag-value') out.push((tags) => Object.values(tags).some((v) => values.has(v)));
+    else if (name.startsWith('tag:') && name.length > 'tag:'.length) {
+      const key = name.slice('tag:'.length);
+      out.push((tags) => Object.hasOwn(tags, key) && values.has(tags[key]!));
+    } else {
+      throw validation(`Invalid filter name: ${name}. Valid filter names for DescribeAutoScalingGroups are tag-key, tag-value and tag:<key>.`);
+    }
+  }
+  return out;
 }
 
 /** Opaque tokens bound to the listing they came from, so one operation's token fails on another. */

@@ -249,4 +249,23 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     assert.equal(again.code, 254);
     assert.match(again.stderr, /No warm pool found/);
   });
+  it('describe-auto-scaling-groups --filters selects groups by tag-key, tag-value and tag:<key>; filters AND, values OR', async () => {
+    emulator.createGroup({ name: 'tagged-prod', tags: { env: 'prod', team: 'web' } });
+    emulator.createGroup({ name: 'tagged-dev', tags: { env: 'dev' } });
+    emulator.createGroup({ name: 'tagged-other', tags: { owner: 'prod' } });
+    const names = async (...filters: string[]) => {
+      const r = await aws('describe-auto-scaling-groups', '--filters', ...filters);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { AutoScalingGroups: Array<{ AutoScalingGroupName: string }> }).AutoScalingGroups.map((g) => g.AutoScalingGroupName);
+    };
+    assert.deepEqual(await names('Name=tag-key,Values=env'), ['tagged-prod', 'tagged-dev']);
+    assert.deepEqual(await names('Name=tag-value,Values=prod'), ['tagged-prod', 'tagged-other']);
+    assert.deepEqual(await names('Name=tag:env,Values=prod,dev'), ['tagged-prod', 'tagged-dev']);
+    assert.deepEqual(await names('Name=tag:env,Values=Prod'), [], 'filter values are case-sensitive');
+    assert.deepEqual(await names('Name=tag-key,Values=env', 'Name=tag:team,Values=web'), ['tagged-prod']);
+    const bad = await aws('describe-auto-scaling-groups', '--filters', 'Name=auto-scaling-group,Values=tagged-prod');
+    assert.equal(bad.code, 254);
+    assert.match(bad.stderr, /\(ValidationError\) when calling the DescribeAutoScalingGroups operation/);
+  });
+
 });
