@@ -1036,14 +1036,22 @@ export class AutoScalingEmulator {
     return undefined;
   }
 
-  private instanceXml(i: InstanceState, withGroup: boolean): XmlNode {
+  /**
+   * An instance as DescribeAutoScalingInstances lists it (`AutoScalingInstanceDetails`, with its
+   * group's name and HealthStatus `HEALTHY`/`UNHEALTHY`) or as DescribeAutoScalingGroups and
+   * DescribeWarmPool list it (`Instance`, HealthStatus `Healthy`/`Unhealthy`): the two spell it
+   * differently (aws-cli examples describe-auto-scaling-instances.rst, describe-auto-scaling-groups.rst,
+   * describe-warm-pool.rst).
+   */
+  private instanceXml(i: InstanceState, shape: 'AutoScalingInstanceDetails' | 'Instance'): XmlNode {
+    const details = shape === 'AutoScalingInstanceDetails';
     return {
       InstanceId: i.instanceId,
       InstanceType: i.instanceType,
-      ...(withGroup ? { AutoScalingGroupName: i.groupName } : {}),
+      ...(details ? { AutoScalingGroupName: i.groupName } : {}),
       AvailabilityZone: i.availabilityZone,
       LifecycleState: i.lifecycleState,
-      HealthStatus: i.healthStatus,
+      HealthStatus: details ? i.healthStatus : i.healthStatus === 'HEALTHY' ? 'Healthy' : 'Unhealthy',
       LaunchTemplate: launchTemplateXml(i.launchTemplate),
       ProtectedFromScaleIn: false,
     };
@@ -1063,7 +1071,7 @@ export class AutoScalingEmulator {
     // instances are listed, in their Warmed:* states (AutoScalingInstanceDetails.LifecycleState).
     const all = [...this.instances.values()].filter((i) => !gone(i) && (wanted.size === 0 || wanted.has(i.instanceId)));
     const { page, next } = paginate(all, p.get('NextToken'), maxRecords, 'instances');
-    return toXml({ AutoScalingInstances: page.map((i) => this.instanceXml(i, true)), NextToken: next });
+    return toXml({ AutoScalingInstances: page.map((i) => this.instanceXml(i, 'AutoScalingInstanceDetails')), NextToken: next });
   }
 
   private opDescribeAutoScalingGroups(p: Params): string {
@@ -1094,7 +1102,7 @@ export class AutoScalingEmulator {
         TargetGroupARNs: [],
         HealthCheckType: g.healthCheckType,
         HealthCheckGracePeriod: g.healthCheckGracePeriod,
-        Instances: includeInstances ? members.map((i) => this.instanceXml(i, false)) : undefined,
+        Instances: includeInstances ? members.map((i) => this.instanceXml(i, 'Instance')) : undefined,
         CreatedTime: new Date(g.createdAt).toISOString(),
         SuspendedProcesses: [],
         EnabledMetrics: [],
@@ -1167,7 +1175,7 @@ export class AutoScalingEmulator {
             InstanceReusePolicy: pool.reuseOnScaleIn !== undefined ? { ReuseOnScaleIn: pool.reuseOnScaleIn } : undefined,
           }
         : undefined,
-      Instances: page.map((i) => this.instanceXml(i, false)),
+      Instances: page.map((i) => this.instanceXml(i, 'Instance')),
       NextToken: next,
     });
   }

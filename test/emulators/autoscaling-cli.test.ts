@@ -268,4 +268,25 @@ describe('Auto Scaling emulator through the AWS CLI', { skip }, () => {
     assert.match(bad.stderr, /\(ValidationError\) when calling the DescribeAutoScalingGroups operation/);
   });
 
+  it('describe-auto-scaling-groups and describe-warm-pool spell HealthStatus Healthy/Unhealthy; describe-auto-scaling-instances HEALTHY/UNHEALTHY', async () => {
+    const group = 'health-asg';
+    emulator.createGroup({ name: group, healthCheckGracePeriod: 300 });
+    emulator.putWarmPool(group, { poolState: 'Stopped' });
+    emulator.launchInstance({ instanceId: 'i-0ccccccccccccccc1', groupName: group });
+    emulator.launchInstance({ instanceId: 'i-0ccccccccccccccc2', groupName: group });
+    emulator.launchInstance({ instanceId: 'i-0ccccccccccccccc3', groupName: group, warmPool: 'Stopped' });
+    // Inside the grace period: marked unhealthy, not yet replaced.
+    const set = await aws('set-instance-health', '--instance-id', 'i-0ccccccccccccccc2', '--health-status', 'Unhealthy');
+    assert.equal(set.code, 0, set.stderr);
+    const groups = await aws('describe-auto-scaling-groups', '--auto-scaling-group-names', group);
+    assert.equal(groups.code, 0, groups.stderr);
+    const inGroup = (JSON.parse(groups.stdout) as { AutoScalingGroups: Array<{ Instances: Array<{ InstanceId: string; HealthStatus: string }> }> }).AutoScalingGroups[0]?.Instances;
+    assert.deepEqual(inGroup?.map((i) => [i.InstanceId, i.HealthStatus]), [['i-0ccccccccccccccc1', 'Healthy'], ['i-0ccccccccccccccc2', 'Unhealthy']]);
+    const pool = await aws('describe-warm-pool', '--auto-scaling-group-name', group);
+    assert.equal(pool.code, 0, pool.stderr);
+    assert.deepEqual((JSON.parse(pool.stdout) as { Instances: Array<{ InstanceId: string; HealthStatus: string }> }).Instances.map((i) => [i.InstanceId, i.HealthStatus]), [['i-0ccccccccccccccc3', 'Healthy']]);
+    const details = await aws('describe-auto-scaling-instances', '--instance-ids', 'i-0ccccccccccccccc1', 'i-0ccccccccccccccc2');
+    assert.equal(details.code, 0, details.stderr);
+    assert.deepEqual((JSON.parse(details.stdout) as { AutoScalingInstances: Array<{ InstanceId: string; HealthStatus: string }> }).AutoScalingInstances.map((i) => [i.InstanceId, i.HealthStatus]), [['i-0ccccccccccccccc1', 'HEALTHY'], ['i-0ccccccccccccccc2', 'UNHEALTHY']]);
+  });
 });
