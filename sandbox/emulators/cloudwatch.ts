@@ -40,13 +40,22 @@ export interface MetricAlarm {
   readonly description?: string;
   readonly metricName: string;
   readonly namespace: string;
-  readonly statistic: string;
+  /** Exactly one of statistic and extendedStatistic is set. */
+  readonly statistic?: string;
+  /** A percentile or other extended statistic (`p99`, `tm90`…). */
+  readonly extendedStatistic?: string;
   readonly dimensions: readonly { readonly name: string; readonly value: string }[];
   readonly period: number;
+  readonly unit?: string;
   readonly evaluationPeriods: number;
+  /** The M of an "M out of N" alarm; EvaluationPeriods when absent. */
+  readonly datapointsToAlarm?: number;
   readonly threshold: number;
   readonly comparisonOperator: string;
   readonly actionsEnabled: boolean;
+  readonly okActions: readonly string[];
+  readonly alarmActions: readonly string[];
+  readonly insufficientDataActions: readonly string[];
   readonly treatMissingData?: string;
   readonly configurationUpdatedAt: number;
   state: AlarmStateValue;
@@ -201,6 +210,9 @@ export class CloudWatchEmulator {
       threshold: 1,
       comparisonOperator: 'GreaterThanOrEqualToThreshold',
       actionsEnabled: true,
+      okActions: [],
+      alarmActions: [],
+      insufficientDataActions: [],
       configurationUpdatedAt: now,
       state: 'INSUFFICIENT_DATA',
       stateReason: 'Unchecked: Initial alarm creation',
@@ -337,18 +349,29 @@ export class CloudWatchEmulator {
       const now = this.clock.now();
       const description = input.str('AlarmDescription');
       const treatMissingData = input.str('TreatMissingData');
+      const statistic = input.str('Statistic');
+      const extendedStatistic = input.str('ExtendedStatistic');
+      const unit = input.str('Unit');
+      const datapointsToAlarm = input.str('DatapointsToAlarm');
       this.alarms.set(name, {
         name,
         ...(description !== undefined ? { description } : {}),
         metricName: required(input, 'MetricName'),
         namespace: required(input, 'Namespace'),
-        statistic: input.str('Statistic') ?? input.str('ExtendedStatistic') ?? 'Average',
+        // A percentile is an ExtendedStatistic, described as one, never as the Statistic.
+        ...(statistic !== undefined || extendedStatistic === undefined ? { statistic: statistic ?? 'Average' } : {}),
+        ...(extendedStatistic !== undefined ? { extendedStatistic } : {}),
         dimensions: input.dimensions(),
         period: positiveInt(input.str('Period') ?? '60', 'Period'),
+        ...(unit !== undefined ? { unit } : {}),
         evaluationPeriods,
+        ...(datapointsToAlarm !== undefined ? { datapointsToAlarm: positiveInt(datapointsToAlarm, 'DatapointsToAlarm') } : {}),
         threshold: Number(required(input, 'Threshold')),
         comparisonOperator: comparison,
         actionsEnabled: input.str('ActionsEnabled') !== 'false',
+        okActions: input.list('OKActions'),
+        alarmActions: input.list('AlarmActions'),
+        insufficientDataActions: input.list('InsufficientDataActions'),
         ...(treatMissingData !== undefined ? { treatMissingData } : {}),
         configurationUpdatedAt: now,
         // An update keeps the alarm's state; a new alarm has not been evaluated yet.
@@ -393,9 +416,9 @@ export class CloudWatchEmulator {
       AlarmDescription: a.description,
       AlarmConfigurationUpdatedTimestamp: new Date(a.configurationUpdatedAt),
       ActionsEnabled: a.actionsEnabled,
-      OKActions: [],
-      AlarmActions: [],
-      InsufficientDataActions: [],
+      OKActions: [...a.okActions],
+      AlarmActions: [...a.alarmActions],
+      InsufficientDataActions: [...a.insufficientDataActions],
       StateValue: a.state,
       StateReason: a.stateReason,
       StateReasonData: a.stateReasonData,
@@ -403,9 +426,12 @@ export class CloudWatchEmulator {
       MetricName: a.metricName,
       Namespace: a.namespace,
       Statistic: a.statistic,
+      ExtendedStatistic: a.extendedStatistic,
       Dimensions: a.dimensions.map((d) => ({ Name: d.name, Value: d.value })),
       Period: a.period,
+      Unit: a.unit,
       EvaluationPeriods: a.evaluationPeriods,
+      DatapointsToAlarm: a.datapointsToAlarm,
       Threshold: a.threshold,
       ComparisonOperator: a.comparisonOperator,
       TreatMissingData: a.treatMissingData,

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { awsCli, noAwsCli } from '../support/aws-cli.js';
-import { CloudWatchClient, DescribeAlarmsCommand, SetAlarmStateCommand } from '@aws-sdk/client-cloudwatch';
+import { CloudWatchClient, DescribeAlarmsCommand, PutMetricAlarmCommand, SetAlarmStateCommand } from '@aws-sdk/client-cloudwatch';
 import { CloudWatchEmulator } from '../../sandbox/emulators/cloudwatch.js';
 import { ManualClock } from '../support/clock.js';
 
@@ -66,6 +66,27 @@ describe('CloudWatch emulator', () => {
     assert.match(bad.stderr, /InvalidParameterValue/);
   });
 
+  it('the CLI\'s put-metric-alarm keeps the actions, DatapointsToAlarm, Unit and an ExtendedStatistic, and describe-alarms echoes them', { skip: noCli }, async () => {
+    const topic = 'arn:aws:sns:eu-west-1:123456789012:ops';
+    const put = await aws(
+      'put-metric-alarm', '--alarm-name', 'web-p99', '--metric-name', 'TargetResponseTime', '--namespace', 'AWS/ApplicationELB',
+      '--extended-statistic', 'p99', '--period', '300', '--evaluation-periods', '5', '--datapoints-to-alarm', '3', '--threshold', '2',
+      '--comparison-operator', 'GreaterThanThreshold', '--unit', 'Seconds',
+      '--alarm-actions', topic, 'arn:aws:automate:eu-west-1:ec2:reboot', '--ok-actions', topic, '--insufficient-data-actions', topic,
+    );
+    assert.equal(put.code, 0, put.stderr);
+    const r = await aws('describe-alarms', '--alarm-names', 'web-p99');
+    assert.equal(r.code, 0, r.stderr);
+    const alarm = (JSON.parse(r.stdout) as { MetricAlarms: Record<string, unknown>[] }).MetricAlarms[0];
+    assert.deepEqual(alarm?.AlarmActions, [topic, 'arn:aws:automate:eu-west-1:ec2:reboot']);
+    assert.deepEqual(alarm?.OKActions, [topic]);
+    assert.deepEqual(alarm?.InsufficientDataActions, [topic]);
+    assert.equal(alarm?.ExtendedStatistic, 'p99');
+    assert.equal(alarm?.Statistic, undefined, 'a percentile is not a Statistic');
+    assert.equal(alarm?.DatapointsToAlarm, 3);
+    assert.equal(alarm?.Unit, 'Seconds');
+  });
+
   it('the CLI follows NextToken across pages', { skip: noCli }, async () => {
     for (let i = 0; i < 5; i++) emulator.putAlarm(`paged-${i}`);
     const r = await aws('describe-alarms', '--alarm-name-prefix', 'paged-', '--page-size', '2');
@@ -86,6 +107,22 @@ describe('CloudWatch emulator', () => {
     assert.equal(out.MetricAlarms?.[1]?.StateUpdatedTimestamp?.getTime(), clock.now());
     await sdk.send(new SetAlarmStateCommand({ AlarmName: 'sdk-b', StateValue: 'OK', StateReason: 'recovered' }));
     assert.equal(emulator.alarm('sdk-b')?.state, 'OK');
+  });
+
+  it('the SDK v3 client (awsJson1_0) creates an alarm with actions and an extended statistic, and reads them back', async () => {
+    await sdk.send(
+      new PutMetricAlarmCommand({
+        AlarmName: 'sdk-p90', MetricName: 'Latency', Namespace: 'App', ExtendedStatistic: 'p90', Period: 60, EvaluationPeriods: 3, DatapointsToAlarm: 2,
+        Threshold: 0.5, ComparisonOperator: 'GreaterThanThreshold', Unit: 'Seconds', AlarmActions: ['arn:aws:sns:eu-west-1:123456789012:ops'],
+        OKActions: ['arn:aws:sns:eu-west-1:123456789012:ok'], InsufficientDataActions: ['arn:aws:sns:eu-west-1:123456789012:nodata'],
+      }),
+    );
+    const out = await sdk.send(new DescribeAlarmsCommand({ AlarmNames: ['sdk-p90'] }));
+    const a = out.MetricAlarms?.[0];
+    assert.deepEqual(
+      [a?.Statistic, a?.ExtendedStatistic, a?.DatapointsToAlarm, a?.Unit, a?.AlarmActions, a?.OKActions, a?.InsufficientDataActions],
+      [undefined, 'p90', 2, 'Seconds', ['arn:aws:sns:eu-west-1:123456789012:ops'], ['arn:aws:sns:eu-west-1:123456789012:ok'], ['arn:aws:sns:eu-west-1:123456789012:nodata']],
+    );
   });
 
   it('the SDK client sees the query error code of an unknown alarm', async () => {
