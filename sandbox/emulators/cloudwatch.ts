@@ -22,9 +22,25 @@ const MAX_RECORDS = 100;
 const DEFAULT_RECORDS = 50;
 const MAX_NAME = 255;
 const MAX_STATE_REASON = 1023;
+/** ResourceList: at most 5 actions per state (botocore cloudwatch model). */
+const MAX_ACTIONS = 5;
+/** "An alarm's total current evaluation period can be no longer than seven days" (PutMetricAlarmInput.Period). */
+const MAX_EVALUATION_SECONDS = 604_800;
+/** "For alarms with a period of less than one hour (3,600 seconds), the total evaluation period can't be longer than one day" (ibid.). */
+const MAX_EVALUATION_SECONDS_SUB_HOUR = 86_400;
 
 export type AlarmStateValue = 'OK' | 'ALARM' | 'INSUFFICIENT_DATA';
 const STATES: readonly string[] = ['OK', 'ALARM', 'INSUFFICIENT_DATA'];
+/** The StateValue enum in the order AWS's validation message lists it. */
+const STATES_AS_LISTED: readonly string[] = ['INSUFFICIENT_DATA', 'ALARM', 'OK'];
+/** The Statistic enum; percentiles and the like go in ExtendedStatistic (botocore model, Statistic). */
+const STATISTICS: readonly string[] = ['SampleCount', 'Average', 'Sum', 'Minimum', 'Maximum'];
+/** StandardUnit (botocore model). */
+const UNITS: readonly string[] = [
+  'Seconds', 'Microseconds', 'Milliseconds', 'Bytes', 'Kilobytes', 'Megabytes', 'Gigabytes', 'Terabytes', 'Bits', 'Kilobits', 'Megabits', 'Gigabits', 'Terabits',
+  'Percent', 'Count', 'Bytes/Second', 'Kilobytes/Second', 'Megabytes/Second', 'Gigabytes/Second', 'Terabytes/Second', 'Bits/Second', 'Kilobits/Second',
+  'Megabits/Second', 'Gigabits/Second', 'Terabits/Second', 'Count/Second', 'None',
+];
 const COMPARISONS: readonly string[] = [
   'GreaterThanOrEqualToThreshold',
   'GreaterThanThreshold',
@@ -87,8 +103,23 @@ class CloudWatchError extends Error {
   }
 }
 
-/** The JSON protocol names an error by its model shape; the query protocol by its code. */
+/**
+ * What the service's request validation answers when a member breaks its model constraint (enum,
+ * range, length) or a rule of the operation: `ValidationError` in the query protocol. In JSON it
+ * is Coral's validation exception, whose query code the `x-amzn-query-error` header carries.
+ */
+function validation(message: string): CloudWatchError {
+  return new CloudWatchError('ValidationError', message);
+}
+
+/** The Coral-style message AWS uses for model constraint failures. */
+function constraint(value: string, member: string, rule: string): CloudWatchError {
+  return validation(`1 validation error detected: Value '${value}' at '${member}' failed to satisfy constraint: ${rule}`);
+}
+
+/** The JSON protocol names an error by its model shape (`__type`); the query protocol by its code. */
 const SHAPE: Readonly<Record<string, string>> = {
+  ValidationError: 'com.amazon.coral.validate#ValidationException',
   InvalidParameterValue: 'InvalidParameterValueException',
   InvalidParameterCombination: 'InvalidParameterCombinationException',
   MissingParameter: 'MissingRequiredParameterException',
@@ -134,7 +165,7 @@ function jsonInput(body: Record<string, unknown>): Input {
     list: (name) => {
       const v = body[name];
       if (v === undefined || v === null) return [];
-      if (!Array.isArray(v)) throw new CloudWatchError('InvalidParameterValue', `${name} must be a list`);
+      if (!Array.isArray(v)) throw new CloudWatchError('SerializationException', `${name} must be a list`);
       return v.map(String);
     },
     dimensions: () => {
@@ -254,7 +285,8 @@ export class CloudWatchEmulator {
     const fail = (err: CloudWatchError) => {
       if (json) {
         const shape = SHAPE[err.code] ?? err.code;
-        answer(err.status, JSON.stringify({ __type: `com.amazonaws.cloudwatch#${shape}`, message: err.message }), 'application/x-amz-json-1.0', { 'x-amzn-query-error': `${err.code};${err.fault}` }, err.code);
+        const type = shape.includes('#') ? shape : `com.amazonaws.cloudwatch#${shape}`;
+        answer(err.status, JSON.stringify({ __type: type, message: err.message }), 'application/x-amz-json-1.0', { 'x-amzn-query-error': `${err.code};${err.fault}` }, err.code);
       } else {
         answer(
           err.status,
@@ -318,12 +350,11 @@ export class CloudWatchEmulator {
     DescribeAlarms: (input) => {
       const names = input.list('AlarmNames');
       const prefix = input.str('AlarmNamePrefix');
-      if (names.length > MAX_ALARM_NAMES) throw new CloudWatchError('InvalidParameterValue', `The collection AlarmNames must not have a size greater than ${MAX_ALARM_NAMES}.`);
+      if (names.length > MAX_ALARM_NAMES) throw constraint(`[${names.join(', ')}]`, 'alarmNames', `Member must have length less than or equal to ${MAX_ALARM_NAMES}`);
       if (names.length > 0 && prefix !== undefined) throw new CloudWatchError('InvalidParameterCombination', 'AlarmNamePrefix and AlarmNames cannot be specified together.');
       const state = input.str('StateValue');
-      if (state !== undefined && !STATES.includes(state)) throw new CloudWatchError('InvalidParameterValue', `1 validation error detected: Value '${state}' at 'stateValue' failed to satisfy constraint: Member must satisfy enum value set: [${STATES.join(', ')}]`);
-      const maxRecords = Number(input.str('MaxRecords') ?? DEFAULT_RECORDS);
-      if (!Number.isInteger(maxRecords) || maxRecords < 1 || maxRecords > MAX_RECORDS) throw new CloudWatchError('InvalidParameterValue', `The parameter MaxRecords must be between 1 and ${MAX_RECORDS}.`);
+      if (state !== undefined) oneOf(state, 'stateValue', STATES, STATES_AS_LISTED);
+      const maxRecords = integer(input, 'MaxRecords', 'maxRecords', 1, MAX_RECORDS) ?? DEFAULT_RECORDS;
       const types = input.list('AlarmTypes');
       // Without AlarmTypes only metric alarms are returned; this emulator holds no composite alarms.
       const metric = types.length === 0 || types.includes('MetricAlarm');
@@ -341,37 +372,77 @@ export class CloudWatchEmulator {
     },
     PutMetricAlarm: (input) => {
       const name = required(input, 'AlarmName');
-      if (name.length > MAX_NAME) throw new CloudWatchError('InvalidParameterValue', `AlarmName must be at most ${MAX_NAME} characters`);
-      const comparison = required(input, 'ComparisonOperator');
-      if (!COMPARISONS.includes(comparison)) throw new CloudWatchError('InvalidParameterValue', `Invalid ComparisonOperator ${comparison}`);
-      const evaluationPeriods = positiveInt(required(input, 'EvaluationPeriods'), 'EvaluationPeriods');
+      if (name.length > MAX_NAME) throw constraint(name, 'alarmName', `Member must have length less than or equal to ${MAX_NAME}`);
+      // The model's constraints are checked first, as the service validates the request against
+      // its model before the operation's own rules (PutMetricAlarmInput in the botocore model).
+      const comparison = input.str('ComparisonOperator');
+      if (comparison !== undefined) oneOf(comparison, 'comparisonOperator', COMPARISONS);
+      const statistic = input.str('Statistic');
+      if (statistic !== undefined) oneOf(statistic, 'statistic', STATISTICS);
+      const unit = input.str('Unit');
+      if (unit !== undefined) oneOf(unit, 'unit', UNITS);
+      const period = integer(input, 'Period', 'period', 1);
+      const evaluationPeriods = integer(input, 'EvaluationPeriods', 'evaluationPeriods', 1);
+      const datapointsToAlarm = integer(input, 'DatapointsToAlarm', 'datapointsToAlarm', 1);
+      const actions = (member: string, wire: string) => {
+        const list = input.list(wire);
+        if (list.length > MAX_ACTIONS) throw constraint(`[${list.join(', ')}]`, member, `Member must have length less than or equal to ${MAX_ACTIONS}`);
+        return list;
+      };
+      const okActions = actions('oKActions', 'OKActions');
+      const alarmActions = actions('alarmActions', 'AlarmActions');
+      const insufficientDataActions = actions('insufficientDataActions', 'InsufficientDataActions');
+
+      if (comparison === undefined) required(input, 'ComparisonOperator');
+      if (evaluationPeriods === undefined) required(input, 'EvaluationPeriods');
+      // This emulator holds alarms on one metric (no Metrics math), for which MetricName, Namespace
+      // and Period are required and exactly one of Statistic and ExtendedStatistic (PutMetricAlarmInput).
+      const metricName = input.str('MetricName');
+      if (metricName === undefined || metricName === '') throw validation('MetricName must not be null');
+      const namespace = input.str('Namespace');
+      if (namespace === undefined || namespace === '') throw validation('Namespace must not be null');
+      if (period === undefined) throw validation('Period must not be null');
+      const extendedStatistic = input.str('ExtendedStatistic');
+      if ((statistic === undefined) === (extendedStatistic === undefined)) {
+        throw validation('Exactly one of Statistic or ExtendedStatistic must be specified for an alarm on a metric.');
+      }
+      // "Valid values are 10, 20, 30, and any multiple of 60"; the total evaluation period is
+      // capped at seven days, and at one day for periods under an hour (PutMetricAlarmInput.Period).
+      if (period !== 10 && period !== 20 && period !== 30 && period % 60 !== 0) {
+        throw validation(`Period (${period}) must be 10, 20, 30 or a multiple of 60.`);
+      }
+      const total = period * evaluationPeriods!;
+      if (period < 3600 && total > MAX_EVALUATION_SECONDS_SUB_HOUR) {
+        throw validation(`Period * EvaluationPeriods (${total}) must be at most ${MAX_EVALUATION_SECONDS_SUB_HOUR} seconds (1 day) for a period under an hour.`);
+      }
+      if (total > MAX_EVALUATION_SECONDS) throw validation(`Period * EvaluationPeriods (${total}) must be at most ${MAX_EVALUATION_SECONDS} seconds (7 days).`);
+      if (datapointsToAlarm !== undefined && datapointsToAlarm > evaluationPeriods!) {
+        throw validation('DatapointsToAlarm must be less than or equal to EvaluationPeriods');
+      }
+      const threshold = Number(required(input, 'Threshold'));
+
       const previous = this.alarms.get(name);
       const now = this.clock.now();
       const description = input.str('AlarmDescription');
       const treatMissingData = input.str('TreatMissingData');
-      const statistic = input.str('Statistic');
-      const extendedStatistic = input.str('ExtendedStatistic');
-      const unit = input.str('Unit');
-      const datapointsToAlarm = input.str('DatapointsToAlarm');
       this.alarms.set(name, {
         name,
         ...(description !== undefined ? { description } : {}),
-        metricName: required(input, 'MetricName'),
-        namespace: required(input, 'Namespace'),
-        // A percentile is an ExtendedStatistic, described as one, never as the Statistic.
-        ...(statistic !== undefined || extendedStatistic === undefined ? { statistic: statistic ?? 'Average' } : {}),
+        metricName,
+        namespace,
+        ...(statistic !== undefined ? { statistic } : {}),
         ...(extendedStatistic !== undefined ? { extendedStatistic } : {}),
         dimensions: input.dimensions(),
-        period: positiveInt(input.str('Period') ?? '60', 'Period'),
+        period,
         ...(unit !== undefined ? { unit } : {}),
-        evaluationPeriods,
-        ...(datapointsToAlarm !== undefined ? { datapointsToAlarm: positiveInt(datapointsToAlarm, 'DatapointsToAlarm') } : {}),
-        threshold: Number(required(input, 'Threshold')),
-        comparisonOperator: comparison,
+        evaluationPeriods: evaluationPeriods!,
+        ...(datapointsToAlarm !== undefined ? { datapointsToAlarm } : {}),
+        threshold,
+        comparisonOperator: comparison!,
         actionsEnabled: input.str('ActionsEnabled') !== 'false',
-        okActions: input.list('OKActions'),
-        alarmActions: input.list('AlarmActions'),
-        insufficientDataActions: input.list('InsufficientDataActions'),
+        okActions,
+        alarmActions,
+        insufficientDataActions,
         ...(treatMissingData !== undefined ? { treatMissingData } : {}),
         configurationUpdatedAt: now,
         // An update keeps the alarm's state; a new alarm has not been evaluated yet.
@@ -384,9 +455,9 @@ export class CloudWatchEmulator {
     SetAlarmState: (input) => {
       const name = required(input, 'AlarmName');
       const state = required(input, 'StateValue');
-      if (!STATES.includes(state)) throw new CloudWatchError('InvalidParameterValue', `1 validation error detected: Value '${state}' at 'stateValue' failed to satisfy constraint: Member must satisfy enum value set: [${STATES.join(', ')}]`);
+      oneOf(state, 'stateValue', STATES, STATES_AS_LISTED);
       const reason = required(input, 'StateReason');
-      if (reason.length > MAX_STATE_REASON) throw new CloudWatchError('InvalidParameterValue', `StateReason must be at most ${MAX_STATE_REASON} characters`);
+      if (reason.length > MAX_STATE_REASON) throw constraint(reason, 'stateReason', `Member must have length less than or equal to ${MAX_STATE_REASON}`);
       const data = input.str('StateReasonData');
       if (data !== undefined) {
         try {
@@ -446,8 +517,18 @@ function required(input: Input, name: string): string {
   return value;
 }
 
-function positiveInt(text: string, name: string): number {
+/** A member of an enum; `listed` is the order AWS's message gives the values in, where it differs from the model's. */
+function oneOf(value: string, member: string, values: readonly string[], listed: readonly string[] = values): void {
+  if (!values.includes(value)) throw constraint(value, member, `Member must satisfy enum value set: [${listed.join(', ')}]`);
+}
+
+/** An integer member within the model's range; undefined when absent. */
+function integer(input: Input, name: string, member: string, min: number, max?: number): number | undefined {
+  const text = input.str(name);
+  if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) throw new CloudWatchError('InvalidParameterValue', `The parameter ${name} must be a positive integer.`);
+  if (text.trim() === '' || !Number.isInteger(n)) throw constraint(text, member, 'Member must be an integer');
+  if (n < min) throw constraint(text, member, `Member must have value greater than or equal to ${min}`);
+  if (max !== undefined && n > max) throw constraint(text, member, `Member must have value less than or equal to ${max}`);
   return n;
 }

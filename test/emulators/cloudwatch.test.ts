@@ -63,7 +63,14 @@ describe('CloudWatch emulator', () => {
     emulator.putAlarm('another');
     const bad = await aws('set-alarm-state', '--alarm-name', 'another', '--state-value', 'BROKEN', '--state-reason', 'x');
     assert.notEqual(bad.code, 0);
-    assert.match(bad.stderr, /InvalidParameterValue/);
+    // A model constraint (the StateValue enum) fails request validation: ValidationError, not InvalidParameterValue.
+    assert.match(
+      bad.stderr,
+      /\(ValidationError\) when calling the SetAlarmState operation: 1 validation error detected: Value 'BROKEN' at 'stateValue' failed to satisfy constraint: Member must satisfy enum value set: \[INSUFFICIENT_DATA, ALARM, OK\]/,
+    );
+    const badFilter = await aws('describe-alarms', '--state-value', 'BROKEN');
+    assert.notEqual(badFilter.code, 0);
+    assert.match(badFilter.stderr, /\(ValidationError\) when calling the DescribeAlarms operation: .*\[INSUFFICIENT_DATA, ALARM, OK\]/);
   });
 
   it('the CLI\'s put-metric-alarm keeps the actions, DatapointsToAlarm, Unit and an ExtendedStatistic, and describe-alarms echoes them', { skip: noCli }, async () => {
@@ -85,6 +92,31 @@ describe('CloudWatch emulator', () => {
     assert.equal(alarm?.Statistic, undefined, 'a percentile is not a Statistic');
     assert.equal(alarm?.DatapointsToAlarm, 3);
     assert.equal(alarm?.Unit, 'Seconds');
+  });
+
+  it('the CLI\'s put-metric-alarm is refused with ValidationError as AWS refuses it', { skip: noCli }, async () => {
+    const base = ['--alarm-name', 'refused', '--metric-name', 'CPUUtilization', '--namespace', 'AWS/EC2', '--threshold', '80', '--comparison-operator', 'GreaterThanThreshold'];
+    const cases: [string[], RegExp][] = [
+      [['--statistic', 'Average', '--evaluation-periods', '1'], /Period must not be null/],
+      [['--period', '60', '--evaluation-periods', '1'], /Statistic or ExtendedStatistic/],
+      [['--statistic', 'Average', '--extended-statistic', 'p90', '--period', '60', '--evaluation-periods', '1'], /Statistic or ExtendedStatistic/],
+      [['--statistic', 'p90', '--period', '60', '--evaluation-periods', '1'], /Value 'p90' at 'statistic' failed to satisfy constraint: Member must satisfy enum value set: \[SampleCount, Average, Sum, Minimum, Maximum\]/],
+      [['--statistic', 'Average', '--period', '45', '--evaluation-periods', '1'], /Period \(45\) must be 10, 20, 30 or a multiple of 60/],
+      [['--statistic', 'Average', '--period', '60', '--evaluation-periods', '1441'], /at most 86400 seconds/],
+      [['--statistic', 'Average', '--period', '60', '--evaluation-periods', '2', '--datapoints-to-alarm', '3'], /DatapointsToAlarm must be less than or equal to EvaluationPeriods/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await aws('put-metric-alarm', ...base, ...args);
+      assert.equal(r.code, 254, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, /\(ValidationError\) when calling the PutMetricAlarm operation/, args.join(' '));
+      assert.match(r.stderr, message, args.join(' '));
+    }
+    assert.equal(emulator.alarm('refused'), undefined);
+    // A period of an hour or more may run to seven days of evaluation.
+    const long = await aws('put-metric-alarm', ...base, '--statistic', 'Average', '--period', '3600', '--evaluation-periods', '168');
+    assert.equal(long.code, 0, long.stderr);
+    const high = await aws('put-metric-alarm', '--alarm-name', 'high-res', ...base.slice(2), '--statistic', 'Maximum', '--period', '20', '--evaluation-periods', '3');
+    assert.equal(high.code, 0, high.stderr);
   });
 
   it('the CLI follows NextToken across pages', { skip: noCli }, async () => {
@@ -122,6 +154,24 @@ describe('CloudWatch emulator', () => {
     assert.deepEqual(
       [a?.Statistic, a?.ExtendedStatistic, a?.DatapointsToAlarm, a?.Unit, a?.AlarmActions, a?.OKActions, a?.InsufficientDataActions],
       [undefined, 'p90', 2, 'Seconds', ['arn:aws:sns:eu-west-1:123456789012:ops'], ['arn:aws:sns:eu-west-1:123456789012:ok'], ['arn:aws:sns:eu-west-1:123456789012:nodata']],
+    );
+  });
+
+  it('the SDK client sees ValidationError for a model constraint failure', async () => {
+    emulator.putAlarm('sdk-c');
+    // Query compatibility: the SDK names the error by its JSON shape and carries the query code,
+    // from x-amzn-query-error, in Code and Error.Code.
+    type CompatError = Error & { Code?: string; Error?: { Code?: string; Type?: string }; $metadata?: { httpStatusCode?: number } };
+    await assert.rejects(sdk.send(new SetAlarmStateCommand({ AlarmName: 'sdk-c', StateValue: 'BROKEN' as 'OK', StateReason: 'x' })), (err: CompatError) => {
+      assert.equal(err.name, 'ValidationException');
+      assert.deepEqual([err.Code, err.Error?.Code, err.Error?.Type], ['ValidationError', 'ValidationError', 'Sender']);
+      assert.equal(err.$metadata?.httpStatusCode, 400);
+      assert.match(err.message, /Member must satisfy enum value set: \[INSUFFICIENT_DATA, ALARM, OK\]/);
+      return true;
+    });
+    await assert.rejects(
+      sdk.send(new PutMetricAlarmCommand({ AlarmName: 'sdk-bad', MetricName: 'm', Namespace: 'n', Statistic: 'Sum', Period: 90, EvaluationPeriods: 1, Threshold: 1, ComparisonOperator: 'GreaterThanThreshold' })),
+      (err: CompatError) => err.Code === 'ValidationError' && /Period \(90\)/.test(err.message),
     );
   });
 
