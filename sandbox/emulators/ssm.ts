@@ -702,10 +702,18 @@ export class SsmEmulator {
     // Parameter Store reads a page's worth of names under the path, then filters: with filters a
     // page may hold fewer than MaxResults (even none) and still carry a NextToken.
     const window = candidates.slice(0, maxResults);
+    // A Label filter reads the labelled version of each parameter carrying the label, which need
+    // not be its latest: "view a list of specific parameter versions that all use the same label
+    // ... by using the GetParametersByPath API" (SSM user guide, sysman-paramstore-labels).
+    const labels = filters.find((f) => f.Key === 'Label')?.Values;
     const parameters = window
-      .map((name) => this.store.get(name)!)
-      .filter((entry) => matchesAll(entry, filters))
-      .map((entry) => this.wireParameter(entry.versions.at(-1)!, decrypt));
+      .map((name) => {
+        const entry = this.store.get(name)!;
+        const version = labels ? entry.versions.findLast((v) => v.Labels.some((l) => labels.includes(l))) : entry.versions.at(-1);
+        return { entry, version };
+      })
+      .filter((c): c is { entry: Entry; version: Version } => c.version !== undefined && matchesAll(c.entry, filters, c.version))
+      .map((c) => this.wireParameter(c.version, decrypt));
     const next = candidates.length > maxResults ? this.token('GetParametersByPath', binding, window.at(-1)!) : undefined;
     return { Parameters: parameters, ...(next ? { NextToken: next } : {}) };
   }
@@ -1170,9 +1178,9 @@ function parseLegacyFilters(raw: unknown): Filter[] {
   });
 }
 
-function matchesAll(entry: Entry, filters: readonly Filter[]): boolean {
-  const latest = entry.versions.at(-1)!;
-  return filters.every((f) => matches(latest, entry.tags, f));
+/** Whether `version` (the parameter's latest unless given) passes every filter. */
+function matchesAll(entry: Entry, filters: readonly Filter[], version: Version = entry.versions.at(-1)!): boolean {
+  return filters.every((f) => matches(version, entry.tags, f));
 }
 
 function matches(v: Version, tags: ReadonlyMap<string, string>, f: Filter): boolean {

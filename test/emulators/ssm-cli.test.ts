@@ -136,4 +136,21 @@ describe('SSM emulator through the AWS CLI', { skip }, () => {
     const ownKey = await aws('put-parameter', '--name', '/cli/kms/b', '--value', 's', '--type', 'SecureString', '--key-id', created.KeyId);
     assert.equal(ownKey.code, 0, ownKey.stderr);
   });
+  it('get-parameters-by-path with a Label filter reads each parameter\'s labelled version, not its latest', async () => {
+    const a = '/cli/bylabel/a';
+    const b = '/cli/bylabel/b';
+    const c = '/cli/bylabel/c';
+    emulator.put({ Name: a, Value: 'a1', Type: 'String' });
+    emulator.put({ Name: a, Value: 'a2', Type: 'String', Overwrite: true });
+    emulator.put({ Name: a, Value: 'a3', Type: 'String', Overwrite: true });
+    emulator.put({ Name: b, Value: 'b1', Type: 'String' });
+    emulator.put({ Name: c, Value: 'c1', Type: 'String' });
+    emulator.label(a, ['release'], 2);
+    emulator.label(b, ['release'], 1);
+    const r = await aws('get-parameters-by-path', '--path', '/cli/bylabel', '--parameter-filters', 'Key=Label,Values=release');
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { Parameters: { Name: string; Value: string; Version: number }[] };
+    assert.deepEqual(out.Parameters.map((p) => [p.Name, p.Value, p.Version]), [[a, 'a2', 2], [b, 'b1', 1]]);
+  });
+
 });
