@@ -800,7 +800,10 @@ export class SsmEmulator {
     const requested = requiredString(input, 'Name', 1, 2048);
     const labels = requiredStringList(input, 'Labels', 1, MAX_LABELS);
     const wanted = optionalInteger(input, 'ParameterVersion', 1, Number.MAX_SAFE_INTEGER);
-    const name = this.stripArn(requested);
+    // "You can't enter the Amazon Resource Name (ARN) for a parameter, only the parameter name
+    // itself" (LabelParameterVersionRequest.Name): an ARN names no parameter here, and of the
+    // operation's errors ParameterNotFound is the one that says so (botocore ssm model).
+    const name = requested;
     const entry = this.store.get(name);
     if (!entry) throw notFound(requested);
     const version = wanted === undefined ? entry.versions.at(-1)! : entry.versions.find((v) => v.Version === wanted);

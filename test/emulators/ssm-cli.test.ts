@@ -153,4 +153,13 @@ describe('SSM emulator through the AWS CLI', { skip }, () => {
     assert.deepEqual(out.Parameters.map((p) => [p.Name, p.Value, p.Version]), [[a, 'a2', 2], [b, 'b1', 1]]);
   });
 
+  it('label-parameter-version refuses a parameter ARN as Name: only the name itself is accepted', async () => {
+    const name = '/cli/label/arn';
+    assert.equal((await aws('put-parameter', '--name', name, '--value', 'v', '--type', 'String')).code, 0);
+    const arn = `arn:aws:ssm:eu-west-1:123456789012:parameter${name}`;
+    const r = await aws('label-parameter-version', '--name', arn, '--labels', 'stable');
+    assert.equal(r.code, 254);
+    assert.match(r.stderr, /\(ParameterNotFound\) when calling the LabelParameterVersion operation/);
+    assert.deepEqual(emulator.history(name).map((v) => v.Labels), [[]]);
+  });
 });
