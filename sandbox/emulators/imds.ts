@@ -4,7 +4,7 @@
 // directory listings and user data as opaque bytes. Everything lives on the emulator object, so any
 // number of instances can run side by side in one process.
 import http from 'node:http';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { systemClock, type Clock } from '../../agent/ports.js';
 import { listen, type LoggedRequest, type RunningServer } from './server.js';
 
@@ -211,6 +211,29 @@ function partitionOf(region: string): { partition: string; domain: string } {
 function privateDnsName(instance: ImdsInstance): string {
   const ip = `ip-${instance.privateIp.replace(/\./g, '-')}`;
   return instance.region === 'us-east-1' ? `${ip}.ec2.internal` : `${ip}.${instance.region}.compute.internal`;
+}
+
+/** Stable hex digits for an id EC2 would have assigned: the same inputs always give the same id. */
+function derivedHex(seed: string, digits: number): string {
+  return createHash('sha256').update(seed).digest('hex').slice(0, digits);
+}
+
+/**
+ * The primary network interface of a VPC instance, as EC2 would have given it. The instance model
+ * carries none of these, so they are derived: the interface and its MAC from the instance id, the
+ * subnet from the account and Availability Zone, the VPC and its default security group from the
+ * account and Region, so instances of one group share a subnet and VPC. EC2 MACs are locally
+ * administered unicast addresses (first octet 02 or 0e on Nitro).
+ */
+function primaryInterface(i: ImdsInstance): { mac: string; interfaceId: string; subnetId: string; vpcId: string; securityGroupId: string } {
+  const octets = derivedHex(`mac:${i.instanceId}`, 10).match(/../g)!;
+  return {
+    mac: ['0e', ...octets].join(':'),
+    interfaceId: `eni-${derivedHex(`eni:${i.instanceId}`, 17)}`,
+    subnetId: `subnet-${derivedHex(`subnet:${i.accountId}:${i.availabilityZone}`, 17)}`,
+    vpcId: `vpc-${derivedHex(`vpc:${i.accountId}:${i.region}`, 17)}`,
+    securityGroupId: `sg-${derivedHex(`sg:${i.accountId}:${i.region}`, 17)}`,
+  };
 }
 
 /** Graviton types (m7g, c6gn, t4g…) report arm64 in the identity document. */
@@ -594,11 +617,15 @@ export class ImdsEmulator {
         },
       };
     }
+    const eni = primaryInterface(i);
     return {
       'ami-id': i.amiId,
       'ami-launch-index': '0',
       'ami-manifest-path': '(unknown)',
       autoscaling: i.targetLifecycleState !== undefined ? { 'target-lifecycle-state': i.targetLifecycleState } : undefined,
+      // An EBS-backed AMI's root volume, as current AMIs (NixOS's among them) register it: the
+      // virtual device the AMI names and the root device are the same (IMDS categories, block-device-mapping/ami, root).
+      'block-device-mapping': { ami: '/dev/xvda', root: '/dev/xvda' },
       events: {
         maintenance: { history: '[]', scheduled: '[]' },
         recommendations: i.rebalanceNoticeTime !== undefined ? { rebalance: JSON.stringify({ noticeTime: i.rebalanceNoticeTime }) } : undefined,
@@ -611,6 +638,27 @@ export class ImdsEmulator {
       'instance-type': i.instanceType,
       'local-hostname': hostname,
       'local-ipv4': i.privateIp,
+      // Every VPC instance has a primary interface, device 0, whose MAC is the instance's `mac`
+      // (EC2 user guide, instance metadata categories: mac, network/interfaces/macs/mac/…).
+      mac: eni.mac,
+      network: {
+        interfaces: {
+          macs: {
+            [eni.mac]: {
+              'device-number': '0',
+              'interface-id': eni.interfaceId,
+              'local-hostname': hostname,
+              'local-ipv4s': i.privateIp,
+              mac: eni.mac,
+              'owner-id': i.accountId,
+              'security-group-ids': eni.securityGroupId,
+              'security-groups': 'default',
+              'subnet-id': eni.subnetId,
+              'vpc-id': eni.vpcId,
+            },
+          },
+        },
+      },
       placement: { 'availability-zone': i.availabilityZone, region: i.region },
       'reservation-id': this.#reservationId,
       'security-groups': 'default',

@@ -301,6 +301,46 @@ describe('IMDS emulator: paths and items', () => {
     assert.ok((await get(imds, '/', tok)).text.split('\n').includes('latest'));
   });
 
+  test('the primary network interface and block device mapping every VPC instance has, listed with the rest', async () => {
+    const top = (await get(imds, '/latest/meta-data/', tok)).text.split('\n');
+    for (const name of ['mac', 'network/', 'block-device-mapping/']) assert.ok(top.includes(name), `${name} in ${JSON.stringify(top)}`);
+    const mac = (await get(imds, '/latest/meta-data/mac', tok)).text;
+    assert.match(mac, /^0e(:[0-9a-f]{2}){5}$/);
+    assert.equal((await get(imds, '/latest/meta-data/network/', tok)).text, 'interfaces/');
+    assert.equal((await get(imds, '/latest/meta-data/network/interfaces/macs/', tok)).text, `${mac}/`);
+    const base = `/latest/meta-data/network/interfaces/macs/${mac}/`;
+    assert.deepEqual((await get(imds, base, tok)).text.split('\n'), [
+      'device-number', 'interface-id', 'local-hostname', 'local-ipv4s', 'mac', 'owner-id', 'security-group-ids', 'security-groups', 'subnet-id', 'vpc-id',
+    ]);
+    const leaf = async (name: string) => (await get(imds, `${base}${name}`, tok)).text;
+    assert.equal(await leaf('device-number'), '0');
+    assert.equal(await leaf('mac'), mac);
+    assert.equal(await leaf('local-ipv4s'), '10.0.1.23');
+    assert.equal(await leaf('owner-id'), '123456789012');
+    assert.match(await leaf('interface-id'), /^eni-[0-9a-f]{17}$/);
+    assert.match(await leaf('subnet-id'), /^subnet-[0-9a-f]{17}$/);
+    assert.match(await leaf('vpc-id'), /^vpc-[0-9a-f]{17}$/);
+    assert.match(await leaf('security-group-ids'), /^sg-[0-9a-f]{17}$/);
+    assert.equal((await get(imds, '/latest/meta-data/block-device-mapping/', tok)).text, 'ami\nroot');
+    assert.equal((await get(imds, '/latest/meta-data/block-device-mapping/root', tok)).text, '/dev/xvda');
+
+    // Derived from the instance, so stable across restarts; another instance gets its own interface.
+    const again = await ImdsEmulator.start();
+    const other = await ImdsEmulator.start({ instance: defaultInstance({ instanceId: 'i-0fedcba9876543210' }) });
+    try {
+      assert.equal((await get(again, '/latest/meta-data/mac', await token(again))).text, mac);
+      const otherTok = await token(other);
+      const otherMac = (await get(other, '/latest/meta-data/mac', otherTok)).text;
+      assert.notEqual(otherMac, mac);
+      const otherBase = `/latest/meta-data/network/interfaces/macs/${otherMac}/`;
+      assert.notEqual((await get(other, `${otherBase}interface-id`, otherTok)).text, await leaf('interface-id'));
+      assert.equal((await get(other, `${otherBase}vpc-id`, otherTok)).text, await leaf('vpc-id'), 'one account and Region, one VPC');
+    } finally {
+      await again.close();
+      await other.close();
+    }
+  });
+
   test('instance tags: listing and values, only keys EC2 can expose', async () => {
     imds.setTagsInMetadata(true);
     imds.setTag('Environment', 'staging');
