@@ -1086,8 +1086,7 @@ export class AutoScalingEmulator {
     const all = [...this.groups.values()].filter((g) => (wanted.size === 0 || wanted.has(g.name)) && filters.every((f) => f(g.tags)));
     const { page, next } = paginate(all, p.get('NextToken'), maxRecords, 'groups');
     const groups = page.map((g): XmlNode => {
-      // The warm pool's instances are not the group's: AWS lists them with DescribeWarmPool, which
-      // this emulator does not serve.
+      // The warm pool's instances are not the group's: AWS lists them with DescribeWarmPool.
       const members = [...this.instances.values()].filter((i) => i.groupName === g.name && i.lifecycleState !== 'Terminated' && !i.lifecycleState.startsWith('Warmed:'));
       return {
         AutoScalingGroupName: g.name,
