@@ -93,8 +93,8 @@ async function load<T>(module: Promise<T>, config?: { readonly ssm: { readonly e
  * cache was made in that order (seedCompileCache), and V8 takes a cached module only under the
  * flags it was compiled under.
  */
-async function configThen<M>(v: Flags, module: () => Promise<M>, act: (m: M, c: Configured) => Promise<number>, options: { sources?: boolean } = {}): Promise<number> {
-  const configured = await config(v);
+async function configThen<M>(v: Flags, module: () => Promise<M>, act: (m: M, c: Configured) => Promise<number>, options: { sources?: boolean; root?: boolean } = {}): Promise<number> {
+  const configured = await config(v, { root: options.root ?? true });
   return act(await load(module(), options.sources ? configured : undefined), configured);
 }
 type Configured = Awaited<ReturnType<typeof config>>;
@@ -173,7 +173,8 @@ const commands: Record<string, Command> = {
       reason: { type: 'string' },
       force: { type: 'boolean' },
     },
-    run: (v, positionals) => configThen(v, () => import('./rollout/commands.js'), (m, c) => m.rolloutCommand(c, v, positionals)),
+    // Only SSM is read and written: the root plays no part (an operator's workstation has none).
+    run: (v, positionals) => configThen(v, () => import('./rollout/commands.js'), (m, c) => m.rolloutCommand(c, v, positionals), { root: false }),
   },
   'check-config': {
     summary: 'validate a configuration file; exit 2 naming each bad field',
@@ -301,15 +302,18 @@ async function loadSandbox(): Promise<SandboxCommands> {
 /** Where the NixOS module and the unit put the configuration; commands find it without --config. */
 const DEFAULT_CONFIG = '/etc/nixos-ec2-agent/config.json';
 
-async function config(values: Record<string, string | boolean | undefined>) {
-  const [{ loadConfig }, { existsSync }] = await Promise.all([import('./config.js'), import('node:fs')]);
+/** The configuration of this run; with `root`, its root must be an existing directory (checkRoot). */
+async function config(values: Record<string, string | boolean | undefined>, options: { root: boolean } = { root: true }) {
+  const [{ loadConfig, checkRoot }, { existsSync }] = await Promise.all([import('./config.js'), import('node:fs')]);
   const overrides: Record<string, unknown> = {};
   if (typeof values.root === 'string') overrides.root = values.root;
   const file =
     typeof values.config === 'string'
       ? values.config
       : process.env.NIXOS_EC2_AGENT_CONFIG || (existsSync(DEFAULT_CONFIG) ? DEFAULT_CONFIG : undefined);
-  return loadConfig(file, overrides);
+  const loaded = await loadConfig(file, overrides);
+  if (options.root) await checkRoot(loaded.root, typeof values.root === 'string' || file === undefined ? { flag: '--root' } : { file });
+  return loaded;
 }
 
 function help(): string {

@@ -1,7 +1,7 @@
 // The agent's configuration: one JSON file (the NixOS module writes it), every field optional with
 // a documented default. Parsed once at the edge; nothing past here sees raw JSON.
 import { sha256Hex } from './sha256.js';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod/v3';
 import { JsonSyntaxError, parseJson } from './desired/json.js';
@@ -351,6 +351,28 @@ export async function loadConfig(file: string | undefined, overrides: Record<str
     value = parsed;
   }
   return parseConfig({ ...value, ...overrides }, file ?? 'configuration');
+}
+
+/**
+ * Refuses a root that is not an existing directory. Every command that works under the root would
+ * otherwise make what it needs there: a mistyped `--root` became a whole new tree (lock, state.json,
+ * run/) and `suspend` reported an instance suspended that no agent will ever look at. The real root,
+ * `/`, always exists; a sandbox's is made by the sandbox before its agent starts. `where` is what
+ * gave the root: `--root`, or the configuration file (its `root` field).
+ */
+export async function checkRoot(root: string, where: { readonly flag: string } | { readonly file: string }): Promise<void> {
+  const refuse = (problem: string) =>
+    'flag' in where ? new InvalidInputError(problem, where.flag, { root }) : new InvalidInputError(`root: ${problem}`, where.file, { root, field: 'root' });
+  let st;
+  try {
+    st = await stat(root);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // Not this user's to look at: the command's own first step says what it needs ("needs root").
+    if (code === 'EACCES' || code === 'EPERM') return;
+    throw refuse(code === 'ENOENT' || code === 'ENOTDIR' ? `${root} does not exist` : `cannot use ${root}: ${(err as Error).message}`);
+  }
+  if (!st.isDirectory()) throw refuse(`${root} is not a directory`);
 }
 
 /** The schema takes plain numbers: a number kept as its text becomes the double JSON.parse gives. */

@@ -62,6 +62,7 @@ describe('bad input to every command', { concurrency: 4 }, () => {
     await writeFile(f('not-array.json'), JSON.stringify({ Name: '/a', Value: '1' }));
     await writeFile(f('bad-instance.json'), JSON.stringify({ instanceId: 'not-an-id' }));
     await mkdir(f('empty-root'));
+    await writeFile(f('root-config.json'), JSON.stringify({ root: f('no-root-from-config') }));
     await mkdir(f('corrupt-sandbox'));
     await writeFile(f('corrupt-sandbox/world.json'), 'garbage');
     busy = net.createServer();
@@ -110,6 +111,28 @@ describe('bad input to every command', { concurrency: 4 }, () => {
       assert.equal(lines.length, 1, `one line on stderr:\n${ended.stderr}`);
       assert.match(lines[0]!, message);
       assert.doesNotMatch(ended.stderr, /^\s+at /m, 'no stack trace');
+    });
+  }
+
+  // A mistyped root must not become a new tree under which `suspend` reports an instance suspended.
+  const ROOTED: readonly (readonly string[])[] = [['run'], ['converge', '--once'], ['converge', '--now'], ['render'], ['status'], ['status', '--wait'], ['generations'], ['rollback'], ['suspend'], ['resume']];
+  for (const command of ROOTED) {
+    test(`${command.join(' ')}: a root that is not an existing directory is refused, exit 2, and nothing is made`, async () => {
+      const givenBy: [string[], string, RegExp][] = [
+        [['--root', f('no-root')], f('no-root'), new RegExp(`^nixos-ec2-agent ${command[0]}: --root: ${f('no-root')} does not exist$`)],
+        [['--root', f('not-json.json')], f('not-json.json'), new RegExp(`^nixos-ec2-agent ${command[0]}: --root: ${f('not-json.json')} is not a directory$`)],
+        [['--config', f('root-config.json')], f('no-root-from-config'), new RegExp(`^nixos-ec2-agent ${command[0]}: ${f('root-config.json')}: root: ${f('no-root-from-config')} does not exist$`)],
+      ];
+      for (const [flags, root, message] of givenBy) {
+        const ended = await cli([...command, ...flags]);
+        assert.equal(ended.hung, false, `still running after ${HANG_MS} ms: ${ended.stderr}`);
+        assert.equal(ended.code, 2, ended.stderr);
+        const lines = ended.stderr.trimEnd().split('\n');
+        assert.equal(lines.length, 1, `one line on stderr:\n${ended.stderr}`);
+        assert.match(lines[0]!, message);
+        assert.equal(ended.stdout, '', 'nothing reported as done');
+        if (root !== f('not-json.json')) assert.equal(existsSync(root), false, `${root} was made`);
+      }
     });
   }
 
