@@ -14,7 +14,7 @@ import { InvalidInputError } from './errors.js';
 import { lockRoot, RootBusyError, type RootLock } from './lock.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
-import { readStatusFile, StatusFile } from './report/status-file.js';
+import { parseStatus, readStatusFile, StatusFile } from './report/status-file.js';
 import { ControlClient, STATUS_ANSWER_MS, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
 import { describeRollout } from './rollout/plan.js';
@@ -215,10 +215,17 @@ export async function status(config: Config, json: boolean, wait: boolean): Prom
   return statusExitCode(current);
 }
 
+/**
+ * The daemon's status, else status.json's. One that cannot be read as this agent's (another
+ * version's, or damaged) throws InvalidInputError, exit 2: status's own exit codes are an API
+ * scripts act on (cloud-init's lesson), and 1 says the instance has no good generation, on which
+ * automation may replace it. A status that cannot be read says nothing of the kind; 2 is both
+ * "not known to be converged" there and the contract's "invalid input" for any command.
+ */
 async function fetchStatus(config: Config, fs: RootFs): Promise<Status | undefined> {
-  const client = new ControlClient(controlSocketPath(config), STATUS_ANSWER_MS);
-  const live = await client.request('status').catch(() => undefined);
-  if (live && typeof live === 'object' && 'status' in live) return (live as { status: Status }).status;
+  const socket = controlSocketPath(config);
+  const live = await new ControlClient(socket, STATUS_ANSWER_MS).request('status').catch(() => undefined);
+  if (live && typeof live === 'object' && 'status' in live) return parseStatus(live.status, `the daemon's status on ${socket}`);
   return readStatusFile(fs);
 }
 

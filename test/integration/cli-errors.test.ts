@@ -63,6 +63,11 @@ describe('bad input to every command', { concurrency: 4 }, () => {
     await writeFile(f('bad-instance.json'), JSON.stringify({ instanceId: 'not-an-id' }));
     await mkdir(f('empty-root'));
     await writeFile(f('root-config.json'), JSON.stringify({ root: f('no-root-from-config') }));
+    const statusFiles: [string, string][] = [['status-newer', '{"version":99,"condition":"weird"}'], ['status-cut', '{"version":1,"pid":12,"cond'], ['status-array', '[]']];
+    for (const [root, text] of statusFiles) {
+      await mkdir(f(`${root}/run/nixos-ec2-agent`), { recursive: true });
+      await writeFile(f(`${root}/run/nixos-ec2-agent/status.json`), text);
+    }
     await mkdir(f('corrupt-sandbox'));
     await writeFile(f('corrupt-sandbox/world.json'), 'garbage');
     busy = net.createServer();
@@ -82,6 +87,9 @@ describe('bad input to every command', { concurrency: 4 }, () => {
     ['render, --out a file', () => ['render', '--root', f('empty-root'), '--out', f('not-json.json')], 2, /^nixos-ec2-agent render: --out: .*not-json\.json is not a directory$/],
     ['render, --out under a file', () => ['render', '--root', f('empty-root'), '--out', f('not-json.json/out')], 2, /^nixos-ec2-agent render: --out: .*ENOTDIR/],
     ['status, an unknown field', () => ['status', '--config', f('bad-field.json')], 2, /unknown field/],
+    ['status, a status.json of a newer agent', () => ['status', '--root', f('status-newer')], 2, /^nixos-ec2-agent status: .*status-newer\/run\/nixos-ec2-agent\/status\.json: was written by a newer agent in format 99, .*this agent reads format 1$/],
+    ['status, a status.json cut short', () => ['status', '--root', f('status-cut')], 2, /^nixos-ec2-agent status: .*status-cut\/run\/nixos-ec2-agent\/status\.json: not JSON \(/],
+    ['status --json, a status.json that is not an object', () => ['status', '--json', '--root', f('status-array')], 2, /^nixos-ec2-agent status: .*status-array\/run\/nixos-ec2-agent\/status\.json: not a status: \(top level\): expected an object$/],
     ['generations, a missing config', () => ['generations', '--config', f('missing.json')], 2, /cannot read/],
     ['rollback, a config that is not JSON', () => ['rollback', '--config', f('not-json.json')], 2, /not JSON/],
     ['suspend, a config that is not JSON', () => ['suspend', '--config', f('not-json.json')], 2, /not JSON/],
@@ -111,6 +119,7 @@ describe('bad input to every command', { concurrency: 4 }, () => {
       assert.equal(lines.length, 1, `one line on stderr:\n${ended.stderr}`);
       assert.match(lines[0]!, message);
       assert.doesNotMatch(ended.stderr, /^\s+at /m, 'no stack trace');
+      if (args()[0] === 'status') assert.equal(ended.stdout, '', 'no status printed from what could not be read');
     });
   }
 

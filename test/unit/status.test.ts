@@ -2,6 +2,8 @@
 // reconciler recorded) and the fields of the Status it must give.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { InvalidInputError } from '../../agent/errors.js';
+import { parseStatus } from '../../agent/report/status-file.js';
 import { emptyState } from '../../agent/state.js';
 import { deriveStatus, startingStatus, statusExitCode, type PassEnd, type Status, type StatusDurable, type StatusFacts } from '../../agent/status.js';
 
@@ -105,6 +107,27 @@ describe('deriveStatus', () => {
       for (const [key, value] of Object.entries(expected)) assert.deepEqual(status[key as keyof Status], value, key);
     });
   }
+
+  it('every status it derives is read back whole by `status` (parseStatus)', () => {
+    const rollout = { prefix: '/nixos/fleet', candidate: 'c1', state: 'halted' as const, reason: 'alarm', haltedBy: 'alarm' as const, takes: 'stable' as const, cohort: 0.5, canary: false, percent: 10, step: 1, steps: 4, failures: 0, threshold: 2, startAt: new Date(NOW).toISOString() };
+    const everything: Row = ['every field', { held: { since: NOW, desiredHash: B } }, { ...afterConverged, lastPass: { ...failedBuild, errorReasons: ['unit x failed'] }, instanceId: 'i-1', desired: { hash: A, sources: { userData: 'none', parameters: [{ name: '/p', version: 2 }] }, notes: ['n'], runs: 'closure', closure: { storePath: SYS_B, substituter: 'https://cache' } }, rollout: [rollout] }, {}];
+    for (const [name, durablePatch, factsPatch] of [...rows, everything]) {
+      const status = deriveStatus(durablePatch === undefined ? undefined : { ...durable, ...durablePatch }, { ...base, ...factsPatch }, NOW);
+      const written = JSON.parse(JSON.stringify(status)) as unknown;
+      assert.deepEqual(parseStatus(written, 'status.json'), written, name);
+    }
+  });
+
+  it('a status of a newer format, or of another shape, is refused naming where it came from', () => {
+    const status = JSON.parse(JSON.stringify(deriveStatus(durable, { ...base, ...afterConverged }, NOW))) as Record<string, unknown>;
+    const refused = (json: unknown, message: RegExp) => assert.throws(() => parseStatus(json, '/x/status.json'), (err: unknown) => err instanceof InvalidInputError && message.test(err.message));
+    refused({ version: 99, condition: 'weird' }, /^\/x\/status\.json: was written by a newer agent in format 99, .*this agent reads format 1$/);
+    refused([], /^\/x\/status\.json: not a status: \(top level\): expected an object$/);
+    refused({ ...status, reasons: 'none' }, /^\/x\/status\.json: not a status: reasons: Expected array/);
+    refused({ ...status, condition: 'weird' }, /^\/x\/status\.json: not a status: condition: /);
+    // A newer format that says this one may read it: its own fields are kept.
+    assert.deepEqual(parseStatus({ ...status, version: 2, minReaderVersion: 1, extra: true }, 'status.json'), { ...status, extra: true });
+  });
 
   it('leaves out what is not known rather than writing undefined', () => {
     const status = deriveStatus(emptyState(NOW), base, NOW);
