@@ -123,7 +123,7 @@ const commands: Record<string, Command> = {
     run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.render(c, v.out as string | undefined, Boolean(v.json)), { sources: true }),
   },
   status: {
-    summary: "the agent's state; --wait blocks until the first convergence has ended (exit 0 converged, 1 failed, 2 degraded)",
+    summary: "the agent's state; --wait blocks until the first convergence has ended, or no agent has held the root for a minute (exit 0 converged, 1 failed or none running, 2 degraded)",
     usage: 'status [--json] [--wait] [--config FILE] [--root DIR]',
     options: { ...common, wait: { type: 'boolean' } },
     run: (v) => configThen(v, () => import('./commands.js'), (m, c) => m.status(c, Boolean(v.json), Boolean(v.wait))),

@@ -5,13 +5,13 @@ import { createAgent, createLifecycleReporter } from './agent.js';
 import { listGenerations } from './apply/generations.js';
 import { controlSocketPath, type Config } from './config.js';
 import { shortHash } from './desired/desired.js';
-import { RootFs } from './fs.js';
+import { isAlive, RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
-import { realClock, type Runner } from './ports.js';
+import { realClock, type Clock, type Runner } from './ports.js';
 import { renderPlan } from './render/render.js';
 import { NixParser, refusedByParser, type RefusedFile } from './render/validate.js';
-import { InvalidInputError } from './errors.js';
-import { lockRoot, RootBusyError, type RootLock } from './lock.js';
+import { InvalidInputError, TransientError } from './errors.js';
+import { LOCK_FILE, lockHolder, lockRoot, RootBusyError, type LockHolder, type RootLock } from './lock.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
 import { parseStatus, readStatusFile, StatusFile } from './report/status-file.js';
@@ -197,13 +197,42 @@ async function checkOutDir(out: string): Promise<void> {
   if (!st.isDirectory()) throw new InvalidInputError(`${out} is not a directory`, '--out');
 }
 
-export async function status(config: Config, json: boolean, wait: boolean): Promise<number> {
+/**
+ * How long `status --wait` goes on with no agent holding the root before it says none runs. At
+ * boot the waiter (cloud-init, a unit ordered after the network) may start before the daemon, and
+ * the daemon's start (Node and the agent's modules, read from a store on an EBS volume that is
+ * still being filled from its snapshot) can take tens of seconds before it takes the lock: a minute
+ * covers that with room, and still tells a script waiting on an instance with no agent at all.
+ */
+export const NO_AGENT_GRACE_MS = 60_000;
+/** How often `status --wait` looks again: the daemon answers from memory, status.json is small. */
+const WAIT_POLL_MS = 250;
+
+/** What `status --wait` waits with; tests give a clock of their own. */
+export interface StatusWait {
+  readonly clock: Clock;
+  readonly graceMs: number;
+  readonly holder: (root: string) => Promise<LockHolder>;
+}
+
+export async function status(config: Config, json: boolean, wait: boolean, waitWith: Partial<StatusWait> = {}): Promise<number> {
+  const { clock, graceMs, holder } = { clock: realClock(), graceMs: NO_AGENT_GRACE_MS, holder: lockHolder, ...waitWith };
   const fs = new RootFs(config.root);
-  let current = await fetchStatus(config, fs);
-  // As cloud-init's `status --wait`: poll until the first convergence has ended.
+  let { status: current, live } = await fetchStatus(config, fs);
+  // As cloud-init's `status --wait`: poll until the first convergence has ended, for as long as an
+  // agent works on the root or one may still be starting.
+  let agentSeenAt = clock.now();
   while (wait && !current?.firstConvergenceDone) {
-    await new Promise((r) => setTimeout(r, 250));
-    current = await fetchStatus(config, fs);
+    if (live || (await agentRunning(config.root, current, holder))) agentSeenAt = clock.now();
+    else if (clock.now() - agentSeenAt >= graceMs) {
+      throw new TransientError(
+        `no nixos-ec2-agent is running on ${config.root} (none has held ${path.join(path.resolve(config.root), LOCK_FILE)} for ${Math.round(graceMs / 1000)} s) and the first convergence has not ended`,
+        'status',
+        { where: config.root, graceMs },
+      );
+    }
+    await clock.sleep(WAIT_POLL_MS);
+    ({ status: current, live } = await fetchStatus(config, fs));
   }
   if (!current) {
     if (json) process.stdout.write(`${JSON.stringify({ condition: 'unknown', message: 'the agent has not run yet' })}\n`);
@@ -222,11 +251,22 @@ export async function status(config: Config, json: boolean, wait: boolean): Prom
  * automation may replace it. A status that cannot be read says nothing of the kind; 2 is both
  * "not known to be converged" there and the contract's "invalid input" for any command.
  */
-async function fetchStatus(config: Config, fs: RootFs): Promise<Status | undefined> {
+async function fetchStatus(config: Config, fs: RootFs): Promise<{ status: Status | undefined; live: boolean }> {
   const socket = controlSocketPath(config);
   const live = await new ControlClient(socket, STATUS_ANSWER_MS).request('status').catch(() => undefined);
-  if (live && typeof live === 'object' && 'status' in live) return parseStatus(live.status, `the daemon's status on ${socket}`);
-  return readStatusFile(fs);
+  if (live && typeof live === 'object' && 'status' in live) return { status: parseStatus(live.status, `the daemon's status on ${socket}`), live: true };
+  return { status: await readStatusFile(fs), live: false };
+}
+
+/**
+ * Whether an agent works on the root, the control socket aside: one holds its lock. Where the lock
+ * cannot be looked at (a user other than root, who may not enter the state directory), the process
+ * that wrote status.json is taken for the agent while it is alive.
+ */
+async function agentRunning(root: string, current: Status | undefined, holder: StatusWait['holder']): Promise<boolean> {
+  const probe = await holder(root);
+  if (probe.held !== undefined) return probe.held;
+  return current !== undefined && isAlive(current.pid);
 }
 
 export async function generations(config: Config, json: boolean): Promise<number> {

@@ -51,6 +51,50 @@ export class RootBusyError extends TransientError {
 }
 
 /**
+ * Whether a process holds the root's lock, looked up without taking it: `held` undefined when this
+ * process cannot tell (`why`).
+ */
+export type LockHolder = { readonly held: true; readonly pid?: number } | { readonly held: false } | { readonly held: undefined; readonly why: string };
+
+/**
+ * Who holds the root's lock, from the kernel's table of locks (/proc/locks), never by trying to
+ * take it: whoever looks (`status --wait` at boot) would hold it for that moment, and a daemon
+ * starting just then is refused the root (lockRoot does not wait) and fails its start.
+ *
+ * Matched by inode number alone: the device /proc/locks prints is the filesystem's own, which
+ * stat(2) does not always give (btrfs subvolumes, overlayfs). Another filesystem's file of the same
+ * number, locked at that moment, would be taken for the lock: the looker then waits as if an agent
+ * held the root, the old behaviour, never the reverse.
+ */
+export async function lockHolder(root: string, readLocks: () => Promise<string> = () => fsp.readFile('/proc/locks', 'utf8')): Promise<LockHolder> {
+  const file = path.join(path.resolve(root), LOCK_FILE);
+  let ino: bigint;
+  try {
+    ino = (await fsp.stat(file, { bigint: true })).ino;
+  } catch (err) {
+    // No lock file: no agent has ever taken this root (one starting now makes it first).
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { held: false };
+    return { held: undefined, why: `cannot look at ${file}: ${(err as Error).message}` };
+  }
+  let table: string;
+  try {
+    table = await readLocks();
+  } catch (err) {
+    return { held: undefined, why: `cannot read the kernel's locks: ${(err as Error).message}` };
+  }
+  // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2179896 0 EOF"; a waiter's line ("1: -> FLOCK …") holds nothing.
+  for (const line of table.split('\n')) {
+    const m = /^\d+:\s+FLOCK\s+\S+\s+WRITE\s+(-?\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s/.exec(line);
+    if (m && BigInt(m[2]!) === ino) {
+      const pid = Number(m[1]);
+      // A holder in a PID namespace this process cannot see is shown as 0 (or -1).
+      return pid > 0 ? { held: true, pid } : { held: true };
+    }
+  }
+  return { held: false };
+}
+
+/**
  * Takes the root's lock without waiting, or throws RootBusyError. `pid` is written into the file
  * for the next one's refusal to name.
  */

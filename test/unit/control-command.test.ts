@@ -2,18 +2,22 @@
 // a daemon that is there but cannot be reached, or a caller who may not use its socket, gets exit
 // 2 and the state is left alone (the daemon would overwrite it).
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { control, status, unreachable } from '../../agent/commands.js';
+import { control, NO_AGENT_GRACE_MS, status, unreachable } from '../../agent/commands.js';
 import { controlSocketPath, parseConfig } from '../../agent/config.js';
 import { RootFs } from '../../agent/fs.js';
 import { ControlClient, ControlServer } from '../../agent/report/control.js';
 import { readStatusFile } from '../../agent/report/status-file.js';
+import { lockRoot } from '../../agent/lock.js';
+import { StatusFile } from '../../agent/report/status-file.js';
 import { STATE_FILE } from '../../agent/state.js';
-import { statusExitCode } from '../../agent/status.js';
+import { deriveStatus, statusExitCode, type Status } from '../../agent/status.js';
+import { ManualClock } from '../support/clock.js';
 
 describe('control commands', () => {
   let dir: string;
@@ -123,5 +127,85 @@ describe('status', () => {
       wedged.close();
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  // Bounded: a wait that never ends is the failure.
+  describe('--wait', { timeout: 60_000 }, () => {
+    const GRACE = NO_AGENT_GRACE_MS;
+    let dir: string;
+    before(async () => {
+      dir = await mkdtemp(path.join(tmpdir(), 'nea-status-wait-'));
+    });
+    after(async () => {
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    /** A status as an agent writes it, `pid` its writer. */
+    function written(pid: number, done: boolean): Status {
+      const now = Date.now();
+      return deriveStatus(undefined, done ? { pid, activity: { kind: 'ended' }, lastPass: { outcome: 'converged', at: now, durationMs: 1 }, noGoodGeneration: false } : { pid, activity: { kind: 'starting' }, noGoodGeneration: false }, now);
+    }
+    async function writeStatus(root: string, s: Status): Promise<void> {
+      const file = new StatusFile(new RootFs(root));
+      file.update(s);
+      await file.flush();
+    }
+    /** The wait, and whether it has ended; `clock` moves only when the test moves it. */
+    function waiting(root: string, clock: ManualClock) {
+      const state = { ended: false };
+      const done = status(parseConfig({ root }), true, true, { clock }).finally(() => (state.ended = true));
+      done.catch(() => undefined);
+      return { done, state };
+    }
+    /** Moves the clock `ms` on, one look of the wait at a time: resolves once the wait sleeps again, or ended. */
+    async function pass(clock: ManualClock, w: { done: Promise<unknown>; state: { ended: boolean } }, ms: number): Promise<void> {
+      const target = clock.now() + ms;
+      while (clock.now() < target && !w.state.ended) {
+        await Promise.race([clock.whenSleeping(), w.done.catch(() => undefined)]);
+        if (w.state.ended) return;
+        clock.advance(Math.min(clock.nextDeadline()! - clock.now(), target - clock.now()));
+      }
+      await Promise.race([clock.whenSleeping(), w.done.catch(() => undefined)]);
+    }
+    const noAgent = (root: string) => (err: unknown) => err instanceof Error && err.message.startsWith(`no nixos-ec2-agent is running on ${root} (`) && err.message.endsWith('and the first convergence has not ended');
+
+    it('no agent and no status.json: ends after the grace, exit 1 with one line', async () => {
+      const root = path.join(dir, 'empty');
+      await mkdir(root);
+      const clock = new ManualClock();
+      const w = waiting(root, clock);
+      await pass(clock, w, GRACE - 1_000);
+      assert.equal(w.state.ended, false, 'a daemon starting at boot has the grace to take the root');
+      await pass(clock, w, 2_000);
+      await assert.rejects(w.done, noAgent(root));
+    });
+
+    it('a status.json whose writer is gone, the lock free: ends after the grace', async () => {
+      const root = path.join(dir, 'dead');
+      const gone = spawnSync(process.execPath, ['-e', '0']).pid;
+      await writeStatus(root, written(gone, false));
+      await (await lockRoot(root, gone)).release();
+      const clock = new ManualClock();
+      const w = waiting(root, clock);
+      await pass(clock, w, GRACE + 1_000);
+      await assert.rejects(w.done, noAgent(root));
+    });
+
+    it('while an agent holds the root, waits on past the grace until the first convergence ends', async () => {
+      const root = path.join(dir, 'held');
+      await writeStatus(root, written(process.pid, false));
+      const lock = await lockRoot(root, process.pid);
+      try {
+        const clock = new ManualClock();
+        const w = waiting(root, clock);
+        await pass(clock, w, 3 * GRACE);
+        assert.equal(w.state.ended, false, 'still waiting while the lock is held');
+        await writeStatus(root, written(process.pid, true));
+        await pass(clock, w, 1_000);
+        assert.equal(await w.done, 0);
+      } finally {
+        await lock.release();
+      }
+    });
   });
 });

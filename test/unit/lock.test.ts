@@ -7,7 +7,7 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeF
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LOCK_FILE, lockRoot, RootBusyError } from '../../agent/lock.js';
+import { LOCK_FILE, lockHolder, lockRoot, RootBusyError } from '../../agent/lock.js';
 
 const FLOCK = '/usr/bin/flock';
 
@@ -41,6 +41,19 @@ describe('the root lock', () => {
     const again = await lockRoot(root, 7);
     assert.equal(await readFile(again.file, 'utf8'), '7\n');
     await again.release();
+  });
+
+  it('is seen held, and by whom, without being taken (lockHolder)', async () => {
+    const root = freshRoot();
+    assert.deepEqual(await lockHolder(root), { held: false }, 'never taken: no lock file');
+    const held = await lockRoot(root, 4242);
+    // The kernel names the process holding it, whatever PID the holder wrote into the file.
+    assert.deepEqual(await lockHolder(root), { held: true, pid: process.pid });
+    await held.release();
+    assert.deepEqual(await lockHolder(root), { held: false });
+    const again = await lockRoot(root, 1);
+    await again.release();
+    assert.deepEqual(await lockHolder(root, async () => Promise.reject(new Error('ENOENT: /proc/locks'))), { held: undefined, why: "cannot read the kernel's locks: ENOENT: /proc/locks" });
   });
 
   it('is the lock flock(1) takes: refused while flock(1) holds it, free once that process is gone, and held against it', { skip: existsSync(FLOCK) ? false : `${FLOCK} not found (util-linux)` }, async () => {
