@@ -20,7 +20,7 @@ import { StateStore } from './state.js';
 import { describeRollout } from './rollout/plan.js';
 import { selectDesired, whoOf } from './rollout/select.js';
 import { rollbackAnswer } from './reconcile.js';
-import { statusExitCode, type Status } from './status.js';
+import { isOutcome, passExitCode, statusExitCode, type Status } from './status.js';
 import { writeFileAtomic } from './fs.js';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -109,16 +109,7 @@ async function passOnce(config: Config, json: boolean, log: Logger): Promise<num
   const status = reconciler.status;
   if (json) process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
   else process.stdout.write(`${describeStatus(status, config)}\n`);
-  switch (result.outcome) {
-    case 'converged':
-    case 'unchanged':
-    case 'suspended':
-      return 0;
-    case 'invalid-input':
-      return 2;
-    default:
-      return 1;
-  }
+  return passExitCode(result.outcome);
 }
 
 /**
@@ -347,6 +338,9 @@ export async function control(config: Config, op: Exclude<ControlOp, 'status'>, 
   const a = answer as { ok?: boolean; status?: Status; outcome?: string; error?: string };
   if (json) process.stdout.write(`${JSON.stringify(a, null, 2)}\n`);
   else process.stdout.write(`${a.error ?? (a.status ? describeStatus(a.status, config) : a.outcome ?? 'ok')}\n`);
+  // The pass's outcome decides, as for converge --once, whatever `ok` a daemon of another version
+  // says (one before this mapping called a held or suspended pass ok).
+  if (op === 'converge' && isOutcome(a.outcome)) return passExitCode(a.outcome);
   return a.ok === false ? 1 : 0;
 }
 

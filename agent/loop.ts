@@ -30,7 +30,7 @@ import { scheduleTimings, Scheduler } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
 import { imdsMonitors, LeavingWatch, type LeavingNotice } from './sources/leaving.js';
 import { LocalWatcher } from './sources/watch.js';
-import { beforeFirstRebuild, FIRST_REBUILD_WAIT_MS, type Status, type StatusPhase } from './status.js';
+import { beforeFirstRebuild, FIRST_REBUILD_WAIT_MS, passExitCode, type Status, type StatusPhase } from './status.js';
 
 /** The signals the daemon acts on; the composition root decides which process signals they are. */
 export type DaemonSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP';
@@ -317,7 +317,7 @@ class DaemonLoop implements Daemon {
             const why = this.leavingNotice ? `the instance is leaving (${this.leavingNotice.detail})` : 'the agent is stopping';
             return { ok: false, error: `not converging: ${why}`, status: this.reconciler.status };
           }
-          return { ok: result.outcome !== 'failed' && result.outcome !== 'invalid-input' && result.outcome !== 'rolled-back', outcome: result.outcome, status: this.reconciler.status };
+          return { ok: passExitCode(result.outcome) === 0, outcome: result.outcome, status: this.reconciler.status };
         }
         case 'rollback': {
           const result = await this.scheduler.exclusive(() => this.reconciler.rollback());

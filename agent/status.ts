@@ -267,6 +267,32 @@ function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
 
+/**
+ * A pass's exit code, the same for `converge --once` and `converge --now`: 0 only when the instance
+ * runs the desired state (converged now, or already). A pass that ended any other way left the
+ * instance on the generation it ran, or rolled it back to a good one: held on an earlier failure or
+ * an operator's rollback, suspended, cancelled, failed, rolled back; 1. Input that was rejected: 2.
+ * A fleet-wide `converge --now` through SSM then reports success on exactly the instances that
+ * converged.
+ */
+export function passExitCode(outcome: Outcome): 0 | 1 | 2 {
+  switch (outcome) {
+    case 'converged':
+    case 'unchanged':
+      return 0;
+    case 'invalid-input':
+      return 2;
+    default:
+      return 1;
+  }
+}
+
+const OUTCOMES: ReadonlySet<string> = new Set<Outcome>(['converged', 'unchanged', 'rolled-back', 'failed', 'invalid-input', 'held', 'suspended', 'cancelled']);
+
+export function isOutcome(v: unknown): v is Outcome {
+  return typeof v === 'string' && OUTCOMES.has(v);
+}
+
 /** `status` exit codes: 0 converged, 1 failed with no good generation, 2 degraded. */
 export function statusExitCode(status: Pick<Status, 'condition'>): 0 | 1 | 2 {
   switch (status.condition) {

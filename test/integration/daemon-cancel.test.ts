@@ -115,5 +115,6 @@ describe('a hung build', { timeout: 240_000 }, () => {
     // The build ran to its timeout: the pass failed on it, then the asked-for pass held on that failure.
     assert.ok(r.outcomes().includes('failed'), r.outcomes().join(', '));
     assert.equal(answer.outcome, 'held');
+    assert.equal(answer.ok, false, 'a held pass did not converge');
   });
 });

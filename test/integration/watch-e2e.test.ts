@@ -167,8 +167,11 @@ describe('the daemon over a sandbox', { concurrency: true }, () => {
     assert.ok(s.suspended?.since, 'status says since when');
     const builds = log.builds().length;
     inst.put(option('networking.hostName'), '"while suspended"');
-    const during = JSON.parse((await inst.run(['converge', '--now', '--json'])).stdout) as { outcome: string };
+    const suspendedNow = await inst.run(['converge', '--now', '--json']);
+    const during = JSON.parse(suspendedNow.stdout) as { outcome: string; ok: boolean };
     assert.equal(during.outcome, 'suspended');
+    assert.equal(during.ok, false, 'a suspended pass did not converge');
+    assert.equal(suspendedNow.code, 1, 'as converge --once exits for a suspended pass');
     assert.equal(log.builds().length, builds);
     assert.equal((await inst.run(['resume'])).code, 0);
     await converged(inst, 'after resume', (x) => x.desired?.sources.parameters.some((p) => p.version === 2) ?? false);

@@ -16,7 +16,7 @@ import { readStatusFile } from '../../agent/report/status-file.js';
 import { lockRoot } from '../../agent/lock.js';
 import { StatusFile } from '../../agent/report/status-file.js';
 import { STATE_FILE } from '../../agent/state.js';
-import { deriveStatus, statusExitCode, type Status } from '../../agent/status.js';
+import { deriveStatus, passExitCode, statusExitCode, type Outcome, type Status } from '../../agent/status.js';
 import { ManualClock } from '../support/clock.js';
 
 describe('control commands', () => {
@@ -59,6 +59,21 @@ describe('control commands', () => {
       assert.equal(await new RootFs(root).exists(STATE_FILE), false);
     });
   }
+});
+
+describe('converge --now', () => {
+  // A fleet-wide `converge --now` (aws ssm send-command) counts as converged the instances that
+  // exit 0: only those that run the desired state, as for converge --once.
+  it('exits as converge --once would for the outcome of the daemon\'s pass, whatever `ok` it says', async () => {
+    const expected: Record<Outcome, number> = { converged: 0, unchanged: 0, 'invalid-input': 2, failed: 1, 'rolled-back': 1, held: 1, suspended: 1, cancelled: 1 };
+    const config = parseConfig({ root: tmpdir() });
+    for (const [outcome, code] of Object.entries(expected)) {
+      // A daemon from before the mapping answered ok: true for a held, suspended or cancelled pass.
+      const daemon = { request: async () => ({ ok: true, outcome }) };
+      assert.equal(await control(config, 'converge', true, daemon), code, outcome);
+      assert.equal(passExitCode(outcome as Outcome), code, `converge --once, ${outcome}`);
+    }
+  });
 });
 
 describe("the control socket's directory", () => {
