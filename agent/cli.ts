@@ -111,6 +111,8 @@ const commands: Record<string, Command> = {
     usage: 'converge --once|--now [--config FILE] [--root DIR] [--json]',
     options: { ...common, once: { type: 'boolean' }, now: { type: 'boolean' } },
     run: async (v) => {
+      // Both would have the daemon's pass and one of this process's asked for at once: say which.
+      if (v.now && v.once) throw new UsageError('--once (one pass here, with no daemon) and --now (ask the running daemon) exclude each other');
       if (v.now) return configThen(v, () => import('./commands.js'), (m, c) => m.control(c, 'converge', Boolean(v.json)));
       if (!v.once) throw new UsageError('converge needs --once (one pass here) or --now (ask the running daemon)');
       return configThen(v, () => import('./commands.js'), (m, c) => m.convergeOnce(c, Boolean(v.json)), { sources: true });

@@ -1,6 +1,6 @@
 // `emulate`: the IMDS, SSM, Auto Scaling and CloudWatch emulators on loopback until SIGINT/SIGTERM, with one
 // NAME=VALUE line for each endpoint so a shell can `eval` or `export` them.
-import { readWorldFiles, World } from './world.js';
+import { readWorldFiles, World, WorldInputError } from './world.js';
 
 export function envLines(vars: Record<string, string>): string {
   return Object.entries(vars)
@@ -22,7 +22,10 @@ export async function emulateCommand(flags: Record<string, string | boolean | un
     ...(port(flags['ssm-port'], 'ssm-port') !== undefined ? { ssm: port(flags['ssm-port'], 'ssm-port') as number } : {}),
     ...(port(flags['autoscaling-port'], 'autoscaling-port') !== undefined ? { autoscaling: port(flags['autoscaling-port'], 'autoscaling-port') as number } : {}),
   };
-  const world = await World.start({ ...files, ...(typeof flags.host === 'string' ? { host: flags.host } : {}), ports });
+  const host = typeof flags.host === 'string' ? flags.host : undefined;
+  const world = await World.start({ ...files, ...(host !== undefined ? { host } : {}), ports }).catch((err: unknown) => {
+    throw host !== undefined ? hostRefused(host, err) : err;
+  });
   process.stdout.write(
     envLines({
       ...world.env(),
@@ -34,6 +37,17 @@ export async function emulateCommand(flags: Record<string, string | boolean | un
   await waitForSignal();
   await world.close();
   return 0;
+}
+
+/**
+ * A --host that names no address (getaddrinfo: ENOTFOUND), or none of this machine's
+ * (EADDRNOTAVAIL), is the caller's mistake, not the machine's; a port already taken stays the
+ * machine's refusal (exit 1).
+ */
+function hostRefused(host: string, err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOTFOUND' || code === 'EADDRNOTAVAIL') return new WorldInputError(`--host ${host}: ${code === 'ENOTFOUND' ? 'no such host' : 'not an address of this machine'} (${(err as Error).message})`, { cause: err });
+  return err;
 }
 
 export function waitForSignal(): Promise<NodeJS.Signals> {

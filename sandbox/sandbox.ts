@@ -62,7 +62,11 @@ export async function openSandbox(
   agentConfig: Record<string, unknown> = {},
 ): Promise<Sandbox> {
   const layout = sandboxLayout(dir);
-  await mkdir(layout.dir, { recursive: true });
+  await mkdir(layout.dir, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+    // A file in the way (the path, or a directory above it) is the caller's mistake, not the machine's.
+    if (err.code === 'EEXIST' || err.code === 'ENOTDIR') throw new WorldInputError(`--dir ${dir}: not a directory, nor one that can be made (${err.message})`, { cause: err });
+    throw err;
+  });
   const files = await readWorldFiles(flags);
   const saved = await readSaved(layout.saved);
   const fresh = saved === undefined;

@@ -49,13 +49,14 @@ describe('the command line', { concurrency: true }, () => {
       assert.equal(h.code, 0, `${COMMANDS[k]} --help: ${h.stderr}`);
       assert.match(h.stdout, new RegExp(`usage: nixos-ec2-agent ${COMMANDS[k]}\\b`));
     });
-    const bad = await Promise.all([cli(['frobnicate']), cli(['status', '--no-such-flag']), cli(['converge']), cli(['render', '--out'])]);
+    const bad = await Promise.all([cli(['frobnicate']), cli(['status', '--no-such-flag']), cli(['converge']), cli(['render', '--out']), cli(['converge', '--once', '--now'])]);
     for (const b of bad) {
       assert.equal(b.code, 2, `${b.stdout}${b.stderr}`);
       assert.ok(b.stderr.length > 0, 'a usage error says what is wrong');
     }
     assert.match(bad[0]!.stderr, /unknown command "frobnicate"/);
     assert.match(bad[1]!.stderr, /no-such-flag/);
+    assert.match(bad[4]!.stderr, /^nixos-ec2-agent converge: --once .* and --now .* exclude each other$/m);
   });
 
   const SITE = '{ ... }: { environment.etc."site".text = "local"; }\n';
