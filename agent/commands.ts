@@ -15,7 +15,7 @@ import { LOCK_FILE, lockHolder, lockRoot, RootBusyError, type LockHolder, type R
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
 import { parseStatus, readStatusFile, StatusFile } from './report/status-file.js';
-import { ControlClient, STATUS_ANSWER_MS, type ControlOp } from './report/control.js';
+import { ControlClient, NoAnswerError, STATUS_ANSWER_MS, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
 import { describeRollout } from './rollout/plan.js';
 import { selectDesired, whoOf } from './rollout/select.js';
@@ -311,6 +311,12 @@ export async function control(config: Config, op: Exclude<ControlOp, 'status'>, 
     if (why === 'needs-root') {
       process.stderr.write(`${op} needs root: ${(err as Error).message}\n`);
       return 2;
+    }
+    if (err instanceof NoAnswerError) {
+      // The daemon has the request queued behind the pass under way and carries it out when that
+      // ends, this command gone or not: "nothing was changed" would be untrue, and exit 2 says so.
+      process.stderr.write(`${op}: the daemon took the request but gave ${err.message}: it waits for the pass under way to end and may still carry it out then (see \`status\`)\n`);
+      return 1;
     }
     if (why === 'unreachable') {
       process.stderr.write(`${op}: cannot reach the daemon (${(err as Error).message}); nothing was changed\n`);

@@ -101,6 +101,20 @@ export class ControlServer {
  */
 export const STATUS_ANSWER_MS = 5_000;
 
+/**
+ * The daemon took the request and gave no answer within the client's wait: it is busy (a request
+ * that changes the state waits for the pass under way to end) and may still carry it out.
+ */
+export class NoAnswerError extends Error {
+  constructor(
+    readonly socketPath: string,
+    readonly waitedMs: number,
+  ) {
+    super(`no answer from ${socketPath} within ${waitedMs >= 1_000 ? `${Math.round(waitedMs / 1_000)} s` : `${waitedMs} ms`}`);
+    this.name = 'NoAnswerError';
+  }
+}
+
 export class ControlClient {
   constructor(
     private readonly socketPath: string,
@@ -115,11 +129,12 @@ export class ControlClient {
     return new Promise((resolve, reject) => {
       const socket = net.createConnection(this.socketPath);
       let data = '';
+      let sent = false;
       socket.setTimeout(this.timeoutMs, () => {
         socket.destroy();
-        reject(new Error(`no answer from ${this.socketPath}`));
+        reject(sent ? new NoAnswerError(this.socketPath, this.timeoutMs) : new Error(`no answer from ${this.socketPath}`));
       });
-      socket.on('connect', () => socket.write(`${JSON.stringify({ op })}\n`));
+      socket.on('connect', () => socket.write(`${JSON.stringify({ op })}\n`, () => (sent = true)));
       socket.on('data', (chunk) => (data += chunk.toString('utf8')));
       socket.on('error', reject);
       socket.on('end', () => {

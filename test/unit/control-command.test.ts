@@ -61,6 +61,42 @@ describe('control commands', () => {
   }
 });
 
+describe('a daemon that takes the request and does not answer in time', () => {
+  // It waits for the pass under way (a rollback after a build's activation) and still carries the
+  // request out when that ends: the command must not say that nothing was changed.
+  for (const op of ['suspend', 'rollback'] as const) {
+    it(`${op}: exit 1, saying it may still be carried out`, async () => {
+      const dir = await mkdtemp(path.join(tmpdir(), 'nea-busy-'));
+      const socket = path.join(dir, 'ctl.sock');
+      const taken: string[] = [];
+      const held: net.Socket[] = [];
+      const busy = net.createServer((c) => {
+        held.push(c);
+        c.on('data', (d) => taken.push(d.toString('utf8')));
+      });
+      await new Promise<void>((resolve) => busy.listen(socket, resolve));
+      const said: string[] = [];
+      const write = process.stderr.write;
+      process.stderr.write = ((chunk: string | Uint8Array) => said.push(String(chunk)) > 0) as typeof process.stderr.write;
+      try {
+        const code = await control(parseConfig({ root: dir }), op, false, new ControlClient(socket, 200));
+        process.stderr.write = write;
+        assert.equal(code, 1);
+        assert.deepEqual(taken, [`${JSON.stringify({ op })}\n`], 'the daemon has the request');
+        assert.equal(said.length, 1, said.join(''));
+        assert.match(said[0]!, new RegExp(`^${op}: the daemon took the request but gave no answer from .*ctl\\.sock within 200 ms: it waits for the pass under way to end and may still carry it out then \\(see \`status\`\\)\n$`));
+        assert.doesNotMatch(said[0]!, /nothing was changed/);
+        assert.equal(await new RootFs(dir).exists(STATE_FILE), false, 'not acted on here as if no daemon ran');
+      } finally {
+        process.stderr.write = write;
+        for (const c of held) c.destroy();
+        busy.close();
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+  }
+});
+
 describe('converge --now', () => {
   // A fleet-wide `converge --now` (aws ssm send-command) counts as converged the instances that
   // exit 0: only those that run the desired state, as for converge --once.
