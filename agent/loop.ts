@@ -324,9 +324,17 @@ class DaemonLoop implements Daemon {
           if (!result.refused) this.post({ kind: 'pass-finished', result, durationMs: undefined });
           return rollbackAnswer(result, this.reconciler.status);
         }
-        case 'suspend':
+        case 'suspend': {
+          // A suspend means: change nothing more here. A build that has not activated is given up
+          // as a newer desired state gives it up; waited for, it would hold the suspend for as long
+          // as the build takes (an hour) and then switch to what it built.
+          const cancelled = this.scheduler.cancelBuild('suspend');
           await this.scheduler.exclusive(() => this.reconciler.suspend('control socket'));
+          // A first pass cut short has not ended the first convergence (READY=1, status --wait):
+          // the pass that follows, suspended at once, ends it.
+          if (cancelled) this.scheduler.trigger('suspend');
           return { ok: true, status: this.reconciler.status };
+        }
         case 'resume':
           await this.scheduler.exclusive(() => this.reconciler.resume());
           this.scheduler.trigger('resume');

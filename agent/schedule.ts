@@ -244,12 +244,21 @@ export class Scheduler {
     return Math.max(this.throttledPasses, this.options.throttleLevel?.() ?? 0);
   }
 
-  private supersede(reason: string): void {
+  /**
+   * Cancels the pass in hand while it may still be cancelled (building, nothing activated), as a
+   * newer desired state does, without asking for another: an operator's suspend. True when it was.
+   */
+  cancelBuild(reason: string): boolean {
+    return this.supersede(reason);
+  }
+
+  private supersede(reason: string): boolean {
     const abort = this.passAbort;
-    if (!abort || abort.signal.aborted) return;
-    if (!(this.options.cancellable?.() ?? false)) return;
+    if (!abort || abort.signal.aborted) return false;
+    if (!(this.options.cancellable?.() ?? false)) return false;
     this.cancelledCount++;
     abort.abort(new PassCancelledError(reason));
+    return true;
   }
 
   private async runPass(pass: Pass, reason: string): Promise<void> {

@@ -3,7 +3,7 @@
 // (and is answered with what the passes did, never "cancelled"). In this process, against the
 // emulators and the stand-in nixos-rebuild.
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { parseConfig } from '../../agent/config.js';
@@ -104,6 +104,23 @@ describe('a hung build', { timeout: 240_000 }, () => {
     // The status turns converged as the pass ends; READY=1 follows from the loop's own handler.
     await waitUntil('READY=1', () => ready.length > 0);
     assert.deepEqual(ready.map((s) => s.lastResult?.outcome), ['converged'], 'READY=1 once, when the first convergence ended');
+  });
+
+  it('is given up for a suspend, which is answered without waiting for the build', async () => {
+    const r = await start(120);
+    await waitUntil('the hung build', () => r.daemon.status.phase === 'building');
+    const running = await readlink(path.join(r.root, 'run/current-system'));
+    // Far less than the build's 120 s: waiting for the build is the failure.
+    const client = new ControlClient(path.join(r.root, 'run/ctl.sock'), 30_000);
+    const answer = (await client.request('suspend')) as { ok: boolean; status: Status };
+    assert.equal(answer.ok, true);
+    assert.ok(answer.status.suspended, JSON.stringify(answer.status));
+    assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
+    // The pass that follows is suspended at once, and ends the first convergence.
+    await waitUntil('the suspended pass', () => r.daemon.status.firstConvergenceDone);
+    assert.equal(r.daemon.status.lastResult?.outcome, 'suspended');
+    assert.equal(r.daemon.status.phase, 'suspended');
+    assert.equal(await readlink(path.join(r.root, 'run/current-system')), running, 'nothing was switched');
   });
 
   it('is not cancelled by converge --now when the sources still say the same', async () => {
