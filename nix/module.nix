@@ -239,8 +239,9 @@ in
       default = "/etc/nixos-ec2-agent/local.d";
       description = ''
         Directory of drop-in NixOS modules from other tools or people; every `*.nix` file in it
-        whose name is letters, digits and `_ . + -` (not starting with `.`, `+` or `-`) is
-        imported, the others named in the status's notes, and a change there triggers a
+        whose name is letters, digits and `_ . + -` (not starting with `.`, `+` or `-`) and
+        that is a regular file (or a link to one) is imported, the others named in the status's
+        notes, and a change there triggers a
         convergence (`settings.local.modulesDir`).
       '';
     };

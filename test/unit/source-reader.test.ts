@@ -1,12 +1,14 @@
 // The source reader: where `{asg}` comes from, and a peek (the scheduler's probe) serving the pass
-// that follows it at once, so a poll reads SSM once.
+// that follows it at once, so a poll reads SSM once; and which local files it takes.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { RootFs } from '../../agent/fs.js';
 import { SourceReader } from '../../agent/sources/index.js';
+import { readLocal } from '../../agent/sources/local.js';
 import type { Placeholders, SsmSnapshot } from '../../agent/sources/ssm.js';
 
 const PREFIXES = ['/nixos/fleet', '/nixos/asg/{asg}'];
@@ -152,4 +154,48 @@ test('a read waiting on a prefetch stops with its signal', async () => {
   } finally {
     await r.done();
   }
+});
+
+test('a drop-in name that is not a regular file is ignored with a note naming it; a link to a file is read', async (t) => {
+  const root = await mkdtemp(path.join(tmpdir(), 'nea-local-'));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const fs = new RootFs(root);
+  const DROP_IN = '/etc/nixos-ec2-agent/local.d';
+  await mkdir(fs.resolve(`${DROP_IN}/dir.nix`), { recursive: true });
+  await writeFile(fs.resolve(`${DROP_IN}/web.nix`), '{ ... }: { }\n');
+  await symlink('web.nix', fs.resolve(`${DROP_IN}/linked.nix`));
+  await symlink('missing.nix', fs.resolve(`${DROP_IN}/x.nix`));
+  const fifo = spawnSync('mkfifo', [fs.resolve(`${DROP_IN}/pipe.nix`)]);
+
+  const { snapshot, notes } = await readLocal(fs, '/etc/nixos/base.nix', DROP_IN);
+  assert.deepEqual(
+    snapshot.modules.map((m) => m.path),
+    [`${DROP_IN}/linked.nix`, `${DROP_IN}/web.nix`],
+  );
+  assert.deepEqual(notes, [
+    `local module ${DROP_IN}/dir.nix: a directory, not a regular file; ignored`,
+    ...(fifo.status === 0 ? [`local module ${DROP_IN}/pipe.nix: a FIFO, not a regular file; ignored`] : []),
+    `local module ${DROP_IN}/x.nix: a symbolic link to missing.nix, which does not exist; ignored`,
+  ]);
+});
+
+test('a drop-in that exists but cannot be read fails the read, naming the file', async (t) => {
+  const root = await mkdtemp(path.join(tmpdir(), 'nea-local-'));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const DROP_IN = '/etc/nixos-ec2-agent/local.d';
+  // Root reads a file whatever its mode: the refusal is the file system's.
+  class Refusing extends RootFs {
+    override async read(systemPath: string): Promise<Buffer | undefined> {
+      if (systemPath.endsWith('/secret.nix')) throw Object.assign(new Error(`EACCES: permission denied, open '${this.resolve(systemPath)}'`), { code: 'EACCES' });
+      return super.read(systemPath);
+    }
+  }
+  const fs = new Refusing(root);
+  await mkdir(fs.resolve(DROP_IN), { recursive: true });
+  await writeFile(fs.resolve(`${DROP_IN}/secret.nix`), '{ }\n');
+  await assert.rejects(readLocal(fs, '/etc/nixos/base.nix', DROP_IN), (err: Error & { kind?: string }) => {
+    assert.equal(err.kind, 'transient');
+    assert.equal(err.message, `cannot read local input ${DROP_IN}/secret.nix: EACCES`);
+    return true;
+  });
 });
