@@ -8,9 +8,10 @@ import { shortHash } from './desired/desired.js';
 import { isAlive, RootFs } from './fs.js';
 import { createLogger, type Logger } from './log.js';
 import { realClock, type Clock, type Runner } from './ports.js';
+import { OutDir } from './render/out.js';
 import { renderPlan } from './render/render.js';
 import { NixParser, refusedByParser, type RefusedFile } from './render/validate.js';
-import { InvalidInputError, TransientError } from './errors.js';
+import { TransientError } from './errors.js';
 import { LOCK_FILE, lockHolder, lockRoot, RootBusyError, type LockHolder, type RootLock } from './lock.js';
 import { PostConvergeHook } from './report/hook.js';
 import type { LifecycleReporter } from './report/lifecycle.js';
@@ -21,8 +22,6 @@ import { describeRollout } from './rollout/plan.js';
 import { selectDesired, whoOf } from './rollout/select.js';
 import { rollbackAnswer } from './reconcile.js';
 import { isOutcome, passExitCode, statusExitCode, type Status } from './status.js';
-import { writeFileAtomic } from './fs.js';
-import { stat } from 'node:fs/promises';
 import path from 'node:path';
 
 
@@ -130,36 +129,39 @@ async function holdRoot(config: Config, command: string, log: Logger): Promise<R
 }
 
 export async function render(config: Config, out: string | undefined, json: boolean): Promise<number> {
-  if (out !== undefined) await checkOutDir(out);
-  const log = stderrLogger(config);
-  const agent = await createAgent(config, log, processEdges());
-  const snapshots = await agent.sources.read();
-  const { desired } = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, whoOf(snapshots), agent.clock.now());
-  // Written to DIR, the files import each other there: a tree that can be built as it lies.
-  const plan = renderPlan(desired, path.resolve(out ?? config.root));
-  const files = [...plan.parts, plan.configuration];
-  // The local files the render imports (the image's base configuration, local.d), as they are.
-  const imported = await Promise.all(plan.imported.map(async (f) => ({ path: f.path, source: f.source, text: (await agent.fs.readText(f.path)) ?? '' })));
-  if (out) {
-    for (const f of [...files, ...imported]) await writeFileAtomic(path.join(out, f.path), f.text);
+  const target = out !== undefined ? await OutDir.open(out) : undefined;
+  try {
+    const log = stderrLogger(config);
+    const agent = await createAgent(config, log, processEdges());
+    const snapshots = await agent.sources.read();
+    const { desired } = selectDesired({ userData: snapshots.userData, ssm: snapshots.ssm, local: snapshots.local }, whoOf(snapshots), agent.clock.now());
+    // Written to DIR, the files import each other there: a tree that can be built as it lies.
+    const plan = renderPlan(desired, target?.dir ?? path.resolve(config.root));
+    const files = [...plan.parts, plan.configuration];
+    // The local files the render imports (the image's base configuration, local.d), as they are.
+    const imported = await Promise.all(plan.imported.map(async (f) => ({ path: f.path, source: f.source, text: (await agent.fs.readText(f.path)) ?? '' })));
+    // The parser gate a converge runs, on the same texts: what a pass would refuse, render refuses,
+    // and writes none of.
+    const { errors, skipped } = await parseRendered(config, agent.runner, [...files, ...imported]);
+    if (target && errors.length === 0) await target.write([...files, ...imported]);
+    const notes = skipped ? [...desired.notes, skipped] : desired.notes;
+    if (json) {
+      process.stdout.write(
+        `${JSON.stringify({ desiredHash: desired.hash, notes, files: files.map((f) => ({ path: f.path, source: f.source, text: f.text })), secrets: desired.secrets.map((s) => ({ name: s.name, path: `/run/nixos-ec2-agent/secrets/${s.name}`, from: s.from })), parseErrors: errors }, null, 2)}\n`,
+      );
+    } else {
+      process.stdout.write(`# desired state ${desired.hash}\n`);
+      for (const note of notes) process.stdout.write(`# note: ${note}\n`);
+      for (const f of files) process.stdout.write(`\n### ${f.path}  (${f.source})\n${f.text}`);
+      for (const s of desired.secrets) process.stdout.write(`\n### /run/nixos-ec2-agent/secrets/${s.name}  (SecureString ${s.from.name}, value not shown)\n`);
+      if (target && errors.length === 0) process.stdout.write(`\nwritten under ${out}\n`);
+    }
+    const [first, ...more] = errors;
+    if (first) throw refusedByParser([first, ...more]);
+    return 0;
+  } finally {
+    await target?.discard();
   }
-  // The parser gate a converge runs, on the same texts: what a pass would refuse, render refuses.
-  const { errors, skipped } = await parseRendered(config, agent.runner, [...files, ...imported]);
-  const notes = skipped ? [...desired.notes, skipped] : desired.notes;
-  if (json) {
-    process.stdout.write(
-      `${JSON.stringify({ desiredHash: desired.hash, notes, files: files.map((f) => ({ path: f.path, source: f.source, text: f.text })), secrets: desired.secrets.map((s) => ({ name: s.name, path: `/run/nixos-ec2-agent/secrets/${s.name}`, from: s.from })), parseErrors: errors }, null, 2)}\n`,
-    );
-  } else {
-    process.stdout.write(`# desired state ${desired.hash}\n`);
-    for (const note of notes) process.stdout.write(`# note: ${note}\n`);
-    for (const f of files) process.stdout.write(`\n### ${f.path}  (${f.source})\n${f.text}`);
-    for (const s of desired.secrets) process.stdout.write(`\n### /run/nixos-ec2-agent/secrets/${s.name}  (SecureString ${s.from.name}, value not shown)\n`);
-    if (out) process.stdout.write(`\nwritten under ${out}\n`);
-  }
-  const [first, ...more] = errors;
-  if (first) throw refusedByParser([first, ...more]);
-  return 0;
 }
 
 /**
@@ -171,21 +173,6 @@ async function parseRendered(config: Config, runner: Runner, texts: readonly { s
   if (config.rebuild.validate === 'if-available' && !(await parser.available())) return { errors: [], skipped: `${config.rebuild.nixInstantiate} is not available: nothing was parsed` };
   const verdicts = await Promise.all(texts.map((t) => parser.checkText(t.text, t.source)));
   return { errors: verdicts.filter((v) => v !== undefined).map((v) => ({ source: v.file, line: v.line, column: v.column, message: v.message })) };
-}
-
-/**
- * `render --out DIR` where DIR cannot be a directory is bad usage, known before the sources are
- * read; found only at the first write, it was an unexpected error (exit 1) after the network.
- */
-async function checkOutDir(out: string): Promise<void> {
-  let st;
-  try {
-    st = await stat(out);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw new InvalidInputError(`cannot use ${out}: ${(err as Error).message}`, '--out');
-  }
-  if (!st.isDirectory()) throw new InvalidInputError(`${out} is not a directory`, '--out');
 }
 
 /**

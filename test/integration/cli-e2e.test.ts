@@ -110,11 +110,27 @@ describe('the command line', { concurrency: true }, () => {
       assert.match(rendered.parseErrors[0]!.source, /\/nixos\/fleet\/modules\/broken/);
       assert.equal(await i.configuration(), before, 'configuration.nix is unchanged');
       assert.equal(await i.steps(), 0, 'no rebuild step');
+      // Nothing refused is written: a new DIR is not made, an existing one is left as it was.
+      const fresh = path.join(i.dir, 'rendered');
+      const refused = await i.run(['render', '--out', fresh]);
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.doesNotMatch(refused.stdout, /written under/);
+      assert.deepEqual(await readdir(i.dir).then((names) => names.filter((n) => n.includes('rendered'))), [], 'no DIR, and no staging directory beside it');
+      const kept = path.join(i.dir, 'kept');
+      await mkdir(path.join(kept, 'etc/nixos'), { recursive: true });
+      await writeFile(path.join(kept, 'etc/nixos/configuration.nix'), '{ }\n');
+      assert.equal((await i.run(['render', '--out', kept])).code, 2);
+      assert.deepEqual((await readdir(kept, { recursive: true })).map(String).sort(), ['etc', 'etc/nixos', 'etc/nixos/configuration.nix']);
+      assert.equal(await readFile(path.join(kept, 'etc/nixos/configuration.nix'), 'utf8'), '{ }\n');
 
       i.put('/nixos/fleet/modules/broken', '{ ... }: { services.nginx.enable = true; }');
       const fixed = await i.run(['render', '--json']);
       assert.equal(fixed.code, 0, fixed.stderr);
       assert.deepEqual((parseJson(fixed.stdout, 'render --json', fixed) as { parseErrors: unknown[] }).parseErrors, []);
+      const into = await i.run(['render', '--out', kept]);
+      assert.equal(into.code, 0, into.stderr);
+      assert.match(await readFile(path.join(kept, 'etc/nixos/configuration.nix'), 'utf8'), /nixos-ec2-agent/, 'replaced by the render');
+      assert.deepEqual((await readdir(kept)).filter((n) => n.startsWith('.')), [], 'no staging directory left inside DIR');
     });
   });
 
