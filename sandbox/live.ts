@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeFileAtomic } from '../agent/fs.js';
 import { envLines, waitForSignal } from './emulate.js';
-import { cleanEnv, type Sandbox } from './sandbox.js';
+import { cleanEnv, lastErrorSince, logSize, type Sandbox } from './sandbox.js';
 import { readFile } from 'node:fs/promises';
 import { freePort } from './emulators/server.js';
 
@@ -18,6 +18,7 @@ export async function runLive(sandbox: Sandbox): Promise<number> {
   const port = await freePort();
   const config = JSON.parse(await readFile(layout.config, 'utf8')) as Record<string, unknown>;
   await writeFileAtomic(layout.config, `${JSON.stringify({ ...config, http: { listen: `127.0.0.1:${port}` } }, null, 2)}\n`);
+  const from = await logSize(layout.log);
   const log = await open(layout.log, 'a');
   const child = spawn(process.execPath, [CLI, 'run', '--config', layout.config], {
     env: { ...cleanEnv(process.env), ...sandbox.env },
@@ -59,6 +60,11 @@ export async function runLive(sandbox: Sandbox): Promise<number> {
   if (first === 'signal') child.kill('SIGTERM');
   const code = await exited;
   await log.close();
+  if (first === 'exited') {
+    // The banner said the agent is running: say that it stopped, and why, rather than end quietly.
+    const why = await lastErrorSince(layout.log, from);
+    process.stderr.write(`nixos-ec2-agent sandbox: the agent exited (code ${code})${why ? `: ${why}` : ''}; see ${layout.log}\n`);
+  }
   await sandbox.close();
   return first === 'signal' ? 0 : code;
 }

@@ -4,10 +4,11 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeFileAtomic } from '../agent/fs.js';
+import { LOCK_FILE, lockRoot, RootBusyError, type RootLock } from '../agent/lock.js';
 import type { AutoScalingSnapshot } from './emulators/autoscaling.js';
 import type { SsmSnapshot } from './emulators/ssm.js';
 import { bootMachine, installStandins } from './standin/install.js';
@@ -67,6 +68,30 @@ export async function openSandbox(
     if (err.code === 'EEXIST' || err.code === 'ENOTDIR') throw new WorldInputError(`--dir ${dir}: not a directory, nor one that can be made (${err.message})`, { cause: err });
     throw err;
   });
+  // Held while the machine is set up: a boot empties /run under an agent that works on the root
+  // (its control socket, its status, its secrets), and the world file would be written twice.
+  // Let go before the agent starts, which takes it for itself.
+  const lock = await holdRoot(layout.root);
+  try {
+    return await startSandbox(layout, flags, agentConfig);
+  } finally {
+    await lock.release();
+  }
+}
+
+/** The root's lock, or the agent's own refusal naming the process that holds it (exit 2). */
+async function holdRoot(root: string): Promise<RootLock> {
+  // Made as an instance has them; the lock makes only its own directory, root's alone.
+  await mkdir(path.dirname(path.dirname(path.join(root, LOCK_FILE))), { recursive: true, mode: 0o755 });
+  try {
+    return await lockRoot(root, process.pid);
+  } catch (err) {
+    if (err instanceof RootBusyError) throw new WorldInputError(`${err.message}; nothing was changed`, { cause: err });
+    throw err;
+  }
+}
+
+async function startSandbox(layout: SandboxLayout, flags: { 'user-data'?: string; parameters?: string; instance?: string }, agentConfig: Record<string, unknown>): Promise<Sandbox> {
   const files = await readWorldFiles(flags);
   const saved = await readSaved(layout.saved);
   const fresh = saved === undefined;
@@ -158,11 +183,15 @@ async function readSaved(file: string): Promise<Saved | undefined> {
   }
 }
 
-/** Runs the agent CLI in its own process against the sandbox, its log appended to agent.log. */
-export async function runAgent(sandbox: Sandbox, args: readonly string[], extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string }> {
+/**
+ * Runs the agent CLI in its own process against the sandbox, its log appended to agent.log;
+ * `lastError` is the last error it wrote there, for a caller that got no status from it.
+ */
+export async function runAgent(sandbox: Sandbox, args: readonly string[], extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string; lastError?: string }> {
+  const from = await logSize(sandbox.layout.log);
   const log = await open(sandbox.layout.log, 'a');
   try {
-    return await new Promise((resolve, reject) => {
+    const ended = await new Promise<{ code: number; stdout: string }>((resolve, reject) => {
       const child = spawn(process.execPath, [CLI, ...args, '--config', sandbox.layout.config], {
         env: { ...cleanEnv(process.env), ...sandbox.env, ...extraEnv },
         stdio: ['ignore', 'pipe', log.fd],
@@ -172,9 +201,50 @@ export async function runAgent(sandbox: Sandbox, args: readonly string[], extraE
       child.on('error', reject);
       child.on('close', (code) => resolve({ code: code ?? 1, stdout }));
     });
+    const lastError = await lastErrorSince(sandbox.layout.log, from);
+    return { ...ended, ...(lastError ? { lastError } : {}) };
   } finally {
     await log.close();
   }
+}
+
+export async function logSize(file: string): Promise<number> {
+  return stat(file).then(
+    (s) => s.size,
+    () => 0,
+  );
+}
+
+/**
+ * The last error an agent wrote to `file` from byte `from` on: its one-line refusal (a command's
+ * last words on stderr), else the message of its last structured entry at level error or above.
+ */
+export async function lastErrorSince(file: string, from: number): Promise<string | undefined> {
+  const handle = await open(file, 'r').catch(() => undefined);
+  if (!handle) return undefined;
+  let text: string;
+  try {
+    const { size } = await handle.stat();
+    const bytes = Buffer.alloc(Math.max(0, size - from));
+    await handle.read(bytes, 0, bytes.length, from);
+    text = bytes.toString('utf8');
+  } finally {
+    await handle.close();
+  }
+  let logged: string | undefined;
+  for (const line of text.split('\n').reverse()) {
+    const trimmed = line.trim();
+    if (trimmed === '') continue;
+    if (!trimmed.startsWith('{')) return trimmed;
+    if (logged !== undefined) continue;
+    try {
+      const entry = JSON.parse(trimmed) as { level?: unknown; msg?: unknown };
+      if (typeof entry.level === 'number' && entry.level >= 50 && typeof entry.msg === 'string') logged = entry.msg;
+    } catch {
+      // Half a line from a process killed mid-write: not an entry.
+    }
+  }
+  return logged;
 }
 
 /** The agent must see the sandbox's AWS, not the caller's. */
@@ -192,15 +262,18 @@ export async function sandboxCommand(flags: Record<string, string | boolean | un
   const sandbox = await openSandbox(dir, flags as { 'user-data'?: string; parameters?: string; instance?: string });
   if (flags.once) {
     try {
-      const { code, stdout } = await runAgent(sandbox, ['converge', '--once', '--json']);
+      const { code, stdout, lastError } = await runAgent(sandbox, ['converge', '--once', '--json']);
       let status: Record<string, unknown> | undefined;
       try {
         status = JSON.parse(stdout) as Record<string, unknown>;
       } catch {
         status = undefined;
       }
-      if (flags.json) process.stdout.write(stdout.endsWith('\n') ? stdout : `${stdout}\n`);
-      else process.stdout.write(summary(sandbox, code, status));
+      if (flags.json) {
+        process.stdout.write(stdout.endsWith('\n') ? stdout : `${stdout}\n`);
+        if (!status && lastError) process.stderr.write(`nixos-ec2-agent sandbox: ${lastError}\n`);
+      }
+      else process.stdout.write(summary(sandbox, code, status, lastError));
       return code;
     } finally {
       await sandbox.close();
@@ -209,14 +282,14 @@ export async function sandboxCommand(flags: Record<string, string | boolean | un
   return (await import('./live.js')).runLive(sandbox);
 }
 
-function summary(sandbox: Sandbox, code: number, status: Record<string, unknown> | undefined): string {
+function summary(sandbox: Sandbox, code: number, status: Record<string, unknown> | undefined, lastError: string | undefined): string {
   const { layout, world } = sandbox;
   const s = status as
     | { condition?: string; message?: string; desired?: { hash: string; notes: string[] }; running?: { storePath: string; generation?: number }; reasons?: string[] }
     | undefined;
   const rel = (p: string) => path.relative(process.cwd(), p) || '.';
   const lines = [
-    `nixos-ec2-agent sandbox: ${s?.condition ?? 'no status'}: ${s?.message ?? '(the agent printed no status; see the log)'}`,
+    `nixos-ec2-agent sandbox: ${s?.condition ?? 'no status'}: ${s?.message ?? lastError ?? '(the agent printed no status; see the log)'}`,
     `  instance        ${world.instance.instanceId}${world.group ? ` in Auto Scaling group ${world.group}` : ''} (${world.instance.region})`,
   ];
   if (s?.desired) lines.push(`  desired state   ${s.desired.hash}`);

@@ -1,6 +1,7 @@
 // The command line as operators and scripts use it: help and usage errors, `render` (switches
 // nothing), `status` exit codes (an API, as cloud-init's), `status --wait` against the daemon,
-// `emulate` with the AWS CLI, and `sandbox --once` run twice on one directory.
+// `emulate` with the AWS CLI, `sandbox --once` run twice on one directory, and a sandbox refused
+// on a directory whose agent runs.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -8,7 +9,8 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { cleanEnv } from '../../sandbox/sandbox.js';
+import { lockRoot } from '../../agent/lock.js';
+import { cleanEnv, openSandbox, runAgent } from '../../sandbox/sandbox.js';
 import { AWS_CLI, CLI, hasAwsCli, hasNix, markerModule, parseJson, terminate, type CliResult, type StatusJson, withInstance } from '../support/e2e.js';
 
 const FLEET_TZ = { Name: '/nixos/fleet/options/time.timeZone', Value: '"UTC"', Type: 'String' as const };
@@ -265,6 +267,20 @@ describe('the command line', { concurrency: true }, () => {
     }
   });
 
+  test('sandbox: an agent that printed no status is answered with its own last error, not only "see the log"', async (t) => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nea-e2e-sandbox-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const sandbox = await openSandbox(dir, {});
+    t.after(() => sandbox.close());
+    // Taken here, after the sandbox let go: the agent it starts finds the root held.
+    const lock = await lockRoot(sandbox.layout.root, process.pid);
+    t.after(() => lock.release());
+    const ran = await runAgent(sandbox, ['converge', '--once', '--json']);
+    assert.equal(ran.code, 2);
+    assert.equal(ran.stdout, '');
+    assert.equal(ran.lastError, `another nixos-ec2-agent (pid ${process.pid}) is working on this root (it holds ${lock.file}); nothing was changed`);
+  });
+
   test('a live sandbox: status, converge --now and suspend/resume reach its daemon with --root alone', async () => {
     // Deep enough that the socket under root would not fit a unix socket path.
     const dir = path.join(await mkdtemp(path.join(tmpdir(), 'nea-e2e-live-')), 'a-directory-name-long-enough-to-push-the-socket-path-past-its-limit');
@@ -284,6 +300,15 @@ describe('the command line', { concurrency: true }, () => {
       assert.equal(root, path.join(dir, 'root'));
       const waited = await cli(['status', '--wait', '--json', '--root', root]);
       assert.equal(waited.code, 0, waited.stdout + waited.stderr);
+      // Another sandbox on the same directory would boot the machine under the running daemon
+      // (emptying /run: its socket, its status, its secrets); it is refused before it touches anything.
+      for (const again of [['sandbox', '--dir', dir, '--once'], ['sandbox', '--dir', dir]]) {
+        const refused = await cli(again);
+        assert.equal(refused.code, 2, `${again.join(' ')}: ${refused.stdout}${refused.stderr}`);
+        assert.equal(refused.stdout, '', 'no banner');
+        assert.match(refused.stderr, /^nixos-ec2-agent sandbox: another nixos-ec2-agent \(pid \d+\) is working on this root \(it holds .*\/root\/var\/lib\/nixos-ec2-agent\/lock\); nothing was changed\n$/);
+      }
+      assert.ok(existsSync(path.join(root, 'run/nixos-ec2-agent/status.json')), 'the daemon\'s status is still there');
       const now = await cli(['converge', '--now', '--json', '--root', root]);
       assert.equal(now.code, 0, now.stdout + now.stderr);
       const answer = parseJson(now.stdout, 'converge --now --json', now) as { ok: boolean; outcome: string };
