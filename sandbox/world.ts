@@ -41,6 +41,29 @@ export const InstanceFile = z.strictObject({
 });
 export type InstanceSpec = z.infer<typeof InstanceFile>;
 
+/**
+ * A PutParameter request's members (botocore's ssm PutParameterRequest); a misspelt one would be
+ * dropped without a word. Their values are SSM's to judge: the emulator answers as SSM would.
+ */
+const PutParameterFile = z.strictObject({
+  Name: z.string(),
+  Value: z.string(),
+  Type: z.string().optional(),
+  Description: z.string().optional(),
+  KeyId: z.string().optional(),
+  Overwrite: z.boolean().optional(),
+  AllowedPattern: z.string().optional(),
+  Tags: z.array(z.strictObject({ Key: z.string(), Value: z.string() })).optional(),
+  Tier: z.string().optional(),
+  Policies: z.string().optional(),
+  DataType: z.string().optional(),
+});
+
+/** `[2].Tags[0].Key`: where in the file, as a person would point at it. */
+function pathOf(at: readonly (string | number)[]): string {
+  return at.map((k, i) => (typeof k === 'number' ? `[${k}]` : i === 0 ? k : `.${k}`)).join('');
+}
+
 export interface WorldOptions {
   readonly instance?: InstanceSpec;
   readonly userData?: Buffer;
@@ -193,10 +216,14 @@ export async function readWorldFiles(flags: { 'user-data'?: string; parameters?:
   const out: { userData?: Buffer; parameters?: PutParameterRequest[]; instance?: InstanceSpec } = {};
   if (flags['user-data']) out.userData = await readInput(flags['user-data'], '--user-data');
   if (flags.parameters) {
-    const parsed = z.array(z.object({ Name: z.string(), Value: z.string() }).passthrough()).safeParse(await readJson(flags.parameters, '--parameters'));
+    const parsed = z.array(PutParameterFile).safeParse(await readJson(flags.parameters, '--parameters'));
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
-      throw new WorldInputError(`${flags.parameters}: a JSON array of PutParameter requests ({"Name", "Value", "Type"}): ${issue?.path.join('.') || '(top level)'}: ${issue?.message}`);
+      if (issue?.code === 'unrecognized_keys') {
+        const what = issue.path.includes('Tags') ? 'a tag has Key, Value' : `a PutParameter request has ${Object.keys(PutParameterFile.shape).join(', ')}`;
+        throw new WorldInputError(`${flags.parameters}: ${pathOf([...issue.path, issue.keys[0] ?? ''])}: unknown field (${what})`);
+      }
+      throw new WorldInputError(`${flags.parameters}: a JSON array of PutParameter requests ({"Name", "Value", "Type"}): ${issue ? pathOf(issue.path) || '(top level)' : '(top level)'}: ${issue?.message}`);
     }
     out.parameters = parsed.data as PutParameterRequest[];
   }

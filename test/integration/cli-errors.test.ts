@@ -60,6 +60,8 @@ describe('bad input to every command', { concurrency: 4 }, () => {
     await writeFile(f('latin1.json'), Buffer.from('{"root": "/caf\xe9"}', 'latin1'));
     await writeFile(f('bad-type.json'), JSON.stringify([{ Name: '/nixos/fleet/options/a', Value: '1', Type: 'Bogus' }]));
     await writeFile(f('not-array.json'), JSON.stringify({ Name: '/a', Value: '1' }));
+    await writeFile(f('unknown-member.json'), JSON.stringify([{ Name: '/nixos/fleet/options/a', Value: '1', Type: 'String' }, { Name: '/nixos/fleet/options/b', Value: '1', Type: 'String', Bogus: 1 }]));
+    await writeFile(f('unknown-tag-member.json'), JSON.stringify([{ Name: '/nixos/fleet/options/a', Value: '1', Type: 'String', Tags: [{ Key: 'k', Value: 'v', Colour: 'red' }] }]));
     await writeFile(f('bad-instance.json'), JSON.stringify({ instanceId: 'not-an-id' }));
     await mkdir(f('empty-root'));
     await writeFile(f('root-config.json'), JSON.stringify({ root: f('no-root-from-config') }));
@@ -104,6 +106,8 @@ describe('bad input to every command', { concurrency: 4 }, () => {
     ['emulate, a missing parameters file', () => ['emulate', '--parameters', f('missing.json')], 2, /--parameters .*missing\.json: cannot read: ENOENT/],
     ['emulate, a parameters file that is not JSON', () => ['emulate', '--parameters', f('not-json.json')], 2, /not JSON/],
     ['emulate, parameters that are not an array', () => ['emulate', '--parameters', f('not-array.json')], 2, /a JSON array of PutParameter requests/],
+    ['emulate, a parameter with a field PutParameter does not have', () => ['emulate', '--parameters', f('unknown-member.json')], 2, /^nixos-ec2-agent emulate: .*unknown-member\.json: \[1\]\.Bogus: unknown field \(a PutParameter request has Name, Value, Type, Description, KeyId, Overwrite, AllowedPattern, Tags, Tier, Policies, DataType\)$/],
+    ['emulate, a parameter tag with a field a tag does not have', () => ['emulate', '--parameters', f('unknown-tag-member.json')], 2, /^nixos-ec2-agent emulate: .*unknown-tag-member\.json: \[0\]\.Tags\[0\]\.Colour: unknown field \(a tag has Key, Value\)$/],
     ['emulate, a parameter SSM refuses', () => ['emulate', '--parameters', f('bad-type.json')], 2, /\/nixos\/fleet\/options\/a: ValidationException/],
     ['emulate, a bad instance file', () => ['emulate', '--instance', f('bad-instance.json')], 2, /instanceId/],
     ['emulate, a port that is not a number', () => ['emulate', '--imds-port', 'abc'], 2, /--imds-port abc is not a port number/],
