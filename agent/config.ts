@@ -7,6 +7,7 @@ import { z } from 'zod/v3';
 import { JsonSyntaxError, parseJson } from './desired/json.js';
 import { InvalidInputError } from './errors.js';
 import { JsonNumber, type Json } from './render/nix.js';
+import type { Placeholders } from './sources/ssm.js';
 import { firstInvalidUtf8 } from './utf8.js';
 
 /**
@@ -20,10 +21,36 @@ const timerMs = () => z.number().int().max(MAX_TIMER_MS, `at most ${MAX_TIMER_MS
 const seconds = (def: number) => timerSeconds().positive().default(def);
 const argv = z.array(z.string().min(1)).min(1);
 
+/**
+ * The placeholders sources/ssm.ts's fillPrefix fills. Any other is never filled, so its prefix
+ * would be skipped on every poll. Keyed by Placeholders so that a new one must be added here.
+ */
+const SSM_PLACEHOLDERS: Record<keyof Placeholders, true> = { 'instance-id': true, region: true, asg: true };
+const KNOWN_PLACEHOLDERS = Object.keys(SSM_PLACEHOLDERS).map((k) => `{${k}}`);
+
+function unknownPlaceholder(prefix: string): string | undefined {
+  return [...prefix.matchAll(/\{[^}]*\}/g)].map((m) => m[0]).find((p) => !KNOWN_PLACEHOLDERS.includes(p));
+}
+
+/** A local time as kernel.ts reads it: an hour 00–23 and a minute 00–59. */
+const clockTime = () => z.string().regex(/^(?:[01]\d|2[0-3]):[0-5]\d$/, 'a time HH:MM from 00:00 to 23:59');
+
+/**
+ * Below this, polling is no longer "a read now and then" but a loop: each poll is at least one SSM
+ * call (or an IMDS read), and an account's default GetParameters quota is 40 per second for the
+ * whole fleet, so a tiny interval throttles every instance in the account. Half a second still
+ * lets a sandbox or a test see a pushed change at once.
+ */
+const MIN_POLL_SECONDS = 0.5;
+
 const HttpProbe = z.strictObject({
   name: z.string().min(1),
   http: z.strictObject({
-    url: z.string().url(),
+    // The probe speaks HTTP: any other scheme would fail every check and roll back every switch.
+    url: z
+      .string()
+      .url()
+      .refine((u) => /^https?:\/\//i.test(u), 'an http:// or https:// URL'),
     expectStatus: z.number().int().min(100).max(599).default(200),
     timeoutMs: timerMs().positive().default(2_000),
   }),
@@ -68,9 +95,17 @@ export const ConfigSchema = z.strictObject({
       enabled: z.boolean().default(true),
       /** Ordered; a later prefix's option wins over every earlier definition it overlaps (README). `{instance-id}`, `{asg}`, `{region}` come from IMDS. */
       prefixes: z
-        .array(z.string().regex(/^\//, 'an SSM path starts with /'))
+        .array(
+          z
+            .string()
+            .regex(/^\//, 'an SSM path starts with /')
+            .superRefine((prefix, ctx) => {
+              const unknown = unknownPlaceholder(prefix);
+              if (unknown) ctx.addIssue({ code: z.ZodIssueCode.custom, message: `unknown placeholder ${unknown} (known: ${KNOWN_PLACEHOLDERS.join(', ')})` });
+            }),
+        )
         .default(['/nixos/fleet', '/nixos/asg/{asg}', '/nixos/instance/{instance-id}']),
-      pollIntervalSeconds: seconds(600),
+      pollIntervalSeconds: timerSeconds().min(MIN_POLL_SECONDS, `at least ${MIN_POLL_SECONDS} seconds: each poll calls SSM or IMDS`).default(600),
       /** Each wait is uniform in interval × [1 − jitter/2, 1 + jitter/2]; the first poll in [0, interval]. */
       pollJitter: z.number().min(0).max(1).default(1),
       /**
@@ -187,7 +222,10 @@ export const ConfigSchema = z.strictObject({
       /** host:port for /healthz, /readyz, /status, /metrics; null turns it off. */
       listen: z
         .string()
-        .refine(isListen, 'not host:port (e.g. 0.0.0.0:9731, [::]:9731, 127.0.0.1:0)')
+        .superRefine((listen, ctx) => {
+          const problem = listenProblem(listen);
+          if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: problem });
+        })
         .nullable()
         .default('0.0.0.0:9731'),
     })
@@ -243,7 +281,7 @@ export const ConfigSchema = z.strictObject({
       policy: z.enum(['report', 'reboot', 'replace']).default('report'),
       /** Local time window HH:MM for `reboot`, as system.autoUpgrade's rebootWindow. */
       rebootWindow: z
-        .strictObject({ lower: z.string().regex(/^\d\d:\d\d$/), upper: z.string().regex(/^\d\d:\d\d$/) })
+        .strictObject({ lower: clockTime(), upper: clockTime() })
         .nullable()
         .default(null),
       rebootCommand: argv.default(['systemctl', 'reboot']),
@@ -267,11 +305,39 @@ export type Config = z.infer<typeof ConfigSchema>;
 /**
  * What report/http.ts's parseListen takes: `host:port`, `[v6]:port` or `:port`. Checked here too, so
  * that check-config (and the NixOS build that runs it) refuses what the daemon would refuse at its
- * start; not imported from there, which would load node:http for every command.
+ * start; not imported from there, which would load node:http for every command. The host too: one
+ * the daemon cannot listen on fails only once it runs, and then it serves no /healthz at all.
  */
-function isListen(listen: string): boolean {
+function listenProblem(listen: string): string | undefined {
   const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(listen.trim());
-  return m !== null && Number(m[3]) <= 65535;
+  if (m === null || Number(m[3]) > 65535) return 'not host:port (e.g. 0.0.0.0:9731, [::]:9731, 127.0.0.1:0)';
+  const v6 = m[1];
+  if (v6 !== undefined) return isIpv6(v6) ? undefined : `[${v6}] is not an IPv6 address`;
+  const host = m[2] ?? '';
+  // `:port` listens on every address.
+  if (host === '' || host === 'localhost' || IPV4.test(host)) return undefined;
+  // All digits and dots but not an IPv4 address (999.1.1.1): no host name is that either.
+  if (isHostname(host) && !/^[\d.]+$/.test(host)) return undefined;
+  return `the host ${JSON.stringify(host)} is not an IP address, localhost or a host name`;
+}
+
+const OCTET = '(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
+const IPV4 = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
+
+/** RFC 1123: dot-separated labels of letters, digits and inner hyphens, 63 bytes each, 253 in all. */
+function isHostname(host: string): boolean {
+  const name = host.endsWith('.') ? host.slice(0, -1) : host;
+  return name.length <= 253 && name.split('.').every((label) => /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(label));
+}
+
+/** The URL parser knows IPv6's forms (`::`, embedded IPv4, …); a regular expression would not all. */
+function isIpv6(address: string): boolean {
+  try {
+    new URL(`http://[${address}]/`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** sun_path holds 108 bytes on Linux, the terminating NUL included. */
@@ -294,7 +360,11 @@ export type ConfigInput = z.input<typeof ConfigSchema>;
 /** Validates a configuration value; the error names every bad field by its path. */
 export function parseConfig(value: unknown, where = 'configuration'): Config {
   const result = ConfigSchema.safeParse(value);
-  if (result.success) return result.data;
+  if (result.success) {
+    const problems = crossFieldProblems(result.data);
+    if (problems.length > 0) throw new InvalidInputError(problems.join('; '), where, { problems });
+    return result.data;
+  }
   const at = (path: readonly (string | number)[]) => (path.length ? path.join('.') : '(top level)');
   const describe = (issue: z.ZodIssue): string[] => {
     // Each unknown field by its own path: `ssm.prefix: unknown field "prefix"`.
@@ -312,6 +382,21 @@ export function parseConfig(value: unknown, where = 'configuration'): Config {
   };
   const problems = result.error.issues.flatMap(describe);
   throw new InvalidInputError(problems.join('; '), where, { problems });
+}
+
+/**
+ * What no single field shows: settings that each parse but together could not be used. Checked
+ * after the schema, which stays plain objects that tools can walk (test/unit/nix-files.test.ts).
+ */
+function crossFieldProblems(config: Config): string[] {
+  const problems: string[] = [];
+  const { failedBackoffSeconds, maxBackoffSeconds } = config.retry;
+  // The first retry waits failedBackoffSeconds and the doubling is capped at the maximum: a maximum
+  // below the base would make every wait the maximum, the base meaning nothing.
+  if (maxBackoffSeconds < failedBackoffSeconds) {
+    problems.push(`retry.maxBackoffSeconds: ${maxBackoffSeconds} is less than retry.failedBackoffSeconds (${failedBackoffSeconds}); the cap must be at least the first wait`);
+  }
+  return problems;
 }
 
 /**

@@ -120,6 +120,39 @@ describe('parseConfig', () => {
     for (const good of ['http://169.254.169.254', 'http://[fd00:ec2::254]', 'http://127.0.0.1:1338/']) assert.equal(parseConfig({ imds: { endpoint: good } }).imds.endpoint, good);
   });
 
+  it('refuses settings that parse but the daemon cannot use, naming the field', () => {
+    const cases: [unknown, RegExp][] = [
+      [{ kernel: { rebootWindow: { lower: '25:00', upper: '05:00' } } }, /^configuration: kernel\.rebootWindow\.lower: a time HH:MM from 00:00 to 23:59$/],
+      [{ kernel: { rebootWindow: { lower: '01:00', upper: '99:99' } } }, /^configuration: kernel\.rebootWindow\.upper: a time HH:MM from 00:00 to 23:59$/],
+      [{ kernel: { rebootWindow: { lower: '01:60', upper: '05:00' } } }, /kernel\.rebootWindow\.lower/],
+      [{ http: { listen: 'no such host!:80' } }, /^configuration: http\.listen: the host "no such host!" is not an IP address, localhost or a host name$/],
+      [{ http: { listen: '999.1.1.1:80' } }, /^configuration: http\.listen: the host "999\.1\.1\.1"/],
+      [{ http: { listen: '[not-v6]:80' } }, /^configuration: http\.listen: \[not-v6\] is not an IPv6 address$/],
+      [{ http: { listen: `${'a'.repeat(64)}.example:80` } }, /^configuration: http\.listen: the host/],
+      [{ ssm: { prefixes: ['/nixos/fleet', '/nixos/x/{nope}'] } }, /^configuration: ssm\.prefixes\.1: unknown placeholder \{nope\} \(known: \{instance-id\}, \{region\}, \{asg\}\)$/],
+      [{ ssm: { prefixes: ['/nixos/{instance_id}'] } }, /ssm\.prefixes\.0: unknown placeholder \{instance_id\}/],
+      [{ health: { probes: [{ name: 'a', http: { url: 'ftp://x/' } }] } }, /^configuration: health\.probes\.0\.http\.url: an http:\/\/ or https:\/\/ URL$/],
+      [{ ssm: { pollIntervalSeconds: 0.0001 } }, /^configuration: ssm\.pollIntervalSeconds: at least 0\.5 seconds/],
+      [{ retry: { failedBackoffSeconds: 100000, maxBackoffSeconds: 10 } }, /^configuration: retry\.maxBackoffSeconds: 10 is less than retry\.failedBackoffSeconds \(100000\)/],
+      [{ retry: { failedBackoffSeconds: 100000 } }, /retry\.maxBackoffSeconds: 21600 is less than/],
+    ];
+    for (const [value, pattern] of cases) {
+      const err = rejected(value);
+      assert.match(err.message, pattern, JSON.stringify(value));
+      assert.equal(err.kind, 'invalid-input');
+    }
+    const goods: unknown[] = [
+      { kernel: { rebootWindow: { lower: '00:00', upper: '23:59' } } },
+      { http: { listen: 'localhost:9731' } },
+      { http: { listen: 'web-1.internal.example.:9731' } },
+      { http: { listen: '[::ffff:10.0.0.1]:9731' } },
+      { ssm: { prefixes: ['/nixos/{region}/{asg}/{instance-id}'], pollIntervalSeconds: 0.5 } },
+      { health: { probes: [{ name: 'a', http: { url: 'HTTPS://x/healthz' } }] } },
+      { retry: { failedBackoffSeconds: 60, maxBackoffSeconds: 60 } },
+    ];
+    for (const good of goods) assert.doesNotThrow(() => parseConfig(good), JSON.stringify(good));
+  });
+
   it('names every bad field, not only the first', () => {
     const err = rejected({ root: 1, rebuild: { mode: 'x' } });
     assert.match(err.message, /root/);
