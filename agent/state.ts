@@ -23,7 +23,8 @@ export const USER_DATA_SCRIPT = `${STATE_DIR}/user-data-script`;
 export const FORMAT = 1;
 
 const ParameterRef = z.object({ name: z.string(), version: z.number() });
-const Sources = z.object({ userData: z.string(), parameters: z.array(ParameterRef) });
+/** What built a system: the user data's digest and each parameter's version (also in status.json). */
+export const Sources = z.object({ userData: z.string(), parameters: z.array(ParameterRef) });
 
 const GoodGeneration = z.object({
   storePath: z.string(),

@@ -4,7 +4,7 @@
 import { z } from 'zod/v3';
 import { InvalidInputError } from '../errors.js';
 import type { RootFs } from '../fs.js';
-import { FORMAT, Phase, readVersioned } from '../state.js';
+import { FORMAT, Phase, readVersioned, Sources } from '../state.js';
 import type { Status } from '../status.js';
 
 export const STATUS_FILE = '/run/nixos-ec2-agent/status.json';
@@ -42,8 +42,6 @@ export class StatusFile {
     }
   }
 }
-
-const Sources = z.object({ userData: z.string(), parameters: z.array(z.object({ name: z.string(), version: z.number() })) });
 
 /**
  * The Status as `status` reads it back: status.json may be another version's (an instance meets
