@@ -5,6 +5,9 @@ import { constants, type Dirent } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import path from 'node:path';
 
+/** RootFs.entry's answer. */
+export type Entry = { readonly kind: 'file' } | { readonly kind: 'missing' } | { readonly kind: 'dangling'; readonly target: string } | { readonly kind: 'other'; readonly what: string };
+
 export interface WriteOptions {
   /** File mode; the temp file is created with it, so the content is never more readable. */
   readonly mode?: number;
@@ -52,6 +55,26 @@ export class RootFs {
       if (isNotFound(err)) return false;
       throw err;
     }
+  }
+
+  /**
+   * What is at `systemPath`, links followed: a regular file, nothing, a link that leads nowhere (its
+   * target), or another kind of entry (named). Errors other than "not there" are thrown as they are.
+   */
+  async entry(systemPath: string): Promise<Entry> {
+    const file = this.resolve(systemPath);
+    let stats;
+    try {
+      stats = await fsp.stat(file);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      const link = await fsp.lstat(file).catch(() => undefined);
+      if (!link?.isSymbolicLink()) return { kind: 'missing' };
+      return { kind: 'dangling', target: await fsp.readlink(file).catch(() => 'nothing') };
+    }
+    if (stats.isFile()) return { kind: 'file' };
+    const what = stats.isDirectory() ? 'a directory' : stats.isFIFO() ? 'a FIFO' : stats.isSocket() ? 'a socket' : stats.isCharacterDevice() || stats.isBlockDevice() ? 'a device' : 'something else';
+    return { kind: 'other', what };
   }
 
   /** Whether `systemPath`, its links followed, is a file the agent may execute. */

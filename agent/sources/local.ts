@@ -1,9 +1,7 @@
 // Local inputs the render reads: the image's base configuration and the drop-in directory of
 // modules. Only their names and digests enter the desired state; Nix reads the files themselves.
-import type { Stats } from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import { TransientError } from '../errors.js';
-import { isNotFound, type RootFs } from '../fs.js';
+import type { RootFs } from '../fs.js';
 import { sha256Hex } from '../sha256.js';
 import type { LocalFile, LocalSnapshot } from '../desired/desired.js';
 
@@ -44,19 +42,20 @@ export function isLocalModuleName(name: string): boolean {
 
 /** What is at `file`, following links: 'file', 'gone' (removed since it was listed), or why it is not a module. */
 async function fileKind(fs: RootFs, file: string): Promise<string> {
-  let stats: Stats;
-  try {
-    stats = await fsp.stat(fs.resolve(file));
-  } catch (err) {
-    if (!isNotFound(err)) throw readError(file, err);
+  const entry = await fs.entry(file).catch((err: unknown) => {
+    throw readError(file, err);
+  });
+  switch (entry.kind) {
+    case 'file':
+      return 'file';
     // A name that is still listed but leads nowhere is a link to nothing; else it went away.
-    const link = await fsp.lstat(fs.resolve(file)).catch(() => undefined);
-    if (link?.isSymbolicLink()) return `a symbolic link to ${await fsp.readlink(fs.resolve(file)).catch(() => 'nothing')}, which does not exist`;
-    return 'gone';
+    case 'missing':
+      return 'gone';
+    case 'dangling':
+      return `a symbolic link to ${entry.target}, which does not exist`;
+    case 'other':
+      return `${entry.what}, not a regular file`;
   }
-  if (stats.isFile()) return 'file';
-  const what = stats.isDirectory() ? 'a directory' : stats.isFIFO() ? 'a FIFO' : stats.isSocket() ? 'a socket' : stats.isCharacterDevice() || stats.isBlockDevice() ? 'a device' : 'something else';
-  return `${what}, not a regular file`;
 }
 
 /** A local input's bytes; undefined when it does not exist. Any other failure names the file. */
