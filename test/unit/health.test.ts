@@ -20,6 +20,15 @@ function systemctl(listings: readonly string[]): Runner & { readonly requests: R
   };
 }
 
+/** `verdict`, with the clock moved on one check interval (5 s) at a time, `steps` times, while it waits. */
+async function through<T>(clock: ManualClock, steps: number, verdict: Promise<T>): Promise<T> {
+  for (let i = 0; i < steps; i++) {
+    await new Promise((r) => setImmediate(r));
+    clock.advance(5_000);
+  }
+  return verdict;
+}
+
 const options = { systemctl: 'systemctl', checkFailedUnits: true, graceMs: 60_000, intervalMs: 5_000, probes: [] };
 // As systemd 255's `systemctl list-units --state=failed,auto-restart --no-legend --plain` prints them.
 const CRASHING = 'app.service loaded activating auto-restart My app\n';
@@ -36,24 +45,14 @@ describe('HealthChecker, systemd units', () => {
 
   it('a service that keeps crashing between restarts is unhealthy at the end of the grace window', async () => {
     const clock = new ManualClock(0);
-    const verdict = new HealthChecker(systemctl([CRASHING]), clock, options).verify();
-    for (let i = 0; i < 20; i++) {
-      await new Promise((r) => setImmediate(r));
-      clock.advance(5_000);
-    }
-    const v = await verdict;
+    const v = await through(clock, 20, new HealthChecker(systemctl([CRASHING]), clock, options).verify());
     assert.equal(v.healthy, false);
     assert.deepEqual(v.reasons, ['systemd: restarting after a failure: app.service']);
   });
 
   it('one that comes up after a restart is healthy once it has', async () => {
     const clock = new ManualClock(0);
-    const verdict = new HealthChecker(systemctl([CRASHING, CRASHING, '']), clock, options).verify();
-    for (let i = 0; i < 5; i++) {
-      await new Promise((r) => setImmediate(r));
-      clock.advance(5_000);
-    }
-    const v = await verdict;
+    const v = await through(clock, 5, new HealthChecker(systemctl([CRASHING, CRASHING, '']), clock, options).verify());
     assert.equal(v.healthy, true);
     assert.equal(v.attempts, 3);
   });
@@ -80,12 +79,7 @@ describe('HealthChecker, the endpoints the instance is managed through', () => {
     const up = { value: false };
     const imds = endpoint('IMDS', up);
     const clock = new ManualClock(0);
-    const verdict = new HealthChecker(systemctl(['']), clock, { ...options, reach: [imds.reachable] }).verify();
-    for (let i = 0; i < 20; i++) {
-      await new Promise((r) => setImmediate(r));
-      clock.advance(5_000);
-    }
-    const v = await verdict;
+    const v = await through(clock, 20, new HealthChecker(systemctl(['']), clock, { ...options, reach: [imds.reachable] }).verify());
     assert.equal(v.healthy, false);
     assert.deepEqual(v.reasons, ['IMDS: unreachable over a new connection since the switch: connect ECONNREFUSED 169.254.169.254:80']);
     assert.ok(imds.asked.count > 1, 'asked again within the grace window');
@@ -95,12 +89,7 @@ describe('HealthChecker, the endpoints the instance is managed through', () => {
     const up = { value: true };
     const ssm = endpoint('SSM', up);
     const clock = new ManualClock(0);
-    const verdict = new HealthChecker(systemctl([FAILED]), clock, { ...options, reach: [ssm.reachable] }).verify();
-    for (let i = 0; i < 20; i++) {
-      await new Promise((r) => setImmediate(r));
-      clock.advance(5_000);
-    }
-    const v = await verdict;
+    const v = await through(clock, 20, new HealthChecker(systemctl([FAILED]), clock, { ...options, reach: [ssm.reachable] }).verify());
     assert.equal(v.healthy, false);
     assert.ok(v.attempts > 5);
     assert.deepEqual(v.reasons, ['systemd: failed units: db.service']);
