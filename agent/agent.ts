@@ -269,7 +269,7 @@ export function readablePath(prefix: string): string {
 export function createLifecycleReporter(
   agent: Agent,
   log: Logger,
-  options: { clock: Clock; freshPass?: () => Promise<unknown>; onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void },
+  options: { clock: Clock; freshPass?: () => Promise<unknown>; onCompleted?: (result: 'CONTINUE' | 'ABANDON') => void; onHeartbeat?: () => void; oneShot?: boolean },
 ): LifecycleReporter | undefined {
   if (!agent.config.lifecycle.enabled) return undefined;
   const { clock, ...callbacks } = options;

@@ -91,7 +91,8 @@ async function passOnce(config: Config, json: boolean, log: Logger): Promise<num
   await reconciler.start();
   // Heartbeats and the launch budget run during the pass, as under the daemon; the reporter's first
   // look waits for the rebuild. Its waits must not hold the command open once the pass is done.
-  lifecycle = createLifecycleReporter(agent, log, { clock: realClock({ unref: true }) });
+  // No other pass follows this one: a launch it leaves unconverged is decided at its end.
+  lifecycle = createLifecycleReporter(agent, log, { clock: realClock({ unref: true }), oneShot: true });
   lifecycle?.update(reconciler.status);
   lifecycle?.start();
   const result = await reconciler.converge('converge --once');

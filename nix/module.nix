@@ -198,8 +198,9 @@ in
       default = null;
       example = "nixos-converged";
       description = ''
-        The Auto Scaling launch lifecycle hook to complete (CONTINUE after the first good
-        convergence, ABANDON when none can be reached). `null` discovers it with
+        The Auto Scaling launch lifecycle hook to complete (CONTINUE once a pass converges to
+        the desired state, ABANDON when none can within the launch budget or no good generation
+        runs). `null` discovers it with
         DescribeLifecycleHooks (`settings.lifecycle.hookName`).
       '';
     };

@@ -1,7 +1,9 @@
 // The launch lifecycle hook and the instance's health, told to its Auto Scaling group from the
-// Status stream. While the first convergence runs, the hook is heartbeated so the group keeps
-// waiting; once it ends on a good generation the hook is completed with CONTINUE, and with ABANDON
-// when no good generation runs or the launch budget passes first. The decision and each
+// Status stream. While the launch waits, the hook is heartbeated so the group keeps waiting; once a
+// pass converges to the desired state the hook is completed with CONTINUE, and with ABANDON when no
+// good generation runs or the launch budget passes first. A first pass that fails but leaves the
+// instance on a good generation (the image's) decides nothing: the daemon's later passes (a failed
+// desired state's retry, a fixed push) may still converge within the budget. The decision and each
 // completion are kept in the state directory, so a restarted agent neither completes twice nor
 // heartbeats a hook that is done. Every call is best effort: a failure is logged, counted and
 // tried again at the next status change or tick; it never stops the agent.
@@ -79,6 +81,11 @@ export interface LifecycleReporterOptions {
   readonly freshPass?: () => Promise<unknown>;
   readonly onCompleted?: (result: LifecycleResult) => void;
   readonly onHeartbeat?: () => void;
+  /**
+   * No later pass follows the one this run makes (`converge --once`): a launch that pass leaves on
+   * a good generation but not converged is ABANDONed then, not left to wait for one.
+   */
+  readonly oneShot?: boolean;
   readonly onError?: (op: string, err: Error) => void;
 }
 
@@ -281,7 +288,7 @@ export class LifecycleReporter {
     if (this.retryAt !== undefined) times.push(this.retryAt);
     const r = this.record;
     if (r?.warm && this.nextWarmLookAt !== undefined) times.push(this.nextWarmLookAt);
-    if (r && !r.settled && !r.decision && !this.converged()) {
+    if (r && !r.settled && !r.decision) {
       times.push(this.budgetEndsAt(r));
       if (!this.engaged) times.push(this.firstCallAt(r));
       if (this.nextBeatAt !== undefined) times.push(this.nextBeatAt);
@@ -426,16 +433,22 @@ export class LifecycleReporter {
     return this.status?.firstConvergenceDone === true && (this.freshPass === undefined || this.freshPass.done);
   }
 
-  /** CONTINUE once the first pass has ended on a good generation; ABANDON when none runs or time is up. */
+  /**
+   * CONTINUE once a pass has converged to the desired state (the contract's "first good
+   * convergence", as CodeDeploy lets a launch into service only once its deployment succeeded);
+   * ABANDON when no good generation runs, or when the budget passes first. An instance left on a
+   * good generation that is not the desired one (the image's, after a failed build) would serve
+   * the image's configuration in place of the fleet's.
+   */
   private decide(record: Persisted): { result: LifecycleResult; reason: string } | undefined {
     const s = this.status;
     if (s && this.converged()) {
-      const which = this.freshPass ? 'the pass after leaving the warm pool' : 'the first convergence';
+      const which = this.freshPass ? 'the pass after leaving the warm pool' : 'the launch';
       if (s.noGoodGeneration) return { result: 'ABANDON', reason: `${which} ended with no good generation running` };
-      return {
-        result: 'CONTINUE',
-        reason: s.condition === 'converged' ? `${which} converged` : `${which} ended on a good generation`,
-      };
+      if (s.condition === 'converged') return { result: 'CONTINUE', reason: `${which} converged` };
+      if (this.options.oneShot && s.condition !== 'converging') {
+        return { result: 'ABANDON', reason: `${which} ended ${s.lastResult?.outcome ?? 'unfinished'}, not converged, and this run makes no other pass` };
+      }
     }
     const endsAt = this.budgetEndsAt(record);
     if (this.options.clock.now() >= endsAt) {

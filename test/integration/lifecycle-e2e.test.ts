@@ -97,10 +97,14 @@ describe('SdkAutoScaling against the Auto Scaling emulator', () => {
 });
 
 /** The agent with its lifecycle reporting on, over a fresh sandboxed instance in its group. */
-async function withGroupInstance(options: { userData?: string; config?: Record<string, unknown> }, body: (i: Instance) => Promise<void>): Promise<void> {
+async function withGroupInstance(
+  options: { userData?: string; parameters?: Parameters<typeof withInstance>[0]['parameters']; config?: Record<string, unknown> },
+  body: (i: Instance) => Promise<void>,
+): Promise<void> {
   await withInstance(
     {
       ...(options.userData !== undefined ? { userData: options.userData } : {}),
+      ...(options.parameters !== undefined ? { parameters: options.parameters } : {}),
       config: deepMerge({ lifecycle: { enabled: true, heartbeatSeconds: 10, budgetSeconds: 300 } }, options.config ?? {}),
     },
     async (i) => {
@@ -262,7 +266,7 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
     );
   });
 
-  test('heartbeats while a build hangs; the build times out on the image generation, which is good: CONTINUE', async () => {
+  test('converge --once heartbeats while a build hangs; the build times out on the image generation, not the desired one: ABANDON', async () => {
     await withGroupInstance(
       { userData: markerModule('sandbox-hang'), config: { rebuild: { buildTimeoutSeconds: 2 }, lifecycle: { heartbeatSeconds: 0.3 } } },
       async (i) => {
@@ -276,8 +280,44 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
         assert.equal(kinds.at(-1), 'complete', 'heartbeats stop once the hook is completed');
         assert.equal(kinds.filter((k) => k === 'complete').length, 1);
         assert.ok(events.every((e) => e.by === 'instance-id'));
-        assert.equal(events.at(-1)?.result, 'CONTINUE');
-        assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'InService');
+        assert.equal(events.at(-1)?.result, 'ABANDON');
+        assert.equal(i.world.autoscaling.instance(i.instanceId)?.lifecycleState, 'Terminated');
+        assert.deepEqual(i.world.autoscaling.healthEvents(), [], 'the image generation is good: never Unhealthy');
+      },
+    );
+  });
+
+  test('the daemon keeps a launch whose first build failed waiting, heartbeated, and completes it with CONTINUE once a fixed push converges', async () => {
+    await withGroupInstance(
+      {
+        parameters: [{ Name: '/nixos/fleet/modules/app', Value: markerModule('sandbox-fail-build'), Type: 'String' }],
+        config: { lifecycle: { heartbeatSeconds: 0.5 }, ssm: { pollIntervalSeconds: 1 } },
+      },
+      async (i) => {
+        const state = () => i.world.autoscaling.instance(i.instanceId)?.lifecycleState;
+        const daemon = i.start(['run']);
+        try {
+          const failed = await waitFor('the first pass failed on the image generation', async () => {
+            const st = await i.statusFile();
+            return st?.firstConvergenceDone && st.lastResult?.outcome !== undefined && st.lastResult.outcome !== 'converged' ? st : undefined;
+          });
+          assert.equal(failed.noGoodGeneration, false);
+          const beats = () => i.world.autoscaling.actions().filter((a) => a.instanceId === i.instanceId && a.kind === 'heartbeat').length;
+          const before = beats();
+          await waitUntil('heartbeats after the failed pass', () => beats() >= before + 2);
+          assert.equal(state(), 'Pending:Wait', 'not completed on the image generation');
+
+          i.put('/nixos/fleet/modules/app', '{ ... }: { environment.etc."app".text = "fixed"; }');
+          await waitUntil('the launch hook completed', () => state() === 'InService');
+          const st = await i.statusFile();
+          assert.equal(st?.condition, 'converged');
+        } finally {
+          const ended = await terminate(daemon);
+          assert.equal(ended.code, 0, ended.stderr.slice(-2000));
+        }
+        const completions = i.world.autoscaling.actions().filter((a) => a.kind === 'complete');
+        assert.deepEqual(completions.map((c) => [c.hookName, c.result]), [[i.world.hook, 'CONTINUE']]);
+        assert.deepEqual(i.world.autoscaling.healthEvents(), []);
       },
     );
   });

@@ -149,7 +149,7 @@ describe('LifecycleReporter', () => {
 
   function reporter(
     config: Record<string, unknown> = {},
-    options: { locate?: () => Promise<Location>; retryMs?: number; completed?: LifecycleResult[]; beats?: number[]; freshPass?: () => Promise<unknown> } = {},
+    options: { locate?: () => Promise<Location>; retryMs?: number; completed?: LifecycleResult[]; beats?: number[]; freshPass?: () => Promise<unknown>; oneShot?: boolean } = {},
   ): LifecycleReporter {
     const r = new LifecycleReporter({
       autoscaling: asg,
@@ -160,6 +160,7 @@ describe('LifecycleReporter', () => {
       locate: options.locate ?? (async () => ({ instanceId: INSTANCE, group: GROUP })),
       ...(options.retryMs !== undefined ? { retryMs: options.retryMs } : {}),
       ...(options.freshPass ? { freshPass: options.freshPass } : {}),
+      ...(options.oneShot ? { oneShot: true } : {}),
       onCompleted: (result) => options.completed?.push(result),
       onHeartbeat: () => options.beats?.push(clock.now()),
     });
@@ -245,15 +246,57 @@ describe('LifecycleReporter', () => {
     assert.deepEqual(asg.ops('health'), []);
   });
 
-  it('completes with CONTINUE when a bad push was rolled back to a good generation, and never reports Unhealthy', async () => {
-    const r = reporter();
+  it('a launch whose first pass was rolled back to a good generation is heartbeated, not completed, until a later pass converges: CONTINUE', async () => {
+    const r = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 });
+    const start = clock.now();
+    r.update(converging());
+    r.start();
+    await clock.whenSleeping(1);
+    r.update(rolledBack());
+    await heartbeatsSent(3, 60_000);
+    assert.deepEqual(asg.ops('complete'), [], 'the image generation running is not the launch converged');
+    assert.equal(r.view().decision, undefined);
+
+    // The daemon's retry (or a fixed push) converges within the budget.
+    r.update(converging());
+    r.update(converged());
+    await until('the completion', () => asg.ops('complete').length === 1);
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
+    assert.equal(r.view().decision?.reason, 'the launch converged');
+    assert.ok((asg.ops('complete')[0]?.at ?? 0) >= start + 180_000);
+    assert.deepEqual(asg.ops('health'), [], 'a good generation ran throughout: never Unhealthy');
+  });
+
+  it('a launch that stays on a good generation without converging is ABANDONed when the budget passes, never reported Unhealthy', async () => {
+    const r = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 });
+    const start = clock.now();
+    r.update(rolledBack());
+    r.start();
+    await heartbeatsSent(9, 60_000);
+    assert.deepEqual(asg.ops('complete'), []);
+    await clock.whenSleeping(1);
+    await clock.advanceAsync(60_000);
+    await until('the ABANDON', () => asg.ops('complete').length === 1);
+    assert.equal(asg.ops('complete')[0]?.result, 'ABANDON');
+    assert.equal(asg.ops('complete')[0]?.at, start + 600_000);
+    assert.match(r.view().decision?.reason ?? '', /600 s launch budget/);
+    assert.deepEqual(asg.ops('health'), []);
+  });
+
+  it('one-shot (converge --once): a pass that ends on a good generation without converging ABANDONs at once; one that converges CONTINUEs', async () => {
+    const r = reporter({}, { oneShot: true });
     r.update(rolledBack());
     const view = await r.flush(1);
-    assert.deepEqual(view.decision?.result, 'CONTINUE');
-    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['CONTINUE']);
-    r.update(rolledBack());
-    await r.flush(1);
+    assert.equal(view.decision?.result, 'ABANDON');
+    assert.equal(view.decision?.reason, 'the launch ended rolled-back, not converged, and this run makes no other pass');
+    assert.deepEqual(asg.ops('complete').map((c) => c.result), ['ABANDON']);
     assert.deepEqual(asg.ops('health'), []);
+
+    await rm(fs.resolve(LIFECYCLE_FILE));
+    asg.gone.clear();
+    const next = reporter({}, { oneShot: true });
+    next.update(converged());
+    assert.equal((await next.flush(1)).decision?.result, 'CONTINUE');
   });
 
   it('completes with ABANDON when the first convergence ends with no good generation, without SetInstanceHealth', async () => {
