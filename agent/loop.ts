@@ -320,8 +320,15 @@ class DaemonLoop implements Daemon {
           return { ok: passExitCode(result.outcome) === 0, outcome: result.outcome, status: this.reconciler.status };
         }
         case 'rollback': {
+          // An operator rolling back wants the previous good generation now, not after an hour's
+          // build of what is being rolled back from: a build that has not activated is given up,
+          // as for a suspend. Not when the rollback would be refused: that changes nothing.
+          const cancelled = (await this.reconciler.rollbackTarget()) !== undefined && this.scheduler.cancelBuild('rollback');
           const result = await this.scheduler.exclusive(() => this.reconciler.rollback());
           if (!result.refused) this.post({ kind: 'pass-finished', result, durationMs: undefined });
+          // A first pass cut short has not ended the first convergence: the pass that follows,
+          // held on the rollback at once, ends it.
+          if (cancelled) this.scheduler.trigger('rollback');
           return rollbackAnswer(result, this.reconciler.status);
         }
         case 'suspend': {

@@ -552,12 +552,24 @@ export class Reconciler {
     }
   }
 
+  /**
+   * The store path an operator's rollback would switch to, or undefined when it would be refused:
+   * none is recorded, or that one runs already.
+   */
+  async rollbackTarget(): Promise<string | undefined> {
+    return (await this.rollbackCandidate())?.storePath;
+  }
+
+  private async rollbackCandidate(): Promise<DurableState['lastGood']> {
+    const target = this.state.previousGood ?? this.state.lastGood;
+    return target && target.storePath !== (await runningSystem(this.deps.fs)) ? target : undefined;
+  }
+
   /** `rollback`: back to the previous good generation, held there until the sources change. */
   async rollback(): Promise<PassResult> {
     const log = this.deps.log.child({ trigger: 'rollback' });
-    const target = this.state.previousGood ?? this.state.lastGood;
-    const runningNow = await runningSystem(this.deps.fs);
-    if (!target || target.storePath === runningNow) {
+    const target = await this.rollbackCandidate();
+    if (!target) {
       // Refused, nothing tried: the status stays as it was. Recorded as a failed pass, a request
       // that changed nothing turned /readyz away and left `status` degraded until the next pass.
       const err = new ApplyFailedError('there is no previous good generation to roll back to', 'rollback');

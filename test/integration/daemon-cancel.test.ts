@@ -36,12 +36,12 @@ describe('a hung build', { timeout: 240_000 }, () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function start(buildTimeoutSeconds: number, notify: Notify = createNotify({})): Promise<Running> {
+  async function start(buildTimeoutSeconds: number, notify: Notify = createNotify({}), module = markerModule('sandbox-hang')): Promise<Running> {
     const { root, tools, remove } = await sandboxedMachine('nea-cancel');
     cleanups.push(remove);
     const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
     cleanups.push(() => world.close());
-    world.ssm.load([{ Name: MODULE, Value: markerModule('sandbox-hang'), Type: 'String' }]);
+    world.ssm.load([{ Name: MODULE, Value: module, Type: 'String' }]);
     const config = parseConfig({
       root,
       logLevel: 'error',
@@ -121,6 +121,34 @@ describe('a hung build', { timeout: 240_000 }, () => {
     assert.equal(r.daemon.status.lastResult?.outcome, 'suspended');
     assert.equal(r.daemon.status.phase, 'suspended');
     assert.equal(await readlink(path.join(r.root, 'run/current-system')), running, 'nothing was switched');
+  });
+
+  it("is given up for an operator's rollback, which switches to the previous good generation without waiting for the build", async () => {
+    const r = await start(120, createNotify({}), markerModule('good-a'));
+    const converged = async (what: string, hash?: string) => {
+      const done = () => r.daemon.status.lastResult;
+      await waitUntil(what, () => done()?.outcome === 'converged' && done()?.desiredHash !== hash);
+      return { hash: done()?.desiredHash, system: await readlink(path.join(r.root, 'run/current-system')) };
+    };
+    const a = await converged('good-a converged');
+    r.world.ssm.load([{ Name: MODULE, Value: markerModule('good-b'), Type: 'String', Overwrite: true }]);
+    const b = await converged('good-b converged', a.hash);
+    assert.notEqual(b.system, a.system);
+    r.world.ssm.load([{ Name: MODULE, Value: markerModule('sandbox-hang'), Type: 'String', Overwrite: true }]);
+    await waitUntil('the hung build', () => r.daemon.status.phase === 'building');
+    const hung = r.daemon.status.desired?.hash;
+
+    // Far less than the build's 120 s: waiting for the build is the failure.
+    const client = new ControlClient(path.join(r.root, 'run/ctl.sock'), 30_000);
+    const answer = (await client.request('rollback')) as { ok: boolean; status: Status };
+    assert.equal(answer.ok, true, JSON.stringify(answer));
+    assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
+    assert.equal(await readlink(path.join(r.root, 'run/current-system')), a.system, 'back on the generation before good-b');
+    assert.equal(answer.status.held?.desiredHash, hung, 'held on what was being built, not building it again');
+    // The pass that follows holds on the rollback: nothing is built.
+    await waitUntil('the held pass', () => r.daemon.status.lastResult?.outcome === 'held');
+    assert.equal(r.daemon.status.phase, 'held');
+    assert.equal(await readlink(path.join(r.root, 'run/current-system')), a.system);
   });
 
   it('is not cancelled by converge --now when the sources still say the same', async () => {
