@@ -162,6 +162,8 @@ export class LifecycleReporter {
   private askAfterSleep: false | 'wake' | 'start' = false;
   /** The pass a launch out of the warm pool waits for (freshPassFor), once asked. */
   private freshPass: { done: boolean } | undefined;
+  /** The end (lastResult.at) of the last unconverged pass the waiting launch was logged for. */
+  private waitingSaidFor: string | undefined;
 
   private chain: Promise<void> = Promise.resolve();
   private loopDone: Promise<void> | undefined;
@@ -382,7 +384,7 @@ export class LifecycleReporter {
         // Kept before the call: a restarted agent completes with the same result.
         await attempt('save', () => this.save());
         this.options.log.info({ event: 'lifecycle.decided', group, hooks: pending, result: decision.result, reason: decision.reason }, `launch hook: ${decision.result} (${decision.reason})`);
-      }
+      } else this.sayWaiting(record, group);
     }
 
     if (record.decision) {
@@ -462,6 +464,22 @@ export class LifecycleReporter {
       };
     }
     return undefined;
+  }
+
+  /**
+   * Once per pass that ends without converging while the launch waits: why the instance is still
+   * in Pending:Wait, and until when, for the operator who finds it there.
+   */
+  private sayWaiting(record: Persisted, group: string): void {
+    const s = this.status;
+    const ended = s?.lastResult;
+    if (!s || !ended || !this.converged() || s.condition === 'converging' || s.condition === 'converged' || this.waitingSaidFor === ended.at) return;
+    this.waitingSaidFor = ended.at;
+    const until = new Date(this.budgetEndsAt(record)).toISOString();
+    this.options.log.warn(
+      { event: 'lifecycle.waiting', group, outcome: ended.outcome, abandonAt: until },
+      `launch hook: the pass ended ${ended.outcome}, not converged; the launch waits for a pass that converges, and is abandoned at ${until}`,
+    );
   }
 
   /**

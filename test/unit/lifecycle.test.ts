@@ -9,7 +9,8 @@ import type { ActionOutcome, AutoScaling, GroupMembership, LifecycleHook, Lifecy
 import { parseConfig, type Config } from '../../agent/config.js';
 import { TransientError } from '../../agent/errors.js';
 import { RootFs } from '../../agent/fs.js';
-import { silentLogger } from '../../agent/log.js';
+import { Writable } from 'node:stream';
+import { createLogger, silentLogger } from '../../agent/log.js';
 import { LIFECYCLE_FILE, LifecycleReporter, type Location } from '../../agent/report/lifecycle.js';
 import { StateStore } from '../../agent/state.js';
 import type { Status } from '../../agent/status.js';
@@ -149,13 +150,13 @@ describe('LifecycleReporter', () => {
 
   function reporter(
     config: Record<string, unknown> = {},
-    options: { locate?: () => Promise<Location>; retryMs?: number; completed?: LifecycleResult[]; beats?: number[]; freshPass?: () => Promise<unknown>; oneShot?: boolean } = {},
+    options: { locate?: () => Promise<Location>; retryMs?: number; completed?: LifecycleResult[]; beats?: number[]; freshPass?: () => Promise<unknown>; oneShot?: boolean; lines?: string[] } = {},
   ): LifecycleReporter {
     const r = new LifecycleReporter({
       autoscaling: asg,
       clock,
       store: new StateStore(fs, () => clock.now()),
-      log: silentLogger(),
+      log: options.lines ? createLogger({ level: 'info', destination: new Writable({ write: (chunk: Buffer, _e, done) => (options.lines!.push(chunk.toString('utf8')), done()) }) }) : silentLogger(),
       config: lifecycleConfig(config),
       locate: options.locate ?? (async () => ({ instanceId: INSTANCE, group: GROUP })),
       ...(options.retryMs !== undefined ? { retryMs: options.retryMs } : {}),
@@ -247,7 +248,8 @@ describe('LifecycleReporter', () => {
   });
 
   it('a launch whose first pass was rolled back to a good generation is heartbeated, not completed, until a later pass converges: CONTINUE', async () => {
-    const r = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 });
+    const lines: string[] = [];
+    const r = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 }, { lines });
     const start = clock.now();
     r.update(converging());
     r.start();
@@ -256,6 +258,12 @@ describe('LifecycleReporter', () => {
     await heartbeatsSent(3, 60_000);
     assert.deepEqual(asg.ops('complete'), [], 'the image generation running is not the launch converged');
     assert.equal(r.view().decision, undefined);
+    const waiting = lines.map((l) => JSON.parse(l) as { event?: string; abandonAt?: string; outcome?: string }).filter((l) => l.event === 'lifecycle.waiting');
+    assert.deepEqual(
+      waiting.map((l) => [l.outcome, l.abandonAt]),
+      [['rolled-back', new Date(start + 600_000).toISOString()]],
+      'said once for the pass, with when the launch is abandoned',
+    );
 
     // The daemon's retry (or a fixed push) converges within the budget.
     r.update(converging());
