@@ -78,7 +78,7 @@ type DaemonEvent =
   | { readonly kind: 'control'; readonly op: ControlOp; readonly reply: ControlReply }
   | { readonly kind: 'signal'; readonly signal: DaemonSignal }
   | { readonly kind: 'reloaded'; readonly parts: Parts | undefined; readonly cause: string }
-  | { readonly kind: 'own-configuration-changed' }
+  | { readonly kind: 'own-configuration-changed'; readonly next: Config }
   | { readonly kind: 'kernel-wait'; readonly untilMs: number }
   | { readonly kind: 'kernel-wake' }
   | { readonly kind: 'watch-local' };
@@ -119,6 +119,8 @@ class DaemonLoop implements Daemon {
   private ready = false;
   private stopping = false;
   private reloading = false;
+  /** The latest reloads a switch caused, oldest first: what tells a flip (flipsBack). */
+  private ownReloads: readonly OwnReload[] = [];
   private leavingNotice: LeavingNotice | undefined;
   private kernelWaitUntil: number | undefined;
   /** The local files' watch, waiting for the first rebuild to be under way. */
@@ -210,7 +212,7 @@ class DaemonLoop implements Daemon {
         if (event.signal === 'SIGHUP') return this.onReload('SIGHUP');
         return this.onStop(event.signal);
       case 'own-configuration-changed':
-        return this.onReload('switch');
+        return this.onOwnConfigurationChanged(event.next);
       case 'reloaded':
         return this.onReloaded(event.parts, event.cause);
       case 'kernel-wait':
@@ -377,11 +379,28 @@ class DaemonLoop implements Daemon {
     this.spawn(
       reload().then(
         (next) => {
-          if (!sameConfiguration(next, running)) this.post({ kind: 'own-configuration-changed' });
+          if (!sameConfiguration(next, running)) this.post({ kind: 'own-configuration-changed', next });
         },
         // A file that does not parse is what a reload would refuse too: it is not taken.
         (err: unknown) => this.deps.log.error({ event: 'reload.failed', cause: 'switch', err: (err as Error).message }, `switch: the configuration was not reloaded: ${(err as Error).message}`),
       ),
+    );
+  }
+
+  /**
+   * A switch rewrote the agent's configuration. Taken, unless taking it goes back once more to a
+   * configuration that switches led away from and back to: the sources then say one thing through
+   * one configuration's prefixes and the other through the other's, and every flip is a rebuild and
+   * a switch on every instance, for ever. The configuration in hand stays (its desired state runs,
+   * so the sources read through it converge to what runs), and SIGHUP still takes the file.
+   */
+  private onOwnConfigurationChanged(next: Config): void {
+    const running = this.parts.config;
+    if (!flipsBack(this.ownReloads, configKey(running), configKey(next), this.deps.clock.now())) return this.onReload('switch');
+    const changed = changedSettings(running, next);
+    this.deps.log.error(
+      { event: 'reload.refused', cause: 'switch', settings: changed },
+      `switch: the configuration was not reloaded: it would flip back and forth (${changed.join(', ')}), since the generation each one converges to writes the other; fix what the sources set for the agent's own settings, then reload (SIGHUP) to take the file`,
     );
   }
 
@@ -429,6 +448,9 @@ class DaemonLoop implements Daemon {
       return;
     }
     if (parts) {
+      // An operator's reload starts the count of flips afresh: it takes what the file says.
+      this.ownReloads =
+        cause === 'switch' ? [...this.ownReloads.slice(-(FLIPS_KEPT - 1)), { from: configKey(this.parts.config), to: configKey(parts.config), at: this.deps.clock.now() }] : [];
       this.parts = parts;
       // The replaced parts' watch, if it still waited for the first rebuild, never starts.
       this.localWaiting = undefined;
@@ -665,7 +687,39 @@ class DaemonLoop implements Daemon {
 
 /** Two configurations as parsed (plain data, keys in the schema's order) say the same. */
 function sameConfiguration(a: Config, b: Config): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return configKey(a) === configKey(b);
+}
+
+function configKey(c: Config): string {
+  return JSON.stringify(c);
+}
+
+/** A reload a switch caused: from one configuration (configKey) to another. */
+export interface OwnReload {
+  readonly from: string;
+  readonly to: string;
+  readonly at: number;
+}
+
+const FLIPS_KEPT = 2;
+/** Two flips further apart than this are an operator's changes, not a loop. */
+export const FLIP_MEMORY_MS = 3_600_000;
+
+/**
+ * True when taking `next` would be the third reload in a row, each caused by a switch, between
+ * the same two configurations within FLIP_MEMORY_MS: `running` → `next` and back were taken
+ * already. Two are let through: an operator may change the agent's settings and change them back.
+ */
+export function flipsBack(history: readonly OwnReload[], running: string, next: string, now: number): boolean {
+  const [before, last] = history.slice(-FLIPS_KEPT);
+  if (!before || !last || now - before.at > FLIP_MEMORY_MS) return false;
+  return before.from === running && before.to === next && last.from === next && last.to === running;
+}
+
+/** The top-level settings two configurations disagree on (`ssm`, `health`), for the operator. */
+function changedSettings(a: Config, b: Config): string[] {
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]) as Set<keyof Config>;
+  return [...keys].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
 }
 
 /** The local files as the agent's last read found them, by absolute path: a watch's baseline. */

@@ -184,6 +184,43 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     }
   });
 
+  it("a configuration whose generations each write the other's settings is taken twice, then kept: no rebuild loop", async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write: (chunk: Buffer, _enc, done) => (lines.push(chunk.toString('utf8')), done()) });
+    const tag = Math.random().toString(36).slice(2, 8);
+    // Each IMDS's user data converges to a generation whose agent configuration names the other IMDS.
+    first.setUserData(`{ ... }: { networking.hostName = "flip-a-${tag}"; }\n`);
+    second.setUserData(`{ ... }: { networking.hostName = "flip-b-${tag}"; }\n`);
+    const info = { logLevel: 'info' };
+    let fromFirst: string | undefined;
+    const reload = async () => {
+      const running = await readlink(path.join(root, 'run/current-system'));
+      fromFirst ??= running;
+      return running === fromFirst ? config(second, info) : config(first, info);
+    };
+    const { daemon, statuses } = await startHere(config(first, info), { log: createLogger({ destination: sink, level: 'info' }), reload });
+    const events = () => lines.map((l) => JSON.parse(l) as { event?: string; cause?: string; msg: string; settings?: string[] });
+    try {
+      await waitUntil('the third reload refused', () => events().some((e) => e.event === 'reload.refused'));
+      const refused = events().find((e) => e.event === 'reload.refused');
+      assert.deepEqual(refused?.settings, ['imds']);
+      assert.match(refused?.msg ?? '', /^switch: the configuration was not reloaded: it would flip back and forth \(imds\)/);
+      assert.equal(events().filter((e) => e.event === 'reload' && e.cause === 'switch').length, 2, 'A→B and B→A were taken');
+      // Kept on the first configuration, whose sources converge to what runs: nothing more changes.
+      const converged = statuses.filter((s) => s.lastResult?.outcome === 'converged').length;
+      const checks = first.requests.filter((r) => r.path === LEAVING_PATH).length;
+      await waitUntil('the first IMDS still watched', () => first.requests.filter((r) => r.path === LEAVING_PATH).length >= checks + 3);
+      assert.equal(await readlink(path.join(root, 'run/current-system')), fromFirst);
+      assert.equal(statuses.filter((s) => s.lastResult?.outcome === 'converged').length, converged, 'no switch after the refusal');
+      assert.equal(events().filter((e) => e.event === 'reload.refused').length, 1);
+    } finally {
+      first.setUserData(USER_DATA);
+      second.setUserData(USER_DATA);
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+    }
+  });
+
   it('a spot notice that comes and goes is no shutdown: STOPPING=1 only on SIGTERM, READY=1 once', async () => {
     const sent: string[] = [];
     const notify = recordingNotify(sent);
