@@ -119,6 +119,8 @@ class DaemonLoop implements Daemon {
   private ready = false;
   private stopping = false;
   private reloading = false;
+  /** An operator's suspend or rollback waiting on the pass in hand: its build is given up as it starts. */
+  private giveUpBuild: string | undefined;
   /** The latest reloads a switch caused, oldest first: what tells a flip (flipsBack). */
   private ownReloads: readonly OwnReload[] = [];
   private leavingNotice: LeavingNotice | undefined;
@@ -228,6 +230,7 @@ class DaemonLoop implements Daemon {
 
   private onStatus(status: Status): void {
     const { notify } = this.deps;
+    if (this.giveUpBuild !== undefined && status.phase === 'building') this.scheduler.cancelBuild(this.giveUpBuild);
     if (!this.ready && status.phase === 'building' && this.phase !== 'building') this.extendStart();
     this.parts?.lifecycle?.update(status);
     if (this.localWaiting && !beforeFirstRebuild(status)) this.onWatchLocal();
@@ -308,6 +311,9 @@ class DaemonLoop implements Daemon {
   }
 
   private onControl(op: ControlOp, reply: ControlReply): void {
+    // What an operator asked of the instance, in its journal beside what came of it; a status
+    // read (`status --wait` asks every second) changes nothing and is not logged.
+    if (op !== 'status') this.deps.log.info({ event: 'control.request', op }, `${op} asked over the control socket`);
     const answer = async (): Promise<unknown> => {
       switch (op) {
         case 'status':
@@ -325,23 +331,16 @@ class DaemonLoop implements Daemon {
           // An operator rolling back wants the previous good generation now, not after an hour's
           // build of what is being rolled back from: a build that has not activated is given up,
           // as for a suspend. Not when the rollback would be refused: that changes nothing.
-          const cancelled = (await this.reconciler.rollbackTarget()) !== undefined && this.scheduler.cancelBuild('rollback');
-          const result = await this.scheduler.exclusive(() => this.reconciler.rollback());
+          const giveUp = (await this.reconciler.rollbackTarget()) !== undefined;
+          const result = await this.givingUpBuild(giveUp ? 'rollback' : undefined, () => this.reconciler.rollback());
           if (!result.refused) this.post({ kind: 'pass-finished', result, durationMs: undefined });
-          // A first pass cut short has not ended the first convergence: the pass that follows,
-          // held on the rollback at once, ends it.
-          if (cancelled) this.scheduler.trigger('rollback');
           return rollbackAnswer(result, this.reconciler.status);
         }
         case 'suspend': {
           // A suspend means: change nothing more here. A build that has not activated is given up
           // as a newer desired state gives it up; waited for, it would hold the suspend for as long
           // as the build takes (an hour) and then switch to what it built.
-          const cancelled = this.scheduler.cancelBuild('suspend');
-          await this.scheduler.exclusive(() => this.reconciler.suspend('control socket'));
-          // A first pass cut short has not ended the first convergence (READY=1, status --wait):
-          // the pass that follows, suspended at once, ends it.
-          if (cancelled) this.scheduler.trigger('suspend');
+          await this.givingUpBuild('suspend', () => this.reconciler.suspend('control socket'));
           return { ok: true, status: this.reconciler.status };
         }
         case 'resume':
@@ -385,6 +384,27 @@ class DaemonLoop implements Daemon {
         (err: unknown) => this.deps.log.error({ event: 'reload.failed', cause: 'switch', err: (err as Error).message }, `switch: the configuration was not reloaded: ${(err as Error).message}`),
       ),
     );
+  }
+
+  /**
+   * Runs an operator's request once no pass runs, giving up (`reason`) the build of the pass in
+   * hand: at once when it is building, or as soon as it starts building when the request finds it
+   * still reading its sources or rendering (onStatus). A pass that activates goes on to its end.
+   */
+  private async givingUpBuild<T>(reason: string | undefined, fn: () => Promise<T>): Promise<T> {
+    const before = this.scheduler.state.cancelled;
+    if (reason !== undefined) {
+      this.giveUpBuild = reason;
+      this.scheduler.cancelBuild(reason);
+    }
+    try {
+      return await this.scheduler.exclusive(fn);
+    } finally {
+      if (this.giveUpBuild === reason) this.giveUpBuild = undefined;
+      // A first pass cut short has not ended the first convergence (READY=1, status --wait): the
+      // pass that follows, suspended or held at once, ends it.
+      if (this.scheduler.state.cancelled > before) this.scheduler.trigger(reason ?? 'operator');
+    }
   }
 
   /**

@@ -3,11 +3,14 @@
 // (and is answered with what the passes did, never "cancelled"). In this process, against the
 // emulators and the stand-in nixos-rebuild.
 import assert from 'node:assert/strict';
-import { readFile, readlink } from 'node:fs/promises';
+import { mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { parseConfig } from '../../agent/config.js';
-import { silentLogger } from '../../agent/log.js';
+import { spawnSync } from 'node:child_process';
+import { Writable } from 'node:stream';
+import { createLogger, silentLogger, type Logger } from '../../agent/log.js';
 import { startDaemon, type Daemon } from '../../agent/loop.js';
 import { realClock } from '../../agent/ports.js';
 import { ControlClient } from '../../agent/report/control.js';
@@ -36,10 +39,14 @@ describe('a hung build', { timeout: 240_000 }, () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function start(buildTimeoutSeconds: number, notify: Notify = createNotify({}), module = markerModule('sandbox-hang')): Promise<Running> {
+  async function start(
+    buildTimeoutSeconds: number,
+    options: { notify?: Notify; module?: string; userData?: string; log?: Logger } = {},
+  ): Promise<Running> {
+    const { notify = createNotify({}), module = markerModule('sandbox-hang') } = options;
     const { root, tools, remove } = await sandboxedMachine('nea-cancel');
     cleanups.push(remove);
-    const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
+    const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null }, ...(options.userData !== undefined ? { userData: Buffer.from(options.userData) } : {}) });
     cleanups.push(() => world.close());
     world.ssm.load([{ Name: MODULE, Value: module, Type: 'String' }]);
     const config = parseConfig({
@@ -61,7 +68,7 @@ describe('a hung build', { timeout: 240_000 }, () => {
     const env = world.env();
     const statuses: Status[] = [];
     const daemon = await startDaemon(config, {
-      log: silentLogger(),
+      log: options.log ?? silentLogger(),
       clock,
       env,
       notify,
@@ -92,7 +99,7 @@ describe('a hung build', { timeout: 240_000 }, () => {
     const ready: Status[] = [];
     let r: Running | undefined;
     const notify: Notify = { enabled: false, send() {}, ready: () => ready.push(r!.daemon.status), status() {}, watchdog() {}, extendTimeout() {}, stopping() {}, reloading() {} };
-    r = await start(120, notify);
+    r = await start(120, { notify });
     await waitUntil('the hung build', () => r!.daemon.status.phase === 'building');
     const hung = r.daemon.status.desired?.hash;
     r.world.ssm.load([{ Name: MODULE, Value: markerModule('fixed'), Type: 'String', Overwrite: true }]);
@@ -124,7 +131,7 @@ describe('a hung build', { timeout: 240_000 }, () => {
   });
 
   it("is given up for an operator's rollback, which switches to the previous good generation without waiting for the build", async () => {
-    const r = await start(120, createNotify({}), markerModule('good-a'));
+    const r = await start(120, { module: markerModule('good-a') });
     const converged = async (what: string, hash?: string) => {
       const done = () => r.daemon.status.lastResult;
       await waitUntil(what, () => done()?.outcome === 'converged' && done()?.desiredHash !== hash);
@@ -149,6 +156,31 @@ describe('a hung build', { timeout: 240_000 }, () => {
     await waitUntil('the held pass', () => r.daemon.status.lastResult?.outcome === 'held');
     assert.equal(r.daemon.status.phase, 'held');
     assert.equal(await readlink(path.join(r.root, 'run/current-system')), a.system);
+  });
+
+  it('is given up for a suspend that came while the pass still read its sources, as soon as the build starts', async () => {
+    // The user-data script holds the pass in its first step until the test writes to the FIFO.
+    const fifo = path.join(await mkdtemp(path.join(tmpdir(), 'nea-fifo-')), 'go');
+    cleanups.push(() => rm(path.dirname(fifo), { recursive: true, force: true }));
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo');
+    const lines: string[] = [];
+    const log = createLogger({ level: 'info', destination: new Writable({ write: (chunk: Buffer, _e, done) => (lines.push(chunk.toString('utf8')), done()) }) });
+    const r = await start(120, { userData: `#!/bin/sh\nread go < ${fifo}\n`, log });
+    await waitUntil('the user-data script running', () => r.daemon.status.message === 'running the user-data script');
+    const running = await readlink(path.join(r.root, 'run/current-system'));
+    const client = new ControlClient(path.join(r.root, 'run/ctl.sock'), 60_000);
+    const asked = client.request('suspend') as Promise<{ ok: boolean; status: Status }>;
+    await waitUntil('the suspend taken by the daemon', () => lines.some((l) => l.includes('"event":"control.request"') && l.includes('"op":"suspend"')));
+    await writeFile(fifo, 'go\n');
+    // The build hangs for 120 s: an answer before that is the build given up.
+    const answer = await asked;
+    assert.equal(answer.ok, true);
+    assert.ok(answer.status.suspended, JSON.stringify(answer.status));
+    assert.ok(r.outcomes().includes('cancelled'), r.outcomes().join(', '));
+    assert.ok(r.statuses.some((s) => s.phase === 'building'), 'the pass reached its build before it was given up');
+    await waitUntil('the suspended pass', () => r.daemon.status.firstConvergenceDone);
+    assert.equal(r.daemon.status.lastResult?.outcome, 'suspended');
+    assert.equal(await readlink(path.join(r.root, 'run/current-system')), running, 'nothing was switched');
   });
 
   it('is not cancelled by converge --now when the sources still say the same', async () => {
