@@ -1,9 +1,9 @@
 // The launch lifecycle hook and the instance's health, told to its Auto Scaling group from the
 // Status stream. While the launch waits, the hook is heartbeated so the group keeps waiting; once a
 // pass converges to the desired state the hook is completed with CONTINUE, and with ABANDON when no
-// good generation runs or the launch budget passes first. A first pass that fails but leaves the
-// instance on a good generation (the image's) decides nothing: the daemon's later passes (a failed
-// desired state's retry, a fixed push) may still converge within the budget. The decision and each
+// good generation runs or the launch budget passes first. A pass that fails and leaves the instance
+// on the image's own generation decides nothing: the daemon's later passes (a failed desired
+// state's retry, a fixed push) may still converge within the budget. The decision and each
 // completion are kept in the state directory, so a restarted agent neither completes twice nor
 // heartbeats a hook that is done. Every call is best effort: a failure is logged, counted and
 // tried again at the next status change or tick; it never stops the agent.
@@ -437,10 +437,12 @@ export class LifecycleReporter {
 
   /**
    * CONTINUE once a pass has converged to the desired state (the contract's "first good
-   * convergence", as CodeDeploy lets a launch into service only once its deployment succeeded);
-   * ABANDON when no good generation runs, or when the budget passes first. An instance left on a
-   * good generation that is not the desired one (the image's, after a failed build) would serve
-   * the image's configuration in place of the fleet's.
+   * convergence", as CodeDeploy lets a launch into service only once its deployment succeeded), or
+   * has ended on a good generation the agent built from the sources before (a warm pool's instance
+   * after a bad push: the generation the rest of the fleet rolled back to); ABANDON when no good
+   * generation runs, or when the budget passes first. An instance left on the image's own
+   * generation, which no desired state built (after a failed first build), would serve the image's
+   * configuration in place of the fleet's: its launch waits for a later pass.
    */
   private decide(record: Persisted): { result: LifecycleResult; reason: string } | undefined {
     const s = this.status;
@@ -448,6 +450,10 @@ export class LifecycleReporter {
       const which = this.freshPass ? 'the pass after leaving the warm pool' : 'the launch';
       if (s.noGoodGeneration) return { result: 'ABANDON', reason: `${which} ended with no good generation running` };
       if (s.condition === 'converged') return { result: 'CONTINUE', reason: `${which} converged` };
+      const built = s.running?.desiredHash;
+      if (s.condition !== 'converging' && built !== undefined) {
+        return { result: 'CONTINUE', reason: `${which} ended on the good generation of desired ${built.slice(0, 12)}, which the sources built before` };
+      }
       if (this.options.oneShot && s.condition !== 'converging') {
         return { result: 'ABANDON', reason: `${which} ended ${s.lastResult?.outcome ?? 'unfinished'}, not converged, and this run makes no other pass` };
       }
@@ -473,7 +479,7 @@ export class LifecycleReporter {
   private sayWaiting(record: Persisted, group: string): void {
     const s = this.status;
     const ended = s?.lastResult;
-    if (!s || !ended || !this.converged() || s.condition === 'converging' || s.condition === 'converged' || this.waitingSaidFor === ended.at) return;
+    if (!s || !ended || !this.converged() || s.condition === 'converging' || s.condition === 'converged' || s.running?.desiredHash !== undefined || this.waitingSaidFor === ended.at) return;
     this.waitingSaidFor = ended.at;
     const until = new Date(this.budgetEndsAt(record)).toISOString();
     this.options.log.warn(

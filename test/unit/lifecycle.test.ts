@@ -275,6 +275,15 @@ describe('LifecycleReporter', () => {
     assert.deepEqual(asg.ops('health'), [], 'a good generation ran throughout: never Unhealthy');
   });
 
+  it('a launch rolled back to a generation the sources built before (a warm pool instance after a bad push) CONTINUEs: what the fleet rolled back to', async () => {
+    const r = reporter();
+    r.update(status({ ...rolledBack(), running: { storePath: '/nix/store/aaaa-nixos-system', desiredHash: 'd'.repeat(64), generation: 3 } }));
+    const view = await r.flush(1);
+    assert.equal(view.decision?.result, 'CONTINUE');
+    assert.equal(view.decision?.reason, `the launch ended on the good generation of desired ${'d'.repeat(12)}, which the sources built before`);
+    assert.deepEqual(asg.ops('health'), []);
+  });
+
   it('a launch that stays on a good generation without converging is ABANDONed when the budget passes, never reported Unhealthy', async () => {
     const r = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 });
     const start = clock.now();
