@@ -330,9 +330,10 @@ class DaemonLoop implements Daemon {
         case 'rollback': {
           // An operator rolling back wants the previous good generation now, not after an hour's
           // build of what is being rolled back from: a build that has not activated is given up,
-          // as for a suspend. Not when the rollback would be refused: that changes nothing.
-          const giveUp = (await this.reconciler.rollbackTarget()) !== undefined;
-          const result = await this.givingUpBuild(giveUp ? 'rollback' : undefined, () => this.reconciler.rollback());
+          // as for a suspend. With nothing to go back to, that is said at once, and the pass in
+          // hand goes on.
+          if ((await this.reconciler.rollbackTarget()) === undefined) return rollbackAnswer(this.reconciler.refuseRollback(), this.reconciler.status);
+          const result = await this.givingUpBuild('rollback', () => this.reconciler.rollback());
           if (!result.refused) this.post({ kind: 'pass-finished', result, durationMs: undefined });
           return rollbackAnswer(result, this.reconciler.status);
         }
@@ -391,19 +392,17 @@ class DaemonLoop implements Daemon {
    * hand: at once when it is building, or as soon as it starts building when the request finds it
    * still reading its sources or rendering (onStatus). A pass that activates goes on to its end.
    */
-  private async givingUpBuild<T>(reason: string | undefined, fn: () => Promise<T>): Promise<T> {
+  private async givingUpBuild<T>(reason: string, fn: () => Promise<T>): Promise<T> {
     const before = this.scheduler.state.cancelled;
-    if (reason !== undefined) {
-      this.giveUpBuild = reason;
-      this.scheduler.cancelBuild(reason);
-    }
+    this.giveUpBuild = reason;
+    this.scheduler.cancelBuild(reason);
     try {
       return await this.scheduler.exclusive(fn);
     } finally {
       if (this.giveUpBuild === reason) this.giveUpBuild = undefined;
       // A first pass cut short has not ended the first convergence (READY=1, status --wait): the
       // pass that follows, suspended or held at once, ends it.
-      if (this.scheduler.state.cancelled > before) this.scheduler.trigger(reason ?? 'operator');
+      if (this.scheduler.state.cancelled > before) this.scheduler.trigger(reason);
     }
   }
 

@@ -565,17 +565,22 @@ export class Reconciler {
     return target && target.storePath !== (await runningSystem(this.deps.fs)) ? target : undefined;
   }
 
+  /**
+   * The answer to a rollback with nothing to go back to (rollbackTarget undefined). Nothing is
+   * tried, and the status stays as it was: recorded as a failed pass, a request that changed
+   * nothing would turn /readyz away and leave `status` degraded until the next pass.
+   */
+  refuseRollback(): PassResult {
+    const err = new ApplyFailedError('there is no previous good generation to roll back to', 'rollback');
+    this.deps.log.warn({ event: 'rollback.refused', trigger: 'rollback', err: err.message }, err.message);
+    return { outcome: 'failed', error: err, refused: true };
+  }
+
   /** `rollback`: back to the previous good generation, held there until the sources change. */
   async rollback(): Promise<PassResult> {
     const log = this.deps.log.child({ trigger: 'rollback' });
     const target = await this.rollbackCandidate();
-    if (!target) {
-      // Refused, nothing tried: the status stays as it was. Recorded as a failed pass, a request
-      // that changed nothing turned /readyz away and left `status` degraded until the next pass.
-      const err = new ApplyFailedError('there is no previous good generation to roll back to', 'rollback');
-      log.warn({ event: 'rollback.refused', err: err.message }, err.message);
-      return { outcome: 'failed', error: err, refused: true };
-    }
+    if (!target) return this.refuseRollback();
     const current = this.state.lastGood;
     // The configuration.nix of each travels with it, so the one restored matches the system that
     // runs; the swap is saved in one write when the rollback is journaled.

@@ -158,6 +158,18 @@ describe('a hung build', { timeout: 240_000 }, () => {
     assert.equal(await readlink(path.join(r.root, 'run/current-system')), a.system);
   });
 
+  it('is not given up for a rollback with nothing to go back to, which is refused at once', async () => {
+    const r = await start(120);
+    await waitUntil('the hung build', () => r.daemon.status.phase === 'building');
+    // Far less than the build's 120 s: waiting for the build is the failure.
+    const client = new ControlClient(path.join(r.root, 'run/ctl.sock'), 30_000);
+    const answer = (await client.request('rollback')) as { ok: boolean; error?: string; status: Status };
+    assert.equal(answer.ok, false);
+    assert.equal(answer.error, 'there is no previous good generation to roll back to');
+    assert.equal(r.daemon.status.phase, 'building', 'the first build goes on');
+    assert.ok(!r.outcomes().includes('cancelled'), r.outcomes().join(', '));
+  });
+
   it('is given up for a suspend that came while the pass still read its sources, as soon as the build starts', async () => {
     // The user-data script holds the pass in its first step until the test writes to the FIFO.
     const fifo = path.join(await mkdtemp(path.join(tmpdir(), 'nea-fifo-')), 'go');
