@@ -14,7 +14,7 @@ import { NixParser, refusedByParser, type RefusedFile } from './render/validate.
 import { TransientError } from './errors.js';
 import { LOCK_FILE, lockHolder, lockRoot, RootBusyError, type LockHolder, type RootLock } from './lock.js';
 import { PostConvergeHook } from './report/hook.js';
-import type { LifecycleReporter } from './report/lifecycle.js';
+import { describeLaunch, type LifecycleReporter } from './report/lifecycle.js';
 import { parseStatus, readStatusFile, StatusFile } from './report/status-file.js';
 import { ControlClient, NoAnswerError, STATUS_ANSWER_MS, type ControlOp } from './report/control.js';
 import { StateStore } from './state.js';
@@ -219,7 +219,10 @@ export async function status(config: Config, json: boolean, wait: boolean, waitW
     return 1;
   }
   if (json) process.stdout.write(`${JSON.stringify(current, null, 2)}\n`);
-  else process.stdout.write(`${describeStatus(current, config)}\n`);
+  else {
+    const launch = config.lifecycle.enabled ? await describeLaunch(new StateStore(fs, () => clock.now()), current.instanceId, config.lifecycle.budgetSeconds) : undefined;
+    process.stdout.write(`${describeStatus(current, config, launch)}\n`);
+  }
   return statusExitCode(current);
 }
 
@@ -367,7 +370,8 @@ async function actOnState(config: Config, op: Exclude<ControlOp, 'converge' | 's
   return answer;
 }
 
-export function describeStatus(s: Status, config: Config): string {
+/** `launch`: where the launch hook stands (describeLaunch), when there is something to say. */
+export function describeStatus(s: Status, config: Config, launch?: string): string {
   const lines = [
     `${s.condition}: ${s.message}`,
     `  phase:      ${s.phase}${s.suspended ? ` (suspended since ${s.suspended.since})` : ''}${s.held ? ` (held since ${s.held.since})` : ''}`,
@@ -380,6 +384,7 @@ export function describeStatus(s: Status, config: Config): string {
   for (const r of s.reasons) lines.push(`  reason:     ${r}`);
   for (const r of s.rollout ?? []) lines.push(`  rollout:    ${describeRollout(r)}`);
   if (s.rebootRequired) lines.push('  reboot required: the running generation changed the kernel, initrd or modules');
+  if (launch !== undefined) lines.push(`  launch hook: ${launch}`);
   lines.push(`  root:       ${config.root}`);
   return lines.join('\n');
 }

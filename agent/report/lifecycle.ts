@@ -113,6 +113,30 @@ const Persisted = z.object({
 });
 type Persisted = z.infer<typeof Persisted>;
 
+/**
+ * One line on where this instance's launch hook stands, from the record the reporter keeps, for
+ * `status`; undefined when there is nothing to say (no record, another instance's, one this agent
+ * cannot read, or a launch that had no hook to complete).
+ */
+export async function describeLaunch(store: Pick<StateStore, 'readLifecycle'>, instanceId: string | undefined, budgetSeconds: number): Promise<string | undefined> {
+  let record: Persisted;
+  try {
+    const text = await store.readLifecycle();
+    if (text === undefined) return undefined;
+    const read = readVersioned(JSON.parse(text), Persisted);
+    if (!('value' in read)) return undefined;
+    record = read.value;
+  } catch {
+    // Not root's to read, or damaged: the reporter says so in the journal when it loads it.
+    return undefined;
+  }
+  if (instanceId !== undefined && record.instanceId !== instanceId) return undefined;
+  if (record.decision) return `${record.decision.result}${record.settled ? '' : ', being completed'} (${record.decision.reason})`;
+  if (record.settled) return undefined;
+  const ends = new Date(record.since + budgetSeconds * 1000).toISOString();
+  return `waiting since ${new Date(record.since).toISOString()} for a pass that converges; the launch budget ends at ${ends} (ABANDON)`;
+}
+
 /** A plain view of where the launch hook stands, for status and tests. */
 export interface LifecycleView {
   readonly instanceId?: string;

@@ -306,6 +306,8 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
           const before = beats();
           await waitUntil('heartbeats after the failed pass', () => beats() >= before + 2);
           assert.equal(state(), 'Pending:Wait', 'not completed on the image generation');
+          const shown = await i.run(['status']);
+          assert.match(shown.stdout, /^  launch hook: waiting since \S+ for a pass that converges; the launch budget ends at \S+ \(ABANDON\)$/m, shown.stdout);
 
           i.put('/nixos/fleet/modules/app', '{ ... }: { environment.etc."app".text = "fixed"; }');
           await waitUntil('the launch hook completed', () => state() === 'InService');
@@ -318,6 +320,8 @@ describe('the agent completes its launch hook', { concurrency: true }, () => {
         const completions = i.world.autoscaling.actions().filter((a) => a.kind === 'complete');
         assert.deepEqual(completions.map((c) => [c.hookName, c.result]), [[i.world.hook, 'CONTINUE']]);
         assert.deepEqual(i.world.autoscaling.healthEvents(), []);
+        const after = await i.run(['status']);
+        assert.match(after.stdout, /^  launch hook: CONTINUE \(the launch converged\)$/m, after.stdout);
       },
     );
   });

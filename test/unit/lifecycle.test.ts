@@ -1,6 +1,7 @@
 // The launch lifecycle reporter against a hand-written Auto Scaling and a hand-driven clock: what
 // it tells the group, and when, for each way a first convergence can end.
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,7 +12,7 @@ import { TransientError } from '../../agent/errors.js';
 import { RootFs } from '../../agent/fs.js';
 import { Writable } from 'node:stream';
 import { createLogger, silentLogger } from '../../agent/log.js';
-import { LIFECYCLE_FILE, LifecycleReporter, type Location } from '../../agent/report/lifecycle.js';
+import { describeLaunch, LIFECYCLE_FILE, LifecycleReporter, type Location } from '../../agent/report/lifecycle.js';
 import { StateStore } from '../../agent/state.js';
 import type { Status } from '../../agent/status.js';
 import { ManualClock, settle } from '../support/clock.js';
@@ -314,6 +315,28 @@ describe('LifecycleReporter', () => {
     const next = reporter({}, { oneShot: true });
     next.update(converged());
     assert.equal((await next.flush(1)).decision?.result, 'CONTINUE');
+  });
+
+  it('describeLaunch: one line for status from the kept record, while the launch waits and once it is decided', async () => {
+    const store = new StateStore(fs, () => clock.now());
+    assert.equal(await describeLaunch(store, INSTANCE, 600), undefined, 'no record');
+    const start = clock.now();
+    const r = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 });
+    r.update(rolledBack());
+    r.start();
+    await heartbeatsSent(1, 60_000);
+    // The record is written by the step that heartbeats: real file I/O, waited for.
+    await until('the record on disk', () => existsSync(fs.resolve(LIFECYCLE_FILE)));
+    await r.stop();
+    assert.equal(
+      await describeLaunch(store, INSTANCE, 600),
+      `waiting since ${new Date(start).toISOString()} for a pass that converges; the launch budget ends at ${new Date(start + 600_000).toISOString()} (ABANDON)`,
+    );
+    assert.equal(await describeLaunch(store, 'i-0someoneelse000000', 600), undefined, "another instance's record, baked into the image");
+    const next = reporter({ heartbeatSeconds: 60, budgetSeconds: 600 });
+    next.update(converged());
+    assert.equal((await next.flush(1)).settled, 'completed with CONTINUE');
+    assert.equal(await describeLaunch(store, INSTANCE, 600), 'CONTINUE (the launch converged)');
   });
 
   it('completes with ABANDON when the first convergence ends with no good generation, without SetInstanceHealth', async () => {
