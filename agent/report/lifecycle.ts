@@ -13,7 +13,7 @@ import { LAUNCHING } from '../aws/autoscaling.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { Clock } from '../ports.js';
-import { FORMAT, LIFECYCLE_FILE, readVersioned, type StateStore } from '../state.js';
+import { FORMAT, LIFECYCLE_FILE, readVersioned, type StateStore, type Versioned } from '../state.js';
 import { beforeFirstRebuild, FIRST_REBUILD_WAIT_MS, type Status } from '../status.js';
 
 export { LIFECYCLE_FILE };
@@ -119,22 +119,21 @@ type Persisted = z.infer<typeof Persisted>;
  * cannot read, or a launch that had no hook to complete).
  */
 export async function describeLaunch(store: Pick<StateStore, 'readLifecycle'>, instanceId: string | undefined, budgetSeconds: number): Promise<string | undefined> {
-  let record: Persisted;
-  try {
-    const text = await store.readLifecycle();
-    if (text === undefined) return undefined;
-    const read = readVersioned(JSON.parse(text), Persisted);
-    if (!('value' in read)) return undefined;
-    record = read.value;
-  } catch {
-    // Not root's to read, or damaged: the reporter says so in the journal when it loads it.
-    return undefined;
-  }
+  // Not root's to read, or damaged: the reporter says so in the journal when it loads it.
+  const read = await readRecord(store).catch(() => undefined);
+  if (!read || !('value' in read)) return undefined;
+  const record = read.value;
   if (instanceId !== undefined && record.instanceId !== instanceId) return undefined;
   if (record.decision) return `${record.decision.result}${record.settled ? '' : ', being completed'} (${record.decision.reason})`;
   if (record.settled) return undefined;
   const ends = new Date(record.since + budgetSeconds * 1000).toISOString();
   return `waiting since ${new Date(record.since).toISOString()} for a pass that converges; the launch budget ends at ${ends} (ABANDON)`;
+}
+
+/** The kept record as this agent reads it; undefined when there is none. Throws when it cannot be read or is not JSON. */
+async function readRecord(store: Pick<StateStore, 'readLifecycle'>): Promise<Versioned<Persisted> | undefined> {
+  const text = await store.readLifecycle();
+  return text === undefined ? undefined : readVersioned(JSON.parse(text), Persisted);
 }
 
 /** A plain view of where the launch hook stands, for status and tests. */
@@ -503,7 +502,9 @@ export class LifecycleReporter {
   private sayWaiting(record: Persisted, group: string): void {
     const s = this.status;
     const ended = s?.lastResult;
-    if (!s || !ended || !this.converged() || s.condition === 'converging' || s.condition === 'converged' || s.running?.desiredHash !== undefined || this.waitingSaidFor === ended.at) return;
+    // Called only when decide() left the launch undecided: a pass that ended converged, or on a
+    // generation the sources built, was decided there.
+    if (!s || !ended || !this.converged() || s.condition === 'converging' || this.waitingSaidFor === ended.at) return;
     this.waitingSaidFor = ended.at;
     const until = new Date(this.budgetEndsAt(record)).toISOString();
     this.options.log.warn(
@@ -603,9 +604,8 @@ export class LifecycleReporter {
     let previous: Persisted | undefined;
     let carried: Readonly<Record<string, unknown>> = {};
     try {
-      const text = await this.options.store.readLifecycle();
-      if (text !== undefined) {
-        const read = readVersioned(JSON.parse(text), Persisted);
+      const read = await readRecord(this.options.store);
+      if (read) {
         if ('value' in read) ({ value: previous, carried } = read);
         else if (read.newer) this.options.log.warn({ event: 'lifecycle.state-ignored' }, `${LIFECYCLE_FILE} was ${read.problem}; starting afresh`);
         else this.options.log.warn({ event: 'lifecycle.state-ignored' }, `${LIFECYCLE_FILE} is not a lifecycle record (${read.problem}); starting afresh`);
