@@ -107,7 +107,7 @@ describe('HttpServer', () => {
       metricsCalls++;
       return { contentType: 'text/plain; version=0.0.4; charset=utf-8', body: 'nixos_ec2_agent_up 1\n' };
     },
-    timeouts: { requestMs: 400, headersMs: 300, keepAliveMs: 300, checkIntervalMs: 50 },
+    timeouts: { requestMs: 400, headersMs: 300, keepAliveMs: 300 },
   });
   let url = '';
   let port = 0;
@@ -279,5 +279,39 @@ describe('HttpServer', () => {
     await closed;
     assert.equal(other.address, undefined);
     await assert.rejects(get(`http://127.0.0.1:${p}`, '/healthz'));
+  });
+});
+
+describe('HttpServer: a connection that never finishes its request', () => {
+  // The inactivity timeout is far off, so only the connection's own deadline can end these.
+  const server = new HttpServer({ listen: '127.0.0.1:0', status: () => PHASES.converged as Status, timeouts: { requestMs: 120_000, headersMs: 300, keepAliveMs: 300 } });
+  let port = 0;
+  before(async () => {
+    port = (await server.start()).port;
+  });
+  after(() => server.stop());
+
+  /** A client that sends `first`, then one more byte of a header every 50 ms until the server answers or closes. */
+  const drip = (first: string) =>
+    new Promise<string>((resolve) => {
+      let answer = '';
+      const socket: Socket = connect(port, '127.0.0.1', () => socket.write(first));
+      socket.on('error', () => {});
+      socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+      const timer = setInterval(() => socket.writable && socket.write('x'), 50);
+      socket.once('close', () => {
+        clearInterval(timer);
+        resolve(answer);
+      });
+    });
+
+  it('is answered 408 and closed though it keeps sending, on a new connection', { timeout: 60_000 }, async () => {
+    assert.match(await drip('GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: '), /^HTTP\/1\.1 408 Request Timeout\r\n/);
+  });
+
+  it('and on a kept-alive one after its first answer', { timeout: 60_000 }, async () => {
+    const answer = await drip('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+    assert.match(answer, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.match(answer, /\r\n\r\n.*HTTP\/1\.1 408 Request Timeout\r\n/s);
   });
 });
