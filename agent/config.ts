@@ -262,8 +262,9 @@ export const ConfigSchema = z.strictObject({
        */
       enabled: z.boolean().default(true),
       /**
-       * How often the spot interruption notice is read; the target lifecycle state is read every
-       * `TARGET_STATE_EVERY` (6) of these, 30 s by default (see sources/leaving.ts for why).
+       * How often the spot interruption notice is read (on a spot instance only); the target
+       * lifecycle state is read every `TARGET_STATE_EVERY` (6) of these, 30 s by default (see
+       * sources/leaving.ts for why).
        */
       checkSeconds: seconds(5),
     })

@@ -6,7 +6,7 @@ import { z } from 'zod/v3';
 import type { Clock } from '../agent/ports.js';
 import { AutoScalingEmulator, type WarmPoolState } from './emulators/autoscaling.js';
 import { CloudWatchEmulator } from './emulators/cloudwatch.js';
-import { defaultInstance, ImdsEmulator, type ImdsInstance, type TargetLifecycleState } from './emulators/imds.js';
+import { defaultInstance, ImdsEmulator, INSTANCE_LIFE_CYCLES, type ImdsInstance, type TargetLifecycleState } from './emulators/imds.js';
 import { SsmEmulator, SsmServiceError, type PutParameterRequest, type SsmThroughput } from './emulators/ssm.js';
 
 export const InstanceFile = z.strictObject({
@@ -22,6 +22,7 @@ export const InstanceFile = z.strictObject({
   tagsInMetadata: z.boolean().optional(),
   iamRole: z.string().optional(),
   targetLifecycleState: z.string().optional(),
+  instanceLifeCycle: z.enum(INSTANCE_LIFE_CYCLES).optional(),
   autoScaling: z
     .strictObject({
       group: z.string(),

@@ -22,6 +22,11 @@ export interface Monitor {
   readonly kind: LeavingNotice['kind'];
   /** A notice while the instance is leaving; undefined otherwise. Throws on IMDS failure. */
   check(): Promise<LeavingNotice | undefined>;
+  /**
+   * Whether this instance can ever have the notice, asked once when the watch starts; a monitor
+   * that cannot is never polled. Absent: it can.
+   */
+  applies?(): Promise<boolean>;
 }
 
 export const LEAVING_TARGET_STATES: ReadonlySet<string> = new Set(['Terminated', 'Warmed:Terminated']);
@@ -46,6 +51,17 @@ export class TargetLifecycleMonitor implements Monitor {
 export class SpotInterruptionMonitor implements Monitor {
   readonly kind = 'spot' as const;
   constructor(private readonly imds: Imds) {}
+
+  /**
+   * Only a spot instance is interrupted, and an instance's purchasing option never changes
+   * (`instance-life-cycle`: on-demand, spot, …; EC2 user guide, instance metadata categories). On
+   * an on-demand instance, most of a fleet, the look every few seconds was the idle daemon's most
+   * frequent wake-up. When IMDS cannot tell, the notice is polled.
+   */
+  async applies(): Promise<boolean> {
+    const lifeCycle = await this.imds.get('latest/meta-data/instance-life-cycle').catch(() => undefined);
+    return lifeCycle?.trim() !== 'on-demand';
+  }
 
   async check(): Promise<LeavingNotice | undefined> {
     // 404 while nothing is scheduled; on-demand instances never have it.
@@ -124,12 +140,21 @@ export class LeavingWatch {
     return this.current;
   }
 
-  /** Checks every monitor once (so the first pass already knows), then keeps polling. */
+  /**
+   * Checks every monitor that applies to this instance once (so the first pass already knows), then
+   * keeps polling them.
+   */
   async start(): Promise<void> {
     if (this.stopper) return;
-    this.stopper = new AbortController();
-    await Promise.all(this.monitors.map((m) => this.checkOne(m.monitor, 0)));
-    this.loops = this.monitors.map((m) => this.loop(m, this.stopper!.signal));
+    const stopper = new AbortController();
+    this.stopper = stopper;
+    const applying = (await Promise.all(this.monitors.map(async (m) => ((await (m.monitor.applies?.() ?? true)) ? [m] : [])))).flat();
+    // A notice taken over from the watch before whose monitor no longer applies is gone.
+    for (const kind of this.notices.keys()) if (!applying.some((m) => m.monitor.kind === kind)) this.notices.delete(kind);
+    await Promise.all(applying.map((m) => this.checkOne(m.monitor, 0)));
+    this.publish();
+    if (stopper.signal.aborted) return;
+    this.loops = applying.map((m) => this.loop(m, stopper.signal));
   }
 
   async stop(): Promise<void> {

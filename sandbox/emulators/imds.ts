@@ -51,6 +51,11 @@ export interface ImdsInstance {
   /** EC2's "Allow tags in instance metadata" (off by default on real instances). */
   tagsInMetadata: boolean;
   targetLifecycleState?: string;
+  /**
+   * The purchasing option IMDS names in `instance-life-cycle`; on-demand unless given. Only a spot
+   * instance is ever sent an interruption notice.
+   */
+  instanceLifeCycle?: InstanceLifeCycle;
   spotInstanceAction?: SpotInstanceAction;
   /** ISO 8601 UTC time of a rebalance recommendation, once one has been emitted. */
   rebalanceNoticeTime?: string;
@@ -86,6 +91,10 @@ export function defaultInstance(overrides: Partial<ImdsInstance> = {}): ImdsInst
 export function isMetadataTagKey(key: string): boolean {
   return /^[A-Za-z0-9+\-=.,_:@]+$/.test(key) && key !== '.' && key !== '..' && key !== '_index';
 }
+
+/** The purchasing options an instance of an Auto Scaling group is launched with. */
+export const INSTANCE_LIFE_CYCLES = ['on-demand', 'spot'] as const;
+export type InstanceLifeCycle = (typeof INSTANCE_LIFE_CYCLES)[number];
 
 export class ImdsEmulatorConfigError extends Error {
   constructor(
@@ -251,8 +260,13 @@ function validateInstance(instance: ImdsInstance): void {
   if (instance.userData !== undefined && instance.userData.length > MAX_USER_DATA_BYTES) {
     throw new ImdsEmulatorConfigError(`${instance.userData.length} bytes is over EC2's ${MAX_USER_DATA_BYTES}-byte user data limit`, 'userData');
   }
+  const lifeCycle = instance.instanceLifeCycle ?? 'on-demand';
+  if (!(INSTANCE_LIFE_CYCLES as readonly string[]).includes(lifeCycle)) {
+    throw new ImdsEmulatorConfigError(`${JSON.stringify(lifeCycle)} is not ${INSTANCE_LIFE_CYCLES.join(' or ')}`, 'instanceLifeCycle');
+  }
   const spot = instance.spotInstanceAction;
   if (spot !== undefined) {
+    if (lifeCycle !== 'spot') throw new ImdsEmulatorConfigError('an on-demand instance is never sent a spot interruption notice (instanceLifeCycle "spot")', 'spotInstanceAction');
     if (!['terminate', 'stop', 'hibernate'].includes(spot.action)) {
       throw new ImdsEmulatorConfigError(`${JSON.stringify(spot.action)} is not terminate, stop or hibernate`, 'spotInstanceAction.action');
     }
@@ -634,7 +648,7 @@ export class ImdsEmulator {
       iam,
       'instance-action': 'none',
       'instance-id': i.instanceId,
-      'instance-life-cycle': 'on-demand',
+      'instance-life-cycle': i.instanceLifeCycle ?? 'on-demand',
       'instance-type': i.instanceType,
       'local-hostname': hostname,
       'local-ipv4': i.privateIp,

@@ -10,7 +10,7 @@ import { gzipSync, gunzipSync } from 'node:zlib';
 import { MetadataService } from '@aws-sdk/ec2-metadata-service';
 import { ImdsEmulator, ImdsEmulatorConfigError, defaultInstance, isMetadataTagKey } from '../../sandbox/emulators/imds.js';
 import { ManualClock } from '../support/clock.js';
-import { World } from '../../sandbox/world.js';
+import { InstanceFile, World } from '../../sandbox/world.js';
 
 interface Reply {
   readonly status: number;
@@ -417,16 +417,26 @@ describe('IMDS emulator: paths and items', () => {
     }
   });
 
-  test('spot/instance-action is 404 until an interruption is pending, then JSON', async () => {
+  test('instance-life-cycle is on-demand, and an on-demand instance is never sent a spot notice', async () => {
+    assert.equal((await get(imds, '/latest/meta-data/instance-life-cycle', tok)).text, 'on-demand');
     assert.equal((await get(imds, '/latest/meta-data/spot/instance-action', tok)).status, 404);
-    imds.setSpotInstanceAction({ action: 'terminate', time: '2017-09-18T08:22:00Z' });
+    assert.throws(() => imds.setSpotInstanceAction({ action: 'terminate', time: '2017-09-18T08:22:00Z' }), /spotInstanceAction: an on-demand instance/);
+    await assert.rejects(ImdsEmulator.start({ instance: defaultInstance({ instanceLifeCycle: 'reserved' as never }) }), /instanceLifeCycle: "reserved" is not on-demand or spot/);
+  });
+
+  test('a spot instance: spot/instance-action is 404 until an interruption is pending, then JSON', async () => {
+    const spot = await ImdsEmulator.start({ instance: defaultInstance({ instanceLifeCycle: 'spot' }) });
     try {
-      const r = await get(imds, '/latest/meta-data/spot/instance-action', tok);
+      const t = await token(spot);
+      assert.equal((await get(spot, '/latest/meta-data/instance-life-cycle', t)).text, 'spot');
+      assert.equal((await get(spot, '/latest/meta-data/spot/instance-action', t)).status, 404);
+      spot.setSpotInstanceAction({ action: 'terminate', time: '2017-09-18T08:22:00Z' });
+      const r = await get(spot, '/latest/meta-data/spot/instance-action', t);
       assert.equal(r.status, 200);
       assert.deepEqual(JSON.parse(r.text), { action: 'terminate', time: '2017-09-18T08:22:00Z' });
-      assert.equal((await get(imds, '/latest/meta-data/spot/termination-time', tok)).text, '2017-09-18T08:22:00Z');
+      assert.equal((await get(spot, '/latest/meta-data/spot/termination-time', t)).text, '2017-09-18T08:22:00Z');
     } finally {
-      imds.setSpotInstanceAction(undefined);
+      await spot.close();
     }
   });
 
@@ -689,6 +699,16 @@ describe("the sandbox world's IMDS follows its Auto Scaling group", () => {
       await world.close();
     }
   }
+
+  test("an instance file's instanceLifeCycle makes a spot instance, which a notice may reach", async () => {
+    const spec = InstanceFile.parse({ instanceLifeCycle: 'spot' });
+    assert.throws(() => InstanceFile.parse({ instanceLifeCycle: 'reserved' }), /instanceLifeCycle/);
+    await withWorld({ ssmThroughput: null, instance: spec }, async (world) => {
+      assert.equal((await get(world.imds, '/latest/meta-data/instance-life-cycle')).text, 'spot');
+      world.imds.setSpotInstanceAction({ action: 'stop', time: '2017-09-18T08:22:00Z' });
+      assert.equal((await get(world.imds, '/latest/meta-data/spot/instance-action')).status, 200);
+    });
+  });
 
   test('a launch held by its hook reads InService, and a termination Terminated', async () => {
     await withWorld({ ssmThroughput: null }, async (world, id, target) => {

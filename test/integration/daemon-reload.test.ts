@@ -37,8 +37,9 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
     root = path.join(dir, 'root');
     tools = await installStandins({ binDir: path.join(dir, 'bin'), root });
     await bootMachine(root);
-    first = await ImdsEmulator.start({ instance: defaultInstance({ userData: USER_DATA }) });
-    second = await ImdsEmulator.start({ instance: defaultInstance({ userData: USER_DATA }) });
+    // Spot instances: only they are sent interruption notices, and only theirs are watched.
+    first = await ImdsEmulator.start({ instance: defaultInstance({ userData: USER_DATA, instanceLifeCycle: 'spot' }) });
+    second = await ImdsEmulator.start({ instance: defaultInstance({ userData: USER_DATA, instanceLifeCycle: 'spot' }) });
   });
 
   after(async () => {
@@ -240,6 +241,22 @@ describe('the daemon in this process', { timeout: 180_000 }, () => {
       assert.equal(await daemon.done, 0);
     }
     assert.deepEqual(sent.filter((m) => /STOPPING|READY/.test(m)), ['READY', 'STOPPING'], sent.join(' | '));
+  });
+
+  it('on an on-demand instance the spot notice is never asked for; the target state still is', async () => {
+    const onDemand = await ImdsEmulator.start({ instance: defaultInstance({ userData: USER_DATA }) });
+    const { daemon, statuses } = await startHere(config(onDemand));
+    try {
+      await waitUntil('the first convergence', () => statuses.some((s) => s.firstConvergenceDone));
+      // At checkSeconds 0.05 the spot notice would have been asked for some 20 times meanwhile.
+      await waitUntil('three looks at the target state', () => onDemand.requests.filter((r) => r.path === LEAVING_PATH).length >= 3);
+      assert.ok(onDemand.requests.some((r) => r.path === '/latest/meta-data/instance-life-cycle'), 'the purchasing option was read');
+      assert.deepEqual(onDemand.requests.filter((r) => r.path.startsWith('/latest/meta-data/spot/')).map((r) => r.path), []);
+    } finally {
+      daemon.signal('SIGTERM');
+      assert.equal(await daemon.done, 0);
+      await onDemand.close();
+    }
   });
 
   it('a reload while leaving: the new watch ends the notice when its IMDS has none, or when nothing watches any more', async () => {

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Imds } from '../../agent/aws/imds.js';
-import { LeavingWatch, TargetLifecycleMonitor, type LeavingNotice, type Monitor } from '../../agent/sources/leaving.js';
+import { LeavingWatch, SpotInterruptionMonitor, TargetLifecycleMonitor, type LeavingNotice, type Monitor } from '../../agent/sources/leaving.js';
 import { ManualClock } from '../support/clock.js';
 
 const SPOT: LeavingNotice = { kind: 'spot', detail: 'spot interruption: terminate at 2026-11-30T12:02:00Z' };
@@ -62,5 +62,45 @@ describe('LeavingWatch', () => {
     const notices = [await target.check(), await target.check(), await target.check(), await target.check()];
     assert.deepEqual(seen, ['InService', 'Warmed:Stopped', 'Terminated']);
     assert.deepEqual(notices.map((n) => n?.detail), [undefined, undefined, undefined, 'Auto Scaling target lifecycle state Terminated']);
+  });
+
+  it('the spot monitor applies unless IMDS says the instance is on-demand', async () => {
+    const answers: Record<string, () => Promise<string | undefined>> = {
+      'on-demand': async () => 'on-demand',
+      spot: async () => 'spot\n',
+      'not found': async () => undefined,
+      'IMDS failing': async () => {
+        throw new Error('connect ECONNREFUSED');
+      },
+    };
+    const applies: Record<string, boolean> = {};
+    for (const [name, answer] of Object.entries(answers)) {
+      const imds = { get: async (p: string) => (assert.equal(p, 'latest/meta-data/instance-life-cycle'), answer()) } as unknown as Imds;
+      applies[name] = await new SpotInterruptionMonitor(imds).applies();
+    }
+    assert.deepEqual(applies, { 'on-demand': false, spot: true, 'not found': true, 'IMDS failing': true });
+  });
+
+  it('a monitor that does not apply is never looked at, and a notice taken over from it ends', async () => {
+    const clock = new ManualClock(0);
+    const looked: string[] = [];
+    const spot: Monitor = { kind: 'spot', applies: async () => false, check: async () => (looked.push('spot'), SPOT) };
+    const target: Monitor = { kind: 'autoscaling', check: async () => (looked.push('autoscaling'), undefined) };
+    const changes: (LeavingNotice | undefined)[] = [];
+    const watch = new LeavingWatch(
+      [
+        { monitor: spot, intervalMs: 5_000 },
+        { monitor: target, intervalMs: 5_000 },
+      ],
+      { clock, initial: SPOT, onChange: (n) => changes.push(n) },
+    );
+    await watch.start();
+    for (let i = 0; i < 3; i++) {
+      clock.advance(5_000);
+      for (let j = 0; j < 5 && looked.length < i + 2; j++) await new Promise((r) => setImmediate(r));
+    }
+    await watch.stop();
+    assert.deepEqual(looked, ['autoscaling', 'autoscaling', 'autoscaling', 'autoscaling']);
+    assert.deepEqual(changes, [undefined]);
   });
 });
