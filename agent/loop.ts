@@ -24,7 +24,7 @@ import type { LifecycleReporter } from './report/lifecycle.js';
 import { AgentMetrics, PhaseTimer } from './report/metrics.js';
 import type { Notify } from './report/notify.js';
 import { StatusFile } from './report/status-file.js';
-import { watchedClock, watchedRunner, type Watchdog } from './report/watchdog.js';
+import { beatEveryMs, watchedClock, watchedRunner, type Watchdog } from './report/watchdog.js';
 import { ProcessRunner } from './runner.js';
 import { scheduleTimings, Scheduler } from './schedule.js';
 import { ASG_TAG } from './sources/index.js';
@@ -162,6 +162,7 @@ class DaemonLoop implements Daemon {
     this.newer = new NewerDesired(() => this.parts, clock);
     this.scheduler = new Scheduler(clock, {
       ...scheduleTimings(config),
+      tickMs: beatEveryMs(deps.watchdog.intervalUsec),
       throttleLevel: () => this.parts.agent.ssm.throttleLevel,
       // Only a build can be cancelled: nothing has been activated yet.
       cancellable: () => this.reconciler.status.phase === 'building',

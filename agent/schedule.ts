@@ -29,7 +29,7 @@ export interface ScheduleOptions {
    */
   readonly probe?: (signal: AbortSignal) => Promise<string>;
   readonly random?: () => number;
-  /** The loop wakes at least this often, so a watchdog can tell idle from wedged. */
+  /** The loop wakes at least this often, so a watchdog can tell idle from wedged (beatEveryMs). */
   readonly tickMs?: number;
   /** The longest wait a throttled poll backs off to. */
   readonly maxBackoffMs?: number;

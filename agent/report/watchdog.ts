@@ -35,6 +35,19 @@ export function watchdogIntervalUsec(env: NodeJS.ProcessEnv, pid: number = proce
   return usec;
 }
 
+/** The longest an idle loop goes without a beat, with or without a watchdog. */
+const MAX_BEAT_MS = 60_000;
+
+/**
+ * How often an idle loop beats: a quarter of the watchdog interval, so each ping (every half)
+ * finds a beat well inside the interval even after a late timer (30 s under the unit's
+ * WatchdogSec=120s); a minute where no watchdog reads it. At a fixed 5 s it was a wake-up the idle
+ * daemon did not need.
+ */
+export function beatEveryMs(intervalUsec: number | undefined): number {
+  return intervalUsec === undefined ? MAX_BEAT_MS : Math.max(1, Math.min(MAX_BEAT_MS, Math.floor(intervalUsec / 4_000)));
+}
+
 const realScheduler: IntervalScheduler = {
   setInterval(fn, ms) {
     const handle = setInterval(fn, ms);

@@ -106,6 +106,21 @@ describe('the watchdog during a long build', { timeout: 120_000 }, () => {
     assert.ok(longest < WATCHDOG_MS, `a gap of ${longest} ms between pings would have had systemd kill the agent mid-build: ${gaps.join(', ')}`);
   });
 
+  it('is pinged within every WATCHDOG_USEC while idle between polls an hour apart', async () => {
+    const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
+    cleanups.push(() => world.close());
+    const { daemon, pings } = await start(world, (tools) => ({
+      rebuild: { nixosRebuild: tools.nixosRebuild, nixEnv: tools.nixEnv, nixChannel: tools.nixChannel, validate: 'if-available' },
+      health: { systemctl: tools.systemctl, graceSeconds: 1, intervalSeconds: 0.25 },
+    }));
+    await waitUntil('the first pass to end', () => daemon.status.lastResult !== undefined);
+    // Nothing but the loop's own beat keeps the watchdog fed now: no pass, no child, no poll.
+    const from = Date.now();
+    await waitUntil('three watchdog intervals of idling', () => Date.now() - from > 3 * WATCHDOG_MS);
+    const { longest, gaps } = longestGap(pings, from, Date.now());
+    assert.ok(longest < WATCHDOG_MS, `a gap of ${longest} ms between pings would have had systemd kill an idle agent: ${gaps.join(', ')}`);
+  });
+
   it('is pinged while the first pass waits out a throttling SSM account', async () => {
     const world = await World.start({ ssmThroughput: null, instance: { autoScaling: null } });
     cleanups.push(() => world.close());

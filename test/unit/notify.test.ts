@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 
 import { childEnv } from '../../agent/env.js';
 import { createNotify, NotifyError, type NativeSend, type Notify } from '../../agent/report/notify.js';
-import { Watchdog, watchdogIntervalUsec, watchedClock, watchedRunner } from '../../agent/report/watchdog.js';
+import { beatEveryMs, Watchdog, watchdogIntervalUsec, watchedClock, watchedRunner } from '../../agent/report/watchdog.js';
 import { systemClock, type Clock, type RunResult } from '../../agent/ports.js';
 import { ManualClock, settle } from '../support/clock.js';
 
@@ -490,6 +490,14 @@ describe('Watchdog', () => {
     assert.equal(watchdogIntervalUsec({ WATCHDOG_USEC: '30000000' }), 30_000_000);
     assert.equal(watchdogIntervalUsec({ WATCHDOG_USEC: '30000000', WATCHDOG_PID: '42' }, 42), 30_000_000);
     assert.equal(watchdogIntervalUsec({ WATCHDOG_USEC: '30000000', WATCHDOG_PID: '42' }, 43), undefined);
+  });
+
+  it('an idle loop beats four times per watchdog interval, at most a minute apart, and every minute with none', () => {
+    assert.equal(beatEveryMs(120_000_000), 30_000, "the unit's WatchdogSec=120s");
+    assert.equal(beatEveryMs(2_000_000), 500);
+    assert.equal(beatEveryMs(3_600_000_000), 60_000);
+    assert.equal(beatEveryMs(1), 1);
+    assert.equal(beatEveryMs(undefined), 60_000);
   });
 
   it('with real timers, feeds a real socket from this process until stopped', { skip: socketSkip }, async () => {
